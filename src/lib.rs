@@ -1,0 +1,1 @@
+//! multiproc: Python's `multiprocessing` model for Rust.
