@@ -1,0 +1,34 @@
+//! Starting a child process: the one place that forks.
+//!
+//! [`fork_child`] forks, runs a closure in the child, and ends the child with `_exit`, never
+//! returning into the caller's stack there. It also tells the queues of this process about the new
+//! child (see `queue::holders`), so that every process that could put on a queue is known.
+
+use crate::error::Result;
+use crate::panic::AbortOnUnwind;
+use crate::queue;
+use crate::sys::{self, Forked, Pid};
+
+/// Forks; in the child runs `child` and exits with the code it returns. Returns the child's pid.
+///
+/// The child ends with `_exit` after flushing Rust's stdout and stderr once: no destructor of
+/// the parent's copied state runs in it, and no `atexit` handler runs twice.
+pub(crate) fn fork_child(child: impl FnOnce() -> i32) -> Result<Pid> {
+    sys::flush_stdio();
+    // SAFETY: the child runs `child` and then `_exit`s; it never returns into the caller's frames.
+    // The multi-threaded-parent hazard is the crate's documented fork contract (`# Fork safety`).
+    match unsafe { sys::fork()? } {
+        Forked::Parent(pid) => {
+            queue::holders::on_fork_parent(pid);
+            Ok(pid)
+        }
+        Forked::Child => {
+            let guard = AbortOnUnwind;
+            queue::holders::on_fork_child();
+            let code = child();
+            sys::flush_stdio();
+            std::mem::forget(guard);
+            sys::exit_now(code)
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! [`Process`]: run a closure in a forked child, Python style; and [`spawn`], the typed form.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, RemotePanic, Result};
+use crate::fork::fork_child;
+use crate::panic;
+use crate::queue::holders::JoiningGuard;
+use crate::sys::{self, ExitStatus, Pid};
+use crate::wire::{self, FrameReader};
+
+type Target = Box<dyn FnOnce() + Send + 'static>;
+
+enum State {
+    New(Target),
+    Running {
+        pid: Pid,
+        pidfd: OwnedFd,
+    },
+    Done {
+        pid: Pid,
+        status: ExitStatus,
+    },
+    /// Only while `start` runs, or after a failed start.
+    Empty,
+}
+
+/// A closure running in a child process: Python's `multiprocessing.Process`.
+///
+/// The closure may capture anything: the child is a copy of the parent's memory made at
+/// [`start`](Process::start) (a `fork`), so nothing is serialized. Its exit code follows Python's
+/// [`exitcode`](Process::exitcode).
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::Process;
+///
+/// let n = 5;
+/// let p = Process::new(move || println!("square of {n} is {}", n * n)).name("square");
+/// p.start()?;
+/// p.join()?;
+/// assert_eq!(p.exitcode(), Some(0));
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+///
+/// # Caveats
+///
+/// Dropping a `Process` whose child is still running kills the child (`SIGKILL`) and reaps it,
+/// so no zombie or orphan is left behind; [`join`](Process::join) first to let it finish. A child
+/// that has ended is reaped on drop. The methods take `&self`, so a `Process` can be shared
+/// between threads (one joins, another terminates).
+pub struct Process {
+    name: String,
+    state: Mutex<State>,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(1);
+
+impl fmt::Debug for Process {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.name)
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+impl Process {
+    /// A process that will run `target` once started. Its default name is `Process-N`.
+    pub fn new(target: impl FnOnce() + Send + 'static) -> Self {
+        Process {
+            name: format!("Process-{}", COUNTER.fetch_add(1, Ordering::Relaxed)),
+            state: Mutex::new(State::New(Box::new(target))),
+        }
+    }
+
+    /// Sets the name: shown in errors and, truncated to 15 bytes, as the child's command name in
+    /// `ps` and `top`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The process's name.
+    pub fn get_name(&self) -> &str {
+        &self.name
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forks the child, which runs the closure and exits: code 0 when it returns, 1 when it
+    /// panics (the panic message goes to stderr, as the default hook prints it).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] if already started; [`Error::Io`] if `fork` fails.
+    pub fn start(&self) -> Result<()> {
+        let mut state = self.state();
+        let target = match std::mem::replace(&mut *state, State::Empty) {
+            State::New(target) => target,
+            other => {
+                *state = other;
+                return Err(Error::InvalidState(format!(
+                    "process {:?} was already started",
+                    self.name
+                )));
+            }
+        };
+        let name = self.name.clone();
+        let pid = fork_child(move || {
+            set_command_name(&name);
+            match panic::catch(target) {
+                Ok(()) => 0,
+                Err(_) => 1,
+            }
+        })?;
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = sys::kill(pid, Signal::SIGKILL);
+                let _ = sys::wait_blocking(pid);
+                return Err(e);
+            }
+        };
+        *state = State::Running { pid, pidfd };
+        Ok(())
+    }
+
+    /// Waits for the child to end and reaps it. Joining an ended process again returns at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] before [`start`](Process::start).
+    pub fn join(&self) -> Result<()> {
+        self.join_deadline(None).map(|_| ())
+    }
+
+    /// Waits at most `timeout` for the child to end. `Ok(true)` when it ended (and was reaped),
+    /// `Ok(false)` when it still runs.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] before [`start`](Process::start).
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.join_deadline(Some(Instant::now() + timeout))
+    }
+
+    fn join_deadline(&self, deadline: Option<Instant>) -> Result<bool> {
+        let _joining = JoiningGuard::new();
+        loop {
+            // Wait on a duplicate of the pidfd so that other threads can signal meanwhile.
+            let pidfd = {
+                let state = self.state();
+                match &*state {
+                    State::New(_) | State::Empty => {
+                        return Err(Error::InvalidState(format!(
+                            "process {:?} was joined before it was started",
+                            self.name
+                        )));
+                    }
+                    State::Done { .. } => return Ok(true),
+                    State::Running { pidfd, .. } => {
+                        pidfd.try_clone().map_err(|e| Error::io("dup pidfd", e))?
+                    }
+                }
+            };
+            if !sys::wait_readable(pidfd.as_fd(), deadline)? {
+                return Ok(false);
+            }
+            if self.poll_exit()?.is_some() {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Reaps the child if it has ended; returns its status.
+    fn poll_exit(&self) -> Result<Option<ExitStatus>> {
+        let mut state = self.state();
+        match &*state {
+            State::Running { pid, .. } => {
+                let pid = *pid;
+                match sys::try_wait(pid)? {
+                    Some(status) => {
+                        *state = State::Done { pid, status };
+                        Ok(Some(status))
+                    }
+                    None => Ok(None),
+                }
+            }
+            State::Done { status, .. } => Ok(Some(*status)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether the child has been started and has not ended yet (reaps it if it has ended).
+    pub fn is_alive(&self) -> bool {
+        matches!(&*self.state(), State::Running { .. }) && matches!(self.poll_exit(), Ok(None))
+    }
+
+    /// The child's pid, once started.
+    pub fn pid(&self) -> Option<i32> {
+        match &*self.state() {
+            State::Running { pid, .. } | State::Done { pid, .. } => Some(pid.as_raw()),
+            _ => None,
+        }
+    }
+
+    /// Python's `exitcode`: `None` while running (or not started), `Some(0)` after a normal end,
+    /// `Some(1)` when the closure panicked, `Some(n)` after `std::process::exit(n)`, and `Some(-N)`
+    /// when killed by signal `N` (`Some(-9)` for `SIGKILL`).
+    pub fn exitcode(&self) -> Option<i32> {
+        self.poll_exit().ok().flatten().map(ExitStatus::exitcode)
+    }
+
+    /// Sends `SIGTERM` to the child. A no-op once it has ended.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] before [`start`](Process::start).
+    pub fn terminate(&self) -> Result<()> {
+        self.signal(Signal::SIGTERM)
+    }
+
+    /// Sends `SIGKILL` to the child. A no-op once it has ended.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] before [`start`](Process::start).
+    pub fn kill(&self) -> Result<()> {
+        self.signal(Signal::SIGKILL)
+    }
+
+    fn signal(&self, sig: Signal) -> Result<()> {
+        // The state lock is held while signalling, so the pid cannot be reaped (and reused)
+        // in between.
+        match &*self.state() {
+            State::Running { pid, .. } => sys::kill(*pid, sig),
+            State::Done { .. } => Ok(()),
+            _ => Err(Error::InvalidState(format!(
+                "process {:?} was signalled before it was started",
+                self.name
+            ))),
+        }
+    }
+
+    /// How the child ended, once it has (used by [`JoinHandle`]).
+    fn status(&self) -> Option<(Pid, ExitStatus)> {
+        match &*self.state() {
+            State::Done { pid, status } => Some((*pid, *status)),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let State::Running { pid, .. } = state {
+            let pid = *pid;
+            if let Ok(None) = sys::try_wait(pid) {
+                let _ = sys::kill(pid, Signal::SIGKILL);
+                let _ = sys::wait_blocking(pid);
+            }
+        }
+    }
+}
+
+/// Sets the calling process's command name (what `ps -o comm` shows), best effort.
+fn set_command_name(name: &str) {
+    let mut bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();
+    bytes.push(0);
+    if let Ok(cname) = std::ffi::CStr::from_bytes_with_nul(&bytes) {
+        let _ = nix::sys::prctl::set_name(cname);
+    }
+}
+
+const TAG_VALUE: u8 = 0;
+const TAG_PANIC: u8 = 1;
+const TAG_FAILED: u8 = 2;
+
+/// Runs `f` in a forked child and returns a handle to its typed result.
+///
+/// `f` may capture anything (the child is a copy of the parent); its result travels back
+/// serialized, so `R: Serialize + DeserializeOwned`.
+///
+/// # Examples
+///
+/// ```
+/// let data = vec![1u64, 2, 3];
+/// let handle = multiproc::spawn(move || data.iter().sum::<u64>())?;
+/// assert_eq!(handle.join()?, 6);
+///
+/// let handle = multiproc::spawn(|| -> u32 { panic!("no answer") })?;
+/// let err = handle.join().unwrap_err();
+/// assert_eq!(err.panic().unwrap().message, "no answer");
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Io`] if the pipe or the fork fails.
+pub fn spawn<F, R>(f: F) -> Result<JoinHandle<R>>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Serialize + DeserializeOwned,
+{
+    let (rx, tx) = sys::pipe()?;
+    let process = Process::new(move || {
+        let mut body = Vec::new();
+        match panic::catch(f) {
+            Ok(value) => {
+                body.push(TAG_VALUE);
+                if let Err(e) = wire::encode_append(&value, &mut body) {
+                    body = vec![TAG_FAILED];
+                    let why = format!("the result could not be encoded: {e}");
+                    body.extend(wire::encode(&why).unwrap_or_default());
+                }
+            }
+            Err(p) => {
+                body.push(TAG_PANIC);
+                body.extend(wire::encode(&p).unwrap_or_default());
+            }
+        }
+        // If the parent is gone there is no one to tell; the exit code still says it.
+        let _ = wire::write_frame(tx.as_fd(), &body);
+    });
+    process.start()?;
+    Ok(JoinHandle {
+        process,
+        rx,
+        reader: FrameReader::default(),
+        answer: None,
+        _result: PhantomData,
+    })
+}
+
+/// A handle to a child started by [`spawn`]; [`join`](JoinHandle::join) gives its result.
+///
+/// Dropping the handle of a running child kills and reaps it, as for [`Process`].
+pub struct JoinHandle<R> {
+    process: Process,
+    rx: OwnedFd,
+    reader: FrameReader,
+    /// The child's answer frame once read (`Some(None)`: it closed the pipe without one).
+    answer: Option<Option<Vec<u8>>>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for JoinHandle<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("pid", &self.process.pid())
+            .finish()
+    }
+}
+
+impl<R: DeserializeOwned> JoinHandle<R> {
+    /// The child's pid.
+    pub fn pid(&self) -> i32 {
+        self.process.pid().unwrap_or(0)
+    }
+
+    /// Whether the child has ended.
+    pub fn is_finished(&self) -> bool {
+        !self.process.is_alive()
+    }
+
+    /// Sends `SIGKILL` to the child; [`join`](JoinHandle::join) then reports
+    /// [`Error::WorkerDied`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the signal cannot be sent.
+    pub fn kill(&self) -> Result<()> {
+        self.process.kill()
+    }
+
+    /// Waits for the child and returns its result.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TaskPanicked`] with the panic's message and location if the closure panicked;
+    /// [`Error::WorkerDied`] with the signal or exit code if the child ended without answering
+    /// (killed, or `std::process::exit` called in the closure).
+    pub fn join(mut self) -> Result<R> {
+        self.finish(None)
+    }
+
+    /// Waits at most `timeout` for the result. On [`Error::Timeout`] the handle stays usable (bytes
+    /// already received are kept), so the call can be repeated.
+    ///
+    /// # Errors
+    ///
+    /// As [`join`](JoinHandle::join), plus [`Error::Timeout`].
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R> {
+        self.finish(Some(Instant::now() + timeout))
+    }
+
+    fn finish(&mut self, deadline: Option<Instant>) -> Result<R> {
+        if self.answer.is_none() {
+            let frame = {
+                let _joining = JoiningGuard::new();
+                self.reader.read(self.rx.as_fd(), deadline)
+            };
+            self.answer = Some(match frame {
+                Ok(frame) => frame,
+                Err(Error::Disconnected(_)) => None,
+                Err(e) => return Err(e),
+            });
+        }
+        // The child writes its answer just before it exits: reap it (bounded by the deadline).
+        if !self.process.join_deadline(deadline)? {
+            return Err(Error::Timeout {
+                operation: "waiting for the child to exit",
+                after: Duration::ZERO,
+            });
+        }
+        let (pid, status) = self.process.status().expect("joined process has a status");
+        let frame = self.answer.take().flatten();
+        match frame.as_deref().and_then(|f| f.split_first()) {
+            Some((&TAG_VALUE, body)) => wire::decode(body),
+            Some((&TAG_PANIC, body)) => Err(Error::TaskPanicked {
+                pid: pid.as_raw(),
+                panic: wire::decode::<RemotePanic>(body)?,
+            }),
+            Some((&TAG_FAILED, body)) => Err(Error::InvalidState(wire::decode::<String>(body)?)),
+            _ => Err(match status {
+                ExitStatus::Signaled(sig) => Error::WorkerDied {
+                    pid: pid.as_raw(),
+                    signal: Some(sig),
+                    code: None,
+                    task: None,
+                },
+                ExitStatus::Exited(code) => Error::WorkerDied {
+                    pid: pid.as_raw(),
+                    signal: None,
+                    code: Some(code),
+                    task: None,
+                },
+            }),
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Who could still put on (or get from) a queue: the table that lets a blocked `get` answer
+//! [`Disconnected`](crate::Error::Disconnected) instead of waiting forever.
+//!
+//! Every process that holds a queue has a slot in the queue's shared table: its pid, its start
+//! time (so that a reused pid is not mistaken for it) and what it is doing: running user code,
+//! waiting in `get`, waiting in `put`, or joining a child. The creator registers itself; every
+//! child forked through the crate is registered by its parent right after the fork, before any
+//! join can start. A process that ended (gone, or a zombie) no longer counts.
+//!
+//! A `get` that finds the queue empty and sees that no live holder is running user code (all wait
+//! in `get`, or join) knows that nobody can ever put again, and returns `Disconnected`. To rule out
+//! a holder that changes state in between, each transition to "running" bumps the slot's
+//! generation, and the check is made twice around a second look at the queue.
+//!
+//! A process whose queue is used from more than one thread is always counted as running: one of
+//! its threads may put while another waits.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::sys::{self, Pid};
+
+use super::Shared;
+
+/// How many processes one queue tracks; past that, disconnection is not detected for it.
+pub(crate) const MAX_HOLDERS: usize = 1024;
+
+const RUNNING: u32 = 0;
+const WAIT_GET: u32 = 1;
+const WAIT_PUT: u32 = 2;
+const JOINING: u32 = 3;
+
+const TID_NONE: i32 = 0;
+const TID_MANY: i32 = -1;
+
+/// What a holder is waiting for, when it waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    Get,
+    Put,
+}
+
+#[repr(C)]
+struct Slot {
+    pid: AtomicI32,
+    tid: AtomicI32,
+    start: AtomicU64,
+    state: AtomicU32,
+    generation: AtomicU32,
+}
+
+/// The shared table; lives inside the queue's mapping (all zero = empty).
+#[repr(C)]
+pub(crate) struct HolderTable {
+    overflow: AtomicU32,
+    slots: [Slot; MAX_HOLDERS],
+}
+
+/// Bumped in every child right after the fork, so per-process caches made before it are stale.
+static FORK_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// (fork epoch, thread id) of the calling thread.
+    static TID: Cell<(u64, i32)> = const { Cell::new((0, 0)) };
+}
+
+fn current_tid() -> i32 {
+    let epoch = FORK_EPOCH.load(SeqCst);
+    TID.with(|c| {
+        let (e, tid) = c.get();
+        if e == epoch {
+            tid
+        } else {
+            let tid = sys::gettid();
+            c.set((epoch, tid));
+            tid
+        }
+    })
+}
+
+/// The start time of the calling process (cached per process).
+pub(crate) fn own_start_time() -> u64 {
+    static CACHE: Mutex<(u64, u64)> = Mutex::new((0, 0));
+    let epoch = FORK_EPOCH.load(SeqCst);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.0 != epoch {
+        *cache = (epoch, start_time_of(sys::getpid().as_raw()));
+    }
+    cache.1
+}
+
+/// Start time of a process even if it is already a zombie (0 if unknown).
+fn start_time_of(pid: i32) -> u64 {
+    sys::proc_stat(pid).map_or(0, |(_, start)| start)
+}
+
+impl HolderTable {
+    /// Registers `pid` as a running holder (idempotent).
+    pub(crate) fn register(&self, pid: i32, start: u64) {
+        if self.find(pid).is_some() {
+            return;
+        }
+        for pass in 0..2 {
+            for slot in &self.slots {
+                if slot.pid.load(SeqCst) == 0
+                    && slot.pid.compare_exchange(0, pid, SeqCst, SeqCst).is_ok()
+                {
+                    slot.start.store(start, SeqCst);
+                    slot.tid.store(TID_NONE, SeqCst);
+                    slot.generation.fetch_add(1, SeqCst);
+                    slot.state.store(RUNNING, SeqCst);
+                    return;
+                }
+            }
+            if pass == 0 {
+                self.reclaim_dead();
+            }
+        }
+        // Full: from now on this queue never reports disconnection (conservative, never wrong).
+        self.overflow.store(1, SeqCst);
+    }
+
+    fn find(&self, pid: i32) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.pid.load(SeqCst) == pid)
+    }
+
+    fn reclaim_dead(&self) {
+        for slot in &self.slots {
+            let pid = slot.pid.load(SeqCst);
+            if pid != 0 && !sys::process_alive(pid, slot.start.load(SeqCst)) {
+                let _ = slot.pid.compare_exchange(pid, 0, SeqCst, SeqCst);
+            }
+        }
+    }
+
+    /// Removes the calling process (it dropped its last handle).
+    pub(crate) fn unregister_self(&self) {
+        let pid = sys::getpid().as_raw();
+        if let Some(slot) = self.find(pid) {
+            let _ = slot.pid.compare_exchange(pid, 0, SeqCst, SeqCst);
+        }
+    }
+
+    fn my_slot(&self) -> Option<&Slot> {
+        self.find(sys::getpid().as_raw())
+    }
+
+    /// Marks the calling process as waiting (`Some`) or running (`None`), and notes which thread
+    /// uses the queue. `slot_hint` caches where this process's slot is.
+    pub(crate) fn set_waiting(&self, waiting: Option<Waiting>, slot_hint: &AtomicUsize) {
+        let pid = sys::getpid().as_raw();
+        let hinted = self
+            .slots
+            .get(slot_hint.load(SeqCst))
+            .filter(|s| s.pid.load(SeqCst) == pid);
+        let slot = match hinted {
+            Some(s) => s,
+            None => match self.slots.iter().position(|s| s.pid.load(SeqCst) == pid) {
+                Some(i) => {
+                    slot_hint.store(i, SeqCst);
+                    &self.slots[i]
+                }
+                None => return,
+            },
+        };
+        let tid = current_tid();
+        let owner = slot.tid.load(SeqCst);
+        if owner == TID_NONE {
+            let _ = slot.tid.compare_exchange(TID_NONE, tid, SeqCst, SeqCst);
+        } else if owner != tid && owner != TID_MANY {
+            slot.tid.store(TID_MANY, SeqCst);
+        }
+        match waiting {
+            Some(Waiting::Get) => slot.state.store(WAIT_GET, SeqCst),
+            Some(Waiting::Put) => slot.state.store(WAIT_PUT, SeqCst),
+            None => {
+                slot.generation.fetch_add(1, SeqCst);
+                slot.state.store(RUNNING, SeqCst);
+            }
+        }
+    }
+
+    /// A snapshot of every live holder's generation if none of them can make progress for
+    /// `blocked`: all wait in the same direction or join. `None` as soon as one can.
+    pub(crate) fn stuck_snapshot(&self, blocked: Waiting) -> Option<Vec<(i32, u32)>> {
+        if self.overflow.load(SeqCst) != 0 {
+            return None;
+        }
+        let same = match blocked {
+            Waiting::Get => WAIT_GET,
+            Waiting::Put => WAIT_PUT,
+        };
+        let mut snapshot = Vec::new();
+        for slot in &self.slots {
+            let pid = slot.pid.load(SeqCst);
+            if pid == 0 {
+                continue;
+            }
+            let state = slot.state.load(SeqCst);
+            let generation = slot.generation.load(SeqCst);
+            if !sys::process_alive(pid, slot.start.load(SeqCst)) {
+                continue;
+            }
+            if slot.tid.load(SeqCst) == TID_MANY || (state != same && state != JOINING) {
+                return None;
+            }
+            snapshot.push((pid, generation));
+        }
+        Some(snapshot)
+    }
+}
+
+/// The queues this process holds, so that a fork can register the child in each.
+static REGISTRY: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
+
+/// Adds a newly made queue to this process's registry and registers the process in its table.
+pub(crate) fn adopt(shared: &Arc<Shared>) {
+    shared
+        .holders()
+        .register(sys::getpid().as_raw(), own_start_time());
+    let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    reg.retain(|w| w.strong_count() > 0);
+    reg.push(Arc::downgrade(shared));
+}
+
+fn live_queues() -> Vec<Arc<Shared>> {
+    let reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    reg.iter().filter_map(Weak::upgrade).collect()
+}
+
+/// Called in the parent right after a fork: the child holds every queue this process holds.
+pub(crate) fn on_fork_parent(child: Pid) {
+    let queues = live_queues();
+    if queues.is_empty() {
+        return;
+    }
+    let start = start_time_of(child.as_raw());
+    for q in queues {
+        q.holders().register(child.as_raw(), start);
+    }
+}
+
+/// Called in the child right after a fork.
+pub(crate) fn on_fork_child() {
+    FORK_EPOCH.fetch_add(1, SeqCst);
+}
+
+/// While alive, marks the calling process as joining a child in every queue it holds: a joining
+/// process cannot put, so it does not keep consumers waiting.
+#[derive(Debug)]
+pub(crate) struct JoiningGuard {
+    queues: Vec<Arc<Shared>>,
+}
+
+impl JoiningGuard {
+    pub(crate) fn new() -> Self {
+        let queues = live_queues();
+        let tid = current_tid();
+        let pid = sys::getpid().as_raw();
+        let mut marked = Vec::new();
+        for q in queues {
+            if let Some(slot) = q.holders().my_slot() {
+                let owner = slot.tid.load(SeqCst);
+                if slot.pid.load(SeqCst) == pid && (owner == TID_NONE || owner == tid) {
+                    slot.state.store(JOINING, SeqCst);
+                    marked.push(q);
+                }
+            }
+        }
+        JoiningGuard { queues: marked }
+    }
+}
+
+impl Drop for JoiningGuard {
+    fn drop(&mut self) {
+        for q in &self.queues {
+            if let Some(slot) = q.holders().my_slot() {
+                slot.generation.fetch_add(1, SeqCst);
+                slot.state.store(RUNNING, SeqCst);
+            }
+        }
+    }
+}

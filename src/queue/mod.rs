@@ -1,0 +1,400 @@
+//! [`Queue`]: a multi-producer, multi-consumer queue shared by forked processes.
+
+pub(crate) mod holders;
+mod ring;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::wire;
+
+pub(crate) use ring::Shared;
+use ring::Taken;
+
+/// The default ring size of a queue, in bytes.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1 << 20;
+
+thread_local! {
+    static ENCODE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A queue shared by processes: Python's `multiprocessing.Queue`.
+///
+/// Make it before the processes start; every process forked afterwards (by [`Process`],
+/// [`spawn`] or a pool) holds it too. Clone it freely: clones are the same queue.
+///
+/// - **Multi-producer, multi-consumer**: any number of processes (and threads) put and get at
+///   once. Each item goes to exactly one consumer, whole: items of concurrent producers never
+///   interleave, and items of one producer come out in the order it put them.
+/// - **Any size**: items from 0 bytes up to
+///   [`MAX_MESSAGE_BYTES`](crate::MAX_MESSAGE_BYTES) encoded. Items travel through a ring of
+///   [`DEFAULT_QUEUE_CAPACITY`] bytes (see [`with_capacity`](Queue::with_capacity)); an item larger
+///   than a quarter of the ring streams through it, so `put` of a big item returns once a consumer
+///   has taken most of it.
+/// - **Bounded**: `put` blocks while the ring is full.
+/// - **Poison pills**: [`put_pill`](Queue::put_pill) puts a typed stop marker (never a magic
+///   value); [`iter`](Queue::iter) ends at the first pill it takes.
+/// - **No endless wait**: a `get` on an empty queue returns [`Error::Disconnected`] once no
+///   process that holds the queue can put any more: every one of them has ended, dropped the
+///   queue, or is itself waiting in `get` or joining a child. Likewise a `put` on a full queue
+///   when nobody can get. The check runs every 50 ms while waiting.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{Process, Queue};
+///
+/// let jobs: Queue<String> = Queue::new()?;
+/// let results: Queue<usize> = Queue::new()?;
+/// let workers: Vec<Process> = (0..2)
+///     .map(|_| {
+///         let (jobs, results) = (jobs.clone(), results.clone());
+///         Process::new(move || {
+///             for job in jobs.iter() {
+///                 results.put(&job.len()).unwrap();
+///             }
+///         })
+///     })
+///     .collect();
+/// for w in &workers {
+///     w.start()?;
+/// }
+/// for name in ["a", "bb", "ccc"] {
+///     jobs.put(&name.to_string())?;
+/// }
+/// for _ in &workers {
+///     jobs.put_pill()?;
+/// }
+/// let mut lens: Vec<usize> = (0..3).map(|_| results.get()).collect::<Result<_, _>>()?;
+/// lens.sort();
+/// assert_eq!(lens, [1, 2, 3]);
+/// for w in &workers {
+///     w.join()?;
+/// }
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+///
+/// # Caveats
+///
+/// Disconnection is detected only among processes forked through multiproc (a raw `libc::fork`
+/// is not seen), and not for a process that uses the queue from several threads (it always
+/// counts as able to put). A consumer killed while taking an item loses that item: it was
+/// delivered to the process that died. A process killed in the middle of putting a large item
+/// leaves no trace of it: consumers drop the partial item.
+///
+/// [`Process`]: crate::Process
+/// [`spawn`]: crate::spawn
+pub struct Queue<T> {
+    shared: Arc<Shared>,
+    _items: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue {
+            shared: Arc::clone(&self.shared),
+            _items: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue").finish_non_exhaustive()
+    }
+}
+
+impl<T> Drop for Queue<T> {
+    fn drop(&mut self) {
+        // The last handle in this process: it can no longer put or get.
+        if Arc::strong_count(&self.shared) == 1 {
+            self.shared.holders().unregister_self();
+        }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    /// A queue with a ring of [`DEFAULT_QUEUE_CAPACITY`] bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the shared mapping cannot be made.
+    pub fn new() -> Result<Self> {
+        Self::with_capacity(DEFAULT_QUEUE_CAPACITY)
+    }
+
+    /// A queue whose ring holds `bytes` bytes (at least 4 KiB, at most 1 GiB; rounded up to a
+    /// multiple of 4 KiB). Each item takes its encoded size plus 16 bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] outside those bounds; [`Error::Io`] if the mapping fails.
+    pub fn with_capacity(bytes: usize) -> Result<Self> {
+        const MIN: usize = 4096;
+        const MAX: usize = 1 << 30;
+        if !(MIN..=MAX).contains(&bytes) {
+            return Err(Error::invalid_arg(
+                "capacity",
+                bytes,
+                format!("a queue's ring must hold between {MIN} and {MAX} bytes"),
+            ));
+        }
+        let shared = Arc::new(Shared::new(bytes.next_multiple_of(4096))?);
+        holders::adopt(&shared);
+        Ok(Queue {
+            shared,
+            _items: PhantomData,
+        })
+    }
+
+    /// Puts an item, blocking while the ring is full.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`] above [`MAX_MESSAGE_BYTES`](crate::MAX_MESSAGE_BYTES);
+    /// [`Error::Codec`] if the item cannot be encoded; [`Error::Disconnected`] if the ring is full
+    /// and no process can take from it any more.
+    pub fn put(&self, item: &T) -> Result<()> {
+        ENCODE_BUF.with(|buf| match buf.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                wire::encode_append(item, &mut buf)?;
+                let r = self.shared.put(Some(&buf));
+                if buf.capacity() > 1 << 20 {
+                    *buf = Vec::new();
+                }
+                r
+            }
+            // Re-entered from inside an item's Serialize impl: use a fresh buffer.
+            Err(_) => self.shared.put(Some(&wire::encode(item)?)),
+        })
+    }
+
+    /// Puts a poison pill: the consumer that takes it stops ([`iter`](Queue::iter) ends, `get`
+    /// returns [`Error::Stopped`]). Put one per consumer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] if the ring is full and no process can take from it any more.
+    pub fn put_pill(&self) -> Result<()> {
+        self.shared.put(None)
+    }
+
+    /// Takes the next item, waiting as long as some process could still put one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Stopped`] when it took a pill; [`Error::Disconnected`] when the queue is empty
+    /// and nobody can put any more; [`Error::Codec`] if the bytes do not decode as a `T`.
+    pub fn get(&self) -> Result<T> {
+        self.take(None)
+    }
+
+    /// As [`get`](Queue::get), waiting at most `timeout` for an item to begin arriving (a large
+    /// item that has begun to arrive is received whole).
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Queue::get), plus [`Error::Timeout`].
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        self.take(Some(Instant::now() + timeout))
+    }
+
+    /// Takes an item if one is there now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] (with a zero duration) when the queue is empty; otherwise as
+    /// [`get`](Queue::get).
+    pub fn try_get(&self) -> Result<T> {
+        self.take(Some(Instant::now()))
+    }
+
+    fn take(&self, deadline: Option<Instant>) -> Result<T> {
+        match self.shared.get(deadline)? {
+            Taken::Item(bytes) => wire::decode(&bytes),
+            Taken::Pill => Err(Error::Stopped),
+        }
+    }
+
+    /// Whether the queue is empty right now (another process may change that at once).
+    pub fn is_empty(&self) -> bool {
+        self.shared.is_empty()
+    }
+
+    /// An iterator that takes items until the first pill, or until the queue is disconnected
+    /// (see [`QueueIter::stop_reason`]): the worker loop `for job in queue.iter() { .. }`.
+    pub fn iter(&self) -> QueueIter<'_, T> {
+        QueueIter {
+            queue: self,
+            sentinel: None,
+            stop: None,
+        }
+    }
+
+    /// An iterator that takes items until one equal to `sentinel` (Python's
+    /// `iter(queue.get, "STOP")`), a pill, or disconnection. Equality is of the encoded bytes,
+    /// which for the usual types (numbers, strings, enums) is value equality.
+    pub fn iter_until(&self, sentinel: &T) -> QueueIter<'_, T> {
+        let (sentinel, stop) = match wire::encode(sentinel) {
+            Ok(bytes) => (Some(bytes), None),
+            Err(e) => (None, Some(e)),
+        };
+        QueueIter {
+            queue: self,
+            sentinel,
+            stop,
+        }
+    }
+}
+
+/// The iterator of [`Queue::iter`] and [`Queue::iter_until`].
+pub struct QueueIter<'a, T> {
+    queue: &'a Queue<T>,
+    sentinel: Option<Vec<u8>>,
+    stop: Option<Error>,
+}
+
+impl<T> fmt::Debug for QueueIter<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueIter")
+            .field("stop", &self.stop)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> QueueIter<'_, T> {
+    /// Why the iterator ended: [`Error::Stopped`] for a pill or the sentinel,
+    /// [`Error::Disconnected`], or another error; `None` while it has not ended.
+    pub fn stop_reason(&self) -> Option<&Error> {
+        self.stop.as_ref()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Iterator for QueueIter<'_, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        if self.stop.is_some() {
+            return None;
+        }
+        let taken = self.queue.shared.get(None).and_then(|taken| match taken {
+            Taken::Item(bytes) if self.sentinel.as_ref() == Some(&bytes) => Err(Error::Stopped),
+            Taken::Item(bytes) => wire::decode(&bytes),
+            Taken::Pill => Err(Error::Stopped),
+        });
+        match taken {
+            Ok(item) => Some(item),
+            Err(e) => {
+                self.stop = Some(e);
+                None
+            }
+        }
+    }
+}
+
+/// A [`Queue`] whose consumers confirm each item: Python's `multiprocessing.JoinableQueue`.
+///
+/// Every item put counts as unfinished until some process calls
+/// [`task_done`](JoinableQueue::task_done) for it; [`join`](JoinableQueue::join) waits until none
+/// is. Pills are not counted.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::{JoinableQueue, Process};
+///
+/// let q: JoinableQueue<u32> = JoinableQueue::new()?;
+/// let worker = {
+///     let q = q.clone();
+///     Process::new(move || {
+///         for _item in q.iter() {
+///             q.task_done().unwrap();
+///         }
+///     })
+/// };
+/// worker.start()?;
+/// for i in 0..10 {
+///     q.put(&i)?;
+/// }
+/// q.join()?; // all ten were processed
+/// q.put_pill()?;
+/// worker.join()?;
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub struct JoinableQueue<T> {
+    queue: Queue<T>,
+}
+
+impl<T> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        JoinableQueue {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for JoinableQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinableQueue").finish_non_exhaustive()
+    }
+}
+
+impl<T> std::ops::Deref for JoinableQueue<T> {
+    type Target = Queue<T>;
+    fn deref(&self) -> &Queue<T> {
+        &self.queue
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
+    /// A joinable queue with a ring of [`DEFAULT_QUEUE_CAPACITY`] bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the shared mapping cannot be made.
+    pub fn new() -> Result<Self> {
+        Ok(JoinableQueue {
+            queue: Queue::new()?,
+        })
+    }
+
+    /// Marks one item as processed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] if called more times than items were put.
+    pub fn task_done(&self) -> Result<()> {
+        self.queue.shared.task_done()
+    }
+
+    /// Items put and not yet marked done.
+    pub fn unfinished(&self) -> u64 {
+        self.queue.shared.unfinished()
+    }
+
+    /// Waits until every item put has been marked done.
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` leaves room for detecting dead consumers.
+    pub fn join(&self) -> Result<()> {
+        self.queue.shared.join_tasks(None)
+    }
+
+    /// As [`join`](JoinableQueue::join), waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when items are still unfinished after `timeout`.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
+        self.queue.shared.join_tasks(Some(Instant::now() + timeout))
+    }
+}

@@ -1,0 +1,60 @@
+//! Shared memory mappings.
+
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+
+use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+
+use crate::error::{Error, Result};
+
+/// An anonymous `MAP_SHARED` mapping: after `fork`, parent and child see the same bytes.
+///
+/// The memory is zero-filled when made, and returned to the kernel when the last process that
+/// maps it unmaps it or exits, so it can never leak (it has no name in `/dev/shm`).
+#[derive(Debug)]
+pub(crate) struct SharedMapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory; what is stored in it and how it is synchronized is the
+// owner's business (every user stores atomics or data guarded by a process-shared lock).
+unsafe impl Send for SharedMapping {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMapping {}
+
+impl SharedMapping {
+    /// Maps `len` zeroed bytes shared with every process forked after this call.
+    pub(crate) fn anonymous(len: usize) -> Result<Self> {
+        let nz = NonZeroUsize::new(len)
+            .ok_or_else(|| Error::invalid_arg("len", len, "a shared mapping cannot be empty"))?;
+        // SAFETY: an anonymous mapping at an address the kernel picks aliases no existing memory.
+        let ptr = unsafe {
+            mmap_anonymous(
+                None,
+                nz,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+            )
+        }
+        .map_err(|e| Error::io("mmap", e))?;
+        Ok(SharedMapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// The first byte of the mapping.
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` describe exactly the mapping made in `anonymous`, and every borrow
+        // into it is tied to `&self`, so none outlives this call.
+        let rc = unsafe { munmap(self.ptr.cast(), self.len) };
+        debug_assert!(std::thread::panicking() || rc.is_ok(), "munmap failed");
+    }
+}

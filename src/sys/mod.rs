@@ -1,0 +1,228 @@
+//! The OS layer: every `unsafe` call into the kernel or libc lives below this module.
+//!
+//! Everything here returns owned types (`OwnedFd`, [`Pid`]) and turns sentinel returns into
+//! [`Error`]s. The user-facing types build on these wrappers and never call `libc` themselves.
+
+pub(crate) mod futex;
+pub(crate) mod mem;
+
+use std::fs;
+use std::io;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+pub(crate) use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+
+/// How a child process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExitStatus {
+    /// It called `exit`/`_exit` with this code.
+    Exited(i32),
+    /// It was killed by this signal.
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// Python's `Process.exitcode`: the exit code, or `-N` for signal `N`.
+    pub(crate) fn exitcode(self) -> i32 {
+        match self {
+            ExitStatus::Exited(code) => code,
+            ExitStatus::Signaled(sig) => -sig,
+        }
+    }
+}
+
+/// The result of [`fork`], seen from each side.
+pub(crate) enum Forked {
+    /// In the parent: the child's pid.
+    Parent(Pid),
+    /// In the child.
+    Child,
+}
+
+/// Forks the calling process.
+///
+/// # Safety
+///
+/// In the child, only the calling thread exists. If the parent had other threads, any lock they
+/// held (inside `malloc`, stdio, a user `Mutex`) stays locked forever in the child, so the child
+/// must avoid them or call only async-signal-safe functions. The crate documents this contract in
+/// its `# Fork safety` section; callers end the child with [`exit_now`].
+pub(crate) unsafe fn fork() -> Result<Forked> {
+    // SAFETY: the caller upholds the fork contract stated above.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Forked::Parent(child)),
+        Ok(nix::unistd::ForkResult::Child) => Ok(Forked::Child),
+        Err(e) => Err(Error::io("fork", e)),
+    }
+}
+
+/// Ends the calling process at once with `code`: no atexit handlers, no destructors, no stdio
+/// flush (flush before calling).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` is async-signal-safe and never returns; skipping destructors is the point:
+    // they belong to the parent's copy of the memory.
+    unsafe { libc::_exit(code) }
+}
+
+fn to_exit_status(status: WaitStatus) -> Option<ExitStatus> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(ExitStatus::Exited(code)),
+        WaitStatus::Signaled(_, sig, _) => Some(ExitStatus::Signaled(sig as i32)),
+        _ => None,
+    }
+}
+
+/// Waits for the child `pid` to end and reaps it. Retries on `EINTR`.
+pub(crate) fn wait_blocking(pid: Pid) -> Result<ExitStatus> {
+    loop {
+        match waitpid(pid, None) {
+            Ok(status) => {
+                if let Some(st) = to_exit_status(status) {
+                    return Ok(st);
+                }
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(Error::io("waitpid", e)),
+        }
+    }
+}
+
+/// Reaps the child `pid` if it has ended; `None` while it runs.
+pub(crate) fn try_wait(pid: Pid) -> Result<Option<ExitStatus>> {
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => return Ok(None),
+            Ok(status) => {
+                if let Some(st) = to_exit_status(status) {
+                    return Ok(Some(st));
+                }
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(Error::io("waitpid", e)),
+        }
+    }
+}
+
+/// Sends `sig` to `pid`. A process that is already gone (`ESRCH`) is not an error.
+pub(crate) fn kill(pid: Pid, sig: Signal) -> Result<()> {
+    match nix::sys::signal::kill(pid, sig) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(Error::io("kill", e)),
+    }
+}
+
+/// A pidfd: a descriptor that becomes readable when the process ends (Linux ≥ 5.3).
+pub(crate) fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; it touches no
+    // memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(Error::io("pidfd_open", io::Error::last_os_error()));
+    }
+    let fd = i32::try_from(fd).map_err(|_| Error::io("pidfd_open", io::ErrorKind::InvalidData))?;
+    // SAFETY: the kernel just returned this descriptor to us and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits until `fd` is readable (or hung up) or `deadline` passes; `true` when readable.
+/// `None` waits without limit. Retries on `EINTR` with the remaining time.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> Result<bool> {
+    loop {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up so that a sub-millisecond remainder still waits.
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128);
+                PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(0) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(false);
+                }
+            }
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(Error::io("poll", e)),
+        }
+    }
+}
+
+/// A pipe whose ends are closed on `exec`.
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::io("pipe2", e))
+}
+
+/// Writes all of `buf` to `fd`, retrying on `EINTR` and short writes.
+pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Result<()> {
+    while !buf.is_empty() {
+        match nix::unistd::write(fd, buf) {
+            Ok(0) => return Err(Error::io("write", io::ErrorKind::WriteZero)),
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::EINTR) => {}
+            Err(Errno::EPIPE) => {
+                return Err(Error::Disconnected("the reading end is closed".into()));
+            }
+            Err(e) => return Err(Error::io("write", e)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads into `buf`, retrying on `EINTR`; returns the number of bytes read (0 at end of file).
+pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize> {
+    loop {
+        match nix::unistd::read(fd, buf) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(Error::io("read", e)),
+        }
+    }
+}
+
+/// The calling process's id.
+pub(crate) fn getpid() -> Pid {
+    nix::unistd::getpid()
+}
+
+/// The calling thread's id.
+pub(crate) fn gettid() -> i32 {
+    nix::unistd::gettid().as_raw()
+}
+
+/// The state letter and start time (clock ticks since boot, field 22) of `pid` from
+/// `/proc/PID/stat`, or `None` when there is no such process. Pid and start time together name a
+/// process uniquely, even after the pid is reused.
+pub(crate) fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may itself contain spaces or ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // `rest` starts at field 3 (state); starttime is field 22.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// Whether the process `pid` that started at `start_time` still runs (is not gone, not a zombie).
+pub(crate) fn process_alive(pid: i32, start_time: u64) -> bool {
+    matches!(proc_stat(pid), Some((state, start)) if start == start_time && state != 'Z' && state != 'X')
+}
+
+/// Flushes Rust's standard output and error buffers; used before a child's `_exit`.
+pub(crate) fn flush_stdio() {
+    use std::io::Write;
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+}
