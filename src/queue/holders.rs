@@ -12,8 +12,9 @@
 //! a holder that changes state in between, each transition to "running" bumps the slot's
 //! generation, and the check is made twice around a second look at the queue.
 //!
-//! A process whose queue is used from more than one thread is always counted as running: one of
-//! its threads may put while another waits.
+//! Each slot also names the one thread that uses the queue in that process (the creator's thread,
+//! or a child's main thread). A process whose queue is used from more than one thread is always
+//! counted as running: one of its threads may put while another waits.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -96,8 +97,8 @@ fn start_time_of(pid: i32) -> u64 {
 }
 
 impl HolderTable {
-    /// Registers `pid` as a running holder (idempotent).
-    pub(crate) fn register(&self, pid: i32, start: u64) {
+    /// Registers `pid` as a running holder used by thread `tid` (idempotent).
+    pub(crate) fn register(&self, pid: i32, start: u64, tid: i32) {
         if self.find(pid).is_some() {
             return;
         }
@@ -107,7 +108,7 @@ impl HolderTable {
                     && slot.pid.compare_exchange(0, pid, SeqCst, SeqCst).is_ok()
                 {
                     slot.start.store(start, SeqCst);
-                    slot.tid.store(TID_NONE, SeqCst);
+                    slot.tid.store(tid, SeqCst);
                     slot.generation.fetch_add(1, SeqCst);
                     slot.state.store(RUNNING, SeqCst);
                     return;
@@ -218,7 +219,7 @@ static REGISTRY: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 pub(crate) fn adopt(shared: &Arc<Shared>) {
     shared
         .holders()
-        .register(sys::getpid().as_raw(), own_start_time());
+        .register(sys::getpid().as_raw(), own_start_time(), current_tid());
     let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
     reg.retain(|w| w.strong_count() > 0);
     reg.push(Arc::downgrade(shared));
@@ -237,7 +238,8 @@ pub(crate) fn on_fork_parent(child: Pid) {
     }
     let start = start_time_of(child.as_raw());
     for q in queues {
-        q.holders().register(child.as_raw(), start);
+        // The forking thread becomes the child's only thread, whose tid is the child's pid.
+        q.holders().register(child.as_raw(), start, child.as_raw());
     }
 }
 
@@ -262,7 +264,9 @@ impl JoiningGuard {
         for q in queues {
             if let Some(slot) = q.holders().my_slot() {
                 let owner = slot.tid.load(SeqCst);
-                if slot.pid.load(SeqCst) == pid && (owner == TID_NONE || owner == tid) {
+                // Only the thread that uses the queue speaks for the process: another thread's
+                // join says nothing about whether this one will put.
+                if slot.pid.load(SeqCst) == pid && owner == tid {
                     slot.state.store(JOINING, SeqCst);
                     marked.push(q);
                 }

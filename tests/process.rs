@@ -1,0 +1,190 @@
+//! `Process` and `spawn`: exit codes, timeouts, misuse, typed results, no zombies.
+
+mod common;
+
+use common::{is_our_child, ms, secs};
+use multiproc::{Error, Process, Queue, spawn};
+use serde::{Deserialize, Serialize};
+
+#[test]
+fn exit_codes_follow_python() {
+    let ok = Process::new(|| {});
+    let panics = Process::new(|| panic!("boom"));
+    let exits = Process::new(|| std::process::exit(3));
+    for p in [&ok, &panics, &exits] {
+        p.start().unwrap();
+    }
+    for p in [&ok, &panics, &exits] {
+        assert!(p.join_timeout(secs(30)).unwrap());
+    }
+    assert_eq!(ok.exitcode(), Some(0));
+    assert_eq!(panics.exitcode(), Some(1));
+    assert_eq!(exits.exitcode(), Some(3));
+}
+
+#[test]
+fn killed_and_terminated_give_minus_signal() {
+    let sleepy = || std::thread::sleep(std::time::Duration::from_secs(60));
+    let killed = Process::new(sleepy);
+    let termed = Process::new(sleepy);
+    killed.start().unwrap();
+    termed.start().unwrap();
+    assert!(killed.is_alive() && termed.is_alive());
+    assert_eq!(killed.exitcode(), None);
+    killed.kill().unwrap();
+    termed.terminate().unwrap();
+    assert!(killed.join_timeout(secs(30)).unwrap());
+    assert!(termed.join_timeout(secs(30)).unwrap());
+    assert_eq!(killed.exitcode(), Some(-9));
+    assert_eq!(termed.exitcode(), Some(-15));
+    assert!(!killed.is_alive());
+    // Signalling an ended process is a no-op.
+    killed.kill().unwrap();
+}
+
+#[test]
+fn join_timeout_returns_false_while_running() {
+    let p = Process::new(|| std::thread::sleep(std::time::Duration::from_secs(60)));
+    p.start().unwrap();
+    let t = std::time::Instant::now();
+    assert!(!p.join_timeout(ms(100)).unwrap());
+    assert!(t.elapsed() >= ms(100));
+    assert_eq!(p.exitcode(), None);
+    p.kill().unwrap();
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(-9));
+    // Joining again returns at once.
+    assert!(p.join_timeout(ms(0)).unwrap());
+}
+
+#[test]
+fn misuse_is_an_error_not_a_panic() {
+    let p = Process::new(|| {});
+    assert!(matches!(p.join(), Err(Error::InvalidState(_))));
+    assert!(matches!(p.join_timeout(ms(10)), Err(Error::InvalidState(_))));
+    assert!(matches!(p.terminate(), Err(Error::InvalidState(_))));
+    assert!(matches!(p.kill(), Err(Error::InvalidState(_))));
+    assert_eq!(p.pid(), None);
+    assert!(!p.is_alive());
+    p.start().unwrap();
+    let err = p.start().unwrap_err();
+    assert!(matches!(err, Error::InvalidState(_)));
+    assert!(err.to_string().contains("already started"), "{err}");
+    p.join().unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+}
+
+#[test]
+fn closure_captures_and_name_becomes_comm() {
+    let q: Queue<(String, u64)> = Queue::new().unwrap();
+    let data: Vec<u64> = (1..=100).collect();
+    let q2 = q.clone();
+    let p = Process::new(move || {
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+        q2.put(&(comm.trim().to_string(), data.iter().sum())).unwrap();
+    })
+    .name("square-worker");
+    assert_eq!(p.get_name(), "square-worker");
+    p.start().unwrap();
+    let (comm, sum) = q.get_timeout(secs(30)).unwrap();
+    assert_eq!(comm, "square-worker");
+    assert_eq!(sum, 5050);
+    p.join().unwrap();
+}
+
+#[test]
+fn dropping_a_running_process_kills_and_reaps_it() {
+    let p = Process::new(|| std::thread::sleep(std::time::Duration::from_secs(60)));
+    p.start().unwrap();
+    let pid = p.pid().unwrap();
+    assert!(is_our_child(pid));
+    drop(p);
+    assert!(!is_our_child(pid), "child {pid} left behind (zombie or running)");
+
+    let done = Process::new(|| {});
+    done.start().unwrap();
+    let pid = done.pid().unwrap();
+    std::thread::sleep(ms(100));
+    drop(done);
+    assert!(!is_our_child(pid), "ended child {pid} left as a zombie");
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Stats {
+    name: String,
+    mean: f64,
+    values: Vec<u32>,
+}
+
+#[test]
+fn spawn_returns_a_struct() {
+    let values = vec![1u32, 2, 3, 6];
+    let h = spawn(move || Stats {
+        name: "demo".into(),
+        mean: values.iter().sum::<u32>() as f64 / values.len() as f64,
+        values,
+    })
+    .unwrap();
+    let pid = h.pid();
+    let stats = h.join().unwrap();
+    assert_eq!(
+        stats,
+        Stats {
+            name: "demo".into(),
+            mean: 3.0,
+            values: vec![1, 2, 3, 6]
+        }
+    );
+    assert!(!is_our_child(pid));
+}
+
+#[test]
+fn spawn_reports_the_panic_message_and_location() {
+    let h = spawn(|| -> u8 { panic!("bad input {}", 42) }).unwrap();
+    let err = h.join().unwrap_err();
+    let panic = err.panic().expect("TaskPanicked");
+    assert_eq!(panic.message, "bad input 42");
+    let loc = panic.location.as_deref().unwrap();
+    assert!(loc.starts_with("tests/process.rs:"), "{loc}");
+    assert!(err.to_string().contains("bad input 42"));
+}
+
+#[test]
+fn spawn_reports_signal_and_exit_code() {
+    let h = spawn(|| -> u8 {
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
+        0
+    })
+    .unwrap();
+    match h.join() {
+        Err(Error::WorkerDied {
+            signal: Some(9), ..
+        }) => {}
+        other => panic!("expected WorkerDied by signal 9, got {other:?}"),
+    }
+    let h = spawn(|| -> u8 { std::process::exit(4) }).unwrap();
+    let err = h.join().unwrap_err();
+    assert!(matches!(err, Error::WorkerDied { code: Some(4), signal: None, .. }), "{err:?}");
+    assert!(err.to_string().contains("exited with code 4"), "{err}");
+}
+
+#[test]
+fn spawn_join_timeout_then_join() {
+    let mut h = spawn(|| {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        vec![7u8; 200_000]
+    })
+    .unwrap();
+    assert!(h.join_timeout(ms(20)).unwrap_err().is_timeout());
+    let v = h.join_timeout(secs(30)).unwrap();
+    assert_eq!(v.len(), 200_000);
+    assert!(v.iter().all(|&b| b == 7));
+}
+
+#[test]
+fn spawn_dropped_while_running_leaves_no_child() {
+    let h = spawn(|| std::thread::sleep(std::time::Duration::from_secs(60))).unwrap();
+    let pid = h.pid();
+    drop(h);
+    assert!(!is_our_child(pid));
+}
