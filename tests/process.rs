@@ -61,7 +61,10 @@ fn join_timeout_returns_false_while_running() {
 fn misuse_is_an_error_not_a_panic() {
     let p = Process::new(|| {});
     assert!(matches!(p.join(), Err(Error::InvalidState(_))));
-    assert!(matches!(p.join_timeout(ms(10)), Err(Error::InvalidState(_))));
+    assert!(matches!(
+        p.join_timeout(ms(10)),
+        Err(Error::InvalidState(_))
+    ));
     assert!(matches!(p.terminate(), Err(Error::InvalidState(_))));
     assert!(matches!(p.kill(), Err(Error::InvalidState(_))));
     assert_eq!(p.pid(), None);
@@ -81,7 +84,8 @@ fn closure_captures_and_name_becomes_comm() {
     let q2 = q.clone();
     let p = Process::new(move || {
         let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
-        q2.put(&(comm.trim().to_string(), data.iter().sum())).unwrap();
+        q2.put(&(comm.trim().to_string(), data.iter().sum()))
+            .unwrap();
     })
     .name("square-worker");
     assert_eq!(p.get_name(), "square-worker");
@@ -99,7 +103,10 @@ fn dropping_a_running_process_kills_and_reaps_it() {
     let pid = p.pid().unwrap();
     assert!(is_our_child(pid));
     drop(p);
-    assert!(!is_our_child(pid), "child {pid} left behind (zombie or running)");
+    assert!(
+        !is_our_child(pid),
+        "child {pid} left behind (zombie or running)"
+    );
 
     let done = Process::new(|| {});
     done.start().unwrap();
@@ -164,7 +171,17 @@ fn spawn_reports_signal_and_exit_code() {
     }
     let h = spawn(|| -> u8 { std::process::exit(4) }).unwrap();
     let err = h.join().unwrap_err();
-    assert!(matches!(err, Error::WorkerDied { code: Some(4), signal: None, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::WorkerDied {
+                code: Some(4),
+                signal: None,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("exited with code 4"), "{err}");
 }
 

@@ -21,7 +21,11 @@ pub(crate) fn is_our_child(pid: i32) -> bool {
     let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
         return false;
     };
-    let ppid: i32 = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let ppid: i32 = rest
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     ppid == std::process::id() as i32
 }
 
