@@ -1,4 +1,135 @@
 //! multiproc: Python's `multiprocessing` model for Rust.
+//!
+//! Forked processes that run your closures ([`Process`], [`spawn`]), a queue that any number of
+//! them share ([`Queue`], stopped by poison pills), and CPU sizing that knows SLURM
+//! ([`cpu_count`]). Linux only.
+//!
+//! # A tour
+//!
+//! A [`Process`] runs a closure in a forked child, like Python's
+//! `Process(target=square, args=(5,))`. The closure may capture anything: the child is a copy
+//! of the parent.
+//!
+//! ```
+//! use multiproc::Process;
+//!
+//! let x = 5;
+//! let p = Process::new(move || println!("{}", x * x));
+//! p.start()?;
+//! p.join()?;
+//! assert_eq!(p.exitcode(), Some(0)); // 1 if it panicked, -9 if SIGKILLed
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! [`spawn`] is the typed form: the child's return value comes back serialized, a panic comes
+//! back as [`Error::TaskPanicked`] with its message, a crash as [`Error::WorkerDied`].
+//!
+//! ```
+//! let h = multiproc::spawn(|| (1..=10u64).product::<u64>())?;
+//! assert_eq!(h.join()?, 3_628_800);
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! A [`Queue`] carries items between processes: many producers, many consumers, each item
+//! delivered once. Workers loop with [`Queue::iter`] until they take a poison pill:
+//!
+//! ```
+//! use multiproc::{Process, Queue};
+//!
+//! let jobs: Queue<u64> = Queue::new()?;
+//! let squares: Queue<u64> = Queue::new()?;
+//! let workers: Vec<Process> = (0..2)
+//!     .map(|_| {
+//!         let (jobs, squares) = (jobs.clone(), squares.clone());
+//!         Process::new(move || {
+//!             for x in jobs.iter() {
+//!                 squares.put(&(x * x)).unwrap();
+//!             }
+//!         })
+//!     })
+//!     .collect();
+//! for w in &workers {
+//!     w.start()?;
+//! }
+//! for x in 1..=4 {
+//!     jobs.put(&x)?;
+//! }
+//! for _ in &workers {
+//!     jobs.put_pill()?; // one pill per worker
+//! }
+//! let mut got: Vec<u64> = (0..4).map(|_| squares.get()).collect::<Result<_, _>>()?;
+//! got.sort();
+//! assert_eq!(got, [1, 4, 9, 16]);
+//! for w in &workers {
+//!     w.join()?;
+//! }
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! Size a pool of workers from the job's allocation: [`cpu_budget`] reads
+//! `SLURM_CPUS_PER_TASK` (and, in a one-node job, `SLURM_CPUS_ON_NODE` or
+//! `SLURM_JOB_CPUS_PER_NODE`), capped by the CPUs the process may really use.
+//!
+//! ```
+//! let budget = multiproc::cpu_budget()?;
+//! println!("{budget}"); // "4 CPUs (SLURM_CPUS_PER_TASK)"
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! | Python `multiprocessing`            | multiproc                                   |
+//! |-------------------------------------|---------------------------------------------|
+//! | `Process(target=f).start()`, `.join()` | [`Process::new(f)`](Process::new), [`start`](Process::start), [`join`](Process::join) |
+//! | `p.join(timeout)`, `p.exitcode`     | [`join_timeout`](Process::join_timeout), [`exitcode`](Process::exitcode) |
+//! | `p.terminate()`, `p.kill()`         | [`terminate`](Process::terminate), [`kill`](Process::kill) |
+//! | `Queue()`, `put`, `get(timeout=)`   | [`Queue::new`], [`put`](Queue::put), [`get_timeout`](Queue::get_timeout) |
+//! | `iter(q.get, None)`                 | [`Queue::iter`] with [`put_pill`](Queue::put_pill), or [`iter_until`](Queue::iter_until) |
+//! | `JoinableQueue`, `task_done`, `join`| [`JoinableQueue`]                           |
+//! | `os.cpu_count()`                    | [`cpu_count`] (SLURM- and affinity-aware)   |
+//!
+//! # Errors
+//!
+//! One error type, [`Error`], for everything; a panic in a child travels back as data
+//! ([`RemotePanic`]). Bad input (a malformed `SLURM_*` value, a zero capacity, starting a process
+//! twice) is an error that names the variable, the value and the limit, never a panic.
+//!
+//! # Fork safety
+//!
+//! Children are made with `fork` (Python's "fork" start method): the child is a copy of the
+//! parent's memory at that moment, with **only the thread that called fork**.
+//!
+//! - **What runs in the child**: your closure, then `_exit`. Rust's stdout and stderr are
+//!   flushed once before the fork (so buffered output is not printed twice) and once before the
+//!   child exits. No destructor of the parent's copied state and no `atexit` handler runs in the
+//!   child: a temp file, a lock file or a network session owned by the parent is not closed
+//!   twice. A panic in the closure is caught (exit code 1); it never unwinds into the parent's
+//!   copied frames.
+//! - **A multi-threaded parent**: any lock that another thread held at the moment of the fork
+//!   (inside a `Mutex` of yours, a logger, an allocator other than glibc's `malloc`, which resets
+//!   its own locks) stays locked forever in the child, and a child that takes it hangs. Start
+//!   processes before you start threads, or make sure the child touches no lock other threads use.
+//!   The test harness of `cargo test` is multi-threaded, and the crate's own tests pass under it.
+//! - **Descriptors**: the child inherits the parent's open files and sockets. The crate's own
+//!   descriptors are close-on-exec, so programs the child runs do not inherit them.
+//! - **Reaping**: every child is waited for by its [`Process`] or [`JoinHandle`]; dropping one
+//!   whose child still runs kills and reaps it. Nothing is left as a zombie.
+//!
+//! # Codec limits
+//!
+//! Values cross processes encoded with [postcard](https://docs.rs/postcard), which is compact
+//! but not self-describing: serde attributes that need the format to describe itself
+//! (`#[serde(flatten)]`, `#[serde(untagged)]`, `skip_serializing_if`) do not round-trip. A
+//! message is at most [`MAX_MESSAGE_BYTES`]. Closures given to [`Process`] and [`spawn`] are not
+//! encoded at all: the child already has them.
+//!
+//! # Testing
+//!
+//! Tests that fork work under both `cargo test` and `cargo nextest run`. Bound every wait in a
+//! test ([`Queue::get_timeout`], [`Process::join_timeout`]) so that a bug fails the test instead
+//! of hanging it.
+//!
+//! # Platform support
+//!
+//! Linux (it uses `pidfd_open`, futexes and `/proc`), kernel 5.3 or later.
 
 mod error;
 mod fork;
@@ -14,3 +145,8 @@ pub use crate::process::{JoinHandle, Process, spawn};
 pub use crate::queue::{DEFAULT_QUEUE_CAPACITY, JoinableQueue, Queue, QueueIter};
 pub use crate::sizing::{CpuBudget, CpuSource, cpu_budget, cpu_budget_with, cpu_count};
 pub use crate::wire::MAX_MESSAGE_BYTES;
+
+// The README's tour is compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

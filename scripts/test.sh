@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: what README.md names and .ci/run runs.
+# Unit and integration tests run under nextest (one process per test) and again under the plain
+# multi-threaded libtest harness, which is the harder case for code that forks; then doctests;
+# then every example; then the benches are compiled (not run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo nextest run --release --no-fail-fast
+cargo test --release --lib --tests
+cargo test --release --doc
+for f in examples/*.rs; do
+  ex=$(basename "$f" .rs)
+  [ "$ex" = mmul ] && continue # a batch binary that reads stdin; mmul_queue runs it
+  echo "== example $ex"
+  timeout 300 cargo run --release --quiet --example "$ex"
+done
+cargo bench --no-run
