@@ -150,3 +150,8 @@ pub use crate::wire::MAX_MESSAGE_BYTES;
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+// docs/guide.md's Rust blocks are compiled and run as doctests.
+#[doc = include_str!("../docs/guide.md")]
+#[cfg(doctest)]
+pub struct GuideDoctests;

@@ -134,6 +134,26 @@ impl Shared {
         }
     }
 
+    /// Appends `len` bytes of the ring from stream position `pos` to `dst`, wrapping at the end
+    /// (no zero-filling of `dst` first).
+    fn extend_from_ring(&self, pos: u64, len: usize, dst: &mut Vec<u8>) {
+        let cap = self.capacity() as usize;
+        let off = (pos % cap as u64) as usize;
+        let first = len.min(cap - off);
+        // SAFETY: both ranges lie inside the data area (see `copy_in`); they hold a published
+        // record that only the consumer holding the get lock reads, and that no producer writes
+        // until this consumer publishes `tail` past it, so nothing mutates them while borrowed.
+        let (a, b) = unsafe {
+            let data = self.map.as_ptr().add(DATA_OFFSET);
+            (
+                std::slice::from_raw_parts(data.add(off), first),
+                std::slice::from_raw_parts(data, len - first),
+            )
+        };
+        dst.extend_from_slice(a);
+        dst.extend_from_slice(b);
+    }
+
     /// Copies out of the ring from stream position `pos` into `dst`, wrapping at the end.
     fn copy_out(&self, pos: u64, dst: &mut [u8]) {
         let cap = self.capacity() as usize;
@@ -264,22 +284,25 @@ impl Shared {
             let mut done = None;
             match kind {
                 WHOLE => {
-                    let mut item = vec![0u8; len];
-                    self.copy_out(body_pos, &mut item);
+                    let mut item = Vec::with_capacity(len);
+                    self.extend_from_ring(body_pos, len, &mut item);
                     done = Some(Taken::Item(item));
                 }
                 PILL => done = Some(Taken::Pill),
                 FIRST => {
+                    if total > crate::wire::MAX_MESSAGE_BYTES as u64 {
+                        return Err(Error::InvalidState(format!(
+                            "queue ring corrupted: item of {total} bytes at position {tail}"
+                        )));
+                    }
                     let mut item = Vec::with_capacity(total as usize);
-                    item.resize(len, 0);
-                    self.copy_out(body_pos, &mut item);
+                    crate::sys::mem::advise_huge_pages(&mut item);
+                    self.extend_from_ring(body_pos, len, &mut item);
                     partial = Some(item);
                 }
                 MORE | LAST => {
                     if let Some(item) = partial.as_mut() {
-                        let at = item.len();
-                        item.resize(at + len, 0);
-                        self.copy_out(body_pos, &mut item[at..]);
+                        self.extend_from_ring(body_pos, len, item);
                         if kind == LAST {
                             done = partial.take().map(Taken::Item);
                         }

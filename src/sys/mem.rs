@@ -58,3 +58,23 @@ impl Drop for SharedMapping {
         debug_assert!(std::thread::panicking() || rc.is_ok(), "munmap failed");
     }
 }
+
+/// Asks the kernel to back `buf`'s spare capacity with transparent huge pages, when the buffer is
+/// large (≥ 4 MiB) and not yet touched. Faulting in fresh memory 2 MiB at a time instead of
+/// 4 KiB at a time makes the first write to a big buffer several times faster. Advice only: any
+/// failure is ignored.
+pub(crate) fn advise_huge_pages(buf: &mut Vec<u8>) {
+    const HUGE: usize = 2 << 20;
+    let spare = buf.spare_capacity_mut();
+    if spare.len() < 2 * HUGE {
+        return;
+    }
+    let start = (spare.as_mut_ptr() as usize).next_multiple_of(HUGE);
+    let end = (spare.as_mut_ptr() as usize + spare.len()) & !(HUGE - 1);
+    if end <= start {
+        return;
+    }
+    // SAFETY: [start, end) lies inside `buf`'s allocation, which we own; MADV_HUGEPAGE changes
+    // only how the kernel backs those pages, never their contents or validity.
+    let _ = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+}
