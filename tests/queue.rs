@@ -164,7 +164,10 @@ fn a_killed_consumer_does_not_stop_the_others() {
         q.put_pill().unwrap();
     }
     for p in &survivors {
-        assert!(p.join_timeout(secs(120)).unwrap(), "a survivor hung");
+        if !p.join_timeout(secs(120)).unwrap() {
+            common::dump_stacks(p.pid().unwrap());
+            panic!("a survivor hung");
+        }
         assert_eq!(p.exitcode(), Some(0), "a survivor saw a corrupted item");
     }
     assert!(victim.join_timeout(secs(30)).unwrap());
@@ -222,7 +225,10 @@ fn consumers_are_released_while_the_parent_joins() {
         q.put(&i).unwrap();
     }
     for c in &consumers {
-        assert!(c.join_timeout(secs(30)).unwrap(), "consumer hung");
+        if !c.join_timeout(secs(30)).unwrap() {
+            common::dump_stacks(c.pid().unwrap());
+            panic!("consumer hung");
+        }
         assert_eq!(c.exitcode(), Some(10));
     }
 }
