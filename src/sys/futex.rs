@@ -65,6 +65,9 @@ unsafe extern "C" {
 }
 const PTHREAD_MUTEX_ROBUST: libc::c_int = 1;
 
+/// How long one timed wait for a [`RobustMutex`] lasts before it tries again.
+pub(crate) const LOCK_TICK: Duration = Duration::from_millis(50);
+
 /// What [`RobustMutex::lock`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Locked {
@@ -129,10 +132,30 @@ impl RobustMutex {
     }
 
     /// Takes the mutex, blocking; reports whether the previous owner died holding it.
+    ///
+    /// The wait is made of timed waits of [`LOCK_TICK`]: should a wake-up ever be lost (an owner
+    /// killed at the instant it released the mutex), the next try still takes a free mutex, or
+    /// one whose owner the kernel marked dead, instead of sleeping forever.
     pub(crate) fn lock(&self) -> Result<Locked> {
-        // SAFETY: the mutex was initialized by `init` and lives as long as `self`.
-        let rc = unsafe { libc::pthread_mutex_lock(self.inner.get()) };
-        self.after_lock(rc, "pthread_mutex_lock")
+        loop {
+            let mut now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes one timespec into `now`, which we own.
+            unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+            let nanos = now.tv_nsec as i64 + LOCK_TICK.as_nanos() as i64;
+            let until = libc::timespec {
+                tv_sec: now.tv_sec + (nanos / 1_000_000_000) as libc::time_t,
+                tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+            };
+            // SAFETY: the mutex was initialized by `init` and lives as long as `self`; `until`
+            // is a valid timespec.
+            let rc = unsafe { libc::pthread_mutex_timedlock(self.inner.get(), &until) };
+            if rc != libc::ETIMEDOUT {
+                return self.after_lock(rc, "pthread_mutex_timedlock");
+            }
+        }
     }
 
     fn after_lock(&self, rc: libc::c_int, what: &'static str) -> Result<Locked> {
