@@ -144,7 +144,7 @@ impl RobustMutex {
             };
             // SAFETY: clock_gettime writes one timespec into `now`, which we own.
             unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
-            let nanos = now.tv_nsec as i64 + LOCK_TICK.as_nanos() as i64;
+            let nanos = now.tv_nsec + LOCK_TICK.as_nanos() as libc::c_long;
             let until = libc::timespec {
                 tv_sec: now.tv_sec + (nanos / 1_000_000_000) as libc::time_t,
                 tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
