@@ -78,3 +78,19 @@ pub(crate) fn advise_huge_pages(buf: &mut Vec<u8>) {
     // only how the kernel backs those pages, never their contents or validity.
     let _ = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
 }
+
+impl SharedMapping {
+    /// The mapping viewed as `len / 8` atomic 64-bit words (the pool's per-worker progress slots).
+    pub(crate) fn as_atomic_u64s(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: the mapping is page-aligned (so 8-aligned), `len / 8` words lie inside it, an
+        // all-zero (or any) bit pattern is a valid `AtomicU64`, and every access to this memory,
+        // from any process, goes through these atomics, so there is no data race. The slice
+        // borrows `self`, so it cannot outlive the mapping.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ptr.as_ptr().cast::<std::sync::atomic::AtomicU64>(),
+                self.len / 8,
+            )
+        }
+    }
+}
