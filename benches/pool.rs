@@ -14,7 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use criterion::{BatchSize, Criterion};
+use criterion::Criterion;
 use multiproc::{Pool, Process};
 
 /// Mean time per iteration of each benchmark, recorded by `iter_custom`.
