@@ -1,9 +1,11 @@
 //! Shared memory mappings.
 
 use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
-use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, mmap_anonymous, munmap};
 
 use crate::error::{Error, Result};
 
@@ -44,6 +46,36 @@ impl SharedMapping {
         })
     }
 
+    /// Maps the first `len` bytes of the file `fd` (a memfd) shared: every process that maps
+    /// the same file sees the same bytes. The mapping stays valid after `fd` is closed.
+    pub(crate) fn from_fd(fd: BorrowedFd<'_>, len: usize) -> Result<Self> {
+        let nz = NonZeroUsize::new(len)
+            .ok_or_else(|| Error::invalid_arg("len", len, "a shared mapping cannot be empty"))?;
+        // SAFETY: a mapping at an address the kernel picks aliases no existing Rust memory; the
+        // file is a memfd that is never truncated below `len` (memfds made by `memfd` are sized
+        // once and `fd_size` is checked by callers before mapping).
+        let ptr = unsafe {
+            mmap(
+                None,
+                nz,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )
+        }
+        .map_err(|e| Error::io("mmap", e))?;
+        Ok(SharedMapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// The mapping's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// The first byte of the mapping.
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
@@ -57,4 +89,23 @@ impl Drop for SharedMapping {
         let rc = unsafe { munmap(self.ptr.cast(), self.len) };
         debug_assert!(std::thread::panicking() || rc.is_ok(), "munmap failed");
     }
+}
+
+/// A new anonymous memory file (`memfd_create` with `MFD_CLOEXEC`) of `len` zero bytes.
+///
+/// It has no name in any file system (`/dev/shm` included): its memory goes back to the kernel
+/// when the last descriptor and the last mapping of it are gone, also when processes crash.
+pub(crate) fn memfd(len: usize) -> Result<OwnedFd> {
+    let fd = memfd_create(c"multiproc-shm", MFdFlags::MFD_CLOEXEC)
+        .map_err(|e| Error::io("memfd_create", e))?;
+    let off = libc::off_t::try_from(len)
+        .map_err(|_| Error::invalid_arg("len", len, "too large for a memory file"))?;
+    nix::unistd::ftruncate(fd.as_fd(), off).map_err(|e| Error::io("ftruncate", e))?;
+    Ok(fd)
+}
+
+/// The size in bytes of the file `fd`.
+pub(crate) fn fd_size(fd: BorrowedFd<'_>) -> Result<usize> {
+    let st = nix::sys::stat::fstat(fd).map_err(|e| Error::io("fstat", e))?;
+    usize::try_from(st.st_size).map_err(|_| Error::io("fstat", std::io::ErrorKind::InvalidData))
 }
