@@ -121,7 +121,9 @@ pub enum Error {
     /// [`RLock`](crate::RLock), or the lock of a [`SharedArray`](crate::SharedArray)): the data it
     /// protected may be half-updated. The lock itself was recovered and released; see
     /// [`AcquireError::OwnerDied`](crate::AcquireError::OwnerDied) to keep it instead.
-    #[error("{what}: its previous holder died while holding it; the data it protects may be half-updated")]
+    #[error(
+        "{what}: its previous holder died while holding it; the data it protects may be half-updated"
+    )]
     OwnerDied {
         /// What was being acquired, for example `"Lock"`.
         what: &'static str,

@@ -4,6 +4,7 @@ use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
+use nix::fcntl::{FcntlArg, SealFlag};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, mmap_anonymous, munmap};
 
@@ -71,11 +72,6 @@ impl SharedMapping {
         })
     }
 
-    /// The mapping's length in bytes.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
     /// The first byte of the mapping.
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
@@ -91,17 +87,33 @@ impl Drop for SharedMapping {
     }
 }
 
-/// A new anonymous memory file (`memfd_create` with `MFD_CLOEXEC`) of `len` zero bytes.
+/// A new anonymous memory file (`memfd_create` with `MFD_CLOEXEC`) of `len` zero bytes, sealed
+/// against shrinking and growing, so that no holder can make another's mapping fault (`SIGBUS`).
 ///
 /// It has no name in any file system (`/dev/shm` included): its memory goes back to the kernel
 /// when the last descriptor and the last mapping of it are gone, also when processes crash.
 pub(crate) fn memfd(len: usize) -> Result<OwnedFd> {
-    let fd = memfd_create(c"multiproc-shm", MFdFlags::MFD_CLOEXEC)
-        .map_err(|e| Error::io("memfd_create", e))?;
+    let fd = memfd_create(
+        c"multiproc-shm",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(|e| Error::io("memfd_create", e))?;
     let off = libc::off_t::try_from(len)
         .map_err(|_| Error::invalid_arg("len", len, "too large for a memory file"))?;
     nix::unistd::ftruncate(fd.as_fd(), off).map_err(|e| Error::io("ftruncate", e))?;
+    nix::fcntl::fcntl(fd.as_fd(), FcntlArg::F_ADD_SEALS(SIZE_SEALS))
+        .map_err(|e| Error::io("fcntl(F_ADD_SEALS)", e))?;
     Ok(fd)
+}
+
+const SIZE_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
+    .union(SealFlag::F_SEAL_GROW)
+    .union(SealFlag::F_SEAL_SEAL);
+
+/// Whether `fd` is a memory file made by [`memfd`]: its size can never change.
+pub(crate) fn is_sealed_memfd(fd: BorrowedFd<'_>) -> bool {
+    nix::fcntl::fcntl(fd, FcntlArg::F_GET_SEALS)
+        .is_ok_and(|bits| SealFlag::from_bits_truncate(bits).contains(SIZE_SEALS))
 }
 
 /// The size in bytes of the file `fd`.
