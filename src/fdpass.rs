@@ -10,7 +10,8 @@
 //! can fall back to plain bytes check [`can_attach`] first.
 //!
 //! Any transport over a unix socket can use this pair, for example a pool's task channel:
-//! `let (bytes, fds) = encode_with_fds(&task)?; sys::socket::send_with_fds(sock, &frame, &raw)`,
+//! `let (bytes, fds) = encode_with_fds(&task)?`, then `sys::socket::send_with_fds(sock, &frame,
+//! &raw_fds, &mut wait)` (the pipe module shows the framing),
 //! then `recv_with_fds` and `decode_with_fds(&bytes, fds)` on the other end.
 
 use std::cell::RefCell;

@@ -31,8 +31,11 @@ const TICK: Duration = Duration::from_millis(50);
 const HEADER: usize = 16;
 /// Small bodies go in the same `send` as their header.
 const COALESCE_MAX: usize = 64 << 10;
+/// The user of an end dropped it.
+const CLOSED: i32 = -1;
 
-/// Which process uses each end: the last one that sent or received on it.
+/// Which process uses each end: the last one that sent or received on it (0: not used yet;
+/// [`CLOSED`]: its user dropped it).
 #[repr(C)]
 struct Users {
     pid: [AtomicI32; 2],
@@ -48,11 +51,7 @@ struct Liveness {
 impl Liveness {
     fn new() -> Result<Self> {
         let map = SharedMapping::anonymous(std::mem::size_of::<Users>())?;
-        let l = Liveness { map };
-        for side in 0..2 {
-            l.claim(side);
-        }
-        Ok(l)
+        Ok(Liveness { map })
     }
 
     fn users(&self) -> &Users {
@@ -71,11 +70,20 @@ impl Liveness {
         }
     }
 
-    /// Whether the last user of end `side` has died.
-    fn dead(&self, side: usize) -> bool {
+    /// Marks end `side` closed if the calling process is its user.
+    fn release(&self, side: usize) {
+        let me = sys::getpid().as_raw();
+        let _ = self.users().pid[side].compare_exchange(me, CLOSED, SeqCst, SeqCst);
+    }
+
+    /// Whether the last user of end `side` has dropped it or died.
+    fn gone(&self, side: usize) -> bool {
         let u = self.users();
-        let pid = u.pid[side].load(SeqCst);
-        pid != 0 && !process_alive(pid, u.start[side].load(SeqCst))
+        match u.pid[side].load(SeqCst) {
+            0 => false,
+            CLOSED => true,
+            pid => !process_alive(pid, u.start[side].load(SeqCst)),
+        }
     }
 }
 
@@ -118,16 +126,31 @@ impl End {
         header[8..12].copy_from_slice(&(raw.len() as u32).to_le_bytes());
         self.live.claim(self.side);
         let _g = locked(&self.send);
+        let wait = &mut || self.wait_writable();
         if body.len() <= COALESCE_MAX {
             let mut frame = Vec::with_capacity(HEADER + body.len());
             frame.extend_from_slice(&header);
             frame.extend_from_slice(&body);
-            socket::send_with_fds(self.fd.as_fd(), &frame, &raw)
+            socket::send_with_fds(self.fd.as_fd(), &frame, &raw, wait)
         } else {
-            socket::send_with_fds(self.fd.as_fd(), &header, &raw)?;
-            socket::send_all(self.fd.as_fd(), &body)
+            socket::send_with_fds(self.fd.as_fd(), &header, &raw, wait)?;
+            socket::send_all(self.fd.as_fd(), &body, wait)
         }
         // `fds` (our duplicates) close here; the receiver has its own.
+    }
+
+    /// Waits for room in the socket buffer; fails once the other end's user is gone.
+    fn wait_writable(&self) -> Result<()> {
+        loop {
+            if socket::wait_writable(self.fd.as_fd(), Instant::now() + TICK)? {
+                return Ok(());
+            }
+            if self.live.gone(1 - self.side) {
+                return Err(Error::Disconnected(
+                    "the process at the other end of the pipe has closed it or died".into(),
+                ));
+            }
+        }
     }
 
     fn recv<T: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<T> {
@@ -209,13 +232,13 @@ impl End {
                     after: started.elapsed(),
                 });
             }
-            if self.live.dead(1 - self.side) {
+            if self.live.gone(1 - self.side) {
                 // Data it sent before dying is still ours to read.
                 if sys::wait_readable(self.fd.as_fd(), Some(Instant::now()))? {
                     return Ok(());
                 }
                 return Err(Error::Disconnected(
-                    "the process at the other end of the pipe has died".into(),
+                    "the process at the other end of the pipe has closed it or died".into(),
                 ));
             }
         }
@@ -228,6 +251,12 @@ impl End {
         }
         drop(st);
         sys::wait_readable(self.fd.as_fd(), Some(Instant::now() + timeout))
+    }
+}
+
+impl Drop for End {
+    fn drop(&mut self) {
+        self.live.release(self.side);
     }
 }
 
@@ -350,10 +379,16 @@ where
 ///
 /// # Disconnection
 ///
-/// [`recv`](Connection::recv) returns [`Error::Disconnected`] once the other end is closed
-/// everywhere, or once the process that last used the other end has died (checked every 50 ms),
-/// never hanging on a dead peer; [`send`](Connection::send) returns it when the other end is
-/// closed.
+/// [`recv`](Connection::recv) returns [`Error::Disconnected`] once the other end is closed in
+/// every process, or once the process that last used the other end has dropped it or died
+/// (checked every 50 ms), so a dead peer never hangs it, even when this process still holds a
+/// forked copy of the other end. A blocked [`send`](Connection::send) fails the same way.
+///
+/// # Caveats
+///
+/// "Used" means sent or received on. An end that a process used and then handed to a child
+/// (moved into the child's closure, which drops the parent's copy) counts as closed until the
+/// child first uses it: hand ends over before using them.
 pub struct Connection<S, R> {
     end: End,
     _t: PhantomData<fn(S) -> R>,

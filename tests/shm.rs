@@ -177,12 +177,16 @@ fn no_dev_shm_entries_and_no_leaked_descriptors() {
             a2.set(0, 5).unwrap();
             v2.store(2).unwrap();
             let (got, bytes) = child.recv_timeout(secs(60)).unwrap();
-            child.send(&(got.get(1).unwrap() + bytes.len() as u64)).unwrap();
+            child
+                .send(&(got.get(1).unwrap() + bytes.len() as u64))
+                .unwrap();
             ev.set();
         });
         p.start().unwrap();
         a.set(1, 10).unwrap();
-        parent.send(&(a.clone(), vec![0u8; 1 << 20].into())).unwrap();
+        parent
+            .send(&(a.clone(), vec![0u8; 1 << 20].into()))
+            .unwrap();
         assert_eq!(parent.recv_timeout(secs(60)).unwrap(), 10 + (1 << 20));
         join_ok(&[p]);
         assert_eq!(a.get(0).unwrap(), 5);

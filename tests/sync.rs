@@ -208,7 +208,10 @@ fn barrier_timeout_breaks_it_until_reset() {
     let err = barrier.wait_timeout(ms(50)).unwrap_err();
     assert!(err.is_timeout(), "{err}");
     assert!(barrier.is_broken());
-    assert!(matches!(barrier.wait_timeout(ms(50)), Err(Error::BrokenBarrier)));
+    assert!(matches!(
+        barrier.wait_timeout(ms(50)),
+        Err(Error::BrokenBarrier)
+    ));
     barrier.reset().unwrap();
     let b = barrier.clone();
     let p = Process::new(move || {

@@ -34,24 +34,56 @@ fn send_error(e: Errno) -> Error {
     }
 }
 
+const SEND_FLAGS: MsgFlags = MsgFlags::MSG_NOSIGNAL.union(MsgFlags::MSG_DONTWAIT);
+
 /// Sends all of `buf` on the stream socket `fd`; no `SIGPIPE` when the peer is gone (that is
-/// [`Error::Disconnected`]).
-pub(crate) fn send_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Result<()> {
+/// [`Error::Disconnected`]). While the socket buffer is full it calls `wait`, which should wait
+/// (for example with [`wait_writable`]) or fail.
+pub(crate) fn send_all(
+    fd: BorrowedFd<'_>,
+    mut buf: &[u8],
+    wait: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
     while !buf.is_empty() {
-        match send(fd.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL) {
+        match send(fd.as_raw_fd(), buf, SEND_FLAGS) {
             Ok(n) => buf = &buf[n..],
             Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => wait()?,
             Err(e) => return Err(send_error(e)),
         }
     }
     Ok(())
 }
 
-/// Sends all of `buf`, attaching the descriptors `fds` (at most [`MAX_FDS`]) to its first byte.
-/// The receiver gets its own duplicates; ours stay open.
-pub(crate) fn send_with_fds(fd: BorrowedFd<'_>, buf: &[u8], fds: &[RawFd]) -> Result<()> {
+/// Waits until `fd` can be written (or has an error) or `until` passes; `true` when writable.
+pub(crate) fn wait_writable(fd: BorrowedFd<'_>, until: std::time::Instant) -> Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(Error::io("poll", e)),
+        }
+    }
+}
+
+/// Sends all of `buf`, attaching the descriptors `fds` (at most [`MAX_FDS`]) to its first byte;
+/// `wait` as for [`send_all`]. The receiver gets its own duplicates; ours stay open.
+pub(crate) fn send_with_fds(
+    fd: BorrowedFd<'_>,
+    buf: &[u8],
+    fds: &[RawFd],
+    wait: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
     if fds.is_empty() {
-        return send_all(fd, buf);
+        return send_all(fd, buf, wait);
     }
     if fds.len() > MAX_FDS {
         return Err(Error::invalid_arg(
@@ -66,15 +98,16 @@ pub(crate) fn send_with_fds(fd: BorrowedFd<'_>, buf: &[u8], fds: &[RawFd]) -> Re
             fd.as_raw_fd(),
             &[IoSlice::new(buf)],
             &cmsg,
-            MsgFlags::MSG_NOSIGNAL,
+            SEND_FLAGS,
             None,
         ) {
             Ok(n) => break n,
             Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => wait()?,
             Err(e) => return Err(send_error(e)),
         }
     };
-    send_all(fd, &buf[n..])
+    send_all(fd, &buf[n..], wait)
 }
 
 /// Receives up to `buf.len()` bytes from the stream socket `fd` (0 at end of stream), appending
