@@ -109,13 +109,25 @@ impl Segment {
         len: usize,
         init: impl FnOnce(*mut C) -> Result<()>,
     ) -> Result<Self> {
+        Self::create_with(kind, elem_size, len, false, init)
+    }
+
+    /// Like [`create`](Self::create); `populate` faults every page in at once (for a segment
+    /// about to be filled whole).
+    pub(crate) fn create_with<C>(
+        kind: u64,
+        elem_size: usize,
+        len: usize,
+        populate: bool,
+        init: impl FnOnce(*mut C) -> Result<()>,
+    ) -> Result<Self> {
         const { assert!(CONTROL_OFFSET + std::mem::size_of::<C>() <= DATA_OFFSET) };
         let bytes = len
             .checked_mul(elem_size)
             .and_then(|b| b.checked_add(DATA_OFFSET))
             .ok_or_else(|| Error::invalid_arg("len", len, "the array's size overflows usize"))?;
         let fd = mem::memfd(bytes)?;
-        let map = SharedMapping::from_fd(fd.as_fd(), bytes)?;
+        let map = SharedMapping::from_fd(fd.as_fd(), bytes, populate)?;
         let seg = Segment { fd, map };
         let tag = seg.map.as_ptr().cast::<Tag>();
         // SAFETY: the mapping is fresh, zeroed, page-aligned and at least DATA_OFFSET bytes; the
@@ -134,7 +146,13 @@ impl Segment {
 
     /// Maps a segment received as a descriptor, checking that it was made by [`create`] with the
     /// same `kind` and `elem_size`. Returns it and its length in elements.
-    pub(crate) fn open(fd: OwnedFd, kind: u64, elem_size: usize) -> Result<(Self, usize)> {
+    /// With `populate`, every page is mapped at once (for a receiver that reads it all).
+    pub(crate) fn open(
+        fd: OwnedFd,
+        kind: u64,
+        elem_size: usize,
+        populate: bool,
+    ) -> Result<(Self, usize)> {
         let bad = |why: &str| Error::InvalidArgument {
             name: "descriptor",
             value: "received segment".into(),
@@ -147,7 +165,7 @@ impl Segment {
         if size < DATA_OFFSET {
             return Err(bad("too small to be a multiproc segment"));
         }
-        let map = SharedMapping::from_fd(fd.as_fd(), size)?;
+        let map = SharedMapping::from_fd(fd.as_fd(), size, populate)?;
         // SAFETY: the mapping is at least DATA_OFFSET bytes and page-aligned; the tag is plain
         // integers written once before the segment was shared.
         let tag = unsafe { map.as_ptr().cast::<Tag>().read() };
@@ -202,7 +220,7 @@ impl Segment {
     ) -> Result<(Self, usize), D::Error> {
         let index = u32::deserialize(d)?;
         let fd = fdpass::take(index).map_err(de::Error::custom)?;
-        Segment::open(fd, kind, elem_size).map_err(de::Error::custom)
+        Segment::open(fd, kind, elem_size, false).map_err(de::Error::custom)
     }
 }
 
@@ -806,10 +824,11 @@ impl<T: Pod> Serialize for PodVec<T> {
         let bytes = pod_bytes(self);
         let mut t = s.serialize_tuple(2)?;
         if bytes.len() >= POD_VEC_INLINE_MAX && fdpass::can_attach() {
-            let seg = Segment::create(
+            let seg = Segment::create_with(
                 kind_of::<PodVec<T>>(),
                 std::mem::size_of::<T>(),
                 self.len(),
+                true,
                 |_: *mut ()| Ok(()),
             )
             .map_err(ser::Error::custom)?;
@@ -884,9 +903,13 @@ impl<'de, T: Pod> Deserialize<'de> for PodVec<T> {
                             .next_element()?
                             .ok_or_else(|| de::Error::invalid_length(1, &self))?;
                         let fd = fdpass::take(index).map_err(de::Error::custom)?;
-                        let (seg, len) =
-                            Segment::open(fd, kind_of::<PodVec<T>>(), std::mem::size_of::<T>())
-                                .map_err(de::Error::custom)?;
+                        let (seg, len) = Segment::open(
+                            fd,
+                            kind_of::<PodVec<T>>(),
+                            std::mem::size_of::<T>(),
+                            true,
+                        )
+                        .map_err(de::Error::custom)?;
                         Ok(PodVec {
                             inner: PodInner::Mapped { seg, len },
                         })
