@@ -324,11 +324,17 @@ impl<T: Pod> SharedArray<T> {
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     pub fn new(len: usize) -> Result<Self> {
+        Self::make(len, false)
+    }
+
+    /// `populate`: fault every page in at once, for an array about to be filled whole.
+    fn make(len: usize, populate: bool) -> Result<Self> {
         const { assert!(std::mem::align_of::<T>() <= DATA_OFFSET) };
-        let seg = Segment::create(
+        let seg = Segment::create_with(
             kind_of::<T>(),
             std::mem::size_of::<T>(),
             len,
+            populate,
             init_array_control,
         )?;
         Ok(SharedArray {
@@ -352,7 +358,7 @@ impl<T: Pod> SharedArray<T> {
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     pub fn from_slice(items: &[T]) -> Result<Self> {
-        let a = Self::new(items.len())?;
+        let a = Self::make(items.len(), true)?;
         // SAFETY: nobody else has the new array yet.
         unsafe { a.as_mut_slice() }.copy_from_slice(items);
         Ok(a)
@@ -774,9 +780,9 @@ impl<T: Pod> From<Vec<T>> for PodVec<T> {
 
 impl<T: Pod> PodVec<T> {
     /// The elements as a `Vec` (a copy if they live in a received mapping).
-    pub fn into_vec(self) -> Vec<T> {
-        match self.inner {
-            PodInner::Heap(v) => v,
+    pub fn into_vec(mut self) -> Vec<T> {
+        match &mut self.inner {
+            PodInner::Heap(v) => std::mem::take(v),
             PodInner::Mapped { .. } => self.to_vec(),
         }
     }
@@ -808,6 +814,92 @@ impl<T: Pod> DerefMut for PodVec<T> {
     }
 }
 
+impl<T: Pod> Drop for PodVec<T> {
+    fn drop(&mut self) {
+        if let PodInner::Mapped { seg, .. } =
+            std::mem::replace(&mut self.inner, PodInner::Heap(Vec::new()))
+        {
+            recycled::put(seg);
+        }
+    }
+}
+
+/// Segments of [`PodVec`]s this process received and dropped, kept mapped (their pages already
+/// allocated and touched) for the next `PodVec` of the same type and length it sends: a round
+/// trip of equal-sized vectors then costs one copy into warm memory each way, instead of
+/// allocating and zeroing fresh shared pages every time.
+///
+/// A kept segment is this process's alone (the sender unmapped it and closed its descriptor), and
+/// it leaves the cache only to be filled and sent, after which this process unmaps it too. A
+/// forked child inherits the cache but never uses it (the pid differs): it drops its copies.
+mod recycled {
+    use std::sync::Mutex;
+
+    use super::{DATA_OFFSET, Segment, Tag};
+    use crate::sys;
+
+    /// At most this many segments...
+    const MAX_SEGMENTS: usize = 4;
+    /// ...and this many bytes are kept.
+    const MAX_BYTES: usize = 1 << 30;
+
+    struct Cache {
+        pid: i32,
+        segs: Vec<(usize, Segment)>,
+    }
+
+    static CACHE: Mutex<Cache> = Mutex::new(Cache {
+        pid: 0,
+        segs: Vec::new(),
+    });
+
+    fn with<R>(f: impl FnOnce(&mut Vec<(usize, Segment)>) -> R) -> R {
+        let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        let me = sys::getpid().as_raw();
+        if c.pid != me {
+            // Inherited from the parent: not ours to reuse.
+            c.segs.clear();
+            c.pid = me;
+        }
+        f(&mut c.segs)
+    }
+
+    fn tag(seg: &Segment) -> (u64, u64, u64) {
+        // SAFETY: every segment starts with a tag written before it was first shared.
+        let t = unsafe { seg.map.as_ptr().cast::<Tag>().read() };
+        (t.kind, t.elem_size, t.len)
+    }
+
+    /// A kept segment made for `len` elements of `elem_size` bytes of type `kind`.
+    pub(super) fn take(kind: u64, elem_size: usize, len: usize) -> Option<Segment> {
+        let want = (kind, elem_size as u64, len as u64);
+        with(|segs| {
+            let i = segs.iter().position(|(_, s)| tag(s) == want)?;
+            Some(segs.swap_remove(i).1)
+        })
+    }
+
+    /// Keeps `seg` (dropping the oldest kept ones over the limits).
+    pub(super) fn put(seg: Segment) {
+        let (_, elem_size, len) = tag(&seg);
+        let bytes = (elem_size * len) as usize + DATA_OFFSET;
+        if bytes > MAX_BYTES {
+            return;
+        }
+        let dropped = with(|segs| {
+            segs.push((bytes, seg));
+            let mut dropped = Vec::new();
+            while segs.len() > MAX_SEGMENTS
+                || segs.iter().map(|(b, _)| b).sum::<usize>() > MAX_BYTES
+            {
+                dropped.push(segs.remove(0));
+            }
+            dropped
+        });
+        drop(dropped); // unmapped outside the lock
+    }
+}
+
 const POD_INLINE: u8 = 0;
 const POD_FD: u8 = 1;
 
@@ -824,21 +916,23 @@ impl<T: Pod> Serialize for PodVec<T> {
         let bytes = pod_bytes(self);
         let mut t = s.serialize_tuple(2)?;
         if bytes.len() >= POD_VEC_INLINE_MAX && fdpass::can_attach() {
-            let seg = Segment::create_with(
-                kind_of::<PodVec<T>>(),
-                std::mem::size_of::<T>(),
-                self.len(),
-                true,
-                |_: *mut ()| Ok(()),
-            )
-            .map_err(ser::Error::custom)?;
-            // SAFETY: the fresh segment has room for exactly `bytes.len()` bytes of data and
-            // nobody else maps it yet.
+            let kind = kind_of::<PodVec<T>>();
+            let size = std::mem::size_of::<T>();
+            let seg = match recycled::take(kind, size, self.len()) {
+                Some(seg) => seg,
+                None => Segment::create_with(kind, size, self.len(), true, |_: *mut ()| Ok(()))
+                    .map_err(ser::Error::custom)?,
+            };
+            // SAFETY: the segment has room for exactly `bytes.len()` bytes of data, and this
+            // process is its only user (fresh, or recycled: received, then dropped here).
             unsafe {
                 std::ptr::copy_nonoverlapping(bytes.as_ptr(), seg.data(), bytes.len());
             }
-            let index = fdpass::attach(seg.fd.try_clone().map_err(ser::Error::custom)?)
-                .map_err(ser::Error::custom)?;
+            // The descriptor goes with the message; our mapping goes now: the receiver will be
+            // the segment's only user.
+            let Segment { fd, map } = seg;
+            drop(map);
+            let index = fdpass::attach(fd).map_err(ser::Error::custom)?;
             t.serialize_element(&POD_FD)?;
             t.serialize_element(&index)?;
         } else {
