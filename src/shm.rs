@@ -740,7 +740,9 @@ pub(crate) const POD_VEC_INLINE_MAX: usize = 256 << 10;
 /// `Vec<f64>` encoded element by element.
 ///
 /// A received `PodVec` owns its mapping alone (the sender's copy is gone), so it derefs to
-/// `&mut [T]` safely.
+/// `&mut [T]` safely. When dropped, its memory is kept (mapped, with its descriptor) for the
+/// next `PodVec` of the same type and length this process sends, so round trips reuse warm
+/// pages; see [`release_kept`](PodVec::release_kept).
 ///
 /// # Examples
 ///
@@ -779,6 +781,20 @@ impl<T: Pod> From<Vec<T>> for PodVec<T> {
 }
 
 impl<T: Pod> PodVec<T> {
+    /// Unmaps and closes the memory this process keeps for reuse: up to 4 segments (1 GiB in
+    /// all) of `PodVec`s it received through a pipe and dropped. The next `PodVec` of the same
+    /// type and length it sends is copied into such a kept segment (warm pages) instead of a
+    /// fresh one; call this to give the memory back at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// multiproc::PodVec::<f64>::release_kept();
+    /// ```
+    pub fn release_kept() {
+        recycled::clear();
+    }
+
     /// The elements as a `Vec` (a copy if they live in a received mapping).
     pub fn into_vec(mut self) -> Vec<T> {
         match &mut self.inner {
@@ -877,6 +893,12 @@ mod recycled {
             let i = segs.iter().position(|(_, s)| tag(s) == want)?;
             Some(segs.swap_remove(i).1)
         })
+    }
+
+    /// Drops every kept segment.
+    pub(super) fn clear() {
+        let all = with(std::mem::take);
+        drop(all);
     }
 
     /// Keeps `seg` (dropping the oldest kept ones over the limits).

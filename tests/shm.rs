@@ -170,16 +170,16 @@ fn no_dev_shm_entries_and_no_leaked_descriptors() {
         let v = SharedValue::new(1u8).unwrap();
         let lock = Lock::new().unwrap();
         let ev = Event::new().unwrap();
-        let (parent, child) = multiproc::pipe::<(SharedArray<u64>, PodVec<u8>), u64>().unwrap();
+        let (parent, child) =
+            multiproc::pipe::<(SharedArray<u64>, PodVec<u8>), (u64, PodVec<u8>)>().unwrap();
         let (a2, v2) = (a.clone(), v.clone());
         let p = Process::new(move || {
             let _g = lock.acquire().unwrap();
             a2.set(0, 5).unwrap();
             v2.store(2).unwrap();
             let (got, bytes) = child.recv_timeout(secs(60)).unwrap();
-            child
-                .send(&(got.get(1).unwrap() + bytes.len() as u64))
-                .unwrap();
+            let n = got.get(1).unwrap() + bytes.len() as u64;
+            child.send(&(n, bytes)).unwrap();
             ev.set();
         });
         p.start().unwrap();
@@ -187,11 +187,15 @@ fn no_dev_shm_entries_and_no_leaked_descriptors() {
         parent
             .send(&(a.clone(), vec![0u8; 1 << 20].into()))
             .unwrap();
-        assert_eq!(parent.recv_timeout(secs(60)).unwrap(), 10 + (1 << 20));
+        let (n, bytes) = parent.recv_timeout(secs(60)).unwrap();
+        assert_eq!(n, 10 + (1 << 20));
+        assert!(format!("{bytes:?}").contains("mapped: true"));
         join_ok(&[p]);
         assert_eq!(a.get(0).unwrap(), 5);
         assert_eq!(v.load().unwrap(), 2);
     }
+    // Received PodVec memory is kept for reuse until released.
+    PodVec::<u8>::release_kept();
     assert_eq!(open_fds(), fds_before, "descriptors leaked");
     assert_eq!(dev_shm(), shm_before, "entries appeared in /dev/shm");
 }
