@@ -38,21 +38,40 @@ enum Resp {
 
 fn worker(c: Connection<Resp, Req>) {
     while let Ok(req) = c.recv() {
+        // What the request brought stays alive until the answer is sent, as in the Python peer
+        // (its workers ack first, then close and free).
+        let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
         let resp = match req {
             Req::Echo(v) => Resp::Vec(v),
             Req::EchoPod(v) => Resp::Pod(v),
             Req::CopyOut(a) => {
                 // SAFETY: the parent does not write the array until we answer.
                 let v = unsafe { a.as_slice() }.to_vec();
-                Resp::Num(black_box(v).len() as f64)
+                let n = black_box(&v).len() as f64;
+                keep.push(Box::new(a));
+                keep.push(Box::new(v));
+                Resp::Num(n)
             }
-            Req::Peek(a, i) => Resp::Num(a.get(i as usize).expect("in bounds")),
-            Req::CheckVec(v) => Resp::Num(check(&v)),
-            // SAFETY: as above.
-            Req::CheckShm(a) => Resp::Num(check(unsafe { a.as_slice() })),
+            Req::Peek(a, i) => {
+                let x = a.get(i as usize).expect("in bounds");
+                keep.push(Box::new(a));
+                Resp::Num(x)
+            }
+            Req::CheckVec(v) => {
+                let n = check(&v);
+                keep.push(Box::new(v));
+                Resp::Num(n)
+            }
+            Req::CheckShm(a) => {
+                // SAFETY: as above.
+                let n = check(unsafe { a.as_slice() });
+                keep.push(Box::new(a));
+                Resp::Num(n)
+            }
             Req::Stop => break,
         };
         c.send(&resp).expect("answer");
+        drop(keep);
     }
 }
 
@@ -177,11 +196,13 @@ fn main() -> multiproc::Result<()> {
     let t = measure(reps, warm, || {
         let t = Instant::now();
         let a = SharedArray::from_slice(&data).expect("array");
-        w.send(&Req::CopyOut(a)).expect("send");
+        let req = Req::CopyOut(a);
+        w.send(&req).expect("send");
         let Resp::Num(len) = w.recv().expect("recv") else {
             panic!("copy")
         };
         let e = t.elapsed();
+        drop(req);
         assert_eq!(len as usize, n);
         e
     });
