@@ -82,29 +82,34 @@ fn workers_write_disjoint_chunks_and_the_parent_reads() {
 }
 
 #[test]
-fn shared_value_with_and_without_a_lock() {
+fn shared_value_under_a_lock_and_under_its_own_lock() {
     let _f = fork_lock();
     let v = SharedValue::new(0i64).unwrap();
     let lock = Lock::new().unwrap();
-    let ps: Vec<Process> = (0..3)
-        .map(|_| {
-            let (v, lock) = (v.clone(), lock.clone());
-            Process::new(move || {
-                for _ in 0..2000 {
-                    let _g = lock.acquire().unwrap();
-                    v.store(v.load().unwrap() + 1).unwrap();
-                }
-                for _ in 0..2000 {
-                    *v.lock().unwrap() -= 1;
-                }
+    // Two locking disciplines, one after the other (mixed at once they would not exclude each
+    // other): a separate Lock around load + store, then the value's own lock.
+    for own_lock in [false, true] {
+        let ps: Vec<Process> = (0..3)
+            .map(|_| {
+                let (v, lock) = (v.clone(), lock.clone());
+                Process::new(move || {
+                    for _ in 0..2000 {
+                        if own_lock {
+                            *v.lock().unwrap() -= 1;
+                        } else {
+                            let _g = lock.acquire().unwrap();
+                            v.store(v.load().unwrap() + 1).unwrap();
+                        }
+                    }
+                })
             })
-        })
-        .collect();
-    for p in &ps {
-        p.start().unwrap();
+            .collect();
+        for p in &ps {
+            p.start().unwrap();
+        }
+        join_ok(&ps);
+        assert_eq!(v.load().unwrap(), if own_lock { 0 } else { 6000 });
     }
-    join_ok(&ps);
-    assert_eq!(v.load().unwrap(), 0);
 }
 
 #[test]
