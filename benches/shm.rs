@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use multiproc::{Connection, PodVec, Process, SharedArray, pipe};
+use multiproc::{Connection, PodVec, Process, Queue, SharedArray, pipe};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
@@ -191,6 +191,39 @@ fn main() -> multiproc::Result<()> {
         unit: "MB/s",
         py: Some(("pool_apply_80mb", true)),
     });
+
+    // Through a Queue (a shared-memory ring, no descriptors): a PodVec goes as one block of
+    // bytes, a Vec<f64> element by element. To a worker that echoes it back on a second queue.
+    {
+        let (to, from): (Queue<PodVec<f64>>, Queue<PodVec<f64>>) = (Queue::new()?, Queue::new()?);
+        let (to2, from2) = (to.clone(), from.clone());
+        let echo = Process::new(move || {
+            while let Ok(v) = to2.get() {
+                if v.is_empty() {
+                    break;
+                }
+                from2.put(&v).expect("put");
+            }
+        });
+        echo.start()?;
+        let t = measure(reps, warm, || {
+            let v: PodVec<f64> = data.clone().into();
+            let t = Instant::now();
+            to.put(&v).expect("put");
+            let v = from.get().expect("get");
+            let e = t.elapsed();
+            assert_eq!(v[n - 1], (n - 1) as f64);
+            e
+        });
+        to.put(&Vec::new().into())?;
+        echo.join()?;
+        rows.push(Row {
+            name: "queue_podvec_80mb",
+            value: nb as f64 / 1e6 / t,
+            unit: "MB/s",
+            py: Some(("pool_apply_80mb", true)),
+        });
+    }
 
     // Python's shared_memory_80mb: make a segment, copy in, hand over, the worker copies out.
     let t = measure(reps, warm, || {
