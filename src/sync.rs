@@ -79,6 +79,16 @@ impl<G> AcquireError<G> {
         }
     }
 
+    /// The same error around another guard type.
+    pub(crate) fn map<H>(self, f: impl FnOnce(G) -> H) -> AcquireError<H> {
+        match self {
+            AcquireError::OwnerDied(g) => AcquireError::OwnerDied(f(g)),
+            AcquireError::Timeout(d) => AcquireError::Timeout(d),
+            AcquireError::WouldBlock => AcquireError::WouldBlock,
+            AcquireError::Failed(e) => AcquireError::Failed(e),
+        }
+    }
+
     /// Whether the previous holder died (the caller holds the lock).
     pub fn is_owner_died(&self) -> bool {
         matches!(self, AcquireError::OwnerDied(_))
