@@ -241,7 +241,8 @@ impl<T: Pod> SharedArray<T> {
     ///
     /// # Errors
     ///
-    /// [`AcquireError::OwnerDied`](crate::AcquireError::OwnerDied) (holding the guard: the lock is yours) when a process died
+    /// [`AcquireError::OwnerDied`](crate::AcquireError::OwnerDied) (holding the guard: the lock is
+    /// yours) when a process died
     /// while holding it, so the elements may be half-written; convert it with `?` to
     /// [`Error::OwnerDied`] (which releases the lock), or keep the guard with
     /// [`AcquireError::recover`](crate::AcquireError::recover).
@@ -262,7 +263,8 @@ impl<T: Pod> SharedArray<T> {
     ///
     /// # Errors
     ///
-    /// [`AcquireError::Timeout`](crate::AcquireError::Timeout) when the time runs out; otherwise as for `lock`.
+    /// [`AcquireError::Timeout`](crate::AcquireError::Timeout) when the time runs out; otherwise as
+    /// for `lock`.
     pub fn lock_timeout(&self, timeout: Duration) -> AcquireResult<ArrayGuard<'_, T>> {
         acquire_robust(&self.control().lock, Some(timeout), || self.guard())
     }

@@ -85,7 +85,8 @@ impl Barrier {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `parties` is 0; [`Error::Io`](crate::Error::Io) if the shared memory cannot
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `parties` is 0;
+    /// [`Error::Io`](crate::Error::Io) if the shared memory cannot
     /// be made.
     pub fn new(parties: u32) -> Result<Self> {
         if parties == 0 {
@@ -146,7 +147,8 @@ impl Barrier {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`](crate::Error::Timeout) for the party that timed out, [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) for the others.
+    /// [`Error::Timeout`](crate::Error::Timeout) for the party that timed out,
+    /// [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) for the others.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<u32> {
         self.wait_deadline(Some(Instant::now() + timeout))
     }
@@ -202,7 +204,8 @@ impl Barrier {
         }
     }
 
-    /// Breaks the barrier: current and future waiters get [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) until
+    /// Breaks the barrier: current and future waiters get
+    /// [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) until
     /// [`reset`](Barrier::reset).
     ///
     /// # Errors

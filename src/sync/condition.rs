@@ -127,7 +127,8 @@ impl Condition {
     ///
     /// # Errors
     ///
-    /// [`Error::OwnerDied`](crate::Error::OwnerDied) when re-taking the lock found its holder dead; the guard still holds
+    /// [`Error::OwnerDied`](crate::Error::OwnerDied) when re-taking the lock found its holder dead;
+    /// the guard still holds
     /// the lock.
     pub fn wait(&self, guard: &mut ConditionGuard<'_>) -> Result<()> {
         self.wait_inner(guard, None)

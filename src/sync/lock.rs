@@ -63,7 +63,8 @@ macro_rules! lock_type {
             ///
             /// # Errors
             ///
-            /// [`AcquireError::OwnerDied`](crate::AcquireError::OwnerDied) (with the guard: the lock is yours) when the previous
+            /// [`AcquireError::OwnerDied`](crate::AcquireError::OwnerDied) (with the guard: the
+            /// lock is yours) when the previous
             /// holder died holding it; see the [module docs](crate::Lock#when-a-holder-dies).
             pub fn acquire(&self) -> AcquireResult<$guard<'_>> {
                 acquire_robust(self.mutex(), None, || self.guard())
@@ -73,7 +74,8 @@ macro_rules! lock_type {
             ///
             /// # Errors
             ///
-            /// [`AcquireError::Timeout`](crate::AcquireError::Timeout) when the time runs out; otherwise as for `acquire`.
+            /// [`AcquireError::Timeout`](crate::AcquireError::Timeout) when the time runs out;
+            /// otherwise as for `acquire`.
             pub fn acquire_timeout(&self, timeout: Duration) -> AcquireResult<$guard<'_>> {
                 let timeout = timeout.max(Duration::from_nanos(1));
                 acquire_robust(self.mutex(), Some(timeout), || self.guard())
@@ -83,7 +85,8 @@ macro_rules! lock_type {
             ///
             /// # Errors
             ///
-            /// [`AcquireError::WouldBlock`](crate::AcquireError::WouldBlock) when it is held; otherwise as for `acquire`.
+            /// [`AcquireError::WouldBlock`](crate::AcquireError::WouldBlock) when it is held;
+            /// otherwise as for `acquire`.
             pub fn try_acquire(&self) -> AcquireResult<$guard<'_>> {
                 acquire_robust(self.mutex(), Some(Duration::ZERO), || self.guard())
             }
@@ -119,8 +122,19 @@ lock_type!(
     ///
     /// # When a holder dies
     ///
-    /// The next acquirer gets [`AcquireError::OwnerDied`](crate::AcquireError::OwnerDied) holding the guard; `?` turns it into
-    /// [`Error::OwnerDied`](crate::Error::OwnerDied) and releases the lock. See the [`sync` docs](crate::Lock).
+    /// A process killed while holding the lock does not block the others: the kernel hands the
+    /// lock to the next acquirer (robust mutex, `EOWNERDEAD`), which gets
+    /// [`AcquireError::OwnerDied`](crate::AcquireError::OwnerDied) *holding the guard*. The lock
+    /// is theirs and usable again; the error says the data it protected may be half-updated.
+    /// - `lock.acquire()?` turns it into [`Error::OwnerDied`](crate::Error::OwnerDied) and
+    ///   releases the lock, so a careless caller fails loudly instead of using torn data;
+    /// - `lock.acquire().or_else(AcquireError::recover)?` keeps the guard: repair, go on.
+    ///
+    /// Only the first acquirer after the death is told; later ones acquire normally. The same
+    /// holds for [`RLock`], [`Condition`](crate::Condition) and the lock of a
+    /// [`SharedArray`](crate::SharedArray). [`Semaphore`](crate::Semaphore) units,
+    /// [`Event`](crate::Event) flags and [`Barrier`](crate::Barrier) arrivals have no owner: a
+    /// dead process's unit stays taken (as in Python), so use their timeouts.
     ///
     /// # Examples
     ///

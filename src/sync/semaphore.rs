@@ -61,7 +61,8 @@ impl fmt::Debug for SemaphoreGuard<'_> {
 }
 
 impl SemaphoreGuard<'_> {
-    /// Keeps the unit taken: someone calls [`Semaphore::release`](crate::Semaphore::release) later (maybe in another
+    /// Keeps the unit taken: someone calls [`Semaphore::release`](crate::Semaphore::release) later
+    /// (maybe in another
     /// process).
     pub fn forget(self) {
         std::mem::forget(self);
@@ -79,7 +80,8 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`](crate::Error::Io) if the shared memory cannot be made; [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `value`
+    /// [`Error::Io`](crate::Error::Io) if the shared memory cannot be made;
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `value`
     /// is `u32::MAX`.
     pub fn new(value: u32) -> Result<Self> {
         if value == u32::MAX {
@@ -174,7 +176,8 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidState`](crate::Error::InvalidState) if that would exceed the bound (the value is left unchanged).
+    /// [`Error::InvalidState`](crate::Error::InvalidState) if that would exceed the bound (the
+    /// value is left unchanged).
     pub fn release(&self) -> Result<()> {
         let ctl = self.ctl();
         ctl.value
