@@ -139,12 +139,31 @@ fn array_lock_guards_read_modify_write() {
 }
 
 #[test]
-fn shared_array_cannot_go_through_a_queue_but_pod_vec_can() {
+fn shared_arrays_and_pod_vecs_through_a_queue() {
     let _f = fork_lock();
-    let q: Queue<SharedArray<u8>> = Queue::new().unwrap();
-    let err = q.put(&SharedArray::new(4).unwrap()).unwrap_err();
-    // postcard keeps no message for custom errors: it is a codec error.
-    assert!(matches!(err, multiproc::Error::Codec(_)), "{err}");
+    // An array made before the fork travels by id: the consumer already maps it.
+    let early = SharedArray::from_slice(&[1u32, 2, 3]).unwrap();
+    let lock = Lock::new().unwrap();
+    let q: Queue<(SharedArray<u32>, Lock)> = Queue::new().unwrap();
+    let back: Queue<u32> = Queue::new().unwrap();
+    let (q2, back2) = (q.clone(), back.clone());
+    let p = Process::new(move || {
+        let (a, lock) = q2.get_timeout(secs(60)).unwrap();
+        let _g = lock.acquire().unwrap();
+        a.set(0, 10).unwrap();
+        back2.put(&a.to_vec().unwrap().iter().sum()).unwrap();
+        // One made after the fork cannot be resolved here.
+        let err = q2.get_timeout(secs(60)).unwrap_err();
+        assert!(matches!(err, multiproc::Error::Codec(_)), "{err}");
+        back2.put(&0).unwrap();
+    });
+    p.start().unwrap();
+    q.put(&(early.clone(), lock.clone())).unwrap();
+    assert_eq!(back.get_timeout(secs(60)).unwrap(), 15);
+    assert_eq!(early.get(0).unwrap(), 10);
+    q.put(&(SharedArray::new(4).unwrap(), lock)).unwrap();
+    assert_eq!(back.get_timeout(secs(60)).unwrap(), 0);
+    join_ok(&[p]);
 
     // Through a Queue, a PodVec travels inline, as one block of bytes.
     let q: Queue<PodVec<f64>> = Queue::new().unwrap();

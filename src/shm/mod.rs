@@ -92,6 +92,14 @@ fn init_array_control(c: *mut ArrayControl) -> Result<()> {
 /// a [`Pipe`](crate::pipe()) to a process already running: its descriptor travels, the data does
 /// not (a 1 GiB array is handed over as fast as a 1 KiB one).
 ///
+/// # Sending
+///
+/// A `SharedArray` in a message is a reference, never a copy of the data:
+/// - through a [`Pipe`](crate::pipe()) its descriptor travels, so any receiver gets it;
+/// - through a [`Queue`](crate::Queue) (no descriptors) only its id travels, which resolves in a
+///   process that already maps the array: one forked after the array was made, or one that
+///   received it through a pipe before. Elsewhere decoding fails with [`Error::Codec`].
+///
 /// # Access rules
 ///
 /// Other processes may write the memory at any time, so the array does not deref to a slice. It
@@ -188,7 +196,7 @@ impl<T: Pod> SharedArray<T> {
             init_array_control,
         )?;
         Ok(SharedArray {
-            seg: Arc::new(seg),
+            seg: seg.into_shared(),
             len,
             _t: PhantomData,
         })
@@ -214,9 +222,9 @@ impl<T: Pod> SharedArray<T> {
         Ok(a)
     }
 
-    pub(crate) fn from_segment(seg: Segment, len: usize) -> Self {
+    pub(crate) fn from_segment(seg: Arc<Segment>, len: usize) -> Self {
         SharedArray {
-            seg: Arc::new(seg),
+            seg,
             len,
             _t: PhantomData,
         }
@@ -396,9 +404,8 @@ impl<T: Pod> AsFd for SharedArray<T> {
     }
 }
 
-/// Sending a `SharedArray` sends its descriptor, not its data: only through a
-/// [`Pipe`](crate::pipe()) (a [`Queue`](crate::Queue) fails to encode it; share the array by
-/// fork instead).
+/// Sending a `SharedArray` sends a reference to the same memory, not its data: see
+/// [Sending](SharedArray#sending).
 impl<T: Pod> Serialize for SharedArray<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.seg.serialize(s)
@@ -539,7 +546,7 @@ impl<T: Pod> SharedValue<T> {
     }
 }
 
-/// Sent like a [`SharedArray`]: by descriptor, through a [`Pipe`](crate::pipe()).
+/// Sent like a [`SharedArray`]: a reference, see [Sending](SharedArray#sending).
 impl<T: Pod> Serialize for SharedValue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.array.serialize(s)

@@ -238,7 +238,7 @@ impl<T: Pod> Serialize for PodVec<T> {
             }
             // The descriptor goes with the message; our mapping goes now: the receiver will be
             // the segment's only user.
-            let Segment { fd, map } = seg;
+            let Segment { fd, map, .. } = seg;
             drop(map);
             let index = fdpass::attach(fd).map_err(ser::Error::custom)?;
             t.serialize_element(&POD_FD)?;

@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use serde::de::{self, Deserializer};
-use serde::ser::{self, Serializer};
+use serde::ser::{self, SerializeTuple, Serializer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -30,6 +30,8 @@ pub(super) struct Tag {
     pub(super) kind: u64,
     pub(super) elem_size: u64,
     pub(super) len: u64,
+    /// Names the segment within a family of processes, see [`registry`].
+    pub(super) id: u64,
 }
 
 /// A stable (within one binary) identifier of a type, checked when a segment is received.
@@ -44,6 +46,19 @@ pub(super) fn kind_of<T: ?Sized>() -> u64 {
 pub(crate) struct Segment {
     pub(super) fd: OwnedFd,
     pub(super) map: SharedMapping,
+    id: u64,
+}
+
+/// How a shared segment is referred to in a message.
+const BY_FD: u8 = 0;
+const BY_ID: u8 = 1;
+
+/// A fresh, random segment id.
+fn new_id() -> u64 {
+    use std::hash::BuildHasher;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::collections::hash_map::RandomState::new().hash_one((std::process::id(), n))
 }
 
 impl Segment {
@@ -74,7 +89,8 @@ impl Segment {
             .ok_or_else(|| Error::invalid_arg("len", len, "the array's size overflows usize"))?;
         let fd = mem::memfd(bytes)?;
         let map = SharedMapping::from_fd(fd.as_fd(), bytes, populate)?;
-        let seg = Segment { fd, map };
+        let id = new_id();
+        let seg = Segment { fd, map, id };
         let tag = seg.map.as_ptr().cast::<Tag>();
         // SAFETY: the mapping is fresh, zeroed, page-aligned and at least DATA_OFFSET bytes; the
         // tag and control block lie inside it and no other process maps it yet.
@@ -84,6 +100,7 @@ impl Segment {
                 kind,
                 elem_size: elem_size as u64,
                 len: len as u64,
+                id,
             });
             init(seg.map.as_ptr().add(CONTROL_OFFSET).cast::<C>())?;
         }
@@ -126,7 +143,28 @@ impl Segment {
         {
             return Err(bad("its size does not match its length"));
         }
-        Ok((Segment { fd, map }, len))
+        Ok((
+            Segment {
+                fd,
+                map,
+                id: tag.id,
+            },
+            len,
+        ))
+    }
+
+    /// Shares the segment among the handles of this process, and makes it findable by id.
+    pub(crate) fn into_shared(self) -> Arc<Segment> {
+        let seg = Arc::new(self);
+        registry::register(&seg);
+        seg
+    }
+
+    /// The kind, element size and length in the tag.
+    fn tag(&self) -> (u64, u64, u64) {
+        // SAFETY: every segment starts with a tag written before it was first shared.
+        let t = unsafe { self.map.as_ptr().cast::<Tag>().read() };
+        (t.kind, t.elem_size, t.len)
     }
 
     /// The control block.
@@ -151,11 +189,21 @@ impl Segment {
         self.fd.as_fd()
     }
 
-    /// Serializes a reference to this segment: its descriptor goes with the message.
+    /// Serializes a reference to this segment: through a channel that carries descriptors (a
+    /// [`Pipe`](crate::pipe())), its descriptor goes with the message; elsewhere (a
+    /// [`Queue`](crate::Queue)) its id, which only a process that already maps it can resolve.
     pub(crate) fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let fd = self.fd.try_clone().map_err(ser::Error::custom)?;
-        let index = fdpass::attach(fd).map_err(ser::Error::custom)?;
-        index.serialize(s)
+        let mut t = s.serialize_tuple(2)?;
+        if fdpass::can_attach() {
+            let fd = self.fd.try_clone().map_err(ser::Error::custom)?;
+            let index = fdpass::attach(fd).map_err(ser::Error::custom)?;
+            t.serialize_element(&BY_FD)?;
+            t.serialize_element(&u64::from(index))?;
+        } else {
+            t.serialize_element(&BY_ID)?;
+            t.serialize_element(&self.id)?;
+        }
+        t.end()
     }
 
     /// Deserializes a reference written by [`serialize`](Self::serialize).
@@ -163,10 +211,59 @@ impl Segment {
         d: D,
         kind: u64,
         elem_size: usize,
-    ) -> Result<(Self, usize), D::Error> {
-        let index = u32::deserialize(d)?;
-        let fd = fdpass::take(index).map_err(de::Error::custom)?;
-        Segment::open(fd, kind, elem_size, false).map_err(de::Error::custom)
+    ) -> Result<(Arc<Self>, usize), D::Error> {
+        let (how, value) = <(u8, u64)>::deserialize(d)?;
+        match how {
+            BY_FD => {
+                let index = u32::try_from(value).map_err(de::Error::custom)?;
+                let fd = fdpass::take(index).map_err(de::Error::custom)?;
+                let (seg, len) =
+                    Segment::open(fd, kind, elem_size, false).map_err(de::Error::custom)?;
+                Ok((seg.into_shared(), len))
+            }
+            BY_ID => {
+                let seg = registry::find(value).ok_or_else(|| {
+                    de::Error::custom(
+                        "this shared object is not mapped in the receiving process: make it \
+                         before forking the receiver, or send it through a Pipe",
+                    )
+                })?;
+                let (k, size, len) = seg.tag();
+                if k != kind || size != elem_size as u64 {
+                    return Err(de::Error::custom("the shared object holds another type"));
+                }
+                let len = usize::try_from(len).map_err(de::Error::custom)?;
+                Ok((seg, len))
+            }
+            _ => Err(de::Error::custom("bad shared-object reference")),
+        }
+    }
+}
+
+/// The shared segments this process maps, by id, so that a reference can travel by id through a
+/// channel that carries no descriptors (a `Queue`) to a process that already maps the segment:
+/// one forked after it was made (the registry and the mappings are inherited), or one that
+/// received it earlier.
+mod registry {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, Weak};
+
+    use super::Segment;
+
+    static REGISTRY: Mutex<Option<HashMap<u64, Weak<Segment>>>> = Mutex::new(None);
+
+    /// Makes `seg` findable by its id (dropping entries of segments that are gone).
+    pub(super) fn register(seg: &Arc<Segment>) {
+        let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        let map = reg.get_or_insert_with(HashMap::new);
+        map.retain(|_, w| w.strong_count() > 0);
+        map.entry(seg.id).or_insert_with(|| Arc::downgrade(seg));
+    }
+
+    /// The live segment with this id, if this process maps it.
+    pub(super) fn find(id: u64) -> Option<Arc<Segment>> {
+        let reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        reg.as_ref()?.get(&id)?.upgrade()
     }
 }
 
@@ -195,7 +292,7 @@ impl<C> SharedCell<C> {
     /// A new cell; `init` initializes the (zeroed) control block in place.
     pub(crate) fn new(init: impl FnOnce(*mut C) -> Result<()>) -> Result<Self> {
         Ok(SharedCell {
-            seg: Arc::new(Segment::create(kind_of::<C>(), 1, 0, init)?),
+            seg: Segment::create(kind_of::<C>(), 1, 0, init)?.into_shared(),
             _c: PhantomData,
         })
     }
@@ -217,7 +314,7 @@ impl<'de, C> Deserialize<'de> for SharedCell<C> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (seg, _) = Segment::deserialize(d, kind_of::<C>(), 1)?;
         Ok(SharedCell {
-            seg: Arc::new(seg),
+            seg,
             _c: PhantomData,
         })
     }
