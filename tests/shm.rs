@@ -258,3 +258,29 @@ fn memory_is_freed_after_a_crash() {
         assert!(attempt < 3, "only {freed} KiB of shared memory freed");
     }
 }
+
+/// A process that dies holding an array's lock: the next `lock` gets the guard with the error,
+/// and can repair the data.
+#[test]
+fn array_lock_of_a_dead_holder_is_recovered() {
+    let _f = fork_lock();
+    let a = SharedArray::from_slice(&[1u64, 1]).unwrap();
+    let a2 = a.clone();
+    let p = Process::new(move || {
+        let mut g = a2.lock().unwrap();
+        g[0] = 2; // half of an update that keeps both elements equal
+        std::mem::forget(g);
+        std::process::exit(0);
+    });
+    p.start().unwrap();
+    join_ok(&[p]);
+    match a.lock_timeout(secs(10)) {
+        Err(multiproc::AcquireError::OwnerDied(mut g)) => {
+            assert_eq!(*g, [2, 1]);
+            g[1] = g[0]; // repair
+        }
+        other => panic!("expected OwnerDied, got {other:?}"),
+    }
+    assert_eq!(a.to_vec().unwrap(), [2, 2]);
+    assert!(format!("{:?}", SharedValue::new(3u8).unwrap()).contains("Some(3)"));
+}

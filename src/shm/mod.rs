@@ -496,8 +496,10 @@ impl<T: Pod> Clone for SharedValue<T> {
 
 impl<T: Pod + fmt::Debug> fmt::Debug for SharedValue<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never blocks (the caller may hold the lock): the value only when the lock is free.
+        let value = self.array.lock_timeout(Duration::ZERO).ok().map(|g| g[0]);
         f.debug_struct("SharedValue")
-            .field("value", &self.load().ok())
+            .field("value", &value)
             .finish()
     }
 }

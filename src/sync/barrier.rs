@@ -34,6 +34,8 @@ struct BarrierCtl {
 /// barrier is ready for the next round. A party that times out (or calls
 /// [`abort`](Barrier::abort)) breaks it: the waiting parties, and later arrivals, get
 /// [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) until [`reset`](Barrier::reset).
+/// A party that dies before arriving leaves the others waiting: use
+/// [`wait_timeout`](Barrier::wait_timeout) when parties may crash.
 ///
 /// # Examples
 ///
