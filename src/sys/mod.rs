@@ -5,6 +5,7 @@
 
 pub(crate) mod futex;
 pub(crate) mod mem;
+pub(crate) mod socket;
 
 use std::fs;
 use std::io;
