@@ -127,7 +127,11 @@ fn a_256_mib_item_between_processes() {
     producer.start().unwrap();
     let item = q.get_timeout(secs(120)).unwrap();
     assert_eq!(item.len(), SIZE);
-    assert!(item.chunks(4096).enumerate().all(|(i, c)| c.iter().all(|&b| b == i as u8)));
+    assert!(
+        item.chunks(4096)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&b| b == i as u8))
+    );
     assert!(producer.join_timeout(secs(60)).unwrap());
     assert_eq!(producer.exitcode(), Some(0));
 }
@@ -251,6 +255,29 @@ fn consumers_are_released_while_the_parent_joins() {
         }
         assert_eq!(c.exitcode(), Some(10));
     }
+}
+
+#[test]
+fn a_parent_joining_an_unrelated_child_can_still_put() {
+    // `other` was started before the queue existed, so it does not hold it: while the parent
+    // joins it, the parent will put again afterwards, and the consumer must keep waiting.
+    let other = Process::new(|| std::thread::sleep(std::time::Duration::from_millis(400)));
+    other.start().unwrap();
+    let q: Queue<u32> = Queue::new().unwrap();
+    let q2 = q.clone();
+    let consumer = Process::new(
+        move || match q2.get_timeout(std::time::Duration::from_secs(30)) {
+            Ok(7) => std::process::exit(0),
+            Ok(_) => std::process::exit(3),
+            Err(e) if e.is_disconnected() => std::process::exit(2),
+            Err(_) => std::process::exit(4),
+        },
+    );
+    consumer.start().unwrap();
+    assert!(other.join_timeout(secs(30)).unwrap());
+    q.put(&7).unwrap();
+    assert!(consumer.join_timeout(secs(30)).unwrap());
+    assert_eq!(consumer.exitcode(), Some(0), "2 means a false Disconnected");
 }
 
 #[test]

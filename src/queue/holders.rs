@@ -53,6 +53,8 @@ struct Slot {
     start: AtomicU64,
     state: AtomicU32,
     generation: AtomicU32,
+    /// The child this holder is joining, while its state is `JOINING`.
+    join_target: AtomicI32,
 }
 
 /// The shared table; lives inside the queue's mapping (all zero = empty).
@@ -212,7 +214,9 @@ impl HolderTable {
     }
 
     /// A snapshot of every live holder's generation if none of them can make progress for
-    /// `blocked`: all wait in the same direction or join. `None` as soon as one can.
+    /// `blocked`: each waits in that direction, or joins a child that is itself such a holder
+    /// (a process joining a child that can still run will run again once the child ends).
+    /// `None` as soon as one can make progress.
     pub(crate) fn stuck_snapshot(&self, blocked: Waiting) -> Option<Vec<(i32, u32)>> {
         if self.overflow.load(SeqCst) != 0 {
             return None;
@@ -221,26 +225,44 @@ impl HolderTable {
             Waiting::Get => WAIT_GET,
             Waiting::Put => WAIT_PUT,
         };
-        let mut snapshot = Vec::new();
+        // pid -> (state, generation, join target) of every live holder.
+        let mut live = std::collections::HashMap::new();
         for slot in &self.slots {
             let pid = slot.pid.load(SeqCst);
             if pid == 0 {
                 continue;
             }
-            if pid == CLAIMING {
-                // A process being registered right now: it may well put.
+            if pid == CLAIMING || slot.tid.load(SeqCst) == TID_MANY {
+                // Being registered, or used from several threads: it may well put.
                 return None;
             }
             let state = slot.state.load(SeqCst);
             let generation = slot.generation.load(SeqCst);
-            if !sys::process_alive(pid, slot.start.load(SeqCst)) {
-                continue;
+            let target = slot.join_target.load(SeqCst);
+            if sys::process_alive(pid, slot.start.load(SeqCst)) {
+                live.insert(pid, (state, generation, target));
             }
-            if slot.tid.load(SeqCst) == TID_MANY || (state != same && state != JOINING) {
+        }
+        let stuck = |pid: i32| {
+            let mut pid = pid;
+            // Follow the chain of joins (a parent joining a child joining a grandchild...).
+            for _ in 0..MAX_HOLDERS {
+                match live.get(&pid) {
+                    Some(&(state, _, _)) if state == same => return true,
+                    Some(&(JOINING, _, target)) => pid = target,
+                    _ => return false,
+                }
+            }
+            false
+        };
+        let mut snapshot = Vec::with_capacity(live.len());
+        for (&pid, &(_, generation, _)) in &live {
+            if !stuck(pid) {
                 return None;
             }
             snapshot.push((pid, generation));
         }
+        snapshot.sort_unstable();
         Some(snapshot)
     }
 }
@@ -296,15 +318,16 @@ pub(crate) fn on_fork_child() {
     }
 }
 
-/// While alive, marks the calling process as joining a child in every queue it holds: a joining
-/// process cannot put, so it does not keep consumers waiting.
+/// While alive, marks the calling process as joining the child `target` in every queue it holds.
+/// A process joining a child that is itself stuck on the queue cannot put any more, so it does
+/// not keep consumers waiting; one joining a child that can still run does.
 #[derive(Debug)]
 pub(crate) struct JoiningGuard {
     queues: Vec<Arc<Shared>>,
 }
 
 impl JoiningGuard {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(target: Pid) -> Self {
         let queues = live_queues();
         let tid = current_tid();
         let pid = sys::getpid().as_raw();
@@ -315,6 +338,7 @@ impl JoiningGuard {
                 // Only the thread that uses the queue speaks for the process: another thread's
                 // join says nothing about whether this one will put.
                 if slot.pid.load(SeqCst) == pid && owner == tid {
+                    slot.join_target.store(target.as_raw(), SeqCst);
                     slot.state.store(JOINING, SeqCst);
                     marked.push(q);
                 }

@@ -206,7 +206,10 @@ pub(crate) fn gettid() -> i32 {
 /// `/proc/PID/stat`, or `None` when there is no such process. Pid and start time together name a
 /// process uniquely, even after the pid is reused.
 pub(crate) fn proc_stat(pid: i32) -> Option<(char, u64)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
     // The command name (field 2) is in parentheses and may itself contain spaces or ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_ascii_whitespace();
@@ -216,9 +219,20 @@ pub(crate) fn proc_stat(pid: i32) -> Option<(char, u64)> {
     Some((state, start))
 }
 
-/// Whether the process `pid` that started at `start_time` still runs (is not gone, not a zombie).
+/// Whether the process `pid` that started at `start_time` still runs (is not gone, not a
+/// zombie). When `/proc` cannot be read for another reason (no descriptor left, say), the answer
+/// is "alive": callers use this to decide that nobody is left, and must never decide it wrongly.
 pub(crate) fn process_alive(pid: i32, start_time: u64) -> bool {
-    matches!(proc_stat(pid), Some((state, start)) if start == start_time && state != 'Z' && state != 'X')
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
+            false
+        }
+        Err(_) => true,
+        Ok(stat) => match parse_stat(&stat) {
+            Some((state, start)) => start == start_time && state != 'Z' && state != 'X',
+            None => true,
+        },
+    }
 }
 
 /// Flushes Rust's standard output and error buffers; used before a child's `_exit`.
