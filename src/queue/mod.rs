@@ -43,8 +43,9 @@ thread_local! {
 ///   value); [`iter`](Queue::iter) ends at the first pill it takes.
 /// - **No endless wait**: a `get` on an empty queue returns [`Error::Disconnected`] once no
 ///   process that holds the queue can put any more: every one of them has ended, dropped the
-///   queue, or is itself waiting in `get` or joining a child. Likewise a `put` on a full queue
-///   when nobody can get. The check runs every 50 ms while waiting.
+///   queue, or is itself waiting in `get`, or is joining a child that is in one of these states.
+///   Likewise a `put` on a full queue when nobody can get. The check runs every 50 ms while
+///   waiting.
 ///
 /// # Examples
 ///
