@@ -389,6 +389,9 @@ where
 /// "Used" means sent or received on. An end that a process used and then handed to a child
 /// (moved into the child's closure, which drops the parent's copy) counts as closed until the
 /// child first uses it: hand ends over before using them.
+///
+/// As with Python's pipes, two processes that both send large messages to each other without
+/// receiving block each other (both socket buffers fill up): receive on a thread, or take turns.
 pub struct Connection<S, R> {
     end: End,
     _t: PhantomData<fn(S) -> R>,
