@@ -99,3 +99,62 @@ pub(crate) fn take(index: u32) -> std::result::Result<OwnedFd, &'static str> {
             .ok_or("the message lacks the file descriptor this value refers to")
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::PodVec;
+    use crate::{Event, SharedArray};
+
+    /// Tests of this module that make memory files run one at a time.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Open descriptors of multiproc memory files (other tests' pipes do not count).
+    fn open_memfds() -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|p| p.to_string_lossy().contains("multiproc-shm"))
+            .count()
+    }
+
+    #[test]
+    fn attach_only_inside_an_encode() {
+        let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(!can_attach());
+        assert!(attach(crate::sys::mem::memfd(8).unwrap()).is_err());
+        let (bytes, fds) = encode_with_fds(&1u32).unwrap();
+        assert!(fds.is_empty());
+        assert_eq!(decode_with_fds::<u32>(&bytes, fds).unwrap(), 1);
+        assert!(!can_attach());
+    }
+
+    #[test]
+    fn shared_objects_round_trip_in_one_process() {
+        let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let a = SharedArray::from_slice(&[1u16, 2, 3]).unwrap();
+        let e = Event::new().unwrap();
+        let v: PodVec<u64> = vec![7u64; 1 << 16].into();
+        let (bytes, fds) = encode_with_fds(&(a.clone(), e.clone(), v)).unwrap();
+        assert_eq!(fds.len(), 3);
+        let (a2, e2, v2): (SharedArray<u16>, Event, PodVec<u64>) =
+            decode_with_fds(&bytes, fds).unwrap();
+        a2.set(0, 9).unwrap();
+        assert_eq!(a.get(0).unwrap(), 9);
+        e2.set();
+        assert!(e.is_set());
+        assert!(v2.iter().all(|&x| x == 7));
+    }
+
+    #[test]
+    fn wrong_type_or_missing_descriptor_fails_and_leaks_nothing() {
+        let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let a = SharedArray::<u32>::new(4).unwrap();
+        let before = open_memfds();
+        assert!(before >= 1);
+        let (bytes, fds) = encode_with_fds(&a).unwrap();
+        assert!(decode_with_fds::<SharedArray<f32>>(&bytes, fds).is_err());
+        assert!(decode_with_fds::<SharedArray<u32>>(&bytes, Vec::new()).is_err());
+        assert_eq!(open_memfds(), before);
+    }
+}
