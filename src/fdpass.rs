@@ -6,13 +6,20 @@
 //! descriptor in a per-thread table and returns its index; the index is what gets serialized.
 //! The transport sends the table along with the bytes (`SCM_RIGHTS`), and on the other side
 //! `Deserialize` calls [`take`] with the index. The table exists only inside [`encode_with_fds`]
-//! and [`decode_with_fds`]; elsewhere (a `Queue`, a plain pipe) [`attach`] fails, and types that
-//! can fall back to plain bytes check [`can_attach`] first.
+//! and [`decode_with_fds`]. Elsewhere ([`wire::encode`], as a `Queue` uses it) [`can_attach`] is
+//! false and the types fall back: a `PodVec` to inline bytes, a `SharedArray` or sync primitive
+//! to its segment id, which resolves only in a process that already maps the segment.
 //!
-//! Any transport over a unix socket can use this pair, for example a pool's task channel:
-//! `let (bytes, fds) = encode_with_fds(&task)?`, then `sys::socket::send_with_fds(sock, &frame,
-//! &raw_fds, &mut wait)` (the pipe module shows the framing),
-//! then `recv_with_fds` and `decode_with_fds(&bytes, fds)` on the other end.
+//! # For other transports (the pool)
+//!
+//! A channel over a unix socket gets big payloads through shared memory by encoding with
+//! [`encode_with_fds`] instead of [`wire::encode`], sending the descriptors with
+//! `sys::socket::send_with_fds(sock, &frame, &raw_fds, &mut wait)` (attached to the first byte
+//! of the frame), receiving with `sys::socket::recv_with_fds`, and decoding with
+//! [`decode_with_fds`]. The framing of `pipe.rs` (`End::send` / `End::recv_frame`: a 16-byte
+//! header with the body length and descriptor count) can be copied as is; or the transport can
+//! simply be a [`Connection`](crate::Connection) per worker. A channel without descriptors
+//! (a shared ring) still carries `SharedArray`s made before its processes forked, by id.
 
 use std::cell::RefCell;
 use std::os::fd::OwnedFd;
