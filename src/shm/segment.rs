@@ -107,7 +107,7 @@ impl Segment {
         Ok(seg)
     }
 
-    /// Maps a segment received as a descriptor, checking that it was made by [`create`] with the
+    /// Maps a segment received as a descriptor, checking that it was made by [`create`](Self::create) with the
     /// same `kind` and `elem_size`. Returns it and its length in elements.
     /// With `populate`, every page is mapped at once (for a receiver that reads it all).
     pub(crate) fn open(
@@ -171,7 +171,7 @@ impl Segment {
     ///
     /// # Safety
     ///
-    /// `C` must be the type the segment was created with (checked by `kind` in [`open`]).
+    /// `C` must be the type the segment was created with (checked by `kind` in [`open`](Self::open)).
     pub(crate) unsafe fn control<C>(&self) -> &C {
         // SAFETY: per the contract the control block at CONTROL_OFFSET is an initialized `C`
         // (its shared fields are atomics or process-shared mutexes), living as long as `self`.

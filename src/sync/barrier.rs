@@ -33,7 +33,7 @@ struct BarrierCtl {
 /// Every party calls [`wait`](Barrier::wait); all are released once the last arrives, and the
 /// barrier is ready for the next round. A party that times out (or calls
 /// [`abort`](Barrier::abort)) breaks it: the waiting parties, and later arrivals, get
-/// [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) until [`reset`](Barrier::reset).
+/// [`Error::BrokenBarrier`] until [`reset`](Barrier::reset).
 /// A party that dies before arriving leaves the others waiting: use
 /// [`wait_timeout`](Barrier::wait_timeout) when parties may crash.
 ///
@@ -87,8 +87,8 @@ impl Barrier {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `parties` is 0;
-    /// [`Error::Io`](crate::Error::Io) if the shared memory cannot
+    /// [`Error::InvalidArgument`] if `parties` is 0;
+    /// [`Error::Io`] if the shared memory cannot
     /// be made.
     pub fn new(parties: u32) -> Result<Self> {
         if parties == 0 {
@@ -140,7 +140,7 @@ impl Barrier {
     ///
     /// # Errors
     ///
-    /// [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) if the barrier is or gets broken.
+    /// [`Error::BrokenBarrier`] if the barrier is or gets broken.
     pub fn wait(&self) -> Result<u32> {
         self.wait_deadline(None)
     }
@@ -149,8 +149,8 @@ impl Barrier {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`](crate::Error::Timeout) for the party that timed out,
-    /// [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) for the others.
+    /// [`Error::Timeout`] for the party that timed out,
+    /// [`Error::BrokenBarrier`] for the others.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<u32> {
         self.wait_deadline(Some(Instant::now() + timeout))
     }
@@ -207,12 +207,12 @@ impl Barrier {
     }
 
     /// Breaks the barrier: current and future waiters get
-    /// [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) until
+    /// [`Error::BrokenBarrier`] until
     /// [`reset`](Barrier::reset).
     ///
     /// # Errors
     ///
-    /// [`Error::Io`](crate::Error::Io) if the internal lock fails.
+    /// [`Error::Io`] if the internal lock fails.
     pub fn abort(&self) -> Result<()> {
         let _g = self.lock()?;
         self.ctl().broken.store(1, SeqCst);
@@ -221,11 +221,11 @@ impl Barrier {
     }
 
     /// Returns the barrier to its initial state; parties waiting now get
-    /// [`Error::BrokenBarrier`](crate::Error::BrokenBarrier).
+    /// [`Error::BrokenBarrier`].
     ///
     /// # Errors
     ///
-    /// [`Error::Io`](crate::Error::Io) if the internal lock fails.
+    /// [`Error::Io`] if the internal lock fails.
     pub fn reset(&self) -> Result<()> {
         let ctl = self.ctl();
         let _g = self.lock()?;

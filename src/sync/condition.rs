@@ -83,7 +83,7 @@ impl Condition {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`](crate::Error::Io) if the shared memory cannot be made.
+    /// [`Error::Io`] if the shared memory cannot be made.
     pub fn new() -> Result<Self> {
         Ok(Condition {
             cell: SharedCell::new(|c: *mut CondCtl| {
@@ -127,7 +127,7 @@ impl Condition {
     ///
     /// # Errors
     ///
-    /// [`Error::OwnerDied`](crate::Error::OwnerDied) when re-taking the lock found its holder dead;
+    /// [`Error::OwnerDied`] when re-taking the lock found its holder dead;
     /// the guard still holds
     /// the lock.
     pub fn wait(&self, guard: &mut ConditionGuard<'_>) -> Result<()> {

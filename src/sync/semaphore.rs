@@ -80,8 +80,8 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`](crate::Error::Io) if the shared memory cannot be made;
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `value`
+    /// [`Error::Io`] if the shared memory cannot be made;
+    /// [`Error::InvalidArgument`] if `value`
     /// is `u32::MAX`.
     pub fn new(value: u32) -> Result<Self> {
         if value == u32::MAX {
@@ -94,7 +94,7 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`](crate::Error::Io) if the shared memory cannot be made.
+    /// [`Error::Io`] if the shared memory cannot be made.
     pub fn unbounded(value: u32) -> Result<Self> {
         Self::make(value, u32::MAX)
     }
@@ -144,7 +144,7 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`](crate::Error::Timeout) when none came free in time.
+    /// [`Error::Timeout`] when none came free in time.
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<SemaphoreGuard<'_>> {
         self.acquire_deadline(Some(Instant::now() + timeout))
     }
@@ -176,7 +176,7 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidState`](crate::Error::InvalidState) if that would exceed the bound (the
+    /// [`Error::InvalidState`] if that would exceed the bound (the
     /// value is left unchanged).
     pub fn release(&self) -> Result<()> {
         let ctl = self.ctl();
