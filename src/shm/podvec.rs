@@ -262,7 +262,15 @@ impl<'de, T: Pod> Deserialize<'de> for PodBytes<T> {
                 f.write_str("the bytes of a PodVec")
             }
             fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Self::Value, E> {
-                let size = std::mem::size_of::<T>().max(1);
+                let size = std::mem::size_of::<T>();
+                if size == 0 {
+                    // Zero-sized elements carry no bytes (and their count is not kept).
+                    return if b.is_empty() {
+                        Ok(PodBytes(Vec::new()))
+                    } else {
+                        Err(E::custom("bytes for zero-sized elements"))
+                    };
+                }
                 if b.len() % size != 0 {
                     return Err(E::custom("PodVec bytes are not a whole number of elements"));
                 }
