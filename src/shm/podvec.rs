@@ -82,6 +82,13 @@ impl<T: Pod> PodVec<T> {
     }
 
     /// The elements as a `Vec` (a copy if they live in a received mapping).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let v: multiproc::PodVec<u8> = vec![1, 2].into();
+    /// assert_eq!(v.into_vec(), [1, 2]);
+    /// ```
     pub fn into_vec(mut self) -> Vec<T> {
         match &mut self.inner {
             PodInner::Heap(v) => std::mem::take(v),
