@@ -464,21 +464,64 @@ macro_rules! poll_docs {
 
 impl<S: Serialize, R: DeserializeOwned> Connection<S, R> {
     #[doc = send_docs!()]
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (a, b) = multiproc::pipe::<String, u32>()?;
+    /// a.send(&"hello".to_string())?;
+    /// assert_eq!(b.recv()?, "hello");
+    /// b.send(&5)?;
+    /// assert_eq!(a.recv()?, 5);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn send(&self, value: &S) -> Result<()> {
         self.end.send(value)
     }
 
     #[doc = recv_docs!()]
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (a, b) = multiproc::pipe::<String, u32>()?;
+    /// b.send(&1)?;
+    /// drop(b);
+    /// assert_eq!(a.recv()?, 1); // sent before the end was closed
+    /// assert!(a.recv().unwrap_err().is_disconnected());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn recv(&self) -> Result<R> {
         self.end.recv(None)
     }
 
     #[doc = recv_timeout_docs!()]
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (a, b) = multiproc::pipe::<String, u32>()?;
+    /// let err = a.recv_timeout(std::time::Duration::from_millis(5)).unwrap_err();
+    /// assert!(err.is_timeout());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Result<R> {
         self.end.recv(Some(Instant::now() + timeout))
     }
 
     #[doc = poll_docs!()]
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (a, b) = multiproc::pipe::<String, u32>()?;
+    /// use std::time::Duration;
+    ///
+    /// assert!(!a.poll(Duration::ZERO)?);
+    /// b.send(&3)?;
+    /// assert!(a.poll(Duration::from_secs(1))?);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn poll(&self, timeout: Duration) -> Result<bool> {
         self.end.poll(timeout)
     }
@@ -486,16 +529,43 @@ impl<S: Serialize, R: DeserializeOwned> Connection<S, R> {
 
 impl<T: DeserializeOwned> PipeReceiver<T> {
     #[doc = recv_docs!()]
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (rx, tx) = multiproc::pipe_oneway::<u8>()?;
+    /// tx.send(&1)?;
+    /// assert_eq!(rx.recv()?, 1);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn recv(&self) -> Result<T> {
         self.end.recv(None)
     }
 
     #[doc = recv_timeout_docs!()]
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (rx, _tx) = multiproc::pipe_oneway::<u8>()?;
+    /// assert!(rx.recv_timeout(std::time::Duration::from_millis(5)).unwrap_err().is_timeout());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
         self.end.recv(Some(Instant::now() + timeout))
     }
 
     #[doc = poll_docs!()]
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (rx, tx) = multiproc::pipe_oneway::<u8>()?;
+    /// assert!(!rx.poll(std::time::Duration::ZERO)?);
+    /// tx.send(&1)?;
+    /// assert!(rx.poll(std::time::Duration::from_secs(1))?);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn poll(&self, timeout: Duration) -> Result<bool> {
         self.end.poll(timeout)
     }
@@ -503,6 +573,15 @@ impl<T: DeserializeOwned> PipeReceiver<T> {
 
 impl<T: Serialize> PipeSender<T> {
     #[doc = send_docs!()]
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (rx, tx) = multiproc::pipe_oneway::<Vec<u8>>()?;
+    /// tx.send(&vec![1, 2])?;
+    /// assert_eq!(rx.recv()?, [1, 2]);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn send(&self, value: &T) -> Result<()> {
         self.end.send(value)
     }

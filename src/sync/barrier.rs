@@ -90,6 +90,15 @@ impl Barrier {
     /// [`Error::InvalidArgument`] if `parties` is 0;
     /// [`Error::Io`] if the shared memory cannot
     /// be made.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = multiproc::Barrier::new(1)?;
+    /// assert_eq!(b.parties(), 1);
+    /// assert_eq!(b.wait()?, 0); // one party: passes at once
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn new(parties: u32) -> Result<Self> {
         if parties == 0 {
             return Err(Error::invalid_arg("parties", 0, "a barrier needs a party"));
@@ -126,11 +135,28 @@ impl Barrier {
     }
 
     /// The number of parties waiting in the current round.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = multiproc::Barrier::new(3)?;
+    /// assert_eq!(b.n_waiting(), 0);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn n_waiting(&self) -> u32 {
         self.ctl().count.load(SeqCst)
     }
 
     /// Whether the barrier is broken.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = multiproc::Barrier::new(2)?;
+    /// b.abort()?;
+    /// assert!(b.is_broken());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn is_broken(&self) -> bool {
         self.ctl().broken.load(SeqCst) != 0
     }
@@ -151,6 +177,18 @@ impl Barrier {
     ///
     /// [`Error::Timeout`] for the party that timed out,
     /// [`Error::BrokenBarrier`] for the others.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let b = multiproc::Barrier::new(2)?;
+    /// // Nobody else comes: the wait times out and breaks the barrier.
+    /// assert!(b.wait_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
+    /// assert!(b.is_broken());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> Result<u32> {
         self.wait_deadline(Some(Instant::now() + timeout))
     }
@@ -226,6 +264,16 @@ impl Barrier {
     /// # Errors
     ///
     /// [`Error::Io`] if the internal lock fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = multiproc::Barrier::new(2)?;
+    /// b.abort()?;
+    /// b.reset()?;
+    /// assert!(!b.is_broken());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn reset(&self) -> Result<()> {
         let ctl = self.ctl();
         let _g = self.lock()?;

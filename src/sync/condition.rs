@@ -139,6 +139,18 @@ impl Condition {
     /// # Errors
     ///
     /// As for `wait`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let c = multiproc::Condition::new()?;
+    /// let mut g = c.acquire_timeout(Duration::from_secs(1))?;
+    /// c.wait_timeout(&mut g, Duration::from_millis(5))?; // nobody notifies: returns after 5 ms
+    /// c.notify_all();
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn wait_timeout(&self, guard: &mut ConditionGuard<'_>, timeout: Duration) -> Result<()> {
         self.wait_inner(guard, Some(timeout))
     }

@@ -99,6 +99,16 @@ impl<G> AcquireError<G> {
     }
 
     /// Whether the previous holder died (the caller holds the lock).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let lock = multiproc::Lock::new()?;
+    /// let _held = lock.acquire()?;
+    /// let e = lock.try_acquire().unwrap_err();
+    /// assert!(e.is_timeout() && !e.is_owner_died());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn is_owner_died(&self) -> bool {
         matches!(self, AcquireError::OwnerDied(_))
     }

@@ -95,6 +95,16 @@ impl Semaphore {
     /// # Errors
     ///
     /// [`Error::Io`] if the shared memory cannot be made.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let s = multiproc::Semaphore::unbounded(0)?;
+    /// s.release()?;
+    /// s.release()?;
+    /// assert_eq!(s.value(), 2);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn unbounded(value: u32) -> Result<Self> {
         Self::make(value, u32::MAX)
     }
@@ -145,6 +155,18 @@ impl Semaphore {
     /// # Errors
     ///
     /// [`Error::Timeout`] when none came free in time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let s = multiproc::Semaphore::new(1)?;
+    /// let unit = s.acquire_timeout(Duration::from_secs(1))?;
+    /// assert!(s.acquire_timeout(Duration::from_millis(5)).unwrap_err().is_timeout());
+    /// drop(unit);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<SemaphoreGuard<'_>> {
         self.acquire_deadline(Some(Instant::now() + timeout))
     }
@@ -178,6 +200,17 @@ impl Semaphore {
     ///
     /// [`Error::InvalidState`] if that would exceed the bound (the
     /// value is left unchanged).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let s = multiproc::Semaphore::new(1)?;
+    /// s.acquire()?.forget(); // taken, to be released elsewhere
+    /// assert_eq!(s.value(), 0);
+    /// s.release()?;
+    /// assert_eq!(s.value(), 1);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn release(&self) -> Result<()> {
         let ctl = self.ctl();
         ctl.value
