@@ -21,7 +21,7 @@
 //! simply be a [`Connection`](crate::Connection) per worker. A channel without descriptors
 //! (a shared ring) still carries `SharedArray`s made before its processes forked, by id.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 
 use serde::Serialize;
@@ -33,6 +33,7 @@ use crate::wire;
 thread_local! {
     static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    static MOVING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Restores the previous table when dropped, so nested or panicking encodes leave no state.
@@ -61,6 +62,28 @@ pub(crate) fn encode_with_fds<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u
     let fds = OUTGOING.with(|c| c.borrow_mut().take()).unwrap_or_default();
     drop(restore);
     Ok((bytes?, fds))
+}
+
+/// Like [`encode_with_fds`], for a value the caller gives up once it is sent: parts that own
+/// their shared memory alone (a received [`PodVec`](crate::PodVec)) may then attach it as is,
+/// without copying, see [`moving`]. The caller must drop `value` after sending, without using
+/// it again.
+pub(crate) fn encode_moving_with_fds<T: Serialize + ?Sized>(
+    value: &T,
+) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            MOVING.with(|m| m.set(self.0));
+        }
+    }
+    let _reset = Reset(MOVING.with(|m| m.replace(true)));
+    encode_with_fds(value)
+}
+
+/// Whether the value being encoded on this thread is given up by its sender.
+pub(crate) fn moving() -> bool {
+    MOVING.with(Cell::get) && can_attach()
 }
 
 /// Decodes a value from `bytes`, letting its parts [`take`] the descriptors `fds` that came with

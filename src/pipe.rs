@@ -111,8 +111,14 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl End {
-    fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
-        let (body, fds) = fdpass::encode_with_fds(value)?;
+    /// Sends `value`; with `moving`, the caller drops it right after (see
+    /// [`fdpass::encode_moving_with_fds`]).
+    fn send<T: Serialize + ?Sized>(&self, value: &T, moving: bool) -> Result<()> {
+        let (body, fds) = if moving {
+            fdpass::encode_moving_with_fds(value)?
+        } else {
+            fdpass::encode_with_fds(value)?
+        };
         if fds.len() > MAX_FDS {
             return Err(Error::invalid_arg(
                 "message",
@@ -463,6 +469,32 @@ macro_rules! poll_docs {
 }
 
 impl<S: Serialize, R: DeserializeOwned> Connection<S, R> {
+    /// Sends `value` and gives it up. The same as [`send`](Self::send), except that a
+    /// [`PodVec`](crate::PodVec) in it that was itself received (so lives in shared memory this
+    /// process holds alone) is forwarded as is, without a copy: a worker that receives a big
+    /// vector, works on it in place and sends it back copies nothing.
+    ///
+    /// # Errors
+    ///
+    /// As for [`send`](Self::send).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::PodVec;
+    ///
+    /// let (a, b) = multiproc::pipe::<PodVec<f64>, PodVec<f64>>()?;
+    /// a.send_owned(vec![1.0; 1 << 20].into())?; // one copy, into shared memory
+    /// let mut v = b.recv()?; // mapped, no copy
+    /// v[0] = 2.0;
+    /// b.send_owned(v)?; // forwarded, no copy
+    /// assert_eq!(a.recv()?[0], 2.0);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn send_owned(&self, value: S) -> Result<()> {
+        self.end.send(&value, true)
+    }
+
     #[doc = send_docs!()]
     ///
     /// # Examples
@@ -476,7 +508,7 @@ impl<S: Serialize, R: DeserializeOwned> Connection<S, R> {
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     pub fn send(&self, value: &S) -> Result<()> {
-        self.end.send(value)
+        self.end.send(value, false)
     }
 
     #[doc = recv_docs!()]
@@ -572,6 +604,29 @@ impl<T: DeserializeOwned> PipeReceiver<T> {
 }
 
 impl<T: Serialize> PipeSender<T> {
+    /// Sends `value` and gives it up. The same as [`send`](Self::send), except that a
+    /// [`PodVec`](crate::PodVec) in it that was itself received (so lives in shared memory this
+    /// process holds alone) is forwarded as is, without a copy: a worker that receives a big
+    /// vector, works on it in place and sends it back copies nothing.
+    ///
+    /// # Errors
+    ///
+    /// As for [`send`](Self::send).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::PodVec;
+    ///
+    /// let (rx, tx) = multiproc::pipe_oneway::<PodVec<f64>>()?;
+    /// tx.send_owned(vec![1.0; 1 << 20].into())?;
+    /// assert_eq!(rx.recv()?.len(), 1 << 20);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn send_owned(&self, value: T) -> Result<()> {
+        self.end.send(&value, true)
+    }
+
     #[doc = send_docs!()]
     ///
     /// # Examples
@@ -583,6 +638,6 @@ impl<T: Serialize> PipeSender<T> {
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     pub fn send(&self, value: &T) -> Result<()> {
-        self.end.send(value)
+        self.end.send(value, false)
     }
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{self, SerializeTuple, Serializer};
@@ -42,6 +43,8 @@ pub(crate) const POD_VEC_INLINE_MAX: usize = 256 << 10;
 /// ```
 pub struct PodVec<T: Pod> {
     inner: PodInner<T>,
+    /// Its segment went, as is, with a message it was moved into: not ours to reuse.
+    given: AtomicBool,
 }
 
 enum PodInner<T> {
@@ -62,6 +65,7 @@ impl<T: Pod> From<Vec<T>> for PodVec<T> {
     fn from(v: Vec<T>) -> Self {
         PodVec {
             inner: PodInner::Heap(v),
+            given: AtomicBool::new(false),
         }
     }
 }
@@ -127,6 +131,7 @@ impl<T: Pod> Drop for PodVec<T> {
     fn drop(&mut self) {
         if let PodInner::Mapped { seg, .. } =
             std::mem::replace(&mut self.inner, PodInner::Heap(Vec::new()))
+            && !*self.given.get_mut()
         {
             recycled::put(seg);
         }
@@ -230,7 +235,18 @@ impl<T: Pod> Serialize for PodVec<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let bytes = pod_bytes(self);
         let mut t = s.serialize_tuple(2)?;
-        if bytes.len() >= POD_VEC_INLINE_MAX && fdpass::can_attach() {
+        if let PodInner::Mapped { seg, .. } = &self.inner
+            && fdpass::moving()
+            && !self.given.swap(true, Ordering::SeqCst)
+        {
+            // Moved into a message (and dropped by the sender right after): this process holds
+            // the only mapping, so the segment itself goes, no copy. `given` makes sure it goes
+            // once and is not reused here.
+            let fd = seg.fd.try_clone().map_err(ser::Error::custom)?;
+            let index = fdpass::attach(fd).map_err(ser::Error::custom)?;
+            t.serialize_element(&POD_FD)?;
+            t.serialize_element(&index)?;
+        } else if bytes.len() >= POD_VEC_INLINE_MAX && fdpass::can_attach() {
             let kind = kind_of::<PodVec<T>>();
             let size = std::mem::size_of::<T>();
             let seg = match recycled::take(kind, size, self.len()) {
@@ -329,6 +345,7 @@ impl<'de, T: Pod> Deserialize<'de> for PodVec<T> {
                         .map_err(de::Error::custom)?;
                         Ok(PodVec {
                             inner: PodInner::Mapped { seg, len },
+                            given: AtomicBool::new(false),
                         })
                     }
                     _ => Err(de::Error::custom("bad PodVec tag")),
