@@ -3,6 +3,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -131,22 +132,25 @@ impl<T: Pod> Drop for PodVec<T> {
     fn drop(&mut self) {
         if let PodInner::Mapped { seg, .. } =
             std::mem::replace(&mut self.inner, PodInner::Heap(Vec::new()))
-            && !*self.given.get_mut()
         {
-            recycled::put(seg);
+            // Moved into a message: away; else ours alone: free.
+            recycled::put(seg, *self.given.get_mut());
         }
     }
 }
 
-/// Segments of [`PodVec`]s this process received and dropped, kept mapped (their pages already
-/// allocated and touched) for the next `PodVec` of the same type and length it sends: a round
-/// trip of equal-sized vectors then costs one copy into warm memory each way, instead of
-/// allocating and zeroing fresh shared pages every time.
+/// The shared segments of [`PodVec`]s this process has used, kept mapped for reuse, so that
+/// vectors going back and forth cost no fresh pages and no new mappings:
+/// - **free** segments: received, then dropped here. This process is their only user; the next
+///   `PodVec` of the same type and length it sends is copied into one (warm pages) instead of a
+///   fresh one.
+/// - **away** segments: sent (their descriptor went with a message). Another process owns them
+///   now; this process keeps the mapping but never touches it, until the same segment comes back
+///   in a message: it is then used as is (no new mapping).
 ///
-/// A kept segment is this process's alone (the sender unmapped it and closed its descriptor), and
-/// it leaves the cache only to be filled and sent, after which this process unmaps it too. A
-/// forked child inherits the cache but never uses it (the pid differs): it drops its copies.
+/// A forked child inherits the pool but never uses it (the pid differs): it drops its copies.
 mod recycled {
+    use std::os::fd::{AsFd, BorrowedFd};
     use std::sync::Mutex;
 
     use crate::shm::segment::{DATA_OFFSET, Segment, Tag};
@@ -157,25 +161,33 @@ mod recycled {
     /// ...and this many bytes are kept.
     const MAX_BYTES: usize = 1 << 30;
 
-    struct Cache {
-        pid: i32,
-        segs: Vec<(usize, Segment)>,
+    struct Entry {
+        bytes: usize,
+        /// The memory file's inode: names the segment when it comes back.
+        ino: u64,
+        away: bool,
+        seg: Segment,
     }
 
-    static CACHE: Mutex<Cache> = Mutex::new(Cache {
+    struct Pool {
+        pid: i32,
+        entries: Vec<Entry>,
+    }
+
+    static POOL: Mutex<Pool> = Mutex::new(Pool {
         pid: 0,
-        segs: Vec::new(),
+        entries: Vec::new(),
     });
 
-    fn with<R>(f: impl FnOnce(&mut Vec<(usize, Segment)>) -> R) -> R {
-        let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    fn with<R>(f: impl FnOnce(&mut Vec<Entry>) -> R) -> R {
+        let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
         let me = sys::getpid().as_raw();
-        if c.pid != me {
-            // Inherited from the parent: not ours to reuse.
-            c.segs.clear();
-            c.pid = me;
+        if p.pid != me {
+            // Inherited from the parent: not ours to use.
+            p.entries.clear();
+            p.pid = me;
         }
-        f(&mut c.segs)
+        f(&mut p.entries)
     }
 
     fn tag(seg: &Segment) -> (u64, u64, u64) {
@@ -184,12 +196,23 @@ mod recycled {
         (t.kind, t.elem_size, t.len)
     }
 
-    /// A kept segment made for `len` elements of `elem_size` bytes of type `kind`.
+    /// A free segment made for `len` elements of `elem_size` bytes of type `kind`.
     pub(super) fn take(kind: u64, elem_size: usize, len: usize) -> Option<Segment> {
         let want = (kind, elem_size as u64, len as u64);
-        with(|segs| {
-            let i = segs.iter().position(|(_, s)| tag(s) == want)?;
-            Some(segs.swap_remove(i).1)
+        with(|entries| {
+            let i = entries
+                .iter()
+                .position(|e| !e.away && tag(&e.seg) == want)?;
+            Some(entries.remove(i).seg)
+        })
+    }
+
+    /// The away segment whose memory file is `fd`, now back in this process.
+    pub(super) fn claim(fd: BorrowedFd<'_>) -> Option<Segment> {
+        let ino = sys::mem::fd_inode(fd).ok()?;
+        with(|entries| {
+            let i = entries.iter().position(|e| e.away && e.ino == ino)?;
+            Some(entries.remove(i).seg)
         })
     }
 
@@ -199,20 +222,29 @@ mod recycled {
         drop(all);
     }
 
-    /// Keeps `seg` (dropping the oldest kept ones over the limits).
-    pub(super) fn put(seg: Segment) {
+    /// Keeps `seg`: free (`away == false`, this process is its only user) or away (it was sent
+    /// and this process must not touch it). Drops the oldest kept ones over the limits.
+    pub(super) fn put(seg: Segment, away: bool) {
         let (_, elem_size, len) = tag(&seg);
         let bytes = (elem_size * len) as usize + DATA_OFFSET;
         if bytes > MAX_BYTES {
             return;
         }
-        let dropped = with(|segs| {
-            segs.push((bytes, seg));
+        let Ok(ino) = sys::mem::fd_inode(seg.fd.as_fd()) else {
+            return;
+        };
+        let dropped = with(|entries| {
+            entries.push(Entry {
+                bytes,
+                ino,
+                away,
+                seg,
+            });
             let mut dropped = Vec::new();
-            while segs.len() > MAX_SEGMENTS
-                || segs.iter().map(|(b, _)| b).sum::<usize>() > MAX_BYTES
+            while entries.len() > MAX_SEGMENTS
+                || entries.iter().map(|e| e.bytes).sum::<usize>() > MAX_BYTES
             {
-                dropped.push(segs.remove(0));
+                dropped.push(entries.remove(0));
             }
             dropped
         });
@@ -259,11 +291,11 @@ impl<T: Pod> Serialize for PodVec<T> {
             unsafe {
                 std::ptr::copy_nonoverlapping(bytes.as_ptr(), seg.data(), bytes.len());
             }
-            // The descriptor goes with the message; our mapping goes now: the receiver will be
-            // the segment's only user.
-            let Segment { fd, map, .. } = seg;
-            drop(map);
-            let index = fdpass::attach(fd).map_err(ser::Error::custom)?;
+            // The descriptor goes with the message: the receiver will be the segment's only
+            // user; we keep the mapping, untouched, in case the segment comes back.
+            let index = fdpass::attach(seg.fd.try_clone().map_err(ser::Error::custom)?)
+                .map_err(ser::Error::custom)?;
+            recycled::put(seg, true);
             t.serialize_element(&POD_FD)?;
             t.serialize_element(&index)?;
         } else {
@@ -336,13 +368,14 @@ impl<'de, T: Pod> Deserialize<'de> for PodVec<T> {
                             .next_element()?
                             .ok_or_else(|| de::Error::invalid_length(1, &self))?;
                         let fd = fdpass::take(index).map_err(de::Error::custom)?;
-                        let (seg, len) = Segment::open(
-                            fd,
-                            kind_of::<PodVec<T>>(),
-                            std::mem::size_of::<T>(),
-                            true,
-                        )
-                        .map_err(de::Error::custom)?;
+                        let (kind, size) = (kind_of::<PodVec<T>>(), std::mem::size_of::<T>());
+                        let (seg, len) = match recycled::claim(fd.as_fd()) {
+                            // One of ours, back: its mapping is still here.
+                            Some(seg) => seg.check(kind, size).map_err(de::Error::custom)?,
+                            None => {
+                                Segment::open(fd, kind, size, true).map_err(de::Error::custom)?
+                            }
+                        };
                         Ok(PodVec {
                             inner: PodInner::Mapped { seg, len },
                             given: AtomicBool::new(false),

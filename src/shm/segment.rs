@@ -153,6 +153,22 @@ impl Segment {
         ))
     }
 
+    /// Checks that the segment holds `kind` elements of `elem_size` bytes; returns it and its
+    /// length.
+    pub(crate) fn check(self, kind: u64, elem_size: usize) -> Result<(Self, usize)> {
+        let (k, size, len) = self.tag();
+        if k != kind || size != elem_size as u64 {
+            return Err(Error::invalid_arg(
+                "descriptor",
+                "received segment",
+                "it holds another type",
+            ));
+        }
+        let len = usize::try_from(len)
+            .map_err(|_| Error::invalid_arg("descriptor", "received segment", "bad length"))?;
+        Ok((self, len))
+    }
+
     /// Shares the segment among the handles of this process, and makes it findable by id.
     pub(crate) fn into_shared(self) -> Arc<Segment> {
         let seg = Arc::new(self);
