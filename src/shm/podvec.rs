@@ -21,16 +21,24 @@ pub(crate) const POD_VEC_INLINE_MAX: usize = 256 << 10;
 /// A vector of plain-old-data that crosses processes fast: Python's pickle-protocol-5
 /// out-of-band buffers, mpi4py's buffer sends.
 ///
-/// Through a [`Pipe`](crate::pipe()) a `PodVec` larger than 256 KiB is copied once into a fresh
+/// Through a [`Pipe`](crate::pipe()) a `PodVec` larger than 256 KiB is copied once into a
 /// memory file whose descriptor travels; the receiver maps it and reads the elements in place
-/// (no second copy; [`into_vec`](PodVec::into_vec) copies if you need a `Vec`). Elsewhere (a
-/// [`Queue`](crate::Queue)) it is encoded as one block of bytes, still far faster than a
-/// `Vec<f64>` encoded element by element.
+/// (no second copy; [`into_vec`](PodVec::into_vec) copies if you need a `Vec`). A received
+/// `PodVec` sent on with [`Connection::send_owned`](crate::Connection::send_owned) travels with
+/// no copy at all. Elsewhere (a [`Queue`](crate::Queue)) it is encoded as one block of bytes,
+/// still far faster than a `Vec<f64>` encoded element by element.
 ///
-/// A received `PodVec` owns its mapping alone (the sender's copy is gone), so it derefs to
-/// `&mut [T]` safely. When dropped, its memory is kept (mapped, with its descriptor) for the
-/// next `PodVec` of the same type and length this process sends, so round trips reuse warm
-/// pages; see [`release_kept`](PodVec::release_kept).
+/// A received `PodVec` is the only user of its memory (no other process touches it any more), so
+/// it derefs to `&mut [T]` safely.
+///
+/// # Memory kept for reuse
+///
+/// Each process keeps up to 4 of the memory files it sent or received (1 GiB in all), still
+/// mapped: one it received and dropped is reused for the next `PodVec` of the same type and
+/// length it sends (warm pages instead of fresh ones), and one it sent is picked up again without
+/// a new mapping when it comes back. A vector going back and forth between two processes thus
+/// costs one copy into warm memory per round trip, or none with `send_owned`.
+/// [`release_kept`](PodVec::release_kept) gives that memory back at once.
 ///
 /// # Examples
 ///
@@ -72,10 +80,9 @@ impl<T: Pod> From<Vec<T>> for PodVec<T> {
 }
 
 impl<T: Pod> PodVec<T> {
-    /// Unmaps and closes the memory this process keeps for reuse: up to 4 segments (1 GiB in
-    /// all) of `PodVec`s it received through a pipe and dropped. The next `PodVec` of the same
-    /// type and length it sends is copied into such a kept segment (warm pages) instead of a
-    /// fresh one; call this to give the memory back at once.
+    /// Unmaps and closes the memory files this process keeps for reuse (see
+    /// [Memory kept for reuse](PodVec#memory-kept-for-reuse)). Memory files that other
+    /// processes still use stay alive for them.
     ///
     /// # Examples
     ///
