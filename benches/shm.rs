@@ -19,6 +19,8 @@ enum Req {
     Echo(Vec<f64>),
     /// Echo the PodVec back.
     EchoPod(PodVec<f64>),
+    /// Echo the PodVec back with `send_owned` (forwarded, no copy).
+    EchoPodOwned(PodVec<f64>),
     /// Copy the shared array out into a private Vec, answer its length.
     CopyOut(SharedArray<f64>),
     /// Read one element at this index.
@@ -49,9 +51,10 @@ fn worker(c: Connection<Resp, Req>) {
         // What the request brought stays alive until the answer is sent, as in the Python peer
         // (its workers ack first, then close and free).
         let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
+        let owned = matches!(req, Req::EchoPodOwned(_));
         let resp = match req {
             Req::Echo(v) => Resp::Vec(v),
-            Req::EchoPod(v) => Resp::Pod(v),
+            Req::EchoPod(v) | Req::EchoPodOwned(v) => Resp::Pod(v),
             Req::CopyOut(a) => {
                 // SAFETY: the parent does not write the array until we answer.
                 let v = unsafe { a.as_slice() }.to_vec();
@@ -79,7 +82,11 @@ fn worker(c: Connection<Resp, Req>) {
             }
             Req::Stop => break,
         };
-        c.send(&resp).expect("answer");
+        if owned {
+            c.send_owned(resp).expect("answer");
+        } else {
+            c.send(&resp).expect("answer");
+        }
         drop(keep);
     }
 }
@@ -196,6 +203,23 @@ fn main() -> multiproc::Result<()> {
     });
     rows.push(Row {
         name: "pipe_podvec_80mb",
+        value: nb as f64 / 1e6 / t,
+        unit: "MB/s",
+        py: Some(("pool_apply_80mb", true)),
+    });
+    let t = measure(reps, warm, || {
+        let v: PodVec<f64> = data.clone().into();
+        let t = Instant::now();
+        w.send_owned(Req::EchoPodOwned(v)).expect("send");
+        let Resp::Pod(v) = w.recv().expect("recv") else {
+            panic!("echo")
+        };
+        let e = t.elapsed();
+        assert_eq!(v[n - 1], (n - 1) as f64);
+        e
+    });
+    rows.push(Row {
+        name: "pipe_podvec_owned_80mb",
         value: nb as f64 / 1e6 / t,
         unit: "MB/s",
         py: Some(("pool_apply_80mb", true)),

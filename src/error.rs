@@ -125,7 +125,7 @@ pub enum Error {
         "{what}: its previous holder died while holding it; the data it protects may be half-updated"
     )]
     OwnerDied {
-        /// What was being acquired, for example `"Lock"`.
+        /// What was being acquired: `"lock"`, or `"Condition"` when re-taken after a wait.
         what: &'static str,
     },
 

@@ -6,15 +6,22 @@
 //! descriptor in a per-thread table and returns its index; the index is what gets serialized.
 //! The transport sends the table along with the bytes (`SCM_RIGHTS`), and on the other side
 //! `Deserialize` calls [`take`] with the index. The table exists only inside [`encode_with_fds`]
-//! and [`decode_with_fds`]; elsewhere (a `Queue`, a plain pipe) [`attach`] fails, and types that
-//! can fall back to plain bytes check [`can_attach`] first.
+//! and [`decode_with_fds`]. Elsewhere ([`wire::encode`], as a `Queue` uses it) [`can_attach`] is
+//! false and the types fall back: a `PodVec` to inline bytes, a `SharedArray` or sync primitive
+//! to its segment id, which resolves only in a process that already maps the segment.
 //!
-//! Any transport over a unix socket can use this pair, for example a pool's task channel:
-//! `let (bytes, fds) = encode_with_fds(&task)?`, then `sys::socket::send_with_fds(sock, &frame,
-//! &raw_fds, &mut wait)` (the pipe module shows the framing),
-//! then `recv_with_fds` and `decode_with_fds(&bytes, fds)` on the other end.
+//! # For other transports (the pool)
+//!
+//! A channel over a unix socket gets big payloads through shared memory by encoding with
+//! [`encode_with_fds`] instead of [`wire::encode`], sending the descriptors with
+//! `sys::socket::send_with_fds(sock, &frame, &raw_fds, &mut wait)` (attached to the first byte
+//! of the frame), receiving with `sys::socket::recv_with_fds`, and decoding with
+//! [`decode_with_fds`]. The framing of `pipe.rs` (`End::send` / `End::recv_frame`: a 16-byte
+//! header with the body length and descriptor count) can be copied as is; or the transport can
+//! simply be a [`Connection`](crate::Connection) per worker. A channel without descriptors
+//! (a shared ring) still carries `SharedArray`s made before its processes forked, by id.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 
 use serde::Serialize;
@@ -26,6 +33,7 @@ use crate::wire;
 thread_local! {
     static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    static MOVING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Restores the previous table when dropped, so nested or panicking encodes leave no state.
@@ -54,6 +62,28 @@ pub(crate) fn encode_with_fds<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u
     let fds = OUTGOING.with(|c| c.borrow_mut().take()).unwrap_or_default();
     drop(restore);
     Ok((bytes?, fds))
+}
+
+/// Like [`encode_with_fds`], for a value the caller gives up once it is sent: parts that own
+/// their shared memory alone (a received [`PodVec`](crate::PodVec)) may then attach it as is,
+/// without copying, see [`moving`]. The caller must drop `value` after sending, without using
+/// it again.
+pub(crate) fn encode_moving_with_fds<T: Serialize + ?Sized>(
+    value: &T,
+) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            MOVING.with(|m| m.set(self.0));
+        }
+    }
+    let _reset = Reset(MOVING.with(|m| m.replace(true)));
+    encode_with_fds(value)
+}
+
+/// Whether the value being encoded on this thread is given up by its sender.
+pub(crate) fn moving() -> bool {
+    MOVING.with(Cell::get) && can_attach()
 }
 
 /// Decodes a value from `bytes`, letting its parts [`take`] the descriptors `fds` that came with
@@ -98,4 +128,63 @@ pub(crate) fn take(index: u32) -> std::result::Result<OwnedFd, &'static str> {
             .and_then(Option::take)
             .ok_or("the message lacks the file descriptor this value refers to")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::PodVec;
+    use crate::{Event, SharedArray};
+
+    /// Tests of this module that make memory files run one at a time.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Open descriptors of multiproc memory files (other tests' pipes do not count).
+    fn open_memfds() -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|p| p.to_string_lossy().contains("multiproc-shm"))
+            .count()
+    }
+
+    #[test]
+    fn attach_only_inside_an_encode() {
+        let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(!can_attach());
+        assert!(attach(crate::sys::mem::memfd(8).unwrap()).is_err());
+        let (bytes, fds) = encode_with_fds(&1u32).unwrap();
+        assert!(fds.is_empty());
+        assert_eq!(decode_with_fds::<u32>(&bytes, fds).unwrap(), 1);
+        assert!(!can_attach());
+    }
+
+    #[test]
+    fn shared_objects_round_trip_in_one_process() {
+        let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let a = SharedArray::from_slice(&[1u16, 2, 3]).unwrap();
+        let e = Event::new().unwrap();
+        let v: PodVec<u64> = vec![7u64; 1 << 16].into();
+        let (bytes, fds) = encode_with_fds(&(a.clone(), e.clone(), v)).unwrap();
+        assert_eq!(fds.len(), 3);
+        let (a2, e2, v2): (SharedArray<u16>, Event, PodVec<u64>) =
+            decode_with_fds(&bytes, fds).unwrap();
+        a2.set(0, 9).unwrap();
+        assert_eq!(a.get(0).unwrap(), 9);
+        e2.set();
+        assert!(e.is_set());
+        assert!(v2.iter().all(|&x| x == 7));
+    }
+
+    #[test]
+    fn wrong_type_or_missing_descriptor_fails_and_leaks_nothing() {
+        let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let a = SharedArray::<u32>::new(4).unwrap();
+        let before = open_memfds();
+        assert!(before >= 1);
+        let (bytes, fds) = encode_with_fds(&a).unwrap();
+        assert!(decode_with_fds::<SharedArray<f32>>(&bytes, fds).is_err());
+        assert!(decode_with_fds::<SharedArray<u32>>(&bytes, Vec::new()).is_err());
+        assert_eq!(open_memfds(), before);
+    }
 }

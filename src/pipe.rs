@@ -111,8 +111,14 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl End {
-    fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
-        let (body, fds) = fdpass::encode_with_fds(value)?;
+    /// Sends `value`; with `moving`, the caller drops it right after (see
+    /// [`fdpass::encode_moving_with_fds`]).
+    fn send<T: Serialize + ?Sized>(&self, value: &T, moving: bool) -> Result<()> {
+        let (body, fds) = if moving {
+            fdpass::encode_moving_with_fds(value)?
+        } else {
+            fdpass::encode_with_fds(value)?
+        };
         if fds.len() > MAX_FDS {
             return Err(Error::invalid_arg(
                 "message",
@@ -389,6 +395,9 @@ where
 /// "Used" means sent or received on. An end that a process used and then handed to a child
 /// (moved into the child's closure, which drops the parent's copy) counts as closed until the
 /// child first uses it: hand ends over before using them.
+///
+/// As with Python's pipes, two processes that both send large messages to each other without
+/// receiving block each other (both socket buffers fill up): receive on a thread, or take turns.
 pub struct Connection<S, R> {
     end: End,
     _t: PhantomData<fn(S) -> R>,
@@ -460,22 +469,91 @@ macro_rules! poll_docs {
 }
 
 impl<S: Serialize, R: DeserializeOwned> Connection<S, R> {
+    /// Sends `value` and gives it up. The same as [`send`](Self::send), except that a
+    /// [`PodVec`](crate::PodVec) in it that was itself received (so lives in shared memory this
+    /// process holds alone) is forwarded as is, without a copy: a worker that receives a big
+    /// vector, works on it in place and sends it back copies nothing.
+    ///
+    /// # Errors
+    ///
+    /// As for [`send`](Self::send).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::PodVec;
+    ///
+    /// let (a, b) = multiproc::pipe::<PodVec<f64>, PodVec<f64>>()?;
+    /// a.send_owned(vec![1.0; 1 << 20].into())?; // one copy, into shared memory
+    /// let mut v = b.recv()?; // mapped, no copy
+    /// v[0] = 2.0;
+    /// b.send_owned(v)?; // forwarded, no copy
+    /// assert_eq!(a.recv()?[0], 2.0);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn send_owned(&self, value: S) -> Result<()> {
+        self.end.send(&value, true)
+    }
+
     #[doc = send_docs!()]
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (a, b) = multiproc::pipe::<String, u32>()?;
+    /// a.send(&"hello".to_string())?;
+    /// assert_eq!(b.recv()?, "hello");
+    /// b.send(&5)?;
+    /// assert_eq!(a.recv()?, 5);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn send(&self, value: &S) -> Result<()> {
-        self.end.send(value)
+        self.end.send(value, false)
     }
 
     #[doc = recv_docs!()]
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (a, b) = multiproc::pipe::<String, u32>()?;
+    /// b.send(&1)?;
+    /// drop(b);
+    /// assert_eq!(a.recv()?, 1); // sent before the end was closed
+    /// assert!(a.recv().unwrap_err().is_disconnected());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn recv(&self) -> Result<R> {
         self.end.recv(None)
     }
 
     #[doc = recv_timeout_docs!()]
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (a, b) = multiproc::pipe::<String, u32>()?;
+    /// let err = a.recv_timeout(std::time::Duration::from_millis(5)).unwrap_err();
+    /// assert!(err.is_timeout());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Result<R> {
         self.end.recv(Some(Instant::now() + timeout))
     }
 
     #[doc = poll_docs!()]
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (a, b) = multiproc::pipe::<String, u32>()?;
+    /// use std::time::Duration;
+    ///
+    /// assert!(!a.poll(Duration::ZERO)?);
+    /// b.send(&3)?;
+    /// assert!(a.poll(Duration::from_secs(1))?);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn poll(&self, timeout: Duration) -> Result<bool> {
         self.end.poll(timeout)
     }
@@ -483,24 +561,83 @@ impl<S: Serialize, R: DeserializeOwned> Connection<S, R> {
 
 impl<T: DeserializeOwned> PipeReceiver<T> {
     #[doc = recv_docs!()]
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (rx, tx) = multiproc::pipe_oneway::<u8>()?;
+    /// tx.send(&1)?;
+    /// assert_eq!(rx.recv()?, 1);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn recv(&self) -> Result<T> {
         self.end.recv(None)
     }
 
     #[doc = recv_timeout_docs!()]
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (rx, _tx) = multiproc::pipe_oneway::<u8>()?;
+    /// assert!(rx.recv_timeout(std::time::Duration::from_millis(5)).unwrap_err().is_timeout());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
         self.end.recv(Some(Instant::now() + timeout))
     }
 
     #[doc = poll_docs!()]
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (rx, tx) = multiproc::pipe_oneway::<u8>()?;
+    /// assert!(!rx.poll(std::time::Duration::ZERO)?);
+    /// tx.send(&1)?;
+    /// assert!(rx.poll(std::time::Duration::from_secs(1))?);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn poll(&self, timeout: Duration) -> Result<bool> {
         self.end.poll(timeout)
     }
 }
 
 impl<T: Serialize> PipeSender<T> {
+    /// Sends `value` and gives it up. The same as [`send`](Self::send), except that a
+    /// [`PodVec`](crate::PodVec) in it that was itself received (so lives in shared memory this
+    /// process holds alone) is forwarded as is, without a copy: a worker that receives a big
+    /// vector, works on it in place and sends it back copies nothing.
+    ///
+    /// # Errors
+    ///
+    /// As for [`send`](Self::send).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::PodVec;
+    ///
+    /// let (rx, tx) = multiproc::pipe_oneway::<PodVec<f64>>()?;
+    /// tx.send_owned(vec![1.0; 1 << 20].into())?;
+    /// assert_eq!(rx.recv()?.len(), 1 << 20);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn send_owned(&self, value: T) -> Result<()> {
+        self.end.send(&value, true)
+    }
+
     #[doc = send_docs!()]
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (rx, tx) = multiproc::pipe_oneway::<Vec<u8>>()?;
+    /// tx.send(&vec![1, 2])?;
+    /// assert_eq!(rx.recv()?, [1, 2]);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn send(&self, value: &T) -> Result<()> {
-        self.end.send(value)
+        self.end.send(value, false)
     }
 }

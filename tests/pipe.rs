@@ -232,3 +232,42 @@ fn one_gib_payload() {
     assert_eq!(join_code(&p), Some(0));
     eprintln!("1 GiB SharedArray + 1 GiB PodVec handed over in {took:?}");
 }
+
+/// `send_owned` forwards a received PodVec without copying; `send` of a received PodVec copies,
+/// so later writes by the sender are not seen by the receiver.
+#[test]
+fn pod_vec_forwarding_and_no_aliasing() {
+    let _f = fork_lock();
+    let (parent, child) = pipe::<PodVec<u64>, PodVec<u64>>().unwrap();
+    let p = Process::new(move || {
+        // Echo twice: in place and forwarded.
+        for _ in 0..2 {
+            let mut v = child.recv_timeout(secs(60)).unwrap();
+            for x in v.iter_mut() {
+                *x += 1;
+            }
+            child.send_owned(v).unwrap();
+        }
+        // Report what arrived, after the parent has written its own copy.
+        let v = child.recv_timeout(secs(60)).unwrap();
+        std::thread::sleep(ms(100));
+        child.send_owned(vec![v[0], v[v.len() - 1]].into()).unwrap();
+    });
+    p.start().unwrap();
+    const N: usize = 1 << 20;
+    parent
+        .send_owned((0..N as u64).collect::<Vec<_>>().into())
+        .unwrap();
+    let v = parent.recv_timeout(secs(60)).unwrap();
+    assert!(format!("{v:?}").contains("mapped: true"));
+    assert!(v.iter().enumerate().all(|(i, &x)| x == i as u64 + 1));
+    parent.send_owned(v).unwrap();
+    let mut v = parent.recv_timeout(secs(60)).unwrap();
+    assert!(v.iter().enumerate().all(|(i, &x)| x == i as u64 + 2));
+    parent.send(&v).unwrap(); // by reference: a copy goes
+    v[0] = 999;
+    v[N - 1] = 999;
+    let seen = parent.recv_timeout(secs(60)).unwrap();
+    assert_eq!(seen.into_vec(), [2, N as u64 + 1]);
+    assert_eq!(join_code(&p), Some(0));
+}

@@ -231,6 +231,15 @@ impl<T: Pod> SharedArray<T> {
     }
 
     /// The number of elements.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let a = multiproc::SharedArray::<u8>::new(5)?;
+    /// assert_eq!(a.len(), 5);
+    /// assert!(!a.is_empty());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.len
     }
@@ -273,6 +282,17 @@ impl<T: Pod> SharedArray<T> {
     ///
     /// [`AcquireError::Timeout`](crate::AcquireError::Timeout) when the time runs out; otherwise as
     /// for `lock`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let a = multiproc::SharedArray::<u8>::new(3)?;
+    /// let mut g = a.lock_timeout(std::time::Duration::from_secs(1))?;
+    /// g[0] = 1;
+    /// drop(g);
+    /// assert_eq!(a.get(0)?, 1);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn lock_timeout(&self, timeout: Duration) -> AcquireResult<ArrayGuard<'_, T>> {
         acquire_robust(&self.control().lock, Some(timeout), || self.guard())
     }
@@ -289,6 +309,14 @@ impl<T: Pod> SharedArray<T> {
     /// # Errors
     ///
     /// [`Error::OwnerDied`] when a process died holding the lock (see [`lock`](Self::lock)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let a = multiproc::SharedArray::from_slice(&[3i8, 4])?;
+    /// assert_eq!(a.to_vec()?, [3, 4]);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn to_vec(&self) -> Result<Vec<T>> {
         Ok(self.lock()?.to_vec())
     }
@@ -299,6 +327,16 @@ impl<T: Pod> SharedArray<T> {
     ///
     /// [`Error::InvalidArgument`] if the lengths differ; [`Error::OwnerDied`] as for
     /// [`to_vec`](Self::to_vec).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let a = multiproc::SharedArray::<u16>::new(2)?;
+    /// a.copy_from_slice(&[5, 6])?;
+    /// assert_eq!(a.to_vec()?, [5, 6]);
+    /// assert!(a.copy_from_slice(&[1]).is_err());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn copy_from_slice(&self, items: &[T]) -> Result<()> {
         if items.len() != self.len {
             return Err(Error::invalid_arg(
@@ -317,6 +355,15 @@ impl<T: Pod> SharedArray<T> {
     ///
     /// [`Error::InvalidArgument`] out of bounds; [`Error::OwnerDied`] as for
     /// [`to_vec`](Self::to_vec).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let a = multiproc::SharedArray::from_slice(&[1.5f32, 2.5])?;
+    /// assert_eq!(a.get(1)?, 2.5);
+    /// assert!(a.get(2).is_err());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn get(&self, index: usize) -> Result<T> {
         self.check(index)?;
         Ok(self.lock()?[index])
@@ -327,6 +374,15 @@ impl<T: Pod> SharedArray<T> {
     /// # Errors
     ///
     /// As for [`get`](Self::get).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let a = multiproc::SharedArray::<u64>::new(2)?;
+    /// a.set(1, 42)?;
+    /// assert_eq!(a.to_vec()?, [0, 42]);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn set(&self, index: usize, value: T) -> Result<()> {
         self.check(index)?;
         self.lock()?[index] = value;
@@ -345,6 +401,16 @@ impl<T: Pod> SharedArray<T> {
     }
 
     /// A raw pointer to the first element, valid as long as this handle (or a clone) lives.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let a = multiproc::SharedArray::<u32>::new(1)?;
+    /// // SAFETY: nobody else uses `a`; the pointer is in bounds.
+    /// unsafe { a.as_ptr().write(9) };
+    /// assert_eq!(a.get(0)?, 9);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn as_ptr(&self) -> *mut T {
         self.seg.data().cast()
     }
@@ -510,6 +576,14 @@ impl<T: Pod> SharedValue<T> {
     /// # Errors
     ///
     /// As for [`SharedArray::new`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let v = multiproc::SharedValue::new(1.5f64)?;
+    /// assert_eq!(v.load()?, 1.5);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn new(value: T) -> Result<Self> {
         Ok(SharedValue {
             array: SharedArray::from_slice(&[value])?,
@@ -521,6 +595,14 @@ impl<T: Pod> SharedValue<T> {
     /// # Errors
     ///
     /// [`Error::OwnerDied`] when a process died holding the lock.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let v = multiproc::SharedValue::new(7u32)?;
+    /// assert_eq!(v.load()?, 7);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn load(&self) -> Result<T> {
         Ok(*self.lock()?)
     }
@@ -530,6 +612,15 @@ impl<T: Pod> SharedValue<T> {
     /// # Errors
     ///
     /// As for [`load`](Self::load).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let v = multiproc::SharedValue::new(0i32)?;
+    /// v.store(-3)?;
+    /// assert_eq!(v.load()?, -3);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn store(&self, value: T) -> Result<()> {
         *self.lock()? = value;
         Ok(())
@@ -540,6 +631,15 @@ impl<T: Pod> SharedValue<T> {
     /// # Errors
     ///
     /// As for [`SharedArray::lock`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let v = multiproc::SharedValue::new(1u64)?;
+    /// *v.lock()? += 1;
+    /// assert_eq!(v.load()?, 2);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn lock(&self) -> AcquireResult<ValueGuard<'_, T>> {
         match self.array.lock() {
             Ok(g) => Ok(ValueGuard(g)),

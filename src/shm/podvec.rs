@@ -3,6 +3,8 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{self, SerializeTuple, Serializer};
@@ -19,16 +21,24 @@ pub(crate) const POD_VEC_INLINE_MAX: usize = 256 << 10;
 /// A vector of plain-old-data that crosses processes fast: Python's pickle-protocol-5
 /// out-of-band buffers, mpi4py's buffer sends.
 ///
-/// Through a [`Pipe`](crate::pipe()) a `PodVec` larger than 256 KiB is copied once into a fresh
+/// Through a [`Pipe`](crate::pipe()) a `PodVec` larger than 256 KiB is copied once into a
 /// memory file whose descriptor travels; the receiver maps it and reads the elements in place
-/// (no second copy; [`into_vec`](PodVec::into_vec) copies if you need a `Vec`). Elsewhere (a
-/// [`Queue`](crate::Queue)) it is encoded as one block of bytes, still far faster than a
-/// `Vec<f64>` encoded element by element.
+/// (no second copy; [`into_vec`](PodVec::into_vec) copies if you need a `Vec`). A received
+/// `PodVec` sent on with [`Connection::send_owned`](crate::Connection::send_owned) travels with
+/// no copy at all. Elsewhere (a [`Queue`](crate::Queue)) it is encoded as one block of bytes,
+/// still far faster than a `Vec<f64>` encoded element by element.
 ///
-/// A received `PodVec` owns its mapping alone (the sender's copy is gone), so it derefs to
-/// `&mut [T]` safely. When dropped, its memory is kept (mapped, with its descriptor) for the
-/// next `PodVec` of the same type and length this process sends, so round trips reuse warm
-/// pages; see [`release_kept`](PodVec::release_kept).
+/// A received `PodVec` is the only user of its memory (no other process touches it any more), so
+/// it derefs to `&mut [T]` safely.
+///
+/// # Memory kept for reuse
+///
+/// Each process keeps up to 4 of the memory files it sent or received (1 GiB in all), still
+/// mapped: one it received and dropped is reused for the next `PodVec` of the same type and
+/// length it sends (warm pages instead of fresh ones), and one it sent is picked up again without
+/// a new mapping when it comes back. A vector going back and forth between two processes thus
+/// costs one copy into warm memory per round trip, or none with `send_owned`.
+/// [`release_kept`](PodVec::release_kept) gives that memory back at once.
 ///
 /// # Examples
 ///
@@ -42,6 +52,8 @@ pub(crate) const POD_VEC_INLINE_MAX: usize = 256 << 10;
 /// ```
 pub struct PodVec<T: Pod> {
     inner: PodInner<T>,
+    /// Its segment went, as is, with a message it was moved into: not ours to reuse.
+    given: AtomicBool,
 }
 
 enum PodInner<T> {
@@ -62,15 +74,15 @@ impl<T: Pod> From<Vec<T>> for PodVec<T> {
     fn from(v: Vec<T>) -> Self {
         PodVec {
             inner: PodInner::Heap(v),
+            given: AtomicBool::new(false),
         }
     }
 }
 
 impl<T: Pod> PodVec<T> {
-    /// Unmaps and closes the memory this process keeps for reuse: up to 4 segments (1 GiB in
-    /// all) of `PodVec`s it received through a pipe and dropped. The next `PodVec` of the same
-    /// type and length it sends is copied into such a kept segment (warm pages) instead of a
-    /// fresh one; call this to give the memory back at once.
+    /// Unmaps and closes the memory files this process keeps for reuse (see
+    /// [Memory kept for reuse](PodVec#memory-kept-for-reuse)). Memory files that other
+    /// processes still use stay alive for them.
     ///
     /// # Examples
     ///
@@ -82,6 +94,13 @@ impl<T: Pod> PodVec<T> {
     }
 
     /// The elements as a `Vec` (a copy if they live in a received mapping).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let v: multiproc::PodVec<u8> = vec![1, 2].into();
+    /// assert_eq!(v.into_vec(), [1, 2]);
+    /// ```
     pub fn into_vec(mut self) -> Vec<T> {
         match &mut self.inner {
             PodInner::Heap(v) => std::mem::take(v),
@@ -121,20 +140,24 @@ impl<T: Pod> Drop for PodVec<T> {
         if let PodInner::Mapped { seg, .. } =
             std::mem::replace(&mut self.inner, PodInner::Heap(Vec::new()))
         {
-            recycled::put(seg);
+            // Moved into a message: away; else ours alone: free.
+            recycled::put(seg, *self.given.get_mut());
         }
     }
 }
 
-/// Segments of [`PodVec`]s this process received and dropped, kept mapped (their pages already
-/// allocated and touched) for the next `PodVec` of the same type and length it sends: a round
-/// trip of equal-sized vectors then costs one copy into warm memory each way, instead of
-/// allocating and zeroing fresh shared pages every time.
+/// The shared segments of [`PodVec`]s this process has used, kept mapped for reuse, so that
+/// vectors going back and forth cost no fresh pages and no new mappings:
+/// - **free** segments: received, then dropped here. This process is their only user; the next
+///   `PodVec` of the same type and length it sends is copied into one (warm pages) instead of a
+///   fresh one.
+/// - **away** segments: sent (their descriptor went with a message). Another process owns them
+///   now; this process keeps the mapping but never touches it, until the same segment comes back
+///   in a message: it is then used as is (no new mapping).
 ///
-/// A kept segment is this process's alone (the sender unmapped it and closed its descriptor), and
-/// it leaves the cache only to be filled and sent, after which this process unmaps it too. A
-/// forked child inherits the cache but never uses it (the pid differs): it drops its copies.
+/// A forked child inherits the pool but never uses it (the pid differs): it drops its copies.
 mod recycled {
+    use std::os::fd::{AsFd, BorrowedFd};
     use std::sync::Mutex;
 
     use crate::shm::segment::{DATA_OFFSET, Segment, Tag};
@@ -145,25 +168,33 @@ mod recycled {
     /// ...and this many bytes are kept.
     const MAX_BYTES: usize = 1 << 30;
 
-    struct Cache {
-        pid: i32,
-        segs: Vec<(usize, Segment)>,
+    struct Entry {
+        bytes: usize,
+        /// The memory file's inode: names the segment when it comes back.
+        ino: u64,
+        away: bool,
+        seg: Segment,
     }
 
-    static CACHE: Mutex<Cache> = Mutex::new(Cache {
+    struct Pool {
+        pid: i32,
+        entries: Vec<Entry>,
+    }
+
+    static POOL: Mutex<Pool> = Mutex::new(Pool {
         pid: 0,
-        segs: Vec::new(),
+        entries: Vec::new(),
     });
 
-    fn with<R>(f: impl FnOnce(&mut Vec<(usize, Segment)>) -> R) -> R {
-        let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    fn with<R>(f: impl FnOnce(&mut Vec<Entry>) -> R) -> R {
+        let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
         let me = sys::getpid().as_raw();
-        if c.pid != me {
-            // Inherited from the parent: not ours to reuse.
-            c.segs.clear();
-            c.pid = me;
+        if p.pid != me {
+            // Inherited from the parent: not ours to use.
+            p.entries.clear();
+            p.pid = me;
         }
-        f(&mut c.segs)
+        f(&mut p.entries)
     }
 
     fn tag(seg: &Segment) -> (u64, u64, u64) {
@@ -172,12 +203,23 @@ mod recycled {
         (t.kind, t.elem_size, t.len)
     }
 
-    /// A kept segment made for `len` elements of `elem_size` bytes of type `kind`.
+    /// A free segment made for `len` elements of `elem_size` bytes of type `kind`.
     pub(super) fn take(kind: u64, elem_size: usize, len: usize) -> Option<Segment> {
         let want = (kind, elem_size as u64, len as u64);
-        with(|segs| {
-            let i = segs.iter().position(|(_, s)| tag(s) == want)?;
-            Some(segs.swap_remove(i).1)
+        with(|entries| {
+            let i = entries
+                .iter()
+                .position(|e| !e.away && tag(&e.seg) == want)?;
+            Some(entries.remove(i).seg)
+        })
+    }
+
+    /// The away segment whose memory file is `fd`, now back in this process.
+    pub(super) fn claim(fd: BorrowedFd<'_>) -> Option<Segment> {
+        let ino = sys::mem::fd_inode(fd).ok()?;
+        with(|entries| {
+            let i = entries.iter().position(|e| e.away && e.ino == ino)?;
+            Some(entries.remove(i).seg)
         })
     }
 
@@ -187,20 +229,29 @@ mod recycled {
         drop(all);
     }
 
-    /// Keeps `seg` (dropping the oldest kept ones over the limits).
-    pub(super) fn put(seg: Segment) {
+    /// Keeps `seg`: free (`away == false`, this process is its only user) or away (it was sent
+    /// and this process must not touch it). Drops the oldest kept ones over the limits.
+    pub(super) fn put(seg: Segment, away: bool) {
         let (_, elem_size, len) = tag(&seg);
         let bytes = (elem_size * len) as usize + DATA_OFFSET;
         if bytes > MAX_BYTES {
             return;
         }
-        let dropped = with(|segs| {
-            segs.push((bytes, seg));
+        let Ok(ino) = sys::mem::fd_inode(seg.fd.as_fd()) else {
+            return;
+        };
+        let dropped = with(|entries| {
+            entries.push(Entry {
+                bytes,
+                ino,
+                away,
+                seg,
+            });
             let mut dropped = Vec::new();
-            while segs.len() > MAX_SEGMENTS
-                || segs.iter().map(|(b, _)| b).sum::<usize>() > MAX_BYTES
+            while entries.len() > MAX_SEGMENTS
+                || entries.iter().map(|e| e.bytes).sum::<usize>() > MAX_BYTES
             {
-                dropped.push(segs.remove(0));
+                dropped.push(entries.remove(0));
             }
             dropped
         });
@@ -223,7 +274,18 @@ impl<T: Pod> Serialize for PodVec<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let bytes = pod_bytes(self);
         let mut t = s.serialize_tuple(2)?;
-        if bytes.len() >= POD_VEC_INLINE_MAX && fdpass::can_attach() {
+        if let PodInner::Mapped { seg, .. } = &self.inner
+            && fdpass::moving()
+            && !self.given.swap(true, Ordering::SeqCst)
+        {
+            // Moved into a message (and dropped by the sender right after): this process holds
+            // the only mapping, so the segment itself goes, no copy. `given` makes sure it goes
+            // once and is not reused here.
+            let fd = seg.fd.try_clone().map_err(ser::Error::custom)?;
+            let index = fdpass::attach(fd).map_err(ser::Error::custom)?;
+            t.serialize_element(&POD_FD)?;
+            t.serialize_element(&index)?;
+        } else if bytes.len() >= POD_VEC_INLINE_MAX && fdpass::can_attach() {
             let kind = kind_of::<PodVec<T>>();
             let size = std::mem::size_of::<T>();
             let seg = match recycled::take(kind, size, self.len()) {
@@ -236,11 +298,11 @@ impl<T: Pod> Serialize for PodVec<T> {
             unsafe {
                 std::ptr::copy_nonoverlapping(bytes.as_ptr(), seg.data(), bytes.len());
             }
-            // The descriptor goes with the message; our mapping goes now: the receiver will be
-            // the segment's only user.
-            let Segment { fd, map, .. } = seg;
-            drop(map);
-            let index = fdpass::attach(fd).map_err(ser::Error::custom)?;
+            // The descriptor goes with the message: the receiver will be the segment's only
+            // user; we keep the mapping, untouched, in case the segment comes back.
+            let index = fdpass::attach(seg.fd.try_clone().map_err(ser::Error::custom)?)
+                .map_err(ser::Error::custom)?;
+            recycled::put(seg, true);
             t.serialize_element(&POD_FD)?;
             t.serialize_element(&index)?;
         } else {
@@ -262,7 +324,15 @@ impl<'de, T: Pod> Deserialize<'de> for PodBytes<T> {
                 f.write_str("the bytes of a PodVec")
             }
             fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Self::Value, E> {
-                let size = std::mem::size_of::<T>().max(1);
+                let size = std::mem::size_of::<T>();
+                if size == 0 {
+                    // Zero-sized elements carry no bytes (and their count is not kept).
+                    return if b.is_empty() {
+                        Ok(PodBytes(Vec::new()))
+                    } else {
+                        Err(E::custom("bytes for zero-sized elements"))
+                    };
+                }
                 if b.len() % size != 0 {
                     return Err(E::custom("PodVec bytes are not a whole number of elements"));
                 }
@@ -305,15 +375,17 @@ impl<'de, T: Pod> Deserialize<'de> for PodVec<T> {
                             .next_element()?
                             .ok_or_else(|| de::Error::invalid_length(1, &self))?;
                         let fd = fdpass::take(index).map_err(de::Error::custom)?;
-                        let (seg, len) = Segment::open(
-                            fd,
-                            kind_of::<PodVec<T>>(),
-                            std::mem::size_of::<T>(),
-                            true,
-                        )
-                        .map_err(de::Error::custom)?;
+                        let (kind, size) = (kind_of::<PodVec<T>>(), std::mem::size_of::<T>());
+                        let (seg, len) = match recycled::claim(fd.as_fd()) {
+                            // One of ours, back: its mapping is still here.
+                            Some(seg) => seg.check(kind, size).map_err(de::Error::custom)?,
+                            None => {
+                                Segment::open(fd, kind, size, true).map_err(de::Error::custom)?
+                            }
+                        };
                         Ok(PodVec {
                             inner: PodInner::Mapped { seg, len },
+                            given: AtomicBool::new(false),
                         })
                     }
                     _ => Err(de::Error::custom("bad PodVec tag")),

@@ -107,7 +107,7 @@ impl Segment {
         Ok(seg)
     }
 
-    /// Maps a segment received as a descriptor, checking that it was made by [`create`] with the
+    /// Maps a segment received as a descriptor, checking that it was made by [`create`](Self::create) with the
     /// same `kind` and `elem_size`. Returns it and its length in elements.
     /// With `populate`, every page is mapped at once (for a receiver that reads it all).
     pub(crate) fn open(
@@ -153,6 +153,22 @@ impl Segment {
         ))
     }
 
+    /// Checks that the segment holds `kind` elements of `elem_size` bytes; returns it and its
+    /// length.
+    pub(crate) fn check(self, kind: u64, elem_size: usize) -> Result<(Self, usize)> {
+        let (k, size, len) = self.tag();
+        if k != kind || size != elem_size as u64 {
+            return Err(Error::invalid_arg(
+                "descriptor",
+                "received segment",
+                "it holds another type",
+            ));
+        }
+        let len = usize::try_from(len)
+            .map_err(|_| Error::invalid_arg("descriptor", "received segment", "bad length"))?;
+        Ok((self, len))
+    }
+
     /// Shares the segment among the handles of this process, and makes it findable by id.
     pub(crate) fn into_shared(self) -> Arc<Segment> {
         let seg = Arc::new(self);
@@ -171,7 +187,7 @@ impl Segment {
     ///
     /// # Safety
     ///
-    /// `C` must be the type the segment was created with (checked by `kind` in [`open`]).
+    /// `C` must be the type the segment was created with (checked by `kind` in [`open`](Self::open)).
     pub(crate) unsafe fn control<C>(&self) -> &C {
         // SAFETY: per the contract the control block at CONTROL_OFFSET is an initialized `C`
         // (its shared fields are atomics or process-shared mutexes), living as long as `self`.

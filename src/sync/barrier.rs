@@ -33,7 +33,7 @@ struct BarrierCtl {
 /// Every party calls [`wait`](Barrier::wait); all are released once the last arrives, and the
 /// barrier is ready for the next round. A party that times out (or calls
 /// [`abort`](Barrier::abort)) breaks it: the waiting parties, and later arrivals, get
-/// [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) until [`reset`](Barrier::reset).
+/// [`Error::BrokenBarrier`] until [`reset`](Barrier::reset).
 /// A party that dies before arriving leaves the others waiting: use
 /// [`wait_timeout`](Barrier::wait_timeout) when parties may crash.
 ///
@@ -87,9 +87,18 @@ impl Barrier {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `parties` is 0;
-    /// [`Error::Io`](crate::Error::Io) if the shared memory cannot
+    /// [`Error::InvalidArgument`] if `parties` is 0;
+    /// [`Error::Io`] if the shared memory cannot
     /// be made.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = multiproc::Barrier::new(1)?;
+    /// assert_eq!(b.parties(), 1);
+    /// assert_eq!(b.wait()?, 0); // one party: passes at once
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn new(parties: u32) -> Result<Self> {
         if parties == 0 {
             return Err(Error::invalid_arg("parties", 0, "a barrier needs a party"));
@@ -126,11 +135,28 @@ impl Barrier {
     }
 
     /// The number of parties waiting in the current round.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = multiproc::Barrier::new(3)?;
+    /// assert_eq!(b.n_waiting(), 0);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn n_waiting(&self) -> u32 {
         self.ctl().count.load(SeqCst)
     }
 
     /// Whether the barrier is broken.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = multiproc::Barrier::new(2)?;
+    /// b.abort()?;
+    /// assert!(b.is_broken());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn is_broken(&self) -> bool {
         self.ctl().broken.load(SeqCst) != 0
     }
@@ -140,7 +166,7 @@ impl Barrier {
     ///
     /// # Errors
     ///
-    /// [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) if the barrier is or gets broken.
+    /// [`Error::BrokenBarrier`] if the barrier is or gets broken.
     pub fn wait(&self) -> Result<u32> {
         self.wait_deadline(None)
     }
@@ -149,8 +175,20 @@ impl Barrier {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`](crate::Error::Timeout) for the party that timed out,
-    /// [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) for the others.
+    /// [`Error::Timeout`] for the party that timed out,
+    /// [`Error::BrokenBarrier`] for the others.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let b = multiproc::Barrier::new(2)?;
+    /// // Nobody else comes: the wait times out and breaks the barrier.
+    /// assert!(b.wait_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
+    /// assert!(b.is_broken());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> Result<u32> {
         self.wait_deadline(Some(Instant::now() + timeout))
     }
@@ -207,12 +245,12 @@ impl Barrier {
     }
 
     /// Breaks the barrier: current and future waiters get
-    /// [`Error::BrokenBarrier`](crate::Error::BrokenBarrier) until
+    /// [`Error::BrokenBarrier`] until
     /// [`reset`](Barrier::reset).
     ///
     /// # Errors
     ///
-    /// [`Error::Io`](crate::Error::Io) if the internal lock fails.
+    /// [`Error::Io`] if the internal lock fails.
     pub fn abort(&self) -> Result<()> {
         let _g = self.lock()?;
         self.ctl().broken.store(1, SeqCst);
@@ -221,11 +259,21 @@ impl Barrier {
     }
 
     /// Returns the barrier to its initial state; parties waiting now get
-    /// [`Error::BrokenBarrier`](crate::Error::BrokenBarrier).
+    /// [`Error::BrokenBarrier`].
     ///
     /// # Errors
     ///
-    /// [`Error::Io`](crate::Error::Io) if the internal lock fails.
+    /// [`Error::Io`] if the internal lock fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let b = multiproc::Barrier::new(2)?;
+    /// b.abort()?;
+    /// b.reset()?;
+    /// assert!(!b.is_broken());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn reset(&self) -> Result<()> {
         let ctl = self.ctl();
         let _g = self.lock()?;

@@ -83,7 +83,7 @@ impl Condition {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`](crate::Error::Io) if the shared memory cannot be made.
+    /// [`Error::Io`] if the shared memory cannot be made.
     pub fn new() -> Result<Self> {
         Ok(Condition {
             cell: SharedCell::new(|c: *mut CondCtl| {
@@ -127,7 +127,7 @@ impl Condition {
     ///
     /// # Errors
     ///
-    /// [`Error::OwnerDied`](crate::Error::OwnerDied) when re-taking the lock found its holder dead;
+    /// [`Error::OwnerDied`] when re-taking the lock found its holder dead;
     /// the guard still holds
     /// the lock.
     pub fn wait(&self, guard: &mut ConditionGuard<'_>) -> Result<()> {
@@ -139,6 +139,18 @@ impl Condition {
     /// # Errors
     ///
     /// As for `wait`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let c = multiproc::Condition::new()?;
+    /// let mut g = c.acquire_timeout(Duration::from_secs(1))?;
+    /// c.wait_timeout(&mut g, Duration::from_millis(5))?; // nobody notifies: returns after 5 ms
+    /// c.notify_all();
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn wait_timeout(&self, guard: &mut ConditionGuard<'_>, timeout: Duration) -> Result<()> {
         self.wait_inner(guard, Some(timeout))
     }

@@ -64,6 +64,18 @@ impl Event {
     }
 
     /// Sets the flag and wakes every waiter.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let e = multiproc::Event::new()?;
+    /// e.set();
+    /// assert!(e.is_set());
+    /// e.wait(); // returns at once
+    /// e.clear();
+    /// assert!(!e.is_set());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn set(&self) {
         self.flag().store(1, SeqCst);
         futex::wake(self.flag(), i32::MAX);
@@ -87,6 +99,14 @@ impl Event {
     }
 
     /// Waits at most `timeout` for the flag; returns whether it is set (Python's `wait(timeout)`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let e = multiproc::Event::new()?;
+    /// assert!(!e.wait_timeout(std::time::Duration::from_millis(5)));
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while !self.is_set() {

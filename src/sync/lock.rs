@@ -42,6 +42,15 @@ macro_rules! lock_type {
             /// # Errors
             ///
             /// [`Error::Io`](crate::Error::Io) if the shared memory cannot be made.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            #[doc = concat!("let lock = multiproc::", stringify!($name), "::new()?;")]
+            /// let guard = lock.acquire()?;
+            /// drop(guard);
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn new() -> Result<Self> {
                 Ok($name {
                     cell: SharedCell::new(|c| init_lock(c, $recursive))?,
@@ -66,6 +75,18 @@ macro_rules! lock_type {
             /// [`AcquireError::OwnerDied`](crate::AcquireError::OwnerDied) (with the guard: the
             /// lock is yours) when the previous
             /// holder died holding it; see the [module docs](crate::Lock#when-a-holder-dies).
+            ///
+            /// # Examples
+            ///
+            /// ```
+            #[doc = concat!("let lock = multiproc::", stringify!($name), "::new()?;")]
+            /// {
+            ///     let _guard = lock.acquire()?;
+            ///     // ... the protected work ...
+            /// }
+            /// assert!(lock.try_acquire().is_ok());
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn acquire(&self) -> AcquireResult<$guard<'_>> {
                 acquire_robust(self.mutex(), None, || self.guard())
             }
@@ -76,6 +97,15 @@ macro_rules! lock_type {
             ///
             /// [`AcquireError::Timeout`](crate::AcquireError::Timeout) when the time runs out;
             /// otherwise as for `acquire`.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            #[doc = concat!("let lock = multiproc::", stringify!($name), "::new()?;")]
+            /// let guard = lock.acquire_timeout(std::time::Duration::from_secs(1))?;
+            /// drop(guard);
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn acquire_timeout(&self, timeout: Duration) -> AcquireResult<$guard<'_>> {
                 let timeout = timeout.max(Duration::from_nanos(1));
                 acquire_robust(self.mutex(), Some(timeout), || self.guard())
@@ -87,6 +117,14 @@ macro_rules! lock_type {
             ///
             /// [`AcquireError::WouldBlock`](crate::AcquireError::WouldBlock) when it is held;
             /// otherwise as for `acquire`.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            #[doc = concat!("let lock = multiproc::", stringify!($name), "::new()?;")]
+            /// assert!(lock.try_acquire().is_ok());
+            /// # Ok::<(), multiproc::Error>(())
+            /// ```
             pub fn try_acquire(&self) -> AcquireResult<$guard<'_>> {
                 acquire_robust(self.mutex(), Some(Duration::ZERO), || self.guard())
             }

@@ -10,10 +10,10 @@
 //!
 //! A process killed while holding a [`Lock`] (or [`RLock`], [`Condition`], the lock of a
 //! [`SharedArray`](crate::SharedArray)) does not block the others: the kernel hands the lock to
-//! the next acquirer, which gets [`AcquireError::OwnerDied`](crate::AcquireError::OwnerDied)
+//! the next acquirer, which gets [`AcquireError::OwnerDied`]
 //! *holding the guard*. The lock is
 //! theirs and usable again; the error says that the data it protected may be half-updated.
-//! - `lock.acquire()?` turns it into [`Error::OwnerDied`](crate::Error::OwnerDied) and releases the
+//! - `lock.acquire()?` turns it into [`Error::OwnerDied`] and releases the
 //!   lock (the guard is
 //!   dropped), so a careless caller fails loudly instead of using torn data;
 //! - `lock.acquire().or_else(AcquireError::recover)?` keeps the guard: repair the data, go on.
@@ -68,7 +68,7 @@ impl<G> AcquireError<G> {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`](crate::Error::Timeout) for `Timeout` and `WouldBlock`; the OS error for
+    /// [`Error::Timeout`] for `Timeout` and `WouldBlock`; the OS error for
     /// `Failed`.
     ///
     /// # Examples
@@ -99,6 +99,16 @@ impl<G> AcquireError<G> {
     }
 
     /// Whether the previous holder died (the caller holds the lock).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let lock = multiproc::Lock::new()?;
+    /// let _held = lock.acquire()?;
+    /// let e = lock.try_acquire().unwrap_err();
+    /// assert!(e.is_timeout() && !e.is_owner_died());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn is_owner_died(&self) -> bool {
         matches!(self, AcquireError::OwnerDied(_))
     }

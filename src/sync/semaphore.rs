@@ -80,8 +80,8 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`](crate::Error::Io) if the shared memory cannot be made;
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `value`
+    /// [`Error::Io`] if the shared memory cannot be made;
+    /// [`Error::InvalidArgument`] if `value`
     /// is `u32::MAX`.
     pub fn new(value: u32) -> Result<Self> {
         if value == u32::MAX {
@@ -94,7 +94,17 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`](crate::Error::Io) if the shared memory cannot be made.
+    /// [`Error::Io`] if the shared memory cannot be made.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let s = multiproc::Semaphore::unbounded(0)?;
+    /// s.release()?;
+    /// s.release()?;
+    /// assert_eq!(s.value(), 2);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn unbounded(value: u32) -> Result<Self> {
         Self::make(value, u32::MAX)
     }
@@ -144,7 +154,19 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`](crate::Error::Timeout) when none came free in time.
+    /// [`Error::Timeout`] when none came free in time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let s = multiproc::Semaphore::new(1)?;
+    /// let unit = s.acquire_timeout(Duration::from_secs(1))?;
+    /// assert!(s.acquire_timeout(Duration::from_millis(5)).unwrap_err().is_timeout());
+    /// drop(unit);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<SemaphoreGuard<'_>> {
         self.acquire_deadline(Some(Instant::now() + timeout))
     }
@@ -176,8 +198,19 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidState`](crate::Error::InvalidState) if that would exceed the bound (the
+    /// [`Error::InvalidState`] if that would exceed the bound (the
     /// value is left unchanged).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let s = multiproc::Semaphore::new(1)?;
+    /// s.acquire()?.forget(); // taken, to be released elsewhere
+    /// assert_eq!(s.value(), 0);
+    /// s.release()?;
+    /// assert_eq!(s.value(), 1);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn release(&self) -> Result<()> {
         let ctl = self.ctl();
         ctl.value

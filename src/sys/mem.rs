@@ -163,3 +163,10 @@ pub(crate) fn fd_size(fd: BorrowedFd<'_>) -> Result<usize> {
     let st = nix::sys::stat::fstat(fd).map_err(|e| Error::io("fstat", e))?;
     usize::try_from(st.st_size).map_err(|_| Error::io("fstat", std::io::ErrorKind::InvalidData))
 }
+
+/// The inode number of the file `fd`: names a memory file while any descriptor or mapping of it
+/// lives.
+pub(crate) fn fd_inode(fd: BorrowedFd<'_>) -> Result<u64> {
+    let st = nix::sys::stat::fstat(fd).map_err(|e| Error::io("fstat", e))?;
+    Ok(st.st_ino)
+}
