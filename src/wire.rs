@@ -21,8 +21,12 @@ pub const MAX_MESSAGE_BYTES: usize = 1 << 32;
 pub(crate) fn encode_append<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<()> {
     let start = buf.len();
     // Size it first: growing a large buffer by doubling would copy (and fault in) it repeatedly.
-    buf.reserve_exact(postcard::experimental::serialized_size(value).map_err(CodecError)?);
-    crate::sys::mem::advise_huge_pages(buf);
+    // Not while descriptors are being collected: the shared-memory types attach them as a side
+    // effect of serializing, which must happen once.
+    if !crate::fdpass::can_attach() {
+        buf.reserve_exact(postcard::experimental::serialized_size(value).map_err(CodecError)?);
+        crate::sys::mem::advise_huge_pages(buf);
+    }
     let taken = std::mem::take(buf);
     *buf = postcard::to_extend(value, taken).map_err(CodecError)?;
     if buf.len() - start > MAX_MESSAGE_BYTES {
