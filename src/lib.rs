@@ -85,6 +85,25 @@
 //! | `iter(q.get, None)`                 | [`Queue::iter`] with [`put_pill`](Queue::put_pill), or [`iter_until`](Queue::iter_until) |
 //! | `JoinableQueue`, `task_done`, `join`| [`JoinableQueue`]                           |
 //! | `os.cpu_count()`                    | [`cpu_count`] (SLURM- and affinity-aware)   |
+//! | `Pool(n)`, `with Pool() as p`       | [`Pool::with_processes`], [`Pool::new`] (dropping terminates) |
+//! | `p.map(f, xs)`, `p.starmap`, `p.imap` | [`Pool::map`], [`Pool::starmap`], [`Pool::imap`] (lazy input) |
+//! | `p.apply_async(f, (x,))`            | [`Pool::apply_async`] → [`AsyncResult`]     |
+//! | `Value('d')`, `Array('d', n)`       | [`SharedValue`], [`SharedArray`]            |
+//! | `Lock`, `RLock`, `Semaphore`, `Event`, `Barrier`, `Condition` | [`Lock`], [`RLock`], [`Semaphore`], [`Event`], [`Barrier`], [`Condition`] |
+//! | `Pipe()`, `Pipe(duplex=False)`      | [`pipe`], [`pipe_oneway`]                   |
+//!
+//! A [`Pool`] of workers forked once and reused maps a function over inputs; a panicking input
+//! or a killed worker fails only that input, and the pool goes on:
+//!
+//! ```
+//! use multiproc::Pool;
+//!
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! let pool = Pool::with_processes(2)?;
+//! assert_eq!(pool.map(square, 0..4)?, [0, 1, 4, 9]);
+//! # Ok::<(), multiproc::Error>(())
+//! ```
 //!
 //! # Errors
 //!
