@@ -15,6 +15,9 @@ use crate::sys::{self, Forked, Pid};
 /// the parent's copied state runs in it, and no `atexit` handler runs twice.
 pub(crate) fn fork_child(child: impl FnOnce() -> i32) -> Result<Pid> {
     sys::flush_stdio();
+    // Done in the parent, once: every page the child writes costs it a copy-on-write fault, so
+    // the child should find the panic hook already in place.
+    crate::panic::install_hook();
     // SAFETY: the child runs `child` and then `_exit`s; it never returns into the caller's frames.
     // The multi-threaded-parent hazard is the crate's documented fork contract (`# Fork safety`).
     match unsafe { sys::fork()? } {

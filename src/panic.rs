@@ -14,7 +14,7 @@ static HOOK: Once = Once::new();
 
 /// Installs (once per process) a panic hook that records the message and location for
 /// [`catch`], then runs the hook that was there before (which prints the usual message).
-fn install_hook() {
+pub(crate) fn install_hook() {
     HOOK.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {

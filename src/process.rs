@@ -279,9 +279,12 @@ impl Drop for Process {
 
 /// Sets the calling process's command name (what `ps -o comm` shows), best effort.
 fn set_command_name(name: &str) {
-    let mut bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();
-    bytes.push(0);
-    if let Ok(cname) = std::ffi::CStr::from_bytes_with_nul(&bytes) {
+    // A stack buffer: the child should allocate (and so dirty heap pages) as little as it can.
+    let mut buf = [0u8; 16];
+    for (dst, b) in buf.iter_mut().zip(name.bytes().filter(|&b| b != 0).take(15)) {
+        *dst = b;
+    }
+    if let Ok(cname) = std::ffi::CStr::from_bytes_until_nul(&buf) {
         let _ = nix::sys::prctl::set_name(cname);
     }
 }

@@ -270,6 +270,9 @@ impl HolderTable {
 /// The queues this process holds, so that a fork can register the child in each.
 static REGISTRY: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 
+/// Whether this process ever made a queue (so forks with no queue skip the registry entirely).
+static ANY_QUEUE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Adds a newly made queue to this process's registry and registers the process in its table.
 pub(crate) fn adopt(shared: &Arc<Shared>) {
     shared
@@ -278,9 +281,13 @@ pub(crate) fn adopt(shared: &Arc<Shared>) {
     let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
     reg.retain(|w| w.strong_count() > 0);
     reg.push(Arc::downgrade(shared));
+    ANY_QUEUE.store(true, SeqCst);
 }
 
 fn live_queues() -> Vec<Arc<Shared>> {
+    if !ANY_QUEUE.load(SeqCst) {
+        return Vec::new();
+    }
     let reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
     reg.iter().filter_map(Weak::upgrade).collect()
 }
@@ -303,6 +310,9 @@ pub(crate) fn on_fork_parent(child: Pid) {
 /// child runs unregistered (and so unseen by the disconnection check).
 pub(crate) fn on_fork_child() {
     FORK_EPOCH.fetch_add(1, SeqCst);
+    if !ANY_QUEUE.load(SeqCst) {
+        return;
+    }
     // Another thread of the parent may have held the registry lock at the fork: then skip the
     // wait rather than deadlock (the child is still registered, just maybe a little later).
     let queues: Vec<Arc<Shared>> = match REGISTRY.try_lock() {
