@@ -14,7 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use criterion::{BatchSize, Criterion};
+use criterion::Criterion;
 use multiproc::{Pool, Process};
 
 /// Mean time per iteration of each benchmark, recorded by `iter_custom`.
@@ -203,6 +203,8 @@ fn bench_rust(c: &mut Criterion) {
         })
     });
     drop(s);
+    // The parent's copy of the closure keeps the child's socket end open: stop it explicitly.
+    p.terminate().unwrap();
     p.join().unwrap();
 
     let (p, s) = task_child();
@@ -239,6 +241,7 @@ fn bench_rust(c: &mut Criterion) {
     });
     g.finish();
     drop(s);
+    p.terminate().unwrap();
     p.join().unwrap();
 }
 
