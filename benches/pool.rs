@@ -310,12 +310,37 @@ fn main() {
     let py = python();
     let us = |n: &str| mean(n).map_or(f64::NAN, |d| d.as_secs_f64() * 1e6);
     let rows: Vec<(&str, f64, &str, bool)> = vec![
-        ("pool_start_map_join", us("pool_start_map_join") / 1e3, "ms", false),
-        ("map_100k_default", 1e5 / (us("map_100k_default") / 1e6), "tasks/s", true),
-        ("map_100k_chunk1", 1e5 / (us("map_100k_chunk1") / 1e6), "tasks/s", true),
+        (
+            "pool_start_map_join",
+            us("pool_start_map_join") / 1e3,
+            "ms",
+            false,
+        ),
+        (
+            "map_100k_default",
+            1e5 / (us("map_100k_default") / 1e6),
+            "tasks/s",
+            true,
+        ),
+        (
+            "map_100k_chunk1",
+            1e5 / (us("map_100k_chunk1") / 1e6),
+            "tasks/s",
+            true,
+        ),
         ("apply_latency", us("apply_latency"), "us", false),
-        ("array_80mb_sum", 80.0 / (us("array_80mb_sum") / 1e6), "MB/s", true),
-        ("array_80mb_echo", 80.0 / (us("array_80mb_echo") / 1e6), "MB/s", true),
+        (
+            "array_80mb_sum",
+            80.0 / (us("array_80mb_sum") / 1e6),
+            "MB/s",
+            true,
+        ),
+        (
+            "array_80mb_echo",
+            80.0 / (us("array_80mb_echo") / 1e6),
+            "MB/s",
+            true,
+        ),
         ("cpu_200x10ms_p1", p1, "s", false),
         ("cpu_200x10ms_p2", p2, "s", false),
         ("cpu_speedup", p1 / p2, "ratio", true),

@@ -30,7 +30,10 @@ fn main() -> multiproc::Result<()> {
     for (x, r) in results.into_iter().enumerate() {
         match r.get() {
             Ok(v) => println!("get: {x} -> {v}"),
-            Err(e) => println!("get: {x} -> error: {}", e.panic().map_or("?", |p| &p.message)),
+            Err(e) => println!(
+                "get: {x} -> error: {}",
+                e.panic().map_or("?", |p| &p.message)
+            ),
         }
     }
     Ok(())

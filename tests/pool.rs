@@ -59,13 +59,23 @@ fn map_equals_sequential_across_chunk_sizes() {
         let expected: Vec<u64> = items.iter().map(|&x| square(x)).collect();
         for chunk in [Some(1), Some(7), None, Some(100_000)] {
             pool.set_chunksize(chunk).unwrap();
-            assert_eq!(pool.map(square, items.clone()).unwrap(), expected, "{chunk:?}");
+            assert_eq!(
+                pool.map(square, items.clone()).unwrap(),
+                expected,
+                "{chunk:?}"
+            );
         }
         pool.set_chunksize(None).unwrap();
-        assert_eq!(pool.map(square, Vec::<u64>::new()).unwrap(), Vec::<u64>::new());
         assert_eq!(
-            pool.starmap(|a: u32, b: String| format!("{a}{b}"), vec![(1, "x".to_string())])
-                .unwrap(),
+            pool.map(square, Vec::<u64>::new()).unwrap(),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            pool.starmap(
+                |a: u32, b: String| format!("{a}{b}"),
+                vec![(1, "x".to_string())]
+            )
+            .unwrap(),
             vec!["1x"]
         );
     }
@@ -268,7 +278,10 @@ fn terminate_during_a_long_map_returns_promptly() {
         assert!(started.elapsed() < secs(5), "{:?}", started.elapsed());
         assert!(pool.pids().is_empty());
         assert_no_children();
-        assert!(matches!(pool.map(square, 0..3), Err(Error::InvalidState(_))));
+        assert!(matches!(
+            pool.map(square, 0..3),
+            Err(Error::InvalidState(_))
+        ));
         pool.join().unwrap();
     }
     assert_no_children();
@@ -325,16 +338,23 @@ fn workers_see_thread_count_variables() {
     let _g = lock();
     {
         let pool = Pool::with_processes(2).unwrap();
-        let expected = std::env::var("OMP_NUM_THREADS").ok().unwrap_or_else(|| {
-            (multiproc::cpu_count().unwrap() / 2).max(1).to_string()
-        });
+        let expected = std::env::var("OMP_NUM_THREADS")
+            .ok()
+            .unwrap_or_else(|| (multiproc::cpu_count().unwrap() / 2).max(1).to_string());
         assert_eq!(pool.apply(omp, ()).unwrap(), Some(expected));
         let blas = pool
             .apply(|_: ()| std::env::var("OPENBLAS_NUM_THREADS").ok(), ())
             .unwrap();
         assert!(blas.is_some());
-        let off = Pool::builder().processes(1).limit_thread_env(false).build().unwrap();
-        assert_eq!(off.apply(omp, ()).unwrap(), std::env::var("OMP_NUM_THREADS").ok());
+        let off = Pool::builder()
+            .processes(1)
+            .limit_thread_env(false)
+            .build()
+            .unwrap();
+        assert_eq!(
+            off.apply(omp, ()).unwrap(),
+            std::env::var("OMP_NUM_THREADS").ok()
+        );
     }
     assert_no_children();
 }
@@ -346,11 +366,24 @@ fn bad_arguments_are_errors_not_panics() {
     assert!(invalid(Pool::with_processes(0)));
     assert!(invalid(Pool::builder().processes(0).build()));
     assert!(invalid(Pool::builder().processes(1).chunksize(0).build()));
-    assert!(invalid(Pool::builder().processes(1).max_tasks_per_child(0).build()));
-    assert!(invalid(Pool::builder().processes(1).task_timeout(Duration::ZERO).build()));
-    assert!(invalid(Pool::builder().processes(1).max_message_bytes(0).build()));
+    assert!(invalid(
+        Pool::builder().processes(1).max_tasks_per_child(0).build()
+    ));
+    assert!(invalid(
+        Pool::builder()
+            .processes(1)
+            .task_timeout(Duration::ZERO)
+            .build()
+    ));
+    assert!(invalid(
+        Pool::builder().processes(1).max_message_bytes(0).build()
+    ));
     {
-        let pool = Pool::builder().processes(1).max_message_bytes(1000).build().unwrap();
+        let pool = Pool::builder()
+            .processes(1)
+            .max_message_bytes(1000)
+            .build()
+            .unwrap();
         assert!(matches!(
             pool.set_chunksize(Some(0)),
             Err(Error::InvalidArgument { .. })

@@ -119,13 +119,19 @@ fn text_range() -> Range<usize> {
 
 /// A value of the zero-sized function type `F`.
 fn conjure<F: Copy>() -> F {
-    const { assert!(std::mem::size_of::<F>() == 0) };
+    const {
+        assert!(
+            std::mem::size_of::<F>() == 0,
+            "the pool's function must be a fn item or a closure that captures nothing"
+        )
+    };
     // SAFETY: `F` is zero-sized (asserted above at compile time), so a value of it has no bytes
     // to initialize. The only zero-sized types implementing the `Fn` traits on stable Rust are fn
     // items and closures that capture nothing (the traits cannot be implemented by hand), and
     // those have no validity invariant beyond their (empty) bytes. The parent held a real value
     // of `F` when it made the task, so the type is inhabited.
-    unsafe { std::mem::MaybeUninit::<F>::uninit().assume_init() }
+    // `zeroed` writes nothing for a zero-sized type.
+    unsafe { std::mem::zeroed::<F>() }
 }
 
 /// Appends the encoding of `outcome` to `out`; an encoding failure or an oversized value becomes

@@ -572,11 +572,7 @@ impl Pool {
     {
         let _ = f;
         assert_zst::<F>();
-        let plan = Plan::new(
-            fnref::call::<F, T, R>,
-            fnref::item_ends::<T>,
-            None,
-        );
+        let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
         self.run(plan, items.into_iter().collect())
     }
 
@@ -706,9 +702,7 @@ impl Pool {
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        self.map_with(ctx, f, [x])?
-            .pop()
-            .ok_or_else(terminated)
+        self.map_with(ctx, f, [x])?.pop().ok_or_else(terminated)
     }
 
     /// An iterator of `f(x)` in input order, pulling `items` lazily with a bounded number of

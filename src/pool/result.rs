@@ -157,7 +157,8 @@ impl<R: Send + 'static> AsyncState<R> {
     }
 
     fn fire(&self) {
-        let (cb, ecb) = std::mem::take(&mut *self.callbacks.lock().unwrap_or_else(|e| e.into_inner()));
+        let (cb, ecb) =
+            std::mem::take(&mut *self.callbacks.lock().unwrap_or_else(|e| e.into_inner()));
         let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         match (&*slot, cb, ecb) {
             (Slot::Ready(Ok(v)), Some(cb), _) => cb(v),
@@ -167,7 +168,10 @@ impl<R: Send + 'static> AsyncState<R> {
     }
 
     fn is_ready(&self) -> bool {
-        !matches!(*self.slot.lock().unwrap_or_else(|e| e.into_inner()), Slot::Waiting)
+        !matches!(
+            *self.slot.lock().unwrap_or_else(|e| e.into_inner()),
+            Slot::Waiting
+        )
     }
 }
 
@@ -202,7 +206,9 @@ impl<R> fmt::Debug for AsyncResult<R> {
             *self.state.slot.lock().unwrap_or_else(|e| e.into_inner()),
             Slot::Waiting
         );
-        f.debug_struct("AsyncResult").field("ready", &ready).finish()
+        f.debug_struct("AsyncResult")
+            .field("ready", &ready)
+            .finish()
     }
 }
 
@@ -223,7 +229,11 @@ impl<R: Send + 'static> AsyncResult<R> {
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     pub fn callback(self, f: impl FnOnce(&R) + Send + 'static) -> Self {
-        self.state.callbacks.lock().unwrap_or_else(|e| e.into_inner()).0 = Some(Box::new(f));
+        self.state
+            .callbacks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0 = Some(Box::new(f));
         if self.state.is_ready() {
             self.state.fire();
         }
@@ -244,7 +254,11 @@ impl<R: Send + 'static> AsyncResult<R> {
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     pub fn error_callback(self, f: impl FnOnce(&Error) + Send + 'static) -> Self {
-        self.state.callbacks.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(Box::new(f));
+        self.state
+            .callbacks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1 = Some(Box::new(f));
         if self.state.is_ready() {
             self.state.fire();
         }
@@ -403,7 +417,9 @@ where
 
     fn pop(&mut self) -> Option<Result<R>> {
         let r = if self.ordered {
-            self.buffer.remove(&self.next_out).inspect(|_| self.next_out += 1)
+            self.buffer
+                .remove(&self.next_out)
+                .inspect(|_| self.next_out += 1)
         } else {
             self.ready.pop_front()
         };

@@ -257,7 +257,11 @@ impl Core {
 
     /// The pids of the live workers.
     pub(crate) fn pids(&self) -> Vec<i32> {
-        self.slots.iter().flatten().map(|s| s.pid.as_raw()).collect()
+        self.slots
+            .iter()
+            .flatten()
+            .map(|s| s.pid.as_raw())
+            .collect()
     }
 
     /// How many workers were replaced since the start.

@@ -67,7 +67,10 @@ fn outcomes_decode_in_order_with_per_input_errors() {
     decode_outcomes::<u32>(&items, &data, 42, |i, r| got.push((i, r)));
     assert_eq!(got.len(), 3);
     assert_eq!((got[0].0, got[0].1.as_ref().unwrap()), (7, &1));
-    assert!(matches!(&got[1], (3, Err(Error::TaskPanicked { pid: 42, .. }))));
+    assert!(matches!(
+        &got[1],
+        (3, Err(Error::TaskPanicked { pid: 42, .. }))
+    ));
     assert_eq!((got[2].0, got[2].1.as_ref().unwrap()), (9, &3));
     // Truncated data fails the rest, never panics.
     let mut got = Vec::new();

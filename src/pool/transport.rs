@@ -128,7 +128,10 @@ impl RxBuf {
             self.buf.clear();
             self.pos = 0;
         }
-        Ok(Some(Body { buf: body, start: 0 }))
+        Ok(Some(Body {
+            buf: body,
+            start: 0,
+        }))
     }
 
     fn has_frame(&self) -> bool {
@@ -173,7 +176,11 @@ impl std::fmt::Debug for Link {
 #[derive(Debug)]
 pub(crate) enum Reply {
     /// The task ran: one encoded outcome per input.
-    Done { seq: u64, elapsed_ns: u64, data: Body },
+    Done {
+        seq: u64,
+        elapsed_ns: u64,
+        data: Body,
+    },
     /// The task could not run at all.
     Failed { seq: u64, message: String },
 }

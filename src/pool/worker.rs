@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crate::panic;
-use crate::sys::{self, Pid};
 use crate::sys::mem::SharedMapping;
+use crate::sys::{self, Pid};
 
 use super::fnref::FnRef;
 use super::transport::{Order, WorkerEnd};
