@@ -161,6 +161,7 @@ pub(crate) struct Core {
     terminated: bool,
     deferred: Vec<Deferred>,
     replaced: u64,
+    stopped: bool,
 }
 
 impl std::fmt::Debug for Core {
@@ -191,6 +192,7 @@ impl Core {
             terminated: false,
             deferred: Vec::new(),
             replaced: 0,
+            stopped: false,
         };
         for i in 0..n {
             core.spawn(i)?;
@@ -400,6 +402,11 @@ impl Core {
             return Ok(());
         }
         if self.slots.iter().all(Option::is_none) {
+            if self.stopped {
+                // Joined: no worker is left to wait for.
+                return Ok(());
+            }
+            // Every replacement failed earlier: try again, so that queued work can run.
             for i in 0..self.slots.len() {
                 self.spawn(i)?;
             }
@@ -540,7 +547,12 @@ impl Core {
         }
         if !slot.stopping && !self.book.is_terminating() {
             self.replaced += 1;
-            self.spawn(i)?;
+            if let Err(e) = self.spawn(i) {
+                // Leave the slot empty; `drive` tries again when no worker is left.
+                if self.slots.iter().all(Option::is_none) {
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
@@ -750,6 +762,7 @@ impl Core {
 
     /// Asks every worker to exit once its queue is empty.
     pub(crate) fn stop_workers(&mut self) {
+        self.stopped = true;
         for slot in self.slots.iter_mut().flatten() {
             if !slot.stopping {
                 slot.stopping = true;

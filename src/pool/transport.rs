@@ -49,85 +49,87 @@ impl Body {
     }
 }
 
-/// Incoming bytes, cut into frames.
+/// Incoming bytes, cut into frames: `buf[pos..end]` is received and not yet parsed;
+/// `buf[end..]` is initialized room for the next receive (zeroed once, when it grows).
 #[derive(Debug, Default)]
 struct RxBuf {
     buf: Vec<u8>,
     pos: usize,
+    end: usize,
 }
 
 impl RxBuf {
-    /// How many bytes to ask for next, and makes room for them.
+    fn header(&self) -> Option<usize> {
+        (self.end - self.pos >= 8).then(|| {
+            8 + u64::from_le_bytes(self.buf[self.pos..self.pos + 8].try_into().unwrap()) as usize
+        })
+    }
+
+    fn compact(&mut self) {
+        self.buf.copy_within(self.pos..self.end, 0);
+        self.end -= self.pos;
+        self.pos = 0;
+    }
+
+    /// How many bytes to ask for next; makes room for them.
     fn prepare(&mut self) -> usize {
-        let avail = self.buf.len() - self.pos;
-        let want = if avail >= 8 {
-            let len = u64::from_le_bytes(self.buf[self.pos..self.pos + 8].try_into().unwrap());
-            let total = 8 + len as usize;
-            if total > BIG {
-                // Read exactly the rest of this big frame into a buffer holding only it.
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = 0;
+        }
+        let want = match self.header() {
+            Some(total) if total > BIG => {
+                // Read exactly the rest of this big frame, into a buffer that holds only it.
                 if self.pos > 0 {
-                    self.buf.drain(..self.pos);
-                    self.pos = 0;
+                    self.compact();
                 }
-                total - avail
-            } else {
+                (total - self.end).min(1 << 24)
+            }
+            _ => {
+                if self.pos > 4 * READ_CHUNK {
+                    self.compact();
+                }
                 READ_CHUNK
             }
-        } else {
-            READ_CHUNK
         };
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        } else if self.pos > READ_CHUNK * 4 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
+        if self.buf.len() < self.end + want {
+            self.buf.resize(self.end + want, 0);
         }
-        self.buf.reserve(want);
         want
     }
 
     /// Receives once; `Ok(None)` when nothing was there, `Ok(Some(0))` at end of file.
     fn fill(&mut self, fd: BorrowedFd<'_>, nonblocking: bool) -> Result<Option<usize>> {
         let want = self.prepare();
-        let old = self.buf.len();
-        self.buf.resize(old + want, 0);
-        let r = sys::recv(fd, &mut self.buf[old..], nonblocking);
-        let got = match &r {
-            Ok(Some(n)) => *n,
-            _ => 0,
-        };
-        self.buf.truncate(old + got);
-        r
+        let r = sys::recv(fd, &mut self.buf[self.end..self.end + want], nonblocking)?;
+        if let Some(n) = r {
+            self.end += n;
+        }
+        Ok(r)
     }
 
     /// The next complete frame, if one is buffered.
     fn next(&mut self) -> Result<Option<Body>> {
-        let avail = self.buf.len() - self.pos;
-        if avail < 8 {
+        let Some(total) = self.header() else {
             return Ok(None);
-        }
-        let len = u64::from_le_bytes(self.buf[self.pos..self.pos + 8].try_into().unwrap());
-        if len > crate::wire::MAX_MESSAGE_BYTES as u64 + 64 {
+        };
+        if total > crate::wire::MAX_MESSAGE_BYTES + 72 {
             return Err(Error::TooLarge {
-                size: len as usize,
+                size: total,
                 limit: crate::wire::MAX_MESSAGE_BYTES,
             });
         }
-        let total = 8 + len as usize;
-        if avail < total {
+        if self.end - self.pos < total {
             return Ok(None);
         }
-        if self.pos == 0 && total == self.buf.len() && total > BIG {
-            let buf = std::mem::take(&mut self.buf);
+        if self.pos == 0 && self.end == total && total > BIG {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.truncate(total);
+            self.end = 0;
             return Ok(Some(Body { buf, start: 8 }));
         }
         let body = self.buf[self.pos + 8..self.pos + total].to_vec();
         self.pos += total;
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        }
         Ok(Some(Body {
             buf: body,
             start: 0,
@@ -135,11 +137,7 @@ impl RxBuf {
     }
 
     fn has_frame(&self) -> bool {
-        let avail = self.buf.len() - self.pos;
-        avail >= 8 && {
-            let len = u64::from_le_bytes(self.buf[self.pos..self.pos + 8].try_into().unwrap());
-            avail >= 8 + len as usize
-        }
+        self.header().is_some_and(|total| self.end - self.pos >= total)
     }
 }
 
