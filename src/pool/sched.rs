@@ -215,6 +215,7 @@ impl Core {
             slot: i,
             parent: sys::getpid(),
             max_tasks: self.cfg.max_tasks_per_child,
+            timed: self.cfg.task_timeout.is_some(),
             initializer: self.cfg.initializer.clone(),
             thread_env: self.cfg.thread_env.clone(),
             close,
