@@ -471,3 +471,25 @@ fn progress_hook_and_initializer() {
     }
     assert_no_children();
 }
+
+#[test]
+fn an_imap_outliving_join_ends_with_an_error_not_a_hang() {
+    let _g = lock();
+    {
+        let pool = Pool::with_processes(2).unwrap();
+        let mut it = pool.imap(square, 0..100_000u64).unwrap();
+        assert_eq!(it.next().unwrap().unwrap(), 0);
+        pool.close();
+        pool.join().unwrap();
+        let started = Instant::now();
+        let rest: Vec<_> = it.collect();
+        assert!(started.elapsed() < secs(5));
+        assert!(rest.len() < 100_000);
+        assert!(matches!(rest.last(), Some(Err(Error::InvalidState(_)))));
+        assert!(matches!(
+            pool.imap(square, 0..3u64),
+            Err(Error::InvalidState(_))
+        ));
+    }
+    assert_no_children();
+}

@@ -987,7 +987,10 @@ impl Pool {
         core.stop_workers();
         let patience = Instant::now() + Duration::from_secs(10);
         while !core.all_exited() && Instant::now() < patience {
-            core.drive(Some(patience))?;
+            if let Err(e) = core.drive(Some(patience)) {
+                core.kill_remaining();
+                return Err(e);
+            }
         }
         core.kill_remaining();
         Ok(())

@@ -96,7 +96,8 @@ where
                 self.done = true;
                 break;
             };
-            postcard::to_io(&x, &mut self.scratch).map_err(CodecError)?;
+            self.scratch =
+                postcard::to_extend(&x, std::mem::take(&mut self.scratch)).map_err(CodecError)?;
             n += 1;
             if self.scratch.len() > self.limit {
                 self.done = true;

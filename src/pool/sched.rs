@@ -404,8 +404,9 @@ impl Core {
         }
         if self.slots.iter().all(Option::is_none) {
             if self.stopped {
-                // Joined: no worker is left to wait for.
-                return Ok(());
+                return Err(Error::InvalidState(
+                    "the pool was joined: no worker is left".into(),
+                ));
             }
             // Every replacement failed earlier: try again, so that queued work can run.
             for i in 0..self.slots.len() {

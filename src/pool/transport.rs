@@ -137,7 +137,8 @@ impl RxBuf {
     }
 
     fn has_frame(&self) -> bool {
-        self.header().is_some_and(|total| self.end - self.pos >= total)
+        self.header()
+            .is_some_and(|total| self.end - self.pos >= total)
     }
 }
 

@@ -114,7 +114,8 @@ pub(crate) struct Exec<'a> {
 impl Exec<'_> {
     /// Records that input `i` of the current task starts now.
     pub(crate) fn item_started(&mut self, i: u32) {
-        self.progress.set(self.slot, self.seq, u64::from(i), self.timed);
+        self.progress
+            .set(self.slot, self.seq, u64::from(i), self.timed);
     }
 
     /// Decodes the current job's context unless it is decoded already.
