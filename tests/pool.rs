@@ -493,3 +493,28 @@ fn an_imap_outliving_join_ends_with_an_error_not_a_hang() {
     }
     assert_no_children();
 }
+
+fn aborts_on_3(x: u32) -> u32 {
+    if x == 3 {
+        std::process::abort();
+    }
+    x
+}
+
+#[test]
+fn an_aborting_worker_is_reported_with_its_signal() {
+    let _g = lock();
+    {
+        let pool = Pool::with_processes(2).unwrap();
+        let out = pool.map_results(aborts_on_3, 0..10).unwrap();
+        assert!(
+            matches!(&out[3], Err(Error::WorkerDied { signal: Some(6), task: Some(t), .. }) if t == "item #3"),
+            "{:?}",
+            out[3]
+        );
+        assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 9);
+        let r = pool.apply_async(aborts_on_3, 3).unwrap();
+        assert!(matches!(r.get(), Err(Error::WorkerDied { .. })));
+    }
+    assert_no_children();
+}

@@ -86,3 +86,10 @@ fn item_labels_name_the_input() {
     let bytes: Arc<[u8]> = Arc::from(&b""[..]);
     assert!(bytes.is_empty());
 }
+
+#[test]
+fn pool_types_can_be_shared_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<super::Pool>();
+    assert_send_sync::<super::AsyncResult<u32>>();
+}
