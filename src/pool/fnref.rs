@@ -94,8 +94,9 @@ impl FnRef {
 }
 
 /// The address range of the executable mapping that holds [`anchor`] (read once from
-/// `/proc/self/maps`); without `/proc`, a window of 1 GiB around the anchor.
-fn text_range() -> Range<usize> {
+/// `/proc/self/maps`); without `/proc`, a window of 1 GiB around the anchor. The pool reads it
+/// before it forks, so that forked workers inherit it instead of each parsing the maps again.
+pub(crate) fn text_range() -> Range<usize> {
     static RANGE: OnceLock<Range<usize>> = OnceLock::new();
     RANGE
         .get_or_init(|| {

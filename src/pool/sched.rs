@@ -178,6 +178,8 @@ impl Core {
     /// Forks the workers.
     pub(crate) fn start(cfg: Config, book: Arc<Book>) -> Result<Core> {
         let n = cfg.processes;
+        // Read once here, inherited by every worker (see `fnref::text_range`).
+        let _ = super::fnref::text_range();
         let mut core = Core {
             progress: Arc::new(Progress::new(n)?),
             cfg,
