@@ -41,6 +41,7 @@ pub use self::result::{AsyncResult, IMap};
 use self::fnref::{FnRef, Trampoline};
 use self::result::{AsyncState, Chunker, decode_outcomes, run_deferred, terminated};
 use self::sched::{Book, Config, Core, EndsFn, Event, Items, JobId, Sink, Task};
+use self::transport::Bytes;
 
 /// A progress callback: `(inputs done, total if known)`.
 type ProgressHook = Arc<dyn Fn(usize, Option<usize>) + Send + Sync>;
@@ -319,11 +320,11 @@ impl PoolBuilder {
 struct Plan {
     fn_ref: FnRef,
     ends: EndsFn,
-    ctx: Option<Arc<[u8]>>,
+    ctx: Option<Bytes>,
 }
 
 impl Plan {
-    fn new(t: Trampoline, ends: EndsFn, ctx: Option<Arc<[u8]>>) -> Plan {
+    fn new(t: Trampoline, ends: EndsFn, ctx: Option<Bytes>) -> Plan {
         Plan {
             fn_ref: FnRef::of(t),
             ends,
@@ -436,7 +437,7 @@ impl Pool {
         Ok(core)
     }
 
-    fn encode_ctx<C: Serialize>(&self, ctx: &C) -> Result<Arc<[u8]>> {
+    fn encode_ctx<C: Serialize>(&self, ctx: &C) -> Result<Bytes> {
         let bytes = crate::wire::encode(ctx)?;
         if bytes.len() > self.limit {
             return Err(Error::TooLarge {
@@ -444,7 +445,7 @@ impl Pool {
                 limit: self.limit,
             });
         }
-        Ok(bytes.into())
+        Ok(Arc::new(bytes))
     }
 
     /// Runs a job over all of `items` from this thread; one result per input, in order.

@@ -14,6 +14,7 @@ use crate::wire::MAX_MESSAGE_BYTES;
 
 use super::fnref::{ItemError, ItemOut};
 use super::sched::{Deferred, Event, Items, JobId, Task};
+
 use super::{Pool, Shared};
 
 /// The error of every input left unfinished by [`Pool::terminate`].
@@ -114,7 +115,11 @@ where
         Ok(Some(Task {
             job,
             items: Items::Range(first, n as u32),
-            bytes: Arc::from(&self.scratch[..]),
+            bytes: if self.scratch.len() > 1 << 16 {
+                Arc::new(std::mem::take(&mut self.scratch))
+            } else {
+                Arc::new(self.scratch.clone())
+            },
             died: 0,
         }))
     }

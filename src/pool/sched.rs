@@ -19,7 +19,7 @@ use crate::fork::fork_child;
 use crate::sys::{self, ExitStatus, Interest, Pid};
 
 use super::fnref::FnRef;
-use super::transport::{self, Body, Link, Reply};
+use super::transport::{self, Body, Bytes, Link, Reply};
 use super::worker::{self, IDLE, Progress, Setup};
 
 pub(crate) type JobId = u64;
@@ -105,7 +105,7 @@ impl Items {
 pub(crate) struct Task {
     pub(crate) job: JobId,
     pub(crate) items: Items,
-    pub(crate) bytes: Arc<[u8]>,
+    pub(crate) bytes: Bytes,
     /// How many times a worker died running it.
     pub(crate) died: u32,
 }
@@ -124,7 +124,7 @@ pub(crate) enum Event {
 struct Job {
     fn_ref: FnRef,
     ends: EndsFn,
-    ctx: Option<Arc<[u8]>>,
+    ctx: Option<Bytes>,
     events: VecDeque<Event>,
     sink: Option<Sink>,
 }
@@ -291,7 +291,7 @@ impl Core {
         &mut self,
         fn_ref: FnRef,
         ends: EndsFn,
-        ctx: Option<Arc<[u8]>>,
+        ctx: Option<Bytes>,
         sink: Option<Sink>,
     ) -> JobId {
         let id = self.next_job;
@@ -673,7 +673,7 @@ impl Core {
         let one = Task {
             job: task.job,
             items: Items::List(vec![task.items.index(c)].into()),
-            bytes: Arc::from(&task.bytes[start(c)..ends[c]]),
+            bytes: Arc::new(task.bytes[start(c)..ends[c]].to_vec()),
             died: task.died,
         };
         let mut bytes = Vec::with_capacity(task.bytes.len());
@@ -685,7 +685,7 @@ impl Core {
         let rest = Task {
             job: task.job,
             items: Items::List(list.into()),
-            bytes: bytes.into(),
+            bytes: Arc::new(bytes),
             died: 0,
         };
         (one, Some(rest))

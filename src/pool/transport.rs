@@ -30,6 +30,9 @@ pub(crate) const STOP: u8 = 2;
 pub(crate) const DONE: u8 = 0;
 pub(crate) const FAILED: u8 = 1;
 
+/// Encoded bytes shared between the scheduler (which may send them again) and the transport.
+pub(crate) type Bytes = Arc<Vec<u8>>;
+
 /// Frames larger than this are read straight into their own buffer.
 const BIG: usize = 1 << 16;
 /// Payloads larger than this are queued by reference instead of copied.
@@ -83,7 +86,13 @@ impl RxBuf {
                 if self.pos > 0 {
                     self.compact();
                 }
-                (total - self.end).min(1 << 24)
+                if self.buf.len() < total {
+                    // A zeroed allocation of this size comes from fresh pages: no memset.
+                    let mut fresh = vec![0u8; total];
+                    fresh[..self.end].copy_from_slice(&self.buf[..self.end]);
+                    self.buf = fresh;
+                }
+                total - self.end
             }
             _ => {
                 if self.pos > 4 * READ_CHUNK {
@@ -144,7 +153,7 @@ impl RxBuf {
 
 enum Seg {
     Own(Vec<u8>),
-    Shared(Arc<[u8]>),
+    Shared(Bytes),
 }
 
 impl Seg {
@@ -218,7 +227,7 @@ impl Link {
         }
     }
 
-    fn queue(&mut self, head: &[u8], payload: &Arc<[u8]>) {
+    fn queue(&mut self, head: &[u8], payload: &Bytes) {
         let len = (head.len() + payload.len()) as u64;
         let small = self.small();
         small.extend_from_slice(&len.to_le_bytes());
@@ -237,7 +246,7 @@ impl Link {
         fn_offset: i64,
         job: u64,
         count: u32,
-        inputs: &Arc<[u8]>,
+        inputs: &Bytes,
     ) {
         let mut head = [0u8; 29];
         head[0] = TASK;
@@ -249,7 +258,7 @@ impl Link {
     }
 
     /// Queues a context frame for `job`.
-    pub(crate) fn queue_ctx(&mut self, job: u64, ctx: &Arc<[u8]>) {
+    pub(crate) fn queue_ctx(&mut self, job: u64, ctx: &Bytes) {
         let mut head = [0u8; 9];
         head[0] = CTX;
         head[1..9].copy_from_slice(&job.to_le_bytes());
@@ -258,7 +267,7 @@ impl Link {
 
     /// Queues a stop frame: the worker exits after the frames before it.
     pub(crate) fn queue_stop(&mut self) {
-        let empty: Arc<[u8]> = Arc::from(Vec::new());
+        let empty: Bytes = Arc::new(Vec::new());
         self.queue(&[STOP], &empty);
     }
 
