@@ -259,8 +259,9 @@ fn bench_rust(c: &mut Criterion) {
     p.join().unwrap();
 }
 
-/// (5) 200 CPU-bound tasks of ~10 ms on 1 and 2 processes, alternating, 2 rounds.
-fn bench_cpu() -> (f64, f64) {
+/// (5) 200 CPU-bound tasks of ~10 ms on 1 and 2 processes, alternating, 2 rounds; and, as the
+/// machine's own limit at that moment, the same work on 1 and 2 plain threads.
+fn bench_cpu() -> (f64, f64, f64) {
     let n = calibrate_burn();
     let want = burn(n);
     let p1 = Pool::builder().processes(1).chunksize(1).build().unwrap();
@@ -280,7 +281,21 @@ fn bench_cpu() -> (f64, f64) {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    (med(&mut t1), med(&mut t2))
+    let threads = |k: usize| {
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..k {
+                s.spawn(|| {
+                    for _ in 0..200 / k {
+                        black_box(burn(n));
+                    }
+                });
+            }
+        });
+        t.elapsed().as_secs_f64()
+    };
+    let thread_speedup = threads(1) / threads(2);
+    (med(&mut t1), med(&mut t2), thread_speedup)
 }
 
 fn python() -> HashMap<String, f64> {
@@ -320,7 +335,7 @@ fn main() {
     if !full {
         return;
     }
-    let (p1, p2) = bench_cpu();
+    let (p1, p2, thread_speedup) = bench_cpu();
     let py = python();
     let us = |n: &str| mean(n).map_or(f64::NAN, |d| d.as_secs_f64() * 1e6);
     let rows: Vec<(&str, f64, &str, bool)> = vec![
@@ -371,6 +386,7 @@ fn main() {
         let theirs = theirs.map_or(String::from("–"), |t| format!("{t:.4}"));
         println!("| {name} | {ours:.4} | {theirs} | {unit} | {ratio} |");
     }
+    println!("| cpu_speedup_threads (machine limit now) | {thread_speedup:.2} | – | ratio | – |");
     let ping = us("raw_pingpong");
     let raw = 1e5 / (us("raw_tasks/raw_msg_per_task_100k") / 1e6);
     println!(
