@@ -106,12 +106,34 @@ fn assert_zst<F>() {
 /// the failed input is re-run instead; with [`task_timeout`](PoolBuilder::task_timeout) an input
 /// that runs too long gets [`Error::Timeout`] and its worker is killed and replaced.
 ///
+/// # Threads and forks
+///
+/// The pool starts no thread: the thread that calls into it (`map`, `imap`'s `next`, `apply`,
+/// [`AsyncResult::get`], `join`...) sends the tasks, polls every worker's socket and pidfd, and
+/// reads the results. [`AsyncResult`] callbacks run on that thread too. Several threads may share
+/// a pool; they take turns.
+///
+/// A worker that dies is replaced by a fork made by the thread that noticed. If the program has
+/// other threads at that moment, the crate's fork-safety contract applies to the new worker
+/// (a lock held by another thread stays locked in the child). Workers are also killed by the
+/// kernel when the thread that forked them ends (`PR_SET_PDEATHSIG`), so keep a pool on a
+/// thread that outlives it. A fork server (a single-threaded process forked at build time that
+/// forks the replacements) is the planned remedy for both.
+///
+/// # Limits
+///
+/// A task (a chunk of encoded inputs) or a context larger than
+/// [`max_message_bytes`](PoolBuilder::max_message_bytes) gives [`Error::TooLarge`]. Functions are
+/// named by their offset from an anchor in the binary: the workers must run the same binary as
+/// the parent (always true for forked workers).
+///
 /// # Caveats
 ///
 /// Dropping a pool terminates it: queued and running work is discarded, every worker is killed
 /// and reaped (no zombie, no orphan), and pending [`AsyncResult`]s give
 /// [`Error::Disconnected`]. Use [`close`](Pool::close) and [`join`](Pool::join) to finish the
-/// work first. No helper thread is started: the thread that calls into the pool drives it.
+/// work first. When a worker dies, the inputs of its tasks that had finished but not yet been
+/// reported are run again: a function with side effects may see an input twice.
 pub struct Pool {
     shared: Arc<Shared>,
     processes: usize,
