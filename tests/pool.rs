@@ -11,8 +11,37 @@ use multiproc::{Error, Pool};
 /// Pool tests run one at a time in this binary, so that "no child left" can be checked.
 static FORK_LOCK: Mutex<()> = Mutex::new(());
 
-fn lock() -> MutexGuard<'static, ()> {
-    FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// Holds the fork lock, and aborts the test process if the test outlives [`LIMIT`]: a hang
+/// becomes a failure, never a stuck CI job.
+struct Guard {
+    _lock: MutexGuard<'static, ()>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn lock() -> Guard {
+    let lock = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = done.clone();
+    std::thread::spawn(move || {
+        let until = Instant::now() + LIMIT;
+        while Instant::now() < until {
+            if d.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("a pool test ran longer than {LIMIT:?}: aborting");
+        std::process::abort();
+    });
+    Guard { _lock: lock, done }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+    }
 }
 
 fn secs(n: u64) -> Duration {
