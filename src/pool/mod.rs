@@ -470,22 +470,29 @@ impl Pool {
         Ok(Arc::new(bytes))
     }
 
-    /// Runs a job over all of `items` from this thread; one result per input, in order.
+    /// Runs a job over all of `items` from this thread, handing each input's outcome to
+    /// `put(index, result)` (exactly once per input) as it arrives.
     fn run<T: Serialize, R: DeserializeOwned>(
         &self,
         plan: Plan,
         items: Vec<T>,
-    ) -> Result<Vec<Result<R>>> {
+        put: &mut dyn FnMut(usize, Result<R>),
+    ) -> Result<()> {
         let n = items.len();
+        let mut core = self.open()?;
         if n == 0 {
-            drop(self.open()?);
-            return Ok(Vec::new());
+            return Ok(());
         }
         let mut chunks = Chunker::new(items.into_iter(), self.chunksize_for(Some(n)), self.limit);
-        let mut out: Vec<Option<Result<R>>> = (0..n).map(|_| None).collect();
-        let mut core = self.open()?;
+        let mut seen = vec![false; n];
+        let got = std::cell::Cell::new(0usize);
+        let mut take = |i: usize, r: Result<R>| {
+            if !std::mem::replace(&mut seen[i], true) {
+                got.set(got.get() + 1);
+                put(i, r);
+            }
+        };
         let job = core.new_job(plan.fn_ref, plan.ends, plan.ctx, None);
-        let mut got = 0usize;
         let status = loop {
             while core.wants_tasks() {
                 match chunks.next_task(job, usize::MAX) {
@@ -497,26 +504,20 @@ impl Pool {
                     }
                 }
             }
-            let before = got;
+            let before = got.get();
             while let Some(ev) = core.take_event(job) {
                 match ev {
                     Event::Done { items, data, pid } => {
-                        decode_outcomes::<R>(&items, data.bytes(), pid, |i, r| {
-                            got += usize::from(out[i].is_none());
-                            out[i] = Some(r);
-                        })
+                        decode_outcomes::<R>(&items, data.bytes(), pid, &mut take)
                     }
-                    Event::Failed { index, error } => {
-                        got += usize::from(out[index].is_none());
-                        out[index] = Some(Err(error));
-                    }
+                    Event::Failed { index, error } => take(index, Err(error)),
                     Event::Aborted => {}
                 }
             }
-            if got != before {
-                self.report(got, Some(n));
+            if got.get() != before {
+                self.report(got.get(), Some(n));
             }
-            if got == n {
+            if got.get() == n {
                 break Ok(());
             }
             if core.is_terminated() {
@@ -530,11 +531,43 @@ impl Pool {
         let deferred = core.take_deferred();
         drop(core);
         run_deferred(deferred);
-        status?;
+        status
+    }
+
+    /// [`run`](Pool::run) collecting every input's `Result`.
+    fn run_results<T: Serialize, R: DeserializeOwned>(
+        &self,
+        plan: Plan,
+        items: Vec<T>,
+    ) -> Result<Vec<Result<R>>> {
+        let mut out: Vec<Option<Result<R>>> = (0..items.len()).map(|_| None).collect();
+        self.run(plan, items, &mut |i, r| out[i] = Some(r))?;
         Ok(out
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(terminated())))
             .collect())
+    }
+
+    /// [`run`](Pool::run) collecting the values, or the first error in input order.
+    fn run_values<T: Serialize, R: DeserializeOwned>(
+        &self,
+        plan: Plan,
+        items: Vec<T>,
+    ) -> Result<Vec<R>> {
+        let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+        let mut first_err: Option<(usize, Error)> = None;
+        self.run(plan, items, &mut |i, r| match r {
+            Ok(v) => out[i] = Some(v),
+            Err(e) => {
+                if first_err.as_ref().is_none_or(|(j, _)| i < *j) {
+                    first_err = Some((i, e));
+                }
+            }
+        })?;
+        if let Some((_, e)) = first_err {
+            return Err(e);
+        }
+        out.into_iter().map(|v| v.ok_or_else(terminated)).collect()
     }
 
     /// `f` applied to every input, in input order: Python's `Pool.map`.
@@ -564,7 +597,10 @@ impl Pool {
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        self.map_results(f, items)?.into_iter().collect()
+        let _ = f;
+        assert_zst::<F>();
+        let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
+        self.run_values(plan, items.into_iter().collect())
     }
 
     /// Like [`map`](Pool::map), but every input's own `Result`: one failure does not hide the
@@ -596,7 +632,7 @@ impl Pool {
         let _ = f;
         assert_zst::<F>();
         let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
-        self.run(plan, items.into_iter().collect())
+        self.run_results(plan, items.into_iter().collect())
     }
 
     /// `f(a, b)` for every `(a, b)`: Python's `Pool.starmap`.
@@ -631,9 +667,7 @@ impl Pool {
             fnref::item_ends::<(A, B)>,
             None,
         );
-        self.run(plan, items.into_iter().collect())?
-            .into_iter()
-            .collect()
+        self.run_values(plan, items.into_iter().collect())
     }
 
     /// `f(&ctx, x)` for every input: what a capturing closure would do. `ctx` is encoded once
@@ -671,9 +705,7 @@ impl Pool {
             fnref::item_ends::<T>,
             Some(self.encode_ctx(ctx)?),
         );
-        self.run(plan, items.into_iter().collect())?
-            .into_iter()
-            .collect()
+        self.run_values(plan, items.into_iter().collect())
     }
 
     /// `f(x)` in a worker, waiting for the result: Python's `Pool.apply`.
@@ -698,9 +730,7 @@ impl Pool {
         let _ = f;
         assert_zst::<F>();
         let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
-        self.run(plan, vec![x])?
-            .pop()
-            .unwrap_or_else(|| Err(terminated()))
+        self.run_values(plan, vec![x])?.pop().ok_or_else(terminated)
     }
 
     /// `f(&ctx, x)` in a worker, waiting for the result.
