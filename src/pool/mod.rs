@@ -483,7 +483,12 @@ impl Pool {
         if n == 0 {
             return Ok(());
         }
-        let mut chunks = Chunker::new(items.into_iter(), self.chunksize_for(Some(n)), self.limit);
+        let mut chunks = Chunker::with_scratch(
+            items.into_iter(),
+            self.chunksize_for(Some(n)),
+            self.limit,
+            core.take_spare(),
+        );
         let mut seen = vec![false; n];
         let got = std::cell::Cell::new(0usize);
         let mut take = |i: usize, r: Result<R>| {

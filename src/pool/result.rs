@@ -74,13 +74,18 @@ where
     I::Item: Serialize,
 {
     pub(crate) fn new(iter: I, chunksize: usize, limit: usize) -> Self {
+        Self::with_scratch(iter, chunksize, limit, Vec::new())
+    }
+
+    /// A chunker encoding into `scratch` (a recycled buffer).
+    pub(crate) fn with_scratch(iter: I, chunksize: usize, limit: usize, scratch: Vec<u8>) -> Self {
         Chunker {
             iter,
             chunksize: chunksize.max(1),
             limit,
             pulled: 0,
             done: false,
-            scratch: Vec::new(),
+            scratch,
         }
     }
 

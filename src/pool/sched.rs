@@ -162,6 +162,8 @@ pub(crate) struct Core {
     deferred: Vec<Deferred>,
     replaced: u64,
     stopped: bool,
+    /// A large encode buffer whose task is done, for the next large task.
+    spare: Vec<u8>,
 }
 
 impl std::fmt::Debug for Core {
@@ -195,6 +197,7 @@ impl Core {
             deferred: Vec::new(),
             replaced: 0,
             stopped: false,
+            spare: Vec::new(),
         };
         for i in 0..n {
             core.spawn(i)?;
@@ -307,6 +310,11 @@ impl Core {
             },
         );
         id
+    }
+
+    /// A large recycled buffer to encode into (empty when there is none).
+    pub(crate) fn take_spare(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.spare)
     }
 
     /// Queues a task.
@@ -511,8 +519,17 @@ impl Core {
                 let _ = sys::kill(slot.pid, Signal::SIGKILL);
                 return;
             }
+            let job = task.job;
+            if task.bytes.len() > 1 << 20 {
+                if let Ok(mut buf) = Arc::try_unwrap(task.bytes) {
+                    if buf.capacity() > self.spare.capacity() {
+                        buf.clear();
+                        self.spare = buf;
+                    }
+                }
+            }
             for e in event {
-                self.deliver(task.job, e);
+                self.deliver(job, e);
             }
         }
     }

@@ -145,6 +145,16 @@ impl RxBuf {
         }))
     }
 
+    /// Takes back a big frame's buffer once its content is used, so that the next big frame
+    /// lands in memory that is already mapped (no page faults).
+    fn recycle(&mut self, body: Body) {
+        if self.pos == self.end && body.buf.len() > self.buf.len() {
+            self.buf = body.buf;
+            self.pos = 0;
+            self.end = 0;
+        }
+    }
+
     fn has_frame(&self) -> bool {
         self.header()
             .is_some_and(|total| self.end - self.pos >= total)
@@ -404,6 +414,13 @@ impl WorkerEnd {
         }
     }
 
+    /// Hands a used input buffer back for reuse.
+    pub(crate) fn recycle(&mut self, body: Body) {
+        if body.buf.len() > BIG {
+            self.rx.recycle(body);
+        }
+    }
+
     /// Whether another order is already buffered (replies may wait for the batch).
     pub(crate) fn has_order(&self) -> bool {
         self.rx.has_frame()
@@ -444,7 +461,9 @@ impl WorkerEnd {
             pos += sys::send(self.sock.as_fd(), &self.out[pos..], false)?;
         }
         self.out.clear();
-        if self.out.capacity() > 1 << 20 {
+        // Keep the buffer for the next large reply (fresh memory costs a page fault per 4 KiB),
+        // unless it is huge.
+        if self.out.capacity() > 1 << 28 {
             self.out.shrink_to(1 << 16);
         }
         Ok(())

@@ -231,6 +231,7 @@ fn serve(s: &mut Setup) -> crate::Result<()> {
                     .resolve()
                     .and_then(|t| t(&mut ex, inputs.bytes(), count, out));
                 s.progress.set(s.slot, seq, IDLE, false);
+                s.end.recycle(inputs);
                 match outcome {
                     Ok(()) => s.end.finish_done(mark, started.elapsed().as_nanos() as u64),
                     Err(message) => s.end.fail(mark, seq, &message),
