@@ -125,7 +125,9 @@ fn assert_zst<F>() {
 /// A task (a chunk of encoded inputs) or a context larger than
 /// [`max_message_bytes`](PoolBuilder::max_message_bytes) gives [`Error::TooLarge`]. Functions are
 /// named by their offset from an anchor in the binary: the workers must run the same binary as
-/// the parent (always true for forked workers).
+/// the parent (always true for forked workers). To spare page faults on large transfers, the
+/// pool keeps the encode buffer of its largest task, and each worker its largest input and
+/// reply buffers (replies up to 256 MiB), for reuse.
 ///
 /// # Caveats
 ///
