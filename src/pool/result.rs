@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{CodecError, Error, Result};
 use crate::wire::MAX_MESSAGE_BYTES;
 
-use super::fnref::{ItemError, ItemOut};
+use super::fnref::{Append, ItemError, ItemOut};
 use super::sched::{Deferred, Event, Items, JobId, Task};
 
 use super::{Pool, Shared};
@@ -102,8 +102,7 @@ where
                 self.done = true;
                 break;
             };
-            self.scratch =
-                postcard::to_extend(&x, std::mem::take(&mut self.scratch)).map_err(CodecError)?;
+            postcard::serialize_with_flavor(&x, Append(&mut self.scratch)).map_err(CodecError)?;
             n += 1;
             if self.scratch.len() > self.limit {
                 self.done = true;
