@@ -451,7 +451,8 @@ impl Core {
             if !spinning || ready.iter().any(|&(r, w)| r || w) {
                 break ready;
             }
-            std::hint::spin_loop();
+            // Yield rather than spin hard: if the worker we wait for shares this CPU, it runs.
+            std::thread::yield_now();
         };
         let live: Vec<usize> = (0..self.slots.len())
             .filter(|&i| self.slots[i].is_some())

@@ -396,7 +396,8 @@ impl WorkerEnd {
                         got = Some(n);
                         break;
                     }
-                    None if std::time::Instant::now() < until => std::hint::spin_loop(),
+                    // Yield: if the parent shares this CPU, it gets to run.
+                    None if std::time::Instant::now() < until => std::thread::yield_now(),
                     None => break,
                 }
             }
