@@ -478,7 +478,7 @@ impl Pool {
         &self,
         plan: Plan,
         items: Vec<T>,
-        put: &mut dyn FnMut(usize, Result<R>),
+        mut put: impl FnMut(usize, Result<R>),
     ) -> Result<()> {
         let n = items.len();
         let mut core = self.open()?;
@@ -548,7 +548,7 @@ impl Pool {
         items: Vec<T>,
     ) -> Result<Vec<Result<R>>> {
         let mut out: Vec<Option<Result<R>>> = (0..items.len()).map(|_| None).collect();
-        self.run(plan, items, &mut |i, r| out[i] = Some(r))?;
+        self.run(plan, items, |i, r| out[i] = Some(r))?;
         Ok(out
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(terminated())))
@@ -563,7 +563,7 @@ impl Pool {
     ) -> Result<Vec<R>> {
         let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
         let mut first_err: Option<(usize, Error)> = None;
-        self.run(plan, items, &mut |i, r| match r {
+        self.run(plan, items, |i, r| match r {
             Ok(v) => out[i] = Some(v),
             Err(e) => {
                 if first_err.as_ref().is_none_or(|(j, _)| i < *j) {
