@@ -24,7 +24,21 @@ fn record(name: &'static str, total: Duration, iters: u64) {
     MEANS.lock().unwrap().push((name, total, iters));
 }
 
-fn mean(name: &str) -> Option<Duration> {
+/// Criterion's median time per iteration of `id` (`group/name` for grouped benchmarks), read
+/// from its `estimates.json`; falls back to the mean recorded here.
+fn mean(id: &str) -> Option<Duration> {
+    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let path = format!("{dir}/criterion/{id}/new/estimates.json");
+    let from_criterion = std::fs::read_to_string(path).ok().and_then(|json| {
+        let median = &json[json.find("\"median\"")?..];
+        let v = &median[median.find("\"point_estimate\":")? + 17..];
+        let end = v.find([',', '}'])?;
+        v[..end].trim().parse::<f64>().ok()
+    });
+    if let Some(ns) = from_criterion {
+        return Some(Duration::from_nanos(ns as u64));
+    }
+    let name = id.rsplit('/').next().unwrap_or(id);
     let m = MEANS.lock().unwrap();
     let (t, n) = m
         .iter()
@@ -203,6 +217,8 @@ fn bench_rust(c: &mut Criterion) {
         })
     });
     drop(s);
+    // The parent's copy of the closure keeps the child's socket end open: stop it explicitly.
+    p.terminate().unwrap();
     p.join().unwrap();
 
     let (p, s) = task_child();
@@ -239,11 +255,13 @@ fn bench_rust(c: &mut Criterion) {
     });
     g.finish();
     drop(s);
+    p.terminate().unwrap();
     p.join().unwrap();
 }
 
-/// (5) 200 CPU-bound tasks of ~10 ms on 1 and 2 processes, alternating, 2 rounds.
-fn bench_cpu() -> (f64, f64) {
+/// (5) 200 CPU-bound tasks of ~10 ms on 1 and 2 processes, alternating, 2 rounds; and, as the
+/// machine's own limit at that moment, the same work on 1 and 2 plain threads.
+fn bench_cpu() -> (f64, f64, f64) {
     let n = calibrate_burn();
     let want = burn(n);
     let p1 = Pool::builder().processes(1).chunksize(1).build().unwrap();
@@ -263,7 +281,21 @@ fn bench_cpu() -> (f64, f64) {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    (med(&mut t1), med(&mut t2))
+    let threads = |k: usize| {
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..k {
+                s.spawn(|| {
+                    for _ in 0..200 / k {
+                        black_box(burn(n));
+                    }
+                });
+            }
+        });
+        t.elapsed().as_secs_f64()
+    };
+    let thread_speedup = threads(1) / threads(2);
+    (med(&mut t1), med(&mut t2), thread_speedup)
 }
 
 fn python() -> HashMap<String, f64> {
@@ -303,7 +335,7 @@ fn main() {
     if !full {
         return;
     }
-    let (p1, p2) = bench_cpu();
+    let (p1, p2, thread_speedup) = bench_cpu();
     let py = python();
     let us = |n: &str| mean(n).map_or(f64::NAN, |d| d.as_secs_f64() * 1e6);
     let rows: Vec<(&str, f64, &str, bool)> = vec![
@@ -315,26 +347,26 @@ fn main() {
         ),
         (
             "map_100k_default",
-            1e5 / (us("map_100k_default") / 1e6),
+            1e5 / (us("map_100k/map_100k_default") / 1e6),
             "tasks/s",
             true,
         ),
         (
             "map_100k_chunk1",
-            1e5 / (us("map_100k_chunk1") / 1e6),
+            1e5 / (us("map_100k/map_100k_chunk1") / 1e6),
             "tasks/s",
             true,
         ),
         ("apply_latency", us("apply_latency"), "us", false),
         (
             "array_80mb_sum",
-            80.0 / (us("array_80mb_sum") / 1e6),
+            80.0 / (us("array_80mb/array_80mb_sum") / 1e6),
             "MB/s",
             true,
         ),
         (
             "array_80mb_echo",
-            80.0 / (us("array_80mb_echo") / 1e6),
+            80.0 / (us("array_80mb/array_80mb_echo") / 1e6),
             "MB/s",
             true,
         ),
@@ -354,14 +386,15 @@ fn main() {
         let theirs = theirs.map_or(String::from("–"), |t| format!("{t:.4}"));
         println!("| {name} | {ours:.4} | {theirs} | {unit} | {ratio} |");
     }
+    println!("| cpu_speedup_threads (machine limit now) | {thread_speedup:.2} | – | ratio | – |");
     let ping = us("raw_pingpong");
-    let raw = 1e5 / (us("raw_msg_per_task_100k") / 1e6);
+    let raw = 1e5 / (us("raw_tasks/raw_msg_per_task_100k") / 1e6);
     println!(
         "| raw_pingpong | {ping:.1} | – | us | apply_latency / raw = {:.2} |",
         us("apply_latency") / ping
     );
     println!(
         "| raw_msg_per_task | {raw:.0} | – | tasks/s | map_100k_chunk1 / raw = {:.2} |",
-        1e5 / (us("map_100k_chunk1") / 1e6) / raw
+        1e5 / (us("map_100k/map_100k_chunk1") / 1e6) / raw
     );
 }

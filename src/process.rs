@@ -281,7 +281,10 @@ impl Drop for Process {
 fn set_command_name(name: &str) {
     // A stack buffer: the child should allocate (and so dirty heap pages) as little as it can.
     let mut buf = [0u8; 16];
-    for (dst, b) in buf.iter_mut().zip(name.bytes().filter(|&b| b != 0).take(15)) {
+    for (dst, b) in buf
+        .iter_mut()
+        .zip(name.bytes().filter(|&b| b != 0).take(15))
+    {
         *dst = b;
     }
     if let Ok(cname) = std::ffi::CStr::from_bytes_until_nul(&buf) {

@@ -11,8 +11,37 @@ use multiproc::{Error, Pool};
 /// Pool tests run one at a time in this binary, so that "no child left" can be checked.
 static FORK_LOCK: Mutex<()> = Mutex::new(());
 
-fn lock() -> MutexGuard<'static, ()> {
-    FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// Holds the fork lock, and aborts the test process if the test outlives [`LIMIT`]: a hang
+/// becomes a failure, never a stuck CI job.
+struct Guard {
+    _lock: MutexGuard<'static, ()>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn lock() -> Guard {
+    let lock = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = done.clone();
+    std::thread::spawn(move || {
+        let until = Instant::now() + LIMIT;
+        while Instant::now() < until {
+            if d.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("a pool test ran longer than {LIMIT:?}: aborting");
+        std::process::abort();
+    });
+    Guard { _lock: lock, done }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+    }
 }
 
 fn secs(n: u64) -> Duration {
@@ -468,6 +497,53 @@ fn progress_hook_and_initializer() {
             .apply(|_: ()| std::env::var("MULTIPROC_TEST_INIT").ok(), ())
             .unwrap();
         assert_eq!(v.as_deref(), Some("yes"));
+    }
+    assert_no_children();
+}
+
+#[test]
+fn an_imap_outliving_join_ends_with_an_error_not_a_hang() {
+    let _g = lock();
+    {
+        let pool = Pool::with_processes(2).unwrap();
+        let mut it = pool.imap(square, 0..100_000u64).unwrap();
+        assert_eq!(it.next().unwrap().unwrap(), 0);
+        pool.close();
+        pool.join().unwrap();
+        let started = Instant::now();
+        let rest: Vec<_> = it.collect();
+        assert!(started.elapsed() < secs(5));
+        assert!(rest.len() < 100_000);
+        assert!(matches!(rest.last(), Some(Err(Error::InvalidState(_)))));
+        assert!(matches!(
+            pool.imap(square, 0..3u64),
+            Err(Error::InvalidState(_))
+        ));
+    }
+    assert_no_children();
+}
+
+fn aborts_on_3(x: u32) -> u32 {
+    if x == 3 {
+        std::process::abort();
+    }
+    x
+}
+
+#[test]
+fn an_aborting_worker_is_reported_with_its_signal() {
+    let _g = lock();
+    {
+        let pool = Pool::with_processes(2).unwrap();
+        let out = pool.map_results(aborts_on_3, 0..10).unwrap();
+        assert!(
+            matches!(&out[3], Err(Error::WorkerDied { signal: Some(6), task: Some(t), .. }) if t == "item #3"),
+            "{:?}",
+            out[3]
+        );
+        assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 9);
+        let r = pool.apply_async(aborts_on_3, 3).unwrap();
+        assert!(matches!(r.get(), Err(Error::WorkerDied { .. })));
     }
     assert_no_children();
 }

@@ -41,6 +41,7 @@ pub use self::result::{AsyncResult, IMap};
 use self::fnref::{FnRef, Trampoline};
 use self::result::{AsyncState, Chunker, decode_outcomes, run_deferred, terminated};
 use self::sched::{Book, Config, Core, EndsFn, Event, Items, JobId, Sink, Task};
+use self::transport::Bytes;
 
 /// A progress callback: `(inputs done, total if known)`.
 type ProgressHook = Arc<dyn Fn(usize, Option<usize>) + Send + Sync>;
@@ -105,12 +106,36 @@ fn assert_zst<F>() {
 /// the failed input is re-run instead; with [`task_timeout`](PoolBuilder::task_timeout) an input
 /// that runs too long gets [`Error::Timeout`] and its worker is killed and replaced.
 ///
+/// # Threads and forks
+///
+/// The pool starts no thread: the thread that calls into it (`map`, `imap`'s `next`, `apply`,
+/// [`AsyncResult::get`], `join`...) sends the tasks, polls every worker's socket and pidfd, and
+/// reads the results. [`AsyncResult`] callbacks run on that thread too. Several threads may share
+/// a pool; they take turns.
+///
+/// A worker that dies is replaced by a fork made by the thread that noticed. If the program has
+/// other threads at that moment, the crate's fork-safety contract applies to the new worker
+/// (a lock held by another thread stays locked in the child). Workers are also killed by the
+/// kernel when the thread that forked them ends (`PR_SET_PDEATHSIG`), so keep a pool on a
+/// thread that outlives it. A fork server (a single-threaded process forked at build time that
+/// forks the replacements) is the planned remedy for both.
+///
+/// # Limits
+///
+/// A task (a chunk of encoded inputs) or a context larger than
+/// [`max_message_bytes`](PoolBuilder::max_message_bytes) gives [`Error::TooLarge`]. Functions are
+/// named by their offset from an anchor in the binary: the workers must run the same binary as
+/// the parent (always true for forked workers). To spare page faults on large transfers, the
+/// pool keeps the encode buffer of its largest task, and each worker its largest input and
+/// reply buffers (replies up to 256 MiB), for reuse.
+///
 /// # Caveats
 ///
 /// Dropping a pool terminates it: queued and running work is discarded, every worker is killed
 /// and reaped (no zombie, no orphan), and pending [`AsyncResult`]s give
 /// [`Error::Disconnected`]. Use [`close`](Pool::close) and [`join`](Pool::join) to finish the
-/// work first. No helper thread is started: the thread that calls into the pool drives it.
+/// work first. When a worker dies, the inputs of its tasks that had finished but not yet been
+/// reported are run again: a function with side effects may see an input twice.
 pub struct Pool {
     shared: Arc<Shared>,
     processes: usize,
@@ -319,11 +344,11 @@ impl PoolBuilder {
 struct Plan {
     fn_ref: FnRef,
     ends: EndsFn,
-    ctx: Option<Arc<[u8]>>,
+    ctx: Option<Bytes>,
 }
 
 impl Plan {
-    fn new(t: Trampoline, ends: EndsFn, ctx: Option<Arc<[u8]>>) -> Plan {
+    fn new(t: Trampoline, ends: EndsFn, ctx: Option<Bytes>) -> Plan {
         Plan {
             fn_ref: FnRef::of(t),
             ends,
@@ -436,7 +461,7 @@ impl Pool {
         Ok(core)
     }
 
-    fn encode_ctx<C: Serialize>(&self, ctx: &C) -> Result<Arc<[u8]>> {
+    fn encode_ctx<C: Serialize>(&self, ctx: &C) -> Result<Bytes> {
         let bytes = crate::wire::encode(ctx)?;
         if bytes.len() > self.limit {
             return Err(Error::TooLarge {
@@ -444,25 +469,37 @@ impl Pool {
                 limit: self.limit,
             });
         }
-        Ok(bytes.into())
+        Ok(Arc::new(bytes))
     }
 
-    /// Runs a job over all of `items` from this thread; one result per input, in order.
+    /// Runs a job over all of `items` from this thread, handing each input's outcome to
+    /// `put(index, result)` (exactly once per input) as it arrives.
     fn run<T: Serialize, R: DeserializeOwned>(
         &self,
         plan: Plan,
         items: Vec<T>,
-    ) -> Result<Vec<Result<R>>> {
+        mut put: impl FnMut(usize, Result<R>),
+    ) -> Result<()> {
         let n = items.len();
-        if n == 0 {
-            drop(self.open()?);
-            return Ok(Vec::new());
-        }
-        let mut chunks = Chunker::new(items.into_iter(), self.chunksize_for(Some(n)), self.limit);
-        let mut out: Vec<Option<Result<R>>> = (0..n).map(|_| None).collect();
         let mut core = self.open()?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut chunks = Chunker::with_scratch(
+            items.into_iter(),
+            self.chunksize_for(Some(n)),
+            self.limit,
+            core.take_spare(),
+        );
+        let mut seen = vec![false; n];
+        let got = std::cell::Cell::new(0usize);
+        let mut take = |i: usize, r: Result<R>| {
+            if !std::mem::replace(&mut seen[i], true) {
+                got.set(got.get() + 1);
+                put(i, r);
+            }
+        };
         let job = core.new_job(plan.fn_ref, plan.ends, plan.ctx, None);
-        let mut got = 0usize;
         let status = loop {
             while core.wants_tasks() {
                 match chunks.next_task(job, usize::MAX) {
@@ -474,26 +511,20 @@ impl Pool {
                     }
                 }
             }
-            let before = got;
+            let before = got.get();
             while let Some(ev) = core.take_event(job) {
                 match ev {
                     Event::Done { items, data, pid } => {
-                        decode_outcomes::<R>(&items, data.bytes(), pid, |i, r| {
-                            got += usize::from(out[i].is_none());
-                            out[i] = Some(r);
-                        })
+                        decode_outcomes::<R>(&items, data.bytes(), pid, &mut take)
                     }
-                    Event::Failed { index, error } => {
-                        got += usize::from(out[index].is_none());
-                        out[index] = Some(Err(error));
-                    }
+                    Event::Failed { index, error } => take(index, Err(error)),
                     Event::Aborted => {}
                 }
             }
-            if got != before {
-                self.report(got, Some(n));
+            if got.get() != before {
+                self.report(got.get(), Some(n));
             }
-            if got == n {
+            if got.get() == n {
                 break Ok(());
             }
             if core.is_terminated() {
@@ -507,11 +538,43 @@ impl Pool {
         let deferred = core.take_deferred();
         drop(core);
         run_deferred(deferred);
-        status?;
+        status
+    }
+
+    /// [`run`](Pool::run) collecting every input's `Result`.
+    fn run_results<T: Serialize, R: DeserializeOwned>(
+        &self,
+        plan: Plan,
+        items: Vec<T>,
+    ) -> Result<Vec<Result<R>>> {
+        let mut out: Vec<Option<Result<R>>> = (0..items.len()).map(|_| None).collect();
+        self.run(plan, items, |i, r| out[i] = Some(r))?;
         Ok(out
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(terminated())))
             .collect())
+    }
+
+    /// [`run`](Pool::run) collecting the values, or the first error in input order.
+    fn run_values<T: Serialize, R: DeserializeOwned>(
+        &self,
+        plan: Plan,
+        items: Vec<T>,
+    ) -> Result<Vec<R>> {
+        let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+        let mut first_err: Option<(usize, Error)> = None;
+        self.run(plan, items, |i, r| match r {
+            Ok(v) => out[i] = Some(v),
+            Err(e) => {
+                if first_err.as_ref().is_none_or(|(j, _)| i < *j) {
+                    first_err = Some((i, e));
+                }
+            }
+        })?;
+        if let Some((_, e)) = first_err {
+            return Err(e);
+        }
+        out.into_iter().map(|v| v.ok_or_else(terminated)).collect()
     }
 
     /// `f` applied to every input, in input order: Python's `Pool.map`.
@@ -541,7 +604,10 @@ impl Pool {
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        self.map_results(f, items)?.into_iter().collect()
+        let _ = f;
+        assert_zst::<F>();
+        let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
+        self.run_values(plan, items.into_iter().collect())
     }
 
     /// Like [`map`](Pool::map), but every input's own `Result`: one failure does not hide the
@@ -573,7 +639,7 @@ impl Pool {
         let _ = f;
         assert_zst::<F>();
         let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
-        self.run(plan, items.into_iter().collect())
+        self.run_results(plan, items.into_iter().collect())
     }
 
     /// `f(a, b)` for every `(a, b)`: Python's `Pool.starmap`.
@@ -608,9 +674,7 @@ impl Pool {
             fnref::item_ends::<(A, B)>,
             None,
         );
-        self.run(plan, items.into_iter().collect())?
-            .into_iter()
-            .collect()
+        self.run_values(plan, items.into_iter().collect())
     }
 
     /// `f(&ctx, x)` for every input: what a capturing closure would do. `ctx` is encoded once
@@ -648,9 +712,7 @@ impl Pool {
             fnref::item_ends::<T>,
             Some(self.encode_ctx(ctx)?),
         );
-        self.run(plan, items.into_iter().collect())?
-            .into_iter()
-            .collect()
+        self.run_values(plan, items.into_iter().collect())
     }
 
     /// `f(x)` in a worker, waiting for the result: Python's `Pool.apply`.
@@ -675,9 +737,7 @@ impl Pool {
         let _ = f;
         assert_zst::<F>();
         let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
-        self.run(plan, vec![x])?
-            .pop()
-            .unwrap_or_else(|| Err(terminated()))
+        self.run_values(plan, vec![x])?.pop().ok_or_else(terminated)
     }
 
     /// `f(&ctx, x)` in a worker, waiting for the result.
@@ -987,7 +1047,10 @@ impl Pool {
         core.stop_workers();
         let patience = Instant::now() + Duration::from_secs(10);
         while !core.all_exited() && Instant::now() < patience {
-            core.drive(Some(patience))?;
+            if let Err(e) = core.drive(Some(patience)) {
+                core.kill_remaining();
+                return Err(e);
+            }
         }
         core.kill_remaining();
         Ok(())

@@ -12,8 +12,9 @@ use serde::de::DeserializeOwned;
 use crate::error::{CodecError, Error, Result};
 use crate::wire::MAX_MESSAGE_BYTES;
 
-use super::fnref::{ItemError, ItemOut};
+use super::fnref::{Append, ItemError, ItemOut};
 use super::sched::{Deferred, Event, Items, JobId, Task};
+
 use super::{Pool, Shared};
 
 /// The error of every input left unfinished by [`Pool::terminate`].
@@ -73,13 +74,18 @@ where
     I::Item: Serialize,
 {
     pub(crate) fn new(iter: I, chunksize: usize, limit: usize) -> Self {
+        Self::with_scratch(iter, chunksize, limit, Vec::new())
+    }
+
+    /// A chunker encoding into `scratch` (a recycled buffer).
+    pub(crate) fn with_scratch(iter: I, chunksize: usize, limit: usize, scratch: Vec<u8>) -> Self {
         Chunker {
             iter,
             chunksize: chunksize.max(1),
             limit,
             pulled: 0,
             done: false,
-            scratch: Vec::new(),
+            scratch,
         }
     }
 
@@ -96,7 +102,7 @@ where
                 self.done = true;
                 break;
             };
-            postcard::to_io(&x, &mut self.scratch).map_err(CodecError)?;
+            postcard::serialize_with_flavor(&x, Append(&mut self.scratch)).map_err(CodecError)?;
             n += 1;
             if self.scratch.len() > self.limit {
                 self.done = true;
@@ -113,7 +119,11 @@ where
         Ok(Some(Task {
             job,
             items: Items::Range(first, n as u32),
-            bytes: Arc::from(&self.scratch[..]),
+            bytes: if self.scratch.len() > 1 << 16 {
+                Arc::new(std::mem::take(&mut self.scratch))
+            } else {
+                Arc::new(self.scratch.clone())
+            },
             died: 0,
         }))
     }

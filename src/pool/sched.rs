@@ -19,7 +19,7 @@ use crate::fork::fork_child;
 use crate::sys::{self, ExitStatus, Interest, Pid};
 
 use super::fnref::FnRef;
-use super::transport::{self, Body, Link, Reply};
+use super::transport::{self, Body, Bytes, Link, Reply};
 use super::worker::{self, IDLE, Progress, Setup};
 
 pub(crate) type JobId = u64;
@@ -105,7 +105,7 @@ impl Items {
 pub(crate) struct Task {
     pub(crate) job: JobId,
     pub(crate) items: Items,
-    pub(crate) bytes: Arc<[u8]>,
+    pub(crate) bytes: Bytes,
     /// How many times a worker died running it.
     pub(crate) died: u32,
 }
@@ -124,7 +124,7 @@ pub(crate) enum Event {
 struct Job {
     fn_ref: FnRef,
     ends: EndsFn,
-    ctx: Option<Arc<[u8]>>,
+    ctx: Option<Bytes>,
     events: VecDeque<Event>,
     sink: Option<Sink>,
 }
@@ -161,6 +161,9 @@ pub(crate) struct Core {
     terminated: bool,
     deferred: Vec<Deferred>,
     replaced: u64,
+    stopped: bool,
+    /// A large encode buffer whose task is done, for the next large task.
+    spare: Vec<u8>,
 }
 
 impl std::fmt::Debug for Core {
@@ -177,6 +180,8 @@ impl Core {
     /// Forks the workers.
     pub(crate) fn start(cfg: Config, book: Arc<Book>) -> Result<Core> {
         let n = cfg.processes;
+        // Read once here, inherited by every worker (see `fnref::text_range`).
+        let _ = super::fnref::text_range();
         let mut core = Core {
             progress: Arc::new(Progress::new(n)?),
             cfg,
@@ -191,6 +196,8 @@ impl Core {
             terminated: false,
             deferred: Vec::new(),
             replaced: 0,
+            stopped: false,
+            spare: Vec::new(),
         };
         for i in 0..n {
             core.spawn(i)?;
@@ -213,6 +220,7 @@ impl Core {
             slot: i,
             parent: sys::getpid(),
             max_tasks: self.cfg.max_tasks_per_child,
+            timed: self.cfg.task_timeout.is_some(),
             initializer: self.cfg.initializer.clone(),
             thread_env: self.cfg.thread_env.clone(),
             close,
@@ -286,7 +294,7 @@ impl Core {
         &mut self,
         fn_ref: FnRef,
         ends: EndsFn,
-        ctx: Option<Arc<[u8]>>,
+        ctx: Option<Bytes>,
         sink: Option<Sink>,
     ) -> JobId {
         let id = self.next_job;
@@ -302,6 +310,11 @@ impl Core {
             },
         );
         id
+    }
+
+    /// A large recycled buffer to encode into (empty when there is none).
+    pub(crate) fn take_spare(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.spare)
     }
 
     /// Queues a task.
@@ -400,6 +413,12 @@ impl Core {
             return Ok(());
         }
         if self.slots.iter().all(Option::is_none) {
+            if self.stopped {
+                return Err(Error::InvalidState(
+                    "the pool was joined: no worker is left".into(),
+                ));
+            }
+            // Every replacement failed earlier: try again, so that queued work can run.
             for i in 0..self.slots.len() {
                 self.spawn(i)?;
             }
@@ -432,7 +451,8 @@ impl Core {
             if !spinning || ready.iter().any(|&(r, w)| r || w) {
                 break ready;
             }
-            std::hint::spin_loop();
+            // Yield rather than spin hard: if the worker we wait for shares this CPU, it runs.
+            std::thread::yield_now();
         };
         let live: Vec<usize> = (0..self.slots.len())
             .filter(|&i| self.slots[i].is_some())
@@ -500,8 +520,17 @@ impl Core {
                 let _ = sys::kill(slot.pid, Signal::SIGKILL);
                 return;
             }
+            let job = task.job;
+            if task.bytes.len() > 1 << 20 {
+                if let Ok(mut buf) = Arc::try_unwrap(task.bytes) {
+                    if buf.capacity() > self.spare.capacity() {
+                        buf.clear();
+                        self.spare = buf;
+                    }
+                }
+            }
             for e in event {
-                self.deliver(task.job, e);
+                self.deliver(job, e);
             }
         }
     }
@@ -540,7 +569,12 @@ impl Core {
         }
         if !slot.stopping && !self.book.is_terminating() {
             self.replaced += 1;
-            self.spawn(i)?;
+            if let Err(e) = self.spawn(i) {
+                // Leave the slot empty; `drive` tries again when no worker is left.
+                if self.slots.iter().all(Option::is_none) {
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
@@ -657,7 +691,7 @@ impl Core {
         let one = Task {
             job: task.job,
             items: Items::List(vec![task.items.index(c)].into()),
-            bytes: Arc::from(&task.bytes[start(c)..ends[c]]),
+            bytes: Arc::new(task.bytes[start(c)..ends[c]].to_vec()),
             died: task.died,
         };
         let mut bytes = Vec::with_capacity(task.bytes.len());
@@ -669,7 +703,7 @@ impl Core {
         let rest = Task {
             job: task.job,
             items: Items::List(list.into()),
-            bytes: bytes.into(),
+            bytes: Arc::new(bytes),
             died: 0,
         };
         (one, Some(rest))
@@ -750,6 +784,7 @@ impl Core {
 
     /// Asks every worker to exit once its queue is empty.
     pub(crate) fn stop_workers(&mut self) {
+        self.stopped = true;
         for slot in self.slots.iter_mut().flatten() {
             if !slot.stopping {
                 slot.stopping = true;

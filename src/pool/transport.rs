@@ -30,6 +30,9 @@ pub(crate) const STOP: u8 = 2;
 pub(crate) const DONE: u8 = 0;
 pub(crate) const FAILED: u8 = 1;
 
+/// Encoded bytes shared between the scheduler (which may send them again) and the transport.
+pub(crate) type Bytes = Arc<Vec<u8>>;
+
 /// Frames larger than this are read straight into their own buffer.
 const BIG: usize = 1 << 16;
 /// Payloads larger than this are queued by reference instead of copied.
@@ -49,103 +52,118 @@ impl Body {
     }
 }
 
-/// Incoming bytes, cut into frames.
+/// Incoming bytes, cut into frames: `buf[pos..end]` is received and not yet parsed;
+/// `buf[end..]` is initialized room for the next receive (zeroed once, when it grows).
 #[derive(Debug, Default)]
 struct RxBuf {
     buf: Vec<u8>,
     pos: usize,
+    end: usize,
 }
 
 impl RxBuf {
-    /// How many bytes to ask for next, and makes room for them.
+    fn header(&self) -> Option<usize> {
+        (self.end - self.pos >= 8).then(|| {
+            8 + u64::from_le_bytes(self.buf[self.pos..self.pos + 8].try_into().unwrap()) as usize
+        })
+    }
+
+    fn compact(&mut self) {
+        self.buf.copy_within(self.pos..self.end, 0);
+        self.end -= self.pos;
+        self.pos = 0;
+    }
+
+    /// How many bytes to ask for next; makes room for them.
     fn prepare(&mut self) -> usize {
-        let avail = self.buf.len() - self.pos;
-        let want = if avail >= 8 {
-            let len = u64::from_le_bytes(self.buf[self.pos..self.pos + 8].try_into().unwrap());
-            let total = 8 + len as usize;
-            if total > BIG {
-                // Read exactly the rest of this big frame into a buffer holding only it.
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = 0;
+        }
+        let want = match self.header() {
+            Some(total) if total > BIG => {
+                // Read exactly the rest of this big frame, into a buffer that holds only it.
                 if self.pos > 0 {
-                    self.buf.drain(..self.pos);
-                    self.pos = 0;
+                    self.compact();
                 }
-                total - avail
-            } else {
+                if self.buf.len() < total {
+                    // A zeroed allocation of this size comes from fresh pages: no memset.
+                    let mut fresh = vec![0u8; total];
+                    fresh[..self.end].copy_from_slice(&self.buf[..self.end]);
+                    self.buf = fresh;
+                }
+                total - self.end
+            }
+            _ => {
+                if self.pos > 4 * READ_CHUNK {
+                    self.compact();
+                }
                 READ_CHUNK
             }
-        } else {
-            READ_CHUNK
         };
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        } else if self.pos > READ_CHUNK * 4 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
+        if self.buf.len() < self.end + want {
+            self.buf.resize(self.end + want, 0);
         }
-        self.buf.reserve(want);
         want
     }
 
     /// Receives once; `Ok(None)` when nothing was there, `Ok(Some(0))` at end of file.
     fn fill(&mut self, fd: BorrowedFd<'_>, nonblocking: bool) -> Result<Option<usize>> {
         let want = self.prepare();
-        let old = self.buf.len();
-        self.buf.resize(old + want, 0);
-        let r = sys::recv(fd, &mut self.buf[old..], nonblocking);
-        let got = match &r {
-            Ok(Some(n)) => *n,
-            _ => 0,
-        };
-        self.buf.truncate(old + got);
-        r
+        let r = sys::recv(fd, &mut self.buf[self.end..self.end + want], nonblocking)?;
+        if let Some(n) = r {
+            self.end += n;
+        }
+        Ok(r)
     }
 
     /// The next complete frame, if one is buffered.
     fn next(&mut self) -> Result<Option<Body>> {
-        let avail = self.buf.len() - self.pos;
-        if avail < 8 {
+        let Some(total) = self.header() else {
             return Ok(None);
-        }
-        let len = u64::from_le_bytes(self.buf[self.pos..self.pos + 8].try_into().unwrap());
-        if len > crate::wire::MAX_MESSAGE_BYTES as u64 + 64 {
+        };
+        if total > crate::wire::MAX_MESSAGE_BYTES + 72 {
             return Err(Error::TooLarge {
-                size: len as usize,
+                size: total,
                 limit: crate::wire::MAX_MESSAGE_BYTES,
             });
         }
-        let total = 8 + len as usize;
-        if avail < total {
+        if self.end - self.pos < total {
             return Ok(None);
         }
-        if self.pos == 0 && total == self.buf.len() && total > BIG {
-            let buf = std::mem::take(&mut self.buf);
+        if self.pos == 0 && self.end == total && total > BIG {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.truncate(total);
+            self.end = 0;
             return Ok(Some(Body { buf, start: 8 }));
         }
         let body = self.buf[self.pos + 8..self.pos + total].to_vec();
         self.pos += total;
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        }
         Ok(Some(Body {
             buf: body,
             start: 0,
         }))
     }
 
-    fn has_frame(&self) -> bool {
-        let avail = self.buf.len() - self.pos;
-        avail >= 8 && {
-            let len = u64::from_le_bytes(self.buf[self.pos..self.pos + 8].try_into().unwrap());
-            avail >= 8 + len as usize
+    /// Takes back a big frame's buffer once its content is used, so that the next big frame
+    /// lands in memory that is already mapped (no page faults).
+    fn recycle(&mut self, body: Body) {
+        if self.pos == self.end && body.buf.len() > self.buf.len() {
+            self.buf = body.buf;
+            self.pos = 0;
+            self.end = 0;
         }
+    }
+
+    fn has_frame(&self) -> bool {
+        self.header()
+            .is_some_and(|total| self.end - self.pos >= total)
     }
 }
 
 enum Seg {
     Own(Vec<u8>),
-    Shared(Arc<[u8]>),
+    Shared(Bytes),
 }
 
 impl Seg {
@@ -219,7 +237,7 @@ impl Link {
         }
     }
 
-    fn queue(&mut self, head: &[u8], payload: &Arc<[u8]>) {
+    fn queue(&mut self, head: &[u8], payload: &Bytes) {
         let len = (head.len() + payload.len()) as u64;
         let small = self.small();
         small.extend_from_slice(&len.to_le_bytes());
@@ -238,7 +256,7 @@ impl Link {
         fn_offset: i64,
         job: u64,
         count: u32,
-        inputs: &Arc<[u8]>,
+        inputs: &Bytes,
     ) {
         let mut head = [0u8; 29];
         head[0] = TASK;
@@ -250,7 +268,7 @@ impl Link {
     }
 
     /// Queues a context frame for `job`.
-    pub(crate) fn queue_ctx(&mut self, job: u64, ctx: &Arc<[u8]>) {
+    pub(crate) fn queue_ctx(&mut self, job: u64, ctx: &Bytes) {
         let mut head = [0u8; 9];
         head[0] = CTX;
         head[1..9].copy_from_slice(&job.to_le_bytes());
@@ -259,7 +277,7 @@ impl Link {
 
     /// Queues a stop frame: the worker exits after the frames before it.
     pub(crate) fn queue_stop(&mut self) {
-        let empty: Arc<[u8]> = Arc::from(Vec::new());
+        let empty: Bytes = Arc::new(Vec::new());
         self.queue(&[STOP], &empty);
     }
 
@@ -378,7 +396,8 @@ impl WorkerEnd {
                         got = Some(n);
                         break;
                     }
-                    None if std::time::Instant::now() < until => std::hint::spin_loop(),
+                    // Yield: if the parent shares this CPU, it gets to run.
+                    None if std::time::Instant::now() < until => std::thread::yield_now(),
                     None => break,
                 }
             }
@@ -393,6 +412,13 @@ impl WorkerEnd {
             if n == 0 {
                 return Ok(None);
             }
+        }
+    }
+
+    /// Hands a used input buffer back for reuse.
+    pub(crate) fn recycle(&mut self, body: Body) {
+        if body.buf.len() > BIG {
+            self.rx.recycle(body);
         }
     }
 
@@ -436,7 +462,9 @@ impl WorkerEnd {
             pos += sys::send(self.sock.as_fd(), &self.out[pos..], false)?;
         }
         self.out.clear();
-        if self.out.capacity() > 1 << 20 {
+        // Keep the buffer for the next large reply (fresh memory costs a page fault per 4 KiB),
+        // unless it is huge.
+        if self.out.capacity() > 1 << 28 {
             self.out.shrink_to(1 << 16);
         }
         Ok(())

@@ -64,15 +64,18 @@ impl Progress {
         w[3].store(0, Ordering::Release);
     }
 
-    /// Records that the worker in `slot` starts input `item` of task `seq` (worker side).
-    pub(crate) fn set(&self, slot: usize, seq: u64, item: u64) {
+    /// Records that the worker in `slot` starts input `item` of task `seq` (worker side). The
+    /// start time is read only when `timed` (a pool with a task timeout).
+    pub(crate) fn set(&self, slot: usize, seq: u64, item: u64, timed: bool) {
         let w = self.words(slot);
         let v = w[0].load(Ordering::Relaxed);
         w[0].store(v + 1, Ordering::Relaxed);
         fence(Ordering::Release);
         w[1].store(seq, Ordering::Relaxed);
         w[2].store(item, Ordering::Relaxed);
-        w[3].store(sys::monotonic_ns(), Ordering::Relaxed);
+        if timed {
+            w[3].store(sys::monotonic_ns(), Ordering::Relaxed);
+        }
         w[0].store(v + 2, Ordering::Release);
     }
 
@@ -104,13 +107,15 @@ pub(crate) struct Exec<'a> {
     progress: &'a Progress,
     slot: usize,
     seq: u64,
+    timed: bool,
     ctx: &'a mut CtxCache,
 }
 
 impl Exec<'_> {
     /// Records that input `i` of the current task starts now.
     pub(crate) fn item_started(&mut self, i: u32) {
-        self.progress.set(self.slot, self.seq, u64::from(i));
+        self.progress
+            .set(self.slot, self.seq, u64::from(i), self.timed);
     }
 
     /// Decodes the current job's context unless it is decoded already.
@@ -149,6 +154,8 @@ pub(crate) struct Setup {
     pub(crate) slot: usize,
     pub(crate) parent: Pid,
     pub(crate) max_tasks: Option<u64>,
+    /// Whether the pool has a task timeout (then each input's start time is recorded).
+    pub(crate) timed: bool,
     pub(crate) initializer: Option<Arc<dyn Fn() + Send + Sync>>,
     pub(crate) thread_env: Option<String>,
     /// Descriptors of the other workers, inherited through the fork, to close at once.
@@ -207,7 +214,7 @@ fn serve(s: &mut Setup) -> crate::Result<()> {
                 inputs,
             } => {
                 let started = Instant::now();
-                s.progress.set(s.slot, seq, 0);
+                s.progress.set(s.slot, seq, 0, s.timed);
                 let (mark, out) = s.end.begin_done(seq);
                 if ctx.job != job {
                     ctx.bytes = None;
@@ -217,12 +224,14 @@ fn serve(s: &mut Setup) -> crate::Result<()> {
                     progress: &s.progress,
                     slot: s.slot,
                     seq,
+                    timed: s.timed,
                     ctx: &mut ctx,
                 };
                 let outcome = FnRef::from_offset(fn_offset)
                     .resolve()
                     .and_then(|t| t(&mut ex, inputs.bytes(), count, out));
-                s.progress.set(s.slot, seq, IDLE);
+                s.progress.set(s.slot, seq, IDLE, false);
+                s.end.recycle(inputs);
                 match outcome {
                     Ok(()) => s.end.finish_done(mark, started.elapsed().as_nanos() as u64),
                     Err(message) => s.end.fail(mark, seq, &message),

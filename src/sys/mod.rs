@@ -248,13 +248,19 @@ pub(crate) fn flush_stdio() {
 /// side uses [`send`]/[`recv`] with `nonblocking = true` on its end.
 pub(crate) fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType};
-    nix::sys::socket::socketpair(
+    let (a, b) = nix::sys::socket::socketpair(
         AddressFamily::Unix,
         SockType::Stream,
         None,
         SockFlag::SOCK_CLOEXEC,
     )
-    .map_err(|e| Error::io("socketpair", e))
+    .map_err(|e| Error::io("socketpair", e))?;
+    // Larger send buffers mean fewer wake-ups for big messages; best effort (capped by
+    // net.core.wmem_max).
+    for fd in [&a, &b] {
+        let _ = nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::SndBuf, &(2 << 20));
+    }
+    Ok((a, b))
 }
 
 /// Sends bytes on a stream socket without raising `SIGPIPE` (a gone peer is
