@@ -133,19 +133,24 @@ pub(crate) fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The `poll` timeout that ends at `deadline` (`None`: no limit), rounded up to whole
+/// milliseconds so that a sub-millisecond remainder still waits.
+pub(crate) fn poll_timeout(deadline: Option<Instant>) -> PollTimeout {
+    match deadline {
+        None => PollTimeout::NONE,
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128);
+            PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
+        }
+    }
+}
+
 /// Waits until `fd` is readable (or hung up) or `deadline` passes; `true` when readable.
 /// `None` waits without limit. Retries on `EINTR` with the remaining time.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> Result<bool> {
     loop {
-        let timeout = match deadline {
-            None => PollTimeout::NONE,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                // Round up so that a sub-millisecond remainder still waits.
-                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128);
-                PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
-            }
-        };
+        let timeout = poll_timeout(deadline);
         let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
         match nix::poll::poll(&mut fds, timeout) {
             Ok(0) => {
@@ -333,15 +338,7 @@ pub(crate) fn poll_many(
         })
         .collect();
     loop {
-        let timeout = match deadline {
-            None => PollTimeout::NONE,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128);
-                PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
-            }
-        };
-        match nix::poll::poll(&mut pfds, timeout) {
+        match nix::poll::poll(&mut pfds, poll_timeout(deadline)) {
             Ok(0) => return Ok(vec![(false, false); fds.len()]),
             Ok(_) => {
                 return Ok(pfds

@@ -57,15 +57,10 @@ pub(crate) fn send_all(
 
 /// Waits until `fd` can be written (or has an error) or `until` passes; `true` when writable.
 pub(crate) fn wait_writable(fd: BorrowedFd<'_>, until: std::time::Instant) -> Result<bool> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::poll::{PollFd, PollFlags, poll};
     loop {
-        let left = until.saturating_duration_since(std::time::Instant::now());
-        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
         let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
-        match poll(
-            &mut fds,
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-        ) {
+        match poll(&mut fds, super::poll_timeout(Some(until))) {
             Ok(0) => return Ok(false),
             Ok(_) => return Ok(true),
             Err(Errno::EINTR) => {}
