@@ -556,9 +556,12 @@ fn byte_sum(v: multiproc::PodVec<u8>) -> (u64, usize) {
 #[test]
 fn a_1_gib_payload_through_a_pool() {
     const SIZE: usize = 1 << 30;
+    let _g = lock();
     let pool = Pool::with_processes(1).unwrap();
     let data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
     let want: u64 = data.iter().map(|&b| b as u64).sum();
     let (sum, len) = pool.apply(byte_sum, multiproc::PodVec::from(data)).unwrap();
     assert_eq!((sum, len), (want, SIZE));
+    drop(pool);
+    assert_no_children();
 }
