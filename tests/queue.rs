@@ -297,6 +297,24 @@ fn timeouts_while_a_producer_is_alive() {
 }
 
 #[test]
+fn try_get_does_not_wait_behind_a_blocked_consumer() {
+    let q: Queue<u32> = Queue::new().unwrap();
+    let q2 = q.clone();
+    // This consumer holds the queue's get lock while it waits for an item.
+    let waiting = Process::new(move || {
+        let _ = q2.get_timeout(std::time::Duration::from_secs(30));
+    });
+    waiting.start().unwrap();
+    std::thread::sleep(ms(200));
+    let t = std::time::Instant::now();
+    assert!(q.try_get().unwrap_err().is_timeout());
+    assert!(q.get_timeout(ms(100)).unwrap_err().is_timeout());
+    assert!(t.elapsed() < secs(2), "took {:?}", t.elapsed());
+    q.put(&1).unwrap();
+    assert!(waiting.join_timeout(secs(30)).unwrap());
+}
+
+#[test]
 fn put_is_disconnected_when_nobody_can_get() {
     let q: Queue<Vec<u8>> = Queue::with_capacity(4096).unwrap();
     let mut put = 0;

@@ -250,7 +250,14 @@ impl Shared {
         let h = self.header();
         // A consumer that died holding the lock may have left the rest of its item in the ring:
         // the loop below skips such orphan records, so nothing needs repair here.
-        h.get_lock.0.lock()?;
+        // Another consumer may hold the lock while it waits for an item: the deadline bounds
+        // the wait for the lock too.
+        if h.get_lock.0.lock_until(deadline)?.is_none() {
+            return Err(Error::Timeout {
+                operation: "Queue::get (another consumer is taking an item)",
+                after: Duration::ZERO,
+            });
+        }
         let r = self.take(deadline);
         h.get_lock.0.unlock();
         r

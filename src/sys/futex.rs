@@ -166,63 +166,66 @@ impl RobustMutex {
     /// one whose owner the kernel marked dead, instead of sleeping forever.
     pub(crate) fn lock(&self) -> Result<Locked> {
         loop {
-            let mut now = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: clock_gettime writes one timespec into `now`, which we own.
-            unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
-            let nanos = now.tv_nsec + LOCK_TICK.as_nanos() as libc::c_long;
-            let until = libc::timespec {
-                tv_sec: now.tv_sec + (nanos / 1_000_000_000) as libc::time_t,
-                tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
-            };
-            // SAFETY: the mutex was initialized by `init` and lives as long as `self`; `until`
-            // is a valid timespec.
-            let rc = unsafe { libc::pthread_mutex_timedlock(self.inner.get(), &until) };
-            if rc != libc::ETIMEDOUT {
-                return self.after_lock(rc, "pthread_mutex_timedlock");
+            if let Some(locked) = self.lock_until(None)? {
+                return Ok(locked);
             }
         }
     }
 
     /// Takes the mutex if it is free; `Ok(None)` if another thread or process holds it.
     pub(crate) fn try_lock(&self) -> Result<Option<Locked>> {
-        // SAFETY: the mutex was initialized by `init` and lives as long as `self`.
-        let rc = unsafe { libc::pthread_mutex_trylock(self.inner.get()) };
-        if rc == libc::EBUSY {
-            return Ok(None);
-        }
-        self.after_lock(rc, "pthread_mutex_trylock").map(Some)
+        self.lock_until(Some(std::time::Instant::now()))
     }
 
     /// Takes the mutex, waiting at most `timeout`; `Ok(None)` when the time ran out.
     pub(crate) fn lock_timeout(&self, timeout: Duration) -> Result<Option<Locked>> {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `now` is a valid timespec to write to.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-        let nanos = now.tv_nsec as u64 + u64::from(timeout.subsec_nanos());
-        let secs = (now.tv_sec as u64)
-            .saturating_add(timeout.as_secs())
-            .saturating_add(nanos / 1_000_000_000)
-            .min(i64::MAX as u64 / 2);
-        let deadline = libc::timespec {
-            tv_sec: secs as libc::time_t,
-            tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
-        };
+        match std::time::Instant::now().checked_add(timeout) {
+            Some(deadline) => self.lock_until(Some(deadline)),
+            None => self.lock().map(Some),
+        }
+    }
+
+    /// As [`lock`](RobustMutex::lock), but gives up at `deadline`: `Ok(None)` then. Waits in
+    /// [`LOCK_TICK`] slices, like `lock`, so a lost wake-up costs at most one slice.
+    pub(crate) fn lock_until(
+        &self,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Option<Locked>> {
         loop {
-            // SAFETY: the mutex was initialized by `init` and lives as long as `self`;
-            // `deadline` is a valid timespec for the duration of the call.
-            let rc = unsafe {
-                pthread_mutex_clocklock(self.inner.get(), libc::CLOCK_MONOTONIC, &deadline)
+            let mut slice = LOCK_TICK;
+            if let Some(d) = deadline {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    // One last try without waiting.
+                    // SAFETY: the mutex was initialized by `init` and lives as long as `self`.
+                    let rc = unsafe { libc::pthread_mutex_trylock(self.inner.get()) };
+                    if rc == libc::EBUSY {
+                        return Ok(None);
+                    }
+                    return self.after_lock(rc, "pthread_mutex_trylock").map(Some);
+                }
+                slice = slice.min(left);
+            }
+            let mut now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
             };
-            match rc {
-                libc::ETIMEDOUT => return Ok(None),
-                libc::EINTR => {}
-                rc => return self.after_lock(rc, "pthread_mutex_clocklock").map(Some),
+            // SAFETY: clock_gettime writes one timespec into `now`, which we own.
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+            let nanos = now.tv_nsec + slice.as_nanos() as libc::c_long;
+            let until = libc::timespec {
+                tv_sec: now.tv_sec + (nanos / 1_000_000_000) as libc::time_t,
+                tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+            };
+            // SAFETY: the mutex was initialized by `init` and lives as long as `self`; `until`
+            // is a valid timespec on CLOCK_MONOTONIC (immune to wall-clock jumps).
+            let rc =
+                unsafe { pthread_mutex_clocklock(self.inner.get(), libc::CLOCK_MONOTONIC, &until) };
+            if rc == libc::EINTR {
+                continue;
+            }
+            if rc != libc::ETIMEDOUT {
+                return self.after_lock(rc, "pthread_mutex_clocklock").map(Some);
             }
         }
     }
