@@ -1,0 +1,460 @@
+//! The runner: `-j N` worker [`Process`]es fed through a [`Queue`] (the "mmul queue" pattern).
+//!
+//! The runner forks the workers first, while it is still single-threaded, then hands out jobs
+//! only as slots free up: a job goes on the jobs queue when fewer than `-j` are in flight, so
+//! stopping is simply not putting more. Workers report [`Report::Started`] (the job's process
+//! group, so the runner can signal it) and [`Report::Finished`]. For each finished job the runner
+//! retries it (`--retries`), or writes its joblog line (flushed), prints its output block, and
+//! checks `--halt`.
+//!
+//! Signals: the first `SIGINT`/`SIGTERM`/`SIGHUP` stops dispatching and sends `SIGTERM` to the
+//! running jobs' process groups, then `SIGKILL` after [`TERM_GRACE`]; jobs ended that way are not
+//! written to the joblog, so `--resume` runs them again. A second signal kills the groups at once
+//! and exits. Workers die with the runner (a parent-death signal), killing their job's group.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use multiproc::{Error, Process, Queue};
+use nix::sys::signal::{self, SigHandler, SigSet, Signal};
+use nix::unistd::Pid;
+
+use crate::job::{Job, JobOutcome, Report, TERM_GRACE, WorkerConfig, worker_loop};
+use crate::output::Output;
+
+/// How often the runner looks up from waiting, to notice signals and dead workers.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Makes the job of a given seq, once the slot it will run in is known (`{%}`).
+pub(crate) trait JobSource {
+    /// The job numbered `seq`, to run in `slot`.
+    fn make(&self, seq: u64, slot: usize) -> Job;
+}
+
+/// Told of every job that ended for good (the joblog).
+pub(crate) trait JobLog {
+    /// Records a finished job; called once per job, in the order they end.
+    fn finished(&mut self, job: &Job, outcome: &JobOutcome) -> io::Result<()>;
+}
+
+/// A log that records nothing.
+#[derive(Debug)]
+pub(crate) struct NoLog;
+
+impl JobLog for NoLog {
+    fn finished(&mut self, _: &Job, _: &JobOutcome) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// When `--halt` stops the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HaltWhen {
+    /// Kill the running jobs and stop.
+    Now,
+    /// Start no more jobs; let the running ones finish.
+    Soon,
+}
+
+/// `--halt WHEN,fail=N` with any percentage already turned into a count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Halt {
+    /// What to do.
+    pub(crate) when: HaltWhen,
+    /// After how many failed jobs (at least 1).
+    pub(crate) fail: u64,
+}
+
+/// What the runner needs to know, beyond the jobs.
+#[derive(Debug, Clone)]
+pub(crate) struct EngineOpts {
+    /// Jobs at once (`-j`), at least 1.
+    pub(crate) jobs: usize,
+    /// Extra attempts for a failed job (`--retries N` allows N+1 runs... see [`Self::retries`]).
+    pub(crate) retries: u32,
+    /// Per-job time limit.
+    pub(crate) timeout: Option<Duration>,
+    /// `--halt`.
+    pub(crate) halt: Option<Halt>,
+    /// Environment for every job (thread caps).
+    pub(crate) env: Vec<(String, String)>,
+}
+
+/// How the run went.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Summary {
+    /// Jobs that ended (and were logged).
+    pub(crate) done: u64,
+    /// Of those, how many failed.
+    pub(crate) failed: u64,
+    /// The signal that stopped the run, if one did.
+    pub(crate) interrupted: Option<i32>,
+    /// Whether `--halt` stopped the run.
+    pub(crate) halted: bool,
+}
+
+/// A progress display, told of each job that ends.
+pub(crate) trait Progress {
+    /// One more job ended.
+    fn tick(&mut self);
+    /// Runs `f` (printing) with the display out of the way.
+    fn suspend(&mut self, f: &mut dyn FnMut());
+    /// The run is over.
+    fn finish(&mut self);
+}
+
+/// No progress display.
+#[derive(Debug)]
+pub(crate) struct NoProgress;
+
+impl Progress for NoProgress {
+    fn tick(&mut self) {}
+    fn suspend(&mut self, f: &mut dyn FnMut()) {
+        f()
+    }
+    fn finish(&mut self) {}
+}
+
+/// Signals received by the runner (the count) and the last one.
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Process groups of running jobs, by slot, for the second-signal kill.
+const MAX_TRACKED: usize = 4096;
+static GROUPS: [AtomicI32; MAX_TRACKED] = [const { AtomicI32::new(0) }; MAX_TRACKED];
+
+/// The runner's handler: the first signal is noted (the collect loop acts on it); the second
+/// kills every running job's group and exits at once. Async-signal-safe: atomics, `kill`,
+/// `_exit`.
+extern "C" fn runner_signal(sig: libc::c_int) {
+    LAST_SIGNAL.store(sig, Ordering::SeqCst);
+    if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
+        for g in &GROUPS {
+            let pgid = g.load(Ordering::SeqCst);
+            if pgid > 0 {
+                // SAFETY: kill is async-signal-safe and takes plain integers.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            }
+        }
+        // SAFETY: _exit is async-signal-safe; the joblog is flushed after every line.
+        unsafe { libc::_exit(128 + sig) };
+    }
+}
+
+fn install_signal_handlers() {
+    let action = signal::SigAction::new(
+        SigHandler::Handler(runner_signal),
+        signal::SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only uses async-signal-safe calls (see `runner_signal`).
+        let _ = unsafe { signal::sigaction(sig, &action) };
+    }
+}
+
+/// A job handed out and not yet finished for good.
+#[derive(Debug)]
+struct InFlight {
+    job: Job,
+    attempts: u32,
+    pgid: Option<i32>,
+    worker: Option<i32>,
+    sent: Instant,
+}
+
+/// Why dispatching stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Still dispatching.
+    No,
+    /// `--halt soon`: let running jobs finish.
+    Drain,
+    /// A signal or `--halt now`: running jobs are being ended; since when.
+    Kill(Instant),
+}
+
+/// The runner's state between messages.
+struct Runner<'a> {
+    opts: &'a EngineOpts,
+    source: &'a dyn JobSource,
+    log: &'a mut dyn JobLog,
+    output: &'a mut Output,
+    progress: &'a mut dyn Progress,
+    jobs: Queue<Job>,
+    pending: VecDeque<u64>,
+    free_slots: BTreeSet<usize>,
+    in_flight: HashMap<u64, InFlight>,
+    stop: Stop,
+    killed_hard: bool,
+    summary: Summary,
+    capacity: usize,
+}
+
+/// Runs the jobs numbered `seqs` (in that order) and reports each as it ends.
+///
+/// # Errors
+///
+/// When the workers cannot be started, a queue fails, every worker died, or the joblog or
+/// `--results` cannot be written.
+pub(crate) fn run(
+    opts: &EngineOpts,
+    source: &dyn JobSource,
+    seqs: Vec<u64>,
+    log: &mut dyn JobLog,
+    output: &mut Output,
+    progress: &mut dyn Progress,
+) -> Result<Summary, Box<dyn std::error::Error>> {
+    install_signal_handlers();
+    let n_workers = opts.jobs.min(seqs.len()).max(1);
+    let jobs: Queue<Job> = Queue::new()?;
+    let results: Queue<Report> = Queue::new()?;
+    let cfg = WorkerConfig {
+        timeout: opts.timeout,
+        env: opts.env.clone(),
+    };
+    let runner = std::process::id() as i32;
+    let workers: Vec<Process> = (0..n_workers)
+        .map(|i| {
+            let (jobs, results, cfg) = (jobs.clone(), results.clone(), cfg.clone());
+            Process::new(move || worker_loop(runner, &cfg, &jobs, &results))
+                .name(format!("multiproc-w{}", i + 1))
+        })
+        .collect();
+    for w in &workers {
+        w.start()?;
+    }
+    let mut r = Runner {
+        opts,
+        source,
+        log,
+        output,
+        progress,
+        jobs,
+        pending: seqs.into(),
+        free_slots: (1..=opts.jobs).collect(),
+        in_flight: HashMap::new(),
+        stop: Stop::No,
+        killed_hard: false,
+        summary: Summary::default(),
+        capacity: n_workers,
+    };
+    let outcome = r.collect(&results, &workers);
+    // Every worker gets its pill; a worker that does not stop in time is killed (on drop).
+    for _ in &workers {
+        let _ = r.jobs.put_pill();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for w in &workers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !matches!(w.join_timeout(left), Ok(true)) {
+            let _ = w.kill();
+        }
+    }
+    r.progress.finish();
+    outcome?;
+    r.output.flush_rest()?;
+    Ok(r.summary)
+}
+
+impl Runner<'_> {
+    /// Hands out jobs while slots are free (and the run is not stopping).
+    fn dispatch(&mut self) -> Result<(), Error> {
+        while self.stop == Stop::No && self.in_flight.len() < self.capacity {
+            let Some(seq) = self.pending.pop_front() else {
+                break;
+            };
+            let slot = self.free_slots.pop_first().expect("a free slot");
+            let job = self.source.make(seq, slot);
+            self.jobs.put(&job)?;
+            self.in_flight.insert(
+                seq,
+                InFlight {
+                    job,
+                    attempts: 1,
+                    pgid: None,
+                    worker: None,
+                    sent: Instant::now(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The loop: dispatch, wait for a report, act on it, until nothing is in flight.
+    fn collect(
+        &mut self,
+        results: &Queue<Report>,
+        workers: &[Process],
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        loop {
+            self.check_signal();
+            self.dispatch()?;
+            if self.in_flight.is_empty() && (self.pending.is_empty() || self.stop != Stop::No) {
+                return Ok(());
+            }
+            match results.get_timeout(TICK) {
+                Ok(Report::Started { seq, pgid, worker }) => self.started(seq, pgid, worker),
+                Ok(Report::Finished(outcome)) => self.finished(outcome)?,
+                Err(Error::Timeout { .. }) => self.on_tick(workers)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn started(&mut self, seq: u64, pgid: i32, worker: i32) {
+        let Some(f) = self.in_flight.get_mut(&seq) else {
+            return;
+        };
+        f.pgid = Some(pgid);
+        f.worker = Some(worker);
+        if let Some(g) = GROUPS.get(f.job.slot) {
+            g.store(pgid, Ordering::SeqCst);
+        }
+        // A job that starts while the run is being stopped is ended at once.
+        if let Stop::Kill(_) = self.stop {
+            let sig = if self.killed_hard {
+                Signal::SIGKILL
+            } else {
+                Signal::SIGTERM
+            };
+            let _ = signal::killpg(Pid::from_raw(pgid), sig);
+        }
+    }
+
+    fn finished(&mut self, outcome: JobOutcome) -> Result<(), Box<dyn std::error::Error>> {
+        let Some(mut f) = self.in_flight.remove(&outcome.seq) else {
+            return Ok(());
+        };
+        if let Some(g) = GROUPS.get(f.job.slot) {
+            g.store(0, Ordering::SeqCst);
+        }
+        let stopping = matches!(self.stop, Stop::Kill(_));
+        if !outcome.ok() && f.attempts <= self.opts.retries && self.stop == Stop::No {
+            // Retry in the same slot.
+            f.attempts += 1;
+            f.pgid = None;
+            f.worker = None;
+            f.sent = Instant::now();
+            self.jobs.put(&f.job)?;
+            self.in_flight.insert(outcome.seq, f);
+            return Ok(());
+        }
+        self.free_slots.insert(f.job.slot);
+        if stopping && outcome.signal != 0 {
+            // Ended by the stop itself: not done, so not logged; --resume runs it again.
+            return Ok(());
+        }
+        self.log.finished(&f.job, &outcome)?;
+        self.summary.done += 1;
+        if !outcome.ok() {
+            self.summary.failed += 1;
+        }
+        let (output, job) = (&mut *self.output, &f.job);
+        let mut res = Ok(());
+        self.progress.suspend(&mut || res = output.finished(job, &outcome));
+        res?;
+        self.progress.tick();
+        if let Some(halt) = self.opts.halt
+            && !outcome.ok()
+            && self.summary.failed >= halt.fail
+            && self.stop == Stop::No
+        {
+            self.summary.halted = true;
+            match halt.when {
+                HaltWhen::Soon => self.stop = Stop::Drain,
+                HaltWhen::Now => self.begin_kill(),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts ending the running jobs: takes back jobs not yet started, `SIGTERM`s the others.
+    fn begin_kill(&mut self) {
+        self.stop = Stop::Kill(Instant::now());
+        while let Ok(job) = self.jobs.try_get() {
+            self.in_flight.remove(&job.seq);
+            self.free_slots.insert(job.slot);
+        }
+        for f in self.in_flight.values() {
+            if let Some(pgid) = f.pgid {
+                let _ = signal::killpg(Pid::from_raw(pgid), Signal::SIGTERM);
+            }
+        }
+    }
+
+    fn check_signal(&mut self) {
+        if SIGNALS.load(Ordering::SeqCst) > 0 && self.summary.interrupted.is_none() {
+            self.summary.interrupted = Some(LAST_SIGNAL.load(Ordering::SeqCst));
+            if !matches!(self.stop, Stop::Kill(_)) {
+                self.begin_kill();
+            }
+        }
+    }
+
+    /// Nothing arrived for a tick: escalate a stop that takes too long, and notice dead workers.
+    fn on_tick(&mut self, workers: &[Process]) -> Result<(), Box<dyn std::error::Error>> {
+        if let Stop::Kill(since) = self.stop {
+            if !self.killed_hard && since.elapsed() >= TERM_GRACE {
+                self.killed_hard = true;
+                for f in self.in_flight.values() {
+                    if let Some(pgid) = f.pgid {
+                        let _ = signal::killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                    }
+                }
+            }
+            if since.elapsed() >= TERM_GRACE * 2 {
+                // Whatever has not reported by now is given up on (not logged).
+                self.in_flight.clear();
+                return Ok(());
+            }
+        }
+        let dead: Vec<i32> = workers
+            .iter()
+            .filter(|w| !w.is_alive())
+            .filter_map(|w| w.pid())
+            .collect();
+        if dead.is_empty() {
+            return Ok(());
+        }
+        self.capacity = workers.len() - dead.len();
+        // A dead worker's job is lost: fail it (it never finished). A job handed out but not
+        // started for a while, with the queue empty, was taken by a dead worker: hand it out again.
+        let lost: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| match f.worker {
+                Some(w) => dead.contains(&w),
+                None => self.jobs.is_empty() && f.sent.elapsed() > Duration::from_secs(1),
+            })
+            .map(|(&seq, _)| seq)
+            .collect();
+        for seq in lost {
+            let f = &self.in_flight[&seq];
+            if f.worker.is_none() {
+                self.jobs.put(&f.job)?;
+                self.in_flight.get_mut(&seq).expect("in flight").sent = Instant::now();
+                continue;
+            }
+            if let Some(pgid) = f.pgid {
+                let _ = signal::killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+            let outcome = JobOutcome {
+                seq,
+                start: crate::job::unix_now(),
+                runtime: 0.0,
+                exit: -1,
+                signal: 9,
+                timed_out: false,
+                stdout: Vec::new(),
+                stderr: format!("multiproc: job {seq}: its worker process died\n").into_bytes(),
+            };
+            self.finished(outcome)?;
+        }
+        if self.capacity == 0 {
+            return Err("every worker process died".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,415 @@
+//! One job: what the runner sends a worker ([`Job`]), what comes back ([`Report`],
+//! [`JobOutcome`]), and the worker side that runs it ([`worker_loop`], [`run_job`]).
+//!
+//! A job runs without a shell (argv straight to `execvp`, through `std::process::Command`) unless
+//! it is a [`Program::Shell`] string, in a process group of its own (so a timeout or a signal
+//! ends its grandchildren too), with stdin from a file or `/dev/null` and stdout to a file or
+//! captured. Captured streams go to anonymous memory files (`memfd`), read back once the job
+//! has ended, so a job that writes a lot never blocks on a full pipe.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use multiproc::Queue;
+use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+/// How long a job has to end after `SIGTERM` before it gets `SIGKILL` (timeouts and shutdown).
+pub(crate) const TERM_GRACE: Duration = Duration::from_secs(2);
+
+/// What a job runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Program {
+    /// A program and its arguments, run directly (no shell, no quoting traps).
+    Argv(Vec<String>),
+    /// A command line for `sh -c`.
+    Shell(String),
+}
+
+impl Program {
+    /// The command as a joblog or `--dry-run` shows it: argv words shell-quoted when needed.
+    pub(crate) fn display(&self) -> String {
+        match self {
+            Program::Shell(s) => s.clone(),
+            Program::Argv(words) => words
+                .iter()
+                .map(|w| shell_quote(w))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+}
+
+/// `word` quoted for a POSIX shell, unchanged when it needs no quoting.
+pub(crate) fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%^".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// One job, as the runner hands it to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Job {
+    /// The job's number, from 1 in input order (`{#}`, the joblog's Seq).
+    pub(crate) seq: u64,
+    /// The job slot it runs in, from 1 to `-j` (`{%}`); no two running jobs share one.
+    pub(crate) slot: usize,
+    /// The inputs of this job, one per input source (for `--results` paths).
+    pub(crate) args: Vec<String>,
+    /// What to run.
+    pub(crate) program: Program,
+    /// A file for the job's stdin (`--stdin`); `/dev/null` when `None`.
+    pub(crate) stdin: Option<String>,
+    /// A file for the job's stdout (`--stdout`), created or truncated; captured when `None`.
+    pub(crate) stdout: Option<String>,
+    /// Extra environment variables for this job.
+    pub(crate) env: Vec<(String, String)>,
+}
+
+/// How a job ended, sent back by the worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct JobOutcome {
+    /// The job's [`Job::seq`].
+    pub(crate) seq: u64,
+    /// When it started, in seconds since the Unix epoch.
+    pub(crate) start: f64,
+    /// How long it ran, in seconds.
+    pub(crate) runtime: f64,
+    /// Its exit code (0 when killed by a signal, as GNU parallel records it; 127 when the
+    /// program was not found, 126 when it could not be run).
+    pub(crate) exit: i32,
+    /// The signal that killed it, or 0.
+    pub(crate) signal: i32,
+    /// Whether `--timeout` ended it.
+    pub(crate) timed_out: bool,
+    /// Its captured stdout (empty when it went to a file).
+    pub(crate) stdout: Vec<u8>,
+    /// Its captured stderr, plus multiproc's own message when the job could not start.
+    pub(crate) stderr: Vec<u8>,
+}
+
+impl JobOutcome {
+    /// Whether the job succeeded: exit code 0 and no signal.
+    pub(crate) fn ok(&self) -> bool {
+        self.exit == 0 && self.signal == 0
+    }
+}
+
+/// A message from a worker to the runner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Report {
+    /// A job's process started, as process group `pgid`, in worker `worker`.
+    Started {
+        /// The job's [`Job::seq`].
+        seq: u64,
+        /// The job's process group (its pid).
+        pgid: i32,
+        /// The worker's pid.
+        worker: i32,
+    },
+    /// A job ended.
+    Finished(JobOutcome),
+}
+
+/// What every job of a run shares, fixed when the workers are forked.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerConfig {
+    /// The per-job time limit.
+    pub(crate) timeout: Option<Duration>,
+    /// Environment variables for every job (the thread caps).
+    pub(crate) env: Vec<(String, String)>,
+}
+
+/// The runner's pid, for the worker's signal handler.
+static RUNNER_PID: AtomicI32 = AtomicI32::new(0);
+/// The process group of the job the worker runs now, or 0.
+static JOB_PGID: AtomicI32 = AtomicI32::new(0);
+
+/// The worker's handler for `SIGTERM` (its parent-death signal) and `SIGINT`: while the runner
+/// lives it does nothing (the runner decides what happens to jobs); once the runner is gone it
+/// kills the running job's process group and exits. Async-signal-safe: atomics, `getppid`,
+/// `kill` and `_exit` only.
+extern "C" fn worker_signal(_: libc::c_int) {
+    // SAFETY: getppid, kill and _exit are async-signal-safe and take plain integers.
+    unsafe {
+        if libc::getppid() != RUNNER_PID.load(Ordering::SeqCst) {
+            let pgid = JOB_PGID.load(Ordering::SeqCst);
+            if pgid > 0 {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+            libc::_exit(1);
+        }
+    }
+}
+
+/// Sets up a freshly forked worker: dies with the runner (parent-death signal), and handles
+/// `SIGINT`/`SIGTERM` as [`worker_signal`] says. Returns false if the runner is already gone.
+fn worker_setup(runner: i32) -> bool {
+    RUNNER_PID.store(runner, Ordering::SeqCst);
+    let action = signal::SigAction::new(
+        SigHandler::Handler(worker_signal),
+        signal::SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: the handler only uses async-signal-safe calls (see `worker_signal`).
+        let _ = unsafe { signal::sigaction(sig, &action) };
+    }
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+    // The runner may have died before the parent-death signal was armed.
+    nix::unistd::getppid().as_raw() == runner
+}
+
+/// A worker's life: take jobs until a pill (or until the runner is gone), run each, report.
+pub(crate) fn worker_loop(runner: i32, cfg: &WorkerConfig, jobs: &Queue<Job>, out: &Queue<Report>) {
+    if !worker_setup(runner) {
+        return;
+    }
+    let me = std::process::id() as i32;
+    for job in jobs.iter() {
+        let outcome = run_job(&job, cfg, |pgid| {
+            let _ = out.put(&Report::Started {
+                seq: job.seq,
+                pgid,
+                worker: me,
+            });
+        });
+        if out.put(&Report::Finished(outcome)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// An anonymous in-memory file for a captured stream.
+fn memfd(name: &std::ffi::CStr) -> std::io::Result<OwnedFd> {
+    nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC).map_err(Into::into)
+}
+
+/// Reads a memory file back from its start.
+fn read_back(fd: OwnedFd) -> Vec<u8> {
+    let mut f = File::from(fd);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(0)).is_ok() {
+        let _ = f.read_to_end(&mut buf);
+    }
+    buf
+}
+
+/// A job that could not start: GNU parallel's codes (127 not found, 126 cannot run, 1 other).
+fn failed_start(job: &Job, start: f64, what: &str, err: &std::io::Error) -> JobOutcome {
+    let exit = match err.kind() {
+        std::io::ErrorKind::NotFound if what.starts_with("cannot run") => 127,
+        std::io::ErrorKind::PermissionDenied if what.starts_with("cannot run") => 126,
+        _ => 1,
+    };
+    JobOutcome {
+        seq: job.seq,
+        start,
+        runtime: 0.0,
+        exit,
+        signal: 0,
+        timed_out: false,
+        stdout: Vec::new(),
+        stderr: format!("multiproc: job {}: {what}: {err}\n", job.seq).into_bytes(),
+    }
+}
+
+/// Runs one job to its end and says how it went. `started` is told the job's process group as
+/// soon as it exists.
+pub(crate) fn run_job(job: &Job, cfg: &WorkerConfig, started: impl FnOnce(i32)) -> JobOutcome {
+    let start = unix_now();
+    let t0 = Instant::now();
+    let mut cmd = match &job.program {
+        Program::Argv(words) => {
+            let mut c = Command::new(&words[0]);
+            c.args(&words[1..]);
+            c
+        }
+        Program::Shell(line) => {
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c").arg(line);
+            c
+        }
+    };
+    cmd.process_group(0);
+    cmd.envs(cfg.env.iter().map(|(k, v)| (k, v)));
+    cmd.envs(job.env.iter().map(|(k, v)| (k, v)));
+    match &job.stdin {
+        Some(path) => match File::open(path) {
+            Ok(f) => cmd.stdin(f),
+            Err(e) => return failed_start(job, start, &format!("cannot open stdin {path}"), &e),
+        },
+        None => cmd.stdin(Stdio::null()),
+    };
+    let out_fd = match &job.stdout {
+        Some(path) => match File::create(path) {
+            Ok(f) => {
+                cmd.stdout(f);
+                None
+            }
+            Err(e) => return failed_start(job, start, &format!("cannot create stdout {path}"), &e),
+        },
+        None => match memfd(c"multiproc-stdout").and_then(|fd| Ok((fd.try_clone()?, fd))) {
+            Ok((child, mine)) => {
+                cmd.stdout(child);
+                Some(mine)
+            }
+            Err(e) => return failed_start(job, start, "cannot capture stdout", &e),
+        },
+    };
+    let err_fd = match memfd(c"multiproc-stderr").and_then(|fd| Ok((fd.try_clone()?, fd))) {
+        Ok((child, mine)) => {
+            cmd.stderr(child);
+            mine
+        }
+        Err(e) => return failed_start(job, start, "cannot capture stderr", &e),
+    };
+    // Block the worker's signals while the child starts, so that the handler always sees the
+    // job's group once it exists (the child starts with an empty mask: std resets it).
+    let mut block = SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        block.add(sig);
+    }
+    let mut old = SigSet::empty();
+    let _ = signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&block), Some(&mut old));
+    let spawned = cmd.spawn();
+    if let Ok(child) = &spawned {
+        JOB_PGID.store(child.id() as i32, Ordering::SeqCst);
+    }
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let what = format!("cannot run {}", job.program.display());
+            return failed_start(job, start, &what, &e);
+        }
+    };
+    drop(cmd); // closes the parent's copies of the child's stream ends
+    let pgid = child.id() as i32;
+    started(pgid);
+    let (status, timed_out) = wait_with_timeout(&mut child, pgid, cfg.timeout);
+    JOB_PGID.store(0, Ordering::SeqCst);
+    let runtime = t0.elapsed().as_secs_f64();
+    let (exit, signal) = match status {
+        Some(s) => (s.code().unwrap_or(0), s.signal().unwrap_or(0)),
+        None => (-1, 0),
+    };
+    JobOutcome {
+        seq: job.seq,
+        start,
+        runtime,
+        exit,
+        signal,
+        timed_out,
+        stdout: out_fd.map(read_back).unwrap_or_default(),
+        stderr: read_back(err_fd),
+    }
+}
+
+/// Waits for the job; past `timeout`, sends its group `SIGTERM`, then `SIGKILL` after
+/// [`TERM_GRACE`]. Returns its status (None if waiting failed) and whether it timed out.
+fn wait_with_timeout(
+    child: &mut Child,
+    pgid: i32,
+    timeout: Option<Duration>,
+) -> (Option<std::process::ExitStatus>, bool) {
+    let Some(limit) = timeout else {
+        return (child.wait().ok(), false);
+    };
+    let pidfd = pidfd_open(child.id() as i32);
+    let deadline = Instant::now() + limit;
+    if wait_until(child, pidfd.as_ref(), deadline) {
+        return (child.wait().ok(), false);
+    }
+    let group = Pid::from_raw(pgid);
+    let _ = signal::killpg(group, Signal::SIGTERM);
+    if !wait_until(child, pidfd.as_ref(), Instant::now() + TERM_GRACE) {
+        let _ = signal::killpg(group, Signal::SIGKILL);
+    }
+    let status = child.wait().ok();
+    // Grandchildren that outlived the job's own process get no second chance either.
+    let _ = signal::killpg(group, Signal::SIGKILL);
+    (status, true)
+}
+
+/// Waits until the child has exited (true) or `deadline` passed (false); does not reap.
+fn wait_until(child: &mut Child, pidfd: Option<&OwnedFd>, deadline: Instant) -> bool {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match pidfd {
+            Some(fd) => {
+                let mut pfd = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                let ms = left.as_millis().min(i32::MAX as u128) as i32;
+                // SAFETY: `pfd` is a valid pollfd for the duration of the call; nfds is 1.
+                let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+                if rc > 0 {
+                    return true;
+                }
+                if rc == 0 && left.is_zero() {
+                    return false;
+                }
+                if rc == 0 {
+                    continue;
+                }
+            }
+            None => {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return true;
+                }
+                if left.is_zero() {
+                    return false;
+                }
+                std::thread::sleep(left.min(Duration::from_millis(5)));
+            }
+        }
+    }
+}
+
+/// A pidfd for `pid` (Linux 5.3+), or None where the kernel has none.
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("in1.txt"), "in1.txt");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+        let p = Program::Argv(vec!["echo".into(), "a b".into()]);
+        assert_eq!(p.display(), "echo 'a b'");
+    }
+}
