@@ -294,7 +294,8 @@ impl Runner<'_> {
             if self.in_flight.is_empty() && (self.pending.is_empty() || self.stop != Stop::No) {
                 return Ok(());
             }
-            match results.get_timeout(TICK) {
+            let msg = results.get_timeout(TICK);
+            match msg {
                 Ok(Report::Started { seq, pgid, worker }) => self.started(seq, pgid, worker),
                 Ok(Report::Finished(outcome)) => self.finished(outcome)?,
                 Err(Error::Timeout { .. }) => self.on_tick(workers)?,
@@ -370,13 +371,11 @@ impl Runner<'_> {
         Ok(())
     }
 
-    /// Starts ending the running jobs: takes back jobs not yet started, `SIGTERM`s the others.
+    /// Starts ending the running jobs: `SIGTERM` to each started job's process group.
     fn begin_kill(&mut self) {
         self.stop = Stop::Kill(Instant::now());
-        while let Ok(job) = self.jobs.try_get() {
-            self.in_flight.remove(&job.seq);
-            self.free_slots.insert(job.slot);
-        }
+        // Jobs still on the queue are not taken back (a second consumer's `try_get` waits while a
+        // worker waits in `get`): a worker takes each, and `started` ends it at once.
         for f in self.in_flight.values() {
             if let Some(pgid) = f.pgid {
                 let _ = signal::killpg(Pid::from_raw(pgid), Signal::SIGTERM);

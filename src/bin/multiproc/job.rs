@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use multiproc::Queue;
-use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{self, SigHandler, SigSet, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -283,19 +283,16 @@ pub(crate) fn run_job(job: &Job, cfg: &WorkerConfig, started: impl FnOnce(i32)) 
         }
         Err(e) => return failed_start(job, start, "cannot capture stderr", &e),
     };
-    // Block the worker's signals while the child starts, so that the handler always sees the
-    // job's group once it exists (the child starts with an empty mask: std resets it).
-    let mut block = SigSet::empty();
-    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        block.add(sig);
-    }
-    let mut old = SigSet::empty();
-    let _ = signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&block), Some(&mut old));
     let spawned = cmd.spawn();
     if let Ok(child) = &spawned {
         JOB_PGID.store(child.id() as i32, Ordering::SeqCst);
+        // The runner may have died between the spawn and the store: the handler then saw no job.
+        let runner = RUNNER_PID.load(Ordering::SeqCst);
+        if runner != 0 && nix::unistd::getppid().as_raw() != runner {
+            let _ = signal::killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            std::process::exit(1);
+        }
     }
-    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {

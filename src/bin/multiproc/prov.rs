@@ -92,7 +92,7 @@ struct Flags {
     #[arg(short = 'a', long = "arg-file", value_name = "FILE")]
     arg_file: Vec<PathBuf>,
     /// The command, then `:::` inputs or `::::` files.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     rest: Vec<String>,
 }
 
