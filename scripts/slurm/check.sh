@@ -81,23 +81,31 @@ echo "ok   sbatch --cpus-per-task=2: SLURM_CPUS_PER_TASK=2, $(grep affinity "$wo
 # --- 3. time limits and signals -----------------------------------------------------
 # The job logs every catchable signal it gets (bash runs traps between the 0.1 s sleeps) and never
 # exits on its own: SLURM must end it. SIGKILL cannot be logged; its arrival is the end of the job.
-cat >"$work/sig.sh" <<'JOB'
-#!/bin/bash
-who="${1:-batch}"
+cat >"$work/traps.sh" <<'JOB'
+# Sourced: log each catchable signal as "ROLE sig NAME EPOCH_MS"; then loop forever.
 echo "$who start $(date +%s%3N)"
 for s in TERM USR1 USR2 CONT INT HUP XCPU ALRM; do
     trap "echo $who sig $s \$(date +%s%3N)" "$s"
 done
+JOB
+cat >"$work/sig.sh" <<JOB
+#!/bin/bash
+who="\${1:-batch}"
+. "$work/traps.sh"
 while true; do sleep 0.1; done
 JOB
 chmod +x "$work/sig.sh"
 # Job A: a 10 s limit (rounded up?) with an early warning to the batch shell (B:).
-# Job B: a 1 min limit with an early warning to the steps only (no B:), which run sig.sh via srun.
+# Job B: a 1 min limit with an early warning to the steps only (no B:). The batch shell logs too,
+# and runs the step with srun in the background. (No other background children: with
+# proctrack/linuxproc a child that outlives the batch shell is reparented to PID 1 and escapes
+# the SIGKILL at the time limit; see README.md.)
 cat >"$work/stepjob.sh" <<JOB
 #!/bin/bash
-"$work/sig.sh" batch &
-srun -c 1 "$work/sig.sh" step
-wait
+who=batch
+. "$work/traps.sh"
+srun -c 1 "$work/sig.sh" step &
+while true; do sleep 0.1; done
 JOB
 t_submit="$(now_ms)"
 ida="$(sbatch --parsable -c 1 --time=0:0:10 --signal=B:USR1@30 -o "$work/a.out" "$work/sig.sh")"
@@ -134,5 +142,14 @@ grep -q '^batch sig TERM' "$work/a.out" || fail "job $ida: batch shell got no SI
 grep -q '^batch sig USR1' "$work/a.out" || fail "job $ida: batch shell got no early SIGUSR1 (--signal=B:USR1@30)"
 grep -q '^step sig USR1' "$work/b.out" || fail "job $idb: step got no early SIGUSR1 (--signal=USR1@30)"
 echo "ok   time-limit jobs ended with TIMEOUT"
+# Nothing of the jobs may survive them (bounded: the step's slurmstepd may still be reaping).
+leftover() { pgrep -f "$work/" >/dev/null; }
+if wait_until 10 eval '! leftover'; then
+    echo "ok   no job process outlived its job"
+else
+    ps -o pid,ppid,stat,args -p "$(pgrep -d, -f "$work/")" >&2 || true
+    for p in $(pgrep -f "$work/"); do kill -KILL "$p" 2>/dev/null || true; done
+    fail "job processes outlived their job (killed them)"
+fi
 sinfo -h -o '%T' | grep -Eq 'idle|mixed' || fail "node not idle after the time-limit jobs: $(sinfo -h -o '%T %E')"
 echo "check.sh: passed"
