@@ -5,7 +5,7 @@
 # Every wait is bounded; jobs are polled with `squeue -h -j ID` every 0.1 s (sbatch --wait is 2-10 s late).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$here/common.sh"
 
 quick=0

@@ -1,5 +1,5 @@
 # Shared settings and helpers for start.sh, stop.sh and check.sh. Sourced, not run.
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # the variables are used by the scripts that source this
 
 # Everything the test cluster writes (state, spool, pid files, logs) lives under one directory,
 # so stop.sh + `rm -rf` gives a clean slate. Override with MULTIPROC_SLURM_DIR.

@@ -4,7 +4,7 @@
 # Waits at most MULTIPROC_SLURM_WAIT seconds (default 30) for the node to become idle.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$here/common.sh"
 need_root
 
@@ -48,8 +48,9 @@ SOCKETS="$(field SocketsPerBoard)"
 CORES="$(field CoresPerSocket)"
 THREADS="$(field ThreadsPerCore)"
 MEM="$(field RealMemory)"
-[ -n "$CPUS" ] && [ -n "$SOCKETS" ] && [ -n "$CORES" ] && [ -n "$THREADS" ] && [ -n "$MEM" ] ||
+if [ -z "$CPUS" ] || [ -z "$SOCKETS" ] || [ -z "$CORES" ] || [ -z "$THREADS" ] || [ -z "$MEM" ]; then
     die "could not parse 'slurmd -C' output: $hw"
+fi
 
 install -d -m 0755 "$SLURM_BASE" "$RUN_DIR" "$LOG_DIR" "$SLURM_BASE/ctld" "$SLURM_BASE/spool" "$(dirname "$SLURM_CONF")"
 new_conf="$(mktemp)"

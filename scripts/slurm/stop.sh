@@ -4,7 +4,7 @@
 # Set MULTIPROC_SLURM_KEEP_MUNGE=1 to leave munged running.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$here/common.sh"
 need_root
 
