@@ -3,25 +3,31 @@
 //! The runner forks the workers first, while it is still single-threaded, then hands out jobs
 //! only as slots free up: a job goes on the jobs queue when fewer than `-j` are in flight, so
 //! stopping is simply not putting more. Workers report [`Report::Started`] (the job's process
-//! group, so the runner can signal it) and [`Report::Finished`]. For each finished job the runner
-//! retries it (`--retries`), or writes its joblog line (flushed), prints its output block, and
-//! checks `--halt`.
+//! group, so the runner can signal it) and [`Report::Finished`]. A worker runs a failing job
+//! again itself (`--retries`) and appends the job's joblog line the moment the job ends, before
+//! it reports: so a SIGKILL of the runner loses no finished job's line (the window left is the
+//! microseconds between the job's exit and that write). For each finished job the runner prints
+//! its output block, moves the progress bar, and checks `--halt`.
 //!
-//! Signals: the first `SIGINT`/`SIGTERM`/`SIGHUP` stops dispatching and sends `SIGTERM` to the
-//! running jobs' process groups, then `SIGKILL` after [`TERM_GRACE`]; jobs ended that way are not
-//! written to the joblog, so `--resume` runs them again. A second signal kills the groups at once
-//! and exits. Workers die with the runner (a parent-death signal), killing their job's group.
+//! Stopping (a signal, or `--halt now`): the runner sets a flag in memory shared with the
+//! workers, then sends `SIGTERM` to the running jobs' process groups, `SIGKILL` after
+//! [`TERM_GRACE`]. A job that fails while the run stops did not finish: the worker does not log
+//! it, so `--resume` runs it again. A second signal kills the groups at once and exits. Workers
+//! die with the runner (a parent-death signal), killing their job's group.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::io;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use multiproc::{Error, Process, Queue};
 use nix::sys::signal::{self, SigHandler, SigSet, Signal};
 use nix::unistd::Pid;
 
-use crate::job::{Job, JobOutcome, Report, TERM_GRACE, WorkerConfig, worker_loop};
+use crate::args::{HaltOn, HaltWhen};
+use crate::job::{
+    Job, JobOutcome, Report, STOP_FLAG, TERM_GRACE, WorkerConfig, shared_flag, worker_loop,
+};
 use crate::output::Output;
 
 /// How often the runner looks up from waiting, to notice signals and dead workers.
@@ -33,38 +39,15 @@ pub(crate) trait JobSource {
     fn make(&self, seq: u64, slot: usize) -> Job;
 }
 
-/// Told of every job that ended for good (the joblog).
-pub(crate) trait JobLog {
-    /// Records a finished job; called once per job, in the order they end.
-    fn finished(&mut self, job: &Job, outcome: &JobOutcome) -> io::Result<()>;
-}
-
-/// A log that records nothing.
-#[derive(Debug)]
-pub(crate) struct NoLog;
-
-impl JobLog for NoLog {
-    fn finished(&mut self, _: &Job, _: &JobOutcome) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// When `--halt` stops the run.
+/// `--halt` with any percentage already turned into a count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HaltWhen {
-    /// Kill the running jobs and stop.
-    Now,
-    /// Start no more jobs; let the running ones finish.
-    Soon,
-}
-
-/// `--halt WHEN,fail=N` with any percentage already turned into a count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Halt {
-    /// What to do.
+pub(crate) struct HaltRule {
+    /// Now (kill the running jobs) or soon (let them finish).
     pub(crate) when: HaltWhen,
-    /// After how many failed jobs (at least 1).
-    pub(crate) fail: u64,
+    /// Which finished jobs count.
+    pub(crate) on: HaltOn,
+    /// After how many (at least 1).
+    pub(crate) count: u64,
 }
 
 /// What the runner needs to know, beyond the jobs.
@@ -72,23 +55,27 @@ pub(crate) struct Halt {
 pub(crate) struct EngineOpts {
     /// Jobs at once (`-j`), at least 1.
     pub(crate) jobs: usize,
-    /// Extra attempts for a failed job (`--retries N` allows N+1 runs... see [`Self::retries`]).
-    pub(crate) retries: u32,
+    /// Runs of a failing job in all (`--retries`), at least 1.
+    pub(crate) max_attempts: u32,
     /// Per-job time limit.
     pub(crate) timeout: Option<Duration>,
     /// `--halt`.
-    pub(crate) halt: Option<Halt>,
+    pub(crate) halt: Option<HaltRule>,
     /// Environment for every job (thread caps).
     pub(crate) env: Vec<(String, String)>,
+    /// The joblog (created, header written), appended to by the workers.
+    pub(crate) joblog: Option<PathBuf>,
 }
 
 /// How the run went.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Summary {
-    /// Jobs that ended (and were logged).
+    /// Jobs that ended.
     pub(crate) done: u64,
     /// Of those, how many failed.
     pub(crate) failed: u64,
+    /// Of those, how many succeeded.
+    pub(crate) succeeded: u64,
     /// The signal that stopped the run, if one did.
     pub(crate) interrupted: Option<i32>,
     /// Whether `--halt` stopped the run.
@@ -129,6 +116,11 @@ static GROUPS: [AtomicI32; MAX_TRACKED] = [const { AtomicI32::new(0) }; MAX_TRAC
 /// `_exit`.
 extern "C" fn runner_signal(sig: libc::c_int) {
     LAST_SIGNAL.store(sig, Ordering::SeqCst);
+    let flag = STOP_FLAG.load(Ordering::SeqCst);
+    if !flag.is_null() {
+        // SAFETY: STOP_FLAG points into a mapping that is never unmapped (`shared_flag`).
+        unsafe { (*flag).store(1, Ordering::SeqCst) };
+    }
     if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
         for g in &GROUPS {
             let pgid = g.load(Ordering::SeqCst);
@@ -158,7 +150,6 @@ fn install_signal_handlers() {
 #[derive(Debug)]
 struct InFlight {
     job: Job,
-    attempts: u32,
     pgid: Option<i32>,
     worker: Option<i32>,
     sent: Instant,
@@ -179,7 +170,7 @@ enum Stop {
 struct Runner<'a> {
     opts: &'a EngineOpts,
     source: &'a dyn JobSource,
-    log: &'a mut dyn JobLog,
+    stop_flag: &'static AtomicU8,
     output: &'a mut Output,
     progress: &'a mut dyn Progress,
     jobs: Queue<Job>,
@@ -202,10 +193,11 @@ pub(crate) fn run(
     opts: &EngineOpts,
     source: &dyn JobSource,
     seqs: Vec<u64>,
-    log: &mut dyn JobLog,
     output: &mut Output,
     progress: &mut dyn Progress,
 ) -> Result<Summary, Box<dyn std::error::Error>> {
+    let stop_flag = shared_flag()?;
+    STOP_FLAG.store(std::ptr::from_ref(stop_flag).cast_mut(), Ordering::SeqCst);
     install_signal_handlers();
     let n_workers = opts.jobs.min(seqs.len()).max(1);
     let jobs: Queue<Job> = Queue::new()?;
@@ -213,6 +205,9 @@ pub(crate) fn run(
     let cfg = WorkerConfig {
         timeout: opts.timeout,
         env: opts.env.clone(),
+        max_attempts: opts.max_attempts.max(1),
+        joblog: opts.joblog.clone(),
+        stop: stop_flag,
     };
     let runner = std::process::id() as i32;
     let workers: Vec<Process> = (0..n_workers)
@@ -228,7 +223,7 @@ pub(crate) fn run(
     let mut r = Runner {
         opts,
         source,
-        log,
+        stop_flag,
         output,
         progress,
         jobs,
@@ -272,7 +267,6 @@ impl Runner<'_> {
                 seq,
                 InFlight {
                     job,
-                    attempts: 1,
                     pgid: None,
                     worker: None,
                     sent: Instant::now(),
@@ -325,29 +319,18 @@ impl Runner<'_> {
     }
 
     fn finished(&mut self, outcome: JobOutcome) -> Result<(), Box<dyn std::error::Error>> {
-        let Some(mut f) = self.in_flight.remove(&outcome.seq) else {
+        let Some(f) = self.in_flight.remove(&outcome.seq) else {
             return Ok(());
         };
         if let Some(g) = GROUPS.get(f.job.slot) {
             g.store(0, Ordering::SeqCst);
         }
-        let stopping = matches!(self.stop, Stop::Kill(_));
-        if !outcome.ok() && f.attempts <= self.opts.retries && self.stop == Stop::No {
-            // Retry in the same slot.
-            f.attempts += 1;
-            f.pgid = None;
-            f.worker = None;
-            f.sent = Instant::now();
-            self.jobs.put(&f.job)?;
-            self.in_flight.insert(outcome.seq, f);
-            return Ok(());
-        }
         self.free_slots.insert(f.job.slot);
-        if stopping && outcome.signal != 0 {
-            // Ended by the stop itself: not done, so not logged; --resume runs it again.
+        let stopping = matches!(self.stop, Stop::Kill(_));
+        if stopping && !outcome.logged && !outcome.ok() {
+            // Ended by the stop itself (or never started): not done; --resume runs it again.
             return Ok(());
         }
-        self.log.finished(&f.job, &outcome)?;
         self.summary.done += 1;
         if !outcome.ok() {
             self.summary.failed += 1;
@@ -357,10 +340,16 @@ impl Runner<'_> {
         self.progress.suspend(&mut || res = output.finished(job, &outcome));
         res?;
         self.progress.tick();
+        if outcome.ok() {
+            self.summary.succeeded += 1;
+        }
         if let Some(halt) = self.opts.halt
-            && !outcome.ok()
-            && self.summary.failed >= halt.fail
             && self.stop == Stop::No
+            && match halt.on {
+                HaltOn::Fail => !outcome.ok() && self.summary.failed >= halt.count,
+                HaltOn::Success => outcome.ok() && self.summary.succeeded >= halt.count,
+                HaltOn::Done => self.summary.done >= halt.count,
+            }
         {
             self.summary.halted = true;
             match halt.when {
@@ -374,6 +363,7 @@ impl Runner<'_> {
     /// Starts ending the running jobs: `SIGTERM` to each started job's process group.
     fn begin_kill(&mut self) {
         self.stop = Stop::Kill(Instant::now());
+        self.stop_flag.store(1, Ordering::SeqCst);
         // Jobs still on the queue are not taken back (a second consumer's `try_get` waits while a
         // worker waits in `get`): a worker takes each, and `started` ends it at once.
         for f in self.in_flight.values() {
@@ -448,6 +438,8 @@ impl Runner<'_> {
                 timed_out: false,
                 stdout: Vec::new(),
                 stderr: format!("multiproc: job {seq}: its worker process died\n").into_bytes(),
+                attempts: 1,
+                logged: false,
             };
             self.finished(outcome)?;
         }

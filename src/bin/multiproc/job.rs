@@ -7,18 +7,21 @@
 //! captured. Captured streams go to anonymous memory files (`memfd`), read back once the job
 //! has ended, so a job that writes a lot never blocks on a full pipe.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use multiproc::Queue;
 use nix::sys::signal::{self, SigHandler, SigSet, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+
+use crate::joblog::Entry;
 
 /// How long a job has to end after `SIGTERM` before it gets `SIGKILL` (timeouts and shutdown).
 pub(crate) const TERM_GRACE: Duration = Duration::from_secs(2);
@@ -32,33 +35,6 @@ pub(crate) enum Program {
     Shell(String),
 }
 
-impl Program {
-    /// The command as a joblog or `--dry-run` shows it: argv words shell-quoted when needed.
-    pub(crate) fn display(&self) -> String {
-        match self {
-            Program::Shell(s) => s.clone(),
-            Program::Argv(words) => words
-                .iter()
-                .map(|w| shell_quote(w))
-                .collect::<Vec<_>>()
-                .join(" "),
-        }
-    }
-}
-
-/// `word` quoted for a POSIX shell, unchanged when it needs no quoting.
-pub(crate) fn shell_quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%^".contains(&b));
-    if plain {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
-}
-
 /// One job, as the runner hands it to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Job {
@@ -70,6 +46,8 @@ pub(crate) struct Job {
     pub(crate) args: Vec<String>,
     /// What to run.
     pub(crate) program: Program,
+    /// The command as shell code, for the joblog and `--dry-run`.
+    pub(crate) command_line: String,
     /// A file for the job's stdin (`--stdin`); `/dev/null` when `None`.
     pub(crate) stdin: Option<String>,
     /// A file for the job's stdout (`--stdout`), created or truncated; captured when `None`.
@@ -87,8 +65,8 @@ pub(crate) struct JobOutcome {
     pub(crate) start: f64,
     /// How long it ran, in seconds.
     pub(crate) runtime: f64,
-    /// Its exit code (0 when killed by a signal, as GNU parallel records it; 127 when the
-    /// program was not found, 126 when it could not be run).
+    /// Its exit code, as GNU parallel records it: 0 when killed by a signal, -1 when ended by
+    /// `--timeout`; 127 when the program was not found, 126 when it could not be run.
     pub(crate) exit: i32,
     /// The signal that killed it, or 0.
     pub(crate) signal: i32,
@@ -98,6 +76,11 @@ pub(crate) struct JobOutcome {
     pub(crate) stdout: Vec<u8>,
     /// Its captured stderr, plus multiproc's own message when the job could not start.
     pub(crate) stderr: Vec<u8>,
+    /// How many times it ran (`--retries`).
+    pub(crate) attempts: u32,
+    /// Whether the worker wrote its joblog line (false for a job ended by a stop of the run:
+    /// it did not finish, and `--resume` runs it again).
+    pub(crate) logged: bool,
 }
 
 impl JobOutcome {
@@ -130,12 +113,48 @@ pub(crate) struct WorkerConfig {
     pub(crate) timeout: Option<Duration>,
     /// Environment variables for every job (the thread caps).
     pub(crate) env: Vec<(String, String)>,
+    /// Runs of a failing job in all (`--retries`), at least 1.
+    pub(crate) max_attempts: u32,
+    /// The joblog, already created (header written) by the runner; each worker appends to it.
+    pub(crate) joblog: Option<PathBuf>,
+    /// Set (by the runner, in memory shared with the workers) once the run is stopping.
+    pub(crate) stop: &'static AtomicU8,
 }
+
+/// A flag in memory shared by the runner and the workers it forks afterwards: the runner sets
+/// it when the run stops (from its signal handler too), workers read it.
+///
+/// # Errors
+///
+/// When the shared page cannot be mapped.
+pub(crate) fn shared_flag() -> std::io::Result<&'static AtomicU8> {
+    let len = std::num::NonZeroUsize::new(4096).expect("non-zero");
+    // SAFETY: a fresh anonymous shared mapping at an address the kernel picks; it is never
+    // unmapped, so the reference below stays valid for the life of the process (and of its
+    // forked children, which inherit the mapping).
+    let ptr = unsafe {
+        nix::sys::mman::mmap_anonymous(
+            None,
+            len,
+            nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+            nix::sys::mman::MapFlags::MAP_SHARED,
+        )
+    }?;
+    // SAFETY: the mapping is zeroed, page-aligned, and lives forever (above); AtomicU8 has no
+    // alignment or validity requirement beyond a byte.
+    Ok(unsafe { &*ptr.as_ptr().cast::<AtomicU8>() })
+}
+
+/// The stop flag, for the runner's signal handler.
+pub(crate) static STOP_FLAG: AtomicPtr<AtomicU8> = AtomicPtr::new(std::ptr::null_mut());
 
 /// The runner's pid, for the worker's signal handler.
 static RUNNER_PID: AtomicI32 = AtomicI32::new(0);
 /// The process group of the job the worker runs now, or 0.
 static JOB_PGID: AtomicI32 = AtomicI32::new(0);
+/// Set when the worker itself got `SIGINT`/`SIGTERM`/`SIGHUP` (as every process of a SLURM job
+/// does at its time limit): the run is stopping even if the runner has not said so yet.
+static GOT_SIGNAL: AtomicBool = AtomicBool::new(false);
 
 /// The worker's handler for `SIGTERM` (its parent-death signal) and `SIGINT`: while the runner
 /// lives it does nothing (the runner decides what happens to jobs); once the runner is gone it
@@ -143,6 +162,7 @@ static JOB_PGID: AtomicI32 = AtomicI32::new(0);
 /// `kill` and `_exit` only.
 extern "C" fn worker_signal(_: libc::c_int) {
     // SAFETY: getppid, kill and _exit are async-signal-safe and take plain integers.
+    GOT_SIGNAL.store(true, Ordering::SeqCst);
     unsafe {
         if libc::getppid() != RUNNER_PID.load(Ordering::SeqCst) {
             let pgid = JOB_PGID.load(Ordering::SeqCst);
@@ -172,23 +192,84 @@ fn worker_setup(runner: i32) -> bool {
     nix::unistd::getppid().as_raw() == runner
 }
 
-/// A worker's life: take jobs until a pill (or until the runner is gone), run each, report.
+/// A worker's life: take jobs until a pill (or until the runner is gone), run each (again on
+/// failure, up to `--retries`), append its joblog line, report.
 pub(crate) fn worker_loop(runner: i32, cfg: &WorkerConfig, jobs: &Queue<Job>, out: &Queue<Report>) {
     if !worker_setup(runner) {
         return;
     }
+    let mut log = cfg
+        .joblog
+        .as_ref()
+        .and_then(|p| OpenOptions::new().append(true).open(p).ok());
     let me = std::process::id() as i32;
+    let stopping = || cfg.stop.load(Ordering::SeqCst) != 0 || GOT_SIGNAL.load(Ordering::SeqCst);
     for job in jobs.iter() {
-        let outcome = run_job(&job, cfg, |pgid| {
-            let _ = out.put(&Report::Started {
-                seq: job.seq,
-                pgid,
-                worker: me,
-            });
-        });
+        let mut outcome = if stopping() {
+            not_started(&job)
+        } else {
+            let mut attempt = 1;
+            loop {
+                let mut o = run_job(&job, cfg, |pgid| {
+                    let _ = out.put(&Report::Started {
+                        seq: job.seq,
+                        pgid,
+                        worker: me,
+                    });
+                });
+                o.attempts = attempt;
+                if o.ok() || attempt >= cfg.max_attempts || stopping() {
+                    break o;
+                }
+                attempt += 1;
+            }
+        };
+        if !outcome.ok() && outcome.attempts > 0 && !outcome.timed_out && !stopping() {
+            // Killed by a signal at the moment the run stops (SLURM signals every process of the
+            // job at once): give the runner's handler a moment to set the flag.
+            if outcome.signal != 0 || outcome.exit > 128 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        // A job that failed while the run stops did not finish: not logged, --resume reruns it.
+        let interrupted = outcome.attempts == 0 || (!outcome.ok() && !outcome.timed_out && stopping());
+        if !interrupted && let Some(file) = log.as_mut() {
+            outcome.logged = file.write_all(entry(&job, &outcome).to_line().as_bytes()).is_ok();
+        }
         if out.put(&Report::Finished(outcome)).is_err() {
             return;
         }
+    }
+}
+
+/// The joblog line of a finished job.
+fn entry(job: &Job, o: &JobOutcome) -> Entry {
+    let start = UNIX_EPOCH + Duration::from_secs_f64(o.start.max(0.0));
+    let mut e = Entry::local(
+        job.seq,
+        start,
+        Duration::from_secs_f64(o.runtime.max(0.0)),
+        job.command_line.clone(),
+    );
+    e.receive = o.stdout.len() as u64;
+    e.exitval = o.exit;
+    e.signal = o.signal;
+    e
+}
+
+/// The outcome of a job the worker did not start because the run is stopping.
+fn not_started(job: &Job) -> JobOutcome {
+    JobOutcome {
+        seq: job.seq,
+        start: unix_now(),
+        runtime: 0.0,
+        exit: -1,
+        signal: 0,
+        timed_out: false,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        attempts: 0,
+        logged: false,
     }
 }
 
@@ -230,6 +311,8 @@ fn failed_start(job: &Job, start: f64, what: &str, err: &std::io::Error) -> JobO
         timed_out: false,
         stdout: Vec::new(),
         stderr: format!("multiproc: job {}: {what}: {err}\n", job.seq).into_bytes(),
+        attempts: 1,
+        logged: false,
     }
 }
 
@@ -296,7 +379,10 @@ pub(crate) fn run_job(job: &Job, cfg: &WorkerConfig, started: impl FnOnce(i32)) 
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            let what = format!("cannot run {}", job.program.display());
+            let what = match &job.program {
+                Program::Argv(words) => format!("cannot run {}", words[0]),
+                Program::Shell(_) => "cannot run /bin/sh".to_string(),
+            };
             return failed_start(job, start, &what, &e);
         }
     };
@@ -307,6 +393,7 @@ pub(crate) fn run_job(job: &Job, cfg: &WorkerConfig, started: impl FnOnce(i32)) 
     JOB_PGID.store(0, Ordering::SeqCst);
     let runtime = t0.elapsed().as_secs_f64();
     let (exit, signal) = match status {
+        Some(s) if timed_out => (-1, s.signal().unwrap_or(0)),
         Some(s) => (s.code().unwrap_or(0), s.signal().unwrap_or(0)),
         None => (-1, 0),
     };
@@ -319,6 +406,8 @@ pub(crate) fn run_job(job: &Job, cfg: &WorkerConfig, started: impl FnOnce(i32)) 
         timed_out,
         stdout: out_fd.map(read_back).unwrap_or_default(),
         stderr: read_back(err_fd),
+        attempts: 1,
+        logged: false,
     }
 }
 
@@ -394,19 +483,4 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     }
     // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
     Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting() {
-        assert_eq!(shell_quote("in1.txt"), "in1.txt");
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote(""), "''");
-        let p = Program::Argv(vec!["echo".into(), "a b".into()]);
-        assert_eq!(p.display(), "echo 'a b'");
-    }
 }

@@ -9,23 +9,32 @@
 //! 2 for a usage error or bad input (before any job starts); 128+N when stopped by signal N;
 //! 255 when the runner itself failed.
 //!
-//! Layout: [`prov`] turns the command line into a `Config` (flags, replacement strings, joblog);
-//! this file turns the `Config` into jobs and engine options; [`engine`] runs them on worker
-//! processes ([`job`] is one job, [`output`] prints their output).
+//! Layout: [`args`] turns the command line into a validated `Config` ([`template`] for the
+//! replacement strings, [`input`] for the input sources, [`joblog`] for `--joblog`); this file
+//! turns the `Config` into jobs and engine options; [`engine`] runs them on worker processes
+//! ([`job`] runs one job, [`output`] prints their output).
 
+// `command_words`, `ConfigError::exit_code`, `JoblogState::failed` and `JoblogWriter::write`
+// serve the modules' own tests and other callers; the runner appends lines from its workers.
+#[allow(dead_code)]
+mod args;
 mod engine;
+mod input;
 mod job;
+#[allow(dead_code)]
+mod joblog;
 mod output;
-mod prov;
+mod template;
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use crate::engine::{EngineOpts, Halt, JobLog, JobSource, NoLog, NoProgress, Progress};
+use crate::args::{Config, ConfigError, Halt, Resume, Threshold};
+use crate::engine::{EngineOpts, HaltRule, JobSource, NoProgress, Progress};
 use crate::job::{Job, Program};
+use crate::joblog::{JoblogError, JoblogState, JoblogWriter};
 use crate::output::Output;
-use crate::prov::{Config, HaltFail, JobLogWriter, UsageError};
+use crate::template::{JobValues, shell_quote};
 
 /// The thread-count variables each job gets (unless already set).
 const THREAD_VARS: [&str; 3] = ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"];
@@ -35,123 +44,167 @@ const USAGE: u8 = 2;
 /// Exit status when the runner itself fails.
 const INTERNAL: u8 = 255;
 
-fn main() -> ExitCode {
-    match run() {
-        Ok(code) => code,
-        Err(e) => {
-            if let Some(clap) = e.downcast_ref::<clap::Error>() {
-                // Help and version go to stdout with status 0; usage errors exit 2.
-                let _ = clap.print();
-                return ExitCode::from(if clap.use_stderr() { USAGE } else { 0 });
-            }
-            eprintln!("multiproc: error: {e}");
-            if e.is::<UsageError>() {
-                ExitCode::from(USAGE)
-            } else {
-                ExitCode::from(INTERNAL)
-            }
+/// An error that ends the run, with its exit status.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    /// Bad input found before any job starts.
+    fn usage(message: impl std::fmt::Display) -> Self {
+        Failure {
+            message: message.to_string(),
+            code: USAGE,
         }
     }
 }
 
-/// Makes jobs from the config's templates and inputs.
+fn main() -> ExitCode {
+    let config = match Config::parse_from(std::env::args_os()) {
+        Ok(c) => c,
+        // Help and version go to stdout with status 0; usage errors to stderr with status 2.
+        Err(ConfigError::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("multiproc: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    match run(&config) {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("multiproc: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Makes jobs from the config's templates and the inputs.
 #[derive(Debug)]
 struct Jobs<'a> {
     cfg: &'a Config,
-    append_input: bool,
+    /// One list of values (one per input source) per job; job `seq` is `inputs[seq - 1]`.
+    inputs: Vec<Vec<String>>,
+    /// True when only `--stdin`/`--stdout` use the input: it is then not appended to the
+    /// command (`--stdin {} ./mmul` runs `./mmul < in1`, not `./mmul in1 < in1`).
+    no_append: bool,
 }
 
 impl JobSource for Jobs<'_> {
     fn make(&self, seq: u64, slot: usize) -> Job {
         let cfg = self.cfg;
-        let args = cfg.args_of(seq);
-        let quote = cfg.shell;
-        let mut words: Vec<String> = cfg
-            .command
-            .iter()
-            .map(|t| t.render(&args, seq, slot, quote))
-            .collect();
-        if self.append_input {
-            if quote {
-                words.extend(args.iter().map(|a| job::shell_quote(a)));
-            } else {
-                words.extend(args.iter().cloned());
-            }
-        }
+        let args = &self.inputs[(seq - 1) as usize];
+        let full = JobValues { seq, slot, args };
+        let cmd = JobValues {
+            args: if self.no_append { &[] } else { args },
+            ..full
+        };
+        let command_line = cfg.command.render_shell(&cmd);
         let program = if cfg.shell {
-            Program::Shell(words.join(" "))
+            Program::Shell(command_line.clone())
         } else {
-            Program::Argv(words)
+            Program::Argv(cfg.command.render_argv(&cmd))
         };
         Job {
             seq,
             slot,
             program,
-            stdin: cfg.stdin.as_ref().map(|t| t.render(&args, seq, slot, false)),
-            stdout: cfg.stdout.as_ref().map(|t| t.render(&args, seq, slot, false)),
+            command_line,
+            stdin: cfg.stdin.as_ref().map(|t| t.render_single(&full)),
+            stdout: cfg.stdout.as_ref().map(|t| t.render_single(&full)),
             env: vec![
                 ("PARALLEL_SEQ".to_string(), seq.to_string()),
                 ("PARALLEL_JOBSLOT".to_string(), slot.to_string()),
             ],
-            args,
+            args: args.clone(),
         }
     }
 }
 
 /// How many jobs at once, the threads each gets, and why (for `--verbose`).
-fn sizing(cfg: &Config) -> Result<(usize, usize, String), Box<dyn std::error::Error>> {
-    let budget = multiproc::cpu_budget().map_err(|e| UsageError(e.to_string()))?;
+///
+/// `-j` wins; otherwise the CPU budget ([`multiproc::cpu_budget`]: SLURM's allocation, capped by
+/// the affinity mask and cgroup quota) divided by `--threads-per-job`. Each job gets
+/// `--threads-per-job` threads when given (K > 1), else max(1, CPUs / jobs).
+fn sizing(cfg: &Config) -> Result<(usize, usize, bool, String), Failure> {
+    let budget = multiproc::cpu_budget().map_err(Failure::usage)?;
     let cpus = budget.count;
-    let (jobs, why) = match (cfg.jobs, cfg.threads_per_job) {
-        (Some(j), _) => (j, "-j".to_string()),
-        (None, Some(k)) => (
-            (cpus / k).max(1),
-            format!("{budget} / --threads-per-job {k}"),
-        ),
-        (None, None) => (cpus, budget.to_string()),
+    let k = cfg.threads_per_job.get();
+    let (jobs, why) = match (cfg.jobs, k) {
+        (Some(j), _) => (j.get(), "-j".to_string()),
+        (None, 1) => (cpus, budget.to_string()),
+        (None, k) => ((cpus / k).max(1), format!("{budget} / --threads-per-job {k}")),
     };
-    let threads = cfg.threads_per_job.unwrap_or((cpus / jobs).max(1));
-    Ok((jobs, threads, why))
+    let explicit = k > 1;
+    let threads = if explicit { k } else { (cpus / jobs).max(1) };
+    Ok((jobs, threads, explicit, why))
 }
 
-/// The body of `main`: parse, check, run, and pick the exit status.
-fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let cfg = Config::parse(std::env::args().collect())?;
-    let sources = cfg.sources.len();
-    for t in cfg.command.iter().chain(&cfg.stdin).chain(&cfg.stdout) {
-        if t.max_source() > sources {
-            return Err(UsageError(format!(
-                "{{{}}} names input source {} but there are only {sources}",
-                t.max_source(),
-                t.max_source()
-            ))
-            .into());
-        }
+/// Reads every input combination (the first source is streamed; it must end).
+fn read_inputs(cfg: &Config) -> Result<Vec<Vec<String>>, Failure> {
+    let combos = input::Combinations::new(&cfg.sources)
+        .map_err(|e| Failure::usage(format!("cannot read the inputs: {e}")))?;
+    combos
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| Failure::usage(format!("cannot read the inputs: {e}")))
+}
+
+/// Opens the joblog: checks it is one of ours, reads what an earlier run did (for `--resume*`),
+/// then creates it afresh (no resume) or reopens it for appending.
+fn open_joblog(cfg: &Config) -> Result<JoblogState, Failure> {
+    let Some(path) = &cfg.joblog else {
+        return Ok(JoblogState::default());
+    };
+    // Refuse a file that is not a joblog, even when it would only be overwritten.
+    let state = JoblogState::read(path).map_err(|e| match e {
+        JoblogError::NotAJoblog { .. } => Failure::usage(format!(
+            "--joblog {}: {e}; refusing to use or overwrite it",
+            path.display()
+        )),
+        e => Failure::usage(format!("--joblog {}: {e}", path.display())),
+    })?;
+    if cfg.dry_run {
+        return Ok(state);
     }
-    let (jobs, threads, why) = sizing(&cfg)?;
+    if cfg.resume == Resume::No {
+        JoblogWriter::create(path).map_err(|e| Failure::usage(format!("--joblog: {e}")))?;
+        return Ok(JoblogState::default());
+    }
+    let (_, torn) =
+        JoblogWriter::resume(path).map_err(|e| Failure::usage(format!("--joblog: {e}")))?;
+    if let Some(t) = torn {
+        eprintln!(
+            "multiproc: --joblog {}: dropped a torn last line (line {}, {} bytes): that job runs again",
+            path.display(),
+            t.line_no,
+            t.bytes
+        );
+    }
+    Ok(state)
+}
+
+/// The body of `main`: check, run, and pick the exit status.
+fn run(cfg: &Config) -> Result<ExitCode, Failure> {
+    let (jobs, threads, explicit, why) = sizing(cfg)?;
     let env: Vec<(String, String)> = THREAD_VARS
         .iter()
-        .filter(|v| std::env::var_os(v).is_none() || cfg.threads_per_job.is_some())
+        .filter(|v| explicit || std::env::var_os(v).is_none())
         .map(|v| (v.to_string(), threads.to_string()))
         .collect();
-    let total = cfg.total();
-    // Jobs already done according to the joblog.
-    let previous: HashMap<u64, bool> = match &cfg.joblog {
-        Some(path) => prov::read_joblog(path)?,
-        None => HashMap::new(),
-    };
+    let state = open_joblog(cfg)?;
+    let inputs = read_inputs(cfg)?;
+    let total = inputs.len() as u64;
     let seqs: Vec<u64> = (1..=total)
-        .filter(|seq| match previous.get(seq) {
-            Some(_) if cfg.resume => false,
-            Some(&ok) if cfg.resume_failed => !ok,
-            _ => true,
-        })
+        .filter(|&seq| !state.skips(seq, cfg.resume))
         .collect();
+    let any_single = cfg.stdin.iter().chain(&cfg.stdout).any(|t| t.has_replacements());
     let source = Jobs {
-        cfg: &cfg,
-        append_input: !cfg.uses_input(),
+        cfg,
+        inputs,
+        no_append: !cfg.command.has_replacements() && any_single,
     };
-    if cfg.verbose {
+    if cfg.verbose > 0 {
         eprintln!(
             "multiproc: {jobs} jobs at once ({why}), {threads} thread{} per job, {} of {total} jobs to run",
             if threads == 1 { "" } else { "s" },
@@ -161,77 +214,74 @@ fn run() -> Result<ExitCode, Box<dyn std::error::Error>> {
     if cfg.dry_run {
         for &seq in &seqs {
             let job = source.make(seq, 1);
-            let mut line = job.program.display();
+            let mut line = job.command_line.clone();
             if let Some(i) = &job.stdin {
-                line.push_str(&format!(" < {}", job::shell_quote(i)));
+                line.push_str(&format!(" < {}", shell_quote(i)));
             }
             if let Some(o) = &job.stdout {
-                line.push_str(&format!(" > {}", job::shell_quote(o)));
+                line.push_str(&format!(" > {}", shell_quote(o)));
             }
             println!("{line}");
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut log: Box<dyn JobLog> = match &cfg.joblog {
-        Some(path) => {
-            let append = cfg.resume || cfg.resume_failed;
-            Box::new(JobLogWriter::open(path, append).map_err(|e| {
-                UsageError(format!("cannot write joblog {}: {e}", path.display()))
-            })?)
-        }
-        None => Box::new(NoLog),
-    };
     if seqs.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    let halt = cfg.halt.map(|h| Halt {
-        when: h.when,
-        fail: match h.fail {
-            HaltFail::Count(n) => n,
-            HaltFail::Percent(p) => ((total as f64 * p / 100.0).ceil() as u64).max(1),
-        },
-    });
+    let halt = match cfg.halt {
+        Halt::Never => None,
+        Halt::When {
+            when,
+            on,
+            threshold,
+        } => Some(HaltRule {
+            when,
+            on,
+            count: match threshold {
+                Threshold::Count(n) => n.get(),
+                Threshold::Percent(p) => ((total as f64 * p / 100.0).ceil() as u64).max(1),
+            },
+        }),
+    };
     let opts = EngineOpts {
         jobs,
-        retries: cfg.retries,
+        max_attempts: cfg.max_attempts.get(),
         timeout: cfg.timeout,
         halt,
         env,
+        joblog: cfg.joblog.clone(),
     };
     let mut output = Output::new(cfg.keep_order, cfg.results.clone());
     output.expect(&seqs);
-    let show_bar = cfg.bar || std::io::stderr().is_terminal();
-    let mut progress: Box<dyn Progress> = if show_bar {
+    let mut progress: Box<dyn Progress> = if cfg.bar || std::io::stderr().is_terminal() {
         Box::new(Bar::new(seqs.len() as u64))
     } else {
         Box::new(NoProgress)
     };
-    let summary = engine::run(
-        &opts,
-        &source,
-        seqs,
-        &mut *log,
-        &mut output,
-        &mut *progress,
-    )
-    .map_err(|e| format!("{e}"))?;
+    let summary = engine::run(&opts, &source, seqs, &mut output, &mut *progress).map_err(|e| {
+        Failure {
+            message: e.to_string(),
+            code: INTERNAL,
+        }
+    })?;
     if let Some(sig) = summary.interrupted {
         eprintln!(
-            "multiproc: stopped by signal {sig}: {} jobs done, running jobs ended (not logged: --resume runs them again)",
+            "multiproc: stopped by signal {sig} after {} jobs; the jobs it ended are not in the joblog (--resume runs them)",
             summary.done
         );
         return Ok(ExitCode::from((128 + sig).clamp(0, 255) as u8));
     }
     if summary.halted {
         eprintln!(
-            "multiproc: --halt: stopped after {} failed jobs",
-            summary.failed
+            "multiproc: --halt: stopped after {} jobs ({} failed)",
+            summary.done, summary.failed
         );
     }
     Ok(ExitCode::from(summary.failed.min(101) as u8))
 }
 
-/// The `--bar` progress bar (indicatif), with ETA.
+/// The progress bar (indicatif) with ETA, on stderr: `--bar`, or by default when stderr is a
+/// terminal (so it is silent in batch jobs).
 #[derive(Debug)]
 struct Bar(indicatif::ProgressBar);
 
