@@ -286,7 +286,7 @@ fn thread_caps_and_verbose_header() {
     let r = run_in(&d, &["-v", "-j", "1", "--shell", "echo $OMP_NUM_THREADS $MKL_NUM_THREADS $OPENBLAS_NUM_THREADS #{}", ":::", "x"], None);
     let cpus = std::thread::available_parallelism().unwrap().get();
     assert_eq!(r.stdout.trim(), format!("{cpus} {cpus} {cpus}"));
-    assert!(r.stderr.contains("multiproc: 1 jobs at once (-j)"), "{}", r.stderr);
+    assert!(r.stderr.contains("multiproc: 1 job at once (-j)"), "{}", r.stderr);
     // An OMP_NUM_THREADS set by the user is kept.
     let mut cmd = mp(&d);
     cmd.env("OMP_NUM_THREADS", "7")
@@ -299,14 +299,14 @@ fn thread_caps_and_verbose_header() {
         .args(["-v", "--shell", "echo $OMP_NUM_THREADS #{}", ":::", "x"]);
     let r = run_cmd(cmd, None);
     assert!(
-        r.stderr.contains("multiproc: 1 jobs at once (1 CPU (SLURM_CPUS_PER_TASK))"),
+        r.stderr.contains("multiproc: 1 job at once (1 CPU (SLURM_CPUS_PER_TASK))"),
         "{}",
         r.stderr
     );
     let r = run_in(&d, &["-v", "--threads-per-job", "2", "--shell", "echo $OMP_NUM_THREADS #{}", ":::", "x"], None);
     assert_eq!(r.stdout.trim(), "2");
     let jobs = (cpus / 2).max(1);
-    assert!(r.stderr.contains(&format!("multiproc: {jobs} jobs at once (")), "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("multiproc: {jobs} job{} at once (", if jobs == 1 { "" } else { "s" })), "{}", r.stderr);
     assert!(r.stderr.contains("--threads-per-job 2"), "{}", r.stderr);
 }
 

@@ -206,7 +206,8 @@ fn run(cfg: &Config) -> Result<ExitCode, Failure> {
     };
     if cfg.verbose > 0 {
         eprintln!(
-            "multiproc: {jobs} jobs at once ({why}), {threads} thread{} per job, {} of {total} jobs to run",
+            "multiproc: {jobs} job{} at once ({why}), {threads} thread{} per job, {} of {total} jobs to run",
+            if jobs == 1 { "" } else { "s" },
             if threads == 1 { "" } else { "s" },
             seqs.len()
         );
