@@ -58,12 +58,12 @@ declare -A R
 run_true() {
     time_it R[mp_true] "$MP" -j "$JOBS" true :::: "$work/true.in"
     time_it R[par_true] parallel -j "$JOBS" true :::: "$work/true.in"
-    time_it R[xargs_true] xargs -P "$JOBS" -n 1 true <"$work/true.in"
+    time_it R[xargs_true] xargs -a "$work/true.in" -P "$JOBS" -n 1 true
 }
 run_mmul() {
     time_it R[mp_mmul] "$MP" -j "$JOBS" --stdin {} --stdout {}.out "$MMUL" :::: "$work/mmul.in"
     time_it R[par_mmul] parallel -j "$JOBS" "$MMUL < {} > {}.out" :::: "$work/mmul.in"
-    time_it R[xargs_mmul] xargs -P "$JOBS" -I{} sh -c "$MMUL < {} > {}.out" <"$work/mmul.in"
+    time_it R[xargs_mmul] xargs -a "$work/mmul.in" -P "$JOBS" -I{} sh -c "$MMUL < {} > {}.out"
     # The binary alone, one after another: the work itself, for reference.
     time_it R[serial_mmul] sh -c "while read -r f; do $MMUL < \$f > \$f.out; done < $work/mmul.in"
 }

@@ -53,9 +53,11 @@ if [ ! -x "$MMUL" ]; then
 fi
 
 work="$(mktemp -d /tmp/multiproc-slurm-test.XXXXXX)"
-jobs_submitted=()
 cleanup() {
-    for j in "${jobs_submitted[@]}"; do scancel "$j" 2>/dev/null || true; done
+    # Jobs still queued or running (a failed test) are cancelled.
+    if [ -s "$work/submitted" ]; then
+        while read -r j; do scancel "$j" 2>/dev/null || true; done <"$work/submitted"
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -72,9 +74,10 @@ wait_job() {
 }
 job_field() { scontrol show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n1; }
 submit() { # submit NAME SBATCH-ARGS... : prints the job id
-    local id
-    id="$(sbatch --parsable -D "$work" "$@")" || fail "sbatch $* failed"
-    jobs_submitted+=("$id")
+    local name="$1" id
+    shift
+    id="$(sbatch --parsable -J "multiproc-test-$name" -D "$work" "$@")" || fail "sbatch $* failed"
+    echo "$id" >>"$work/submitted"
     echo "$id"
 }
 # rows LOG: the joblog's job lines.
@@ -112,7 +115,7 @@ echo "ok   sbatch --cpus-per-task=2: 20 mmul jobs, 2 at once from SLURM_CPUS_PER
 # --- 2. srun -c 1 inside an sbatch job ---------------------------------------------------------
 cat >"$work/step.sh" <<JOB
 #!/bin/bash
-srun --immediate=30 -c 1 "$MP" -v --shell 'echo threads=\$OMP_NUM_THREADS {}' ::: a b
+srun --immediate=30 -n 1 -c 1 "$MP" -v --shell 'echo threads=\$OMP_NUM_THREADS {}' ::: a b
 JOB
 t0="$(now_ms)"
 id="$(submit step --cpus-per-task=2 --time=0:05 -o "$work/step.log" "$work/step.sh")"
@@ -148,7 +151,7 @@ grep -q 'stopped by signal 15' "$work/limit.log" || fail "no clean stop on SIGTE
 if pgrep -f "out/[0-9]" >/dev/null; then fail "job processes outlived the time limit: $(pgrep -af 'out/[0-9]')"; fi
 echo "ok   --time limit: TIMEOUT after $(($(now_ms) - t0)) ms with $done_before/100 jobs done; runner stopped on SIGTERM"
 t0="$(now_ms)"
-srun --immediate=30 -D "$work" -c 2 --time=0:05 "$MP" --resume "${ARGS[@]}" >"$work/resume.log" 2>&1 ||
+srun --immediate=30 -n 1 -D "$work" -c 2 --time=0:05 "$MP" --resume "${ARGS[@]}" >"$work/resume.log" 2>&1 ||
     fail "--resume run failed: $(cat "$work/resume.log")"
 [ "$(rows "$work/limit.joblog" | wc -l)" -eq 100 ] || fail "joblog has $(rows "$work/limit.joblog" | wc -l) lines"
 [ "$(rows "$work/limit.joblog" | cut -f1 | sort -u | wc -l)" -eq 100 ] || fail "a seq is logged twice"
