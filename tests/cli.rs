@@ -163,7 +163,10 @@ fn wait_bg(r: &mut Reap, limit: Duration) -> Option<i32> {
         if let Some(st) = r.0.try_wait().unwrap() {
             return st.code();
         }
-        assert!(Instant::now() < deadline, "runner still running after {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "runner still running after {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -188,8 +191,21 @@ fn replacement_strings() {
     let r = run_in(
         &d,
         &[
-            "-k", "-j", "2", "--", "echo", "{}", "{.}", "{/}", "{//}", "{/.}", "{#}", "{%}",
-            ":::", "dir/a.txt", "b",
+            "-k",
+            "-j",
+            "2",
+            "--",
+            "echo",
+            "{}",
+            "{.}",
+            "{/}",
+            "{//}",
+            "{/.}",
+            "{#}",
+            "{%}",
+            ":::",
+            "dir/a.txt",
+            "b",
         ],
         None,
     );
@@ -210,7 +226,11 @@ fn inputs_from_files_and_stdin() {
     let r = run_in(&d, &["echo", "s"], Some("p\nq\n"));
     assert_eq!(sorted_lines(&r.stdout), ["s p", "s q"]);
     // Two sources: every combination, {1} and {2}.
-    let r = run_in(&d, &["-k", "echo", "{2}{1}", ":::", "a", "b", ":::", "1", "2"], None);
+    let r = run_in(
+        &d,
+        &["-k", "echo", "{2}{1}", ":::", "a", "b", ":::", "1", "2"],
+        None,
+    );
     assert_eq!(lines(&r.stdout), ["1a", "2a", "1b", "2b"]);
 }
 
@@ -234,7 +254,9 @@ fn stdin_and_stdout_files() {
     }
     let r = run_in(
         &d,
-        &["--stdin", "{}", "--stdout", "{}.out", "tr", "a-z", "A-Z", ":::", "in1", "in2", "in3"],
+        &[
+            "--stdin", "{}", "--stdout", "{}.out", "tr", "a-z", "A-Z", ":::", "in1", "in2", "in3",
+        ],
         None,
     );
     assert_eq!(r.code, Some(0), "{r:?}");
@@ -251,7 +273,17 @@ fn jobs_limit_concurrency() {
     // Four 0.4 s jobs two at a time take two rounds; slots stay within 1..=2.
     let r = run_in(
         &d,
-        &["-j", "2", "--shell", "sleep 0.4; echo {%}", ":::", "1", "2", "3", "4"],
+        &[
+            "-j",
+            "2",
+            "--shell",
+            "sleep 0.4; echo {%}",
+            ":::",
+            "1",
+            "2",
+            "3",
+            "4",
+        ],
         None,
     );
     assert_eq!(r.code, Some(0));
@@ -259,7 +291,11 @@ fn jobs_limit_concurrency() {
     for slot in lines(&r.stdout) {
         assert!(slot == "1" || slot == "2", "slot {slot}");
     }
-    let r = run_in(&d, &["-j", "4", "sleep", ":::", "0.5", "0.5", "0.5", "0.5"], None);
+    let r = run_in(
+        &d,
+        &["-j", "4", "sleep", ":::", "0.5", "0.5", "0.5", "0.5"],
+        None,
+    );
     assert!(r.took < secs(1.9), "4 jobs at once took {:?}", r.took);
 }
 
@@ -268,45 +304,113 @@ fn keep_order() {
     let d = scratch("keep");
     let r = run_in(
         &d,
-        &["-k", "-j", "3", "--shell", "sleep {}; echo {}", ":::", "0.6", "0.3", "0"],
+        &[
+            "-k",
+            "-j",
+            "3",
+            "--shell",
+            "sleep {}; echo {}",
+            ":::",
+            "0.6",
+            "0.3",
+            "0",
+        ],
         None,
     );
     assert_eq!(lines(&r.stdout), ["0.6", "0.3", "0"]);
     let r = run_in(
         &d,
-        &["-j", "3", "--shell", "sleep {}; echo {}", ":::", "0.6", "0.3", "0"],
+        &[
+            "-j",
+            "3",
+            "--shell",
+            "sleep {}; echo {}",
+            ":::",
+            "0.6",
+            "0.3",
+            "0",
+        ],
         None,
     );
-    assert_eq!(lines(&r.stdout), ["0", "0.3", "0.6"], "without -k: as they end");
+    assert_eq!(
+        lines(&r.stdout),
+        ["0", "0.3", "0.6"],
+        "without -k: as they end"
+    );
 }
 
 #[test]
 fn thread_caps_and_verbose_header() {
     let d = scratch("threads");
-    let r = run_in(&d, &["-v", "-j", "1", "--shell", "echo $OMP_NUM_THREADS $MKL_NUM_THREADS $OPENBLAS_NUM_THREADS #{}", ":::", "x"], None);
+    let r = run_in(
+        &d,
+        &[
+            "-v",
+            "-j",
+            "1",
+            "--shell",
+            "echo $OMP_NUM_THREADS $MKL_NUM_THREADS $OPENBLAS_NUM_THREADS #{}",
+            ":::",
+            "x",
+        ],
+        None,
+    );
     let cpus = std::thread::available_parallelism().unwrap().get();
     assert_eq!(r.stdout.trim(), format!("{cpus} {cpus} {cpus}"));
-    assert!(r.stderr.contains("multiproc: 1 job at once (-j)"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("multiproc: 1 job at once (-j)"),
+        "{}",
+        r.stderr
+    );
     // An OMP_NUM_THREADS set by the user is kept.
     let mut cmd = mp(&d);
-    cmd.env("OMP_NUM_THREADS", "7")
-        .args(["--shell", "echo $OMP_NUM_THREADS $MKL_NUM_THREADS #{}", ":::", "x"]);
+    cmd.env("OMP_NUM_THREADS", "7").args([
+        "--shell",
+        "echo $OMP_NUM_THREADS $MKL_NUM_THREADS #{}",
+        ":::",
+        "x",
+    ]);
     let r = run_cmd(cmd, None);
     assert_eq!(r.stdout.trim(), "7 1", "MKL gets cpus / jobs = 1");
     // SLURM_CPUS_PER_TASK sizes -j and says so; --threads-per-job divides it.
     let mut cmd = mp(&d);
-    cmd.env("SLURM_CPUS_PER_TASK", "1")
-        .args(["-v", "--shell", "echo $OMP_NUM_THREADS #{}", ":::", "x"]);
+    cmd.env("SLURM_CPUS_PER_TASK", "1").args([
+        "-v",
+        "--shell",
+        "echo $OMP_NUM_THREADS #{}",
+        ":::",
+        "x",
+    ]);
     let r = run_cmd(cmd, None);
     assert!(
-        r.stderr.contains("multiproc: 1 job at once (1 CPU (SLURM_CPUS_PER_TASK))"),
+        r.stderr
+            .contains("multiproc: 1 job at once (1 CPU (SLURM_CPUS_PER_TASK))"),
         "{}",
         r.stderr
     );
-    let r = run_in(&d, &["-v", "--threads-per-job", "2", "--shell", "echo $OMP_NUM_THREADS #{}", ":::", "x"], None);
+    let r = run_in(
+        &d,
+        &[
+            "-v",
+            "--threads-per-job",
+            "2",
+            "--shell",
+            "echo $OMP_NUM_THREADS #{}",
+            ":::",
+            "x",
+        ],
+        None,
+    );
     assert_eq!(r.stdout.trim(), "2");
     let jobs = (cpus / 2).max(1);
-    assert!(r.stderr.contains(&format!("multiproc: {jobs} job{} at once (", if jobs == 1 { "" } else { "s" })), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "multiproc: {jobs} job{} at once (",
+            if jobs == 1 { "" } else { "s" }
+        )),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("--threads-per-job 2"), "{}", r.stderr);
 }
 
@@ -317,7 +421,17 @@ fn joblog_columns_and_resume() {
     let logs = log.to_str().unwrap();
     let r = run_in(
         &d,
-        &["--joblog", logs, "--shell", "echo out{}; exit $(( {} % 2 ))", ":::", "1", "2", "3", "4"],
+        &[
+            "--joblog",
+            logs,
+            "--shell",
+            "echo out{}; exit $(( {} % 2 ))",
+            ":::",
+            "1",
+            "2",
+            "3",
+            "4",
+        ],
         None,
     );
     assert_eq!(r.code, Some(2), "two jobs failed");
@@ -328,18 +442,51 @@ fn joblog_columns_and_resume() {
         let seq: u64 = row[0].parse().unwrap();
         assert_eq!(row[1], ":");
         assert!(row[2].parse::<f64>().unwrap() > 1.6e9);
-        assert!(row[3].trim().parse::<f64>().unwrap() >= 0.0, "JobRuntime %10.3f");
+        assert!(
+            row[3].trim().parse::<f64>().unwrap() >= 0.0,
+            "JobRuntime %10.3f"
+        );
         assert_eq!(row[5], "5", "Receive: bytes of stdout");
         assert_eq!(row[6], (seq % 2).to_string());
         assert_eq!(row[7], "0");
         assert_eq!(row[8], format!("echo out{seq}; exit $(( {seq} % 2 ))"));
     }
     // --resume: everything is in the log, nothing runs.
-    let r = run_in(&d, &["--joblog", logs, "--resume", "--shell", "echo again{}; exit $(( {} % 2 ))", ":::", "1", "2", "3", "4"], None);
+    let r = run_in(
+        &d,
+        &[
+            "--joblog",
+            logs,
+            "--resume",
+            "--shell",
+            "echo again{}; exit $(( {} % 2 ))",
+            ":::",
+            "1",
+            "2",
+            "3",
+            "4",
+        ],
+        None,
+    );
     assert_eq!((r.code, r.stdout.as_str()), (Some(0), ""));
     assert_eq!(joblog(&log).len(), 4);
     // --resume-failed: the failed ones (1 and 3) run again; now they succeed.
-    let r = run_in(&d, &["--joblog", logs, "--resume-failed", "--shell", "echo again{}", ":::", "1", "2", "3", "4"], None);
+    let r = run_in(
+        &d,
+        &[
+            "--joblog",
+            logs,
+            "--resume-failed",
+            "--shell",
+            "echo again{}",
+            ":::",
+            "1",
+            "2",
+            "3",
+            "4",
+        ],
+        None,
+    );
     assert_eq!(r.code, Some(0));
     assert_eq!(sorted_lines(&r.stdout), ["again1", "again3"]);
     assert_eq!(joblog(&log).len(), 6);
@@ -349,7 +496,10 @@ fn joblog_columns_and_resume() {
     assert_eq!(r.code, Some(2));
     assert!(r.stderr.contains("not a joblog"), "{}", r.stderr);
     assert!(!d.join("ran").exists());
-    assert_eq!(fs::read_to_string(d.join("notes.txt")).unwrap(), "my precious notes\n");
+    assert_eq!(
+        fs::read_to_string(d.join("notes.txt")).unwrap(),
+        "my precious notes\n"
+    );
 }
 
 #[test]
@@ -357,13 +507,42 @@ fn retries() {
     let d = scratch("retries");
     // Fails on its first two runs, succeeds on the third. `--retries N` counts all runs.
     let script = "echo x >> count{}; [ $(wc -l < count{}) -ge 3 ]";
-    let r = run_in(&d, &["--joblog", "log", "--retries", "3", "--shell", script, ":::", "a"], None);
+    let r = run_in(
+        &d,
+        &[
+            "--joblog",
+            "log",
+            "--retries",
+            "3",
+            "--shell",
+            script,
+            ":::",
+            "a",
+        ],
+        None,
+    );
     assert_eq!(r.code, Some(0), "{r:?}");
-    assert_eq!(fs::read_to_string(d.join("counta")).unwrap().lines().count(), 3);
-    assert_eq!(joblog(&d.join("log")).len(), 1, "one line per job, not per attempt");
+    assert_eq!(
+        fs::read_to_string(d.join("counta"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    assert_eq!(
+        joblog(&d.join("log")).len(),
+        1,
+        "one line per job, not per attempt"
+    );
     let r = run_in(&d, &["--retries", "2", "--shell", script, ":::", "b"], None);
     assert_eq!(r.code, Some(1));
-    assert_eq!(fs::read_to_string(d.join("countb")).unwrap().lines().count(), 2);
+    assert_eq!(
+        fs::read_to_string(d.join("countb"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
 }
 
 #[test]
@@ -372,19 +551,48 @@ fn timeout_ends_the_job_group() {
     // The job's grandchild (a background sleep) is ended too.
     let r = run_in(
         &d,
-        &["--joblog", "log", "--timeout", "0.5", "--shell", "sleep 30 & echo $! > gc{}; wait", ":::", ""],
+        &[
+            "--joblog",
+            "log",
+            "--timeout",
+            "0.5",
+            "--shell",
+            "sleep 30 & echo $! > gc{}; wait",
+            ":::",
+            "",
+        ],
         None,
     );
     assert_eq!(r.code, Some(1));
     assert!(r.took < secs(10.0), "took {:?}", r.took);
     let rows = joblog(&d.join("log"));
-    assert_eq!((rows[0][6].as_str(), rows[0][7].as_str()), ("-1", "15"), "SIGTERM: {rows:?}");
-    let gc: i32 = fs::read_to_string(d.join("gc")).unwrap().trim().parse().unwrap();
-    assert!(wait_for(secs(5.0), || !pid_alive(gc)), "grandchild {gc} survived");
+    assert_eq!(
+        (rows[0][6].as_str(), rows[0][7].as_str()),
+        ("-1", "15"),
+        "SIGTERM: {rows:?}"
+    );
+    let gc: i32 = fs::read_to_string(d.join("gc"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_for(secs(5.0), || !pid_alive(gc)),
+        "grandchild {gc} survived"
+    );
     // A job that ignores SIGTERM gets SIGKILL after the grace period.
     let r = run_in(
         &d,
-        &["--joblog", "log2", "--timeout", "0.3", "--shell", "trap '' TERM; sleep 20 #{}", ":::", "x"],
+        &[
+            "--joblog",
+            "log2",
+            "--timeout",
+            "0.3",
+            "--shell",
+            "trap '' TERM; sleep 20 #{}",
+            ":::",
+            "x",
+        ],
         None,
     );
     assert_eq!(r.code, Some(1));
@@ -395,7 +603,11 @@ fn timeout_ends_the_job_group() {
 #[test]
 fn sigkilled_job_is_logged_with_signal_9() {
     let d = scratch("killed");
-    let r = run_in(&d, &["--joblog", "log", "--shell", "kill -9 $$ #{}", ":::", "x"], None);
+    let r = run_in(
+        &d,
+        &["--joblog", "log", "--shell", "kill -9 $$ #{}", ":::", "x"],
+        None,
+    );
     assert_eq!(r.code, Some(1));
     let rows = joblog(&d.join("log"));
     assert_eq!((rows[0][6].as_str(), rows[0][7].as_str()), ("0", "9"));
@@ -407,7 +619,19 @@ fn halt() {
     // now,fail=1: the first failure ends the run at once, the sleeping jobs are killed.
     let r = run_in(
         &d,
-        &["-j", "3", "--halt", "now,fail=1", "--shell", "if [ {} = f ]; then exit 3; fi; sleep 20", ":::", "s1", "f", "s2", "s3"],
+        &[
+            "-j",
+            "3",
+            "--halt",
+            "now,fail=1",
+            "--shell",
+            "if [ {} = f ]; then exit 3; fi; sleep 20",
+            ":::",
+            "s1",
+            "f",
+            "s2",
+            "s3",
+        ],
         None,
     );
     assert_eq!(r.code, Some(1), "{r:?}");
@@ -415,13 +639,45 @@ fn halt() {
     // soon,fail=1: running jobs finish, no new ones start.
     let r = run_in(
         &d,
-        &["-j", "2", "--halt", "soon,fail=1", "--shell", "if [ {} = f ]; then exit 3; fi; sleep 0.5; echo {}", ":::", "f", "a", "b", "c", "d"],
+        &[
+            "-j",
+            "2",
+            "--halt",
+            "soon,fail=1",
+            "--shell",
+            "if [ {} = f ]; then exit 3; fi; sleep 0.5; echo {}",
+            ":::",
+            "f",
+            "a",
+            "b",
+            "c",
+            "d",
+        ],
         None,
     );
     assert_eq!(r.code, Some(1));
-    assert_eq!(lines(&r.stdout), ["a"], "a was running and finished; no more started");
+    assert_eq!(
+        lines(&r.stdout),
+        ["a"],
+        "a was running and finished; no more started"
+    );
     // now,fail=50%: 2 of 4 failures.
-    let r = run_in(&d, &["-j", "1", "--halt", "now,fail=50%", "false", ":::", "1", "2", "3", "4"], None);
+    let r = run_in(
+        &d,
+        &[
+            "-j",
+            "1",
+            "--halt",
+            "now,fail=50%",
+            "false",
+            ":::",
+            "1",
+            "2",
+            "3",
+            "4",
+        ],
+        None,
+    );
     assert_eq!(r.code, Some(2));
 }
 
@@ -430,11 +686,24 @@ fn dry_run_prints_and_runs_nothing() {
     let d = scratch("dry");
     let r = run_in(
         &d,
-        &["--dry-run", "--stdin", "{}", "--stdout", "{}.out", "./mmul", ":::", "in 1", "in2"],
+        &[
+            "--dry-run",
+            "--stdin",
+            "{}",
+            "--stdout",
+            "{}.out",
+            "./mmul",
+            ":::",
+            "in 1",
+            "in2",
+        ],
         None,
     );
     assert_eq!(r.code, Some(0));
-    assert_eq!(lines(&r.stdout), ["./mmul < 'in 1' > 'in 1.out'", "./mmul < in2 > in2.out"]);
+    assert_eq!(
+        lines(&r.stdout),
+        ["./mmul < 'in 1' > 'in 1.out'", "./mmul < in2 > in2.out"]
+    );
     let r = run_in(&d, &["--dry-run", "touch", ":::", "f"], None);
     assert_eq!(r.stdout, "touch f\n");
     assert!(!d.join("f").exists());
@@ -443,11 +712,32 @@ fn dry_run_prints_and_runs_nothing() {
 #[test]
 fn results_dir() {
     let d = scratch("results");
-    let r = run_in(&d, &["--results", "res", "--shell", "echo o{}; echo e{} >&2", ":::", "a", "b/c"], None);
+    let r = run_in(
+        &d,
+        &[
+            "--results",
+            "res",
+            "--shell",
+            "echo o{}; echo e{} >&2",
+            ":::",
+            "a",
+            "b/c",
+        ],
+        None,
+    );
     assert_eq!(r.code, Some(0));
-    assert_eq!(fs::read_to_string(d.join("res/1/a/stdout")).unwrap(), "oa\n");
-    assert_eq!(fs::read_to_string(d.join("res/1/a/stderr")).unwrap(), "ea\n");
-    assert_eq!(fs::read_to_string(d.join("res/1/b+zc/stdout")).unwrap(), "ob/c\n");
+    assert_eq!(
+        fs::read_to_string(d.join("res/1/a/stdout")).unwrap(),
+        "oa\n"
+    );
+    assert_eq!(
+        fs::read_to_string(d.join("res/1/a/stderr")).unwrap(),
+        "ea\n"
+    );
+    assert_eq!(
+        fs::read_to_string(d.join("res/1/b+zc/stdout")).unwrap(),
+        "ob/c\n"
+    );
     assert_eq!(fs::read_to_string(d.join("res/1/b+zc/seq")).unwrap(), "2\n");
 }
 
@@ -478,14 +768,22 @@ fn two_thousand_jobs_of_true() {
 fn outputs_are_never_interleaved() {
     let d = scratch("interleave");
     let script = "i=0; while [ $i -lt 10000 ]; do echo {} $i; i=$((i+1)); done";
-    let r = run_in(&d, &["-j", "4", "--shell", script, ":::", "a", "b", "c", "d"], None);
+    let r = run_in(
+        &d,
+        &["-j", "4", "--shell", script, ":::", "a", "b", "c", "d"],
+        None,
+    );
     assert_eq!(r.code, Some(0));
     let l = lines(&r.stdout);
     assert_eq!(l.len(), 40_000);
     for block in l.chunks(10_000) {
         let job = block[0].split(' ').next().unwrap();
         for (i, line) in block.iter().enumerate() {
-            assert_eq!(*line, format!("{job} {i}"), "lines of job {job} not contiguous");
+            assert_eq!(
+                *line,
+                format!("{job} {i}"),
+                "lines of job {job} not contiguous"
+            );
         }
     }
 }
@@ -494,13 +792,20 @@ fn outputs_are_never_interleaved() {
 fn exit_codes() {
     let d = scratch("exit");
     assert_eq!(run_in(&d, &["true", ":::", "a"], None).code, Some(0));
-    assert_eq!(run_in(&d, &["false", ":::", "a", "b", "c"], None).code, Some(3));
+    assert_eq!(
+        run_in(&d, &["false", ":::", "a", "b", "c"], None).code,
+        Some(3)
+    );
     let many: Vec<String> = (0..110).map(|i| i.to_string()).collect();
     let mut args = vec!["-j", "4", "false", ":::"];
     args.extend(many.iter().map(String::as_str));
     assert_eq!(run_in(&d, &args, None).code, Some(101), "capped at 101");
     // A program that does not exist: 127, a failed job.
-    let r = run_in(&d, &["--joblog", "log", "./no-such-program", ":::", "a"], None);
+    let r = run_in(
+        &d,
+        &["--joblog", "log", "./no-such-program", ":::", "a"],
+        None,
+    );
     assert_eq!(r.code, Some(1));
     assert_eq!(joblog(&d.join("log"))[0][6], "127");
     assert!(r.stderr.contains("no-such-program"), "{}", r.stderr);
@@ -517,7 +822,10 @@ fn usage_errors_exit_2_and_name_the_problem() {
         (&[":::", "a"], "no COMMAND"),
         (&["-a", "no-such-file", "echo"], "no-such-file"),
         (&["echo", "{/..}", ":::", "a"], "{/..}"),
-        (&["--joblog", "bad-log", "--resume", "echo", ":::", "a"], "bad-log"),
+        (
+            &["--joblog", "bad-log", "--resume", "echo", ":::", "a"],
+            "bad-log",
+        ),
         (&["--halt", "sometime", "echo", ":::", "a"], "--halt"),
     ];
     for (args, needle) in cases {
@@ -541,7 +849,10 @@ fn runner_sigkilled_then_resume_runs_each_job_exactly_once() {
     args.extend(inputs.iter().map(String::as_str));
     let mut runner = spawn_bg(&d, &args);
     let log = d.join("log");
-    assert!(wait_for(secs(60.0), || count_rows(&log) >= 6), "no progress");
+    assert!(
+        wait_for(secs(60.0), || count_rows(&log) >= 6),
+        "no progress"
+    );
     runner.0.kill().unwrap();
     runner.0.wait().unwrap();
     let before = count_rows(&log);
@@ -557,7 +868,12 @@ fn runner_sigkilled_then_resume_runs_each_job_exactly_once() {
     assert_eq!(r.code, Some(0), "{r:?}");
     for i in &inputs {
         let text = fs::read_to_string(d.join("out").join(i)).unwrap_or_default();
-        assert_eq!(text.lines().count(), 1, "input {i} ran {} times", text.lines().count());
+        assert_eq!(
+            text.lines().count(),
+            1,
+            "input {i} ran {} times",
+            text.lines().count()
+        );
     }
     assert_eq!(joblog(&log).len(), 30);
 }
@@ -568,10 +884,13 @@ fn sigterm_stops_ends_job_groups_and_flushes_the_log() {
     let script = "if [ {} = quick ]; then exit 0; fi; sleep 30 & echo $! > gc{}; wait";
     let mut runner = spawn_bg(
         &d,
-        &["-j", "3", "--joblog", "log", "--shell", script, ":::", "quick", "a", "b", "c", "d"],
+        &[
+            "-j", "3", "--joblog", "log", "--shell", script, ":::", "quick", "a", "b", "c", "d",
+        ],
     );
     assert!(
-        wait_for(secs(30.0), || d.join("gca").exists() && d.join("gcb").exists()),
+        wait_for(secs(30.0), || d.join("gca").exists()
+            && d.join("gcb").exists()),
         "jobs did not start"
     );
     let t0 = Instant::now();
@@ -581,8 +900,15 @@ fn sigterm_stops_ends_job_groups_and_flushes_the_log() {
     assert_eq!(code, Some(128 + 15));
     assert!(t0.elapsed() < secs(10.0));
     for gc in ["gca", "gcb"] {
-        let pid: i32 = fs::read_to_string(d.join(gc)).unwrap().trim().parse().unwrap();
-        assert!(wait_for(secs(5.0), || !pid_alive(pid)), "grandchild {gc} survived");
+        let pid: i32 = fs::read_to_string(d.join(gc))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            wait_for(secs(5.0), || !pid_alive(pid)),
+            "grandchild {gc} survived"
+        );
     }
     // Only the finished job is logged; the interrupted ones run again with --resume.
     let rows = joblog(&d.join("log"));
@@ -597,7 +923,12 @@ fn second_signal_kills_at_once() {
     // does not wait.
     let mut runner = spawn_bg(
         &d,
-        &["--shell", "trap '' TERM; touch started{}; sleep 30", ":::", "a"],
+        &[
+            "--shell",
+            "trap '' TERM; touch started{}; sleep 30",
+            ":::",
+            "a",
+        ],
     );
     assert!(wait_for(secs(30.0), || d.join("starteda").exists()));
     let pid = runner.0.id() as i32;

@@ -337,7 +337,8 @@ impl Runner<'_> {
         }
         let (output, job) = (&mut *self.output, &f.job);
         let mut res = Ok(());
-        self.progress.suspend(&mut || res = output.finished(job, &outcome));
+        self.progress
+            .suspend(&mut || res = output.finished(job, &outcome));
         res?;
         self.progress.tick();
         if outcome.ok() {

@@ -9,9 +9,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -161,8 +161,8 @@ static GOT_SIGNAL: AtomicBool = AtomicBool::new(false);
 /// kills the running job's process group and exits. Async-signal-safe: atomics, `getppid`,
 /// `kill` and `_exit` only.
 extern "C" fn worker_signal(_: libc::c_int) {
-    // SAFETY: getppid, kill and _exit are async-signal-safe and take plain integers.
     GOT_SIGNAL.store(true, Ordering::SeqCst);
+    // SAFETY: getppid, kill and _exit are async-signal-safe and take plain integers.
     unsafe {
         if libc::getppid() != RUNNER_PID.load(Ordering::SeqCst) {
             let pgid = JOB_PGID.load(Ordering::SeqCst);
@@ -232,9 +232,12 @@ pub(crate) fn worker_loop(runner: i32, cfg: &WorkerConfig, jobs: &Queue<Job>, ou
             }
         }
         // A job that failed while the run stops did not finish: not logged, --resume reruns it.
-        let interrupted = outcome.attempts == 0 || (!outcome.ok() && !outcome.timed_out && stopping());
+        let interrupted =
+            outcome.attempts == 0 || (!outcome.ok() && !outcome.timed_out && stopping());
         if !interrupted && let Some(file) = log.as_mut() {
-            outcome.logged = file.write_all(entry(&job, &outcome).to_line().as_bytes()).is_ok();
+            outcome.logged = file
+                .write_all(entry(&job, &outcome).to_line().as_bytes())
+                .is_ok();
         }
         if out.put(&Report::Finished(outcome)).is_err() {
             return;

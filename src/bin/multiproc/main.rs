@@ -134,7 +134,10 @@ fn sizing(cfg: &Config) -> Result<(usize, usize, bool, String), Failure> {
     let (jobs, why) = match (cfg.jobs, k) {
         (Some(j), _) => (j.get(), "-j".to_string()),
         (None, 1) => (cpus, budget.to_string()),
-        (None, k) => ((cpus / k).max(1), format!("{budget} / --threads-per-job {k}")),
+        (None, k) => (
+            (cpus / k).max(1),
+            format!("{budget} / --threads-per-job {k}"),
+        ),
     };
     let explicit = k > 1;
     let threads = if explicit { k } else { (cpus / jobs).max(1) };
@@ -198,7 +201,11 @@ fn run(cfg: &Config) -> Result<ExitCode, Failure> {
     let seqs: Vec<u64> = (1..=total)
         .filter(|&seq| !state.skips(seq, cfg.resume))
         .collect();
-    let any_single = cfg.stdin.iter().chain(&cfg.stdout).any(|t| t.has_replacements());
+    let any_single = cfg
+        .stdin
+        .iter()
+        .chain(&cfg.stdout)
+        .any(|t| t.has_replacements());
     let source = Jobs {
         cfg,
         inputs,
@@ -259,12 +266,11 @@ fn run(cfg: &Config) -> Result<ExitCode, Failure> {
     } else {
         Box::new(NoProgress)
     };
-    let summary = engine::run(&opts, &source, seqs, &mut output, &mut *progress).map_err(|e| {
-        Failure {
+    let summary =
+        engine::run(&opts, &source, seqs, &mut output, &mut *progress).map_err(|e| Failure {
             message: e.to_string(),
             code: INTERNAL,
-        }
-    })?;
+        })?;
     if let Some(sig) = summary.interrupted {
         eprintln!(
             "multiproc: stopped by signal {sig} after {} jobs; the jobs it ended are not in the joblog (--resume runs them)",

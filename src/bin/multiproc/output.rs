@@ -114,7 +114,10 @@ pub(crate) fn results_component(arg: &str) -> String {
     match arg {
         "" => "+e".to_string(),
         "." | ".." => format!("+{arg}"),
-        _ => arg.replace('+', "+p").replace('/', "+z").replace('\0', "+0"),
+        _ => arg
+            .replace('+', "+p")
+            .replace('/', "+z")
+            .replace('\0', "+0"),
     }
 }
 
