@@ -942,3 +942,71 @@ fn second_signal_kills_at_once() {
     assert_eq!(code, Some(128 + 2));
     assert!(t0.elapsed() < secs(1.5), "took {:?}", t0.elapsed());
 }
+
+/// The pids whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<i32> {
+    let mut kids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat"))
+            && let Some(rest) = stat.rsplit(") ").next()
+            && rest.split(' ').nth(1) == Some(pid.to_string().as_str())
+        {
+            kids.push(p);
+        }
+    }
+    kids
+}
+
+#[test]
+fn a_worker_killed_from_outside_fails_its_job_and_the_run_goes_on() {
+    let d = scratch("worker-death");
+    let mut cmd = mp(&d);
+    cmd.args([
+        "-j",
+        "2",
+        "--joblog",
+        "log",
+        "--shell",
+        "touch s{}; sleep 1; echo {}",
+        ":::",
+    ])
+    .args(["a", "b", "c", "d"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut runner = Reap(cmd.spawn().unwrap());
+    assert!(wait_for(secs(30.0), || d.join("sa").exists()
+        && d.join("sb").exists()));
+    // The runner's children are its two workers (jobs are the workers' children).
+    let workers = children_of(runner.0.id());
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    // SAFETY: kill takes plain integers; the worker is alive (its job sleeps).
+    unsafe { libc::kill(workers[0], libc::SIGKILL) };
+    let code = wait_bg(&mut runner, secs(60.0));
+    let mut out = String::new();
+    let mut err = String::new();
+    use std::io::Read;
+    runner
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    runner
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(code, Some(1), "one job lost: {err}");
+    assert!(err.contains("worker process died"), "{err}");
+    // The other three ran on the surviving worker, and are logged; the lost one is not (so
+    // --resume would run it again).
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert_eq!(joblog(&d.join("log")).len(), 3);
+}

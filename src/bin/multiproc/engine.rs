@@ -149,9 +149,13 @@ fn install_signal_handlers() {
 /// A job handed out and not yet finished for good.
 #[derive(Debug)]
 struct InFlight {
+    /// The job as sent.
     job: Job,
+    /// Its process group, once started.
     pgid: Option<i32>,
+    /// The worker running it, once started.
     worker: Option<i32>,
+    /// When it was put on the jobs queue.
     sent: Instant,
 }
 
@@ -168,18 +172,31 @@ enum Stop {
 
 /// The runner's state between messages.
 struct Runner<'a> {
+    /// The run's options.
     opts: &'a EngineOpts,
+    /// Makes each job.
     source: &'a dyn JobSource,
+    /// Shared with the workers: set once the run stops.
     stop_flag: &'static AtomicU8,
+    /// Prints finished jobs' output.
     output: &'a mut Output,
+    /// The progress bar, or nothing.
     progress: &'a mut dyn Progress,
+    /// Jobs for the workers.
     jobs: Queue<Job>,
+    /// Seqs not handed out yet, in order.
     pending: VecDeque<u64>,
+    /// Slots (`{%}`) no running job holds.
     free_slots: BTreeSet<usize>,
+    /// Jobs handed out and not finished, by seq.
     in_flight: HashMap<u64, InFlight>,
+    /// Whether and how the run is stopping.
     stop: Stop,
+    /// Whether the stop has escalated to `SIGKILL`.
     killed_hard: bool,
+    /// Counts so far.
     summary: Summary,
+    /// Jobs at once: `-j`, less any worker that died.
     capacity: usize,
 }
 
@@ -293,6 +310,12 @@ impl Runner<'_> {
                 Ok(Report::Started { seq, pgid, worker }) => self.started(seq, pgid, worker),
                 Ok(Report::Finished(outcome)) => self.finished(outcome)?,
                 Err(Error::Timeout { .. }) => self.on_tick(workers)?,
+                // The queue's "nobody can put" check may fire while every worker is between a
+                // job and its next `get`; whether workers really died is checked here.
+                Err(Error::Disconnected(_)) => {
+                    std::thread::sleep(TICK / 10);
+                    self.on_tick(workers)?;
+                }
                 Err(e) => return Err(e.into()),
             }
         }

@@ -12,14 +12,18 @@ use crate::job::{Job, JobOutcome};
 /// One job's output waiting to be printed.
 #[derive(Debug, Default)]
 struct Block {
+    /// The job's stdout.
     stdout: Vec<u8>,
+    /// The job's stderr, printed after its stdout.
     stderr: Vec<u8>,
 }
 
 /// Prints each finished job's output as one block: its stdout, then its stderr.
 #[derive(Debug)]
 pub(crate) struct Output {
+    /// `-k`.
     keep_order: bool,
+    /// `--results DIR`.
     results: Option<PathBuf>,
     /// With `-k`: the next seq to print, and blocks that came early.
     next: u64,
