@@ -253,6 +253,15 @@ pub(crate) fn run(
         capacity: n_workers,
     };
     let outcome = r.collect(&results, &workers);
+    if outcome.is_err() {
+        // The runner gives up: no job may outlive it.
+        r.stop_flag.store(1, Ordering::SeqCst);
+        for f in r.in_flight.values() {
+            if let Some(pgid) = f.pgid {
+                let _ = signal::killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+        }
+    }
     // Every worker gets its pill; a worker that does not stop in time is killed (on drop).
     for _ in &workers {
         let _ = r.jobs.put_pill();
