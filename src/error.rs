@@ -117,6 +117,24 @@ pub enum Error {
     #[error("a poison pill was taken from the queue: the consumer is asked to stop")]
     Stopped,
 
+    /// A process died while holding a process-shared lock ([`Lock`](crate::Lock),
+    /// [`RLock`](crate::RLock), or the lock of a [`SharedArray`](crate::SharedArray)): the data it
+    /// protected may be half-updated. The lock itself was recovered and released; see
+    /// [`AcquireError::OwnerDied`](crate::AcquireError::OwnerDied) to keep it instead.
+    #[error(
+        "{what}: its previous holder died while holding it; the data it protects may be half-updated"
+    )]
+    OwnerDied {
+        /// What was being acquired, for example `"Lock"`.
+        what: &'static str,
+    },
+
+    /// A [`Barrier`](crate::Barrier) is broken: a party timed out or called
+    /// [`abort`](crate::Barrier::abort), and every waiter is released with this error until
+    /// [`reset`](crate::Barrier::reset).
+    #[error("the barrier is broken (a party timed out or aborted)")]
+    BrokenBarrier,
+
     /// A message is larger than the documented limit.
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge {

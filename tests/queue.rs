@@ -113,6 +113,26 @@ fn zero_byte_and_64_mib_items() {
 }
 
 #[test]
+fn a_256_mib_item_between_processes() {
+    const SIZE: usize = 256 << 20;
+    let q: Queue<serde_bytes::ByteBuf> = Queue::new().unwrap();
+    let q2 = q.clone();
+    let producer = Process::new(move || {
+        let mut data = vec![0u8; SIZE];
+        for (i, chunk) in data.chunks_mut(4096).enumerate() {
+            chunk.fill(i as u8);
+        }
+        q2.put(&serde_bytes::ByteBuf::from(data)).unwrap();
+    });
+    producer.start().unwrap();
+    let item = q.get_timeout(secs(120)).unwrap();
+    assert_eq!(item.len(), SIZE);
+    assert!(item.chunks(4096).enumerate().all(|(i, c)| c.iter().all(|&b| b == i as u8)));
+    assert!(producer.join_timeout(secs(60)).unwrap());
+    assert_eq!(producer.exitcode(), Some(0));
+}
+
+#[test]
 fn pills_and_sentinels_end_iteration() {
     let q: Queue<String> = Queue::new().unwrap();
     for s in ["a", "b", "stop", "c"] {
@@ -164,7 +184,10 @@ fn a_killed_consumer_does_not_stop_the_others() {
         q.put_pill().unwrap();
     }
     for p in &survivors {
-        assert!(p.join_timeout(secs(120)).unwrap(), "a survivor hung");
+        if !p.join_timeout(secs(120)).unwrap() {
+            common::dump_stacks(p.pid().unwrap());
+            panic!("a survivor hung");
+        }
         assert_eq!(p.exitcode(), Some(0), "a survivor saw a corrupted item");
     }
     assert!(victim.join_timeout(secs(30)).unwrap());
@@ -222,7 +245,10 @@ fn consumers_are_released_while_the_parent_joins() {
         q.put(&i).unwrap();
     }
     for c in &consumers {
-        assert!(c.join_timeout(secs(30)).unwrap(), "consumer hung");
+        if !c.join_timeout(secs(30)).unwrap() {
+            common::dump_stacks(c.pid().unwrap());
+            panic!("consumer hung");
+        }
         assert_eq!(c.exitcode(), Some(10));
     }
 }

@@ -32,6 +32,10 @@ const WAIT_GET: u32 = 1;
 const WAIT_PUT: u32 = 2;
 const JOINING: u32 = 3;
 
+/// A slot's pid while its registration is being written: it counts as running, and no process
+/// finds it as its own until every other field is in place.
+const CLAIMING: i32 = -1;
+
 const TID_NONE: i32 = 0;
 const TID_MANY: i32 = -1;
 
@@ -98,19 +102,31 @@ fn start_time_of(pid: i32) -> u64 {
 
 impl HolderTable {
     /// Registers `pid` as a running holder used by thread `tid` (idempotent).
+    ///
+    /// The fields are written while the slot's pid reads [`CLAIMING`] and the pid is published
+    /// last, so the registered process never sees (nor races with) a half-written slot.
     pub(crate) fn register(&self, pid: i32, start: u64, tid: i32) {
-        if self.find(pid).is_some() {
+        if let Some(slot) = self.find(pid) {
+            if slot.start.load(SeqCst) != start
+                && slot
+                    .pid
+                    .compare_exchange(pid, CLAIMING, SeqCst, SeqCst)
+                    .is_ok()
+            {
+                // A slot left by an earlier process with the same (reused) pid: take it over.
+                Self::fill(slot, pid, start, tid);
+            }
             return;
         }
         for pass in 0..2 {
             for slot in &self.slots {
                 if slot.pid.load(SeqCst) == 0
-                    && slot.pid.compare_exchange(0, pid, SeqCst, SeqCst).is_ok()
+                    && slot
+                        .pid
+                        .compare_exchange(0, CLAIMING, SeqCst, SeqCst)
+                        .is_ok()
                 {
-                    slot.start.store(start, SeqCst);
-                    slot.tid.store(tid, SeqCst);
-                    slot.generation.fetch_add(1, SeqCst);
-                    slot.state.store(RUNNING, SeqCst);
+                    Self::fill(slot, pid, start, tid);
                     return;
                 }
             }
@@ -122,6 +138,19 @@ impl HolderTable {
         self.overflow.store(1, SeqCst);
     }
 
+    fn fill(slot: &Slot, pid: i32, start: u64, tid: i32) {
+        slot.start.store(start, SeqCst);
+        slot.tid.store(tid, SeqCst);
+        slot.generation.fetch_add(1, SeqCst);
+        slot.state.store(RUNNING, SeqCst);
+        slot.pid.store(pid, SeqCst);
+    }
+
+    /// Whether `pid` has a (fully written) slot.
+    pub(crate) fn is_registered(&self, pid: i32) -> bool {
+        self.find(pid).is_some()
+    }
+
     fn find(&self, pid: i32) -> Option<&Slot> {
         self.slots.iter().find(|s| s.pid.load(SeqCst) == pid)
     }
@@ -129,7 +158,7 @@ impl HolderTable {
     fn reclaim_dead(&self) {
         for slot in &self.slots {
             let pid = slot.pid.load(SeqCst);
-            if pid != 0 && !sys::process_alive(pid, slot.start.load(SeqCst)) {
+            if pid > 0 && !sys::process_alive(pid, slot.start.load(SeqCst)) {
                 let _ = slot.pid.compare_exchange(pid, 0, SeqCst, SeqCst);
             }
         }
@@ -198,6 +227,10 @@ impl HolderTable {
             if pid == 0 {
                 continue;
             }
+            if pid == CLAIMING {
+                // A process being registered right now: it may well put.
+                return None;
+            }
             let state = slot.state.load(SeqCst);
             let generation = slot.generation.load(SeqCst);
             if !sys::process_alive(pid, slot.start.load(SeqCst)) {
@@ -243,9 +276,24 @@ pub(crate) fn on_fork_parent(child: Pid) {
     }
 }
 
-/// Called in the child right after a fork.
+/// Called in the child right after a fork: waits (a few microseconds, at most 2 s) until the
+/// parent has registered this process in every queue it holds, so that no `get` or `put` of the
+/// child runs unregistered (and so unseen by the disconnection check).
 pub(crate) fn on_fork_child() {
     FORK_EPOCH.fetch_add(1, SeqCst);
+    // Another thread of the parent may have held the registry lock at the fork: then skip the
+    // wait rather than deadlock (the child is still registered, just maybe a little later).
+    let queues: Vec<Arc<Shared>> = match REGISTRY.try_lock() {
+        Ok(reg) => reg.iter().filter_map(Weak::upgrade).collect(),
+        Err(_) => return,
+    };
+    let me = sys::getpid().as_raw();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    for q in &queues {
+        while !q.holders().is_registered(me) && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+    }
 }
 
 /// While alive, marks the calling process as joining a child in every queue it holds: a joining

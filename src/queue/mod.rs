@@ -167,7 +167,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 buf.clear();
                 wire::encode_append(item, &mut buf)?;
                 let r = self.shared.put(Some(&buf));
-                if buf.capacity() > 1 << 20 {
+                if buf.capacity() > 4 << 20 {
                     *buf = Vec::new();
                 }
                 r

@@ -411,6 +411,9 @@ impl Shared {
             }
             if detect && last_check.elapsed() >= TICK {
                 last_check = Instant::now();
+                // Re-assert what this process is doing (idempotent), in case its slot was found
+                // only after the wait began.
+                self.set_waiting(Some(dir));
                 if self.nobody_can_help(dir, ready) {
                     return Err(Error::Disconnected(match dir {
                         Waiting::Get => "the queue is empty and every process that holds it \

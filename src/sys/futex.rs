@@ -62,8 +62,18 @@ unsafe extern "C" {
         robust: libc::c_int,
     ) -> libc::c_int;
     fn pthread_mutex_consistent(mutex: *mut libc::pthread_mutex_t) -> libc::c_int;
+    // glibc ≥ 2.30: like `pthread_mutex_timedlock`, but the deadline is on the given clock
+    // (we use CLOCK_MONOTONIC, immune to wall-clock jumps).
+    fn pthread_mutex_clocklock(
+        mutex: *mut libc::pthread_mutex_t,
+        clock: libc::clockid_t,
+        abstime: *const libc::timespec,
+    ) -> libc::c_int;
 }
 const PTHREAD_MUTEX_ROBUST: libc::c_int = 1;
+
+/// How long one timed wait for a [`RobustMutex`] lasts before it tries again.
+pub(crate) const LOCK_TICK: Duration = Duration::from_millis(50);
 
 /// What [`RobustMutex::lock`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +108,17 @@ impl RobustMutex {
     /// `this` must point to writable memory of the right size and alignment that no other thread
     /// or process uses yet.
     pub(crate) unsafe fn init(this: *mut RobustMutex) -> Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { Self::init_with(this, false) }
+    }
+
+    /// Like [`init`](Self::init); with `recursive`, the thread that holds the mutex may lock it
+    /// again (it must then unlock it as many times).
+    ///
+    /// # Safety
+    ///
+    /// As for [`init`](Self::init).
+    pub(crate) unsafe fn init_with(this: *mut RobustMutex, recursive: bool) -> Result<()> {
         let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
         // SAFETY: `attr` is initialized by pthread_mutexattr_init before any other use and
         // destroyed at the end; `this` is valid and unshared per the function's contract.
@@ -118,6 +139,16 @@ impl RobustMutex {
                 )
             })
             .and_then(|()| {
+                if recursive {
+                    check(
+                        libc::pthread_mutexattr_settype(attr_ptr, libc::PTHREAD_MUTEX_RECURSIVE),
+                        "pthread_mutexattr_settype",
+                    )
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| {
                 check(
                     libc::pthread_mutex_init((*this).inner.get(), attr_ptr),
                     "pthread_mutex_init",
@@ -129,10 +160,71 @@ impl RobustMutex {
     }
 
     /// Takes the mutex, blocking; reports whether the previous owner died holding it.
+    ///
+    /// The wait is made of timed waits of [`LOCK_TICK`]: should a wake-up ever be lost (an owner
+    /// killed at the instant it released the mutex), the next try still takes a free mutex, or
+    /// one whose owner the kernel marked dead, instead of sleeping forever.
     pub(crate) fn lock(&self) -> Result<Locked> {
+        loop {
+            let mut now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes one timespec into `now`, which we own.
+            unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+            let nanos = now.tv_nsec + LOCK_TICK.as_nanos() as libc::c_long;
+            let until = libc::timespec {
+                tv_sec: now.tv_sec + (nanos / 1_000_000_000) as libc::time_t,
+                tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+            };
+            // SAFETY: the mutex was initialized by `init` and lives as long as `self`; `until`
+            // is a valid timespec.
+            let rc = unsafe { libc::pthread_mutex_timedlock(self.inner.get(), &until) };
+            if rc != libc::ETIMEDOUT {
+                return self.after_lock(rc, "pthread_mutex_timedlock");
+            }
+        }
+    }
+
+    /// Takes the mutex if it is free; `Ok(None)` if another thread or process holds it.
+    pub(crate) fn try_lock(&self) -> Result<Option<Locked>> {
         // SAFETY: the mutex was initialized by `init` and lives as long as `self`.
-        let rc = unsafe { libc::pthread_mutex_lock(self.inner.get()) };
-        self.after_lock(rc, "pthread_mutex_lock")
+        let rc = unsafe { libc::pthread_mutex_trylock(self.inner.get()) };
+        if rc == libc::EBUSY {
+            return Ok(None);
+        }
+        self.after_lock(rc, "pthread_mutex_trylock").map(Some)
+    }
+
+    /// Takes the mutex, waiting at most `timeout`; `Ok(None)` when the time ran out.
+    pub(crate) fn lock_timeout(&self, timeout: Duration) -> Result<Option<Locked>> {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid timespec to write to.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let nanos = now.tv_nsec as u64 + u64::from(timeout.subsec_nanos());
+        let secs = (now.tv_sec as u64)
+            .saturating_add(timeout.as_secs())
+            .saturating_add(nanos / 1_000_000_000)
+            .min(i64::MAX as u64 / 2);
+        let deadline = libc::timespec {
+            tv_sec: secs as libc::time_t,
+            tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+        };
+        loop {
+            // SAFETY: the mutex was initialized by `init` and lives as long as `self`;
+            // `deadline` is a valid timespec for the duration of the call.
+            let rc = unsafe {
+                pthread_mutex_clocklock(self.inner.get(), libc::CLOCK_MONOTONIC, &deadline)
+            };
+            match rc {
+                libc::ETIMEDOUT => return Ok(None),
+                libc::EINTR => {}
+                rc => return self.after_lock(rc, "pthread_mutex_clocklock").map(Some),
+            }
+        }
     }
 
     fn after_lock(&self, rc: libc::c_int, what: &'static str) -> Result<Locked> {

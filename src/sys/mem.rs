@@ -1,9 +1,12 @@
 //! Shared memory mappings.
 
 use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
-use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+use nix::fcntl::{FcntlArg, SealFlag};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, mmap_anonymous, munmap};
 
 use crate::error::{Error, Result};
 
@@ -35,6 +38,37 @@ impl SharedMapping {
                 nz,
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
                 MapFlags::MAP_SHARED,
+            )
+        }
+        .map_err(|e| Error::io("mmap", e))?;
+        Ok(SharedMapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// Maps the first `len` bytes of the file `fd` (a memfd) shared: every process that maps
+    /// the same file sees the same bytes. The mapping stays valid after `fd` is closed. With
+    /// `populate`, all pages are faulted in at once (`MAP_POPULATE`), much faster than one fault
+    /// per page when the whole mapping will be touched.
+    pub(crate) fn from_fd(fd: BorrowedFd<'_>, len: usize, populate: bool) -> Result<Self> {
+        let mut flags = MapFlags::MAP_SHARED;
+        if populate {
+            flags |= MapFlags::MAP_POPULATE;
+        }
+        let nz = NonZeroUsize::new(len)
+            .ok_or_else(|| Error::invalid_arg("len", len, "a shared mapping cannot be empty"))?;
+        // SAFETY: a mapping at an address the kernel picks aliases no existing Rust memory; the
+        // file is a memfd that is never truncated below `len` (memfds made by `memfd` are sized
+        // once and `fd_size` is checked by callers before mapping).
+        let ptr = unsafe {
+            mmap(
+                None,
+                nz,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                flags,
+                fd,
+                0,
             )
         }
         .map_err(|e| Error::io("mmap", e))?;
@@ -77,4 +111,55 @@ pub(crate) fn advise_huge_pages(buf: &mut Vec<u8>) {
     // SAFETY: [start, end) lies inside `buf`'s allocation, which we own; MADV_HUGEPAGE changes
     // only how the kernel backs those pages, never their contents or validity.
     let _ = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+}
+
+impl SharedMapping {
+    /// The mapping viewed as `len / 8` atomic 64-bit words (the pool's per-worker progress slots).
+    pub(crate) fn as_atomic_u64s(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: the mapping is page-aligned (so 8-aligned), `len / 8` words lie inside it, an
+        // all-zero (or any) bit pattern is a valid `AtomicU64`, and every access to this memory,
+        // from any process, goes through these atomics, so there is no data race. The slice
+        // borrows `self`, so it cannot outlive the mapping.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ptr.as_ptr().cast::<std::sync::atomic::AtomicU64>(),
+                self.len / 8,
+            )
+        }
+    }
+}
+
+/// A new anonymous memory file (`memfd_create` with `MFD_CLOEXEC`) of `len` zero bytes, sealed
+/// against shrinking and growing, so that no holder can make another's mapping fault (`SIGBUS`).
+///
+/// It has no name in any file system (`/dev/shm` included): its memory goes back to the kernel
+/// when the last descriptor and the last mapping of it are gone, also when processes crash.
+pub(crate) fn memfd(len: usize) -> Result<OwnedFd> {
+    let fd = memfd_create(
+        c"multiproc-shm",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(|e| Error::io("memfd_create", e))?;
+    let off = libc::off_t::try_from(len)
+        .map_err(|_| Error::invalid_arg("len", len, "too large for a memory file"))?;
+    nix::unistd::ftruncate(fd.as_fd(), off).map_err(|e| Error::io("ftruncate", e))?;
+    nix::fcntl::fcntl(fd.as_fd(), FcntlArg::F_ADD_SEALS(SIZE_SEALS))
+        .map_err(|e| Error::io("fcntl(F_ADD_SEALS)", e))?;
+    Ok(fd)
+}
+
+const SIZE_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
+    .union(SealFlag::F_SEAL_GROW)
+    .union(SealFlag::F_SEAL_SEAL);
+
+/// Whether `fd` is a memory file made by [`memfd`]: its size can never change.
+pub(crate) fn is_sealed_memfd(fd: BorrowedFd<'_>) -> bool {
+    nix::fcntl::fcntl(fd, FcntlArg::F_GET_SEALS)
+        .is_ok_and(|bits| SealFlag::from_bits_truncate(bits).contains(SIZE_SEALS))
+}
+
+/// The size in bytes of the file `fd`.
+pub(crate) fn fd_size(fd: BorrowedFd<'_>) -> Result<usize> {
+    let st = nix::sys::stat::fstat(fd).map_err(|e| Error::io("fstat", e))?;
+    usize::try_from(st.st_size).map_err(|_| Error::io("fstat", std::io::ErrorKind::InvalidData))
 }

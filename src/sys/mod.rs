@@ -5,6 +5,7 @@
 
 pub(crate) mod futex;
 pub(crate) mod mem;
+pub(crate) mod socket;
 
 use std::fs;
 use std::io;
@@ -225,4 +226,159 @@ pub(crate) fn flush_stdio() {
     use std::io::Write;
     let _ = io::stdout().flush();
     let _ = io::stderr().flush();
+}
+
+// ---- Additions for the pool (src/pool/) ----
+
+/// A connected pair of Unix stream sockets, closed on `exec`. Both ends block; the pool's parent
+/// side uses [`send`]/[`recv`] with `nonblocking = true` on its end.
+pub(crate) fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType};
+    nix::sys::socket::socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| Error::io("socketpair", e))
+}
+
+/// Sends bytes on a stream socket without raising `SIGPIPE` (a gone peer is
+/// [`Error::Disconnected`]). With `nonblocking`, `Ok(0)` means the socket buffer is full.
+/// Retries on `EINTR`.
+pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8], nonblocking: bool) -> Result<usize> {
+    use nix::sys::socket::MsgFlags;
+    use std::os::fd::AsRawFd;
+    let mut flags = MsgFlags::MSG_NOSIGNAL;
+    if nonblocking {
+        flags |= MsgFlags::MSG_DONTWAIT;
+    }
+    loop {
+        match nix::sys::socket::send(fd.as_raw_fd(), buf, flags) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => return Ok(0),
+            Err(Errno::EPIPE | Errno::ECONNRESET) => {
+                return Err(Error::Disconnected("the peer closed its end".into()));
+            }
+            Err(e) => return Err(Error::io("send", e)),
+        }
+    }
+}
+
+/// Receives bytes from a stream socket. `Ok(Some(0))` is end of file; with `nonblocking`,
+/// `Ok(None)` means nothing is there yet. Retries on `EINTR`.
+pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) -> Result<Option<usize>> {
+    use nix::sys::socket::MsgFlags;
+    use std::os::fd::AsRawFd;
+    let flags = if nonblocking {
+        MsgFlags::MSG_DONTWAIT
+    } else {
+        MsgFlags::empty()
+    };
+    loop {
+        match nix::sys::socket::recv(fd.as_raw_fd(), buf, flags) {
+            Ok(n) => return Ok(Some(n)),
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => return Ok(None),
+            Err(Errno::ECONNRESET) => return Ok(Some(0)),
+            Err(e) => return Err(Error::io("recv", e)),
+        }
+    }
+}
+
+/// What [`poll_many`] asks about one descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interest {
+    /// Readable (or hung up).
+    Read,
+    /// Readable or writable.
+    ReadWrite,
+}
+
+/// Polls several descriptors until one is ready or `deadline` passes. Returns, per descriptor,
+/// `(readable_or_hung_up, writable)`; all `false` on timeout. Retries on `EINTR`.
+pub(crate) fn poll_many(
+    fds: &[(BorrowedFd<'_>, Interest)],
+    deadline: Option<Instant>,
+) -> Result<Vec<(bool, bool)>> {
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|(fd, interest)| {
+            let flags = match interest {
+                Interest::Read => PollFlags::POLLIN,
+                Interest::ReadWrite => PollFlags::POLLIN | PollFlags::POLLOUT,
+            };
+            PollFd::new(*fd, flags)
+        })
+        .collect();
+    loop {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128);
+                PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        match nix::poll::poll(&mut pfds, timeout) {
+            Ok(0) => return Ok(vec![(false, false); fds.len()]),
+            Ok(_) => {
+                return Ok(pfds
+                    .iter()
+                    .map(|p| {
+                        let r = p.revents().unwrap_or(PollFlags::empty());
+                        (
+                            r.intersects(
+                                PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR,
+                            ),
+                            r.contains(PollFlags::POLLOUT),
+                        )
+                    })
+                    .collect());
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(Error::io("poll", e)),
+        }
+    }
+}
+
+/// Asks the kernel to send `SIGKILL` to the calling process when the thread that forked it ends
+/// (`PR_SET_PDEATHSIG`).
+pub(crate) fn set_pdeathsig_kill() -> Result<()> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| Error::io("prctl", e))
+}
+
+/// The parent process's id.
+pub(crate) fn getppid() -> Pid {
+    nix::unistd::getppid()
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process of the machine.
+pub(crate) fn monotonic_ns() -> u64 {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// Sets an environment variable in a freshly forked child.
+///
+/// # Safety
+///
+/// No other thread may read or write the environment at the same time: call it only in a child
+/// right after `fork`, where the calling thread is the only one.
+pub(crate) unsafe fn set_env_in_child(key: &str, value: &str) {
+    // SAFETY: the caller guarantees the process has a single thread.
+    unsafe { std::env::set_var(key, value) }
+}
+
+/// Closes a descriptor this process inherited through `fork` and has no owner for here (the
+/// owning value belongs to the parent's copy of memory and is never dropped in the child).
+pub(crate) fn close_inherited(fd: std::os::fd::RawFd) {
+    // SAFETY: called in a child right after fork on descriptors whose owners live in memory the
+    // child never drops or uses (it `_exit`s), so nothing else closes or uses them.
+    unsafe {
+        libc::close(fd);
+    }
 }

@@ -52,3 +52,24 @@ impl Rng {
         (0..n).map(|_| self.next_u64() as u8).collect()
     }
 }
+
+/// Prints where `pid` (and this process) are blocked, for a test that is about to fail on a
+/// hang: the kernel wait channel and, if gdb is installed, the user-space stack.
+pub(crate) fn dump_stacks(pid: i32) {
+    for p in [pid, std::process::id() as i32] {
+        let wchan = std::fs::read_to_string(format!("/proc/{p}/wchan")).unwrap_or_default();
+        eprintln!("--- process {p}: wchan {wchan}");
+        if let Ok(out) = std::process::Command::new("gdb")
+            .args([
+                "-p",
+                &p.to_string(),
+                "-batch",
+                "-ex",
+                "thread apply all bt 15",
+            ])
+            .output()
+        {
+            eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+        }
+    }
+}

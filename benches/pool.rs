@@ -1,0 +1,367 @@
+//! Pool benchmarks, side by side with CPython's `multiprocessing.Pool` and with the raw pipe
+//! limits, measured in the same run.
+//!
+//! `cargo bench --bench pool -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Criterion measures (1)–(4) and the raw limits; (5), the CPU-bound speed-up, is timed by hand
+//! (2 alternating repetitions of 200 × ~10 ms). Then `python3 benches/py/peer.py pool` runs
+//! (skip it with `MULTIPROC_BENCH_PY=0`) and a table of ratios is printed.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use multiproc::{Pool, Process};
+
+/// Mean time per iteration of each benchmark, recorded by `iter_custom`.
+static MEANS: Mutex<Vec<(&'static str, Duration, u64)>> = Mutex::new(Vec::new());
+
+fn record(name: &'static str, total: Duration, iters: u64) {
+    MEANS.lock().unwrap().push((name, total, iters));
+}
+
+fn mean(name: &str) -> Option<Duration> {
+    let m = MEANS.lock().unwrap();
+    let (t, n) = m
+        .iter()
+        .filter(|(k, _, _)| *k == name)
+        .fold((Duration::ZERO, 0), |(t, n), (_, d, i)| (t + *d, n + i));
+    (n > 0).then(|| t / n as u32)
+}
+
+fn sq(x: u64) -> u64 {
+    x * x
+}
+
+fn arr_sum(a: Vec<f64>) -> f64 {
+    a.iter().sum()
+}
+
+fn echo(a: Vec<f64>) -> Vec<f64> {
+    a
+}
+
+/// A pure loop of about 10 ms (calibrated), like Python's `burn`.
+fn burn(n: u64) -> u64 {
+    let mut s = 0u64;
+    for i in 0..n {
+        s = (s + black_box(i) * i) % 1_000_003;
+    }
+    s
+}
+
+fn calibrate_burn() -> u64 {
+    let mut n = 100_000u64;
+    loop {
+        let t = Instant::now();
+        black_box(burn(n));
+        let e = t.elapsed();
+        if e > Duration::from_millis(2) {
+            return (n as f64 * 0.010 / e.as_secs_f64()) as u64;
+        }
+        n *= 4;
+    }
+}
+
+fn timed<O>(name: &'static str, iters: u64, mut f: impl FnMut() -> O) -> Duration {
+    let t = Instant::now();
+    for _ in 0..iters {
+        black_box(f());
+    }
+    let d = t.elapsed();
+    record(name, d, iters);
+    d
+}
+
+/// A child that answers each 1-byte ping with a 1-byte pong (a raw round trip).
+fn pong_child() -> (Process, UnixStream) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let p = Process::new(move || {
+        let mut b = b;
+        let mut buf = [0u8; 1];
+        while b.read_exact(&mut buf).is_ok() {
+            if b.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    p.start().unwrap();
+    (p, a)
+}
+
+/// A child that reads 16-byte task messages one by one and answers each with 16 bytes.
+fn task_child() -> (Process, UnixStream) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let p = Process::new(move || {
+        let mut b = b;
+        let mut buf = [0u8; 16];
+        while b.read_exact(&mut buf).is_ok() {
+            let x = u64::from_le_bytes(buf[8..].try_into().unwrap());
+            buf[8..].copy_from_slice(&(x * x).to_le_bytes());
+            if b.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    p.start().unwrap();
+    (p, a)
+}
+
+fn bench_rust(c: &mut Criterion) {
+    // (1) start + tiny map + join.
+    c.bench_function("pool_start_map_join", |b| {
+        b.iter_custom(|iters| {
+            timed("pool_start_map_join", iters, || {
+                let pool = Pool::with_processes(2).unwrap();
+                assert_eq!(pool.map(sq, 0..10u64).unwrap()[9], 81);
+                pool.close();
+                pool.join().unwrap();
+            })
+        })
+    });
+
+    let pool = Pool::with_processes(2).unwrap();
+    pool.map(sq, 0..100u64).unwrap();
+    let want: u64 = (0..100_000u64).map(sq).sum();
+
+    // (2) 100k tiny tasks.
+    let mut g = c.benchmark_group("map_100k");
+    g.sample_size(10);
+    for (name, chunk) in [("map_100k_default", None), ("map_100k_chunk1", Some(1))] {
+        g.bench_function(name, |b| {
+            pool.set_chunksize(chunk).unwrap();
+            b.iter_custom(|iters| {
+                timed(name, iters, || {
+                    let r = pool.map(sq, 0..100_000u64).unwrap();
+                    assert_eq!(r.iter().sum::<u64>(), want);
+                })
+            })
+        });
+    }
+    g.finish();
+    pool.set_chunksize(None).unwrap();
+
+    // (3) sequential apply latency.
+    c.bench_function("apply_latency", |b| {
+        b.iter_custom(|iters| {
+            let mut i = 0u64;
+            timed("apply_latency", iters, || {
+                i += 1;
+                pool.apply(sq, i).unwrap()
+            })
+        })
+    });
+
+    // (4) 80 MB of f64 to a worker.
+    let a: Vec<f64> = (0..10_000_000u64).map(|x| x as f64).collect();
+    let total = 10_000_000f64 * 9_999_999f64 / 2.0;
+    let mut g = c.benchmark_group("array_80mb");
+    g.sample_size(10);
+    g.bench_function("array_80mb_sum", |b| {
+        b.iter_custom(|iters| {
+            let mut d = Duration::ZERO;
+            for _ in 0..iters {
+                let v = a.clone();
+                let t = Instant::now();
+                assert_eq!(pool.apply(arr_sum, v).unwrap(), total);
+                d += t.elapsed();
+            }
+            record("array_80mb_sum", d, iters);
+            d
+        })
+    });
+    g.bench_function("array_80mb_echo", |b| {
+        b.iter_custom(|iters| {
+            let mut d = Duration::ZERO;
+            for _ in 0..iters {
+                let v = a.clone();
+                let t = Instant::now();
+                let back = pool.apply(echo, v).unwrap();
+                d += t.elapsed();
+                assert_eq!(back.len(), a.len());
+            }
+            record("array_80mb_echo", d, iters);
+            d
+        })
+    });
+    g.finish();
+    drop(pool);
+
+    // Raw limits: a ping-pong, and one socket message per task.
+    let (p, mut s) = pong_child();
+    c.bench_function("raw_pingpong", |b| {
+        b.iter_custom(|iters| {
+            let mut buf = [7u8];
+            timed("raw_pingpong", iters, || {
+                s.write_all(&buf).unwrap();
+                s.read_exact(&mut buf).unwrap();
+            })
+        })
+    });
+    drop(s);
+    p.join().unwrap();
+
+    let (p, s) = task_child();
+    let mut g = c.benchmark_group("raw_tasks");
+    g.sample_size(10);
+    g.bench_function("raw_msg_per_task_100k", |b| {
+        b.iter_custom(|iters| {
+            let mut d = Duration::ZERO;
+            for _ in 0..iters {
+                let mut w = s.try_clone().unwrap();
+                let mut r = s.try_clone().unwrap();
+                let t = Instant::now();
+                std::thread::scope(|sc| {
+                    sc.spawn(move || {
+                        let mut out = Vec::with_capacity(16 * 100_000);
+                        for i in 0..100_000u64 {
+                            out.extend_from_slice(&8u64.to_le_bytes());
+                            out.extend_from_slice(&i.to_le_bytes());
+                            // one message per task: write each as it is made
+                            w.write_all(&out).unwrap();
+                            out.clear();
+                        }
+                    });
+                    let mut buf = [0u8; 16];
+                    for _ in 0..100_000 {
+                        r.read_exact(&mut buf).unwrap();
+                    }
+                });
+                d += t.elapsed();
+            }
+            record("raw_msg_per_task_100k", d, iters);
+            d
+        })
+    });
+    g.finish();
+    drop(s);
+    p.join().unwrap();
+}
+
+/// (5) 200 CPU-bound tasks of ~10 ms on 1 and 2 processes, alternating, 2 rounds.
+fn bench_cpu() -> (f64, f64) {
+    let n = calibrate_burn();
+    let want = burn(n);
+    let p1 = Pool::builder().processes(1).chunksize(1).build().unwrap();
+    let p2 = Pool::builder().processes(2).chunksize(1).build().unwrap();
+    p1.map(sq, 0..10u64).unwrap();
+    p2.map(sq, 0..10u64).unwrap();
+    let (mut t1, mut t2) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        for (pool, out) in [(&p1, &mut t1), (&p2, &mut t2)] {
+            let t = Instant::now();
+            let r = pool.map(burn, vec![n; 200]).unwrap();
+            out.push(t.elapsed().as_secs_f64());
+            assert!(r.iter().all(|&x| x == want));
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (med(&mut t1), med(&mut t2))
+}
+
+fn python() -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    if std::env::var("MULTIPROC_BENCH_PY").is_ok_and(|v| v == "0") {
+        return out;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/py/peer.py");
+    let Ok(o) = std::process::Command::new("python3")
+        .args([script, "pool"])
+        .output()
+    else {
+        eprintln!("python3 not available: no CPython column");
+        return out;
+    };
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        // {"group": "pool", "name": "...", "value": 1.0, "unit": "...", "iters": 1}
+        let field = |k: &str| {
+            let i = line.find(&format!("\"{k}\":"))? + k.len() + 3;
+            let rest = line[i..].trim_start();
+            let end = rest.find([',', '}']).unwrap_or(rest.len());
+            Some(rest[..end].trim().trim_matches('"').to_string())
+        };
+        if let (Some(name), Some(v)) = (field("name"), field("value")) {
+            if let Ok(v) = v.parse() {
+                out.insert(name, v);
+            }
+        }
+    }
+    out
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench_rust(&mut c);
+    let full = std::env::args().any(|a| a == "--bench");
+    if !full {
+        return;
+    }
+    let (p1, p2) = bench_cpu();
+    let py = python();
+    let us = |n: &str| mean(n).map_or(f64::NAN, |d| d.as_secs_f64() * 1e6);
+    let rows: Vec<(&str, f64, &str, bool)> = vec![
+        (
+            "pool_start_map_join",
+            us("pool_start_map_join") / 1e3,
+            "ms",
+            false,
+        ),
+        (
+            "map_100k_default",
+            1e5 / (us("map_100k_default") / 1e6),
+            "tasks/s",
+            true,
+        ),
+        (
+            "map_100k_chunk1",
+            1e5 / (us("map_100k_chunk1") / 1e6),
+            "tasks/s",
+            true,
+        ),
+        ("apply_latency", us("apply_latency"), "us", false),
+        (
+            "array_80mb_sum",
+            80.0 / (us("array_80mb_sum") / 1e6),
+            "MB/s",
+            true,
+        ),
+        (
+            "array_80mb_echo",
+            80.0 / (us("array_80mb_echo") / 1e6),
+            "MB/s",
+            true,
+        ),
+        ("cpu_200x10ms_p1", p1, "s", false),
+        ("cpu_200x10ms_p2", p2, "s", false),
+        ("cpu_speedup", p1 / p2, "ratio", true),
+    ];
+    println!();
+    println!("| benchmark | multiproc | CPython | unit | multiproc vs CPython |");
+    println!("|---|---|---|---|---|");
+    for (name, ours, unit, higher_better) in rows {
+        let theirs = py.get(name).copied();
+        let ratio = theirs.map_or(String::from("–"), |t| {
+            let r = if higher_better { ours / t } else { t / ours };
+            format!("{r:.1}x")
+        });
+        let theirs = theirs.map_or(String::from("–"), |t| format!("{t:.4}"));
+        println!("| {name} | {ours:.4} | {theirs} | {unit} | {ratio} |");
+    }
+    let ping = us("raw_pingpong");
+    let raw = 1e5 / (us("raw_msg_per_task_100k") / 1e6);
+    println!(
+        "| raw_pingpong | {ping:.1} | – | us | apply_latency / raw = {:.2} |",
+        us("apply_latency") / ping
+    );
+    println!(
+        "| raw_msg_per_task | {raw:.0} | – | tasks/s | map_100k_chunk1 / raw = {:.2} |",
+        1e5 / (us("map_100k_chunk1") / 1e6) / raw
+    );
+}

@@ -1,0 +1,437 @@
+//! Shared-memory benchmarks, side by side with CPython's `multiprocessing` (run in the same
+//! sitting from `benches/py/peer.py shm` when it exists).
+//!
+//! `cargo bench --bench shm` (full: 80 MB payloads, 10^7-f64 broadcast, 1 GiB hand-over);
+//! `cargo bench --bench shm -- --quick` (8 MB, 10^6, fewer repetitions);
+//! `MULTIPROC_BENCH_PY=0` skips the Python peer. Under `cargo test --benches` it runs a smoke
+//! version. Each figure is the median of the timed repetitions; MB = 10^6 bytes.
+
+use std::hint::black_box;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use multiproc::{Connection, PodVec, Process, Queue, SharedArray, pipe};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+enum Req {
+    /// Echo the vector back (serialized).
+    Echo(Vec<f64>),
+    /// Echo the PodVec back.
+    EchoPod(PodVec<f64>),
+    /// Copy the shared array out into a private Vec, answer its length.
+    CopyOut(SharedArray<f64>),
+    /// Read one element at this index.
+    Peek(SharedArray<f64>, u64),
+    /// bcast: check the length and the endpoints (as the Python peer does).
+    CheckVec(Vec<f64>),
+    CheckShm(SharedArray<f64>),
+    Stop,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Resp {
+    Vec(Vec<f64>),
+    Pod(PodVec<f64>),
+    Num(f64),
+    Pair(f64, f64),
+}
+
+fn worker(c: Connection<Resp, Req>) {
+    loop {
+        // A message that has fully arrived is received (and its shared objects mapped) in the
+        // timed part: the analog of Python's attach by name.
+        if !c.poll(Duration::from_secs(600)).expect("poll") {
+            break;
+        }
+        let t0 = Instant::now();
+        let Ok(req) = c.recv() else { break };
+        // What the request brought stays alive until the answer is sent, as in the Python peer
+        // (its workers ack first, then close and free).
+        let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
+        let resp = match req {
+            Req::Echo(v) => Resp::Vec(v),
+            Req::EchoPod(v) => Resp::Pod(v),
+            Req::CopyOut(a) => {
+                // SAFETY: the parent does not write the array until we answer.
+                let v = unsafe { a.as_slice() }.to_vec();
+                let n = black_box(&v).len() as f64;
+                keep.push(Box::new(a));
+                keep.push(Box::new(v));
+                Resp::Num(n)
+            }
+            Req::Peek(a, i) => {
+                let x = a.get(i as usize).expect("in bounds");
+                let attach = t0.elapsed().as_secs_f64();
+                keep.push(Box::new(a));
+                Resp::Pair(x, attach)
+            }
+            Req::CheckVec(v) => {
+                let n = check(&v);
+                keep.push(Box::new(v));
+                Resp::Num(n)
+            }
+            Req::CheckShm(a) => {
+                // SAFETY: as above.
+                let n = check(unsafe { a.as_slice() });
+                keep.push(Box::new(a));
+                Resp::Num(n)
+            }
+            Req::Stop => break,
+        };
+        c.send(&resp).expect("answer");
+        drop(keep);
+    }
+}
+
+fn check(v: &[f64]) -> f64 {
+    if v.first() == Some(&0.0) && v.last() == Some(&((v.len() - 1) as f64)) {
+        v.len() as f64
+    } else {
+        -1.0
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs `f` `warm` + `reps` times; the median of the durations it returns.
+fn measure(reps: usize, warm: usize, mut f: impl FnMut() -> Duration) -> f64 {
+    for _ in 0..warm {
+        f();
+    }
+    median((0..reps).map(|_| f().as_secs_f64()).collect())
+}
+
+struct Row {
+    name: &'static str,
+    value: f64,
+    unit: &'static str,
+    py: Option<(&'static str, bool)>,
+}
+
+fn main() -> multiproc::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let benching = args.iter().any(|a| a == "--bench");
+    let quick = !benching || args.iter().any(|a| a == "--quick");
+    let (reps, warm) = if benching {
+        (if quick { 3 } else { 5 }, 1)
+    } else {
+        (1, 0)
+    };
+    let nb: usize = if quick { 8_000_000 } else { 80_000_000 };
+    let n = nb / 8;
+    let nd: usize = if quick { 1_000_000 } else { 10_000_000 };
+    let big: usize = if benching { 1 << 30 } else { 64 << 20 };
+    let mut rows = Vec::new();
+
+    let workers: Vec<(Connection<Req, Resp>, Process)> = (0..2)
+        .map(|_| {
+            let (parent, child) = pipe::<Req, Resp>()?;
+            let p = Process::new(move || worker(child));
+            p.start()?;
+            Ok((parent, p))
+        })
+        .collect::<multiproc::Result<_>>()?;
+    let w = &workers[0].0;
+    let data: Vec<f64> = (0..n).map(|i| i as f64).collect();
+
+    // The physical limit: one copy in one process.
+    let mut dst = vec![1.0f64; n];
+    let t = measure(reps, warm, || {
+        let t = Instant::now();
+        dst.copy_from_slice(black_box(&data));
+        black_box(&dst);
+        t.elapsed()
+    });
+    rows.push(Row {
+        name: "memcpy_80mb_touched",
+        value: nb as f64 / 1e6 / t,
+        unit: "MB/s",
+        py: None,
+    });
+    let t = measure(reps, warm, || {
+        let t = Instant::now();
+        let v = black_box(data.clone());
+        let e = t.elapsed();
+        drop(v);
+        e
+    });
+    rows.push(Row {
+        name: "memcpy_80mb_fresh",
+        value: nb as f64 / 1e6 / t,
+        unit: "MB/s",
+        py: None,
+    });
+
+    // To a worker and back, serialized (Vec<f64> through postcard) and as PodVec.
+    let t = measure(reps, warm, || {
+        let t = Instant::now();
+        w.send(&Req::Echo(data.clone())).expect("send");
+        let Resp::Vec(v) = w.recv().expect("recv") else {
+            panic!("echo")
+        };
+        let e = t.elapsed();
+        assert_eq!(v.len(), n);
+        e
+    });
+    rows.push(Row {
+        name: "pipe_serialized_80mb",
+        value: nb as f64 / 1e6 / t,
+        unit: "MB/s",
+        py: Some(("pool_apply_80mb", true)),
+    });
+    let t = measure(reps, warm, || {
+        let v: PodVec<f64> = data.clone().into();
+        let t = Instant::now();
+        w.send(&Req::EchoPod(v)).expect("send");
+        let Resp::Pod(v) = w.recv().expect("recv") else {
+            panic!("echo")
+        };
+        let e = t.elapsed();
+        assert_eq!(v[n - 1], (n - 1) as f64);
+        e
+    });
+    rows.push(Row {
+        name: "pipe_podvec_80mb",
+        value: nb as f64 / 1e6 / t,
+        unit: "MB/s",
+        py: Some(("pool_apply_80mb", true)),
+    });
+
+    // Through a Queue (a shared-memory ring, no descriptors): a PodVec goes as one block of
+    // bytes, a Vec<f64> element by element. To a worker that echoes it back on a second queue.
+    {
+        let (to, from): (Queue<PodVec<f64>>, Queue<PodVec<f64>>) = (Queue::new()?, Queue::new()?);
+        let (to2, from2) = (to.clone(), from.clone());
+        let echo = Process::new(move || {
+            while let Ok(v) = to2.get() {
+                if v.is_empty() {
+                    break;
+                }
+                from2.put(&v).expect("put");
+            }
+        });
+        echo.start()?;
+        let t = measure(reps, warm, || {
+            let v: PodVec<f64> = data.clone().into();
+            let t = Instant::now();
+            to.put(&v).expect("put");
+            let v = from.get().expect("get");
+            let e = t.elapsed();
+            assert_eq!(v[n - 1], (n - 1) as f64);
+            e
+        });
+        to.put(&Vec::new().into())?;
+        echo.join()?;
+        rows.push(Row {
+            name: "queue_podvec_80mb",
+            value: nb as f64 / 1e6 / t,
+            unit: "MB/s",
+            py: Some(("pool_apply_80mb", true)),
+        });
+    }
+
+    // Python's shared_memory_80mb: make a segment, copy in, hand over, the worker copies out.
+    let t = measure(reps, warm, || {
+        let t = Instant::now();
+        let a = SharedArray::from_slice(&data).expect("array");
+        let req = Req::CopyOut(a);
+        w.send(&req).expect("send");
+        let Resp::Num(len) = w.recv().expect("recv") else {
+            panic!("copy")
+        };
+        let e = t.elapsed();
+        drop(req);
+        assert_eq!(len as usize, n);
+        e
+    });
+    rows.push(Row {
+        name: "shared_array_80mb",
+        value: nb as f64 / 1e6 / t,
+        unit: "MB/s",
+        py: Some(("shared_memory_80mb", true)),
+    });
+
+    // Hand-over of an existing array, round trip: send the descriptor, the worker receives it,
+    // maps it, reads one element, answers. "attach" is the worker's part alone (receive, map,
+    // read), which is what Python's figure measures (attach by name + read).
+    for (name, py, bytes) in [
+        (
+            "shared_array_handover_1mb",
+            "shared_memory_attach_1mb",
+            1usize << 20,
+        ),
+        ("shared_array_handover_1gb", "shared_memory_attach_1gb", big),
+    ] {
+        let a = SharedArray::<f64>::new(bytes / 8)?;
+        let off = bytes / 16 + 123;
+        a.set(off, 42.0)?;
+        let k = if benching { 200 } else { 5 };
+        let mut attach = Vec::new();
+        let t = measure(reps, warm, || {
+            let t = Instant::now();
+            let mut worker_side = 0.0;
+            for _ in 0..k {
+                w.send(&Req::Peek(a.clone(), off as u64)).expect("send");
+                let Resp::Pair(x, secs) = w.recv().expect("recv") else {
+                    panic!("peek")
+                };
+                assert_eq!(x, 42.0);
+                worker_side += secs;
+            }
+            attach.push(worker_side);
+            t.elapsed()
+        });
+        rows.push(Row {
+            name,
+            value: t / k as f64 * 1e6,
+            unit: "us",
+            py: None,
+        });
+        rows.push(Row {
+            name: if bytes == 1 << 20 {
+                "shared_array_attach_1mb"
+            } else {
+                "shared_array_attach_1gb"
+            },
+            value: median(attach) / k as f64 * 1e6,
+            unit: "us",
+            py: Some((py, false)),
+        });
+    }
+
+    // The broadcast of the mpi4py tutorial, as the Python peer times it.
+    let arr: Vec<f64> = (0..nd).map(|i| i as f64).collect();
+    let acks = |tag: &str| {
+        for (c, _) in &workers {
+            let Resp::Num(x) = c.recv().expect("ack") else {
+                panic!("{tag}")
+            };
+            assert_eq!(x as usize, nd, "{tag}");
+        }
+    };
+    let t_ser = measure(reps, warm, || {
+        let t = Instant::now();
+        for (c, _) in &workers {
+            c.send(&Req::CheckVec(arr.clone())).expect("send");
+        }
+        acks("serialized");
+        t.elapsed()
+    });
+    let t_shm = measure(reps, warm, || {
+        let t = Instant::now();
+        let a = SharedArray::from_slice(&arr).expect("array");
+        for (c, _) in &workers {
+            c.send(&Req::CheckShm(a.clone())).expect("send");
+        }
+        acks("shm");
+        t.elapsed()
+    });
+    rows.push(Row {
+        name: "bcast_serialized_10m",
+        value: t_ser,
+        unit: "s",
+        py: Some(("bcast_pickle_10m", false)),
+    });
+    rows.push(Row {
+        name: "bcast_shm_10m",
+        value: t_shm,
+        unit: "s",
+        py: Some(("bcast_shm_10m", false)),
+    });
+    rows.push(Row {
+        name: "bcast_ratio",
+        value: t_ser / t_shm,
+        unit: "ratio",
+        py: Some(("bcast_ratio", true)),
+    });
+
+    for (c, p) in &workers {
+        c.send(&Req::Stop)?;
+        p.join()?;
+    }
+
+    let py = if benching && std::env::var("MULTIPROC_BENCH_PY").as_deref() != Ok("0") {
+        python_peer(quick)
+    } else {
+        Vec::new()
+    };
+    let touched = rows[0].value;
+    println!(
+        "{:<28} {:>12} {:<6} {:>8}   {:<26} {:>12} {:>8}",
+        "multiproc", "value", "unit", "%memcpy", "CPython peer", "value", "ratio"
+    );
+    for r in &rows {
+        let pct = if r.unit == "MB/s" {
+            format!("{:.0}%", 100.0 * r.value / touched)
+        } else {
+            String::new()
+        };
+        let (pname, pval, ratio) = match r.py.and_then(|(name, higher)| {
+            py.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| (name, *v, higher))
+        }) {
+            Some((name, v, higher)) => {
+                // >1 means multiproc is better.
+                let ratio = if higher { r.value / v } else { v / r.value };
+                (name.to_string(), format!("{v:.4}"), format!("{ratio:.1}x"))
+            }
+            None => (String::new(), String::new(), String::new()),
+        };
+        println!(
+            "{:<28} {:>12.4} {:<6} {:>8}   {:<26} {:>12} {:>8}",
+            r.name, r.value, r.unit, pct, pname, pval, ratio
+        );
+    }
+    Ok(())
+}
+
+/// Runs `benches/py/peer.py shm` and returns its (name, value) pairs; empty if unavailable.
+fn python_peer(quick: bool) -> Vec<(String, f64)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/py/peer.py");
+    if !std::path::Path::new(script).exists() {
+        eprintln!("({script} not found: no Python figures)");
+        return Vec::new();
+    }
+    let mut cmd = Command::new("python3");
+    cmd.arg(script).arg("shm");
+    if quick {
+        cmd.arg("--quick");
+    }
+    let out = match cmd.output() {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            eprintln!("python peer failed: {}", String::from_utf8_lossy(&o.stderr));
+            return Vec::new();
+        }
+        Err(e) => {
+            eprintln!("python3 not runnable: {e}");
+            return Vec::new();
+        }
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            Some((
+                field(l, "name")?.trim_matches('"').to_string(),
+                field(l, "value")?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// The raw text of `"key": value` in a flat JSON line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!("\"{key}\":");
+    let rest = line[line.find(&pat)? + pat.len()..].trim_start();
+    let end = if let Some(stripped) = rest.strip_prefix('"') {
+        stripped.find('"')? + 2
+    } else {
+        rest.find([',', '}'])?
+    };
+    Some(rest[..end].trim())
+}

@@ -1,0 +1,238 @@
+//! How a task names the function it runs: a *trampoline* identified by its offset from an anchor.
+//!
+//! The user's function `F` is zero-sized (a fn item or a closure that captures nothing; checked at
+//! compile time), so it has no bytes to send: its identity is its type. For every `(F, T, R)` the
+//! compiler makes one monomorphized trampoline ([`call`], [`call_with`], [`call_star`]) that
+//! conjures the `F`, decodes the inputs, calls it on each, and encodes the outcomes. A task carries
+//! that trampoline's address as an offset from [`anchor`], a function of this crate.
+//!
+//! An offset rather than an address: a forked worker shares the parent's address space layout,
+//! but a future backend whose workers are separate executions of the *same binary* (MPI ranks,
+//! placed by ASLR at different bases) can still find the function, because distances inside one
+//! binary's text do not change. The requirement is therefore: **parent and workers run the same
+//! binary**. The worker checks that the target lands inside the executable mapping that holds
+//! the anchor before it jumps, so a garbage offset is an error, not a wild jump.
+
+use std::any::Any;
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::RemotePanic;
+use crate::panic;
+use crate::wire::MAX_MESSAGE_BYTES;
+
+use super::worker::Exec;
+
+/// The signature of every trampoline: run the task whose `count` encoded inputs are in `input`,
+/// appending one encoded [`ItemOut`] per input to `out`. `Err` fails the whole task.
+pub(crate) type Trampoline = fn(&mut Exec<'_>, &[u8], u32, &mut Vec<u8>) -> Result<(), String>;
+
+/// The outcome of one input, as it travels back: the value, or why there is none.
+pub(crate) type ItemOut<R> = Result<R, ItemError>;
+
+/// Why one input has no value.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) enum ItemError {
+    /// The function panicked on it.
+    Panicked(RemotePanic),
+    /// Its result could not be encoded.
+    Codec(String),
+    /// Its encoded result was larger than the limit.
+    TooLarge(u64),
+}
+
+/// The fixed point that trampoline offsets are measured from. Never inlined, so it has an address
+/// of its own in the binary's text.
+#[inline(never)]
+pub(crate) fn anchor() -> u64 {
+    std::hint::black_box(0x6d75_6c74_6970_726f)
+}
+
+fn anchor_addr() -> usize {
+    anchor as fn() -> u64 as usize
+}
+
+/// A function reference that survives a change of load address: offset from [`anchor`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FnRef(i64);
+
+impl FnRef {
+    /// The reference to `t`.
+    pub(crate) fn of(t: Trampoline) -> FnRef {
+        FnRef((t as usize as i64).wrapping_sub(anchor_addr() as i64))
+    }
+
+    /// The raw offset, for the wire.
+    pub(crate) fn offset(self) -> i64 {
+        self.0
+    }
+
+    /// A reference read from the wire.
+    pub(crate) fn from_offset(offset: i64) -> FnRef {
+        FnRef(offset)
+    }
+
+    /// The trampoline this refers to, after checking that it lies in this binary's text.
+    pub(crate) fn resolve(self) -> Result<Trampoline, String> {
+        let addr = (anchor_addr() as i64).wrapping_add(self.0) as usize;
+        if !text_range().contains(&addr) {
+            return Err(format!(
+                "function offset {:#x} points outside this binary's code: the parent and the \
+                 worker must run the same binary",
+                self.0
+            ));
+        }
+        // SAFETY: `addr` is in the executable mapping of this binary. Offsets are made only by
+        // `FnRef::of` from a `Trampoline` in a process running the same binary (the documented
+        // requirement), where distances between functions of the binary are fixed, so `addr` is
+        // the entry of a function with exactly the `Trampoline` signature.
+        Ok(unsafe { std::mem::transmute::<*const (), Trampoline>(addr as *const ()) })
+    }
+}
+
+/// The address range of the executable mapping that holds [`anchor`] (read once from
+/// `/proc/self/maps`); without `/proc`, a window of 1 GiB around the anchor.
+fn text_range() -> Range<usize> {
+    static RANGE: OnceLock<Range<usize>> = OnceLock::new();
+    RANGE
+        .get_or_init(|| {
+            let a = anchor_addr();
+            let from_maps = std::fs::read_to_string("/proc/self/maps")
+                .ok()
+                .and_then(|maps| {
+                    maps.lines().find_map(|line| {
+                        let mut parts = line.split_ascii_whitespace();
+                        let (lo, hi) = parts.next()?.split_once('-')?;
+                        let perms = parts.next()?;
+                        let lo = usize::from_str_radix(lo, 16).ok()?;
+                        let hi = usize::from_str_radix(hi, 16).ok()?;
+                        (perms.contains('x') && (lo..hi).contains(&a)).then_some(lo..hi)
+                    })
+                });
+            from_maps.unwrap_or(a.saturating_sub(1 << 30)..a.saturating_add(1 << 30))
+        })
+        .clone()
+}
+
+/// A value of the zero-sized function type `F`.
+fn conjure<F: Copy>() -> F {
+    const { assert!(std::mem::size_of::<F>() == 0) };
+    // SAFETY: `F` is zero-sized (asserted above at compile time), so a value of it has no bytes
+    // to initialize. The only zero-sized types implementing the `Fn` traits on stable Rust are fn
+    // items and closures that capture nothing (the traits cannot be implemented by hand), and
+    // those have no validity invariant beyond their (empty) bytes. The parent held a real value
+    // of `F` when it made the task, so the type is inhabited. Reading a zero-sized value through
+    // a dangling (non-null, aligned) pointer is defined: it reads no memory.
+    unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() }
+}
+
+/// Appends the encoding of `outcome` to `out`; an encoding failure or an oversized value becomes
+/// that item's error instead.
+fn push_outcome<R: Serialize>(outcome: &ItemOut<R>, out: &mut Vec<u8>) {
+    let start = out.len();
+    let res = postcard::to_io(outcome, &mut *out).map(|_| ());
+    let size = out.len() - start;
+    let err = match res {
+        Ok(()) if size <= MAX_MESSAGE_BYTES => return,
+        Ok(()) => ItemError::TooLarge(size as u64),
+        Err(e) => ItemError::Codec(e.to_string()),
+    };
+    out.truncate(start);
+    // A unit-like error always encodes.
+    let _ = postcard::to_io(&ItemOut::<()>::Err(err), &mut *out);
+}
+
+fn run_items<T: DeserializeOwned, R: Serialize>(
+    ex: &mut Exec<'_>,
+    mut input: &[u8],
+    count: u32,
+    out: &mut Vec<u8>,
+    mut f: impl FnMut(&mut Exec<'_>, T) -> R,
+) -> Result<(), String> {
+    for i in 0..count {
+        let (x, rest) = postcard::take_from_bytes::<T>(input)
+            .map_err(|e| format!("decoding input {i} of the task: {e}"))?;
+        input = rest;
+        ex.item_started(i);
+        let outcome = panic::catch(|| f(ex, x)).map_err(ItemError::Panicked);
+        push_outcome(&outcome, out);
+    }
+    Ok(())
+}
+
+/// The trampoline for `F: Fn(T) -> R`.
+pub(crate) fn call<F, T, R>(
+    ex: &mut Exec<'_>,
+    input: &[u8],
+    count: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), String>
+where
+    F: Fn(T) -> R + Copy,
+    T: DeserializeOwned,
+    R: Serialize,
+{
+    let f = conjure::<F>();
+    run_items(ex, input, count, out, |_, x| f(x))
+}
+
+/// The trampoline for `F: Fn(A, B) -> R` over `(A, B)` inputs.
+pub(crate) fn call_star<F, A, B, R>(
+    ex: &mut Exec<'_>,
+    input: &[u8],
+    count: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), String>
+where
+    F: Fn(A, B) -> R + Copy,
+    A: DeserializeOwned,
+    B: DeserializeOwned,
+    R: Serialize,
+{
+    let f = conjure::<F>();
+    run_items(ex, input, count, out, |_, (a, b): (A, B)| f(a, b))
+}
+
+/// The trampoline for `F: Fn(&C, T) -> R`, with the context decoded once per worker and job.
+pub(crate) fn call_with<F, C, T, R>(
+    ex: &mut Exec<'_>,
+    input: &[u8],
+    count: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), String>
+where
+    F: Fn(&C, T) -> R + Copy,
+    C: DeserializeOwned + 'static,
+    T: DeserializeOwned,
+    R: Serialize,
+{
+    let f = conjure::<F>();
+    ex.ctx_decode(|bytes| {
+        postcard::from_bytes::<C>(bytes)
+            .map(|c| Box::new(c) as Box<dyn Any>)
+            .map_err(|e| format!("decoding the context: {e}"))
+    })?;
+    run_items(ex, input, count, out, |ex, x| {
+        let ctx = ex
+            .ctx_ref()
+            .and_then(|c| c.downcast_ref::<C>())
+            .expect("context decoded above");
+        f(ctx, x)
+    })
+}
+
+/// Byte offsets of the ends of each of the `count` encoded `T`s in `bytes` (used to split a task
+/// whose worker died).
+pub(crate) fn item_ends<T: DeserializeOwned>(bytes: &[u8], count: u32) -> Option<Vec<usize>> {
+    let mut rest = bytes;
+    let mut ends = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let (_, r) = postcard::take_from_bytes::<T>(rest).ok()?;
+        rest = r;
+        ends.push(bytes.len() - rest.len());
+    }
+    Some(ends)
+}

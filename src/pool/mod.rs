@@ -1,0 +1,1017 @@
+//! [`Pool`]: Python's `multiprocessing.Pool` over forked worker processes that survive crashes.
+//!
+//! Layout: `fnref` names functions across processes, `transport` moves frames, `worker` is the
+//! child's loop, `sched` is the parent's scheduler, `result` holds what callers wait on.
+//!
+//! # Caveats
+//!
+//! - **Dropping a pool terminates it**, like leaving Python's `with Pool() as p:` block: work
+//!   still queued or running is discarded, every worker is killed (`SIGKILL`) and reaped, and an
+//!   [`AsyncResult`] still pending gives [`Error::Disconnected`]. Call [`Pool::close`] then
+//!   [`Pool::join`] to let queued work finish first. Drop never blocks on a worker.
+//! - Workers are killed by the kernel when the *thread* that forked them ends
+//!   (`PR_SET_PDEATHSIG`), and exit when the pool's socket closes, so they never outlive the
+//!   parent. Replacement workers are forked by whichever thread drives the pool when a worker
+//!   dies; keep the pool on a thread that lives as long as the pool.
+//! - Replacement workers are forked from the parent as it is then: see the crate's fork-safety
+//!   contract; the pool itself starts no thread.
+
+mod fnref;
+mod result;
+mod sched;
+mod transport;
+mod worker;
+
+#[cfg(test)]
+mod test;
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::wire::MAX_MESSAGE_BYTES;
+
+pub use self::result::{AsyncResult, IMap};
+
+use self::fnref::{FnRef, Trampoline};
+use self::result::{AsyncState, Chunker, decode_outcomes, run_deferred, terminated};
+use self::sched::{Book, Config, Core, EndsFn, Event, Items, JobId, Sink, Task};
+
+/// A progress callback: `(inputs done, total if known)`.
+type ProgressHook = Arc<dyn Fn(usize, Option<usize>) + Send + Sync>;
+
+pub(crate) struct Shared {
+    core: Mutex<Core>,
+    book: Arc<Book>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Fails to compile unless `F` is zero-sized: a fn item or a closure that captures nothing.
+fn assert_zst<F>() {
+    const {
+        assert!(
+            std::mem::size_of::<F>() == 0,
+            "Pool::map takes a fn item or a closure that captures nothing; pass context with map_with(&ctx, f, items)"
+        )
+    }
+}
+
+/// A pool of worker processes: Python's `multiprocessing.Pool`.
+///
+/// Workers are forked once, when the pool is built, and reused. Only *code* travels by address
+/// (the function must be a `fn` item or a closure that captures nothing; a capturing closure
+/// does not compile); inputs and results travel serialized with the crate's wire format, so
+/// `T` and `R` implement `Serialize` and `DeserializeOwned`. For what a capture would carry, use
+/// [`map_with`](Pool::map_with): the context is sent once per worker per call.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::Pool;
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let pool = Pool::with_processes(2)?;
+/// assert_eq!(pool.map(square, 0..5)?, vec![0, 1, 4, 9, 16]);
+/// assert_eq!(pool.map(|x: u64| x + 1, vec![1, 2])?, vec![2, 3]);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+///
+/// A closure that captures does not compile, and the message says what to use instead:
+///
+/// ```compile_fail
+/// # let pool = multiproc::Pool::with_processes(2)?;
+/// let k = 3u64;
+/// pool.map(move |x: u64| x * k, 0..5)?; // error: ... pass context with map_with(&ctx, f, items)
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+///
+/// # Failures
+///
+/// A task that panics fails alone ([`Error::TaskPanicked`]). A worker that dies mid-task
+/// (killed, segfault, abort, OOM) never hangs the pool: the input it was running gets
+/// [`Error::WorkerDied`] naming it (`task: Some("item #17")`), the other inputs of its tasks are
+/// run again elsewhere, and a new worker takes its place. With [`retries`](PoolBuilder::retries)
+/// the failed input is re-run instead; with [`task_timeout`](PoolBuilder::task_timeout) an input
+/// that runs too long gets [`Error::Timeout`] and its worker is killed and replaced.
+///
+/// # Caveats
+///
+/// Dropping a pool terminates it: queued and running work is discarded, every worker is killed
+/// and reaped (no zombie, no orphan), and pending [`AsyncResult`]s give
+/// [`Error::Disconnected`]. Use [`close`](Pool::close) and [`join`](Pool::join) to finish the
+/// work first. No helper thread is started: the thread that calls into the pool drives it.
+pub struct Pool {
+    shared: Arc<Shared>,
+    processes: usize,
+    chunksize: AtomicUsize,
+    limit: usize,
+    on_progress: Option<ProgressHook>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.processes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of a [`Pool`]; made by [`Pool::builder`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::Pool;
+///
+/// let pool = Pool::builder()
+///     .processes(2)
+///     .initializer(|| { /* open a file, seed an RNG... once per worker */ })
+///     .max_tasks_per_child(1000)
+///     .retries(1)
+///     .task_timeout(Duration::from_secs(60))
+///     .build()?;
+/// assert_eq!(pool.processes(), 2);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+#[must_use]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    initializer: Option<Arc<dyn Fn() + Send + Sync>>,
+    max_tasks_per_child: Option<u64>,
+    retries: u32,
+    task_timeout: Option<Duration>,
+    chunksize: Option<usize>,
+    limit_threads: bool,
+    max_message_bytes: usize,
+    on_progress: Option<ProgressHook>,
+}
+
+impl fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("processes", &self.processes)
+            .field("max_tasks_per_child", &self.max_tasks_per_child)
+            .field("retries", &self.retries)
+            .field("task_timeout", &self.task_timeout)
+            .field("chunksize", &self.chunksize)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PoolBuilder {
+    /// The number of worker processes. Without it, [`cpu_count`](crate::cpu_count) (which reads
+    /// SLURM's variables first, then the usable CPUs). `0` is refused by
+    /// [`build`](PoolBuilder::build).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// Runs `f` once in each worker when it starts (and in each replacement). It may capture
+    /// anything: a worker is a copy of the parent's memory. If it panics, the worker exits and
+    /// the tasks sent to it fail with [`Error::WorkerDied`].
+    pub fn initializer(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.initializer = Some(Arc::new(f));
+        self
+    }
+
+    /// Each worker exits after `k` tasks (chunks) and a fresh one takes its place (Python's
+    /// `maxtasksperchild`). `0` is refused by `build`.
+    pub fn max_tasks_per_child(mut self, k: u64) -> Self {
+        self.max_tasks_per_child = Some(k);
+        self
+    }
+
+    /// Re-runs an input up to `n` times when the worker running it dies (default 0: the input
+    /// fails with [`Error::WorkerDied`]). Panics and timeouts are not retried.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// Kills (`SIGTERM`, then `SIGKILL` 100 ms later) the worker of an input that has run longer
+    /// than `d`; that input gets [`Error::Timeout`], the worker is replaced. A zero duration is
+    /// refused by `build`.
+    pub fn task_timeout(mut self, d: Duration) -> Self {
+        self.task_timeout = Some(d);
+        self
+    }
+
+    /// The number of inputs per task for `map`, `imap` and friends, instead of the default
+    /// (Python's: `ceil(len / (4 × processes))` for `map`, 1 for `imap`). `0` is refused.
+    pub fn chunksize(mut self, n: usize) -> Self {
+        self.chunksize = Some(n);
+        self
+    }
+
+    /// Whether to set `OMP_NUM_THREADS`, `MKL_NUM_THREADS` and `OPENBLAS_NUM_THREADS` in the
+    /// workers to `max(1, cpus / processes)` (default `true`), so that numerical libraries
+    /// called from tasks do not oversubscribe the CPUs. A variable already set in the parent's
+    /// environment is never changed.
+    pub fn limit_thread_env(mut self, yes: bool) -> Self {
+        self.limit_threads = yes;
+        self
+    }
+
+    /// The largest encoded task (a chunk of inputs, or a context) accepted, in bytes; larger
+    /// ones give [`Error::TooLarge`]. Default and maximum:
+    /// [`MAX_MESSAGE_BYTES`](crate::MAX_MESSAGE_BYTES).
+    pub fn max_message_bytes(mut self, n: usize) -> Self {
+        self.max_message_bytes = n;
+        self
+    }
+
+    /// Calls `f(done, total)` as results of `map`-like calls and `imap` come in (`total` is
+    /// `None` for `imap`). It runs in the parent with the pool's lock held: it must not call the
+    /// pool.
+    pub fn on_progress(mut self, f: impl Fn(usize, Option<usize>) + Send + Sync + 'static) -> Self {
+        self.on_progress = Some(Arc::new(f));
+        self
+    }
+
+    /// Forks the workers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for `processes(0)`, `max_tasks_per_child(0)`,
+    /// `task_timeout(0)`, `chunksize(0)` or a `max_message_bytes` of 0 or over the maximum;
+    /// [`Error::InvalidEnv`] from [`cpu_count`](crate::cpu_count); [`Error::Io`] if a fork fails.
+    pub fn build(self) -> Result<Pool> {
+        let processes = match self.processes {
+            Some(0) => {
+                return Err(Error::invalid_arg(
+                    "processes",
+                    0,
+                    "a pool needs at least one process",
+                ));
+            }
+            Some(n) => n,
+            None => crate::sizing::cpu_count()?,
+        };
+        if self.max_tasks_per_child == Some(0) {
+            return Err(Error::invalid_arg(
+                "max_tasks_per_child",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if self.task_timeout == Some(Duration::ZERO) {
+            return Err(Error::invalid_arg(
+                "task_timeout",
+                "0s",
+                "must be longer than zero",
+            ));
+        }
+        if self.chunksize == Some(0) {
+            return Err(Error::invalid_arg("chunksize", 0, "must be at least 1"));
+        }
+        if self.max_message_bytes == 0 || self.max_message_bytes > MAX_MESSAGE_BYTES {
+            return Err(Error::invalid_arg(
+                "max_message_bytes",
+                self.max_message_bytes,
+                format!("must be between 1 and {MAX_MESSAGE_BYTES}"),
+            ));
+        }
+        let thread_env = if self.limit_threads {
+            let cpus = crate::sizing::cpu_count().unwrap_or(1);
+            Some((cpus / processes).max(1).to_string())
+        } else {
+            None
+        };
+        let book = Arc::new(Book::default());
+        let core = Core::start(
+            Config {
+                processes,
+                max_tasks_per_child: self.max_tasks_per_child,
+                retries: self.retries,
+                task_timeout: self.task_timeout,
+                initializer: self.initializer,
+                thread_env,
+            },
+            book.clone(),
+        )?;
+        Ok(Pool {
+            shared: Arc::new(Shared {
+                core: Mutex::new(core),
+                book,
+            }),
+            processes,
+            chunksize: AtomicUsize::new(self.chunksize.unwrap_or(0)),
+            limit: self.max_message_bytes,
+            on_progress: self.on_progress,
+        })
+    }
+}
+
+/// What a map-like call runs: the trampoline, how to split its inputs, and its context.
+struct Plan {
+    fn_ref: FnRef,
+    ends: EndsFn,
+    ctx: Option<Arc<[u8]>>,
+}
+
+impl Plan {
+    fn new(t: Trampoline, ends: EndsFn, ctx: Option<Arc<[u8]>>) -> Plan {
+        Plan {
+            fn_ref: FnRef::of(t),
+            ends,
+            ctx,
+        }
+    }
+}
+
+impl Pool {
+    /// A pool of [`cpu_count`](crate::cpu_count) workers.
+    ///
+    /// # Errors
+    ///
+    /// As [`PoolBuilder::build`].
+    pub fn new() -> Result<Pool> {
+        Pool::builder().build()
+    }
+
+    /// A pool of `n` workers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = multiproc::Pool::with_processes(2)?;
+    /// assert_eq!(pool.processes(), 2);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for `0`; as [`PoolBuilder::build`].
+    pub fn with_processes(n: usize) -> Result<Pool> {
+        Pool::builder().processes(n).build()
+    }
+
+    /// A builder for the other settings.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder {
+            processes: None,
+            initializer: None,
+            max_tasks_per_child: None,
+            retries: 0,
+            task_timeout: None,
+            chunksize: None,
+            limit_threads: true,
+            max_message_bytes: MAX_MESSAGE_BYTES,
+            on_progress: None,
+        }
+    }
+
+    /// The number of worker processes.
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// The pids of the workers alive now (they change when workers are replaced).
+    pub fn pids(&self) -> Vec<i32> {
+        self.shared.lock().pids()
+    }
+
+    /// How many workers were replaced (after a death or `max_tasks_per_child`) so far.
+    pub fn replaced_workers(&self) -> u64 {
+        self.shared.lock().replaced()
+    }
+
+    /// Sets the number of inputs per task for later calls; `None` restores the default.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// pool.set_chunksize(Some(7))?;
+    /// assert_eq!(pool.map(|x: u32| x, 0..20)?, (0..20).collect::<Vec<_>>());
+    /// assert!(pool.set_chunksize(Some(0)).is_err());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for `Some(0)`.
+    pub fn set_chunksize(&self, n: Option<usize>) -> Result<()> {
+        if n == Some(0) {
+            return Err(Error::invalid_arg("chunksize", 0, "must be at least 1"));
+        }
+        self.chunksize.store(n.unwrap_or(0), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn chunksize_for(&self, len: Option<usize>) -> usize {
+        match self.chunksize.load(Ordering::Relaxed) {
+            0 => len.map_or(1, |n| n.div_ceil(4 * self.processes).max(1)),
+            n => n,
+        }
+    }
+
+    fn report(&self, done: usize, total: Option<usize>) {
+        if let Some(f) = &self.on_progress {
+            f(done, total);
+        }
+    }
+
+    fn open(&self) -> Result<MutexGuard<'_, Core>> {
+        let core = self.shared.lock();
+        if core.is_terminated() {
+            return Err(Error::InvalidState("the pool was terminated".into()));
+        }
+        if core.is_closed() {
+            return Err(Error::InvalidState("the pool is closed".into()));
+        }
+        Ok(core)
+    }
+
+    fn encode_ctx<C: Serialize>(&self, ctx: &C) -> Result<Arc<[u8]>> {
+        let bytes = crate::wire::encode(ctx)?;
+        if bytes.len() > self.limit {
+            return Err(Error::TooLarge {
+                size: bytes.len(),
+                limit: self.limit,
+            });
+        }
+        Ok(bytes.into())
+    }
+
+    /// Runs a job over all of `items` from this thread; one result per input, in order.
+    fn run<T: Serialize, R: DeserializeOwned>(
+        &self,
+        plan: Plan,
+        items: Vec<T>,
+    ) -> Result<Vec<Result<R>>> {
+        let n = items.len();
+        if n == 0 {
+            drop(self.open()?);
+            return Ok(Vec::new());
+        }
+        let mut chunks = Chunker::new(items.into_iter(), self.chunksize_for(Some(n)), self.limit);
+        let mut out: Vec<Option<Result<R>>> = (0..n).map(|_| None).collect();
+        let mut core = self.open()?;
+        let job = core.new_job(plan.fn_ref, plan.ends, plan.ctx, None);
+        let mut got = 0usize;
+        let status = loop {
+            while core.wants_tasks() {
+                match chunks.next_task(job, usize::MAX) {
+                    Ok(Some(t)) => core.submit(t),
+                    Ok(None) => break,
+                    Err(e) => {
+                        core.finish_job(job);
+                        return Err(e);
+                    }
+                }
+            }
+            let before = got;
+            while let Some(ev) = core.take_event(job) {
+                match ev {
+                    Event::Done { items, data, pid } => {
+                        decode_outcomes::<R>(&items, data.bytes(), pid, |i, r| {
+                            got += usize::from(out[i].is_none());
+                            out[i] = Some(r);
+                        })
+                    }
+                    Event::Failed { index, error } => {
+                        got += usize::from(out[index].is_none());
+                        out[index] = Some(Err(error));
+                    }
+                    Event::Aborted => {}
+                }
+            }
+            if got != before {
+                self.report(got, Some(n));
+            }
+            if got == n {
+                break Ok(());
+            }
+            if core.is_terminated() {
+                break Err(terminated());
+            }
+            if let Err(e) = core.drive(None) {
+                break Err(e);
+            }
+        };
+        core.finish_job(job);
+        let deferred = core.take_deferred();
+        drop(core);
+        run_deferred(deferred);
+        status?;
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(terminated())))
+            .collect())
+    }
+
+    /// `f` applied to every input, in input order: Python's `Pool.map`.
+    ///
+    /// Inputs are sent in chunks of [`chunksize`](PoolBuilder::chunksize) (default
+    /// `ceil(len / (4 × processes))`, as Python's); several chunks are in flight per worker.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// let lens = pool.map(|s: String| s.len(), ["a", "bb", "ccc"].map(String::from))?;
+    /// assert_eq!(lens, vec![1, 2, 3]);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The first failed input's error, in input order ([`Error::TaskPanicked`],
+    /// [`Error::WorkerDied`], [`Error::Timeout`]); use [`map_results`](Pool::map_results) for
+    /// every input's outcome. [`Error::InvalidState`] on a closed or terminated pool,
+    /// [`Error::Disconnected`] if it is terminated meanwhile, [`Error::TooLarge`] for an input
+    /// chunk over the limit.
+    pub fn map<F, T, R>(&self, f: F, items: impl IntoIterator<Item = T>) -> Result<Vec<R>>
+    where
+        F: Fn(T) -> R + Copy + Send + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.map_results(f, items)?.into_iter().collect()
+    }
+
+    /// Like [`map`](Pool::map), but every input's own `Result`: one failure does not hide the
+    /// other results.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// let out = pool.map_results(|x: u32| if x == 2 { panic!("two") } else { x }, 0..4)?;
+    /// assert!(out[2].as_ref().unwrap_err().panic().unwrap().message.contains("two"));
+    /// assert_eq!(*out[3].as_ref().unwrap(), 3);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The outer error is the pool's: closed, terminated, or an input chunk too large.
+    pub fn map_results<F, T, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<Result<R>>>
+    where
+        F: Fn(T) -> R + Copy + Send + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let _ = f;
+        assert_zst::<F>();
+        let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
+        self.run(plan, items.into_iter().collect())
+    }
+
+    /// `f(a, b)` for every `(a, b)`: Python's `Pool.starmap`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// fn pow(base: u64, exp: u32) -> u64 { base.pow(exp) }
+    /// assert_eq!(pool.starmap(pow, vec![(2, 3), (3, 2)])?, vec![8, 9]);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Pool::map).
+    pub fn starmap<F, A, B, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = (A, B)>,
+    ) -> Result<Vec<R>>
+    where
+        F: Fn(A, B) -> R + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned,
+        B: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let _ = f;
+        assert_zst::<F>();
+        let plan = Plan::new(
+            fnref::call_star::<F, A, B, R>,
+            fnref::item_ends::<(A, B)>,
+            None,
+        );
+        self.run(plan, items.into_iter().collect())?
+            .into_iter()
+            .collect()
+    }
+
+    /// `f(&ctx, x)` for every input: what a capturing closure would do. `ctx` is encoded once
+    /// and sent once to each worker that runs part of this call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// let offsets = vec![10u64, 20, 30];
+    /// let out = pool.map_with(&offsets, |o: &Vec<u64>, i: usize| o[i] + 1, 0..3)?;
+    /// assert_eq!(out, vec![11, 21, 31]);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Pool::map); [`Error::TooLarge`] for a context over the limit.
+    pub fn map_with<C, F, T, R>(
+        &self,
+        ctx: &C,
+        f: F,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<R>>
+    where
+        C: Serialize + DeserializeOwned + 'static,
+        F: Fn(&C, T) -> R + Copy + Send + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let _ = f;
+        assert_zst::<F>();
+        let plan = Plan::new(
+            fnref::call_with::<F, C, T, R>,
+            fnref::item_ends::<T>,
+            Some(self.encode_ctx(ctx)?),
+        );
+        self.run(plan, items.into_iter().collect())?
+            .into_iter()
+            .collect()
+    }
+
+    /// `f(x)` in a worker, waiting for the result: Python's `Pool.apply`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// assert_eq!(pool.apply(|x: u64| x * x, 12)?, 144);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The task's error, as for [`map`](Pool::map).
+    pub fn apply<F, T, R>(&self, f: F, x: T) -> Result<R>
+    where
+        F: Fn(T) -> R + Copy + Send + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let _ = f;
+        assert_zst::<F>();
+        let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
+        self.run(plan, vec![x])?
+            .pop()
+            .unwrap_or_else(|| Err(terminated()))
+    }
+
+    /// `f(&ctx, x)` in a worker, waiting for the result.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// let greeting = "hello".to_string();
+    /// let s = pool.apply_with(&greeting, |g: &String, name: String| format!("{g} {name}"), "you".into())?;
+    /// assert_eq!(s, "hello you");
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`map_with`](Pool::map_with).
+    pub fn apply_with<C, F, T, R>(&self, ctx: &C, f: F, x: T) -> Result<R>
+    where
+        C: Serialize + DeserializeOwned + 'static,
+        F: Fn(&C, T) -> R + Copy + Send + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.map_with(ctx, f, [x])?.pop().ok_or_else(terminated)
+    }
+
+    /// An iterator of `f(x)` in input order, pulling `items` lazily with a bounded number of
+    /// inputs in flight: an endless input works in flat memory (Python's `imap` reads its whole
+    /// input first). Default chunksize 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// let firsts: Vec<u64> = pool
+    ///     .imap(|x: u64| x * x, 0..)? // endless input
+    ///     .take(5)
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(firsts, vec![0, 1, 4, 9, 16]);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] on a closed or terminated pool; each item is the input's own
+    /// `Result`.
+    pub fn imap<F, T, R, I>(&self, f: F, items: I) -> Result<IMap<'_, I::IntoIter, R>>
+    where
+        F: Fn(T) -> R + Copy + Send + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = T>,
+    {
+        self.imap_impl(f, items, true)
+    }
+
+    /// Like [`imap`](Pool::imap), but results come as they finish, not in input order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// let mut v: Vec<u64> = pool.imap_unordered(|x: u64| x + 1, 0..10)?.collect::<Result<_, _>>()?;
+    /// v.sort();
+    /// assert_eq!(v, (1..11).collect::<Vec<_>>());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`imap`](Pool::imap).
+    pub fn imap_unordered<F, T, R, I>(&self, f: F, items: I) -> Result<IMap<'_, I::IntoIter, R>>
+    where
+        F: Fn(T) -> R + Copy + Send + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = T>,
+    {
+        self.imap_impl(f, items, false)
+    }
+
+    fn imap_impl<F, T, R, I>(
+        &self,
+        _f: F,
+        items: I,
+        ordered: bool,
+    ) -> Result<IMap<'_, I::IntoIter, R>>
+    where
+        F: Fn(T) -> R + Copy + Send + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = T>,
+    {
+        assert_zst::<F>();
+        let chunksize = self.chunksize_for(None);
+        let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
+        let job = self.open()?.new_job(plan.fn_ref, plan.ends, None, None);
+        Ok(IMap {
+            pool: self,
+            job,
+            chunks: Chunker::new(items.into_iter(), chunksize, self.limit),
+            ordered,
+            window: (self.processes * chunksize * 32).max(64),
+            next_out: 0,
+            yielded: 0,
+            buffer: Default::default(),
+            ready: Default::default(),
+            aborted: false,
+            fused: false,
+        })
+    }
+
+    fn submit_async<R, T>(&self, plan: Plan, items: Vec<T>, sink: Sink) -> Result<()>
+    where
+        T: Serialize,
+    {
+        let n = items.len();
+        let mut chunks = Chunker::new(items.into_iter(), self.chunksize_for(Some(n)), self.limit);
+        let mut tasks = Vec::new();
+        while let Some(t) = chunks.next_task(0, usize::MAX)? {
+            tasks.push(t);
+        }
+        let mut core = self.open()?;
+        let job = core.new_job(plan.fn_ref, plan.ends, plan.ctx, Some(sink));
+        for t in tasks {
+            core.submit(Task { job, ..t });
+        }
+        // Hand the tasks to the workers now; the answers are read by the next caller.
+        core.drive(Some(Instant::now()))?;
+        let deferred = core.take_deferred();
+        drop(core);
+        run_deferred(deferred);
+        let _ = std::marker::PhantomData::<R>;
+        Ok(())
+    }
+
+    /// Starts `f(x)` in a worker and returns at once: Python's `Pool.apply_async`. Attach
+    /// callbacks with [`AsyncResult::callback`] and [`AsyncResult::error_callback`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// let results: Vec<_> = (0..4u64)
+    ///     .map(|x| pool.apply_async(|x: u64| x * 10, x))
+    ///     .collect::<Result<_, _>>()?;
+    /// let values: Vec<u64> = results.into_iter().map(|r| r.get()).collect::<Result<_, _>>()?;
+    /// assert_eq!(values, vec![0, 10, 20, 30]);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] on a closed or terminated pool; the task's own error comes from
+    /// [`AsyncResult::get`].
+    pub fn apply_async<F, T, R>(&self, f: F, x: T) -> Result<AsyncResult<R>>
+    where
+        F: Fn(T) -> R + Copy + Send + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let _ = f;
+        assert_zst::<F>();
+        let state = AsyncState::<R>::new();
+        let st = state.clone();
+        let sink: Sink = Box::new(move |ev, deferred| {
+            let mut res = None;
+            match ev {
+                Event::Done { items, data, pid } => {
+                    decode_outcomes::<R>(&items, data.bytes(), pid, |_, r| res = Some(r))
+                }
+                Event::Failed { error, .. } => res = Some(Err(error)),
+                Event::Aborted => res = Some(Err(terminated())),
+            }
+            st.complete(res.unwrap_or_else(|| Err(terminated())), deferred);
+            true
+        });
+        let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
+        self.submit_async::<R, T>(plan, vec![x], sink)?;
+        Ok(AsyncResult {
+            shared: self.shared.clone(),
+            state,
+        })
+    }
+
+    /// Starts a [`map`](Pool::map) and returns at once: Python's `Pool.map_async`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// let r = pool.map_async(|x: u32| x + 1, 0..100)?;
+    /// assert_eq!(r.get()?.len(), 100);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`apply_async`](Pool::apply_async); the value is the first failed input's error.
+    pub fn map_async<F, T, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: Fn(T) -> R + Copy + Send + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let _ = f;
+        assert_zst::<F>();
+        let items: Vec<T> = items.into_iter().collect();
+        let n = items.len();
+        let state = AsyncState::<Vec<R>>::new();
+        let st = state.clone();
+        let mut out: Vec<Option<Result<R>>> = (0..n).map(|_| None).collect();
+        let mut got = 0usize;
+        let sink: Sink = Box::new(move |ev, deferred| {
+            match ev {
+                Event::Done { items, data, pid } => {
+                    decode_outcomes::<R>(&items, data.bytes(), pid, |i, r| {
+                        got += usize::from(out[i].is_none());
+                        out[i] = Some(r);
+                    })
+                }
+                Event::Failed { index, error } => {
+                    got += usize::from(out[index].is_none());
+                    out[index] = Some(Err(error));
+                }
+                Event::Aborted => {
+                    st.complete(Err(terminated()), deferred);
+                    return true;
+                }
+            }
+            if got < n {
+                return false;
+            }
+            let all = std::mem::take(&mut out)
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Err(terminated())))
+                .collect();
+            st.complete(all, deferred);
+            true
+        });
+        if n == 0 {
+            let mut deferred = Vec::new();
+            state.complete(Ok(Vec::new()), &mut deferred);
+            run_deferred(deferred);
+        } else {
+            let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
+            self.submit_async::<R, T>(plan, items, sink)?;
+        }
+        Ok(AsyncResult {
+            shared: self.shared.clone(),
+            state,
+        })
+    }
+
+    /// Accepts no more work: Python's `Pool.close`. Work already submitted still runs.
+    pub fn close(&self) {
+        self.shared.lock().close();
+    }
+
+    /// Waits for the submitted work to finish (running the callbacks of [`AsyncResult`]s), then
+    /// stops the workers and reaps them: Python's `Pool.join`. Call [`close`](Pool::close) or
+    /// [`terminate`](Pool::terminate) first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// let r = pool.apply_async(|x: u8| x, 7)?;
+    /// pool.close();
+    /// pool.join()?;
+    /// assert_eq!(r.get()?, 7);
+    /// assert!(pool.pids().is_empty());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] if the pool is neither closed nor terminated.
+    pub fn join(&self) -> Result<()> {
+        {
+            let core = self.shared.lock();
+            if !core.is_closed() && !core.is_terminated() {
+                return Err(Error::InvalidState(
+                    "join needs close() or terminate() first".into(),
+                ));
+            }
+        }
+        loop {
+            let mut core = self.shared.lock();
+            if core.is_terminated() {
+                core.abort_all();
+            }
+            if !core.busy() {
+                break;
+            }
+            core.drive(None)?;
+            let deferred = core.take_deferred();
+            drop(core);
+            run_deferred(deferred);
+        }
+        let mut core = self.shared.lock();
+        core.stop_workers();
+        let patience = Instant::now() + Duration::from_secs(10);
+        while !core.all_exited() && Instant::now() < patience {
+            core.drive(Some(patience))?;
+        }
+        core.kill_remaining();
+        Ok(())
+    }
+
+    /// Stops at once: every worker is killed (`SIGKILL`) and reaped, queued work is discarded,
+    /// and calls running on other threads return [`Error::Disconnected`] promptly: Python's
+    /// `Pool.terminate`. Works while another thread is inside `map`.
+    pub fn terminate(&self) {
+        self.shared.book.kill_all();
+        let mut core = self.shared.lock();
+        core.abort_all();
+        let deferred = core.take_deferred();
+        drop(core);
+        run_deferred(deferred);
+    }
+}
+
+impl Drop for Pool {
+    /// Terminates the pool: see the type's `# Caveats`.
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+#[allow(dead_code)]
+fn _items_used(_: Items, _: JobId) {}

@@ -1,0 +1,515 @@
+//! What the caller holds while work runs: [`AsyncResult`] and the [`IMap`] iterator, plus the
+//! decoding of outcomes and the reordering of results.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{CodecError, Error, Result};
+use crate::wire::MAX_MESSAGE_BYTES;
+
+use super::fnref::{ItemError, ItemOut};
+use super::sched::{Deferred, Event, Items, JobId, Task};
+use super::{Pool, Shared};
+
+/// The error of every input left unfinished by [`Pool::terminate`].
+pub(crate) fn terminated() -> Error {
+    Error::Disconnected("the pool was terminated before this task finished".into())
+}
+
+/// Decodes the outcomes of `items` from `data`, handing each to `put(index, result)`.
+pub(crate) fn decode_outcomes<R: DeserializeOwned>(
+    items: &Items,
+    data: &[u8],
+    pid: i32,
+    mut put: impl FnMut(usize, Result<R>),
+) {
+    let mut rest = data;
+    for k in 0..items.count() as usize {
+        match postcard::take_from_bytes::<ItemOut<R>>(rest) {
+            Ok((out, r)) => {
+                rest = r;
+                let res = out.map_err(|e| match e {
+                    ItemError::Panicked(panic) => Error::TaskPanicked { pid, panic },
+                    ItemError::Codec(m) => Error::InvalidState(format!(
+                        "the result of {} could not be encoded: {m}",
+                        items.label(k)
+                    )),
+                    ItemError::TooLarge(size) => Error::TooLarge {
+                        size: size as usize,
+                        limit: MAX_MESSAGE_BYTES,
+                    },
+                });
+                put(items.index(k), res);
+            }
+            Err(e) => {
+                for j in k..items.count() as usize {
+                    put(items.index(j), Err(Error::Codec(CodecError(e.clone()))));
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Cuts an input iterator into encoded tasks of `chunksize` inputs.
+pub(crate) struct Chunker<I> {
+    iter: I,
+    chunksize: usize,
+    limit: usize,
+    /// Inputs taken from `iter` so far.
+    pub(crate) pulled: usize,
+    /// Whether `iter` is exhausted.
+    pub(crate) done: bool,
+    scratch: Vec<u8>,
+}
+
+impl<I: Iterator> Chunker<I>
+where
+    I::Item: Serialize,
+{
+    pub(crate) fn new(iter: I, chunksize: usize, limit: usize) -> Self {
+        Chunker {
+            iter,
+            chunksize: chunksize.max(1),
+            limit,
+            pulled: 0,
+            done: false,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The next task of `job`, at most `max` inputs; `None` when the input is exhausted.
+    pub(crate) fn next_task(&mut self, job: JobId, max: usize) -> Result<Option<Task>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.scratch.clear();
+        let first = self.pulled;
+        let mut n = 0usize;
+        while n < self.chunksize.min(max.max(1)) {
+            let Some(x) = self.iter.next() else {
+                self.done = true;
+                break;
+            };
+            postcard::to_io(&x, &mut self.scratch).map_err(CodecError)?;
+            n += 1;
+            if self.scratch.len() > self.limit {
+                self.done = true;
+                return Err(Error::TooLarge {
+                    size: self.scratch.len(),
+                    limit: self.limit,
+                });
+            }
+        }
+        self.pulled += n;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Task {
+            job,
+            items: Items::Range(first, n as u32),
+            bytes: Arc::from(&self.scratch[..]),
+            died: 0,
+        }))
+    }
+}
+
+/// Runs callbacks collected under the pool's lock, after it is released. A callback that panics
+/// is reported by the panic hook and does not unwind into the caller.
+pub(crate) fn run_deferred(deferred: Vec<Deferred>) {
+    for d in deferred {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(d));
+    }
+}
+
+type Callback<R> = Box<dyn FnOnce(&R) + Send>;
+type ErrCallback = Box<dyn FnOnce(&Error) + Send>;
+
+enum Slot<R> {
+    Waiting,
+    Ready(Result<R>),
+    Taken,
+}
+
+pub(crate) struct AsyncState<R> {
+    slot: Mutex<Slot<R>>,
+    callbacks: Mutex<(Option<Callback<R>>, Option<ErrCallback>)>,
+}
+
+impl<R: Send + 'static> AsyncState<R> {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(AsyncState {
+            slot: Mutex::new(Slot::Waiting),
+            callbacks: Mutex::new((None, None)),
+        })
+    }
+
+    /// Stores the result and queues the callback that applies.
+    pub(crate) fn complete(self: &Arc<Self>, res: Result<R>, deferred: &mut Vec<Deferred>) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Slot::Ready(res);
+        let me = self.clone();
+        deferred.push(Box::new(move || me.fire()));
+    }
+
+    fn fire(&self) {
+        let (cb, ecb) =
+            std::mem::take(&mut *self.callbacks.lock().unwrap_or_else(|e| e.into_inner()));
+        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        match (&*slot, cb, ecb) {
+            (Slot::Ready(Ok(v)), Some(cb), _) => cb(v),
+            (Slot::Ready(Err(e)), _, Some(ecb)) => ecb(e),
+            _ => {}
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        !matches!(
+            *self.slot.lock().unwrap_or_else(|e| e.into_inner()),
+            Slot::Waiting
+        )
+    }
+}
+
+/// The result of [`Pool::apply_async`] or [`Pool::map_async`], to collect later: Python's
+/// `AsyncResult`.
+///
+/// No helper thread runs behind it: the work is done by the workers, and their answers are read
+/// by whichever thread next drives the pool: a call to [`get`](AsyncResult::get),
+/// [`wait`](AsyncResult::wait) or [`ready`](AsyncResult::ready) on any `AsyncResult` of the pool,
+/// any other pool call ([`map`](Pool::map), [`join`](Pool::join)...). Callbacks run in the parent
+/// on that thread, after the pool's internal lock is released; a callback that panics is reported
+/// and ignored.
+///
+/// # Examples
+///
+/// ```
+/// use multiproc::Pool;
+///
+/// let pool = Pool::with_processes(2)?;
+/// let r = pool.apply_async(|x: u64| x * 2, 21)?;
+/// assert_eq!(r.get()?, 42);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+pub struct AsyncResult<R> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) state: Arc<AsyncState<R>>,
+}
+
+impl<R> fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ready = !matches!(
+            *self.state.slot.lock().unwrap_or_else(|e| e.into_inner()),
+            Slot::Waiting
+        );
+        f.debug_struct("AsyncResult")
+            .field("ready", &ready)
+            .finish()
+    }
+}
+
+impl<R: Send + 'static> AsyncResult<R> {
+    /// Runs `f` with the value when the task succeeds (right away, on this thread, if it already
+    /// has). Python's `callback=`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// let seen = Arc::new(AtomicU64::new(0));
+    /// let s = seen.clone();
+    /// let r = pool.apply_async(|x: u64| x + 1, 1)?.callback(move |v| s.store(*v, Ordering::SeqCst));
+    /// r.wait()?;
+    /// assert_eq!(seen.load(Ordering::SeqCst), 2);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn callback(self, f: impl FnOnce(&R) + Send + 'static) -> Self {
+        self.state
+            .callbacks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0 = Some(Box::new(f));
+        if self.state.is_ready() {
+            self.state.fire();
+        }
+        self
+    }
+
+    /// Runs `f` with the error when the task fails (right away if it already has). Python's
+    /// `error_callback=`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// let r = pool
+    ///     .apply_async(|x: u64| if x == 0 { panic!("zero") } else { x }, 0)?
+    ///     .error_callback(|e| eprintln!("task failed: {e}"));
+    /// assert!(r.get().is_err());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn error_callback(self, f: impl FnOnce(&Error) + Send + 'static) -> Self {
+        self.state
+            .callbacks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1 = Some(Box::new(f));
+        if self.state.is_ready() {
+            self.state.fire();
+        }
+        self
+    }
+
+    /// Drives the pool until the result is in or `deadline` passes; `true` when it is in.
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<bool> {
+        loop {
+            if self.state.is_ready() {
+                return Ok(true);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+            let mut core = self.shared.lock();
+            if !self.state.is_ready() {
+                core.drive(deadline)?;
+            }
+            let deferred = core.take_deferred();
+            drop(core);
+            run_deferred(deferred);
+        }
+    }
+
+    /// Waits for the result and returns it.
+    ///
+    /// # Errors
+    ///
+    /// The task's own error ([`Error::TaskPanicked`], [`Error::WorkerDied`], [`Error::Timeout`]
+    /// with `task_timeout`), [`Error::Disconnected`] if the pool was terminated first, or
+    /// [`Error::InvalidState`] if [`get_timeout`](AsyncResult::get_timeout) took it already.
+    pub fn get(self) -> Result<R> {
+        self.wait_until(None)?;
+        self.take()
+    }
+
+    /// Waits at most `timeout` for the result. After a success the value is taken: a later call
+    /// gives [`Error::InvalidState`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// let r = pool.apply_async(|ms: u64| { std::thread::sleep(Duration::from_millis(ms)); ms }, 300)?;
+    /// assert!(r.get_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
+    /// assert_eq!(r.get_timeout(Duration::from_secs(30))?, 300);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] if the result is not in by then, else as [`get`](AsyncResult::get).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<R> {
+        if !self.wait_until(Some(Instant::now() + timeout))? {
+            return Err(Error::Timeout {
+                operation: "AsyncResult::get_timeout",
+                after: timeout,
+            });
+        }
+        self.take()
+    }
+
+    fn take(&self) -> Result<R> {
+        let mut slot = self.state.slot.lock().unwrap_or_else(|e| e.into_inner());
+        match std::mem::replace(&mut *slot, Slot::Taken) {
+            Slot::Ready(r) => r,
+            Slot::Taken => Err(Error::InvalidState(
+                "the result of this AsyncResult was already taken".into(),
+            )),
+            Slot::Waiting => {
+                *slot = Slot::Waiting;
+                Err(Error::InvalidState("the result is not ready".into()))
+            }
+        }
+    }
+
+    /// Waits until the result is in.
+    ///
+    /// # Errors
+    ///
+    /// Only an operating-system failure of the pool itself; the task's own error is for `get`.
+    pub fn wait(&self) -> Result<()> {
+        self.wait_until(None).map(|_| ())
+    }
+
+    /// Waits at most `timeout`; `true` when the result is in.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](AsyncResult::wait).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.wait_until(Some(Instant::now() + timeout))
+    }
+
+    /// Whether the result is in (reads what the workers have sent, without blocking).
+    pub fn ready(&self) -> bool {
+        self.wait_until(Some(Instant::now())).unwrap_or(false)
+    }
+
+    /// Whether the task succeeded.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] while the result is not in (Python raises `ValueError`).
+    pub fn successful(&self) -> Result<bool> {
+        if !self.ready() {
+            return Err(Error::InvalidState("the result is not ready".into()));
+        }
+        let slot = self.state.slot.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(matches!(*slot, Slot::Ready(Ok(_))))
+    }
+}
+
+/// The iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: one `Result` per input.
+///
+/// It pulls the input lazily: at most a bounded number of inputs are taken from the input
+/// iterator and not yet yielded (a few tasks per worker), so an endless input runs in flat
+/// memory. Dropping it early discards the work in flight. It borrows the pool, and drives it on
+/// each `next`.
+pub struct IMap<'p, I: Iterator, R> {
+    pub(crate) pool: &'p Pool,
+    pub(crate) job: JobId,
+    pub(crate) chunks: Chunker<I>,
+    pub(crate) ordered: bool,
+    pub(crate) window: usize,
+    pub(crate) next_out: usize,
+    pub(crate) yielded: usize,
+    pub(crate) buffer: HashMap<usize, Result<R>>,
+    pub(crate) ready: VecDeque<Result<R>>,
+    pub(crate) aborted: bool,
+    pub(crate) fused: bool,
+}
+
+impl<I: Iterator, R> fmt::Debug for IMap<'_, I, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IMap")
+            .field("ordered", &self.ordered)
+            .field("pulled", &self.chunks.pulled)
+            .field("yielded", &self.yielded)
+            .finish()
+    }
+}
+
+impl<I, R> IMap<'_, I, R>
+where
+    I: Iterator,
+    I::Item: Serialize,
+    R: DeserializeOwned,
+{
+    /// How many inputs were taken from the input iterator so far.
+    pub fn pulled(&self) -> usize {
+        self.chunks.pulled
+    }
+
+    fn pop(&mut self) -> Option<Result<R>> {
+        let r = if self.ordered {
+            self.buffer
+                .remove(&self.next_out)
+                .inspect(|_| self.next_out += 1)
+        } else {
+            self.ready.pop_front()
+        };
+        if r.is_some() {
+            self.yielded += 1;
+        }
+        r
+    }
+}
+
+impl<I, R> Iterator for IMap<'_, I, R>
+where
+    I: Iterator,
+    I::Item: Serialize,
+    R: DeserializeOwned,
+{
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        if self.fused {
+            return None;
+        }
+        if let Some(r) = self.pop() {
+            return Some(r);
+        }
+        let pool = self.pool;
+        let mut core = pool.shared.lock();
+        let out = loop {
+            while let Some(ev) = core.take_event(self.job) {
+                match ev {
+                    Event::Done { items, data, pid } => {
+                        decode_outcomes::<R>(&items, data.bytes(), pid, |i, r| {
+                            if self.ordered {
+                                self.buffer.insert(i, r);
+                            } else {
+                                self.ready.push_back(r);
+                            }
+                        })
+                    }
+                    Event::Failed { index, error } => {
+                        if self.ordered {
+                            self.buffer.insert(index, Err(error));
+                        } else {
+                            self.ready.push_back(Err(error));
+                        }
+                    }
+                    Event::Aborted => self.aborted = true,
+                }
+            }
+            pool.report(self.yielded, None);
+            if let Some(r) = self.pop() {
+                break Some(r);
+            }
+            if self.aborted || core.is_terminated() {
+                self.fused = true;
+                break Some(Err(terminated()));
+            }
+            if self.chunks.done && self.yielded == self.chunks.pulled {
+                self.fused = true;
+                break None;
+            }
+            while core.wants_tasks() && self.chunks.pulled - self.yielded < self.window {
+                let room = self.window - (self.chunks.pulled - self.yielded);
+                match self.chunks.next_task(self.job, room) {
+                    Ok(Some(t)) => core.submit(t),
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.fused = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            if self.chunks.done && self.yielded == self.chunks.pulled {
+                continue;
+            }
+            if let Err(e) = core.drive(None) {
+                self.fused = true;
+                break Some(Err(e));
+            }
+        };
+        let deferred = core.take_deferred();
+        drop(core);
+        run_deferred(deferred);
+        out
+    }
+}
+
+impl<I: Iterator, R> Drop for IMap<'_, I, R> {
+    fn drop(&mut self) {
+        let mut core = self.pool.shared.lock();
+        core.finish_job(self.job);
+    }
+}

@@ -1,0 +1,777 @@
+//! The scheduler: the parent's side of a pool, driven by whichever thread calls into it.
+//!
+//! It knows no types: tasks are encoded inputs, results are encoded outcomes. It keeps a queue of
+//! pending tasks, hands them to workers with several in flight per worker (pipelining; the depth
+//! adapts to the observed task time), polls every worker's socket and pidfd, and turns a worker's
+//! death or an overdue task into per-input errors, re-queueing the innocent inputs and replacing
+//! the worker. Nothing here blocks except `poll`, and no helper thread exists.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::error::{Error, Result};
+use crate::fork::fork_child;
+use crate::sys::{self, ExitStatus, Interest, Pid};
+
+use super::fnref::FnRef;
+use super::transport::{self, Body, Link, Reply};
+use super::worker::{self, IDLE, Progress, Setup};
+
+pub(crate) type JobId = u64;
+/// Work to run in the parent after the pool's lock is released (user callbacks).
+pub(crate) type Deferred = Box<dyn FnOnce() + Send>;
+/// Receives a job's events as they happen; returns `true` when the job is complete.
+pub(crate) type Sink = Box<dyn FnMut(Event, &mut Vec<Deferred>) -> bool + Send>;
+/// Finds the end offsets of `count` encoded inputs (to split a task).
+pub(crate) type EndsFn = fn(&[u8], u32) -> Option<Vec<usize>>;
+
+/// How long the parent spins on its workers before it sleeps in `poll`.
+const SPIN: Duration = Duration::from_micros(60);
+/// Time between `SIGTERM` and `SIGKILL` for an overdue task's worker.
+const GRACE: Duration = Duration::from_millis(100);
+/// How long the pipeline of one worker should be, in task time.
+const PIPE_NS: f64 = 2_000_000.0;
+const MAX_DEPTH: usize = 512;
+
+/// The pool's settings, fixed at build time.
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) max_tasks_per_child: Option<u64>,
+    pub(crate) retries: u32,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) initializer: Option<Arc<dyn Fn() + Send + Sync>>,
+    pub(crate) thread_env: Option<String>,
+}
+
+/// What `terminate` needs without the scheduler's lock: the live pids and a flag.
+#[derive(Debug, Default)]
+pub(crate) struct Book {
+    pids: Mutex<Vec<Pid>>,
+    terminating: AtomicBool,
+}
+
+impl Book {
+    /// Marks the pool terminating and kills every worker now (no fork can follow: forks check
+    /// the flag under the same lock).
+    pub(crate) fn kill_all(&self) {
+        self.terminating.store(true, Ordering::SeqCst);
+        let pids = self.pids.lock().unwrap_or_else(|e| e.into_inner());
+        for &pid in pids.iter() {
+            let _ = sys::kill(pid, Signal::SIGKILL);
+        }
+    }
+
+    pub(crate) fn is_terminating(&self) -> bool {
+        self.terminating.load(Ordering::SeqCst)
+    }
+}
+
+/// Which inputs of a job a task holds.
+#[derive(Debug, Clone)]
+pub(crate) enum Items {
+    /// `count` consecutive inputs from `first`.
+    Range(usize, u32),
+    /// These inputs (after a split).
+    List(Box<[usize]>),
+}
+
+impl Items {
+    pub(crate) fn count(&self) -> u32 {
+        match self {
+            Items::Range(_, n) => *n,
+            Items::List(l) => l.len() as u32,
+        }
+    }
+
+    pub(crate) fn index(&self, i: usize) -> usize {
+        match self {
+            Items::Range(first, _) => first + i,
+            Items::List(l) => l[i],
+        }
+    }
+
+    pub(crate) fn label(&self, i: usize) -> String {
+        format!("item #{}", self.index(i))
+    }
+}
+
+/// Encoded inputs of one job, sent to one worker as one frame.
+#[derive(Debug)]
+pub(crate) struct Task {
+    pub(crate) job: JobId,
+    pub(crate) items: Items,
+    pub(crate) bytes: Arc<[u8]>,
+    /// How many times a worker died running it.
+    pub(crate) died: u32,
+}
+
+/// What happened to a job's inputs.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// These inputs ran; `data` holds one encoded outcome per input, in order.
+    Done { items: Items, data: Body, pid: i32 },
+    /// This input has no outcome.
+    Failed { index: usize, error: Error },
+    /// The pool was terminated: no further event will come.
+    Aborted,
+}
+
+struct Job {
+    fn_ref: FnRef,
+    ends: EndsFn,
+    ctx: Option<Arc<[u8]>>,
+    events: VecDeque<Event>,
+    sink: Option<Sink>,
+}
+
+struct Kill {
+    culprit: (u64, u64),
+    term_at: Instant,
+    killed: bool,
+}
+
+struct Slot {
+    pid: Pid,
+    pidfd: OwnedFd,
+    link: Link,
+    inflight: VecDeque<(u64, Task)>,
+    sent: u64,
+    ctx_job: Option<JobId>,
+    kill: Option<Kill>,
+    stopping: bool,
+}
+
+/// The parent's state of one pool.
+pub(crate) struct Core {
+    cfg: Config,
+    book: Arc<Book>,
+    progress: Arc<Progress>,
+    slots: Vec<Option<Slot>>,
+    pending: VecDeque<Task>,
+    jobs: HashMap<JobId, Job>,
+    next_job: JobId,
+    next_seq: u64,
+    ema_ns: f64,
+    closed: bool,
+    terminated: bool,
+    deferred: Vec<Deferred>,
+    replaced: u64,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("processes", &self.cfg.processes)
+            .field("pending", &self.pending.len())
+            .field("jobs", &self.jobs.len())
+            .finish()
+    }
+}
+
+impl Core {
+    /// Forks the workers.
+    pub(crate) fn start(cfg: Config, book: Arc<Book>) -> Result<Core> {
+        let n = cfg.processes;
+        let mut core = Core {
+            progress: Arc::new(Progress::new(n)?),
+            cfg,
+            book,
+            slots: (0..n).map(|_| None).collect(),
+            pending: VecDeque::new(),
+            jobs: HashMap::new(),
+            next_job: 1,
+            next_seq: 1,
+            ema_ns: 1_000_000.0,
+            closed: false,
+            terminated: false,
+            deferred: Vec::new(),
+            replaced: 0,
+        };
+        for i in 0..n {
+            core.spawn(i)?;
+        }
+        Ok(core)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let (link, end) = transport::pair()?;
+        self.progress.reset(i);
+        let close = self
+            .slots
+            .iter()
+            .flatten()
+            .flat_map(|s| [s.link.fd().as_raw_fd(), s.pidfd.as_raw_fd()])
+            .collect();
+        let setup = Setup {
+            end,
+            progress: self.progress.clone(),
+            slot: i,
+            parent: sys::getpid(),
+            max_tasks: self.cfg.max_tasks_per_child,
+            initializer: self.cfg.initializer.clone(),
+            thread_env: self.cfg.thread_env.clone(),
+            close,
+        };
+        let book = self.book.clone();
+        let mut pids = book.pids.lock().unwrap_or_else(|e| e.into_inner());
+        if self.book.is_terminating() {
+            return Ok(());
+        }
+        let pid = fork_child(move || worker::run(setup))?;
+        pids.push(pid);
+        drop(pids);
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = sys::kill(pid, Signal::SIGKILL);
+                let _ = sys::wait_blocking(pid);
+                self.forget_pid(pid);
+                return Err(e);
+            }
+        };
+        self.slots[i] = Some(Slot {
+            pid,
+            pidfd,
+            link,
+            inflight: VecDeque::new(),
+            sent: 0,
+            ctx_job: None,
+            kill: None,
+            stopping: false,
+        });
+        Ok(())
+    }
+
+    fn forget_pid(&self, pid: Pid) {
+        self.book
+            .pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&p| p != pid);
+    }
+
+    /// The pids of the live workers.
+    pub(crate) fn pids(&self) -> Vec<i32> {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|s| s.pid.as_raw())
+            .collect()
+    }
+
+    /// How many workers were replaced since the start.
+    pub(crate) fn replaced(&self) -> u64 {
+        self.replaced
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    pub(crate) fn is_terminated(&self) -> bool {
+        self.terminated || self.book.is_terminating()
+    }
+
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
+    }
+
+    /// A new job running `fn_ref` (with `ctx`, sent once per worker).
+    pub(crate) fn new_job(
+        &mut self,
+        fn_ref: FnRef,
+        ends: EndsFn,
+        ctx: Option<Arc<[u8]>>,
+        sink: Option<Sink>,
+    ) -> JobId {
+        let id = self.next_job;
+        self.next_job += 1;
+        self.jobs.insert(
+            id,
+            Job {
+                fn_ref,
+                ends,
+                ctx,
+                events: VecDeque::new(),
+                sink,
+            },
+        );
+        id
+    }
+
+    /// Queues a task.
+    pub(crate) fn submit(&mut self, task: Task) {
+        self.pending.push_back(task);
+    }
+
+    /// Whether a lazy feeder should add tasks now.
+    pub(crate) fn wants_tasks(&self) -> bool {
+        let live = self.slots.iter().flatten().count().max(1);
+        self.pending.len() < live * self.depth() + live
+    }
+
+    /// The job's next event, if any.
+    pub(crate) fn take_event(&mut self, job: JobId) -> Option<Event> {
+        self.jobs.get_mut(&job)?.events.pop_front()
+    }
+
+    /// Forgets a job: its queued tasks are dropped, outcomes still in flight are discarded.
+    pub(crate) fn finish_job(&mut self, job: JobId) {
+        self.jobs.remove(&job);
+        self.pending.retain(|t| t.job != job);
+    }
+
+    /// Callbacks to run once the lock is released.
+    pub(crate) fn take_deferred(&mut self) -> Vec<Deferred> {
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// Whether any task is queued or running, or any callback job is unfinished.
+    pub(crate) fn busy(&self) -> bool {
+        !self.pending.is_empty()
+            || self.slots.iter().flatten().any(|s| !s.inflight.is_empty())
+            || self.jobs.values().any(|j| j.sink.is_some())
+    }
+
+    fn depth(&self) -> usize {
+        ((PIPE_NS / self.ema_ns.max(1.0)) as usize).clamp(2, MAX_DEPTH)
+    }
+
+    fn dispatch(&mut self) {
+        let depth = self.depth();
+        let max = self.cfg.max_tasks_per_child.unwrap_or(u64::MAX);
+        while !self.pending.is_empty() {
+            let best = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+                .filter(|(_, s)| {
+                    s.kill.is_none() && !s.stopping && s.sent < max && s.inflight.len() < depth
+                })
+                .min_by_key(|(_, s)| s.inflight.len())
+                .map(|(i, _)| i);
+            let Some(i) = best else { break };
+            let Some(task) = self.pending.pop_front() else {
+                break;
+            };
+            let Some(job) = self.jobs.get(&task.job) else {
+                continue;
+            };
+            let slot = self.slots[i].as_mut().expect("chosen slot is live");
+            if let Some(ctx) = &job.ctx {
+                if slot.ctx_job != Some(task.job) {
+                    slot.link.queue_ctx(task.job, ctx);
+                    slot.ctx_job = Some(task.job);
+                }
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            slot.link.queue_task(
+                seq,
+                job.fn_ref.offset(),
+                task.job,
+                task.items.count(),
+                &task.bytes,
+            );
+            slot.inflight.push_back((seq, task));
+            slot.sent += 1;
+        }
+        for slot in self.slots.iter_mut().flatten() {
+            if slot.link.wants_write() {
+                // A failure means the worker is gone; its pidfd will say so.
+                let _ = slot.link.flush();
+            }
+        }
+    }
+
+    /// Runs the pool for a while: hands out tasks, then waits until something happens or
+    /// `deadline` passes, and processes it. Returns at once when the pool was terminated.
+    pub(crate) fn drive(&mut self, deadline: Option<Instant>) -> Result<()> {
+        if self.book.is_terminating() {
+            self.abort_all();
+        }
+        if self.terminated {
+            return Ok(());
+        }
+        if self.slots.iter().all(Option::is_none) {
+            for i in 0..self.slots.len() {
+                self.spawn(i)?;
+            }
+        }
+        self.dispatch();
+        let now = Instant::now();
+        let wake = match (self.check_timeouts(now), deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let waiting = self.slots.iter().flatten().any(|s| !s.inflight.is_empty());
+        let spin_until = if waiting { now + SPIN } else { now };
+        let ready = loop {
+            let fds: Vec<_> = self
+                .slots
+                .iter()
+                .flatten()
+                .flat_map(|s| {
+                    let io = if s.link.wants_write() {
+                        Interest::ReadWrite
+                    } else {
+                        Interest::Read
+                    };
+                    [(s.link.fd(), io), (s.pidfd.as_fd(), Interest::Read)]
+                })
+                .collect();
+            let spinning = Instant::now() < spin_until;
+            let until = if spinning { Some(Instant::now()) } else { wake };
+            let ready = sys::poll_many(&fds, until)?;
+            if !spinning || ready.iter().any(|&(r, w)| r || w) {
+                break ready;
+            }
+            std::hint::spin_loop();
+        };
+        let live: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].is_some())
+            .collect();
+        for (k, &i) in live.iter().enumerate() {
+            let (sock_r, sock_w) = ready[2 * k];
+            let (exited, _) = ready[2 * k + 1];
+            if sock_w {
+                if let Some(s) = self.slots[i].as_mut() {
+                    let _ = s.link.flush();
+                }
+            }
+            if sock_r {
+                let mut replies = Vec::new();
+                let mut slot = self.slots[i].take().expect("live slot");
+                let _ = slot.link.receive(&mut replies);
+                self.handle_replies(&mut slot, replies);
+                self.slots[i] = Some(slot);
+            }
+            if exited {
+                self.on_exit(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_replies(&mut self, slot: &mut Slot, replies: Vec<Reply>) {
+        for reply in replies {
+            let Some((seq, task)) = slot.inflight.pop_front() else {
+                let _ = sys::kill(slot.pid, Signal::SIGKILL);
+                return;
+            };
+            let (rseq, event) = match reply {
+                Reply::Done {
+                    seq: rseq,
+                    elapsed_ns,
+                    data,
+                } => {
+                    let per = elapsed_ns as f64;
+                    self.ema_ns = 0.8 * self.ema_ns + 0.2 * per.max(50.0);
+                    (
+                        rseq,
+                        vec![Event::Done {
+                            items: task.items,
+                            data,
+                            pid: slot.pid.as_raw(),
+                        }],
+                    )
+                }
+                Reply::Failed { seq: rseq, message } => (
+                    rseq,
+                    (0..task.items.count() as usize)
+                        .map(|i| Event::Failed {
+                            index: task.items.index(i),
+                            error: Error::InvalidState(format!(
+                                "worker {} could not run {}: {message}",
+                                slot.pid,
+                                task.items.label(i)
+                            )),
+                        })
+                        .collect(),
+                ),
+            };
+            if rseq != seq {
+                let _ = sys::kill(slot.pid, Signal::SIGKILL);
+                return;
+            }
+            for e in event {
+                self.deliver(task.job, e);
+            }
+        }
+    }
+
+    fn deliver(&mut self, job: JobId, event: Event) {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        match &mut j.sink {
+            Some(sink) => {
+                if sink(event, &mut self.deferred) {
+                    self.jobs.remove(&job);
+                }
+            }
+            None => j.events.push_back(event),
+        }
+    }
+
+    /// A worker's pidfd became readable: collect its last replies, reap it, settle its tasks,
+    /// and start a replacement.
+    fn on_exit(&mut self, i: usize) -> Result<()> {
+        let Some(mut slot) = self.slots[i].take() else {
+            return Ok(());
+        };
+        loop {
+            let mut replies = Vec::new();
+            if slot.link.receive(&mut replies).is_err() || replies.is_empty() {
+                break;
+            }
+            self.handle_replies(&mut slot, replies);
+        }
+        let status = sys::wait_blocking(slot.pid)?;
+        self.forget_pid(slot.pid);
+        if !slot.inflight.is_empty() && !self.book.is_terminating() {
+            self.settle(i, &mut slot, status);
+        }
+        if !slot.stopping && !self.book.is_terminating() {
+            self.replaced += 1;
+            self.spawn(i)?;
+        }
+        Ok(())
+    }
+
+    /// Decides the fate of the tasks of a worker that ended with tasks in flight.
+    fn settle(&mut self, i: usize, slot: &mut Slot, status: ExitStatus) {
+        let (signal, code) = match status {
+            ExitStatus::Signaled(s) => (Some(s), None),
+            ExitStatus::Exited(c) => (None, Some(c)),
+        };
+        let tasks: Vec<(u64, Task)> = std::mem::take(&mut slot.inflight).into();
+        let snap = self.progress.get(i);
+        let timed_out = slot.kill.is_some();
+        // The input that was running: the one the timeout named, else the progress slot's.
+        let target = match &slot.kill {
+            Some(k) => Some(k.culprit),
+            None if snap.item != IDLE => Some((snap.seq, snap.item)),
+            None => None,
+        };
+        let culprit = target.and_then(|(seq, item)| {
+            tasks
+                .iter()
+                .position(|(s, t)| *s == seq && item < u64::from(t.items.count()))
+                .map(|p| (p, item as u32))
+        });
+        let pid = slot.pid.as_raw();
+        let died = |task: String| Error::WorkerDied {
+            pid,
+            signal,
+            code,
+            task: Some(task),
+        };
+        if code == Some(worker::INIT_FAILED) {
+            // The initializer panicked: nothing sent to this worker could run there.
+            for (_, t) in tasks {
+                for k in 0..t.items.count() as usize {
+                    let error = died(format!("{} (the initializer panicked)", t.items.label(k)));
+                    let index = t.items.index(k);
+                    self.deliver(t.job, Event::Failed { index, error });
+                }
+            }
+            return;
+        }
+        let mut requeue: Vec<Task> = Vec::new();
+        match culprit {
+            Some((p, c)) => {
+                for (j, (_, task)) in tasks.into_iter().enumerate() {
+                    if j != p {
+                        // Finished (its reply died with the worker) or not started: run again.
+                        requeue.push(task);
+                        continue;
+                    }
+                    let (one, rest) = self.split(task, c);
+                    let index = one.items.index(0);
+                    let error = if timed_out {
+                        Some(Error::Timeout {
+                            operation: "running a pool task",
+                            after: self.cfg.task_timeout.unwrap_or_default(),
+                        })
+                    } else if one.died < self.cfg.retries {
+                        None
+                    } else {
+                        Some(died(one.items.label(0)))
+                    };
+                    match error {
+                        Some(error) => self.deliver(one.job, Event::Failed { index, error }),
+                        None => requeue.push(Task {
+                            died: one.died + 1,
+                            ..one
+                        }),
+                    }
+                    requeue.extend(rest);
+                }
+            }
+            None => {
+                // Died between inputs: run everything again, but give up on the first task if
+                // that keeps happening, so that the pool cannot loop forever.
+                let mut tasks = tasks.into_iter().map(|(_, t)| t);
+                if let Some(mut head) = tasks.next() {
+                    head.died += 1;
+                    if head.died > self.cfg.retries + 3 {
+                        for k in 0..head.items.count() as usize {
+                            let error = died(head.items.label(k));
+                            let index = head.items.index(k);
+                            self.deliver(head.job, Event::Failed { index, error });
+                        }
+                    } else {
+                        requeue.push(head);
+                    }
+                }
+                requeue.extend(tasks);
+            }
+        }
+        for t in requeue.into_iter().rev() {
+            self.pending.push_front(t);
+        }
+    }
+
+    /// Splits input `c` out of `task`: (the task of just that input, the task of the others).
+    fn split(&self, task: Task, c: u32) -> (Task, Option<Task>) {
+        let n = task.items.count();
+        if n == 1 {
+            return (task, None);
+        }
+        let ends = self
+            .jobs
+            .get(&task.job)
+            .and_then(|j| (j.ends)(&task.bytes, n));
+        let Some(ends) = ends else {
+            return (task, None);
+        };
+        let start = |k: usize| if k == 0 { 0 } else { ends[k - 1] };
+        let c = c as usize;
+        let one = Task {
+            job: task.job,
+            items: Items::List(vec![task.items.index(c)].into()),
+            bytes: Arc::from(&task.bytes[start(c)..ends[c]]),
+            died: task.died,
+        };
+        let mut bytes = Vec::with_capacity(task.bytes.len());
+        let mut list = Vec::with_capacity(n as usize - 1);
+        for k in (0..n as usize).filter(|&k| k != c) {
+            bytes.extend_from_slice(&task.bytes[start(k)..ends[k]]);
+            list.push(task.items.index(k));
+        }
+        let rest = Task {
+            job: task.job,
+            items: Items::List(list.into()),
+            bytes: bytes.into(),
+            died: 0,
+        };
+        (one, Some(rest))
+    }
+
+    /// Signals workers whose current input is overdue; returns when to look again.
+    fn check_timeouts(&mut self, now: Instant) -> Option<Instant> {
+        let limit = self.cfg.task_timeout?;
+        let now_ns = sys::monotonic_ns();
+        let mut next: Option<Instant> = None;
+        let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(slot) = slot else { continue };
+            let Some(&(head_seq, _)) = slot.inflight.front() else {
+                continue;
+            };
+            if let Some(k) = &mut slot.kill {
+                if !k.killed {
+                    if now >= k.term_at + GRACE {
+                        let _ = sys::kill(slot.pid, Signal::SIGKILL);
+                        k.killed = true;
+                    } else {
+                        soonest(k.term_at + GRACE);
+                    }
+                }
+                continue;
+            }
+            let snap = self.progress.get(i);
+            if snap.seq == head_seq && snap.item != IDLE {
+                let ran = Duration::from_nanos(now_ns.saturating_sub(snap.started_ns));
+                if ran >= limit {
+                    let _ = sys::kill(slot.pid, Signal::SIGTERM);
+                    slot.kill = Some(Kill {
+                        culprit: (head_seq, snap.item),
+                        term_at: now,
+                        killed: false,
+                    });
+                    soonest(now + GRACE);
+                } else {
+                    soonest(now + (limit - ran));
+                }
+            } else {
+                soonest(now + limit.min(Duration::from_millis(10)));
+            }
+        }
+        next
+    }
+
+    /// After `terminate`: reap every worker, drop every task, tell every job.
+    pub(crate) fn abort_all(&mut self) {
+        if self.terminated {
+            return;
+        }
+        self.terminated = true;
+        self.book.kill_all();
+        self.reap_all();
+        self.pending.clear();
+        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        for id in ids {
+            self.deliver(id, Event::Aborted);
+        }
+        self.jobs.retain(|_, j| j.sink.is_none());
+    }
+
+    fn reap_all(&mut self) {
+        for slot in self.slots.iter_mut() {
+            if let Some(s) = slot.take() {
+                let _ = sys::kill(s.pid, Signal::SIGKILL);
+                let _ = sys::wait_blocking(s.pid);
+                self.book
+                    .pids
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|&p| p != s.pid);
+            }
+        }
+    }
+
+    /// Asks every worker to exit once its queue is empty.
+    pub(crate) fn stop_workers(&mut self) {
+        for slot in self.slots.iter_mut().flatten() {
+            if !slot.stopping {
+                slot.stopping = true;
+                slot.link.queue_stop();
+                let _ = slot.link.flush();
+            }
+        }
+    }
+
+    /// Whether every worker has exited and been reaped.
+    pub(crate) fn all_exited(&self) -> bool {
+        self.slots.iter().all(Option::is_none)
+    }
+
+    /// Kills and reaps the workers that are left (the end of `join`'s patience).
+    pub(crate) fn kill_remaining(&mut self) {
+        self.reap_all();
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        self.reap_all();
+    }
+}

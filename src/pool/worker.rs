@@ -1,0 +1,241 @@
+//! The worker process: its loop (receive a task, run it, send the outcomes back) and the shared
+//! progress slots that let the parent see which input a worker is running.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::time::{Duration, Instant};
+
+use crate::panic;
+use crate::sys::mem::SharedMapping;
+use crate::sys::{self, Pid};
+
+use super::fnref::FnRef;
+use super::transport::{Order, WorkerEnd};
+
+/// Words per progress slot (one cache line).
+const WORDS: usize = 8;
+/// `item` value meaning "between tasks".
+pub(crate) const IDLE: u64 = u64::MAX;
+/// How long a worker spins for its next order before it sleeps.
+const SPIN: Duration = Duration::from_micros(60);
+/// Exit code of a worker whose initializer panicked.
+pub(crate) const INIT_FAILED: i32 = 70;
+/// Replies buffered beyond this are sent even if more orders are queued.
+const REPLY_BATCH: usize = 1 << 16;
+
+/// One progress slot per worker, in memory shared with the workers: the task sequence number and
+/// the input index it is running, and when that input started (`CLOCK_MONOTONIC` ns). A
+/// sequence lock (`ver`, odd while writing) keeps the three consistent for the reader.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    map: SharedMapping,
+}
+
+/// What a worker was doing, read from its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub(crate) seq: u64,
+    pub(crate) item: u64,
+    pub(crate) started_ns: u64,
+}
+
+impl Progress {
+    pub(crate) fn new(slots: usize) -> crate::Result<Progress> {
+        let p = Progress {
+            map: SharedMapping::anonymous((slots * WORDS * 8).max(4096))?,
+        };
+        for i in 0..slots {
+            p.reset(i);
+        }
+        Ok(p)
+    }
+
+    fn words(&self, slot: usize) -> &[AtomicU64] {
+        &self.map.as_atomic_u64s()[slot * WORDS..(slot + 1) * WORDS]
+    }
+
+    /// Clears a slot before a (replacement) worker starts in it.
+    pub(crate) fn reset(&self, slot: usize) {
+        let w = self.words(slot);
+        w[0].store(0, Ordering::Relaxed);
+        w[1].store(0, Ordering::Relaxed);
+        w[2].store(IDLE, Ordering::Relaxed);
+        w[3].store(0, Ordering::Release);
+    }
+
+    /// Records that the worker in `slot` starts input `item` of task `seq` (worker side).
+    pub(crate) fn set(&self, slot: usize, seq: u64, item: u64) {
+        let w = self.words(slot);
+        let v = w[0].load(Ordering::Relaxed);
+        w[0].store(v + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        w[1].store(seq, Ordering::Relaxed);
+        w[2].store(item, Ordering::Relaxed);
+        w[3].store(sys::monotonic_ns(), Ordering::Relaxed);
+        w[0].store(v + 2, Ordering::Release);
+    }
+
+    /// Reads a slot (parent side). A writer killed mid-update leaves the version odd; after a
+    /// few tries the fields are taken as they are.
+    pub(crate) fn get(&self, slot: usize) -> Snapshot {
+        let w = self.words(slot);
+        let mut tries = 0;
+        loop {
+            let v1 = w[0].load(Ordering::Acquire);
+            let snap = Snapshot {
+                seq: w[1].load(Ordering::Relaxed),
+                item: w[2].load(Ordering::Relaxed),
+                started_ns: w[3].load(Ordering::Relaxed),
+            };
+            fence(Ordering::Acquire);
+            let v2 = w[0].load(Ordering::Relaxed);
+            tries += 1;
+            if (v1 == v2 && v1 % 2 == 0) || tries > 1000 {
+                return snap;
+            }
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// What a trampoline sees of its worker: the progress slot and the cached context.
+pub(crate) struct Exec<'a> {
+    progress: &'a Progress,
+    slot: usize,
+    seq: u64,
+    ctx: &'a mut CtxCache,
+}
+
+impl Exec<'_> {
+    /// Records that input `i` of the current task starts now.
+    pub(crate) fn item_started(&mut self, i: u32) {
+        self.progress.set(self.slot, self.seq, u64::from(i));
+    }
+
+    /// Decodes the current job's context unless it is decoded already.
+    pub(crate) fn ctx_decode(
+        &mut self,
+        decode: impl FnOnce(&[u8]) -> Result<Box<dyn Any>, String>,
+    ) -> Result<(), String> {
+        if self.ctx.decoded.is_none() {
+            let bytes = self
+                .ctx
+                .bytes
+                .as_deref()
+                .ok_or("the context of this job did not arrive")?;
+            self.ctx.decoded = Some(decode(bytes)?);
+        }
+        Ok(())
+    }
+
+    /// The decoded context.
+    pub(crate) fn ctx_ref(&self) -> Option<&dyn Any> {
+        self.ctx.decoded.as_deref()
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct CtxCache {
+    job: u64,
+    bytes: Option<Vec<u8>>,
+    decoded: Option<Box<dyn Any>>,
+}
+
+/// Everything a new worker needs, captured before the fork.
+pub(crate) struct Setup {
+    pub(crate) end: WorkerEnd,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) slot: usize,
+    pub(crate) parent: Pid,
+    pub(crate) max_tasks: Option<u64>,
+    pub(crate) initializer: Option<Arc<dyn Fn() + Send + Sync>>,
+    pub(crate) thread_env: Option<String>,
+    /// Descriptors of the other workers, inherited through the fork, to close at once.
+    pub(crate) close: Vec<std::os::fd::RawFd>,
+}
+
+/// The variables set to the per-worker thread count.
+pub(crate) const THREAD_VARS: [&str; 3] =
+    ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"];
+
+/// The worker's main function, run in the child right after the fork; returns its exit code.
+pub(crate) fn run(mut s: Setup) -> i32 {
+    // Die with the parent: the kernel kills us when the forking thread ends, and if the parent
+    // is already gone (the race before prctl), leave now.
+    if sys::set_pdeathsig_kill().is_err() || sys::getppid() != s.parent {
+        return 1;
+    }
+    for fd in s.close.drain(..) {
+        sys::close_inherited(fd);
+    }
+    if let Some(n) = &s.thread_env {
+        for var in THREAD_VARS {
+            if std::env::var_os(var).is_none() {
+                // SAFETY: this is a child right after fork: the calling thread is its only one.
+                unsafe { sys::set_env_in_child(var, n) };
+            }
+        }
+    }
+    if let Some(init) = &s.initializer {
+        if panic::catch(|| init()).is_err() {
+            return INIT_FAILED;
+        }
+    }
+    match serve(&mut s) {
+        Ok(()) => 0,
+        Err(_) => 2,
+    }
+}
+
+fn serve(s: &mut Setup) -> crate::Result<()> {
+    let mut ctx = CtxCache::default();
+    let mut done = 0u64;
+    while let Some(order) = s.end.next_order(SPIN)? {
+        match order {
+            Order::Stop => break,
+            Order::Ctx { job, ctx: bytes } => {
+                ctx.job = job;
+                ctx.bytes = Some(bytes.bytes().to_vec());
+                ctx.decoded = None;
+            }
+            Order::Task {
+                seq,
+                fn_offset,
+                job,
+                count,
+                inputs,
+            } => {
+                let started = Instant::now();
+                s.progress.set(s.slot, seq, 0);
+                let (mark, out) = s.end.begin_done(seq);
+                if ctx.job != job {
+                    ctx.bytes = None;
+                    ctx.decoded = None;
+                }
+                let mut ex = Exec {
+                    progress: &s.progress,
+                    slot: s.slot,
+                    seq,
+                    ctx: &mut ctx,
+                };
+                let outcome = FnRef::from_offset(fn_offset)
+                    .resolve()
+                    .and_then(|t| t(&mut ex, inputs.bytes(), count, out));
+                s.progress.set(s.slot, seq, IDLE);
+                match outcome {
+                    Ok(()) => s.end.finish_done(mark, started.elapsed().as_nanos() as u64),
+                    Err(message) => s.end.fail(mark, seq, &message),
+                }
+                done += 1;
+                if s.max_tasks.is_some_and(|k| done >= k) {
+                    break;
+                }
+                if !s.end.has_order() || s.end.reply_bytes() > REPLY_BATCH {
+                    s.end.flush()?;
+                }
+            }
+        }
+    }
+    s.end.flush()
+}

@@ -1,0 +1,153 @@
+//! Unix socket pairs that carry bytes and file descriptors (`SCM_RIGHTS`).
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    send, sendmsg, socketpair,
+};
+
+use crate::error::{Error, Result};
+
+/// The most descriptors one message may carry (the kernel's `SCM_MAX_FD`).
+pub(crate) const MAX_FDS: usize = 253;
+
+/// A connected pair of unix stream sockets, both closed on `exec`.
+pub(crate) fn stream_pair() -> Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| Error::io("socketpair", e))
+}
+
+fn send_error(e: Errno) -> Error {
+    match e {
+        Errno::EPIPE | Errno::ECONNRESET => {
+            Error::Disconnected("the other end of the pipe is closed".into())
+        }
+        e => Error::io("send", e),
+    }
+}
+
+const SEND_FLAGS: MsgFlags = MsgFlags::MSG_NOSIGNAL.union(MsgFlags::MSG_DONTWAIT);
+
+/// Sends all of `buf` on the stream socket `fd`; no `SIGPIPE` when the peer is gone (that is
+/// [`Error::Disconnected`]). While the socket buffer is full it calls `wait`, which should wait
+/// (for example with [`wait_writable`]) or fail.
+pub(crate) fn send_all(
+    fd: BorrowedFd<'_>,
+    mut buf: &[u8],
+    wait: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
+    while !buf.is_empty() {
+        match send(fd.as_raw_fd(), buf, SEND_FLAGS) {
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => wait()?,
+            Err(e) => return Err(send_error(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `fd` can be written (or has an error) or `until` passes; `true` when writable.
+pub(crate) fn wait_writable(fd: BorrowedFd<'_>, until: std::time::Instant) -> Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(Error::io("poll", e)),
+        }
+    }
+}
+
+/// Sends all of `buf`, attaching the descriptors `fds` (at most [`MAX_FDS`]) to its first byte;
+/// `wait` as for [`send_all`]. The receiver gets its own duplicates; ours stay open.
+pub(crate) fn send_with_fds(
+    fd: BorrowedFd<'_>,
+    buf: &[u8],
+    fds: &[RawFd],
+    wait: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
+    if fds.is_empty() {
+        return send_all(fd, buf, wait);
+    }
+    if fds.len() > MAX_FDS {
+        return Err(Error::invalid_arg(
+            "descriptors",
+            fds.len(),
+            format!("one message can carry at most {MAX_FDS}"),
+        ));
+    }
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let n = loop {
+        match sendmsg::<()>(
+            fd.as_raw_fd(),
+            &[IoSlice::new(buf)],
+            &cmsg,
+            SEND_FLAGS,
+            None,
+        ) {
+            Ok(n) => break n,
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => wait()?,
+            Err(e) => return Err(send_error(e)),
+        }
+    };
+    send_all(fd, &buf[n..], wait)
+}
+
+/// Receives up to `buf.len()` bytes from the stream socket `fd` (0 at end of stream), appending
+/// any descriptors that came with them to `fds` (received close-on-exec).
+pub(crate) fn recv_with_fds(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> Result<usize> {
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    loop {
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = match recvmsg::<()>(
+            fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => msg,
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ECONNRESET) => return Ok(0),
+            Err(e) => return Err(Error::io("recvmsg", e)),
+        };
+        let n = msg.bytes;
+        let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+        for c in msg.cmsgs().map_err(|e| Error::io("recvmsg", e))? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for r in raw {
+                    // SAFETY: the kernel has just installed `r` in our table for this message;
+                    // nothing else owns it.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+                }
+            }
+        }
+        if truncated {
+            return Err(Error::io(
+                "recvmsg: descriptors were dropped (MSG_CTRUNC)",
+                std::io::ErrorKind::InvalidData,
+            ));
+        }
+        return Ok(n);
+    }
+}
