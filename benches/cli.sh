@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Per-job overhead of the `multiproc` command against GNU parallel and `xargs -P`, side by side in
 # one run on the same inputs:
-#   1. N_TRUE runs of `true` (default 2000): the wall time per job is nearly all runner overhead;
+#   1. N_TRUE runs of `true` (default 2000): the job itself costs only its fork+exec;
 #   2. N_MMUL runs of the mmul example binary (default 200), `mmul < inK > inK.out`, on small
 #      matrices (MMUL_N, default 60), so that the runner's overhead still shows.
-# Each tool runs REPS times (default 3); the table shows the best and the median wall time.
+# Every tool runs once per round, REPS rounds (default 3), interleaved so that load changes on a
+# shared machine hit all alike; the table shows the best and median wall time and the best CPU
+# time (user+sys of the runner and all it waited for: workers, jobs), per run and per job.
 #
 #   benches/cli.sh                      # builds what it needs (release), prints the table
 #   JOBS=2 N_TRUE=2000 N_MMUL=200 REPS=5 benches/cli.sh
@@ -38,63 +40,73 @@ awk -v n="$MMUL_N" -v k="$N_MMUL" -v dir="$work" 'BEGIN {
     }
 }'
 
-now_ns() { date +%s%N; }
-# time_it OUTVAR CMD...: best and median seconds over REPS runs, as "best median".
-time_it() {
-    local -n out=$1
-    shift
-    local ts=()
-    for _ in $(seq "$REPS"); do
-        rm -f "$work"/in*.out
-        local t0
-        t0=$(now_ns)
-        "$@" >/dev/null 2>&1 || { echo "cli.sh: failed: $*" >&2; exit 1; }
-        ts+=($(($(now_ns) - t0)))
-    done
-    out="$(printf '%s\n' "${ts[@]}" | sort -n | awk '{ a[NR] = $1 } END { printf "%.3f %.3f", a[1] / 1e9, a[int((NR + 1) / 2)] / 1e9 }')"
+# One measurement: wall and CPU (user+sys of the runner and everything it waited for) in seconds.
+measure() {
+    rm -f "$work"/in*.out
+    /usr/bin/time -f "%e %U %S" -o "$work/time" "$@" >/dev/null 2>&1 || { echo "cli.sh: failed: $*" >&2; exit 1; }
+    awk '{ printf "%s %.3f\n", $1, $2 + $3 }' "$work/time"
 }
-
+TOOLS=(mp_true par_true xargs_true serial_true mp_mmul par_mmul xargs_mmul serial_mmul)
+run_tool() {
+    case "$1" in
+    mp_true) measure "$MP" -j "$JOBS" true :::: "$work/true.in" ;;
+    par_true) measure parallel -j "$JOBS" true :::: "$work/true.in" ;;
+    xargs_true) measure xargs -a "$work/true.in" -P "$JOBS" -n 1 true ;;
+    serial_true) measure sh -c "while read -r x; do /bin/true; done < $work/true.in" ;;
+    mp_mmul) measure "$MP" -j "$JOBS" --stdin {} --stdout {}.out "$MMUL" :::: "$work/mmul.in" ;;
+    par_mmul) measure parallel -j "$JOBS" "$MMUL < {} > {}.out" :::: "$work/mmul.in" ;;
+    xargs_mmul) measure xargs -a "$work/mmul.in" -P "$JOBS" -I{} sh -c "$MMUL < {} > {}.out" ;;
+    serial_mmul) measure sh -c "while read -r f; do $MMUL < \$f > \$f.out; done < $work/mmul.in" ;;
+    esac
+}
+# Round-robin: each repetition runs every tool once, so load changes on the shared machine hit
+# all of them alike.
+for rep in $(seq "$REPS"); do
+    for t in "${TOOLS[@]}"; do run_tool "$t" >>"$work/$t.times"; done
+done
+# stats TOOL: "best_wall median_wall best_cpu"
+stats() {
+    local cpu
+    cpu="$(sort -n -k2 "$work/$1.times" | head -n1 | cut -d' ' -f2)"
+    sort -n "$work/$1.times" | awk -v c="$cpu" '{ w[NR] = $1 } END {
+        printf "%.3f %.3f %.3f", w[1], w[int((NR + 1) / 2)], c }'
+}
 declare -A R
-run_true() {
-    time_it R[mp_true] "$MP" -j "$JOBS" true :::: "$work/true.in"
-    time_it R[par_true] parallel -j "$JOBS" true :::: "$work/true.in"
-    time_it R[xargs_true] xargs -a "$work/true.in" -P "$JOBS" -n 1 true
-}
-run_mmul() {
-    time_it R[mp_mmul] "$MP" -j "$JOBS" --stdin {} --stdout {}.out "$MMUL" :::: "$work/mmul.in"
-    time_it R[par_mmul] parallel -j "$JOBS" "$MMUL < {} > {}.out" :::: "$work/mmul.in"
-    time_it R[xargs_mmul] xargs -a "$work/mmul.in" -P "$JOBS" -I{} sh -c "$MMUL < {} > {}.out"
-    # The binary alone, one after another: the work itself, for reference.
-    time_it R[serial_mmul] sh -c "while read -r f; do $MMUL < \$f > \$f.out; done < $work/mmul.in"
-}
-run_true
-run_mmul
+for t in "${TOOLS[@]}"; do R[$t]="$(stats "$t")"; done
 
-row() { # row LABEL N "best median"
-    local label="$1" n="$2" best med
-    read -r best med <<<"$3"
-    awk -v l="$label" -v n="$n" -v b="$best" -v m="$med" \
-        'BEGIN { printf "| %-36s | %8.3f | %8.3f | %10.0f |\n", l, b, m, b / n * 1e6 }'
+row() { # row LABEL N "best median cpu"
+    local label="$1" n="$2" best med cpu
+    read -r best med cpu <<<"$3"
+    awk -v l="$label" -v n="$n" -v b="$best" -v m="$med" -v c="$cpu" \
+        'BEGIN { printf "| %-34s | %8.3f | %8.3f | %8.0f | %8.0f |\n", l, b, m, b / n * 1e6, c / n * 1e6 }'
 }
-echo "multiproc command benchmark: -j $JOBS, best and median of $REPS runs, $(nproc) CPUs, $(parallel --version | head -n1)"
+echo "multiproc command benchmark: -j $JOBS, $REPS rounds (tools interleaved), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), $(parallel --version | head -n1)"
 echo
-echo "| workload                             | best (s) | median (s) | µs per job (best) |"
-echo "|--------------------------------------|----------|----------|------------|"
+echo "| workload | best wall (s) | median wall (s) | wall µs/job | CPU µs/job |"
+echo "|---|---|---|---|---|"
 row "$N_TRUE × true: multiproc" "$N_TRUE" "${R[mp_true]}"
 row "$N_TRUE × true: GNU parallel" "$N_TRUE" "${R[par_true]}"
 row "$N_TRUE × true: xargs -P" "$N_TRUE" "${R[xargs_true]}"
+row "$N_TRUE × true: sh loop, serial" "$N_TRUE" "${R[serial_true]}"
 row "$N_MMUL × mmul ${MMUL_N}²: multiproc" "$N_MMUL" "${R[mp_mmul]}"
 row "$N_MMUL × mmul ${MMUL_N}²: GNU parallel" "$N_MMUL" "${R[par_mmul]}"
-row "$N_MMUL × mmul ${MMUL_N}²: xargs -P (sh -c)" "$N_MMUL" "${R[xargs_mmul]}"
-row "$N_MMUL × mmul ${MMUL_N}²: serial, no runner" "$N_MMUL" "${R[serial_mmul]}"
+row "$N_MMUL × mmul ${MMUL_N}²: xargs -P sh -c" "$N_MMUL" "${R[xargs_mmul]}"
+row "$N_MMUL × mmul ${MMUL_N}²: sh loop, serial" "$N_MMUL" "${R[serial_mmul]}"
 echo
-# Overhead per job: wall time × jobs at once / N, minus the work (the serial time per job).
-awk -v j="$JOBS" -v nt="$N_TRUE" -v nm="$N_MMUL" \
-    -v mt="${R[mp_true]%% *}" -v pt="${R[par_true]%% *}" -v xt="${R[xargs_true]%% *}" \
-    -v mm="${R[mp_mmul]%% *}" -v pm="${R[par_mmul]%% *}" -v xm="${R[xargs_mmul]%% *}" -v sm="${R[serial_mmul]%% *}" '
+# Per-job overhead against xargs -P at the same -j (the leanest parallel runner: C, one
+# fork+exec per job, no capture, no log): CPU and wall per job beyond xargs's.
+val() { # val TOOL FIELD(1 best wall, 3 best cpu)
+    cut -d' ' -f"$2" <<<"${R[$1]}"
+}
+awk -v nt="$N_TRUE" -v nm="$N_MMUL" \
+    -v mtc="$(val mp_true 3)" -v ptc="$(val par_true 3)" -v xtc="$(val xargs_true 3)" \
+    -v mtw="$(val mp_true 1)" -v ptw="$(val par_true 1)" -v xtw="$(val xargs_true 1)" \
+    -v mmc="$(val mp_mmul 3)" -v pmc="$(val par_mmul 3)" -v xmc="$(val xargs_mmul 3)" \
+    -v mmw="$(val mp_mmul 1)" -v pmw="$(val par_mmul 1)" -v xmw="$(val xargs_mmul 1)" '
+function us(x, n) { return x / n * 1e6 }
 BEGIN {
-    w = sm / nm
-    printf "per-job overhead (wall × %d / N, mmul minus its serial time per job):\n", j
-    printf "  true: multiproc %.0f µs, GNU parallel %.0f µs (%.1fx), xargs -P %.0f µs\n", mt*j/nt*1e6, pt*j/nt*1e6, pt/mt, xt*j/nt*1e6
-    printf "  mmul: multiproc %.0f µs, GNU parallel %.0f µs (%.1fx), xargs -P sh -c %.0f µs\n", (mm*j/nm-w)*1e6, (pm*j/nm-w)*1e6, (pm*j/nm-w)/(mm*j/nm-w), (xm*j/nm-w)*1e6
+    printf "per-job overhead beyond xargs -P (CPU; wall):\n"
+    printf "  true: multiproc %+.0f µs; %+.0f µs   GNU parallel %+.0f µs; %+.0f µs\n", us(mtc - xtc, nt), us(mtw - xtw, nt), us(ptc - xtc, nt), us(ptw - xtw, nt)
+    printf "  mmul: multiproc %+.0f µs; %+.0f µs   GNU parallel %+.0f µs; %+.0f µs   (xargs runs sh -c for the redirections)\n", us(mmc - xmc, nm), us(mmw - xmw, nm), us(pmc - xmc, nm), us(pmw - xmw, nm)
+    printf "per-job wall time, GNU parallel / multiproc: true %.1fx, mmul %.1fx\n", ptw / mtw, pmw / mmw
 }'
