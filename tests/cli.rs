@@ -853,8 +853,16 @@ fn runner_sigkilled_then_resume_runs_each_job_exactly_once() {
         wait_for(secs(60.0), || count_rows(&log) >= 6),
         "no progress"
     );
+    let workers = children_of(runner.0.id());
+    assert_eq!(workers.len(), 2, "{workers:?}");
     runner.0.kill().unwrap();
     runner.0.wait().unwrap();
+    for w in workers {
+        assert!(
+            wait_for(secs(5.0), || !pid_alive(w)),
+            "worker {w} outlived the runner"
+        );
+    }
     let before = count_rows(&log);
     assert!(before < 30, "killed too late to test anything");
     // The workers and their jobs die with the runner: nothing more is appended.

@@ -127,7 +127,11 @@ fn a_256_mib_item_between_processes() {
     producer.start().unwrap();
     let item = q.get_timeout(secs(120)).unwrap();
     assert_eq!(item.len(), SIZE);
-    assert!(item.chunks(4096).enumerate().all(|(i, c)| c.iter().all(|&b| b == i as u8)));
+    assert!(
+        item.chunks(4096)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&b| b == i as u8))
+    );
     assert!(producer.join_timeout(secs(60)).unwrap());
     assert_eq!(producer.exitcode(), Some(0));
 }
