@@ -9,6 +9,30 @@
 //! 2 for a usage error or bad input (before any job starts); 128+N when stopped by signal N;
 //! 255 when the runner itself failed.
 //!
+//! Behaviour in brief (details on each module):
+//! - `-j N` worker processes (default: [`multiproc::cpu_budget`], SLURM-aware; `-v` says which
+//!   and why) take jobs from a queue; each job runs without a shell unless `--shell`, in its own
+//!   process group, with `OMP_NUM_THREADS`/`MKL_NUM_THREADS`/`OPENBLAS_NUM_THREADS` set to
+//!   CPUs / jobs unless already set (`--threads-per-job K` sets K and divides the default `-j`),
+//!   plus `PARALLEL_SEQ` and `PARALLEL_JOBSLOT`.
+//! - Each job's stdout, then its stderr, is printed as one block when it ends (`-k`: in input
+//!   order); `--results DIR` also keeps them in `DIR/1/INPUT/{stdout,stderr,seq}`.
+//! - `--joblog`: a worker appends the job's line the moment the job ends; `--resume` skips the
+//!   jobs in it, `--resume-failed` the ones that succeeded.
+//! - SIGINT/SIGTERM/SIGHUP: no new jobs; running jobs' groups get SIGTERM, then SIGKILL after
+//!   2 s; jobs ended that way are not logged (so `--resume` runs them); exit 128+N. A second
+//!   signal kills at once. Workers and their jobs die with the runner, even after a SIGKILL.
+//!
+//! # Caveats
+//!
+//! - All inputs are read before the first job starts (so the total and the ETA are known): an
+//!   endless stdin is not supported.
+//! - A job's captured output is held in memory until it is printed; send big outputs to files
+//!   (`--stdout`, `--results`, or the job's own arguments).
+//! - "Nothing runs twice" holds up to a window of microseconds: a runner killed between a job's
+//!   exit and its joblog line (written by the worker right after `waitpid`) runs it again on
+//!   `--resume`.
+//!
 //! Layout: [`args`] turns the command line into a validated `Config` ([`template`] for the
 //! replacement strings, [`input`] for the input sources, [`joblog`] for `--joblog`); this file
 //! turns the `Config` into jobs and engine options; [`engine`] runs them on worker processes
