@@ -5,8 +5,9 @@
 //! stopping is simply not putting more. Workers report [`Report::Started`] (the job's process
 //! group, so the runner can signal it) and [`Report::Finished`]. A worker runs a failing job
 //! again itself (`--retries`) and appends the job's joblog line the moment the job ends, before
-//! it reports: so a SIGKILL of the runner loses no finished job's line (the window left is the
-//! microseconds between the job's exit and that write). For each finished job the runner prints
+//! it reports: so a SIGKILL of the runner loses no finished job's line (a worker that learns of
+//! the runner's death while it writes the line finishes the line first; the window left is a
+//! job that has written its results but not yet exited). For each finished job the runner prints
 //! its output block, moves the progress bar, and checks `--halt`.
 //!
 //! Stopping (a signal, or `--halt now`): the runner sets a flag in memory shared with the

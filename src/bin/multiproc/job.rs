@@ -155,6 +155,11 @@ static JOB_PGID: AtomicI32 = AtomicI32::new(0);
 /// Set when the worker itself got `SIGINT`/`SIGTERM`/`SIGHUP` (as every process of a SLURM job
 /// does at its time limit): the run is stopping even if the runner has not said so yet.
 static GOT_SIGNAL: AtomicBool = AtomicBool::new(false);
+/// Set from the moment a job has been reaped until its joblog line and report are written: a
+/// runner death then lets the worker finish that line before it exits (nothing is run twice).
+static FINISHING: AtomicBool = AtomicBool::new(false);
+/// Set by the handler when the runner died while [`FINISHING`].
+static RUNNER_GONE: AtomicBool = AtomicBool::new(false);
 
 /// The worker's handler for `SIGTERM` (its parent-death signal) and `SIGINT`: while the runner
 /// lives it does nothing (the runner decides what happens to jobs); once the runner is gone it
@@ -168,6 +173,12 @@ extern "C" fn worker_signal(_: libc::c_int) {
             let pgid = JOB_PGID.load(Ordering::SeqCst);
             if pgid > 0 {
                 libc::kill(-pgid, libc::SIGKILL);
+                libc::_exit(1);
+            }
+            if FINISHING.load(Ordering::SeqCst) {
+                // A job just ended: its joblog line is written first, then the worker exits.
+                RUNNER_GONE.store(true, Ordering::SeqCst);
+                return;
             }
             libc::_exit(1);
         }
@@ -203,7 +214,11 @@ pub(crate) fn worker_loop(runner: i32, cfg: &WorkerConfig, jobs: &Queue<Job>, ou
         .as_ref()
         .and_then(|p| OpenOptions::new().append(true).open(p).ok());
     let me = std::process::id() as i32;
-    let stopping = || cfg.stop.load(Ordering::SeqCst) != 0 || GOT_SIGNAL.load(Ordering::SeqCst);
+    let stopping = || {
+        cfg.stop.load(Ordering::SeqCst) != 0
+            || GOT_SIGNAL.load(Ordering::SeqCst)
+            || RUNNER_GONE.load(Ordering::SeqCst)
+    };
     for job in jobs.iter() {
         let mut outcome = if stopping() {
             not_started(&job)
@@ -239,7 +254,12 @@ pub(crate) fn worker_loop(runner: i32, cfg: &WorkerConfig, jobs: &Queue<Job>, ou
                 .write_all(entry(&job, &outcome).to_line().as_bytes())
                 .is_ok();
         }
-        if out.put(&Report::Finished(outcome)).is_err() {
+        let sent = out.put(&Report::Finished(outcome));
+        FINISHING.store(false, Ordering::SeqCst);
+        if sent.is_err()
+            || RUNNER_GONE.load(Ordering::SeqCst)
+            || nix::unistd::getppid().as_raw() != runner
+        {
             return;
         }
     }
@@ -393,6 +413,7 @@ pub(crate) fn run_job(job: &Job, cfg: &WorkerConfig, started: impl FnOnce(i32)) 
     let pgid = child.id() as i32;
     started(pgid);
     let (status, timed_out) = wait_with_timeout(&mut child, pgid, cfg.timeout);
+    FINISHING.store(true, Ordering::SeqCst);
     JOB_PGID.store(0, Ordering::SeqCst);
     let runtime = t0.elapsed().as_secs_f64();
     let (exit, signal) = match status {

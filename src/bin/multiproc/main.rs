@@ -29,9 +29,9 @@
 //!   endless stdin is not supported.
 //! - A job's captured output is held in memory until it is printed; send big outputs to files
 //!   (`--stdout`, `--results`, or the job's own arguments).
-//! - "Nothing runs twice" holds up to a window of microseconds: a runner killed between a job's
-//!   exit and its joblog line (written by the worker right after `waitpid`) runs it again on
-//!   `--resume`.
+//! - "Nothing runs twice" holds up to a small window: a job killed (with the runner) after it has
+//!   written its results but before it has exited counts as not done, and `--resume` runs it
+//!   again. Once a job has exited, its worker writes its joblog line even if the runner is gone.
 //!
 //! Layout: [`args`] turns the command line into a validated `Config` ([`template`] for the
 //! replacement strings, [`input`] for the input sources, [`joblog`] for `--joblog`); this file
