@@ -121,7 +121,7 @@ fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if cond() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
     }
     cond()
 }
@@ -842,17 +842,36 @@ fn usage_errors_exit_2_and_name_the_problem() {
 fn runner_sigkilled_then_resume_runs_each_job_exactly_once() {
     let d = scratch("resume-kill");
     fs::create_dir(d.join("out")).unwrap();
+    fs::create_dir(d.join("started")).unwrap();
     let inputs: Vec<String> = (1..=30).map(|i| i.to_string()).collect();
-    // Odd and even jobs take different times, so the two slots do not end together.
-    let script = "sleep 0.$(( {} % 2 * 15 + 25 )); echo done >> out/{}";
+    let script = "touch started/{}; sleep 0.3; echo done >> out/{}";
     let mut args = vec!["-j", "2", "--joblog", "log", "--shell", script, ":::"];
     args.extend(inputs.iter().map(String::as_str));
     let mut runner = spawn_bg(&d, &args);
     let log = d.join("log");
-    assert!(
-        wait_for(secs(60.0), || count_rows(&log) >= 6),
-        "no progress"
-    );
+    // Kill the runner mid-run, at a moment when no running job is about to append its line: a
+    // job killed between its append and its exit would rightly run again on --resume, and the
+    // test would then see two lines (that window is inherent: the job must die with the runner).
+    let safe_to_kill = || {
+        if count_rows(&log) < 6 {
+            return false;
+        }
+        let now = std::time::SystemTime::now();
+        let mut running = 0;
+        for e in fs::read_dir(d.join("started")).unwrap().flatten() {
+            if d.join("out").join(e.file_name()).exists() {
+                continue;
+            }
+            running += 1;
+            let started = e.metadata().unwrap().modified().unwrap();
+            let age = now.duration_since(started).unwrap_or_default();
+            if age > secs(0.2) {
+                return false; // within 0.1 s of its append
+            }
+        }
+        running > 0
+    };
+    assert!(wait_for(secs(60.0), safe_to_kill), "no safe moment to kill");
     let workers = children_of(runner.0.id());
     assert_eq!(workers.len(), 2, "{workers:?}");
     runner.0.kill().unwrap();

@@ -158,6 +158,8 @@ static GOT_SIGNAL: AtomicBool = AtomicBool::new(false);
 /// Set from the moment a job has been reaped until its joblog line and report are written: a
 /// runner death then lets the worker finish that line before it exits (nothing is run twice).
 static FINISHING: AtomicBool = AtomicBool::new(false);
+/// Set while the worker starts a job (its group is not known yet).
+static SPAWNING: AtomicBool = AtomicBool::new(false);
 /// Set by the handler when the runner died while [`FINISHING`].
 static RUNNER_GONE: AtomicBool = AtomicBool::new(false);
 
@@ -171,9 +173,18 @@ extern "C" fn worker_signal(_: libc::c_int) {
     unsafe {
         if libc::getppid() != RUNNER_PID.load(Ordering::SeqCst) {
             let pgid = JOB_PGID.load(Ordering::SeqCst);
-            if pgid > 0 {
+            if pgid > 0 && !job_has_exited(pgid) {
                 libc::kill(-pgid, libc::SIGKILL);
                 libc::_exit(1);
+            }
+            if pgid > 0 {
+                // The job ended on its own before the worker woke up: log it first.
+                RUNNER_GONE.store(true, Ordering::SeqCst);
+                return;
+            }
+            if SPAWNING.load(Ordering::SeqCst) {
+                // `run_job` checks for the runner right after the spawn and ends the job.
+                return;
             }
             if FINISHING.load(Ordering::SeqCst) {
                 // A job just ended: its joblog line is written first, then the worker exits.
@@ -183,6 +194,24 @@ extern "C" fn worker_signal(_: libc::c_int) {
             libc::_exit(1);
         }
     }
+}
+
+/// Whether the job (pid `pid`) has exited and waits to be reaped; does not reap it.
+/// Async-signal-safe (`waitid`).
+fn job_has_exited(pid: i32) -> bool {
+    let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: waitid writes into `info`, a zeroed siginfo_t; WNOWAIT leaves the child unreaped.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            info.as_mut_ptr(),
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: zero-initialised, then possibly filled in by waitid: valid either way; with WNOHANG
+    // si_pid stays 0 when no child has exited.
+    rc == 0 && unsafe { info.assume_init().si_pid() } != 0
 }
 
 /// Sets up a freshly forked worker: dies with the runner (parent-death signal), and handles
@@ -389,15 +418,21 @@ pub(crate) fn run_job(job: &Job, cfg: &WorkerConfig, started: impl FnOnce(i32)) 
         }
         Err(e) => return failed_start(job, start, "cannot capture stderr", &e),
     };
+    // While the job starts the handler cannot know its group: it leaves a runner death to the
+    // check below (without it, a job started as the runner dies would run on, unlogged).
+    SPAWNING.store(true, Ordering::SeqCst);
     let spawned = cmd.spawn();
     if let Ok(child) = &spawned {
         JOB_PGID.store(child.id() as i32, Ordering::SeqCst);
-        // The runner may have died between the spawn and the store: the handler then saw no job.
-        let runner = RUNNER_PID.load(Ordering::SeqCst);
-        if runner != 0 && nix::unistd::getppid().as_raw() != runner {
+    }
+    SPAWNING.store(false, Ordering::SeqCst);
+    let runner = RUNNER_PID.load(Ordering::SeqCst);
+    if runner != 0 && nix::unistd::getppid().as_raw() != runner {
+        if let Ok(child) = &spawned {
             let _ = signal::killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-            std::process::exit(1);
         }
+        // SAFETY: _exit ends the worker at once, as the signal handler would have.
+        unsafe { libc::_exit(1) };
     }
     let mut child = match spawned {
         Ok(c) => c,

@@ -50,8 +50,14 @@ mod joblog;
 mod output;
 mod template;
 
+use std::fs::{File, OpenOptions};
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::args::{Config, ConfigError, Halt, Resume, Threshold};
 use crate::engine::{EngineOpts, HaltRule, JobSource, NoProgress, Progress};
@@ -177,6 +183,47 @@ fn read_inputs(cfg: &Config) -> Result<Vec<Vec<String>>, Failure> {
         .map_err(|e| Failure::usage(format!("cannot read the inputs: {e}")))
 }
 
+/// How long to wait for an earlier run's processes to let go of the joblog.
+const JOBLOG_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Takes an exclusive `flock` on the joblog for the whole run. The workers inherit the open file
+/// (forked, not exec'd), so the lock is released only when the runner and every worker are gone:
+/// a `--resume` right after a killed run waits for a worker still writing its last line, instead
+/// of reading the log without it and running that job again.
+fn lock_joblog(path: &Path) -> Result<Flock<File>, Failure> {
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| Failure::usage(format!("--joblog {}: {e}", path.display())))?;
+    let deadline = Instant::now() + JOBLOG_LOCK_WAIT;
+    let mut file = file;
+    let mut said = false;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((f, Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                if !said {
+                    eprintln!(
+                        "multiproc: --joblog {}: in use by another multiproc; waiting",
+                        path.display()
+                    );
+                    said = true;
+                }
+                file = f;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err((_, e)) => {
+                return Err(Failure::usage(format!(
+                    "--joblog {}: in use by another multiproc run (flock: {e})",
+                    path.display()
+                )));
+            }
+        }
+    }
+}
+
 /// Opens the joblog: checks it is one of ours, reads what an earlier run did (for `--resume*`),
 /// then creates it afresh (no resume) or reopens it for appending.
 fn open_joblog(cfg: &Config) -> Result<JoblogState, Failure> {
@@ -194,6 +241,10 @@ fn open_joblog(cfg: &Config) -> Result<JoblogState, Failure> {
     if cfg.dry_run {
         return Ok(state);
     }
+    // Held until the process exits (and, through the workers, until they do too).
+    std::mem::forget(lock_joblog(path)?);
+    // Read again under the lock: an earlier run's last lines may have landed meanwhile.
+    let state = JoblogState::read(path).map_err(|e| Failure::usage(format!("--joblog: {e}")))?;
     if cfg.resume == Resume::No {
         JoblogWriter::create(path).map_err(|e| Failure::usage(format!("--joblog: {e}")))?;
         return Ok(JoblogState::default());
