@@ -1037,3 +1037,22 @@ fn a_worker_killed_from_outside_fails_its_job_and_the_run_goes_on() {
     assert_eq!(out.lines().count(), 3, "{out}");
     assert_eq!(joblog(&d.join("log")).len(), 3);
 }
+
+#[test]
+fn progress_bar_with_eta_on_a_terminal() {
+    // `script` (util-linux) gives the command a pseudo-terminal.
+    if Command::new("script").arg("--version").output().is_err() {
+        println!("skipped: no `script` command to make a terminal");
+        return;
+    }
+    let d = scratch("bar-tty");
+    let line = format!(
+        "{} -j 2 sleep ::: 0.2 0.2 0.2",
+        env!("CARGO_BIN_EXE_multiproc")
+    );
+    let mut cmd = Command::new("script");
+    cmd.current_dir(&d).args(["-qec", &line, "/dev/null"]);
+    let r = run_cmd(cmd, None);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("3/3 jobs, ETA"), "{:?}", r.stdout);
+}
