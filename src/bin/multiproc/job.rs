@@ -163,15 +163,23 @@ static SPAWNING: AtomicBool = AtomicBool::new(false);
 /// Set by the handler when the runner died while [`FINISHING`].
 static RUNNER_GONE: AtomicBool = AtomicBool::new(false);
 
-/// The worker's handler for `SIGTERM` (its parent-death signal) and `SIGINT`: while the runner
-/// lives it does nothing (the runner decides what happens to jobs); once the runner is gone it
-/// kills the running job's process group and exits. Async-signal-safe: atomics, `getppid`,
-/// `kill` and `_exit` only.
+/// The worker's handler for `SIGTERM` (its parent-death signal), `SIGINT` and `SIGHUP`: while
+/// the runner lives it only notes the signal (the runner decides what happens to jobs). Once the
+/// runner is gone: a job that ended (reaped, or a zombie not yet reaped) gets its joblog line
+/// written first, then the worker exits; a running job's process group is killed and the worker
+/// exits at once; a job being spawned is killed right after the spawn (see `run_job`).
+/// Async-signal-safe: atomics, `getppid`, `waitid`, `kill` and `_exit` only.
 extern "C" fn worker_signal(_: libc::c_int) {
     GOT_SIGNAL.store(true, Ordering::SeqCst);
     // SAFETY: getppid, kill and _exit are async-signal-safe and take plain integers.
     unsafe {
         if libc::getppid() != RUNNER_PID.load(Ordering::SeqCst) {
+            if FINISHING.load(Ordering::SeqCst) {
+                // A job just ended (reaped): its joblog line is written first, then the worker
+                // exits.
+                RUNNER_GONE.store(true, Ordering::SeqCst);
+                return;
+            }
             let pgid = JOB_PGID.load(Ordering::SeqCst);
             if pgid > 0 && !job_has_exited(pgid) {
                 libc::kill(-pgid, libc::SIGKILL);
@@ -184,11 +192,6 @@ extern "C" fn worker_signal(_: libc::c_int) {
             }
             if SPAWNING.load(Ordering::SeqCst) {
                 // `run_job` checks for the runner right after the spawn and ends the job.
-                return;
-            }
-            if FINISHING.load(Ordering::SeqCst) {
-                // A job just ended: its joblog line is written first, then the worker exits.
-                RUNNER_GONE.store(true, Ordering::SeqCst);
                 return;
             }
             libc::_exit(1);
@@ -418,6 +421,8 @@ pub(crate) fn run_job(job: &Job, cfg: &WorkerConfig, started: impl FnOnce(i32)) 
         }
         Err(e) => return failed_start(job, start, "cannot capture stderr", &e),
     };
+    // A retry starts a new job: the previous attempt's line is not pending any more.
+    FINISHING.store(false, Ordering::SeqCst);
     // While the job starts the handler cannot know its group: it leaves a runner death to the
     // check below (without it, a job started as the runner dies would run on, unlogged).
     SPAWNING.store(true, Ordering::SeqCst);
