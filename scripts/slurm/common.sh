@@ -1,0 +1,58 @@
+# Shared settings and helpers for start.sh, stop.sh and check.sh. Sourced, not run.
+# shellcheck shell=bash disable=SC2034  # the variables are used by the scripts that source this
+
+# Everything the test cluster writes (state, spool, pid files, logs) lives under one directory,
+# so stop.sh + `rm -rf` gives a clean slate. Override with MULTIPROC_SLURM_DIR.
+SLURM_BASE="${MULTIPROC_SLURM_DIR:-/var/lib/multiproc-slurm}"
+SLURM_CONF="${SLURM_CONF:-/etc/slurm/slurm.conf}"
+export SLURM_CONF
+RUN_DIR="$SLURM_BASE/run"
+LOG_DIR="$SLURM_BASE/log"
+CTLD_PID="$RUN_DIR/slurmctld.pid"
+SLURMD_PID="$RUN_DIR/slurmd.pid"
+MUNGE_PID="/run/munge/munged.pid"
+NODE_NAME="$(hostname -s)"
+
+# pid_alive PIDFILE: true if the pid file names a live, non-zombie process.
+# Daemons reparented to PID 1 can stay zombies for seconds after they exit; state Z counts as gone.
+pid_alive() {
+    local f="$1" pid state
+    [ -s "$f" ] || return 1
+    pid="$(tr -dc '0-9' 2>/dev/null <"$f")" || return 1
+    [ -n "$pid" ] || return 1
+    [ -r "/proc/$pid/stat" ] || return 1
+    # Field 3 of /proc/PID/stat is the state; the comm field (2) may contain spaces, so cut after ')'.
+    state="$(sed -e 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)"
+    [ -n "$state" ] && [ "$state" != "Z" ] && [ "$state" != "X" ]
+}
+
+# pid_of PIDFILE: print the pid in the file (digits only).
+pid_of() { tr -dc '0-9' 2>/dev/null <"$1" || true; }
+
+# wait_until SECONDS CMD...: run CMD every 0.1 s until it succeeds; false on timeout.
+wait_until() {
+    local limit="$1"
+    shift
+    local deadline=$((SECONDS + limit))
+    # SECONDS has 1 s resolution; count tries too so short limits stay bounded.
+    local tries=$((limit * 10 + 1))
+    while [ "$tries" -gt 0 ]; do
+        if "$@"; then return 0; fi
+        [ "$SECONDS" -le "$deadline" ] || return 1
+        sleep 0.1
+        tries=$((tries - 1))
+    done
+    return 1
+}
+
+# now_ms: wall-clock milliseconds.
+now_ms() { date +%s%3N; }
+
+die() {
+    echo "$(basename "$0"): error: $*" >&2
+    exit 1
+}
+
+need_root() {
+    [ "$(id -u)" -eq 0 ] || die "must run as root (the daemons run as root and write under /etc and /run)"
+}

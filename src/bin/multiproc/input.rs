@@ -1,0 +1,268 @@
+//! Input sources (`::: ARGS`, `:::: FILE`, `-a FILE`, stdin) and how they combine into jobs.
+//!
+//! As in GNU parallel: each `-a FILE`, each file after `::::` and each `:::` group is one input
+//! source; `-a` sources come first, then the others in command-line order; with none, stdin is
+//! the only source. A file (or stdin, written `-`) gives one value per line: lines end at `\n`,
+//! which is removed (a `\r` is kept), an empty line is an empty value, and a last line without
+//! `\n` still counts. Several sources combine as a cartesian product, the last source varying
+//! fastest (`::: a b ::: c d` gives `a c`, `a d`, `b c`, `b d`).
+//!
+//! The first source is streamed (stdin may be endless); the others are read into memory.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::path::PathBuf;
+
+/// Where input values come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum InputSource {
+    /// Values given on the command line after `:::`.
+    Args(Vec<String>),
+    /// A file of lines (`-a FILE`, `:::: FILE`).
+    File(PathBuf),
+    /// Standard input, one value per line (no source given, or `-a -`, `:::: -`).
+    Stdin,
+}
+
+impl fmt::Display for InputSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InputSource::Args(a) => write!(f, "::: ({} values)", a.len()),
+            InputSource::File(p) => write!(f, "{}", p.display()),
+            InputSource::Stdin => f.write_str("stdin"),
+        }
+    }
+}
+
+/// An iterator of values, each possibly an I/O error.
+pub(crate) type Values = Box<dyn Iterator<Item = io::Result<String>>>;
+
+impl InputSource {
+    /// Opens the source as an iterator of values.
+    ///
+    /// # Errors
+    /// The file cannot be opened.
+    pub(crate) fn open(&self) -> io::Result<Values> {
+        Ok(match self {
+            InputSource::Args(a) => Box::new(a.clone().into_iter().map(Ok)),
+            InputSource::File(p) => {
+                let name = p.display().to_string();
+                Box::new(Lines::new(BufReader::new(File::open(p)?), name))
+            }
+            InputSource::Stdin => Box::new(Lines::new(io::stdin().lock(), "stdin".to_owned())),
+        })
+    }
+}
+
+/// The lines of a reader, GNU parallel style (see the module docs). Non-UTF-8 lines are an
+/// error naming the source and line number.
+#[derive(Debug)]
+pub(crate) struct Lines<R> {
+    reader: R,
+    name: String,
+    line: u64,
+    done: bool,
+}
+
+impl<R: BufRead> Lines<R> {
+    /// Wraps a reader; `name` is used in error messages.
+    pub(crate) fn new(reader: R, name: String) -> Self {
+        Lines {
+            reader,
+            name,
+            line: 0,
+            done: false,
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for Lines<R> {
+    type Item = io::Result<String>;
+
+    fn next(&mut self) -> Option<io::Result<String>> {
+        if self.done {
+            return None;
+        }
+        let mut buf = Vec::new();
+        match self.reader.read_until(b'\n', &mut buf) {
+            Ok(0) => {
+                self.done = true;
+                None
+            }
+            Ok(_) => {
+                self.line += 1;
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                }
+                Some(String::from_utf8(buf).map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{} line {}: not valid UTF-8", self.name, self.line),
+                    )
+                }))
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(io::Error::new(
+                    e.kind(),
+                    format!("reading {}: {e}", self.name),
+                )))
+            }
+        }
+    }
+}
+
+/// The cartesian product of the sources: one `Vec<String>` (one value per source) per job.
+pub(crate) struct Combinations {
+    first: Values,
+    rest: Vec<Vec<String>>,
+    current: Option<String>,
+    odometer: Vec<usize>,
+}
+
+impl fmt::Debug for Combinations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Combinations")
+            .field("rest", &self.rest)
+            .field("current", &self.current)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Combinations {
+    /// Opens every source; all but the first are read to the end now.
+    ///
+    /// # Errors
+    /// A source cannot be opened or read.
+    ///
+    /// # Panics
+    /// If `sources` is empty (a `Config` always has at least one source).
+    pub(crate) fn new(sources: &[InputSource]) -> io::Result<Self> {
+        let (first, rest) = sources.split_first().expect("at least one input source");
+        let first = first.open()?;
+        let rest = rest
+            .iter()
+            .map(|s| s.open()?.collect::<io::Result<Vec<_>>>())
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Combinations {
+            first,
+            odometer: vec![0; rest.len()],
+            rest,
+            current: None,
+        })
+    }
+
+    /// Advances the odometer over `rest`; false when it wrapped around.
+    fn advance(&mut self) -> bool {
+        for i in (0..self.rest.len()).rev() {
+            self.odometer[i] += 1;
+            if self.odometer[i] < self.rest[i].len() {
+                return true;
+            }
+            self.odometer[i] = 0;
+        }
+        false
+    }
+}
+
+impl Iterator for Combinations {
+    type Item = io::Result<Vec<String>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.iter().any(Vec::is_empty) {
+            return None;
+        }
+        if self.current.is_none() || !self.advance() {
+            match self.first.next()? {
+                Ok(v) => self.current = Some(v),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        let mut job = Vec::with_capacity(1 + self.rest.len());
+        job.extend(self.current.clone());
+        job.extend(
+            self.rest
+                .iter()
+                .zip(&self.odometer)
+                .map(|(values, &i)| values[i].clone()),
+        );
+        Some(Ok(job))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> InputSource {
+        InputSource::Args(v.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn all(sources: &[InputSource]) -> Vec<Vec<String>> {
+        Combinations::new(sources)
+            .unwrap()
+            .collect::<io::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn lines_like_gnu_parallel() {
+        let lines: Vec<String> = Lines::new(&b"a\n\nb\r\nlast"[..], "t".into())
+            .collect::<io::Result<_>>()
+            .unwrap();
+        assert_eq!(lines, ["a", "", "b\r", "last"]);
+        assert_eq!(Lines::new(&b""[..], "t".into()).count(), 0);
+        assert_eq!(Lines::new(&b"\n"[..], "t".into()).count(), 1);
+    }
+
+    #[test]
+    fn non_utf8_line_is_an_error_with_its_number() {
+        let mut it = Lines::new(&b"ok\n\xff\n"[..], "in.txt".into());
+        assert_eq!(it.next().unwrap().unwrap(), "ok");
+        let err = it.next().unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "in.txt line 2: not valid UTF-8");
+    }
+
+    #[test]
+    fn one_source() {
+        assert_eq!(all(&[args(&["x", "y"])]), [["x"], ["y"]]);
+    }
+
+    #[test]
+    fn cartesian_product_last_varies_fastest() {
+        assert_eq!(
+            all(&[args(&["a", "b"]), args(&["c", "d"])]),
+            [["a", "c"], ["a", "d"], ["b", "c"], ["b", "d"]]
+        );
+        let three = all(&[args(&["1", "2"]), args(&["x"]), args(&["p", "q", "r"])]);
+        assert_eq!(three.len(), 6);
+        assert_eq!(three[2], ["1", "x", "r"]);
+        assert_eq!(three[3], ["2", "x", "p"]);
+    }
+
+    #[test]
+    fn an_empty_source_gives_no_jobs() {
+        assert!(all(&[args(&["a"]), args(&[])]).is_empty());
+        assert!(all(&[args(&[]), args(&["a"])]).is_empty());
+    }
+
+    #[test]
+    fn file_source() {
+        let dir = std::env::temp_dir().join(format!("multiproc-input-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("in.txt");
+        std::fs::write(&f, "f1\nf2\n").unwrap();
+        // GNU: `parallel -a f echo ::: x y` gives "f1 x", "f1 y", "f2 x", "f2 y".
+        assert_eq!(
+            all(&[InputSource::File(f.clone()), args(&["x", "y"])]),
+            [["f1", "x"], ["f1", "y"], ["f2", "x"], ["f2", "y"]]
+        );
+        let missing = InputSource::File(dir.join("nope"));
+        assert_eq!(
+            Combinations::new(&[missing]).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,764 @@
+//! `--joblog`: GNU parallel's job log, written and read back for `--resume` / `--resume-failed`.
+//!
+//! # Format (as GNU parallel 20221122 writes it; checked by running it)
+//!
+//! A tab-separated file. The first line is the header
+//! `Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand`; then one line per
+//! finished job, in completion order (not `Seq` order), each ended by `\n`:
+//!
+//! | field      | format                                                                  |
+//! |------------|-------------------------------------------------------------------------|
+//! | Seq        | the job number, 1-based (`{#}`)                                          |
+//! | Host       | `:` for the local machine                                                |
+//! | Starttime  | Unix time in seconds, `%.3f` (`1795319212.435`)                           |
+//! | JobRuntime | seconds, `%10.3f`: right-aligned in 10 columns (`     0.108`)             |
+//! | Send       | bytes sent to the job (stdin; `0` normally)                              |
+//! | Receive    | bytes received from the job (its output)                                 |
+//! | Exitval    | the exit status; `0` when killed by a signal; `-1` when killed by `--timeout` |
+//! | Signal     | the signal that killed the job, else `0` (`--timeout` kills: `15`)        |
+//! | Command    | the command line as run by the shell, replacement values shell-quoted; a newline is written as NUL; tabs are written as they are (Command is the last field) |
+//!
+//! With `--retries N` only the last attempt of a job is logged. Without `--resume*` GNU parallel
+//! truncates the file and writes the header; with `--resume*` it appends to an existing file.
+//!
+//! # Resuming
+//!
+//! `--resume` skips every `Seq` in the log. `--resume-failed` skips those with at least one line
+//! with `Exitval` 0 and `Signal` 0, and runs the others again (their new lines are appended, so a
+//! job may appear several times). A missing or empty file means nothing was done. Unlike GNU
+//! parallel (which never looks at the header), a file whose first line is not the header is
+//! rejected: resuming from the wrong file would silently skip jobs.
+//!
+//! # Durability
+//!
+//! Each line is written with a single `write(2)` on a file opened `O_APPEND`, with no user-space
+//! buffer; that is what GNU parallel's `flush` after each line amounts to. Once `write` returns,
+//! the line is in the kernel's page cache and survives a SIGKILL of the runner. Only a kill during
+//! that one call can leave a torn last line (the kernel may stop a write to a regular file between
+//! pages when a fatal signal is pending, so in practice only lines over 4 KiB are at risk). The
+//! reader ignores a torn last line and reports it; reopening for append cuts it off first so the
+//! next line does not glue onto it. `fsync` is off by default: it protects only against a kernel
+//! crash or power loss, costs a disk flush per job, and GNU parallel does not do it either;
+//! [`JoblogWriter::set_fsync`] turns it on.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::args::Resume;
+
+/// The header line, without its `\n`.
+pub(crate) const HEADER: &str =
+    "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand";
+
+/// One finished job, as one joblog line.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entry {
+    /// The job number, 1-based.
+    pub(crate) seq: u64,
+    /// `:` for the local machine.
+    pub(crate) host: String,
+    /// When the job started, as time since the Unix epoch.
+    pub(crate) start: Duration,
+    /// How long it ran.
+    pub(crate) runtime: Duration,
+    /// Bytes sent to the job.
+    pub(crate) send: u64,
+    /// Bytes received from the job.
+    pub(crate) receive: u64,
+    /// Exit status (0 if killed by a signal, -1 if killed by `--timeout`).
+    pub(crate) exitval: i32,
+    /// The signal that killed it, or 0.
+    pub(crate) signal: i32,
+    /// The command line (shell syntax).
+    pub(crate) command: String,
+}
+
+/// Formats a duration as seconds with 3 decimals, rounded to the nearest millisecond.
+fn secs3(d: Duration) -> String {
+    let ms = (d.as_nanos() + 500_000) / 1_000_000;
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
+impl Entry {
+    /// An entry for a local job (`Host` is `:`) that started at `start`.
+    pub(crate) fn local(seq: u64, start: SystemTime, runtime: Duration, command: String) -> Self {
+        Entry {
+            seq,
+            host: ":".to_owned(),
+            start: start
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+            runtime,
+            send: 0,
+            receive: 0,
+            exitval: 0,
+            signal: 0,
+            command,
+        }
+    }
+
+    /// True if the job exited 0 and was not killed.
+    pub(crate) fn succeeded(&self) -> bool {
+        self.exitval == 0 && self.signal == 0
+    }
+
+    /// The line as GNU parallel writes it, `\n` included. Newlines in the command become NUL.
+    pub(crate) fn to_line(&self) -> String {
+        format!(
+            "{}\t{}\t{}\t{:>10}\t{}\t{}\t{}\t{}\t{}\n",
+            self.seq,
+            self.host,
+            secs3(self.start),
+            secs3(self.runtime),
+            self.send,
+            self.receive,
+            self.exitval,
+            self.signal,
+            self.command.replace('\n', "\0"),
+        )
+    }
+
+    /// Parses one line (without `\n`). The command keeps its NULs.
+    ///
+    /// # Errors
+    /// A message naming the first bad field.
+    pub(crate) fn parse_line(line: &str) -> Result<Entry, String> {
+        let f: Vec<&str> = line.splitn(9, '\t').collect();
+        if f.len() != 9 {
+            return Err(format!("{} tab-separated fields, want 9", f.len()));
+        }
+        let seq: u64 = num(f[0], "Seq")?;
+        if seq == 0 {
+            return Err("Seq 0: job numbers start at 1".into());
+        }
+        if f[1].is_empty() {
+            return Err("empty Host".into());
+        }
+        Ok(Entry {
+            seq,
+            host: f[1].to_owned(),
+            start: secs(f[2], "Starttime")?,
+            runtime: secs(f[3], "JobRuntime")?,
+            send: num(f[4], "Send")?,
+            receive: num(f[5], "Receive")?,
+            exitval: num(f[6], "Exitval")?,
+            signal: num(f[7], "Signal")?,
+            command: f[8].to_owned(),
+        })
+    }
+}
+
+fn num<T: std::str::FromStr>(s: &str, field: &str) -> Result<T, String> {
+    s.trim_start_matches(' ')
+        .parse()
+        .map_err(|_| format!("{field} '{s}' is not an integer"))
+}
+
+/// Parses `SECS[.FRACTION]` (leading spaces allowed) exactly, with no float rounding.
+fn secs(s: &str, field: &str) -> Result<Duration, String> {
+    let bad = || format!("{field} '{s}' is not a number of seconds");
+    let t = s.trim_start_matches(' ');
+    let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+    let digits = |x: &str| x.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty() || !digits(int) || !digits(frac) || frac.len() > 9 {
+        return Err(bad());
+    }
+    let secs: u64 = int.parse().map_err(|_| bad())?;
+    let nanos: u32 = format!("{frac:0<9}").parse().map_err(|_| bad())?;
+    Ok(Duration::new(secs, nanos))
+}
+
+/// Why a joblog could not be used for `--resume`.
+#[derive(Debug)]
+pub(crate) enum JoblogError {
+    /// Reading or writing the file failed.
+    Io {
+        /// The joblog.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The first line is not the joblog header.
+    NotAJoblog {
+        /// The file.
+        path: PathBuf,
+        /// Its first line (cut to 80 characters).
+        first_line: String,
+    },
+    /// A complete line that does not parse.
+    BadLine {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number (the header is line 1).
+        line_no: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl fmt::Display for JoblogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JoblogError::Io { path, source } => {
+                write!(f, "joblog '{}': {source}", path.display())
+            }
+            JoblogError::NotAJoblog { path, first_line } => write!(
+                f,
+                "'{}' is not a joblog: its first line is {first_line:?}, want the header \
+                 {HEADER:?} (refusing to --resume from it)",
+                path.display()
+            ),
+            JoblogError::BadLine {
+                path,
+                line_no,
+                reason,
+            } => write!(f, "joblog '{}' line {line_no}: {reason}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for JoblogError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            JoblogError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// An incomplete last line that was ignored (the runner was killed while writing it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TornTail {
+    /// 1-based line number.
+    pub(crate) line_no: usize,
+    /// Its length in bytes.
+    pub(crate) bytes: usize,
+}
+
+impl fmt::Display for TornTail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ignored the incomplete last line {} ({} bytes, no newline): an earlier run was \
+             probably killed while writing it",
+            self.line_no, self.bytes
+        )
+    }
+}
+
+/// What an earlier run's joblog says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct JoblogState {
+    /// Every `Seq` with at least one line.
+    pub(crate) done: BTreeSet<u64>,
+    /// Every `Seq` with at least one successful line (Exitval 0, Signal 0).
+    pub(crate) succeeded: BTreeSet<u64>,
+    /// Number of job lines read.
+    pub(crate) lines: usize,
+    /// Set if an incomplete last line was ignored.
+    pub(crate) torn_tail: Option<TornTail>,
+}
+
+impl JoblogState {
+    /// Reads a joblog. A missing or empty file gives an empty state.
+    ///
+    /// # Errors
+    /// [`JoblogError`] if the file cannot be read, is not a joblog, or has a bad line.
+    pub(crate) fn read(path: &Path) -> Result<JoblogState, JoblogError> {
+        match std::fs::read(path) {
+            Ok(bytes) => JoblogState::parse(&bytes, path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(JoblogState::default()),
+            Err(source) => Err(JoblogError::Io {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses joblog contents; `path` is for messages.
+    ///
+    /// # Errors
+    /// As [`JoblogState::read`].
+    pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<JoblogState, JoblogError> {
+        let mut state = JoblogState::default();
+        if bytes.is_empty() {
+            return Ok(state);
+        }
+        // Everything after the last '\n' is a torn line (the writer always ends lines with '\n').
+        let complete_len = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let (complete, torn) = bytes.split_at(complete_len);
+        let mut lines = complete.split(|&b| b == b'\n');
+        let n_complete = complete.iter().filter(|&&b| b == b'\n').count();
+        if !torn.is_empty() {
+            state.torn_tail = Some(TornTail {
+                line_no: n_complete + 1,
+                bytes: torn.len(),
+            });
+        }
+        match lines.next() {
+            Some(h) if n_complete > 0 => {
+                if h != HEADER.as_bytes() {
+                    return Err(not_a_joblog(path, h));
+                }
+            }
+            // No complete line at all: a torn header is a run killed at its very start.
+            _ => {
+                return if HEADER.as_bytes().starts_with(torn) {
+                    Ok(state)
+                } else {
+                    Err(not_a_joblog(path, torn))
+                };
+            }
+        }
+        for (i, line) in lines.take(n_complete - 1).enumerate() {
+            let text = String::from_utf8_lossy(line);
+            let entry = Entry::parse_line(&text).map_err(|reason| JoblogError::BadLine {
+                path: path.to_owned(),
+                line_no: i + 2,
+                reason,
+            })?;
+            state.lines += 1;
+            state.done.insert(entry.seq);
+            if entry.succeeded() {
+                state.succeeded.insert(entry.seq);
+            }
+        }
+        Ok(state)
+    }
+
+    /// True if job `seq` is to be skipped in this resume mode.
+    pub(crate) fn skips(&self, seq: u64, mode: Resume) -> bool {
+        match mode {
+            Resume::No => false,
+            Resume::All => self.done.contains(&seq),
+            Resume::Failed => self.succeeded.contains(&seq),
+        }
+    }
+
+    /// The jobs that ran but never succeeded.
+    pub(crate) fn failed(&self) -> impl Iterator<Item = u64> + '_ {
+        self.done.difference(&self.succeeded).copied()
+    }
+}
+
+fn not_a_joblog(path: &Path, first: &[u8]) -> JoblogError {
+    let text = String::from_utf8_lossy(first);
+    JoblogError::NotAJoblog {
+        path: path.to_owned(),
+        first_line: text.chars().take(80).collect(),
+    }
+}
+
+/// Appends one line per finished job; see the module docs for what survives a crash.
+#[derive(Debug)]
+pub(crate) struct JoblogWriter {
+    file: File,
+    path: PathBuf,
+    fsync: bool,
+}
+
+impl JoblogWriter {
+    /// Creates or truncates the file and writes the header (a run without `--resume*`).
+    ///
+    /// # Errors
+    /// The file cannot be created or written.
+    pub(crate) fn create(path: &Path) -> Result<JoblogWriter, JoblogError> {
+        let io_err = |source| JoblogError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        File::create(path).map_err(io_err)?;
+        let mut w = JoblogWriter::open_append(path)?;
+        w.write_raw(format!("{HEADER}\n").as_bytes())?;
+        Ok(w)
+    }
+
+    /// Opens for `--resume*`: appends to an existing joblog, first cutting off a torn last line
+    /// (returned, to be reported); writes the header if the file is missing or empty. Read the
+    /// file with [`JoblogState::read`] first: this does not check the header.
+    ///
+    /// # Errors
+    /// The file cannot be opened, read, truncated or written.
+    pub(crate) fn resume(path: &Path) -> Result<(JoblogWriter, Option<TornTail>), JoblogError> {
+        let io_err = |source| JoblogError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut torn = None;
+        {
+            let mut f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(io_err)?;
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes).map_err(io_err)?;
+            let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            if keep < bytes.len() {
+                torn = Some(TornTail {
+                    line_no: bytes[..keep].iter().filter(|&&b| b == b'\n').count() + 1,
+                    bytes: bytes.len() - keep,
+                });
+                f.set_len(keep as u64).map_err(io_err)?;
+                f.seek(SeekFrom::Start(keep as u64)).map_err(io_err)?;
+            }
+        }
+        let mut w = JoblogWriter::open_append(path)?;
+        let len = w.file.metadata().map_err(io_err)?.len();
+        if len == 0 {
+            w.write_raw(format!("{HEADER}\n").as_bytes())?;
+        }
+        Ok((w, torn))
+    }
+
+    fn open_append(path: &Path) -> Result<JoblogWriter, JoblogError> {
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|source| JoblogError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(JoblogWriter {
+            file,
+            path: path.to_owned(),
+            fsync: false,
+        })
+    }
+
+    /// Also `fsync` after every line (off by default; see the module docs).
+    pub(crate) fn set_fsync(&mut self, on: bool) {
+        self.fsync = on;
+    }
+
+    /// Appends one job's line with a single write.
+    ///
+    /// # Errors
+    /// The write (or fsync) failed.
+    pub(crate) fn write(&mut self, entry: &Entry) -> Result<(), JoblogError> {
+        self.write_raw(entry.to_line().as_bytes())
+    }
+
+    fn write_raw(&mut self, bytes: &[u8]) -> Result<(), JoblogError> {
+        let io_err = |source| JoblogError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        // `File` has no user-space buffer: one write_all is one write(2) unless it is short.
+        self.file.write_all(bytes).map_err(io_err)?;
+        if self.fsync {
+            self.file.sync_data().map_err(io_err)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("multiproc-joblog-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join(name);
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    fn entry(seq: u64, exitval: i32, signal: i32) -> Entry {
+        Entry {
+            seq,
+            host: ":".into(),
+            start: Duration::from_millis(1_795_319_212_435),
+            runtime: Duration::from_millis(108),
+            send: 0,
+            receive: 4,
+            exitval,
+            signal,
+            command: format!("sleep 0.1; exit {exitval}"),
+        }
+    }
+
+    /// Lines written by GNU parallel 20221122 (from `cat -A` of real joblogs).
+    const GNU_LOG: &str = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n\
+        1\t:\t1795319212.435\t     0.108\t0\t0\t1\t0\tsleep 0.1; exit 1\n\
+        3\t:\t1795319212.548\t     0.007\t0\t0\t0\t0\tsleep 0; exit 0\n\
+        2\t:\t1795319213.958\t     1.126\t0\t0\t-1\t15\tsleep 2\n\
+        4\t:\t1795319215.746\t     0.204\t0\t0\t0\t9\tsleep 0.2; kill -9  $$\n\
+        5\t:\t1795319207.560\t     0.000\t0\t9\t0\t0\techo 'tab\there'\n\
+        6\t:\t1795319216.469\t    12.003\t0\t2\t0\t0\tsleep 12 ; echo 1\n";
+
+    #[test]
+    fn header_is_gnu_parallels() {
+        assert_eq!(
+            HEADER.split('\t').collect::<Vec<_>>(),
+            [
+                "Seq",
+                "Host",
+                "Starttime",
+                "JobRuntime",
+                "Send",
+                "Receive",
+                "Exitval",
+                "Signal",
+                "Command"
+            ]
+        );
+    }
+
+    #[test]
+    fn line_format_matches_gnu_parallel() {
+        assert_eq!(
+            entry(1, 1, 0).to_line(),
+            "1\t:\t1795319212.435\t     0.108\t0\t4\t1\t0\tsleep 0.1; exit 1\n"
+        );
+        let mut e = entry(2, -1, 15);
+        e.runtime = Duration::from_micros(12_003_499);
+        assert!(e.to_line().contains("\t    12.003\t"));
+        e.runtime = Duration::from_micros(123_456_789_500);
+        // Wider than 10 columns: printf's %10.3f grows, so do we.
+        assert!(e.to_line().contains("\t123456.790\t"));
+        e.runtime = Duration::from_micros(1_234_567_891_000);
+        assert!(e.to_line().contains("\t1234567.891\t"));
+        e.start = Duration::from_nanos(1_000_999_600_000);
+        assert!(e.to_line().starts_with("2\t:\t1001.000\t"));
+    }
+
+    #[test]
+    fn newline_in_command_becomes_nul() {
+        let mut e = entry(1, 0, 0);
+        e.command = "echo a\necho b".into();
+        let line = e.to_line();
+        assert!(line.ends_with("\techo a\0echo b\n"));
+        assert_eq!(line.matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn parse_round_trips() {
+        for e in [entry(1, 0, 0), entry(7, -1, 15), entry(9, 0, 9)] {
+            let line = e.to_line();
+            assert_eq!(Entry::parse_line(line.trim_end_matches('\n')).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn reads_gnu_parallel_logs() {
+        let s = JoblogState::parse(GNU_LOG.as_bytes(), Path::new("gnu.tsv")).unwrap();
+        assert_eq!(s.lines, 6);
+        assert_eq!(s.done, BTreeSet::from([1, 2, 3, 4, 5, 6]));
+        assert_eq!(s.succeeded, BTreeSet::from([3, 5, 6]));
+        assert_eq!(s.failed().collect::<Vec<_>>(), [1, 2, 4]);
+        assert_eq!(s.torn_tail, None);
+        assert!(s.skips(1, Resume::All) && !s.skips(1, Resume::Failed));
+        assert!(s.skips(3, Resume::All) && s.skips(3, Resume::Failed));
+        assert!(!s.skips(7, Resume::All) && !s.skips(7, Resume::Failed));
+        assert!(!s.skips(3, Resume::No));
+    }
+
+    #[test]
+    fn a_later_success_counts_for_resume_failed() {
+        let log = format!("{GNU_LOG}1\t:\t1795319300.000\t     0.100\t0\t0\t0\t0\tretry\n");
+        let s = JoblogState::parse(log.as_bytes(), Path::new("j")).unwrap();
+        assert!(s.skips(1, Resume::Failed));
+        assert_eq!(s.failed().collect::<Vec<_>>(), [2, 4]);
+    }
+
+    #[test]
+    fn torn_last_line_is_ignored_and_reported() {
+        let cut = GNU_LOG.len() - 10;
+        let s = JoblogState::parse(&GNU_LOG.as_bytes()[..cut], Path::new("j")).unwrap();
+        assert_eq!(s.lines, 5);
+        assert!(!s.done.contains(&6));
+        let torn = s.torn_tail.unwrap();
+        assert_eq!(torn.line_no, 7);
+        assert!(
+            torn.to_string()
+                .starts_with("ignored the incomplete last line 7")
+        );
+        // Torn in the middle of the header: nothing done yet.
+        let s = JoblogState::parse(b"Seq\tHost\tSta", Path::new("j")).unwrap();
+        assert_eq!(s.done.len(), 0);
+        assert!(s.torn_tail.is_some());
+    }
+
+    #[test]
+    fn empty_or_missing_file_means_nothing_done() {
+        assert_eq!(
+            JoblogState::parse(b"", Path::new("j")).unwrap(),
+            JoblogState::default()
+        );
+        let p = tmp("missing.tsv");
+        assert_eq!(JoblogState::read(&p).unwrap(), JoblogState::default());
+        let header_only = format!("{HEADER}\n");
+        let s = JoblogState::parse(header_only.as_bytes(), Path::new("j")).unwrap();
+        assert_eq!(s.lines, 0);
+    }
+
+    #[test]
+    fn rejects_files_that_are_not_joblogs() {
+        for bad in [
+            &b"hello world\n1\t:\t1.0\t1.0\t0\t0\t0\t0\tx\n"[..],
+            b"a,b,c\n",
+            b"just text, no newline",
+            b"Seq Host Starttime\n",
+            b"1\t:\t1795319212.435\t     0.108\t0\t0\t1\t0\tno header\n",
+        ] {
+            let err = JoblogState::parse(bad, Path::new("x.txt")).unwrap_err();
+            assert!(matches!(err, JoblogError::NotAJoblog { .. }), "{err}");
+            assert!(
+                err.to_string().starts_with("'x.txt' is not a joblog"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_bad_lines_with_their_number() {
+        let bad_lines = [
+            ("x\t:\t1.0\t1.0\t0\t0\t0\t0\tc", "Seq 'x' is not an integer"),
+            ("0\t:\t1.0\t1.0\t0\t0\t0\t0\tc", "Seq 0"),
+            ("1\t:\t1.0\t1.0\t0\t0\t0\t0", "8 tab-separated fields"),
+            ("1\t\t1.0\t1.0\t0\t0\t0\t0\tc", "empty Host"),
+            ("1\t:\tnan\t1.0\t0\t0\t0\t0\tc", "Starttime 'nan'"),
+            ("1\t:\t1.0\t-1.0\t0\t0\t0\t0\tc", "JobRuntime '-1.0'"),
+            ("1\t:\t1.0\t1.0\t0\t0\tx\t0\tc", "Exitval 'x'"),
+            ("", "1 tab-separated fields"),
+        ];
+        for (line, want) in bad_lines {
+            let good = entry(1, 0, 0).to_line();
+            let log = format!("{HEADER}\n{good}{line}\n");
+            let err = JoblogState::parse(log.as_bytes(), Path::new("j")).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.starts_with("joblog 'j' line 3: "), "{msg}");
+            assert!(msg.contains(want), "{line:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn writer_create_then_resume() {
+        let p = tmp("w.tsv");
+        std::fs::write(&p, "old junk\n").unwrap();
+        let mut w = JoblogWriter::create(&p).unwrap();
+        w.write(&entry(1, 0, 0)).unwrap();
+        w.write(&entry(2, 1, 0)).unwrap();
+        drop(w);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with(&format!("{HEADER}\n1\t")));
+        assert_eq!(text.lines().count(), 3);
+
+        let (mut w, torn) = JoblogWriter::resume(&p).unwrap();
+        assert_eq!(torn, None);
+        w.set_fsync(true);
+        w.write(&entry(2, 0, 0)).unwrap();
+        drop(w);
+        let s = JoblogState::read(&p).unwrap();
+        assert_eq!(s.lines, 3);
+        assert_eq!(s.succeeded, BTreeSet::from([1, 2]));
+    }
+
+    #[test]
+    fn resume_cuts_off_a_torn_line_before_appending() {
+        let p = tmp("torn.tsv");
+        let whole = format!("{HEADER}\n{}", entry(1, 0, 0).to_line());
+        std::fs::write(&p, format!("{whole}2\t:\t17953")).unwrap();
+        assert!(JoblogState::read(&p).unwrap().torn_tail.is_some());
+        let (mut w, torn) = JoblogWriter::resume(&p).unwrap();
+        assert_eq!(
+            torn,
+            Some(TornTail {
+                line_no: 3,
+                bytes: 9
+            })
+        );
+        w.write(&entry(2, 0, 0)).unwrap();
+        drop(w);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text, format!("{whole}{}", entry(2, 0, 0).to_line()));
+        let s = JoblogState::read(&p).unwrap();
+        assert_eq!((s.lines, s.torn_tail), (2, None));
+    }
+
+    #[test]
+    fn resume_writes_the_header_into_a_new_or_empty_file() {
+        for pre in [None, Some(""), Some("Seq\tHo")] {
+            let p = tmp("new.tsv");
+            if let Some(pre) = pre {
+                std::fs::write(&p, pre).unwrap();
+            }
+            let (mut w, _) = JoblogWriter::resume(&p).unwrap();
+            w.write(&entry(1, 0, 0)).unwrap();
+            drop(w);
+            let text = std::fs::read_to_string(&p).unwrap();
+            assert_eq!(
+                text,
+                format!("{HEADER}\n{}", entry(1, 0, 0).to_line()),
+                "{pre:?}"
+            );
+        }
+    }
+
+    /// Env var that makes [`sigkill_child_writer`] act: the joblog path to write.
+    const CHILD_ENV: &str = "MULTIPROC_JOBLOG_TEST_CHILD";
+
+    /// Child body for [`log_is_whole_after_sigkill_of_the_writer`]; does nothing when run
+    /// normally (`--ignored` alone).
+    #[test]
+    #[ignore = "child process of log_is_whole_after_sigkill_of_the_writer"]
+    fn sigkill_child_writer() {
+        let Some(path) = std::env::var_os(CHILD_ENV) else {
+            return;
+        };
+        let mut w = JoblogWriter::create(Path::new(&path)).unwrap();
+        let mut e = entry(1, 0, 0);
+        // Long commands make each line several KiB, so a kill mid-write is possible at all.
+        e.command = "x".repeat(3000);
+        for seq in 1.. {
+            e.seq = seq;
+            e.exitval = (seq % 3) as i32;
+            w.write(&e).unwrap();
+        }
+    }
+
+    /// A child writes lines as fast as it can and is SIGKILLed: the log still reads back, every
+    /// line before the last is whole, and at most the last one is torn.
+    #[test]
+    fn log_is_whole_after_sigkill_of_the_writer() {
+        let p = tmp("killed.tsv");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "joblog::tests::sigkill_child_writer",
+            ])
+            .env(CHILD_ENV, &p)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::fs::metadata(&p).map_or(0, |m| m.len()) < 2_000_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child wrote too little"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let s = JoblogState::read(&p).unwrap();
+        assert!(s.lines >= 500, "{} lines", s.lines);
+        // Seqs are contiguous from 1: no line in the middle was lost or torn.
+        assert_eq!(s.done.len(), s.lines);
+        assert_eq!(s.done.last().copied(), Some(s.lines as u64));
+        if let Some(t) = &s.torn_tail {
+            eprintln!("torn tail after SIGKILL: {t}");
+        }
+        std::fs::remove_file(&p).unwrap();
+    }
+}

@@ -1,0 +1,395 @@
+//! `multiproc`: run a batch program over many inputs, like GNU parallel, for SLURM job scripts.
+//!
+//! ```text
+//! multiproc [OPTIONS] [--] COMMAND [ARGS...] ::: INPUT...
+//! multiproc --stdin {} --stdout {}.out ./mmul ::: in1 in2 in3     # ./mmul < inK > inK.out
+//! ```
+//!
+//! Exit status: 0 when every job succeeded; otherwise the number of failed jobs, capped at 101;
+//! 2 for a usage error or bad input (before any job starts); 128+N when stopped by signal N;
+//! 255 when the runner itself failed.
+//!
+//! Behaviour in brief (details on each module):
+//! - `-j N` worker processes (default: [`multiproc::cpu_budget`], SLURM-aware; `-v` says which
+//!   and why) take jobs from a queue; each job runs without a shell unless `--shell`, in its own
+//!   process group, with `OMP_NUM_THREADS`/`MKL_NUM_THREADS`/`OPENBLAS_NUM_THREADS` set to
+//!   CPUs / jobs unless already set (`--threads-per-job K` sets K and divides the default `-j`),
+//!   plus `PARALLEL_SEQ` and `PARALLEL_JOBSLOT`.
+//! - Each job's stdout, then its stderr, is printed as one block when it ends (`-k`: in input
+//!   order); `--results DIR` also keeps them in `DIR/1/INPUT/{stdout,stderr,seq}`.
+//! - `--joblog`: a worker appends the job's line the moment the job ends; `--resume` skips the
+//!   jobs in it, `--resume-failed` the ones that succeeded.
+//! - SIGINT/SIGTERM/SIGHUP: no new jobs; running jobs' groups get SIGTERM, then SIGKILL after
+//!   2 s; jobs ended that way are not logged (so `--resume` runs them); exit 128+N. A second
+//!   signal kills at once. Workers and their jobs die with the runner, even after a SIGKILL.
+//!
+//! # Caveats
+//!
+//! - All inputs are read before the first job starts (so the total and the ETA are known): an
+//!   endless stdin is not supported.
+//! - A job's captured output is held in memory until it is printed; send big outputs to files
+//!   (`--stdout`, `--results`, or the job's own arguments).
+//! - "Nothing runs twice" holds up to a small window: a job killed (with the runner) after it has
+//!   written its results but before it has exited counts as not done, and `--resume` runs it
+//!   again. Once a job has exited, its worker writes its joblog line even if the runner is gone.
+//!
+//! Layout: [`args`] turns the command line into a validated `Config` ([`template`] for the
+//! replacement strings, [`input`] for the input sources, [`joblog`] for `--joblog`); this file
+//! turns the `Config` into jobs and engine options; [`engine`] runs them on worker processes
+//! ([`job`] runs one job, [`output`] prints their output).
+
+// `command_words`, `ConfigError::exit_code`, `JoblogState::failed` and `JoblogWriter::write`
+// serve the modules' own tests and other callers; the runner appends lines from its workers.
+#[allow(dead_code)]
+mod args;
+mod engine;
+mod input;
+mod job;
+#[allow(dead_code)]
+mod joblog;
+mod output;
+mod template;
+
+use std::fs::{File, OpenOptions};
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::args::{Config, ConfigError, Halt, Resume, Threshold};
+use crate::engine::{EngineOpts, HaltRule, JobSource, NoProgress, Progress};
+use crate::job::{Job, Program};
+use crate::joblog::{JoblogError, JoblogState, JoblogWriter};
+use crate::output::Output;
+use crate::template::{JobValues, shell_quote};
+
+/// The thread-count variables each job gets (unless already set).
+const THREAD_VARS: [&str; 3] = ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"];
+
+/// Exit status for a usage error or bad input.
+const USAGE: u8 = 2;
+/// Exit status when the runner itself fails.
+const INTERNAL: u8 = 255;
+
+/// An error that ends the run, with its exit status.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    /// Bad input found before any job starts.
+    fn usage(message: impl std::fmt::Display) -> Self {
+        Failure {
+            message: message.to_string(),
+            code: USAGE,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let config = match Config::parse_from(std::env::args_os()) {
+        Ok(c) => c,
+        // Help and version go to stdout with status 0; usage errors to stderr with status 2.
+        Err(ConfigError::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("multiproc: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    match run(&config) {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("multiproc: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Makes jobs from the config's templates and the inputs.
+#[derive(Debug)]
+struct Jobs<'a> {
+    cfg: &'a Config,
+    /// One list of values (one per input source) per job; job `seq` is `inputs[seq - 1]`.
+    inputs: Vec<Vec<String>>,
+    /// True when only `--stdin`/`--stdout` use the input: it is then not appended to the
+    /// command (`--stdin {} ./mmul` runs `./mmul < in1`, not `./mmul in1 < in1`).
+    no_append: bool,
+}
+
+impl JobSource for Jobs<'_> {
+    fn make(&self, seq: u64, slot: usize) -> Job {
+        let cfg = self.cfg;
+        let args = &self.inputs[(seq - 1) as usize];
+        let full = JobValues { seq, slot, args };
+        let cmd = JobValues {
+            args: if self.no_append { &[] } else { args },
+            ..full
+        };
+        let command_line = cfg.command.render_shell(&cmd);
+        let program = if cfg.shell {
+            Program::Shell(command_line.clone())
+        } else {
+            Program::Argv(cfg.command.render_argv(&cmd))
+        };
+        Job {
+            seq,
+            slot,
+            program,
+            command_line,
+            stdin: cfg.stdin.as_ref().map(|t| t.render_single(&full)),
+            stdout: cfg.stdout.as_ref().map(|t| t.render_single(&full)),
+            env: vec![
+                ("PARALLEL_SEQ".to_string(), seq.to_string()),
+                ("PARALLEL_JOBSLOT".to_string(), slot.to_string()),
+            ],
+            args: args.clone(),
+        }
+    }
+}
+
+/// How many jobs at once, the threads each gets, and why (for `--verbose`).
+///
+/// `-j` wins; otherwise the CPU budget ([`multiproc::cpu_budget`]: SLURM's allocation, capped by
+/// the affinity mask and cgroup quota) divided by `--threads-per-job`. Each job gets
+/// `--threads-per-job` threads when given (K > 1), else max(1, CPUs / jobs).
+fn sizing(cfg: &Config) -> Result<(usize, usize, bool, String), Failure> {
+    let budget = multiproc::cpu_budget().map_err(Failure::usage)?;
+    let cpus = budget.count;
+    let k = cfg.threads_per_job.get();
+    let (jobs, why) = match (cfg.jobs, k) {
+        (Some(j), _) => (j.get(), "-j".to_string()),
+        (None, 1) => (cpus, budget.to_string()),
+        (None, k) => (
+            (cpus / k).max(1),
+            format!("{budget} / --threads-per-job {k}"),
+        ),
+    };
+    let explicit = k > 1;
+    let threads = if explicit { k } else { (cpus / jobs).max(1) };
+    Ok((jobs, threads, explicit, why))
+}
+
+/// Reads every input combination (the first source is streamed; it must end).
+fn read_inputs(cfg: &Config) -> Result<Vec<Vec<String>>, Failure> {
+    let combos = input::Combinations::new(&cfg.sources)
+        .map_err(|e| Failure::usage(format!("cannot read the inputs: {e}")))?;
+    combos
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| Failure::usage(format!("cannot read the inputs: {e}")))
+}
+
+/// How long to wait for an earlier run's processes to let go of the joblog.
+const JOBLOG_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Takes an exclusive `flock` on the joblog for the whole run. The workers inherit the open file
+/// (forked, not exec'd), so the lock is released only when the runner and every worker are gone:
+/// a `--resume` right after a killed run waits for a worker still writing its last line, instead
+/// of reading the log without it and running that job again.
+fn lock_joblog(path: &Path) -> Result<Flock<File>, Failure> {
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| Failure::usage(format!("--joblog {}: {e}", path.display())))?;
+    let deadline = Instant::now() + JOBLOG_LOCK_WAIT;
+    let mut file = file;
+    let mut said = false;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((f, Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                if !said {
+                    eprintln!(
+                        "multiproc: --joblog {}: in use by another multiproc; waiting",
+                        path.display()
+                    );
+                    said = true;
+                }
+                file = f;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err((_, e)) => {
+                return Err(Failure::usage(format!(
+                    "--joblog {}: in use by another multiproc run (flock: {e})",
+                    path.display()
+                )));
+            }
+        }
+    }
+}
+
+/// Opens the joblog: checks it is one of ours, reads what an earlier run did (for `--resume*`),
+/// then creates it afresh (no resume) or reopens it for appending.
+fn open_joblog(cfg: &Config) -> Result<JoblogState, Failure> {
+    let Some(path) = &cfg.joblog else {
+        return Ok(JoblogState::default());
+    };
+    // Refuse a file that is not a joblog, even when it would only be overwritten.
+    let state = JoblogState::read(path).map_err(|e| match e {
+        JoblogError::NotAJoblog { .. } => Failure::usage(format!(
+            "--joblog {}: {e}; refusing to use or overwrite it",
+            path.display()
+        )),
+        e => Failure::usage(format!("--joblog {}: {e}", path.display())),
+    })?;
+    if cfg.dry_run {
+        return Ok(state);
+    }
+    // Held until the process exits (and, through the workers, until they do too).
+    std::mem::forget(lock_joblog(path)?);
+    // Read again under the lock: an earlier run's last lines may have landed meanwhile.
+    let state = JoblogState::read(path).map_err(|e| Failure::usage(format!("--joblog: {e}")))?;
+    if cfg.resume == Resume::No {
+        JoblogWriter::create(path).map_err(|e| Failure::usage(format!("--joblog: {e}")))?;
+        return Ok(JoblogState::default());
+    }
+    let (_, torn) =
+        JoblogWriter::resume(path).map_err(|e| Failure::usage(format!("--joblog: {e}")))?;
+    if let Some(t) = torn {
+        eprintln!(
+            "multiproc: --joblog {}: dropped a torn last line (line {}, {} bytes): that job runs again",
+            path.display(),
+            t.line_no,
+            t.bytes
+        );
+    }
+    Ok(state)
+}
+
+/// The body of `main`: check, run, and pick the exit status.
+fn run(cfg: &Config) -> Result<ExitCode, Failure> {
+    let (jobs, threads, explicit, why) = sizing(cfg)?;
+    let env: Vec<(String, String)> = THREAD_VARS
+        .iter()
+        .filter(|v| explicit || std::env::var_os(v).is_none())
+        .map(|v| (v.to_string(), threads.to_string()))
+        .collect();
+    let state = open_joblog(cfg)?;
+    let inputs = read_inputs(cfg)?;
+    let total = inputs.len() as u64;
+    let seqs: Vec<u64> = (1..=total)
+        .filter(|&seq| !state.skips(seq, cfg.resume))
+        .collect();
+    let any_single = cfg
+        .stdin
+        .iter()
+        .chain(&cfg.stdout)
+        .any(|t| t.has_replacements());
+    let source = Jobs {
+        cfg,
+        inputs,
+        no_append: !cfg.command.has_replacements() && any_single,
+    };
+    if cfg.verbose > 0 {
+        eprintln!(
+            "multiproc: {jobs} job{} at once ({why}), {threads} thread{} per job, {} of {total} jobs to run",
+            if jobs == 1 { "" } else { "s" },
+            if threads == 1 { "" } else { "s" },
+            seqs.len()
+        );
+    }
+    if cfg.dry_run {
+        for &seq in &seqs {
+            let job = source.make(seq, 1);
+            let mut line = job.command_line.clone();
+            if let Some(i) = &job.stdin {
+                line.push_str(&format!(" < {}", shell_quote(i)));
+            }
+            if let Some(o) = &job.stdout {
+                line.push_str(&format!(" > {}", shell_quote(o)));
+            }
+            println!("{line}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if seqs.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let halt = match cfg.halt {
+        Halt::Never => None,
+        Halt::When {
+            when,
+            on,
+            threshold,
+        } => Some(HaltRule {
+            when,
+            on,
+            count: match threshold {
+                Threshold::Count(n) => n.get(),
+                Threshold::Percent(p) => ((total as f64 * p / 100.0).ceil() as u64).max(1),
+            },
+        }),
+    };
+    let opts = EngineOpts {
+        jobs,
+        max_attempts: cfg.max_attempts.get(),
+        timeout: cfg.timeout,
+        halt,
+        env,
+        joblog: cfg.joblog.clone(),
+    };
+    let mut output = Output::new(cfg.keep_order, cfg.results.clone());
+    output.expect(&seqs);
+    let mut progress: Box<dyn Progress> = if cfg.bar || std::io::stderr().is_terminal() {
+        Box::new(Bar::new(seqs.len() as u64))
+    } else {
+        Box::new(NoProgress)
+    };
+    let summary =
+        engine::run(&opts, &source, seqs, &mut output, &mut *progress).map_err(|e| Failure {
+            message: e.to_string(),
+            code: INTERNAL,
+        })?;
+    if let Some(sig) = summary.interrupted {
+        eprintln!(
+            "multiproc: stopped by signal {sig} after {} jobs; the jobs it ended are not in the joblog (--resume runs them)",
+            summary.done
+        );
+        return Ok(ExitCode::from((128 + sig).clamp(0, 255) as u8));
+    }
+    if summary.halted {
+        eprintln!(
+            "multiproc: --halt: stopped after {} jobs ({} failed)",
+            summary.done, summary.failed
+        );
+    }
+    Ok(ExitCode::from(summary.failed.min(101) as u8))
+}
+
+/// The progress bar (indicatif) with ETA, on stderr: `--bar`, or by default when stderr is a
+/// terminal (so it is silent in batch jobs).
+#[derive(Debug)]
+struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    fn new(len: u64) -> Self {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(len),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} jobs, ETA {eta}",
+        ) {
+            bar.set_style(style);
+        }
+        Bar(bar)
+    }
+}
+
+impl Progress for Bar {
+    fn tick(&mut self) {
+        self.0.inc(1);
+    }
+    fn suspend(&mut self, f: &mut dyn FnMut()) {
+        self.0.suspend(f)
+    }
+    fn finish(&mut self) {
+        self.0.finish();
+    }
+}
