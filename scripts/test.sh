@@ -15,4 +15,7 @@ for f in examples/*.rs; do
   echo "== example $ex"
   timeout 300 cargo run --release --quiet --example "$ex"
 done
+# The multiproc command under SLURM, including the job that hits its time limit (~2-3 min);
+# only where a SLURM node is up (.ci/run starts one), else it prints why it skipped.
+MULTIPROC_SLURM_SLOW=1 cargo test --release --test slurm -- --nocapture
 cargo bench --no-run

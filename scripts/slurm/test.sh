@@ -28,6 +28,11 @@ if [ "${1:-}" = --slow ]; then
 fi
 
 skip() {
+    # CI sets MULTIPROC_SLURM_REQUIRED=1 once it has started SLURM: then a skip is a failure.
+    if [ "${MULTIPROC_SLURM_REQUIRED:-0}" = 1 ]; then
+        echo "FAIL: SLURM is required here but: $*" >&2
+        exit 1
+    fi
     echo "SKIP: $*"
     exit 0
 }
