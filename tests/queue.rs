@@ -300,6 +300,9 @@ fn timeouts_while_a_producer_is_alive() {
 fn try_get_does_not_wait_behind_a_blocked_consumer() {
     let q: Queue<u32> = Queue::new().unwrap();
     let q2 = q.clone();
+    // A holder that could still put, so that nobody's wait ends in Disconnected.
+    let keeper = Process::new(|| std::thread::sleep(std::time::Duration::from_secs(60)));
+    keeper.start().unwrap();
     // This consumer holds the queue's get lock while it waits for an item.
     let waiting = Process::new(move || {
         let _ = q2.get_timeout(std::time::Duration::from_secs(30));
@@ -312,6 +315,8 @@ fn try_get_does_not_wait_behind_a_blocked_consumer() {
     assert!(t.elapsed() < secs(2), "took {:?}", t.elapsed());
     q.put(&1).unwrap();
     assert!(waiting.join_timeout(secs(30)).unwrap());
+    keeper.kill().unwrap();
+    keeper.join().unwrap();
 }
 
 #[test]
