@@ -2,25 +2,14 @@
 //! (SharedArray, Lock, PodVec) handed by descriptor to a process that is already running,
 //! 1 GiB included.
 
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+mod common;
+
+use common::{fork_lock, ms, secs};
+
+use std::time::Instant;
 
 use multiproc::{Error, Lock, PodVec, Process, SharedArray, SharedValue, pipe, pipe_oneway};
 use serde::{Deserialize, Serialize};
-
-static FORK_LOCK: Mutex<()> = Mutex::new(());
-
-fn fork_lock() -> MutexGuard<'static, ()> {
-    FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 fn join_code(p: &Process) -> Option<i32> {
     if !p.join_timeout(secs(120)).unwrap() {

@@ -1,21 +1,14 @@
 //! SharedArray / SharedValue / PodVec across forked processes, and the no-leak guarantees: no
 //! `/dev/shm` entry and no descriptor left behind, memory returned after a crash.
 
+mod common;
+
+use common::{fork_lock, secs};
+
 use std::collections::BTreeSet;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use multiproc::{Event, Lock, PodVec, Process, Queue, SharedArray, SharedValue};
-
-static FORK_LOCK: Mutex<()> = Mutex::new(());
-
-fn fork_lock() -> MutexGuard<'static, ()> {
-    FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 fn join_ok(ps: &[Process]) {
     for p in ps {

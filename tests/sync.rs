@@ -1,7 +1,10 @@
 //! Process-shared Lock, RLock, Condition, Semaphore, Event and Barrier across forked processes,
 //! including a lock holder killed with SIGKILL.
 
-use std::sync::{Mutex, MutexGuard};
+mod common;
+
+use common::{fork_lock, ms, secs};
+
 use std::time::{Duration, Instant};
 
 use multiproc::{
@@ -10,20 +13,6 @@ use multiproc::{
 };
 
 /// Tests of this file fork: one at a time, so no other test thread holds a libc lock at fork.
-static FORK_LOCK: Mutex<()> = Mutex::new(());
-
-fn fork_lock() -> MutexGuard<'static, ()> {
-    FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
 /// Joins every process within `timeout` each, killing stragglers, and returns the exit codes.
 fn join_all(ps: &[Process], timeout: Duration) -> Vec<Option<i32>> {
     ps.iter()

@@ -1,7 +1,16 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+
+static FORK_LOCK: Mutex<()> = Mutex::new(());
+
+/// Serializes tests of one binary that count or reap children process-wide (hold it from the
+/// first fork until every child is reaped).
+pub(crate) fn fork_lock() -> MutexGuard<'static, ()> {
+    FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// `n` seconds.
 pub(crate) fn secs(n: u64) -> Duration {
