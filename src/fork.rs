@@ -14,19 +14,26 @@ use crate::sys::{self, Forked, Pid};
 /// The child ends with `_exit` after flushing Rust's stdout and stderr once: no destructor of
 /// the parent's copied state runs in it, and no `atexit` handler runs twice.
 pub(crate) fn fork_child(child: impl FnOnce() -> i32) -> Result<Pid> {
-    sys::flush_stdio();
     // Done in the parent, once: every page the child writes costs it a copy-on-write fault, so
     // the child should find the panic hook already in place.
     crate::panic::install_hook();
+    // Hold Rust's stdout and stderr locks across the fork (flushed, so the child inherits empty
+    // buffers): had another thread of the parent held one at the fork, the child, whose only
+    // thread is a copy of this one, would wait forever on its first print or on the final flush.
+    // Held by the forking thread, the locks are released by that thread's copy in the child.
+    let stdio = sys::StdioLocks::flushed();
     // SAFETY: the child runs `child` and then `_exit`s; it never returns into the caller's frames.
     // The multi-threaded-parent hazard is the crate's documented fork contract (`# Fork safety`).
-    match unsafe { sys::fork()? } {
+    let forked = unsafe { sys::fork() };
+    match forked? {
         Forked::Parent(pid) => {
+            drop(stdio);
             queue::holders::on_fork_parent(pid);
             Ok(pid)
         }
         Forked::Child => {
             let guard = AbortOnUnwind;
+            drop(stdio);
             queue::holders::on_fork_child();
             let code = child();
             sys::flush_stdio();

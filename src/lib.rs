@@ -118,13 +118,14 @@
 //!
 //! - **What runs in the child**: your closure, then `_exit`. Rust's stdout and stderr are
 //!   flushed once before the fork (so buffered output is not printed twice) and once before the
-//!   child exits. No destructor of the parent's copied state and no `atexit` handler runs in the
+//!   child exits; their locks are held by the forking thread across the fork, so a child never
+//!   inherits them held by another thread (printing in the child is safe). No destructor of the parent's copied state and no `atexit` handler runs in the
 //!   child: a temp file, a lock file or a network session owned by the parent is not closed
 //!   twice. A panic in the closure is caught (exit code 1); it never unwinds into the parent's
 //!   copied frames.
 //! - **A multi-threaded parent**: any lock that another thread held at the moment of the fork
 //!   (inside a `Mutex` of yours, a logger, an allocator other than glibc's `malloc`, which resets
-//!   its own locks) stays locked forever in the child, and a child that takes it hangs. Start
+//!   its own locks; Rust's stdio locks are handled as said above) stays locked forever in the child, and a child that takes it hangs. Start
 //!   processes before you start threads, or make sure the child touches no lock other threads use.
 //!   The test harness of `cargo test` is multi-threaded, and the crate's own tests pass under it.
 //! - **Descriptors**: the child inherits the parent's open files and sockets. The crate's own

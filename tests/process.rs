@@ -205,3 +205,51 @@ fn spawn_dropped_while_running_leaves_no_child() {
     drop(h);
     assert!(!is_our_child(pid));
 }
+
+/// Another thread holding Rust's stdout or stderr lock at the moment of a fork must not leave the
+/// child waiting forever for a lock whose holder does not exist there (the child flushes both
+/// before it exits, and may print). A thread keeps taking the locks, waiting on them whenever a
+/// fork flushes, while the test forks; every child must end.
+#[test]
+fn a_fork_while_another_thread_holds_stdout_does_not_hang_the_child() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let hammers: Vec<_> = (0..2)
+        .map(|k| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let hold = std::time::Duration::from_micros(500);
+                    if k == 0 {
+                        let _out = std::io::stdout().lock();
+                        std::thread::sleep(hold);
+                    } else {
+                        let _err = std::io::stderr().lock();
+                        std::thread::sleep(hold);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut hung = 0;
+    for _ in 0..100 {
+        let p = Process::new(|| {});
+        p.start().unwrap();
+        if !p.join_timeout(secs(5)).unwrap() {
+            hung += 1;
+            p.kill().unwrap();
+            p.join().unwrap();
+            break;
+        }
+        assert_eq!(p.exitcode(), Some(0));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in hammers {
+        h.join().unwrap();
+    }
+    assert_eq!(
+        hung, 0,
+        "a child hung on a stdio lock inherited from another thread"
+    );
+}

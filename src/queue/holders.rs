@@ -87,14 +87,21 @@ fn current_tid() -> i32 {
 }
 
 /// The start time of the calling process (cached per process).
+///
+/// Lock-free, so that a child forked while another thread of the parent was here cannot inherit
+/// a held lock: every thread of one process (one fork epoch) computes the same value, so racing
+/// writers are harmless; the epoch is published after the value it stands for.
 pub(crate) fn own_start_time() -> u64 {
-    static CACHE: Mutex<(u64, u64)> = Mutex::new((0, 0));
+    static START: AtomicU64 = AtomicU64::new(0);
+    static START_EPOCH: AtomicU64 = AtomicU64::new(0);
     let epoch = FORK_EPOCH.load(SeqCst);
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if cache.0 != epoch {
-        *cache = (epoch, start_time_of(sys::getpid().as_raw()));
+    if START_EPOCH.load(SeqCst) == epoch {
+        return START.load(SeqCst);
     }
-    cache.1
+    let start = start_time_of(sys::getpid().as_raw());
+    START.store(start, SeqCst);
+    START_EPOCH.store(epoch, SeqCst);
+    start
 }
 
 /// Start time of a process even if it is already a zombie (0 if unknown).

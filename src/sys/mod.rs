@@ -247,6 +247,28 @@ pub(crate) fn flush_stdio() {
     let _ = io::stderr().flush();
 }
 
+/// Rust's stdout and stderr locks, taken (in that order) and flushed; held across a fork so that
+/// the child never inherits them held by a thread that does not exist there.
+pub(crate) struct StdioLocks {
+    _out: io::StdoutLock<'static>,
+    _err: io::StderrLock<'static>,
+}
+
+impl StdioLocks {
+    /// Takes both locks and flushes both streams (flush errors are ignored, as at exit).
+    pub(crate) fn flushed() -> Self {
+        use std::io::Write;
+        let mut out = io::stdout().lock();
+        let mut err = io::stderr().lock();
+        let _ = out.flush();
+        let _ = err.flush();
+        StdioLocks {
+            _out: out,
+            _err: err,
+        }
+    }
+}
+
 // ---- Additions for the pool (src/pool/) ----
 
 /// A connected pair of Unix stream sockets, closed on `exec`. Both ends block; the pool's parent
