@@ -99,6 +99,60 @@ pub(crate) fn decode_with_fds<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedF
     wire::decode(bytes)
 }
 
+/// Descriptors that came with a message, for [`decoding_with`]: each is taken at most once,
+/// by index; the ones no value took are closed when the table is dropped.
+#[derive(Debug, Default)]
+pub(crate) struct FdTable(Vec<Option<OwnedFd>>);
+
+impl FdTable {
+    /// A table of the descriptors of one message, in the order of their indices.
+    pub(crate) fn new(fds: Vec<OwnedFd>) -> Self {
+        FdTable(fds.into_iter().map(Some).collect())
+    }
+
+    /// Whether the table holds no descriptor at all.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+}
+
+/// Runs `f`, in which values decoded on this thread may [`take`] descriptors of `table` (for a
+/// message decoded piece by piece: the table keeps what the pieces did not take).
+pub(crate) fn decoding_with<R>(table: &mut FdTable, f: impl FnOnce() -> R) -> R {
+    let prev = INCOMING.with(|c| c.borrow_mut().replace(std::mem::take(&mut table.0)));
+    struct Back<'a>(&'a mut FdTable, Option<Vec<Option<OwnedFd>>>);
+    impl Drop for Back<'_> {
+        fn drop(&mut self) {
+            let prev = self.1.take();
+            self.0.0 = INCOMING
+                .with(|c| std::mem::replace(&mut *c.borrow_mut(), prev))
+                .unwrap_or_default();
+        }
+    }
+    let _back = Back(table, prev);
+    f()
+}
+
+/// Runs `f`, in which values encoded on this thread may [`attach`] descriptors, appended to
+/// `fds` (for a message encoded piece by piece). With `moving`, the values encoded in `f` are
+/// given up by the caller right after (see [`encode_moving_with_fds`]).
+pub(crate) fn encoding_into<R>(fds: &mut Vec<OwnedFd>, moving: bool, f: impl FnOnce() -> R) -> R {
+    let prev = OUTGOING.with(|c| c.borrow_mut().replace(std::mem::take(fds)));
+    let prev_moving = MOVING.with(|m| m.replace(moving));
+    struct Back<'a>(&'a mut Vec<OwnedFd>, Option<Vec<OwnedFd>>, bool);
+    impl Drop for Back<'_> {
+        fn drop(&mut self) {
+            let prev = self.1.take();
+            *self.0 = OUTGOING
+                .with(|c| std::mem::replace(&mut *c.borrow_mut(), prev))
+                .unwrap_or_default();
+            MOVING.with(|m| m.set(self.2));
+        }
+    }
+    let _back = Back(fds, prev, prev_moving);
+    f()
+}
+
 /// Whether a descriptor can be attached to the message being encoded on this thread.
 pub(crate) fn can_attach() -> bool {
     OUTGOING.with(|c| c.borrow().is_some())

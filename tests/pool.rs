@@ -565,3 +565,186 @@ fn a_1_gib_payload_through_a_pool() {
     drop(pool);
     assert_no_children();
 }
+
+/// Whether the memory at `p` is a mapping of a multiproc memory file (not the heap).
+fn in_memory_file(p: *const u8) -> bool {
+    let p = p as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines().any(|l| {
+        let range = l.split_whitespace().next().unwrap();
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b) = (
+            usize::from_str_radix(a, 16).unwrap(),
+            usize::from_str_radix(b, 16).unwrap(),
+        );
+        a <= p && p < b && l.contains("multiproc-shm")
+    })
+}
+
+fn open_fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Doubles every element in place (a received `PodVec` is the worker's alone) and sends it back.
+fn doubled(mut v: multiproc::PodVec<f64>) -> multiproc::PodVec<f64> {
+    for x in v.iter_mut() {
+        *x *= 2.0;
+    }
+    v
+}
+
+#[test]
+fn big_pod_vecs_travel_by_descriptor_both_ways() {
+    const N: usize = 1 << 20; // 8 MiB of f64 each
+    let _g = lock();
+    {
+        // A task limit far below one input: only a descriptor can carry it.
+        let pool = Pool::builder()
+            .processes(2)
+            .max_message_bytes(64 << 10)
+            .build()
+            .unwrap();
+        let fds_before = open_fd_count();
+        for round in 0..3 {
+            let inputs: Vec<multiproc::PodVec<f64>> = (0..6)
+                .map(|k| {
+                    (0..N)
+                        .map(|i| (i + k + round) as f64)
+                        .collect::<Vec<_>>()
+                        .into()
+                })
+                .collect();
+            let out = pool.map(doubled, inputs).unwrap();
+            assert_eq!(out.len(), 6);
+            for (k, v) in out.iter().enumerate() {
+                assert_eq!(v.len(), N);
+                assert!(
+                    in_memory_file(v.as_ptr().cast()),
+                    "result {k} was not received in shared memory"
+                );
+                assert!(
+                    v.iter()
+                        .enumerate()
+                        .all(|(i, &x)| x == 2.0 * (i + k + round) as f64)
+                );
+            }
+            let one = pool.apply(doubled, vec![1.5f64; N].into()).unwrap();
+            assert!(one.iter().all(|&x| x == 3.0));
+        }
+        multiproc::PodVec::<f64>::release_kept();
+        assert!(
+            open_fd_count() <= fds_before,
+            "descriptors leaked: {} before, {} after",
+            fds_before,
+            open_fd_count()
+        );
+        // Small PodVecs still go inline and are not limited by descriptors.
+        let small: Vec<multiproc::PodVec<f64>> =
+            (0..1000).map(|k| vec![k as f64; 4].into()).collect();
+        let out = pool.map(doubled, small).unwrap();
+        assert!(out.iter().enumerate().all(|(k, v)| v[3] == 2.0 * k as f64));
+    }
+    assert_no_children();
+}
+
+/// Writes `i` at index `i` of the array it was handed.
+fn fill_array(a: multiproc::SharedArray<u64>) -> usize {
+    for i in 0..a.len() {
+        a.set(i, i as u64).unwrap();
+    }
+    a.len()
+}
+
+/// Sums the context's vector, plus `x`.
+fn ctx_sum(v: &multiproc::PodVec<f64>, x: f64) -> f64 {
+    v.iter().sum::<f64>() + x
+}
+
+#[test]
+fn shared_arrays_made_after_the_pool_and_pod_vec_contexts_reach_the_workers() {
+    let _g = lock();
+    {
+        let pool = Pool::with_processes(2).unwrap();
+        // Made after the workers forked: only its descriptor can bring it to them.
+        let arrays: Vec<_> = (0..4)
+            .map(|_| multiproc::SharedArray::<u64>::new(1000).unwrap())
+            .collect();
+        let lens = pool.map(fill_array, arrays.clone()).unwrap();
+        assert_eq!(lens, vec![1000; 4]);
+        for a in &arrays {
+            assert_eq!(a.to_vec().unwrap(), (0..1000).collect::<Vec<u64>>());
+        }
+        let ctx: multiproc::PodVec<f64> = vec![0.5f64; 1 << 20].into();
+        let out = pool.map_with(&ctx, ctx_sum, [1.0, 2.0, 3.0]).unwrap();
+        let base = 0.5 * (1 << 20) as f64;
+        assert_eq!(out, vec![base + 1.0, base + 2.0, base + 3.0]);
+    }
+    assert_no_children();
+}
+
+/// Kills its worker the first time it sees a vector starting with 5.0 (a marker file remembers).
+fn pod_dies_once(marker: &String, v: multiproc::PodVec<f64>) -> f64 {
+    if v[0] == 5.0 && std::fs::File::create_new(marker).is_ok() {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+    v.iter().sum()
+}
+
+#[test]
+fn a_task_with_descriptors_is_sent_again_after_its_worker_died() {
+    const N: usize = 1 << 16; // 512 KiB each: above the inline threshold
+    let _g = lock();
+    {
+        let marker = std::env::temp_dir()
+            .join(format!("multiproc-pod-retry-{}", std::process::id()))
+            .to_string_lossy()
+            .into_owned();
+        let _ = std::fs::remove_file(&marker);
+        let pool = Pool::builder()
+            .processes(2)
+            .retries(1)
+            .chunksize(4)
+            .build()
+            .unwrap();
+        let inputs: Vec<multiproc::PodVec<f64>> =
+            (0..12).map(|k| vec![k as f64; N].into()).collect();
+        let out = pool.map_with(&marker, pod_dies_once, inputs).unwrap();
+        let want: Vec<f64> = (0..12).map(|k| (k * N) as f64).collect();
+        assert_eq!(out, want);
+        assert_eq!(pool.replaced_workers(), 1);
+        let _ = std::fs::remove_file(&marker);
+    }
+    assert_no_children();
+}
+
+/// Returns `n` one-element shared arrays.
+fn many_arrays(n: usize) -> Vec<multiproc::SharedArray<u8>> {
+    (0..n)
+        .map(|_| multiproc::SharedArray::new(1).unwrap())
+        .collect()
+}
+
+fn count_arrays(v: Vec<multiproc::SharedArray<u8>>) -> usize {
+    v.len()
+}
+
+#[test]
+fn more_descriptors_than_a_message_carries_is_a_clear_error() {
+    let _g = lock();
+    {
+        let pool = Pool::with_processes(1).unwrap();
+        // An input with 300 shared arrays cannot go in one message.
+        let err = pool.apply(count_arrays, many_arrays(300)).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+        assert!(msg.contains("300") && msg.contains("253"), "{msg}");
+        // Nor can a result with 300.
+        let err = pool.apply(many_arrays, 300).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("300") && msg.contains("253"), "{msg}");
+        // 200 fit, either way, and the pool goes on.
+        assert_eq!(pool.apply(count_arrays, many_arrays(200)).unwrap(), 200);
+        assert_eq!(pool.apply(many_arrays, 200).unwrap().len(), 200);
+    }
+    assert_no_children();
+}

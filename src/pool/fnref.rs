@@ -181,12 +181,13 @@ fn run_items<T: DeserializeOwned, R: Serialize>(
     mut f: impl FnMut(&mut Exec<'_>, T) -> R,
 ) -> Result<(), String> {
     for i in 0..count {
-        let (x, rest) = postcard::take_from_bytes::<T>(input)
+        let (x, rest) = ex
+            .decoding(|| postcard::take_from_bytes::<T>(input))
             .map_err(|e| format!("decoding input {i} of the task: {e}"))?;
         input = rest;
         ex.item_started(i);
         let outcome = panic::catch(|| f(ex, x)).map_err(ItemError::Panicked);
-        push_outcome(&outcome, out);
+        ex.encoding(|| push_outcome(&outcome, out));
     }
     Ok(())
 }

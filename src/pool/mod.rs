@@ -41,7 +41,7 @@ pub use self::result::{AsyncResult, IMap};
 use self::fnref::{FnRef, Trampoline};
 use self::result::{AsyncState, Chunker, decode_outcomes, run_deferred, terminated};
 use self::sched::{Book, Config, Core, EndsFn, Event, Items, JobId, Sink, Task};
-use self::transport::Bytes;
+use self::transport::{Encoded, MAX_FDS};
 
 /// A progress callback: `(inputs done, total if known)`.
 type ProgressHook = Arc<dyn Fn(usize, Option<usize>) + Send + Sync>;
@@ -344,11 +344,11 @@ impl PoolBuilder {
 struct Plan {
     fn_ref: FnRef,
     ends: EndsFn,
-    ctx: Option<Bytes>,
+    ctx: Option<Encoded>,
 }
 
 impl Plan {
-    fn new(t: Trampoline, ends: EndsFn, ctx: Option<Bytes>) -> Plan {
+    fn new(t: Trampoline, ends: EndsFn, ctx: Option<Encoded>) -> Plan {
         Plan {
             fn_ref: FnRef::of(t),
             ends,
@@ -461,15 +461,26 @@ impl Pool {
         Ok(core)
     }
 
-    fn encode_ctx<C: Serialize>(&self, ctx: &C) -> Result<Bytes> {
-        let bytes = crate::wire::encode(ctx)?;
+    fn encode_ctx<C: Serialize>(&self, ctx: &C) -> Result<Encoded> {
+        let mut fds = Vec::new();
+        let bytes = crate::fdpass::encoding_into(&mut fds, false, || crate::wire::encode(ctx))?;
         if bytes.len() > self.limit {
             return Err(Error::TooLarge {
                 size: bytes.len(),
                 limit: self.limit,
             });
         }
-        Ok(Arc::new(bytes))
+        if fds.len() > MAX_FDS {
+            return Err(Error::invalid_arg(
+                "descriptors of a pool context",
+                fds.len(),
+                format!("a context can carry at most {MAX_FDS} shared-memory values"),
+            ));
+        }
+        Ok(Encoded {
+            bytes: Arc::new(bytes),
+            fds: (!fds.is_empty()).then(|| Arc::new(fds)),
+        })
     }
 
     /// Runs a job over all of `items` from this thread, handing each input's outcome to
@@ -514,9 +525,12 @@ impl Pool {
             let before = got.get();
             while let Some(ev) = core.take_event(job) {
                 match ev {
-                    Event::Done { items, data, pid } => {
-                        decode_outcomes::<R>(&items, data.bytes(), pid, &mut take)
-                    }
+                    Event::Done {
+                        items,
+                        data,
+                        pid,
+                        fds,
+                    } => decode_outcomes::<R>(&items, data.bytes(), fds, pid, &mut take),
                     Event::Failed { index, error } => take(index, Err(error)),
                     Event::Aborted => {}
                 }
@@ -907,9 +921,12 @@ impl Pool {
         let sink: Sink = Box::new(move |ev, deferred| {
             let mut res = None;
             match ev {
-                Event::Done { items, data, pid } => {
-                    decode_outcomes::<R>(&items, data.bytes(), pid, |_, r| res = Some(r))
-                }
+                Event::Done {
+                    items,
+                    data,
+                    pid,
+                    fds,
+                } => decode_outcomes::<R>(&items, data.bytes(), fds, pid, |_, r| res = Some(r)),
                 Event::Failed { error, .. } => res = Some(Err(error)),
                 Event::Aborted => res = Some(Err(terminated())),
             }
@@ -958,12 +975,15 @@ impl Pool {
         let mut got = 0usize;
         let sink: Sink = Box::new(move |ev, deferred| {
             match ev {
-                Event::Done { items, data, pid } => {
-                    decode_outcomes::<R>(&items, data.bytes(), pid, |i, r| {
-                        got += usize::from(out[i].is_none());
-                        out[i] = Some(r);
-                    })
-                }
+                Event::Done {
+                    items,
+                    data,
+                    pid,
+                    fds,
+                } => decode_outcomes::<R>(&items, data.bytes(), fds, pid, |i, r| {
+                    got += usize::from(out[i].is_none());
+                    out[i] = Some(r);
+                }),
                 Event::Failed { index, error } => {
                     got += usize::from(out[index].is_none());
                     out[index] = Some(Err(error));

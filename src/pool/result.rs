@@ -14,6 +14,8 @@ use crate::wire::MAX_MESSAGE_BYTES;
 
 use super::fnref::{Append, ItemError, ItemOut};
 use super::sched::{Deferred, Event, Items, JobId, Task};
+use super::transport::MAX_FDS;
+use crate::fdpass::{self, FdTable};
 
 use super::{Pool, Shared};
 
@@ -23,15 +25,24 @@ pub(crate) fn terminated() -> Error {
 }
 
 /// Decodes the outcomes of `items` from `data`, handing each to `put(index, result)`.
+///
+/// `fds` are the descriptors the outcomes refer to (values in shared memory); those no outcome
+/// takes are closed.
 pub(crate) fn decode_outcomes<R: DeserializeOwned>(
     items: &Items,
     data: &[u8],
+    mut fds: FdTable,
     pid: i32,
     mut put: impl FnMut(usize, Result<R>),
 ) {
     let mut rest = data;
     for k in 0..items.count() as usize {
-        match postcard::take_from_bytes::<ItemOut<R>>(rest) {
+        let decoded = if fds.is_empty() {
+            postcard::take_from_bytes::<ItemOut<R>>(rest)
+        } else {
+            fdpass::decoding_with(&mut fds, || postcard::take_from_bytes::<ItemOut<R>>(rest))
+        };
+        match decoded {
             Ok((out, r)) => {
                 rest = r;
                 let res = out.map_err(|e| match e {
@@ -57,7 +68,12 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
     }
 }
 
-/// Cuts an input iterator into encoded tasks of `chunksize` inputs.
+/// A task stops taking inputs once they brought this many descriptors (each input may bring up
+/// to [`MAX_FDS`] minus this many more).
+const FDS_PER_TASK: usize = 64;
+
+/// Cuts an input iterator into encoded tasks of `chunksize` inputs (fewer when the inputs carry
+/// shared-memory descriptors, see [`FDS_PER_TASK`]).
 pub(crate) struct Chunker<I> {
     iter: I,
     chunksize: usize,
@@ -97,13 +113,36 @@ where
         self.scratch.clear();
         let first = self.pulled;
         let mut n = 0usize;
+        let mut fds = Vec::new();
         while n < self.chunksize.min(max.max(1)) {
             let Some(x) = self.iter.next() else {
                 self.done = true;
                 break;
             };
-            postcard::serialize_with_flavor(&x, Append(&mut self.scratch)).map_err(CodecError)?;
+            // The input is given up once encoded (it is dropped here), so a `PodVec` in shared
+            // memory goes as it is, without a copy.
+            fdpass::encoding_into(&mut fds, true, || {
+                postcard::serialize_with_flavor(&x, Append(&mut self.scratch))
+            })
+            .map_err(CodecError)?;
+            drop(x);
             n += 1;
+            if fds.len() > MAX_FDS {
+                self.done = true;
+                return Err(Error::invalid_arg(
+                    "descriptors of one pool task",
+                    fds.len(),
+                    format!(
+                        "input #{} brings the task's shared-memory values (SharedArray, PodVec, \
+                         sync objects) to more than {MAX_FDS}; pass fewer per input",
+                        self.pulled + n - 1
+                    ),
+                ));
+            }
+            if fds.len() >= FDS_PER_TASK {
+                // Close the task early, so that the next input cannot take it past the limit.
+                break;
+            }
             if self.scratch.len() > self.limit {
                 self.done = true;
                 return Err(Error::TooLarge {
@@ -124,6 +163,7 @@ where
             } else {
                 Arc::new(self.scratch.clone())
             },
+            fds: (!fds.is_empty()).then(|| Arc::new(fds)),
             died: 0,
         }))
     }
@@ -460,15 +500,18 @@ where
         let out = loop {
             while let Some(ev) = core.take_event(self.job) {
                 match ev {
-                    Event::Done { items, data, pid } => {
-                        decode_outcomes::<R>(&items, data.bytes(), pid, |i, r| {
-                            if self.ordered {
-                                self.buffer.insert(i, r);
-                            } else {
-                                self.ready.push_back(r);
-                            }
-                        })
-                    }
+                    Event::Done {
+                        items,
+                        data,
+                        pid,
+                        fds,
+                    } => decode_outcomes::<R>(&items, data.bytes(), fds, pid, |i, r| {
+                        if self.ordered {
+                            self.buffer.insert(i, r);
+                        } else {
+                            self.ready.push_back(r);
+                        }
+                    }),
                     Event::Failed { index, error } => {
                         if self.ordered {
                             self.buffer.insert(index, Err(error));

@@ -19,8 +19,9 @@ use crate::fork::fork_child;
 use crate::sys::{self, ExitStatus, Interest, Pid};
 
 use super::fnref::FnRef;
-use super::transport::{self, Body, Bytes, Link, Reply};
+use super::transport::{self, Body, Bytes, Encoded, Fds, Link, Reply};
 use super::worker::{self, IDLE, Progress, Setup};
+use crate::fdpass::{self, FdTable};
 
 pub(crate) type JobId = u64;
 /// Work to run in the parent after the pool's lock is released (user callbacks).
@@ -106,6 +107,8 @@ pub(crate) struct Task {
     pub(crate) job: JobId,
     pub(crate) items: Items,
     pub(crate) bytes: Bytes,
+    /// The descriptors the inputs refer to (indices into this table are in `bytes`).
+    pub(crate) fds: Fds,
     /// How many times a worker died running it.
     pub(crate) died: u32,
 }
@@ -113,8 +116,14 @@ pub(crate) struct Task {
 /// What happened to a job's inputs.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// These inputs ran; `data` holds one encoded outcome per input, in order.
-    Done { items: Items, data: Body, pid: i32 },
+    /// These inputs ran; `data` holds one encoded outcome per input, in order, and `fds` the
+    /// descriptors they refer to.
+    Done {
+        items: Items,
+        data: Body,
+        pid: i32,
+        fds: FdTable,
+    },
     /// This input has no outcome.
     Failed { index: usize, error: Error },
     /// The pool was terminated: no further event will come.
@@ -124,7 +133,7 @@ pub(crate) enum Event {
 struct Job {
     fn_ref: FnRef,
     ends: EndsFn,
-    ctx: Option<Bytes>,
+    ctx: Option<Encoded>,
     events: VecDeque<Event>,
     sink: Option<Sink>,
 }
@@ -294,7 +303,7 @@ impl Core {
         &mut self,
         fn_ref: FnRef,
         ends: EndsFn,
-        ctx: Option<Bytes>,
+        ctx: Option<Encoded>,
         sink: Option<Sink>,
     ) -> JobId {
         let id = self.next_job;
@@ -379,7 +388,7 @@ impl Core {
             let slot = self.slots[i].as_mut().expect("chosen slot is live");
             if let Some(ctx) = &job.ctx {
                 if slot.ctx_job != Some(task.job) {
-                    slot.link.queue_ctx(task.job, ctx);
+                    slot.link.queue_ctx(task.job, &ctx.bytes, &ctx.fds);
                     slot.ctx_job = Some(task.job);
                 }
             }
@@ -391,6 +400,7 @@ impl Core {
                 task.job,
                 task.items.count(),
                 &task.bytes,
+                &task.fds,
             );
             slot.inflight.push_back((seq, task));
             slot.sent += 1;
@@ -490,6 +500,7 @@ impl Core {
                     seq: rseq,
                     elapsed_ns,
                     data,
+                    fds,
                 } => {
                     let per = elapsed_ns as f64;
                     self.ema_ns = 0.8 * self.ema_ns + 0.2 * per.max(50.0);
@@ -499,6 +510,7 @@ impl Core {
                             items: task.items,
                             data,
                             pid: slot.pid.as_raw(),
+                            fds: FdTable::new(fds),
                         }],
                     )
                 }
@@ -679,10 +691,19 @@ impl Core {
         if n == 1 {
             return (task, None);
         }
+        // Finding where each input ends means decoding them: with duplicates of the task's
+        // descriptors (the task keeps its own, to send again).
+        let mut dups = FdTable::new(
+            task.fds
+                .iter()
+                .flat_map(|f| f.iter())
+                .filter_map(|fd| fd.try_clone().ok())
+                .collect(),
+        );
         let ends = self
             .jobs
             .get(&task.job)
-            .and_then(|j| (j.ends)(&task.bytes, n));
+            .and_then(|j| fdpass::decoding_with(&mut dups, || (j.ends)(&task.bytes, n)));
         let Some(ends) = ends else {
             return (task, None);
         };
@@ -692,6 +713,8 @@ impl Core {
             job: task.job,
             items: Items::List(vec![task.items.index(c)].into()),
             bytes: Arc::new(task.bytes[start(c)..ends[c]].to_vec()),
+            // Both parts keep the whole table: the indices in their bytes stay valid.
+            fds: task.fds.clone(),
             died: task.died,
         };
         let mut bytes = Vec::with_capacity(task.bytes.len());
@@ -704,6 +727,7 @@ impl Core {
             job: task.job,
             items: Items::List(list.into()),
             bytes: Arc::new(bytes),
+            fds: task.fds,
             died: 0,
         };
         (one, Some(rest))

@@ -6,11 +6,18 @@
 //!
 //! | direction | kind | body after the kind byte |
 //! |---|---|---|
-//! | parent → worker | `TASK` | seq `u64`, function offset `i64`, job `u64`, count `u32`, inputs |
-//! | parent → worker | `CTX` | job `u64`, the encoded context |
+//! | parent → worker | `TASK` | seq `u64`, function offset `i64`, job `u64`, count `u32`, descriptors `u32`, inputs |
+//! | parent → worker | `CTX` | job `u64`, descriptors `u32`, the encoded context |
 //! | parent → worker | `STOP` | — |
-//! | worker → parent | `DONE` | seq `u64`, run time in ns `u64`, one encoded outcome per input |
+//! | worker → parent | `DONE` | seq `u64`, run time in ns `u64`, descriptors `u32`, one encoded outcome per input |
 //! | worker → parent | `FAILED` | seq `u64`, a message |
+//!
+//! Descriptors: values that live in shared memory (a big [`PodVec`](crate::PodVec), a
+//! [`SharedArray`](crate::SharedArray), a sync primitive) encode an index into the frame's
+//! descriptor table instead of their bytes (see `crate::fdpass`); the table travels as
+//! `SCM_RIGHTS` attached to the first byte of the frame, at most [`MAX_FDS`] per frame. The
+//! receiver queues the descriptors in arrival order and each frame takes as many as its header
+//! says, so frames and tables pair up in order.
 //!
 //! The parent's end never blocks: it queues outgoing frames and writes what the socket takes
 //! (a large payload is shared, not copied), and it reads whatever has arrived, so a worker that
@@ -18,7 +25,7 @@
 //! `MSG_NOSIGNAL`, so a dead worker is an error, never a `SIGPIPE`. The worker's end blocks.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -29,9 +36,25 @@ pub(crate) const CTX: u8 = 1;
 pub(crate) const STOP: u8 = 2;
 pub(crate) const DONE: u8 = 0;
 pub(crate) const FAILED: u8 = 1;
+/// Bytes of a `DONE` body before the outcomes.
+const DONE_HEAD: usize = 21;
 
 /// Encoded bytes shared between the scheduler (which may send them again) and the transport.
 pub(crate) type Bytes = Arc<Vec<u8>>;
+
+/// The descriptor table of an encoded task or context (`None`: no descriptor), shared like
+/// [`Bytes`]; sending passes duplicates, so a task can be sent again.
+pub(crate) type Fds = Option<Arc<Vec<OwnedFd>>>;
+
+/// The most descriptors one frame carries (the kernel's limit for one message).
+pub(crate) const MAX_FDS: usize = crate::sys::socket::MAX_FDS;
+
+/// An encoded value and the descriptors it refers to.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    pub(crate) bytes: Bytes,
+    pub(crate) fds: Fds,
+}
 
 /// Frames larger than this are read straight into their own buffer.
 const BIG: usize = 1 << 16;
@@ -53,12 +76,27 @@ impl Body {
 }
 
 /// Incoming bytes, cut into frames: `buf[pos..end]` is received and not yet parsed;
-/// `buf[end..]` is initialized room for the next receive (zeroed once, when it grows).
-#[derive(Debug, Default)]
+/// `buf[end..]` is initialized room for the next receive (zeroed once, when it grows). `fds`
+/// holds the received descriptors not yet claimed by a frame, in arrival order.
+#[derive(Debug)]
 struct RxBuf {
     buf: Vec<u8>,
     pos: usize,
     end: usize,
+    fds: VecDeque<OwnedFd>,
+    space: Vec<u8>,
+}
+
+impl Default for RxBuf {
+    fn default() -> Self {
+        RxBuf {
+            buf: Vec::new(),
+            pos: 0,
+            end: 0,
+            fds: VecDeque::new(),
+            space: sys::fd_space(),
+        }
+    }
 }
 
 impl RxBuf {
@@ -110,7 +148,13 @@ impl RxBuf {
     /// Receives once; `Ok(None)` when nothing was there, `Ok(Some(0))` at end of file.
     fn fill(&mut self, fd: BorrowedFd<'_>, nonblocking: bool) -> Result<Option<usize>> {
         let want = self.prepare();
-        let r = sys::recv(fd, &mut self.buf[self.end..self.end + want], nonblocking)?;
+        let r = sys::recv_fds(
+            fd,
+            &mut self.buf[self.end..self.end + want],
+            nonblocking,
+            &mut self.space,
+            &mut self.fds,
+        )?;
         if let Some(n) = r {
             self.end += n;
         }
@@ -159,18 +203,36 @@ impl RxBuf {
         self.header()
             .is_some_and(|total| self.end - self.pos >= total)
     }
+
+    /// The `n` descriptors of the frame just parsed (they came with its first byte).
+    fn take_fds(&mut self, n: u32) -> Result<Vec<OwnedFd>> {
+        let n = n as usize;
+        if n > self.fds.len() {
+            return Err(Error::Disconnected(format!(
+                "a frame announced {n} descriptors but {} arrived",
+                self.fds.len()
+            )));
+        }
+        Ok(self.fds.drain(..n).collect())
+    }
 }
 
-enum Seg {
+enum Data {
     Own(Vec<u8>),
     Shared(Bytes),
 }
 
+/// Outgoing bytes; `fds` go with the first byte.
+struct Seg {
+    data: Data,
+    fds: Fds,
+}
+
 impl Seg {
     fn bytes(&self) -> &[u8] {
-        match self {
-            Seg::Own(v) => v,
-            Seg::Shared(a) => a,
+        match &self.data {
+            Data::Own(v) => v,
+            Data::Shared(a) => a,
         }
     }
 }
@@ -193,11 +255,12 @@ impl std::fmt::Debug for Link {
 /// A result frame, parsed.
 #[derive(Debug)]
 pub(crate) enum Reply {
-    /// The task ran: one encoded outcome per input.
+    /// The task ran: one encoded outcome per input, and the descriptors they refer to.
     Done {
         seq: u64,
         elapsed_ns: u64,
         data: Body,
+        fds: Vec<OwnedFd>,
     },
     /// The task could not run at all.
     Failed { seq: u64, message: String },
@@ -218,6 +281,7 @@ pub(crate) fn pair() -> Result<(Link, WorkerEnd)> {
             sock: b,
             rx: RxBuf::default(),
             out: Vec::new(),
+            out_fds: Vec::new(),
         },
     ))
 }
@@ -228,16 +292,29 @@ impl Link {
     }
 
     fn small(&mut self) -> &mut Vec<u8> {
-        if !matches!(self.out.back(), Some(Seg::Own(v)) if v.len() < READ_CHUNK) {
-            self.out.push_back(Seg::Own(Vec::with_capacity(256)));
+        if !matches!(self.out.back(), Some(Seg { data: Data::Own(v), .. }) if v.len() < READ_CHUNK)
+        {
+            self.out.push_back(Seg {
+                data: Data::Own(Vec::with_capacity(256)),
+                fds: None,
+            });
         }
         match self.out.back_mut() {
-            Some(Seg::Own(v)) => v,
+            Some(Seg {
+                data: Data::Own(v), ..
+            }) => v,
             _ => unreachable!("just pushed an owned segment"),
         }
     }
 
-    fn queue(&mut self, head: &[u8], payload: &Bytes) {
+    fn queue(&mut self, head: &[u8], payload: &Bytes, fds: &Fds) {
+        if let Some(fds) = fds.as_ref().filter(|f| !f.is_empty()) {
+            // The frame starts a segment of its own, whose first byte carries the descriptors.
+            self.out.push_back(Seg {
+                data: Data::Own(Vec::with_capacity(256)),
+                fds: Some(fds.clone()),
+            });
+        }
         let len = (head.len() + payload.len()) as u64;
         let small = self.small();
         small.extend_from_slice(&len.to_le_bytes());
@@ -245,7 +322,10 @@ impl Link {
         if payload.len() <= SHARE {
             small.extend_from_slice(payload);
         } else {
-            self.out.push_back(Seg::Shared(payload.clone()));
+            self.out.push_back(Seg {
+                data: Data::Shared(payload.clone()),
+                fds: None,
+            });
         }
     }
 
@@ -257,28 +337,31 @@ impl Link {
         job: u64,
         count: u32,
         inputs: &Bytes,
+        fds: &Fds,
     ) {
-        let mut head = [0u8; 29];
+        let mut head = [0u8; 33];
         head[0] = TASK;
         head[1..9].copy_from_slice(&seq.to_le_bytes());
         head[9..17].copy_from_slice(&fn_offset.to_le_bytes());
         head[17..25].copy_from_slice(&job.to_le_bytes());
         head[25..29].copy_from_slice(&count.to_le_bytes());
-        self.queue(&head, inputs);
+        head[29..33].copy_from_slice(&fd_count(fds).to_le_bytes());
+        self.queue(&head, inputs, fds);
     }
 
     /// Queues a context frame for `job`.
-    pub(crate) fn queue_ctx(&mut self, job: u64, ctx: &Bytes) {
-        let mut head = [0u8; 9];
+    pub(crate) fn queue_ctx(&mut self, job: u64, ctx: &Bytes, fds: &Fds) {
+        let mut head = [0u8; 13];
         head[0] = CTX;
         head[1..9].copy_from_slice(&job.to_le_bytes());
-        self.queue(&head, ctx);
+        head[9..13].copy_from_slice(&fd_count(fds).to_le_bytes());
+        self.queue(&head, ctx, fds);
     }
 
     /// Queues a stop frame: the worker exits after the frames before it.
     pub(crate) fn queue_stop(&mut self) {
         let empty: Bytes = Arc::new(Vec::new());
-        self.queue(&[STOP], &empty);
+        self.queue(&[STOP], &empty, &None);
     }
 
     /// Whether queued bytes wait to be written.
@@ -295,7 +378,13 @@ impl Link {
                 self.out_pos = 0;
                 continue;
             }
-            let n = sys::send(self.sock.as_fd(), bytes, true)?;
+            let n = match (&seg.fds, self.out_pos) {
+                (Some(fds), 0) => {
+                    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                    sys::send_fds(self.sock.as_fd(), bytes, &raw, true)?
+                }
+                _ => sys::send(self.sock.as_fd(), bytes, true)?,
+            };
             if n == 0 {
                 return Ok(());
             }
@@ -316,7 +405,7 @@ impl Link {
                 Some(_) => {}
             }
             while let Some(body) = self.rx.next()? {
-                replies.push(parse_reply(body)?);
+                replies.push(parse_reply(body, &mut self.rx)?);
             }
         }
         Ok(())
@@ -327,16 +416,23 @@ fn bad_frame() -> Error {
     Error::Disconnected("a worker sent a malformed frame".into())
 }
 
-fn parse_reply(body: Body) -> Result<Reply> {
+/// The descriptor count of a table.
+fn fd_count(fds: &Fds) -> u32 {
+    fds.as_ref().map_or(0, |f| f.len() as u32)
+}
+
+fn parse_reply(body: Body, rx: &mut RxBuf) -> Result<Reply> {
     let b = body.bytes();
     if b.len() < 9 {
         return Err(bad_frame());
     }
     let seq = u64::from_le_bytes(b[1..9].try_into().unwrap());
     match b[0] {
-        DONE if b.len() >= 17 => {
+        DONE if b.len() >= DONE_HEAD => {
             let elapsed_ns = u64::from_le_bytes(b[9..17].try_into().unwrap());
-            let start = body.start + 17;
+            let nfds = u32::from_le_bytes(b[17..21].try_into().unwrap());
+            let fds = rx.take_fds(nfds)?;
+            let start = body.start + DONE_HEAD;
             Ok(Reply::Done {
                 seq,
                 elapsed_ns,
@@ -344,6 +440,7 @@ fn parse_reply(body: Body) -> Result<Reply> {
                     buf: body.buf,
                     start,
                 },
+                fds,
             })
         }
         FAILED => Ok(Reply::Failed {
@@ -364,9 +461,14 @@ pub(crate) enum Order {
         job: u64,
         count: u32,
         inputs: Body,
+        fds: Vec<OwnedFd>,
     },
     /// The context of `job`.
-    Ctx { job: u64, ctx: Body },
+    Ctx {
+        job: u64,
+        ctx: Body,
+        fds: Vec<OwnedFd>,
+    },
     /// Exit.
     Stop,
 }
@@ -377,6 +479,8 @@ pub(crate) struct WorkerEnd {
     sock: OwnedFd,
     rx: RxBuf,
     out: Vec<u8>,
+    /// Where in `out` a reply with descriptors starts, and its descriptors.
+    out_fds: Vec<(usize, Vec<OwnedFd>)>,
 }
 
 impl WorkerEnd {
@@ -385,7 +489,7 @@ impl WorkerEnd {
     pub(crate) fn next_order(&mut self, spin: std::time::Duration) -> Result<Option<Order>> {
         loop {
             if let Some(body) = self.rx.next()? {
-                return parse_order(body).map(Some);
+                return parse_order(body, &mut self.rx).map(Some);
             }
             self.flush()?;
             let until = std::time::Instant::now() + spin;
@@ -435,19 +539,26 @@ impl WorkerEnd {
         self.out.push(DONE);
         self.out.extend_from_slice(&seq.to_le_bytes());
         self.out.extend_from_slice(&0u64.to_le_bytes());
+        self.out.extend_from_slice(&0u32.to_le_bytes());
         (mark, &mut self.out)
     }
 
-    /// Ends the reply started at `mark`, recording the run time.
-    pub(crate) fn finish_done(&mut self, mark: usize, elapsed_ns: u64) {
+    /// Ends the reply started at `mark`, recording the run time and the descriptors the
+    /// outcomes refer to (at most [`MAX_FDS`]: the caller fails the task otherwise).
+    pub(crate) fn finish_done(&mut self, mark: usize, elapsed_ns: u64, fds: Vec<OwnedFd>) {
         let len = (self.out.len() - mark - 8) as u64;
         self.out[mark..mark + 8].copy_from_slice(&len.to_le_bytes());
         self.out[mark + 17..mark + 25].copy_from_slice(&elapsed_ns.to_le_bytes());
+        self.out[mark + 25..mark + 29].copy_from_slice(&(fds.len() as u32).to_le_bytes());
+        if !fds.is_empty() {
+            self.out_fds.push((mark, fds));
+        }
     }
 
     /// Replaces the reply started at `mark` by a `FAILED` reply.
     pub(crate) fn fail(&mut self, mark: usize, seq: u64, message: &str) {
         self.out.truncate(mark);
+        self.out_fds.retain(|(m, _)| *m < mark);
         let len = (1 + 8 + message.len()) as u64;
         self.out.extend_from_slice(&len.to_le_bytes());
         self.out.push(FAILED);
@@ -458,14 +569,28 @@ impl WorkerEnd {
     /// Sends the buffered replies (blocking).
     pub(crate) fn flush(&mut self) -> Result<()> {
         let mut pos = 0;
-        while pos < self.out.len() {
-            pos += sys::send(self.sock.as_fd(), &self.out[pos..], false)?;
+        for (mark, fds) in std::mem::take(&mut self.out_fds) {
+            self.send_plain(pos, mark)?;
+            let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+            pos = mark;
+            while pos == mark {
+                pos += sys::send_fds(self.sock.as_fd(), &self.out[mark..], &raw, false)?;
+            }
         }
+        self.send_plain(pos, self.out.len())?;
         self.out.clear();
         // Keep the buffer for the next large reply (fresh memory costs a page fault per 4 KiB),
         // unless it is huge.
         if self.out.capacity() > 1 << 28 {
             self.out.shrink_to(1 << 16);
+        }
+        Ok(())
+    }
+
+    /// Sends `out[pos..end]` (blocking).
+    fn send_plain(&self, mut pos: usize, end: usize) -> Result<()> {
+        while pos < end {
+            pos += sys::send(self.sock.as_fd(), &self.out[pos..end], false)?;
         }
         Ok(())
     }
@@ -476,23 +601,25 @@ impl WorkerEnd {
     }
 }
 
-fn parse_order(body: Body) -> Result<Order> {
+fn parse_order(body: Body, rx: &mut RxBuf) -> Result<Order> {
     let b = body.bytes();
     match b.first() {
-        Some(&TASK) if b.len() >= 29 => Ok(Order::Task {
+        Some(&TASK) if b.len() >= 33 => Ok(Order::Task {
             seq: u64::from_le_bytes(b[1..9].try_into().unwrap()),
             fn_offset: i64::from_le_bytes(b[9..17].try_into().unwrap()),
             job: u64::from_le_bytes(b[17..25].try_into().unwrap()),
             count: u32::from_le_bytes(b[25..29].try_into().unwrap()),
+            fds: rx.take_fds(u32::from_le_bytes(b[29..33].try_into().unwrap()))?,
             inputs: Body {
-                start: body.start + 29,
+                start: body.start + 33,
                 buf: body.buf,
             },
         }),
-        Some(&CTX) if b.len() >= 9 => Ok(Order::Ctx {
+        Some(&CTX) if b.len() >= 13 => Ok(Order::Ctx {
             job: u64::from_le_bytes(b[1..9].try_into().unwrap()),
+            fds: rx.take_fds(u32::from_le_bytes(b[9..13].try_into().unwrap()))?,
             ctx: Body {
-                start: body.start + 9,
+                start: body.start + 13,
                 buf: body.buf,
             },
         }),

@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
+use std::os::fd::OwnedFd;
+
+use crate::fdpass::{self, FdTable};
 use crate::panic;
 use crate::sys::mem::SharedMapping;
 use crate::sys::{self, Pid};
 
 use super::fnref::FnRef;
-use super::transport::{Order, WorkerEnd};
+use super::transport::{MAX_FDS, Order, WorkerEnd};
 
 /// Words per progress slot (one cache line).
 const WORDS: usize = 8;
@@ -102,16 +105,35 @@ impl Progress {
     }
 }
 
-/// What a trampoline sees of its worker: the progress slot and the cached context.
+/// What a trampoline sees of its worker: the progress slot, the cached context, and the
+/// descriptor tables of the task's inputs and outcomes.
 pub(crate) struct Exec<'a> {
     progress: &'a Progress,
     slot: usize,
     seq: u64,
     timed: bool,
     ctx: &'a mut CtxCache,
+    in_fds: FdTable,
+    out_fds: Vec<OwnedFd>,
 }
 
 impl Exec<'_> {
+    /// Runs `f`, which decodes inputs of the task: values in shared memory take the task's
+    /// descriptors.
+    pub(crate) fn decoding<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        if self.in_fds.is_empty() {
+            f()
+        } else {
+            fdpass::decoding_with(&mut self.in_fds, f)
+        }
+    }
+
+    /// Runs `f`, which encodes an outcome that is dropped right after: values in shared memory
+    /// attach their descriptors (a `PodVec` in shared memory goes as it is, without a copy).
+    pub(crate) fn encoding<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        fdpass::encoding_into(&mut self.out_fds, true, f)
+    }
+
     /// Records that input `i` of the current task starts now.
     pub(crate) fn item_started(&mut self, i: u32) {
         self.progress
@@ -129,7 +151,8 @@ impl Exec<'_> {
                 .bytes
                 .as_deref()
                 .ok_or("the context of this job did not arrive")?;
-            self.ctx.decoded = Some(decode(bytes)?);
+            let fds = &mut self.ctx.fds;
+            self.ctx.decoded = Some(fdpass::decoding_with(fds, || decode(bytes))?);
         }
         Ok(())
     }
@@ -144,6 +167,7 @@ impl Exec<'_> {
 pub(crate) struct CtxCache {
     job: u64,
     bytes: Option<Vec<u8>>,
+    fds: FdTable,
     decoded: Option<Box<dyn Any>>,
 }
 
@@ -201,9 +225,14 @@ fn serve(s: &mut Setup) -> crate::Result<()> {
     while let Some(order) = s.end.next_order(SPIN)? {
         match order {
             Order::Stop => break,
-            Order::Ctx { job, ctx: bytes } => {
+            Order::Ctx {
+                job,
+                ctx: bytes,
+                fds,
+            } => {
                 ctx.job = job;
                 ctx.bytes = Some(bytes.bytes().to_vec());
+                ctx.fds = FdTable::new(fds);
                 ctx.decoded = None;
             }
             Order::Task {
@@ -212,6 +241,7 @@ fn serve(s: &mut Setup) -> crate::Result<()> {
                 job,
                 count,
                 inputs,
+                fds,
             } => {
                 let started = Instant::now();
                 s.progress.set(s.slot, seq, 0, s.timed);
@@ -226,14 +256,32 @@ fn serve(s: &mut Setup) -> crate::Result<()> {
                     seq,
                     timed: s.timed,
                     ctx: &mut ctx,
+                    in_fds: FdTable::new(fds),
+                    out_fds: Vec::new(),
                 };
                 let outcome = FnRef::from_offset(fn_offset)
                     .resolve()
                     .and_then(|t| t(&mut ex, inputs.bytes(), count, out));
+                let out_fds = std::mem::take(&mut ex.out_fds);
+                drop(ex);
                 s.progress.set(s.slot, seq, IDLE, false);
                 s.end.recycle(inputs);
+                let outcome = outcome.and_then(|()| {
+                    if out_fds.len() > MAX_FDS {
+                        Err(format!(
+                            "the results of this task carry {} shared-memory values \
+                             (SharedArray, PodVec, sync objects), more than the {MAX_FDS} one \
+                             reply can carry; use a smaller chunksize",
+                            out_fds.len()
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                });
                 match outcome {
-                    Ok(()) => s.end.finish_done(mark, started.elapsed().as_nanos() as u64),
+                    Ok(()) => s
+                        .end
+                        .finish_done(mark, started.elapsed().as_nanos() as u64, out_fds),
                     Err(message) => s.end.fail(mark, seq, &message),
                 }
                 done += 1;
