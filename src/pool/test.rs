@@ -8,6 +8,7 @@ use super::fnref::{self, FnRef, ItemError, ItemOut, Trampoline};
 use super::result::{Chunker, decode_outcomes};
 use super::sched::Items;
 use crate::error::{Error, RemotePanic};
+use crate::fdpass::FdTable;
 
 fn double(x: u32) -> u32 {
     x * 2
@@ -64,7 +65,9 @@ fn outcomes_decode_in_order_with_per_input_errors() {
     }
     let items = Items::List(vec![7, 3, 9].into());
     let mut got = Vec::new();
-    decode_outcomes::<u32>(&items, &data, 42, |i, r| got.push((i, r)));
+    decode_outcomes::<u32>(&items, &data, FdTable::default(), 42, |i, r| {
+        got.push((i, r))
+    });
     assert_eq!(got.len(), 3);
     assert_eq!((got[0].0, got[0].1.as_ref().unwrap()), (7, &1));
     assert!(matches!(
@@ -74,7 +77,9 @@ fn outcomes_decode_in_order_with_per_input_errors() {
     assert_eq!((got[2].0, got[2].1.as_ref().unwrap()), (9, &3));
     // Truncated data fails the rest, never panics.
     let mut got = Vec::new();
-    decode_outcomes::<u32>(&items, &data[..2], 1, |i, r| got.push((i, r.is_ok())));
+    decode_outcomes::<u32>(&items, &data[..2], FdTable::default(), 1, |i, r| {
+        got.push((i, r.is_ok()))
+    });
     assert_eq!(got.len(), 3);
 }
 

@@ -363,6 +363,10 @@ pub(crate) fn fd_space() -> Vec<u8> {
 /// Like [`recv`], appending the descriptors that came with the bytes to `fds` (received
 /// close-on-exec). `space` is the control buffer, from [`fd_space`]. Descriptors the kernel had
 /// to drop (`MSG_CTRUNC`) are an error.
+#[allow(
+    clippy::ptr_arg,
+    reason = "nix's recvmsg takes the control buffer as a Vec"
+)]
 pub(crate) fn recv_fds(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
