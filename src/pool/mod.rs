@@ -120,6 +120,18 @@ fn assert_zst<F>() {
 /// thread that outlives it. A fork server (a single-threaded process forked at build time that
 /// forks the replacements) is the planned remedy for both.
 ///
+/// # Big arrays and shared objects
+///
+/// Inputs, contexts and results that live in shared memory travel by descriptor, not byte by
+/// byte: a [`PodVec`](crate::PodVec) over 256 KiB (copied once into a memory file, or not at all
+/// when it already lives in one, for example a result sent on as an input), a
+/// [`SharedArray`](crate::SharedArray) or [`SharedValue`](crate::SharedValue) (even one made
+/// after the workers started: they map the same memory), a sync primitive. A task stops taking
+/// inputs once they carry 64 descriptors; one message carries at most 253, so an input or a
+/// task's results carrying more give an error that says so. A worker owns the `PodVec` it
+/// receives and may change it in place; if it then dies and the task is sent again, the new
+/// worker sees those changes.
+///
 /// # Limits
 ///
 /// A task (a chunk of encoded inputs) or a context larger than
