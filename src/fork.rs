@@ -22,17 +22,21 @@ pub(crate) fn fork_child(child: impl FnOnce() -> i32) -> Result<Pid> {
     // thread is a copy of this one, would wait forever on its first print or on the final flush.
     // Held by the forking thread, the locks are released by that thread's copy in the child.
     let stdio = sys::StdioLocks::flushed();
+    // Likewise the crate's own lock that a child may take (the memory files PodVec keeps).
+    let kept = crate::shm::fork_guard();
     // SAFETY: the child runs `child` and then `_exit`s; it never returns into the caller's frames.
     // The multi-threaded-parent hazard is the crate's documented fork contract (`# Fork safety`).
     let forked = unsafe { sys::fork() };
     match forked? {
         Forked::Parent(pid) => {
+            drop(kept);
             drop(stdio);
             queue::holders::on_fork_parent(pid);
             Ok(pid)
         }
         Forked::Child => {
             let guard = AbortOnUnwind;
+            drop(kept);
             drop(stdio);
             queue::holders::on_fork_child();
             let code = child();

@@ -158,7 +158,7 @@ impl<T: Pod> Drop for PodVec<T> {
 ///   in a message: it is then used as is (no new mapping).
 ///
 /// A forked child inherits the pool but never uses it (the pid differs): it drops its copies.
-mod recycled {
+pub(crate) mod recycled {
     use std::os::fd::{AsFd, BorrowedFd};
     use std::sync::Mutex;
 
@@ -223,6 +223,12 @@ mod recycled {
             let i = entries.iter().position(|e| e.away && e.ino == ino)?;
             Some(entries.remove(i).seg)
         })
+    }
+
+    /// The kept segments' lock, held by a forking thread across the fork so that the child
+    /// never inherits it held by another thread (the child then forgets the parent's segments).
+    pub(crate) fn fork_guard() -> std::sync::MutexGuard<'static, impl Sized> {
+        POOL.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Drops every kept segment.
