@@ -64,6 +64,49 @@ pub(crate) fn encode_with_fds<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u
     Ok((bytes?, fds))
 }
 
+/// Encodes `value`, appending to `buf` (as [`wire::encode_append`]); returns the descriptors its
+/// parts attached, in order of their indices. The buffer is sized first, with no descriptor
+/// table installed (that pass has no side effects; a part that will attach a descriptor is
+/// sized as its inline form, an over-estimate of address space only), so that a big item
+/// without descriptors is not grown by doubling.
+pub(crate) fn encode_append_with_fds<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<OwnedFd>> {
+    if !can_attach() {
+        wire::reserve_for(value, buf)?;
+    }
+    let prev = OUTGOING.with(|c| c.borrow_mut().replace(Vec::new()));
+    let restore = Restore {
+        key: &OUTGOING,
+        prev: Some(prev),
+        _p: std::marker::PhantomData,
+    };
+    let r = wire::encode_append(value, buf);
+    let fds = OUTGOING.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    drop(restore);
+    r.map(|()| fds)
+}
+
+/// As [`encode_append_with_fds`], for a value the caller gives up once it is sent (see
+/// [`encode_moving_with_fds`]).
+pub(crate) fn encode_append_moving_with_fds<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<OwnedFd>> {
+    let _reset = Reset(MOVING.with(|m| m.replace(true)));
+    encode_append_with_fds(value, buf)
+}
+
+/// Restores the previous [`MOVING`] flag when dropped.
+struct Reset(bool);
+
+impl Drop for Reset {
+    fn drop(&mut self) {
+        MOVING.with(|m| m.set(self.0));
+    }
+}
+
 /// Like [`encode_with_fds`], for a value the caller gives up once it is sent: parts that own
 /// their shared memory alone (a received [`PodVec`](crate::PodVec)) may then attach it as is,
 /// without copying, see [`moving`]. The caller must drop `value` after sending, without using
@@ -71,12 +114,6 @@ pub(crate) fn encode_with_fds<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u
 pub(crate) fn encode_moving_with_fds<T: Serialize + ?Sized>(
     value: &T,
 ) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
-    struct Reset(bool);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            MOVING.with(|m| m.set(self.0));
-        }
-    }
     let _reset = Reset(MOVING.with(|m| m.replace(true)));
     encode_with_fds(value)
 }

@@ -13,10 +13,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::wire;
+use crate::{fdpass, wire};
 
 pub(crate) use ring::Shared;
-use ring::Taken;
+use ring::{PutItem, TAG_BYTES, Taken};
 
 /// The default ring size of a queue, in bytes.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1 << 20;
@@ -163,19 +163,68 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// [`Error::Codec`] if the item cannot be encoded; [`Error::Disconnected`] if the ring is full
     /// and no process can take from it any more.
     pub fn put(&self, item: &T) -> Result<()> {
+        self.put_with(item, false)
+    }
+
+    /// Puts an item and gives it up. The same as [`put`](Queue::put), except that a
+    /// [`PodVec`](crate::PodVec) in it that was itself received (so lives in shared memory this
+    /// process holds alone) is forwarded as is, without a copy: a worker that gets a big vector,
+    /// works on it in place and puts it back copies nothing. The analog of
+    /// [`Connection::send_owned`](crate::Connection::send_owned).
+    ///
+    /// # Errors
+    ///
+    /// As for [`put`](Queue::put).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{PodVec, Queue};
+    ///
+    /// let q: Queue<PodVec<f64>> = Queue::new()?;
+    /// q.put_owned(vec![1.0; 1 << 20].into())?; // one copy, into shared memory
+    /// let mut v = q.get()?; // mapped, no copy
+    /// v[0] = 2.0;
+    /// q.put_owned(v)?; // forwarded, no copy
+    /// assert_eq!(q.get()?[0], 2.0);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn put_owned(&self, item: T) -> Result<()> {
+        let r = self.put_with(&item, true);
+        drop(item);
+        r
+    }
+
+    fn put_with(&self, item: &T, moving: bool) -> Result<()> {
         ENCODE_BUF.with(|buf| match buf.try_borrow_mut() {
             Ok(mut buf) => {
-                buf.clear();
-                wire::encode_append(item, &mut buf)?;
-                let r = self.shared.put(Some(&buf));
+                let r = self.put_encoded(item, moving, &mut buf);
                 if buf.capacity() > 4 << 20 {
                     *buf = Vec::new();
                 }
                 r
             }
             // Re-entered from inside an item's Serialize impl: use a fresh buffer.
-            Err(_) => self.shared.put(Some(&wire::encode(item)?)),
+            Err(_) => self.put_encoded(item, moving, &mut Vec::new()),
         })
+    }
+
+    /// Encodes `item` into `buf` behind room for its tag, then puts it: with its descriptors
+    /// on the side channel if parts of it attached any.
+    fn put_encoded(&self, item: &T, moving: bool, buf: &mut Vec<u8>) -> Result<()> {
+        buf.clear();
+        buf.extend_from_slice(&[0; TAG_BYTES]);
+        let fds = if moving {
+            fdpass::encode_append_moving_with_fds(item, buf)?
+        } else {
+            fdpass::encode_append_with_fds(item, buf)?
+        };
+        if fds.is_empty() {
+            self.shared.put(PutItem::Bytes(&buf[TAG_BYTES..]))
+        } else {
+            self.shared.put(PutItem::WithFds(buf, &fds))
+        }
+        // `fds` (our duplicates) close here; the side channel holds its own until taken.
     }
 
     /// Puts a poison pill: the consumer that takes it stops ([`iter`](Queue::iter) ends, `get`
@@ -185,7 +234,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// [`Error::Disconnected`] if the ring is full and no process can take from it any more.
     pub fn put_pill(&self) -> Result<()> {
-        self.shared.put(None)
+        self.shared.put(PutItem::Pill)
     }
 
     /// Takes the next item, waiting as long as some process could still put one.
@@ -220,7 +269,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     fn take(&self, deadline: Option<Instant>) -> Result<T> {
         match self.shared.get(deadline)? {
-            Taken::Item(bytes) => wire::decode(&bytes),
+            Taken::Item(bytes, fds) => decode(&bytes, fds),
             Taken::Pill => Err(Error::Stopped),
         }
     }
@@ -256,6 +305,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 }
 
+/// Decodes an item, handing its parts the descriptors that came with it.
+fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<std::os::fd::OwnedFd>) -> Result<T> {
+    if fds.is_empty() {
+        wire::decode(bytes)
+    } else {
+        fdpass::decode_with_fds(bytes, fds)
+    }
+}
+
 /// The iterator of [`Queue::iter`] and [`Queue::iter_until`].
 pub struct QueueIter<'a, T> {
     queue: &'a Queue<T>,
@@ -287,8 +345,8 @@ impl<T: Serialize + DeserializeOwned> Iterator for QueueIter<'_, T> {
             return None;
         }
         let taken = self.queue.shared.get(None).and_then(|taken| match taken {
-            Taken::Item(bytes) if self.sentinel.as_ref() == Some(&bytes) => Err(Error::Stopped),
-            Taken::Item(bytes) => wire::decode(&bytes),
+            Taken::Item(bytes, _) if self.sentinel.as_ref() == Some(&bytes) => Err(Error::Stopped),
+            Taken::Item(bytes, fds) => decode(&bytes, fds),
             Taken::Pill => Err(Error::Stopped),
         });
         match taken {
