@@ -1,14 +1,29 @@
 //! Descriptors that travel inside messages: the crate-internal API behind sending a
 //! [`SharedArray`](crate::SharedArray), a [`PodVec`](crate::PodVec) or a sync primitive through a
-//! [`Pipe`](crate::pipe()).
+//! [`Pipe`](crate::pipe()) or a [`Queue`](crate::Queue).
 //!
 //! A value whose `Serialize` needs to pass a descriptor calls [`attach`], which stores the
 //! descriptor in a per-thread table and returns its index; the index is what gets serialized.
 //! The transport sends the table along with the bytes (`SCM_RIGHTS`), and on the other side
 //! `Deserialize` calls [`take`] with the index. The table exists only inside [`encode_with_fds`]
-//! and [`decode_with_fds`]. Elsewhere ([`wire::encode`], as a `Queue` uses it) [`can_attach`] is
-//! false and the types fall back: a `PodVec` to inline bytes, a `SharedArray` or sync primitive
-//! to its segment id, which resolves only in a process that already maps the segment.
+//! / [`encode_append_with_fds`] and [`decode_with_fds`]. Elsewhere ([`wire::encode`]) [`can_attach`]
+//! is false and the types fall back: a `PodVec` to inline bytes, a `SharedArray` or sync
+//! primitive to its segment id, which resolves only in a process that already maps the segment.
+//!
+//! # The two transports
+//!
+//! - A **pipe** (`pipe.rs`) sends the descriptors attached to the first byte of the message's
+//!   frame on its stream socket.
+//! - A **queue** (`queue/ring.rs`) moves bytes through a shared ring, which cannot carry
+//!   descriptors; each queue also has a side channel, a `SOCK_SEQPACKET` socket pair made with the
+//!   queue and inherited by every holder through fork. An item whose encoding attached
+//!   descriptors gets, under the put lock, a sequence number (its tag); the producer sends one
+//!   message on the side channel (the tag, the count, the descriptors) and then writes the item's
+//!   records, whose first one says "tag N, k descriptors". The consumer that takes the record
+//!   (under the get lock) takes the matching message, dropping older ones left by a producer that
+//!   died between the two steps. Items without descriptors cost what they did before. While a
+//!   message waits on the side channel the kernel keeps its descriptors alive, even after the
+//!   producer has exited; they are freed when the last holder of the queue closes it.
 //!
 //! # For other transports (the pool)
 //!

@@ -1,4 +1,15 @@
 //! [`Queue`]: a multi-producer, multi-consumer queue shared by forked processes.
+//!
+//! Items travel as bytes through a ring in a shared mapping (see `ring`). Descriptors cannot go
+//! through shared memory, so each queue also has a side channel: a unix `SOCK_SEQPACKET` socket
+//! pair made by [`Queue::new`], whose two ends every holder inherits by fork (a `Queue` cannot be
+//! sent to an unrelated process: it is not `Serialize`). `put` encodes with a descriptor table
+//! ([`crate::fdpass`]); when parts of the item attached descriptors (a big
+//! [`PodVec`](crate::PodVec), a [`SharedArray`](crate::SharedArray), a sync primitive), the
+//! producer, holding the put lock, numbers the item, sends the number and the descriptors as one
+//! message on the side channel, then writes the item's records marked with that number; the
+//! consumer holding the get lock takes the matching message. Items without descriptors take the
+//! ring alone, as before.
 
 pub(crate) mod holders;
 mod ring;
@@ -38,7 +49,15 @@ thread_local! {
 ///   [`DEFAULT_QUEUE_CAPACITY`] bytes (see [`with_capacity`](Queue::with_capacity)); an item larger
 ///   than a quarter of the ring streams through it, so `put` of a big item returns once a consumer
 ///   has taken most of it.
-/// - **Bounded**: `put` blocks while the ring is full.
+/// - **Shared memory by descriptor**: a big [`PodVec`](crate::PodVec) (over 256 KiB), a
+///   [`SharedArray`](crate::SharedArray) or a sync primitive in an item travels as its memory
+///   file's descriptor, on a side channel (a unix socket pair every holder inherits), not
+///   through the ring: an 80 MB `PodVec` costs one copy into shared memory (none with
+///   [`put_owned`](Queue::put_owned) of a received one), and the consumer maps it. Arrays made
+///   after the consumer forked resolve too. An item carries at most 253 descriptors. The kernel
+///   keeps descriptors in flight alive, even after the producer has exited.
+/// - **Bounded**: `put` blocks while the ring is full (or while the side channel's socket buffer
+///   is, with descriptors in flight).
 /// - **Poison pills**: [`put_pill`](Queue::put_pill) puts a typed stop marker (never a magic
 ///   value); [`iter`](Queue::iter) ends at the first pill it takes.
 /// - **No endless wait**: a `get` on an empty queue returns [`Error::Disconnected`] once no
@@ -88,7 +107,8 @@ thread_local! {
 /// is not seen), and not for a process that uses the queue from several threads (it always
 /// counts as able to put). A consumer killed while taking an item loses that item: it was
 /// delivered to the process that died. A process killed in the middle of putting a large item
-/// leaves no trace of it: consumers drop the partial item.
+/// leaves no trace of it: consumers drop the partial item (and the descriptors it had sent on the
+/// side channel).
 ///
 /// [`Process`]: crate::Process
 /// [`spawn`]: crate::spawn
@@ -132,7 +152,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// A queue whose ring holds `bytes` bytes (at least 4 KiB, at most 1 GiB; rounded up to a
-    /// multiple of 4 KiB). Each item takes its encoded size plus 16 bytes.
+    /// multiple of 4 KiB). Each item takes its encoded size plus 16 bytes (24 if it has descriptors).
     ///
     /// # Errors
     ///
@@ -160,8 +180,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Errors
     ///
     /// [`Error::TooLarge`] above [`MAX_MESSAGE_BYTES`](crate::MAX_MESSAGE_BYTES);
-    /// [`Error::Codec`] if the item cannot be encoded; [`Error::Disconnected`] if the ring is full
-    /// and no process can take from it any more.
+    /// [`Error::Codec`] if the item cannot be encoded; [`Error::InvalidArgument`] if it holds more
+    /// than 253 shared objects that travel by descriptor; [`Error::Disconnected`] if the ring (or
+    /// the side channel) is full and no process can take from it any more.
     pub fn put(&self, item: &T) -> Result<()> {
         self.put_with(item, false)
     }
@@ -242,7 +263,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Errors
     ///
     /// [`Error::Stopped`] when it took a pill; [`Error::Disconnected`] when the queue is empty
-    /// and nobody can put any more; [`Error::Codec`] if the bytes do not decode as a `T`.
+    /// and nobody can put any more; [`Error::Codec`] if the bytes do not decode as a `T`;
+    /// [`Error::InvalidState`] if the item's descriptors are missing from the side channel (the
+    /// item is then skipped, the next `get` goes on with the next one).
     pub fn get(&self) -> Result<T> {
         self.take(None)
     }

@@ -15,6 +15,14 @@
 //!   consumer skips them (the item was taken by the one that died);
 //! - a producer killed mid-item leaves a `FIRST` with no `LAST`: the consumer drops the partial
 //!   item when the next `FIRST`/`WHOLE`/`PILL` arrives, or when it sees the producer is dead.
+//!
+//! Items with descriptors: the high bits of the kind word of their first record count the
+//! descriptors, and its payload starts with the item's tag; the descriptors went, before the
+//! record, as one message on the side channel (see [`Shared`]). A producer killed between the two
+//! leaves a message with no record: the consumer drops messages older than the record's tag. A
+//! consumer killed after taking the message leaves a record whose message is gone: `fd_taken`
+//! says so, and the next consumer skips the record. Any other mismatch is an error for that one
+//! item, which is skipped.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::ptr;

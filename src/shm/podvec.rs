@@ -25,8 +25,11 @@ pub(crate) const POD_VEC_INLINE_MAX: usize = 256 << 10;
 /// memory file whose descriptor travels; the receiver maps it and reads the elements in place
 /// (no second copy; [`into_vec`](PodVec::into_vec) copies if you need a `Vec`). A received
 /// `PodVec` sent on with [`Connection::send_owned`](crate::Connection::send_owned) travels with
-/// no copy at all. Elsewhere (a [`Queue`](crate::Queue)) it is encoded as one block of bytes,
-/// still far faster than a `Vec<f64>` encoded element by element.
+/// no copy at all. The same holds through a [`Queue`](crate::Queue): the descriptor goes on the
+/// queue's side channel, not through its ring, and [`Queue::put_owned`](crate::Queue::put_owned)
+/// forwards a received `PodVec` without a copy. Through a channel that carries no descriptors it
+/// is encoded as one block of bytes, still far faster than a `Vec<f64>` encoded element by
+/// element.
 ///
 /// A received `PodVec` is the only user of its memory (no other process touches it any more), so
 /// it derefs to `&mut [T]` safely.
