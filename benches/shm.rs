@@ -268,9 +268,13 @@ fn main() -> multiproc::Result<()> {
         });
     }
 
-    // Through a Queue (a shared-memory ring, no descriptors): a PodVec goes as one block of
-    // bytes, a Vec<f64> element by element. To a worker that echoes it back on a second queue.
-    {
+    // Through a Queue: a big PodVec travels by descriptor (its memory file, on the queue's side
+    // channel), not through the ring. To a worker that echoes it back on a second queue, with
+    // `put` (one copy each way) and with `put_owned` (the worker forwards it as is).
+    for (name, owned) in [
+        ("queue_podvec_80mb", false),
+        ("queue_podvec_owned_80mb", true),
+    ] {
         let (to, from): (Queue<PodVec<f64>>, Queue<PodVec<f64>>) = (Queue::new()?, Queue::new()?);
         let (to2, from2) = (to.clone(), from.clone());
         let echo = Process::new(move || {
@@ -278,7 +282,11 @@ fn main() -> multiproc::Result<()> {
                 if v.is_empty() {
                     break;
                 }
-                from2.put(&v).expect("put");
+                if owned {
+                    from2.put_owned(v).expect("put");
+                } else {
+                    from2.put(&v).expect("put");
+                }
             }
         });
         echo.start()?;
@@ -294,7 +302,7 @@ fn main() -> multiproc::Result<()> {
         to.put(&Vec::new().into())?;
         echo.join()?;
         rows.push(Row {
-            name: "queue_podvec_80mb",
+            name,
             value: nb as f64 / 1e6 / t,
             unit: "MB/s",
             py: Some(("pool_apply_80mb", true)),

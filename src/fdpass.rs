@@ -1,25 +1,37 @@
 //! Descriptors that travel inside messages: the crate-internal API behind sending a
 //! [`SharedArray`](crate::SharedArray), a [`PodVec`](crate::PodVec) or a sync primitive through a
-//! [`Pipe`](crate::pipe()).
+//! [`Pipe`](crate::pipe()) or a [`Queue`](crate::Queue).
 //!
 //! A value whose `Serialize` needs to pass a descriptor calls [`attach`], which stores the
 //! descriptor in a per-thread table and returns its index; the index is what gets serialized.
 //! The transport sends the table along with the bytes (`SCM_RIGHTS`), and on the other side
 //! `Deserialize` calls [`take`] with the index. The table exists only inside [`encode_with_fds`]
-//! and [`decode_with_fds`]. Elsewhere ([`wire::encode`], as a `Queue` uses it) [`can_attach`] is
-//! false and the types fall back: a `PodVec` to inline bytes, a `SharedArray` or sync primitive
-//! to its segment id, which resolves only in a process that already maps the segment.
+//! / [`encode_append_with_fds`] and [`decode_with_fds`]. Elsewhere ([`wire::encode`]) [`can_attach`]
+//! is false and the types fall back: a `PodVec` to inline bytes, a `SharedArray` or sync
+//! primitive to its segment id, which resolves only in a process that already maps the segment.
 //!
-//! # For other transports (the pool)
+//! # The transports
 //!
-//! A channel over a unix socket gets big payloads through shared memory by encoding with
-//! [`encode_with_fds`] instead of [`wire::encode`], sending the descriptors with
-//! `sys::socket::send_with_fds(sock, &frame, &raw_fds, &mut wait)` (attached to the first byte
-//! of the frame), receiving with `sys::socket::recv_with_fds`, and decoding with
-//! [`decode_with_fds`]. The framing of `pipe.rs` (`End::send` / `End::recv_frame`: a 16-byte
-//! header with the body length and descriptor count) can be copied as is; or the transport can
-//! simply be a [`Connection`](crate::Connection) per worker. A channel without descriptors
-//! (a shared ring) still carries `SharedArray`s made before its processes forked, by id.
+//! - A **pipe** (`pipe.rs`) sends the descriptors attached to the first byte of the message's
+//!   frame on its stream socket.
+//! - A **queue** (`queue/ring.rs`) moves bytes through a shared ring, which cannot carry
+//!   descriptors; each queue also has a side channel, a `SOCK_SEQPACKET` socket pair made with the
+//!   queue and inherited by every holder through fork. An item whose encoding attached
+//!   descriptors gets, under the put lock, a sequence number (its tag); the producer sends one
+//!   message on the side channel (the tag, the count, the descriptors) and then writes the item's
+//!   records, whose first one says "tag N, k descriptors". The consumer that takes the record
+//!   (under the get lock) takes the matching message, dropping older ones left by a producer that
+//!   died between the two steps. Items without descriptors cost what they did before. While a
+//!   message waits on the side channel the kernel keeps its descriptors alive, even after the
+//!   producer has exited; they are freed when the last holder of the queue closes it.
+//!
+//! - A **pool** (`pool/transport.rs`) encodes a task's inputs one by one into one table
+//!   ([`encoding_into`], moving: the inputs are given up), sends the table with the task frame's
+//!   first byte, and the worker decodes each input with [`decoding_with`] over that table; the
+//!   worker's outcomes come back the same way (moving), and a context too (not moving: the
+//!   caller keeps it). A frame carries at most 253 descriptors (`SCM_MAX_FD`).
+//! - A channel without descriptors ([`wire::encode`]) still carries `SharedArray`s made before
+//!   its processes forked, by id.
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
@@ -64,6 +76,49 @@ pub(crate) fn encode_with_fds<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u
     Ok((bytes?, fds))
 }
 
+/// Encodes `value`, appending to `buf` (as [`wire::encode_append`]); returns the descriptors its
+/// parts attached, in order of their indices. The buffer is sized first, with no descriptor
+/// table installed (that pass has no side effects; a part that will attach a descriptor is
+/// sized as its inline form, an over-estimate of address space only), so that a big item
+/// without descriptors is not grown by doubling.
+pub(crate) fn encode_append_with_fds<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<OwnedFd>> {
+    if !can_attach() {
+        wire::reserve_for(value, buf)?;
+    }
+    let prev = OUTGOING.with(|c| c.borrow_mut().replace(Vec::new()));
+    let restore = Restore {
+        key: &OUTGOING,
+        prev: Some(prev),
+        _p: std::marker::PhantomData,
+    };
+    let r = wire::encode_append(value, buf);
+    let fds = OUTGOING.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    drop(restore);
+    r.map(|()| fds)
+}
+
+/// As [`encode_append_with_fds`], for a value the caller gives up once it is sent (see
+/// [`encode_moving_with_fds`]).
+pub(crate) fn encode_append_moving_with_fds<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<OwnedFd>> {
+    let _reset = Reset(MOVING.with(|m| m.replace(true)));
+    encode_append_with_fds(value, buf)
+}
+
+/// Restores the previous [`MOVING`] flag when dropped.
+struct Reset(bool);
+
+impl Drop for Reset {
+    fn drop(&mut self) {
+        MOVING.with(|m| m.set(self.0));
+    }
+}
+
 /// Like [`encode_with_fds`], for a value the caller gives up once it is sent: parts that own
 /// their shared memory alone (a received [`PodVec`](crate::PodVec)) may then attach it as is,
 /// without copying, see [`moving`]. The caller must drop `value` after sending, without using
@@ -71,12 +126,6 @@ pub(crate) fn encode_with_fds<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u
 pub(crate) fn encode_moving_with_fds<T: Serialize + ?Sized>(
     value: &T,
 ) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
-    struct Reset(bool);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            MOVING.with(|m| m.set(self.0));
-        }
-    }
     let _reset = Reset(MOVING.with(|m| m.replace(true)));
     encode_with_fds(value)
 }

@@ -24,8 +24,7 @@ pub(crate) fn encode_append<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>)
     // Not while descriptors are being collected: the shared-memory types attach them as a side
     // effect of serializing, which must happen once.
     if !crate::fdpass::can_attach() {
-        buf.reserve_exact(postcard::experimental::serialized_size(value).map_err(CodecError)?);
-        crate::sys::mem::advise_huge_pages(buf);
+        reserve_for(value, buf)?;
     }
     let taken = std::mem::take(buf);
     *buf = postcard::to_extend(value, taken).map_err(CodecError)?;
@@ -37,6 +36,14 @@ pub(crate) fn encode_append<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>)
             limit: MAX_MESSAGE_BYTES,
         });
     }
+    Ok(())
+}
+
+/// Reserves room in `buf` for the encoding of `value` (one sizing pass over it). Call it only
+/// while no descriptor table is installed (see [`crate::fdpass`]): sizing serializes the value.
+pub(crate) fn reserve_for<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<()> {
+    buf.reserve_exact(postcard::experimental::serialized_size(value).map_err(CodecError)?);
+    crate::sys::mem::advise_huge_pages(buf);
     Ok(())
 }
 

@@ -134,7 +134,8 @@ fn array_lock_guards_read_modify_write() {
 #[test]
 fn shared_arrays_and_pod_vecs_through_a_queue() {
     let _f = fork_lock();
-    // An array made before the fork travels by id: the consumer already maps it.
+    // Shared objects travel by descriptor, on the queue's side channel: one made before the
+    // fork (which the consumer already maps) as well as one made after it.
     let early = SharedArray::from_slice(&[1u32, 2, 3]).unwrap();
     let lock = Lock::new().unwrap();
     let q: Queue<(SharedArray<u32>, Lock)> = Queue::new().unwrap();
@@ -145,20 +146,22 @@ fn shared_arrays_and_pod_vecs_through_a_queue() {
         let _g = lock.acquire().unwrap();
         a.set(0, 10).unwrap();
         back2.put(&a.to_vec().unwrap().iter().sum()).unwrap();
-        // One made after the fork cannot be resolved here.
-        let err = q2.get_timeout(secs(60)).unwrap_err();
-        assert!(matches!(err, multiproc::Error::Codec(_)), "{err}");
-        back2.put(&0).unwrap();
+        // One made after the fork is received too.
+        let (late, _lock) = q2.get_timeout(secs(60)).unwrap();
+        late.set(3, 7).unwrap();
+        back2.put(&late.to_vec().unwrap().iter().sum()).unwrap();
     });
     p.start().unwrap();
     q.put(&(early.clone(), lock.clone())).unwrap();
     assert_eq!(back.get_timeout(secs(60)).unwrap(), 15);
     assert_eq!(early.get(0).unwrap(), 10);
-    q.put(&(SharedArray::new(4).unwrap(), lock)).unwrap();
-    assert_eq!(back.get_timeout(secs(60)).unwrap(), 0);
+    let late = SharedArray::<u32>::new(4).unwrap();
+    q.put(&(late.clone(), lock)).unwrap();
+    assert_eq!(back.get_timeout(secs(60)).unwrap(), 7);
+    assert_eq!(late.get(3).unwrap(), 7);
     join_ok(&[p]);
 
-    // Through a Queue, a PodVec travels inline, as one block of bytes.
+    // Through a Queue, a big PodVec travels by descriptor (its memory file), not through the ring.
     let q: Queue<PodVec<f64>> = Queue::new().unwrap();
     let data: Vec<f64> = (0..(1 << 20)).map(|i| i as f64).collect();
     let q2 = q.clone();
@@ -181,6 +184,8 @@ fn shared_arrays_and_pod_vecs_through_a_queue() {
 #[test]
 fn no_dev_shm_entries_and_no_leaked_descriptors() {
     let _f = fork_lock();
+    // Memory files kept by earlier tests of this binary are not this test's.
+    PodVec::<u8>::release_kept();
     let (fds_before, shm_before) = (open_fds(), dev_shm());
     {
         let a = SharedArray::<u64>::new(1 << 16).unwrap();
@@ -276,4 +281,178 @@ fn array_lock_of_a_dead_holder_is_recovered() {
     }
     assert_eq!(a.to_vec().unwrap(), [2, 2]);
     assert!(format!("{:?}", SharedValue::new(3u8).unwrap()).contains("Some(3)"));
+}
+
+/// A big `PodVec` goes through a `Queue` by descriptor (its memory file on the queue's side
+/// channel): an 8 MiB one to a worker, which doubles it in place and puts it back, with `put`
+/// (a copy) and with `put_owned` (forwarded as is).
+#[test]
+fn pod_vec_through_a_queue_to_a_worker_and_back() {
+    let _f = fork_lock();
+    let (to, from): (Queue<PodVec<f64>>, Queue<PodVec<f64>>) =
+        (Queue::new().unwrap(), Queue::new().unwrap());
+    let (to2, from2) = (to.clone(), from.clone());
+    let p = Process::new(move || {
+        for owned in [false, true] {
+            let mut v = to2.get_timeout(secs(60)).unwrap();
+            assert!(format!("{v:?}").contains("mapped: true"), "{v:?}");
+            for x in v.iter_mut() {
+                *x *= 2.0;
+            }
+            if owned {
+                from2.put_owned(v).unwrap();
+            } else {
+                from2.put(&v).unwrap();
+            }
+        }
+    });
+    p.start().unwrap();
+    let data: Vec<f64> = (0..(1 << 20)).map(|i| i as f64 + 0.5).collect();
+    for _ in 0..2 {
+        to.put(&data.clone().into()).unwrap();
+        let back = from.get_timeout(secs(60)).unwrap();
+        assert!(format!("{back:?}").contains("mapped: true"), "{back:?}");
+        assert_eq!(back.len(), data.len());
+        assert!(back.iter().zip(&data).all(|(b, d)| *b == d * 2.0));
+    }
+    join_ok(&[p]);
+}
+
+/// 200 mid-size (300 KiB) `PodVec`s from 2 producers to 2 consumers: each arrives exactly once,
+/// whole.
+#[test]
+fn many_pod_vecs_two_producers_two_consumers_exactly_once() {
+    let _f = fork_lock();
+    const PER: u64 = 100;
+    const LEN: usize = 300 * 1024 / 8;
+    fn value(p: u64, i: u64, k: u64) -> u64 {
+        (p << 40) | (i << 20) | k
+    }
+    let q: Queue<PodVec<u64>> = Queue::new().unwrap();
+    let seen: Queue<(u64, u64)> = Queue::new().unwrap();
+    let producers: Vec<Process> = (0..2u64)
+        .map(|p| {
+            let q = q.clone();
+            Process::new(move || {
+                for i in 0..PER {
+                    let v: Vec<u64> = (0..LEN as u64).map(|k| value(p, i, k)).collect();
+                    q.put(&v.into()).unwrap();
+                }
+            })
+        })
+        .collect();
+    let consumers: Vec<Process> = (0..2)
+        .map(|_| {
+            let (q, seen) = (q.clone(), seen.clone());
+            Process::new(move || {
+                let mut it = q.iter();
+                for v in &mut it {
+                    assert!(format!("{v:?}").contains("mapped: true"), "{v:?}");
+                    assert_eq!(v.len(), LEN);
+                    let (p, i) = (v[0] >> 40, (v[0] >> 20) & 0xf_ffff);
+                    assert!(v.iter().zip(0..).all(|(&x, k)| x == value(p, i, k)));
+                    seen.put(&(p, i)).unwrap();
+                }
+                assert!(
+                    matches!(it.stop_reason(), Some(multiproc::Error::Stopped)),
+                    "{:?}",
+                    it.stop_reason()
+                );
+            })
+        })
+        .collect();
+    for p in producers.iter().chain(&consumers) {
+        p.start().unwrap();
+    }
+    let mut got = BTreeSet::new();
+    for _ in 0..2 * PER {
+        let id = seen.get_timeout(secs(120)).unwrap();
+        assert!(got.insert(id), "{id:?} arrived twice");
+    }
+    join_ok(&producers);
+    for _ in &consumers {
+        q.put_pill().unwrap();
+    }
+    join_ok(&consumers);
+    let want: BTreeSet<(u64, u64)> = (0..2).flat_map(|p| (0..PER).map(move |i| (p, i))).collect();
+    assert_eq!(got, want);
+}
+
+/// The producer has exited (and been reaped) before the consumer gets: the kernel kept the
+/// memory file alive in the side channel, and the vector arrives intact.
+#[test]
+fn a_pod_vec_outlives_the_process_that_put_it() {
+    let _f = fork_lock();
+    let q: Queue<PodVec<u32>> = Queue::new().unwrap();
+    let q2 = q.clone();
+    let p = Process::new(move || {
+        let v: Vec<u32> = (0..(2u32 << 20)).map(|i| i ^ 0x5a5a).collect();
+        q2.put(&v.into()).unwrap();
+    });
+    p.start().unwrap();
+    join_ok(&[p]);
+    let v = q.get_timeout(secs(10)).unwrap();
+    assert!(format!("{v:?}").contains("mapped: true"), "{v:?}");
+    assert_eq!(v.len(), 2 << 20);
+    assert!(v.iter().zip(0u32..).all(|(&x, i)| x == i ^ 0x5a5a));
+}
+
+/// Hundreds of `PodVec`s (each of a new length, so each in a new memory file) to a worker and
+/// back: neither the descriptors of this process nor the shared memory of the machine grow, and
+/// once the queues are dropped every descriptor is closed.
+#[test]
+fn pod_vecs_through_queues_leak_no_descriptors_and_no_memory() {
+    let _f = fork_lock();
+    const ROUNDS: usize = 300;
+    const BASE: usize = 1 << 18; // 2 MiB of u64
+    PodVec::<u8>::release_kept();
+    let fds_before = open_fds();
+    {
+        let (to, from): (Queue<PodVec<u64>>, Queue<PodVec<u64>>) =
+            (Queue::new().unwrap(), Queue::new().unwrap());
+        let (to2, from2) = (to.clone(), from.clone());
+        let p = Process::new(move || {
+            while let Ok(mut v) = to2.get_timeout(secs(60)) {
+                if v.is_empty() {
+                    break;
+                }
+                v[0] += 1;
+                if v.len() % 2 == 0 {
+                    from2.put_owned(v).unwrap();
+                } else {
+                    from2.put(&v).unwrap();
+                }
+            }
+        });
+        p.start().unwrap();
+        let round = |r: usize| {
+            let v: PodVec<u64> = vec![r as u64; BASE + r].into();
+            to.put(&v).unwrap();
+            let back = from.get_timeout(secs(60)).unwrap();
+            assert_eq!(
+                (back.len(), back[0], back[BASE - 1]),
+                (BASE + r, r as u64 + 1, r as u64)
+            );
+        };
+        (0..20).for_each(round);
+        let fds_warm = open_fds().len();
+        // A leak would be 2 MiB per round, 200 MiB per block; Shmem is machine-wide and other
+        // programs move it, so one block of the three within bounds is enough.
+        let mut growth = Vec::new();
+        for block in 0..3 {
+            let shmem_start = shmem_kib();
+            (20 + block * ROUNDS / 3..20 + (block + 1) * ROUNDS / 3).for_each(round);
+            assert_eq!(open_fds().len(), fds_warm, "descriptors grew");
+            growth.push(shmem_kib() as i64 - shmem_start as i64);
+        }
+        assert!(
+            growth.iter().any(|&g| g < 96 * 1024),
+            "shared memory grew by {growth:?} KiB in each block of {} rounds",
+            ROUNDS / 3
+        );
+        to.put(&Vec::new().into()).unwrap();
+        join_ok(&[p]);
+    }
+    PodVec::<u64>::release_kept();
+    assert_eq!(open_fds(), fds_before, "descriptors leaked");
 }

@@ -1,4 +1,15 @@
 //! [`Queue`]: a multi-producer, multi-consumer queue shared by forked processes.
+//!
+//! Items travel as bytes through a ring in a shared mapping (see `ring`). Descriptors cannot go
+//! through shared memory, so each queue also has a side channel: a unix `SOCK_SEQPACKET` socket
+//! pair made by [`Queue::new`], whose two ends every holder inherits by fork (a `Queue` cannot be
+//! sent to an unrelated process: it is not `Serialize`). `put` encodes with a descriptor table
+//! ([`crate::fdpass`]); when parts of the item attached descriptors (a big
+//! [`PodVec`](crate::PodVec), a [`SharedArray`](crate::SharedArray), a sync primitive), the
+//! producer, holding the put lock, numbers the item, sends the number and the descriptors as one
+//! message on the side channel, then writes the item's records marked with that number; the
+//! consumer holding the get lock takes the matching message. Items without descriptors take the
+//! ring alone, as before.
 
 pub(crate) mod holders;
 mod ring;
@@ -13,10 +24,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::wire;
+use crate::{fdpass, wire};
 
 pub(crate) use ring::Shared;
-use ring::Taken;
+use ring::{PutItem, TAG_BYTES, Taken};
 
 /// The default ring size of a queue, in bytes.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1 << 20;
@@ -38,7 +49,15 @@ thread_local! {
 ///   [`DEFAULT_QUEUE_CAPACITY`] bytes (see [`with_capacity`](Queue::with_capacity)); an item larger
 ///   than a quarter of the ring streams through it, so `put` of a big item returns once a consumer
 ///   has taken most of it.
-/// - **Bounded**: `put` blocks while the ring is full.
+/// - **Shared memory by descriptor**: a big [`PodVec`](crate::PodVec) (over 256 KiB), a
+///   [`SharedArray`](crate::SharedArray) or a sync primitive in an item travels as its memory
+///   file's descriptor, on a side channel (a unix socket pair every holder inherits), not
+///   through the ring: an 80 MB `PodVec` costs one copy into shared memory (none with
+///   [`put_owned`](Queue::put_owned) of a received one), and the consumer maps it. Arrays made
+///   after the consumer forked resolve too. An item carries at most 253 descriptors. The kernel
+///   keeps descriptors in flight alive, even after the producer has exited.
+/// - **Bounded**: `put` blocks while the ring is full (or while the side channel's socket buffer
+///   is, with descriptors in flight).
 /// - **Poison pills**: [`put_pill`](Queue::put_pill) puts a typed stop marker (never a magic
 ///   value); [`iter`](Queue::iter) ends at the first pill it takes.
 /// - **No endless wait**: a `get` on an empty queue returns [`Error::Disconnected`] once no
@@ -88,7 +107,8 @@ thread_local! {
 /// is not seen), and not for a process that uses the queue from several threads (it always
 /// counts as able to put). A consumer killed while taking an item loses that item: it was
 /// delivered to the process that died. A process killed in the middle of putting a large item
-/// leaves no trace of it: consumers drop the partial item.
+/// leaves no trace of it: consumers drop the partial item (and the descriptors it had sent on the
+/// side channel).
 ///
 /// [`Process`]: crate::Process
 /// [`spawn`]: crate::spawn
@@ -132,7 +152,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// A queue whose ring holds `bytes` bytes (at least 4 KiB, at most 1 GiB; rounded up to a
-    /// multiple of 4 KiB). Each item takes its encoded size plus 16 bytes.
+    /// multiple of 4 KiB). Each item takes its encoded size plus 16 bytes (24 if it has descriptors).
     ///
     /// # Errors
     ///
@@ -160,22 +180,72 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Errors
     ///
     /// [`Error::TooLarge`] above [`MAX_MESSAGE_BYTES`](crate::MAX_MESSAGE_BYTES);
-    /// [`Error::Codec`] if the item cannot be encoded; [`Error::Disconnected`] if the ring is full
-    /// and no process can take from it any more.
+    /// [`Error::Codec`] if the item cannot be encoded; [`Error::InvalidArgument`] if it holds more
+    /// than 253 shared objects that travel by descriptor; [`Error::Disconnected`] if the ring (or
+    /// the side channel) is full and no process can take from it any more.
     pub fn put(&self, item: &T) -> Result<()> {
+        self.put_with(item, false)
+    }
+
+    /// Puts an item and gives it up. The same as [`put`](Queue::put), except that a
+    /// [`PodVec`](crate::PodVec) in it that was itself received (so lives in shared memory this
+    /// process holds alone) is forwarded as is, without a copy: a worker that gets a big vector,
+    /// works on it in place and puts it back copies nothing. The analog of
+    /// [`Connection::send_owned`](crate::Connection::send_owned).
+    ///
+    /// # Errors
+    ///
+    /// As for [`put`](Queue::put).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{PodVec, Queue};
+    ///
+    /// let q: Queue<PodVec<f64>> = Queue::new()?;
+    /// q.put_owned(vec![1.0; 1 << 20].into())?; // one copy, into shared memory
+    /// let mut v = q.get()?; // mapped, no copy
+    /// v[0] = 2.0;
+    /// q.put_owned(v)?; // forwarded, no copy
+    /// assert_eq!(q.get()?[0], 2.0);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn put_owned(&self, item: T) -> Result<()> {
+        let r = self.put_with(&item, true);
+        drop(item);
+        r
+    }
+
+    fn put_with(&self, item: &T, moving: bool) -> Result<()> {
         ENCODE_BUF.with(|buf| match buf.try_borrow_mut() {
             Ok(mut buf) => {
-                buf.clear();
-                wire::encode_append(item, &mut buf)?;
-                let r = self.shared.put(Some(&buf));
+                let r = self.put_encoded(item, moving, &mut buf);
                 if buf.capacity() > 4 << 20 {
                     *buf = Vec::new();
                 }
                 r
             }
             // Re-entered from inside an item's Serialize impl: use a fresh buffer.
-            Err(_) => self.shared.put(Some(&wire::encode(item)?)),
+            Err(_) => self.put_encoded(item, moving, &mut Vec::new()),
         })
+    }
+
+    /// Encodes `item` into `buf` behind room for its tag, then puts it: with its descriptors
+    /// on the side channel if parts of it attached any.
+    fn put_encoded(&self, item: &T, moving: bool, buf: &mut Vec<u8>) -> Result<()> {
+        buf.clear();
+        buf.extend_from_slice(&[0; TAG_BYTES]);
+        let fds = if moving {
+            fdpass::encode_append_moving_with_fds(item, buf)?
+        } else {
+            fdpass::encode_append_with_fds(item, buf)?
+        };
+        if fds.is_empty() {
+            self.shared.put(PutItem::Bytes(&buf[TAG_BYTES..]))
+        } else {
+            self.shared.put(PutItem::WithFds(buf, &fds))
+        }
+        // `fds` (our duplicates) close here; the side channel holds its own until taken.
     }
 
     /// Puts a poison pill: the consumer that takes it stops ([`iter`](Queue::iter) ends, `get`
@@ -185,7 +255,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// [`Error::Disconnected`] if the ring is full and no process can take from it any more.
     pub fn put_pill(&self) -> Result<()> {
-        self.shared.put(None)
+        self.shared.put(PutItem::Pill)
     }
 
     /// Takes the next item, waiting as long as some process could still put one.
@@ -193,7 +263,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Errors
     ///
     /// [`Error::Stopped`] when it took a pill; [`Error::Disconnected`] when the queue is empty
-    /// and nobody can put any more; [`Error::Codec`] if the bytes do not decode as a `T`.
+    /// and nobody can put any more; [`Error::Codec`] if the bytes do not decode as a `T`;
+    /// [`Error::InvalidState`] if the item's descriptors are missing from the side channel (the
+    /// item is then skipped, the next `get` goes on with the next one).
     pub fn get(&self) -> Result<T> {
         self.take(None)
     }
@@ -220,7 +292,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     fn take(&self, deadline: Option<Instant>) -> Result<T> {
         match self.shared.get(deadline)? {
-            Taken::Item(bytes) => wire::decode(&bytes),
+            Taken::Item(bytes, fds) => decode(&bytes, fds),
             Taken::Pill => Err(Error::Stopped),
         }
     }
@@ -256,6 +328,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 }
 
+/// Decodes an item, handing its parts the descriptors that came with it.
+fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<std::os::fd::OwnedFd>) -> Result<T> {
+    if fds.is_empty() {
+        wire::decode(bytes)
+    } else {
+        fdpass::decode_with_fds(bytes, fds)
+    }
+}
+
 /// The iterator of [`Queue::iter`] and [`Queue::iter_until`].
 pub struct QueueIter<'a, T> {
     queue: &'a Queue<T>,
@@ -287,8 +368,8 @@ impl<T: Serialize + DeserializeOwned> Iterator for QueueIter<'_, T> {
             return None;
         }
         let taken = self.queue.shared.get(None).and_then(|taken| match taken {
-            Taken::Item(bytes) if self.sentinel.as_ref() == Some(&bytes) => Err(Error::Stopped),
-            Taken::Item(bytes) => wire::decode(&bytes),
+            Taken::Item(bytes, _) if self.sentinel.as_ref() == Some(&bytes) => Err(Error::Stopped),
+            Taken::Item(bytes, fds) => decode(&bytes, fds),
             Taken::Pill => Err(Error::Stopped),
         });
         match taken {

@@ -15,7 +15,16 @@
 //!   consumer skips them (the item was taken by the one that died);
 //! - a producer killed mid-item leaves a `FIRST` with no `LAST`: the consumer drops the partial
 //!   item when the next `FIRST`/`WHOLE`/`PILL` arrives, or when it sees the producer is dead.
+//!
+//! Items with descriptors: the high bits of the kind word of their first record count the
+//! descriptors, and its payload starts with the item's tag; the descriptors went, before the
+//! record, as one message on the side channel (see [`Shared`]). A producer killed between the two
+//! leaves a message with no record: the consumer drops messages older than the record's tag. A
+//! consumer killed after taking the message leaves a record whose message is gone: `fd_taken`
+//! says so, and the next consumer skips the record. Any other mismatch is an error for that one
+//! item, which is skipped.
 
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::ptr;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use std::time::{Duration, Instant};
@@ -24,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::sys;
 use crate::sys::futex::{self, RobustMutex};
 use crate::sys::mem::SharedMapping;
+use crate::sys::socket;
 
 use super::holders::{HolderTable, Waiting};
 
@@ -37,6 +47,16 @@ const FIRST: u32 = 2;
 const MORE: u32 = 3;
 const LAST: u32 = 4;
 const PILL: u32 = 5;
+/// The low bits of a record's kind word hold the kind; the high bits of the first record of an
+/// item (`WHOLE` or `FIRST`) hold how many descriptors travel with the item on the side channel.
+const KIND_MASK: u32 = 0xffff;
+const FDS_SHIFT: u32 = 16;
+
+/// Bytes in front of an item that has descriptors: its tag (little-endian `u64`), the sequence
+/// number of its message on the side channel. Part of the item's first record, not of the item.
+pub(crate) const TAG_BYTES: usize = 8;
+/// A side-channel message: the tag (`u64`), then the descriptor count (`u32`), little-endian.
+const SIDE_MSG: usize = 12;
 
 const RECORD_HEADER: usize = 16;
 
@@ -59,6 +79,12 @@ struct Header {
     /// Items put and not yet marked done ([`JoinableQueue`](crate::JoinableQueue)).
     unfinished: Line<AtomicU64>,
     unfinished_seq: AtomicU32,
+    /// The last tag given to an item with descriptors (written under the put lock).
+    fd_seq: Line<AtomicU64>,
+    /// The tag of the last side-channel message a consumer took (written under the get lock):
+    /// when it equals the tag of the record at the tail, the consumer that took the descriptors
+    /// died before moving past the record.
+    fd_taken: Line<AtomicU64>,
     capacity: u64,
     holders: HolderTable,
 }
@@ -68,17 +94,36 @@ const DATA_OFFSET: usize = std::mem::size_of::<Header>().next_multiple_of(64);
 /// What a consumer took.
 #[derive(Debug)]
 pub(crate) enum Taken {
-    /// An item's bytes.
-    Item(Vec<u8>),
+    /// An item's bytes, and the descriptors that came with it on the side channel.
+    Item(Vec<u8>, Vec<OwnedFd>),
     /// A poison pill.
     Pill,
 }
 
+/// What a producer puts.
+pub(crate) enum PutItem<'a> {
+    /// A poison pill.
+    Pill,
+    /// An item's encoded bytes.
+    Bytes(&'a [u8]),
+    /// An item with descriptors: [`TAG_BYTES`] bytes of room for its tag, then its encoded bytes;
+    /// and the descriptors (at most [`socket::MAX_FDS`]).
+    WithFds(&'a mut [u8], &'a [OwnedFd]),
+}
+
 /// One queue's shared state, as mapped in this process.
+///
+/// Besides the mapping, every holder has the two ends of the queue's side channel, a unix
+/// `SOCK_SEQPACKET` socket pair made with the queue and inherited by fork: producers send the
+/// descriptors of an item on `side_tx` (one message per item, tagged with a sequence number)
+/// before they write its records, both under the put lock, so the messages are in the order of
+/// the records; consumers take them from `side_rx` under the get lock.
 #[derive(Debug)]
 pub(crate) struct Shared {
     map: SharedMapping,
     slot_hint: AtomicUsize,
+    side_tx: OwnedFd,
+    side_rx: OwnedFd,
 }
 
 impl Shared {
@@ -94,9 +139,12 @@ impl Shared {
             RobustMutex::init(ptr::addr_of_mut!((*header).get_lock.0))?;
             ptr::addr_of_mut!((*header).capacity).write(capacity as u64);
         }
+        let (side_tx, side_rx) = socket::seqpacket_pair()?;
         Ok(Shared {
             map,
             slot_hint: AtomicUsize::new(0),
+            side_tx,
+            side_rx,
         })
     }
 
@@ -172,31 +220,54 @@ impl Shared {
         self.holders().set_waiting(w, &self.slot_hint);
     }
 
-    /// Puts one item (its encoded bytes), or a pill when `bytes` is `None`.
-    pub(crate) fn put(&self, bytes: Option<&[u8]>) -> Result<()> {
+    /// Puts one item or a pill.
+    pub(crate) fn put(&self, item: PutItem<'_>) -> Result<()> {
         self.set_waiting(Some(Waiting::Put));
-        let r = self.put_locked(bytes);
+        let r = self.put_locked(item);
         self.set_waiting(None);
         r
     }
 
-    fn put_locked(&self, bytes: Option<&[u8]>) -> Result<()> {
+    fn put_locked(&self, item: PutItem<'_>) -> Result<()> {
         let h = self.header();
+        if let PutItem::WithFds(buf, fds) = &item {
+            if fds.len() > socket::MAX_FDS {
+                return Err(Error::invalid_arg(
+                    "item",
+                    format!("{} descriptors", fds.len()),
+                    format!(
+                        "one Queue item can carry at most {} shared objects that travel by \
+                         descriptor",
+                        socket::MAX_FDS
+                    ),
+                ));
+            }
+            assert!(buf.len() >= TAG_BYTES, "no room for the tag");
+        }
         h.put_lock.0.lock()?;
         let r = (|| {
-            let Some(bytes) = bytes else {
-                return self.write_record(PILL, 0, &[]);
+            let (bytes, first_kind_bits) = match item {
+                PutItem::Pill => return self.write_record(PILL, 0, &[]),
+                PutItem::Bytes(bytes) => (bytes, 0),
+                PutItem::WithFds(buf, fds) => {
+                    // The message goes first: once the record is published a consumer may look
+                    // for it at once.
+                    let tag = h.fd_seq.0.fetch_add(1, SeqCst) + 1;
+                    buf[..TAG_BYTES].copy_from_slice(&tag.to_le_bytes());
+                    self.send_fds(tag, fds)?;
+                    (&*buf, (fds.len() as u32) << FDS_SHIFT)
+                }
             };
             let total = bytes.len() as u64;
             let chunk = self.max_chunk();
             if bytes.len() <= chunk {
-                return self.write_record(WHOLE, total, bytes);
+                return self.write_record(WHOLE | first_kind_bits, total, bytes);
             }
             h.put_owner_start
                 .store(super::holders::own_start_time(), SeqCst);
             h.put_owner.0.store(sys::getpid().as_raw(), SeqCst);
             let mut chunks = bytes.chunks(chunk).peekable();
-            let mut kind = FIRST;
+            let mut kind = FIRST | first_kind_bits;
             while let Some(c) = chunks.next() {
                 if chunks.peek().is_none() {
                     kind = LAST;
@@ -209,6 +280,78 @@ impl Shared {
         h.put_owner.0.store(0, SeqCst);
         h.put_lock.0.unlock();
         r
+    }
+
+    /// Sends the side-channel message of the item tagged `tag`, carrying `fds`, waiting while
+    /// the socket has no room (as a put waits for ring space: disconnection is detected).
+    fn send_fds(&self, tag: u64, fds: &[OwnedFd]) -> Result<()> {
+        let mut msg = [0u8; SIDE_MSG];
+        msg[..8].copy_from_slice(&tag.to_le_bytes());
+        msg[8..].copy_from_slice(&(fds.len() as u32).to_le_bytes());
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let mut sent: Option<Result<()>> = None;
+        // The waiting loop may call `ready` again after it said yes: send once only.
+        self.wait_until(Waiting::Put, || {
+            if sent.is_none() {
+                match socket::try_send_message(self.side_tx.as_fd(), &msg, &raw) {
+                    Ok(false) => return false,
+                    Ok(true) => sent = Some(Ok(())),
+                    Err(e) => sent = Some(Err(e)),
+                }
+            }
+            true
+        })?;
+        sent.unwrap_or(Ok(()))
+    }
+
+    /// Takes the side-channel message of the item tagged `tag`, which should carry `count`
+    /// descriptors. Messages with a smaller tag come first if a producer died between sending
+    /// its message and writing its record: they are dropped (closing their descriptors).
+    /// `Ok(None)` when a consumer took the message and died before moving past the record (the
+    /// item went with it).
+    fn recv_fds(&self, tag: u64, count: usize) -> Result<Option<Vec<OwnedFd>>> {
+        let h = self.header();
+        let rx = self.side_rx.as_fd();
+        loop {
+            let mut msg = [0u8; SIDE_MSG];
+            let queued = match socket::peek_message(rx, &mut msg)? {
+                Some(SIDE_MSG) => Some(u64::from_le_bytes(msg[..8].try_into().expect("8 bytes"))),
+                Some(n) => {
+                    // Not one of ours: drop it, and the item with it.
+                    let _ = socket::try_recv_message(rx, &mut msg, &mut Vec::new());
+                    return Err(Error::InvalidState(format!(
+                        "queue side channel corrupted: a message of {n} bytes"
+                    )));
+                }
+                None => None,
+            };
+            match queued {
+                Some(t) if t <= tag => {
+                    let mut fds = Vec::new();
+                    socket::try_recv_message(rx, &mut msg, &mut fds)?;
+                    if t < tag {
+                        continue; // its producer died before writing the record
+                    }
+                    let sent = u32::from_le_bytes(msg[8..].try_into().expect("4 bytes")) as usize;
+                    if fds.len() != count || sent != count {
+                        return Err(Error::InvalidState(format!(
+                            "queue item {tag}: {} descriptors came on the side channel, the \
+                             record says {count}",
+                            fds.len()
+                        )));
+                    }
+                    h.fd_taken.0.store(tag, SeqCst);
+                    return Ok(Some(fds));
+                }
+                _ if h.fd_taken.0.load(SeqCst) == tag => return Ok(None),
+                _ => {
+                    return Err(Error::InvalidState(format!(
+                        "queue item {tag}: its {count} descriptors are missing from the side \
+                         channel (next message: {queued:?})"
+                    )));
+                }
+            }
+        }
     }
 
     /// Writes one record once there is room, then publishes it.
@@ -225,7 +368,7 @@ impl Shared {
         rh[8..16].copy_from_slice(&total.to_le_bytes());
         self.copy_in(head, &rh);
         self.copy_in(head + RECORD_HEADER as u64, payload);
-        if kind == WHOLE || kind == LAST {
+        if kind & KIND_MASK == WHOLE || kind == LAST {
             // Counted before it is published, so a task_done for it can never come first.
             h.unfinished.0.fetch_add(1, SeqCst);
         }
@@ -265,7 +408,7 @@ impl Shared {
 
     fn take(&self, deadline: Option<Instant>) -> Result<Taken> {
         let h = self.header();
-        let mut partial: Option<Vec<u8>> = None;
+        let mut partial: Option<(Vec<u8>, Vec<OwnedFd>)> = None;
         loop {
             let tail = h.tail.0.load(Relaxed);
             if h.head.0.load(Acquire) == tail {
@@ -283,35 +426,65 @@ impl Shared {
             }
             let mut rh = [0u8; RECORD_HEADER];
             self.copy_out(tail, &mut rh);
-            let kind = u32::from_le_bytes(rh[0..4].try_into().expect("4 bytes"));
+            let word = u32::from_le_bytes(rh[0..4].try_into().expect("4 bytes"));
+            let (kind, nfds) = (word & KIND_MASK, (word >> FDS_SHIFT) as usize);
             let len = u32::from_le_bytes(rh[4..8].try_into().expect("4 bytes")) as usize;
             let total = u64::from_le_bytes(rh[8..16].try_into().expect("8 bytes"));
             let size = (RECORD_HEADER + len).next_multiple_of(8) as u64;
-            let body_pos = tail + RECORD_HEADER as u64;
+            let mut body_pos = tail + RECORD_HEADER as u64;
+            let mut body_len = len;
+            let mut fds = Vec::new();
+            if nfds > 0 && (kind == WHOLE || kind == FIRST) {
+                if len < TAG_BYTES {
+                    return Err(Error::InvalidState(format!(
+                        "queue ring corrupted: record of {len} bytes with descriptors at \
+                         position {tail}"
+                    )));
+                }
+                let mut tag = [0u8; TAG_BYTES];
+                self.copy_out(body_pos, &mut tag);
+                body_pos += TAG_BYTES as u64;
+                body_len -= TAG_BYTES;
+                match self.recv_fds(u64::from_le_bytes(tag), nfds) {
+                    Ok(Some(got)) => fds = got,
+                    Ok(None) => {
+                        // Taken by a consumer that died: the item went with it. Skip the record
+                        // (and, for a streamed item, the rest of it: orphan records below).
+                        partial = None;
+                        self.advance_tail(tail + size);
+                        continue;
+                    }
+                    Err(e) => {
+                        // Skip the item, so that the queue goes on with the next one.
+                        self.advance_tail(tail + size);
+                        return Err(e);
+                    }
+                }
+            }
             let mut done = None;
             match kind {
                 WHOLE => {
-                    let mut item = Vec::with_capacity(len);
-                    self.extend_from_ring(body_pos, len, &mut item);
-                    done = Some(Taken::Item(item));
+                    let mut item = Vec::with_capacity(body_len);
+                    self.extend_from_ring(body_pos, body_len, &mut item);
+                    done = Some(Taken::Item(item, fds));
                 }
                 PILL => done = Some(Taken::Pill),
                 FIRST => {
-                    if total > crate::wire::MAX_MESSAGE_BYTES as u64 {
+                    if total > crate::wire::MAX_MESSAGE_BYTES as u64 + TAG_BYTES as u64 {
                         return Err(Error::InvalidState(format!(
                             "queue ring corrupted: item of {total} bytes at position {tail}"
                         )));
                     }
                     let mut item = Vec::with_capacity(total as usize);
                     crate::sys::mem::advise_huge_pages(&mut item);
-                    self.extend_from_ring(body_pos, len, &mut item);
-                    partial = Some(item);
+                    self.extend_from_ring(body_pos, body_len, &mut item);
+                    partial = Some((item, fds));
                 }
                 MORE | LAST => {
-                    if let Some(item) = partial.as_mut() {
-                        self.extend_from_ring(body_pos, len, item);
+                    if let Some((item, _)) = partial.as_mut() {
+                        self.extend_from_ring(body_pos, body_len, item);
                         if kind == LAST {
-                            done = partial.take().map(Taken::Item);
+                            done = partial.take().map(|(item, fds)| Taken::Item(item, fds));
                         }
                     }
                     // else: the rest of an item whose consumer died; skip it.
@@ -322,14 +495,20 @@ impl Shared {
                     )));
                 }
             }
-            h.tail.0.store(tail + size, SeqCst);
-            if h.space_waiters.load(SeqCst) > 0 {
-                h.space_seq.0.fetch_add(1, SeqCst);
-                futex::wake(&h.space_seq.0, i32::MAX);
-            }
+            self.advance_tail(tail + size);
             if let Some(taken) = done {
                 return Ok(taken);
             }
+        }
+    }
+
+    /// Publishes `tail` (a consumer has moved past a record) and wakes producers waiting for room.
+    fn advance_tail(&self, tail: u64) {
+        let h = self.header();
+        h.tail.0.store(tail, SeqCst);
+        if h.space_waiters.load(SeqCst) > 0 {
+            h.space_seq.0.fetch_add(1, SeqCst);
+            futex::wake(&h.space_seq.0, i32::MAX);
         }
     }
 
@@ -498,5 +677,142 @@ impl Shared {
     pub(crate) fn is_empty(&self) -> bool {
         let h = self.header();
         h.head.0.load(SeqCst) == h.tail.0.load(SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::mem::{fd_inode, memfd};
+
+    fn inode(fd: &OwnedFd) -> u64 {
+        fd_inode(fd.as_fd()).unwrap()
+    }
+
+    /// Puts `body` with one fresh memory file; returns that file's inode.
+    fn put_with_memfd(q: &Shared, body: &[u8]) -> u64 {
+        let fd = memfd(4096).unwrap();
+        let ino = inode(&fd);
+        let mut buf = vec![0u8; TAG_BYTES];
+        buf.extend_from_slice(body);
+        q.put(PutItem::WithFds(&mut buf, &[fd])).unwrap();
+        ino
+    }
+
+    fn take_item(q: &Shared) -> (Vec<u8>, Vec<OwnedFd>) {
+        match q
+            .get(Some(Instant::now() + Duration::from_secs(10)))
+            .unwrap()
+        {
+            Taken::Item(bytes, fds) => (bytes, fds),
+            Taken::Pill => panic!("a pill"),
+        }
+    }
+
+    fn side_channel_empty(q: &Shared) -> bool {
+        socket::peek_message(q.side_rx.as_fd(), &mut [0u8; SIDE_MSG])
+            .unwrap()
+            .is_none()
+    }
+
+    #[test]
+    fn items_with_and_without_descriptors_keep_their_order() {
+        let q = Shared::new(1 << 16).unwrap();
+        q.put(PutItem::Bytes(b"plain")).unwrap();
+        let ino = put_with_memfd(&q, b"with");
+        // Streamed through the ring in several records, with descriptors.
+        let big: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+        let ino_big = put_with_memfd(&q, &big);
+        q.put(PutItem::Pill).unwrap();
+        let (bytes, fds) = take_item(&q);
+        assert_eq!((bytes.as_slice(), fds.len()), (&b"plain"[..], 0));
+        let (bytes, fds) = take_item(&q);
+        assert_eq!((bytes.as_slice(), fds.len()), (&b"with"[..], 1));
+        assert_eq!(inode(&fds[0]), ino);
+        let (bytes, fds) = take_item(&q);
+        assert_eq!(bytes, big);
+        assert_eq!(inode(&fds[0]), ino_big);
+        assert!(matches!(q.get(None).unwrap(), Taken::Pill));
+        assert!(side_channel_empty(&q));
+    }
+
+    /// A producer that died between sending its descriptors and writing its record leaves a
+    /// message with no record: the next item's consumer drops it and gets its own.
+    #[test]
+    fn a_message_without_a_record_is_skipped() {
+        let q = Shared::new(1 << 16).unwrap();
+        let h = q.header();
+        h.put_lock.0.lock().unwrap();
+        let tag = h.fd_seq.0.fetch_add(1, SeqCst) + 1;
+        q.send_fds(tag, &[memfd(4096).unwrap()]).unwrap();
+        h.put_lock.0.unlock(); // "died" here, before its record
+        let ino = put_with_memfd(&q, b"next");
+        let (bytes, fds) = take_item(&q);
+        assert_eq!((bytes.as_slice(), fds.len()), (&b"next"[..], 1));
+        assert_eq!(inode(&fds[0]), ino);
+        assert!(side_channel_empty(&q));
+    }
+
+    /// A consumer that died after taking an item's descriptors, before moving past its record:
+    /// the item is lost (as for any consumer killed while taking an item); the next consumer
+    /// skips it without taking the next item's descriptors.
+    #[test]
+    fn a_record_whose_descriptors_a_dead_consumer_took_is_skipped() {
+        let q = Shared::new(1 << 16).unwrap();
+        put_with_memfd(&q, b"lost");
+        let ino = put_with_memfd(&q, b"kept");
+        let h = q.header();
+        h.get_lock.0.lock().unwrap();
+        let taken = q.recv_fds(1, 1).unwrap().unwrap();
+        h.get_lock.0.unlock(); // "died" here, before moving the tail
+        drop(taken);
+        let (bytes, fds) = take_item(&q);
+        assert_eq!(bytes, b"kept");
+        assert_eq!(inode(&fds[0]), ino);
+        assert!(q.is_empty());
+    }
+
+    /// Descriptors missing for another reason: a typed error, and the queue goes on.
+    #[test]
+    fn missing_descriptors_are_an_error_not_a_hang() {
+        let q = Shared::new(1 << 16).unwrap();
+        put_with_memfd(&q, b"robbed");
+        put_with_memfd(&q, b"fine");
+        let mut msg = [0u8; SIDE_MSG];
+        socket::try_recv_message(q.side_rx.as_fd(), &mut msg, &mut Vec::new())
+            .unwrap()
+            .unwrap();
+        // The first record's message is gone: the second's is next (tag 2 > 1).
+        let err = q.get(Some(Instant::now())).unwrap_err();
+        assert!(matches!(err, Error::InvalidState(_)), "{err}");
+        assert!(err.to_string().contains("missing"), "{err}");
+        let (bytes, fds) = take_item(&q);
+        assert_eq!((bytes.as_slice(), fds.len()), (&b"fine"[..], 1));
+        // And with no message at all.
+        put_with_memfd(&q, b"robbed");
+        socket::try_recv_message(q.side_rx.as_fd(), &mut msg, &mut Vec::new())
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            q.get(Some(Instant::now())),
+            Err(Error::InvalidState(_))
+        ));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn more_descriptors_than_one_message_carries_is_an_error() {
+        let q = Shared::new(1 << 16).unwrap();
+        let fds: Vec<OwnedFd> = (0..=socket::MAX_FDS)
+            .map(|_| q.side_tx.try_clone().unwrap())
+            .collect();
+        let mut buf = vec![0u8; TAG_BYTES + 1];
+        let err = q.put(PutItem::WithFds(&mut buf, &fds)).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+        assert!(
+            err.to_string().contains("254") && err.to_string().contains("253"),
+            "{err}"
+        );
+        assert!(q.is_empty() && side_channel_empty(&q));
     }
 }

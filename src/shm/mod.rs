@@ -96,10 +96,11 @@ fn init_array_control(c: *mut ArrayControl) -> Result<()> {
 /// # Sending
 ///
 /// A `SharedArray` in a message is a reference, never a copy of the data:
-/// - through a [`Pipe`](crate::pipe()) its descriptor travels, so any receiver gets it;
-/// - through a [`Queue`](crate::Queue) (no descriptors) only its id travels, which resolves in a
+/// - through a [`Pipe`](crate::pipe()) or a [`Queue`](crate::Queue) (on the queue's side
+///   channel) its descriptor travels, so any receiver gets it;
+/// - through a channel that carries no descriptors only its id travels, which resolves in a
 ///   process that already maps the array: one forked after the array was made, or one that
-///   received it through a pipe before. Elsewhere decoding fails with [`Error::Codec`].
+///   received it before. Elsewhere decoding fails with [`Error::Codec`].
 ///
 /// # Access rules
 ///

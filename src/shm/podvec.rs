@@ -21,14 +21,16 @@ pub(crate) const POD_VEC_INLINE_MAX: usize = 256 << 10;
 /// A vector of plain-old-data that crosses processes fast: Python's pickle-protocol-5
 /// out-of-band buffers, mpi4py's buffer sends.
 ///
-/// Through a [`Pipe`](crate::pipe()) or a [`Pool`](crate::Pool) (as an input, a context, or a
-/// result) a `PodVec` larger than 256 KiB is copied once into a memory file whose descriptor
-/// travels; the receiver maps it and reads the elements in place (no second copy;
+/// Through a [`Pipe`](crate::pipe()), a [`Queue`](crate::Queue) or a [`Pool`](crate::Pool) (as
+/// an input, a context, or a result) a `PodVec` larger than 256 KiB is copied once into a memory
+/// file whose descriptor travels (a queue sends it on its side channel, not through its ring);
+/// the receiver maps it and reads the elements in place (no second copy;
 /// [`into_vec`](PodVec::into_vec) copies if you need a `Vec`). A `PodVec` that already lives in
 /// a memory file (one received) travels with no copy at all when it is given up: sent on with
-/// [`Connection::send_owned`](crate::Connection::send_owned), passed by value to a pool task, or
-/// returned by one. Elsewhere (a [`Queue`](crate::Queue)) it is encoded as one block of bytes,
-/// still far faster than a `Vec<f64>` encoded element by element.
+/// [`Connection::send_owned`](crate::Connection::send_owned) or
+/// [`Queue::put_owned`](crate::Queue::put_owned), passed by value to a pool task, or returned by
+/// one. Through a channel that carries no descriptors it is encoded as one block of bytes, still
+/// far faster than a `Vec<f64>` encoded element by element.
 ///
 /// A received `PodVec` is the only user of its memory (no other process touches it any more), so
 /// it derefs to `&mut [T]` safely.

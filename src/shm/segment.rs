@@ -206,8 +206,8 @@ impl Segment {
     }
 
     /// Serializes a reference to this segment: through a channel that carries descriptors (a
-    /// [`Pipe`](crate::pipe())), its descriptor goes with the message; elsewhere (a
-    /// [`Queue`](crate::Queue)) its id, which only a process that already maps it can resolve.
+    /// [`Pipe`](crate::pipe()), a [`Queue`](crate::Queue)), its descriptor goes with the message;
+    /// elsewhere its id, which only a process that already maps it can resolve.
     pub(crate) fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut t = s.serialize_tuple(2)?;
         if fdpass::can_attach() {
@@ -257,7 +257,7 @@ impl Segment {
 }
 
 /// The shared segments this process maps, by id, so that a reference can travel by id through a
-/// channel that carries no descriptors (a `Queue`) to a process that already maps the segment:
+/// channel that carries no descriptors to a process that already maps the segment:
 /// one forked after it was made (the registry and the mappings are inherited), or one that
 /// received it earlier.
 mod registry {

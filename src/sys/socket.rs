@@ -146,3 +146,108 @@ pub(crate) fn recv_with_fds(
         return Ok(n);
     }
 }
+
+/// A connected pair of unix `SOCK_SEQPACKET` sockets (message boundaries kept, each message
+/// sent whole or not at all), non-blocking and closed on `exec`: a [`Queue`](crate::Queue)'s
+/// side channel for descriptors.
+pub(crate) fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )
+    .map_err(|e| Error::io("socketpair", e))
+}
+
+/// Tries once to send `buf` as one message on the datagram-like socket `fd`, with the
+/// descriptors `fds` (at most [`MAX_FDS`]) attached. `Ok(false)` when it would block: the
+/// socket buffer is full, or the kernel's limit of descriptors in flight for this user is
+/// reached (both free up as the receiver takes messages). Never raises `SIGPIPE`.
+pub(crate) fn try_send_message(fd: BorrowedFd<'_>, buf: &[u8], fds: &[RawFd]) -> Result<bool> {
+    if fds.len() > MAX_FDS {
+        return Err(Error::invalid_arg(
+            "descriptors",
+            fds.len(),
+            format!("one message can carry at most {MAX_FDS}"),
+        ));
+    }
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsg: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    loop {
+        match sendmsg::<()>(fd.as_raw_fd(), &[IoSlice::new(buf)], cmsg, SEND_FLAGS, None) {
+            Ok(n) if n == buf.len() => return Ok(true),
+            Ok(n) => {
+                return Err(Error::io(
+                    "sendmsg: message cut short",
+                    std::io::Error::other(format!("{n} of {} bytes sent", buf.len())),
+                ));
+            }
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN | Errno::ENOBUFS | Errno::ETOOMANYREFS) => return Ok(false),
+            Err(e) => return Err(send_error(e)),
+        }
+    }
+}
+
+/// Copies the first bytes of the next message of the datagram-like socket `fd` into `buf`
+/// without taking the message (its descriptors stay queued with it, none is installed here).
+/// `Ok(None)` when no message is queued.
+pub(crate) fn peek_message(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Option<usize>> {
+    loop {
+        match nix::sys::socket::recv(
+            fd.as_raw_fd(),
+            buf,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(n) => return Ok(Some(n)),
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => return Ok(None),
+            Err(e) => return Err(Error::io("recv (peek)", e)),
+        }
+    }
+}
+
+/// Takes the next message of the datagram-like socket `fd` without waiting: its bytes into
+/// `buf` (the rest of a longer message is dropped), its descriptors appended to `fds`
+/// (close-on-exec). `Ok(None)` when no message is queued. Descriptors the kernel had to drop
+/// for lack of room (`MSG_CTRUNC`) make it an error.
+pub(crate) fn try_recv_message(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> Result<Option<usize>> {
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    loop {
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = match recvmsg::<()>(
+            fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(msg) => msg,
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return Ok(None),
+            Err(e) => return Err(Error::io("recvmsg", e)),
+        };
+        let n = msg.bytes;
+        let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+        for c in msg.cmsgs().map_err(|e| Error::io("recvmsg", e))? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for r in raw {
+                    // SAFETY: the kernel has just installed `r` in our table for this message;
+                    // nothing else owns it.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+                }
+            }
+        }
+        if truncated {
+            return Err(Error::io(
+                "recvmsg: descriptors were dropped (MSG_CTRUNC)",
+                std::io::ErrorKind::InvalidData,
+            ));
+        }
+        return Ok(Some(n));
+    }
+}
