@@ -90,7 +90,7 @@
 //! | `p.apply_async(f, (x,))`            | [`Pool::apply_async`] → [`AsyncResult`]     |
 //! | `Value('d')`, `Array('d', n)`       | [`SharedValue`], [`SharedArray`]            |
 //! | `Lock`, `RLock`, `Semaphore`, `Event`, `Barrier`, `Condition` | [`Lock`], [`RLock`], [`Semaphore`], [`Event`], [`Barrier`], [`Condition`] |
-//! | `Pipe()`, `Pipe(duplex=False)`      | [`pipe`], [`pipe_oneway`]                   |
+//! | `Pipe()`, `Pipe(duplex=False)`      | [`pipe()`], [`pipe_oneway`]                 |
 //!
 //! A [`Pool`] of workers forked once and reused maps a function over inputs; a panicking input
 //! or a killed worker fails only that input, and the pool goes on:

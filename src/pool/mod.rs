@@ -264,7 +264,7 @@ impl PoolBuilder {
 
     /// The largest encoded task (a chunk of inputs, or a context) accepted, in bytes; larger
     /// ones give [`Error::TooLarge`]. Default and maximum:
-    /// [`MAX_MESSAGE_BYTES`](crate::MAX_MESSAGE_BYTES).
+    /// [`MAX_MESSAGE_BYTES`].
     pub fn max_message_bytes(mut self, n: usize) -> Self {
         self.max_message_bytes = n;
         self

@@ -394,7 +394,7 @@ impl Link {
     }
 
     /// Reads what has arrived (at most a few MiB per call, so one busy worker cannot starve the
-    /// others) and returns the complete replies. Sets [`Link::is_eof`] at end of file.
+    /// others) and returns the complete replies. Notes the end of file (then it reads no more).
     pub(crate) fn receive(&mut self, replies: &mut Vec<Reply>) -> Result<()> {
         let mut budget = 64usize;
         while budget > 0 && !self.eof {
@@ -532,7 +532,7 @@ impl WorkerEnd {
     }
 
     /// Starts a `DONE` reply; the caller appends the outcomes to the returned buffer, then calls
-    /// [`WorkerEnd::finish_reply`] with the returned mark.
+    /// [`WorkerEnd::finish_done`] with the returned mark.
     pub(crate) fn begin_done(&mut self, seq: u64) -> (usize, &mut Vec<u8>) {
         let mark = self.out.len();
         self.out.extend_from_slice(&[0u8; 8]);

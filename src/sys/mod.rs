@@ -272,7 +272,7 @@ impl StdioLocks {
 // ---- Additions for the pool (src/pool/) ----
 
 /// A connected pair of Unix stream sockets, closed on `exec`. Both ends block; the pool's parent
-/// side uses [`send`]/[`recv`] with `nonblocking = true` on its end.
+/// side uses [`send`]/[`recv_fds`] with `nonblocking = true` on its end.
 pub(crate) fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType};
     let (a, b) = nix::sys::socket::socketpair(
@@ -360,8 +360,9 @@ pub(crate) fn fd_space() -> Vec<u8> {
     nix::cmsg_space!([std::os::fd::RawFd; socket::MAX_FDS])
 }
 
-/// Like [`recv`], appending the descriptors that came with the bytes to `fds` (received
-/// close-on-exec). `space` is the control buffer, from [`fd_space`]. Descriptors the kernel had
+/// Receives bytes from a stream socket, appending the descriptors that came with them to `fds`
+/// (received close-on-exec). `Ok(Some(0))` is end of file; with `nonblocking`, `Ok(None)` means
+/// nothing is there yet. Retries on `EINTR`. `space` is the control buffer, from [`fd_space`]. Descriptors the kernel had
 /// to drop (`MSG_CTRUNC`) are an error.
 #[allow(
     clippy::ptr_arg,
