@@ -39,7 +39,7 @@ use crate::wire::MAX_MESSAGE_BYTES;
 pub use self::result::{AsyncResult, IMap};
 
 use self::fnref::{FnRef, Trampoline};
-use self::result::{AsyncState, Chunker, decode_outcomes, run_deferred, terminated};
+use self::result::{AsyncState, Chunker, run_deferred, terminated};
 use self::sched::{Book, Config, Core, EndsFn, Event, Items, JobId, Sink, Task};
 use self::transport::{Encoded, MAX_FDS};
 
@@ -537,12 +537,7 @@ impl Pool {
             let before = got.get();
             while let Some(ev) = core.take_event(job) {
                 match ev {
-                    Event::Done {
-                        items,
-                        data,
-                        pid,
-                        fds,
-                    } => decode_outcomes::<R>(&items, data.bytes(), fds, pid, &mut take),
+                    Event::Done(done) => done.decode::<R>(&mut take),
                     Event::Failed { index, error } => take(index, Err(error)),
                     Event::Aborted => {}
                 }
@@ -933,12 +928,7 @@ impl Pool {
         let sink: Sink = Box::new(move |ev, deferred| {
             let mut res = None;
             match ev {
-                Event::Done {
-                    items,
-                    data,
-                    pid,
-                    fds,
-                } => decode_outcomes::<R>(&items, data.bytes(), fds, pid, |_, r| res = Some(r)),
+                Event::Done(done) => done.decode::<R>(|_, r| res = Some(r)),
                 Event::Failed { error, .. } => res = Some(Err(error)),
                 Event::Aborted => res = Some(Err(terminated())),
             }
@@ -987,12 +977,7 @@ impl Pool {
         let mut got = 0usize;
         let sink: Sink = Box::new(move |ev, deferred| {
             match ev {
-                Event::Done {
-                    items,
-                    data,
-                    pid,
-                    fds,
-                } => decode_outcomes::<R>(&items, data.bytes(), fds, pid, |i, r| {
+                Event::Done(done) => done.decode::<R>(|i, r| {
                     got += usize::from(out[i].is_none());
                     out[i] = Some(r);
                 }),

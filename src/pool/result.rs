@@ -13,7 +13,7 @@ use crate::error::{CodecError, Error, Result};
 use crate::wire::MAX_MESSAGE_BYTES;
 
 use super::fnref::{Append, ItemError, ItemOut};
-use super::sched::{Deferred, Event, Items, JobId, Task};
+use super::sched::{Deferred, Done, Event, Items, JobId, Task};
 use super::transport::MAX_FDS;
 use crate::fdpass::{self, FdTable};
 
@@ -65,6 +65,13 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
                 return;
             }
         }
+    }
+}
+
+impl Done {
+    /// Decodes the outcomes, handing each to `put(index, result)`.
+    pub(crate) fn decode<R: DeserializeOwned>(self, put: impl FnMut(usize, Result<R>)) {
+        decode_outcomes(&self.items, self.data.bytes(), self.fds, self.pid, put);
     }
 }
 
@@ -500,12 +507,7 @@ where
         let out = loop {
             while let Some(ev) = core.take_event(self.job) {
                 match ev {
-                    Event::Done {
-                        items,
-                        data,
-                        pid,
-                        fds,
-                    } => decode_outcomes::<R>(&items, data.bytes(), fds, pid, |i, r| {
+                    Event::Done(done) => done.decode::<R>(|i, r| {
                         if self.ordered {
                             self.buffer.insert(i, r);
                         } else {

@@ -113,17 +113,21 @@ pub(crate) struct Task {
     pub(crate) died: u32,
 }
 
+/// The outcomes of inputs that ran: `data` holds one encoded outcome per input, in order, and
+/// `fds` the descriptors they refer to; `pid` is the worker that ran them.
+#[derive(Debug)]
+pub(crate) struct Done {
+    pub(crate) items: Items,
+    pub(crate) data: Body,
+    pub(crate) pid: i32,
+    pub(crate) fds: FdTable,
+}
+
 /// What happened to a job's inputs.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// These inputs ran; `data` holds one encoded outcome per input, in order, and `fds` the
-    /// descriptors they refer to.
-    Done {
-        items: Items,
-        data: Body,
-        pid: i32,
-        fds: FdTable,
-    },
+    /// These inputs ran.
+    Done(Done),
     /// This input has no outcome.
     Failed { index: usize, error: Error },
     /// The pool was terminated: no further event will come.
@@ -506,12 +510,12 @@ impl Core {
                     self.ema_ns = 0.8 * self.ema_ns + 0.2 * per.max(50.0);
                     (
                         rseq,
-                        vec![Event::Done {
+                        vec![Event::Done(Done {
                             items: task.items,
                             data,
                             pid: slot.pid.as_raw(),
                             fds: FdTable::new(fds),
-                        }],
+                        })],
                     )
                 }
                 Reply::Failed { seq: rseq, message } => (

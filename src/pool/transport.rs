@@ -94,7 +94,7 @@ impl Default for RxBuf {
             pos: 0,
             end: 0,
             fds: VecDeque::new(),
-            space: sys::fd_space(),
+            space: sys::socket::fd_space(),
         }
     }
 }
@@ -148,12 +148,13 @@ impl RxBuf {
     /// Receives once; `Ok(None)` when nothing was there, `Ok(Some(0))` at end of file.
     fn fill(&mut self, fd: BorrowedFd<'_>, nonblocking: bool) -> Result<Option<usize>> {
         let want = self.prepare();
-        let r = sys::recv_fds(
+        let fds = &mut self.fds;
+        let r = sys::socket::recv_once(
             fd,
             &mut self.buf[self.end..self.end + want],
             nonblocking,
             &mut self.space,
-            &mut self.fds,
+            |f| fds.push_back(f),
         )?;
         if let Some(n) = r {
             self.end += n;
@@ -381,7 +382,7 @@ impl Link {
             let n = match (&seg.fds, self.out_pos) {
                 (Some(fds), 0) => {
                     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-                    sys::send_fds(self.sock.as_fd(), bytes, &raw, true)?
+                    sys::socket::send_some_with_fds(self.sock.as_fd(), bytes, &raw, true)?
                 }
                 _ => sys::send(self.sock.as_fd(), bytes, true)?,
             };
@@ -574,7 +575,12 @@ impl WorkerEnd {
             let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
             pos = mark;
             while pos == mark {
-                pos += sys::send_fds(self.sock.as_fd(), &self.out[mark..], &raw, false)?;
+                pos += sys::socket::send_some_with_fds(
+                    self.sock.as_fd(),
+                    &self.out[mark..],
+                    &raw,
+                    false,
+                )?;
             }
         }
         self.send_plain(pos, self.out.len())?;

@@ -272,7 +272,7 @@ impl StdioLocks {
 // ---- Additions for the pool (src/pool/) ----
 
 /// A connected pair of Unix stream sockets, closed on `exec`. Both ends block; the pool's parent
-/// side uses [`send`]/[`recv_fds`] with `nonblocking = true` on its end.
+/// side uses [`send`] and [`socket::recv_once`] with `nonblocking = true` on its end.
 pub(crate) fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType};
     let (a, b) = nix::sys::socket::socketpair(
@@ -310,104 +310,6 @@ pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8], nonblocking: bool) -> Result<
             }
             Err(e) => return Err(Error::io("send", e)),
         }
-    }
-}
-
-/// Like [`send`], attaching the descriptors `fds` (at most [`socket::MAX_FDS`]) to the first
-/// byte sent; `Ok(0)` means the socket buffer is full and nothing, descriptors included, went.
-/// The receiver gets its own duplicates; ours stay open.
-pub(crate) fn send_fds(
-    fd: BorrowedFd<'_>,
-    buf: &[u8],
-    fds: &[std::os::fd::RawFd],
-    nonblocking: bool,
-) -> Result<usize> {
-    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-    use std::os::fd::AsRawFd;
-    if fds.len() > socket::MAX_FDS {
-        return Err(Error::invalid_arg(
-            "descriptors",
-            fds.len(),
-            format!("one message can carry at most {}", socket::MAX_FDS),
-        ));
-    }
-    let mut flags = MsgFlags::MSG_NOSIGNAL;
-    if nonblocking {
-        flags |= MsgFlags::MSG_DONTWAIT;
-    }
-    let cmsg = [ControlMessage::ScmRights(fds)];
-    loop {
-        match sendmsg::<()>(
-            fd.as_raw_fd(),
-            &[std::io::IoSlice::new(buf)],
-            &cmsg,
-            flags,
-            None,
-        ) {
-            Ok(n) => return Ok(n),
-            Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => return Ok(0),
-            Err(Errno::EPIPE | Errno::ECONNRESET) => {
-                return Err(Error::Disconnected("the peer closed its end".into()));
-            }
-            Err(e) => return Err(Error::io("sendmsg", e)),
-        }
-    }
-}
-
-/// Room for the control message of [`recv_fds`] (the most descriptors one message can carry).
-pub(crate) fn fd_space() -> Vec<u8> {
-    nix::cmsg_space!([std::os::fd::RawFd; socket::MAX_FDS])
-}
-
-/// Receives bytes from a stream socket, appending the descriptors that came with them to `fds`
-/// (received close-on-exec). `Ok(Some(0))` is end of file; with `nonblocking`, `Ok(None)` means
-/// nothing is there yet. Retries on `EINTR`. `space` is the control buffer, from [`fd_space`]. Descriptors the kernel had
-/// to drop (`MSG_CTRUNC`) are an error.
-#[allow(
-    clippy::ptr_arg,
-    reason = "nix's recvmsg takes the control buffer as a Vec"
-)]
-pub(crate) fn recv_fds(
-    fd: BorrowedFd<'_>,
-    buf: &mut [u8],
-    nonblocking: bool,
-    space: &mut Vec<u8>,
-    fds: &mut std::collections::VecDeque<std::os::fd::OwnedFd>,
-) -> Result<Option<usize>> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
-    if nonblocking {
-        flags |= MsgFlags::MSG_DONTWAIT;
-    }
-    loop {
-        let mut iov = [std::io::IoSliceMut::new(buf)];
-        let msg = match recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(space), flags) {
-            Ok(msg) => msg,
-            Err(Errno::EINTR) => continue,
-            Err(Errno::EAGAIN) => return Ok(None),
-            Err(Errno::ECONNRESET) => return Ok(Some(0)),
-            Err(e) => return Err(Error::io("recvmsg", e)),
-        };
-        let n = msg.bytes;
-        let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-        for c in msg.cmsgs().map_err(|e| Error::io("recvmsg", e))? {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                for r in raw {
-                    // SAFETY: the kernel has just installed `r` in our table for this message;
-                    // nothing else owns it.
-                    fds.push_back(unsafe { OwnedFd::from_raw_fd(r) });
-                }
-            }
-        }
-        if truncated {
-            return Err(Error::io(
-                "recvmsg: descriptors were dropped (MSG_CTRUNC)",
-                std::io::ErrorKind::InvalidData,
-            ));
-        }
-        return Ok(Some(n));
     }
 }
 

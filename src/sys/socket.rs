@@ -105,25 +105,38 @@ pub(crate) fn send_with_fds(
     send_all(fd, &buf[n..], wait)
 }
 
-/// Receives up to `buf.len()` bytes from the stream socket `fd` (0 at end of stream), appending
-/// any descriptors that came with them to `fds` (received close-on-exec).
-pub(crate) fn recv_with_fds(
+/// Room for the control message of one receive: the most descriptors one message can carry.
+pub(crate) fn fd_space() -> Vec<u8> {
+    nix::cmsg_space!([RawFd; MAX_FDS])
+}
+
+/// Receives once from `fd` into `buf` (waiting unless `nonblocking`), handing each descriptor
+/// that came with the bytes to `push` (received close-on-exec). `space` is the control buffer
+/// (from [`fd_space`]). `Ok(None)`: nothing there yet; `Ok(Some(0))`: end of stream (or reset).
+/// Descriptors the kernel had to drop for lack of room (`MSG_CTRUNC`) are an error. Retries on
+/// `EINTR`.
+#[allow(
+    clippy::ptr_arg,
+    reason = "nix's recvmsg takes the control buffer as a Vec"
+)]
+pub(crate) fn recv_once(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-) -> Result<usize> {
-    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    nonblocking: bool,
+    space: &mut Vec<u8>,
+    mut push: impl FnMut(OwnedFd),
+) -> Result<Option<usize>> {
+    let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
+    if nonblocking {
+        flags |= MsgFlags::MSG_DONTWAIT;
+    }
     loop {
         let mut iov = [IoSliceMut::new(buf)];
-        let msg = match recvmsg::<()>(
-            fd.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
+        let msg = match recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(space), flags) {
             Ok(msg) => msg,
             Err(Errno::EINTR) => continue,
-            Err(Errno::ECONNRESET) => return Ok(0),
+            Err(Errno::EAGAIN) => return Ok(None),
+            Err(Errno::ECONNRESET) => return Ok(Some(0)),
             Err(e) => return Err(Error::io("recvmsg", e)),
         };
         let n = msg.bytes;
@@ -133,7 +146,7 @@ pub(crate) fn recv_with_fds(
                 for r in raw {
                     // SAFETY: the kernel has just installed `r` in our table for this message;
                     // nothing else owns it.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+                    push(unsafe { OwnedFd::from_raw_fd(r) });
                 }
             }
         }
@@ -143,7 +156,50 @@ pub(crate) fn recv_with_fds(
                 std::io::ErrorKind::InvalidData,
             ));
         }
-        return Ok(n);
+        return Ok(Some(n));
+    }
+}
+
+/// Receives up to `buf.len()` bytes from the stream socket `fd` (0 at end of stream), appending
+/// any descriptors that came with them to `fds` (received close-on-exec).
+pub(crate) fn recv_with_fds(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> Result<usize> {
+    let got = recv_once(fd, buf, false, &mut fd_space(), |f| fds.push(f))?;
+    Ok(got.unwrap_or(0))
+}
+
+/// Like [`send_with_fds`] without waiting: sends what the socket takes of `buf` now, `fds` (at
+/// most [`MAX_FDS`]) attached to its first byte; `Ok(0)` means the socket buffer is full and
+/// nothing, descriptors included, went (unless `nonblocking` is false: then it waits). The
+/// receiver gets its own duplicates; ours stay open.
+pub(crate) fn send_some_with_fds(
+    fd: BorrowedFd<'_>,
+    buf: &[u8],
+    fds: &[RawFd],
+    nonblocking: bool,
+) -> Result<usize> {
+    if fds.len() > MAX_FDS {
+        return Err(Error::invalid_arg(
+            "descriptors",
+            fds.len(),
+            format!("one message can carry at most {MAX_FDS}"),
+        ));
+    }
+    let mut flags = MsgFlags::MSG_NOSIGNAL;
+    if nonblocking {
+        flags |= MsgFlags::MSG_DONTWAIT;
+    }
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    loop {
+        match sendmsg::<()>(fd.as_raw_fd(), &[IoSlice::new(buf)], &cmsg, flags, None) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => return Ok(0),
+            Err(e) => return Err(send_error(e)),
+        }
     }
 }
 
@@ -217,37 +273,5 @@ pub(crate) fn try_recv_message(
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
 ) -> Result<Option<usize>> {
-    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
-    loop {
-        let mut iov = [IoSliceMut::new(buf)];
-        let msg = match recvmsg::<()>(
-            fd.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-        ) {
-            Ok(msg) => msg,
-            Err(Errno::EINTR) => continue,
-            Err(Errno::EAGAIN) => return Ok(None),
-            Err(e) => return Err(Error::io("recvmsg", e)),
-        };
-        let n = msg.bytes;
-        let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-        for c in msg.cmsgs().map_err(|e| Error::io("recvmsg", e))? {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                for r in raw {
-                    // SAFETY: the kernel has just installed `r` in our table for this message;
-                    // nothing else owns it.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(r) });
-                }
-            }
-        }
-        if truncated {
-            return Err(Error::io(
-                "recvmsg: descriptors were dropped (MSG_CTRUNC)",
-                std::io::ErrorKind::InvalidData,
-            ));
-        }
-        return Ok(Some(n));
-    }
+    recv_once(fd, buf, true, &mut fd_space(), |f| fds.push(f))
 }
