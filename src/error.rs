@@ -100,12 +100,17 @@ pub enum Error {
     InvalidState(String),
 
     /// A bounded wait ran out.
-    #[error("{operation} timed out after {after:?}")]
+    #[error(
+        "{operation}{} timed out after {after:?}",
+        task.as_deref().map(|t| format!(" ({t})")).unwrap_or_default()
+    )]
     Timeout {
         /// What was waited for.
         operation: &'static str,
         /// How long it waited.
         after: Duration,
+        /// The input that ran too long, for a pool's task timeout (for example `"item #17"`).
+        task: Option<String>,
     },
 
     /// The other side is gone: no process that could answer is left.

@@ -236,6 +236,7 @@ impl End {
                 return Err(Error::Timeout {
                     operation: "Connection::recv",
                     after: started.elapsed(),
+                    task: None,
                 });
             }
             if self.live.gone(1 - self.side) {

@@ -431,6 +431,7 @@ impl<R: DeserializeOwned> JoinHandle<R> {
             return Err(Error::Timeout {
                 operation: "waiting for the child to exit",
                 after: Duration::ZERO,
+                task: None,
             });
         }
         let (pid, status) = self.process.status().expect("joined process has a status");

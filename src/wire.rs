@@ -132,6 +132,7 @@ impl FrameReader {
             return Err(Error::Timeout {
                 operation: "reading a message",
                 after: started.elapsed(),
+                task: None,
             });
         }
         let n = if header {

@@ -231,6 +231,11 @@ fn task_timeout_kills_an_endless_task() {
         for (i, r) in out.iter().enumerate() {
             if i == 3 {
                 assert!(matches!(r, Err(e) if e.is_timeout()), "{r:?}");
+                let msg = r.as_ref().unwrap_err().to_string();
+                assert!(
+                    msg.contains("item #3"),
+                    "the timeout names its input: {msg}"
+                );
             } else {
                 assert_eq!(*r.as_ref().unwrap(), i as u64);
             }

@@ -375,6 +375,7 @@ impl<R: Send + 'static> AsyncResult<R> {
             return Err(Error::Timeout {
                 operation: "AsyncResult::get_timeout",
                 after: timeout,
+                task: None,
             });
         }
         self.take()

@@ -649,6 +649,7 @@ impl Core {
                         Some(Error::Timeout {
                             operation: "running a pool task",
                             after: self.cfg.task_timeout.unwrap_or_default(),
+                            task: Some(one.items.label(0)),
                         })
                     } else if one.died < self.cfg.retries {
                         None

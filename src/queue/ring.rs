@@ -399,6 +399,7 @@ impl Shared {
             return Err(Error::Timeout {
                 operation: "Queue::get (another consumer is taking an item)",
                 after: Duration::ZERO,
+                task: None,
             });
         }
         let r = self.take(deadline);
@@ -593,6 +594,7 @@ impl Shared {
                         Waiting::Put => "Queue::put",
                     },
                     after: started.elapsed(),
+                    task: None,
                 });
             }
             if detect && last_check.elapsed() >= TICK {
@@ -665,6 +667,7 @@ impl Shared {
                     return Err(Error::Timeout {
                         operation: "JoinableQueue::join",
                         after: started.elapsed(),
+                        task: None,
                     });
                 }
                 nap = nap.min(d.saturating_duration_since(Instant::now()));

@@ -236,6 +236,7 @@ impl Barrier {
                     return Err(Error::Timeout {
                         operation: "Barrier::wait",
                         after: started.elapsed(),
+                        task: None,
                     });
                 }
                 nap = nap.min(left);

@@ -164,10 +164,12 @@ impl<G> From<AcquireError<G>> for Error {
             AcquireError::Timeout(after) => Error::Timeout {
                 operation: "acquiring a lock",
                 after,
+                task: None,
             },
             AcquireError::WouldBlock => Error::Timeout {
                 operation: "try_acquire",
                 after: Duration::ZERO,
+                task: None,
             },
             AcquireError::Failed(e) => e,
         }

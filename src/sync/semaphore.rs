@@ -184,6 +184,7 @@ impl Semaphore {
                         return Err(Error::Timeout {
                             operation: "Semaphore::acquire",
                             after: started.elapsed(),
+                            task: None,
                         });
                     }
                     left.min(TICK)
