@@ -753,3 +753,31 @@ fn more_descriptors_than_a_message_carries_is_a_clear_error() {
     }
     assert_no_children();
 }
+
+fn div(a: u32, b: u32) -> u32 {
+    a / b
+}
+
+#[test]
+fn starmap_async_gives_all_results_or_the_first_error() {
+    let _g = lock();
+    {
+        let pool = Pool::with_processes(2).unwrap();
+        let pairs: Vec<(u32, u32)> = (1..=200).map(|i| (i * 6, 3)).collect();
+        let r = pool.starmap_async(div, pairs).unwrap();
+        assert_eq!(
+            r.get().unwrap(),
+            (1..=200).map(|i| i * 2).collect::<Vec<_>>()
+        );
+        // A division by zero panics in the worker: the call's result is that input's error.
+        let r = pool.starmap_async(div, [(1, 1), (2, 0), (3, 1)]).unwrap();
+        let err = r.get().unwrap_err();
+        assert!(matches!(err, Error::TaskPanicked { .. }), "{err:?}");
+        assert!(err.to_string().contains("divide by zero"), "{err}");
+        // Nothing to do: ready at once.
+        let r = pool.starmap_async(div, Vec::<(u32, u32)>::new()).unwrap();
+        assert!(r.ready());
+        assert_eq!(r.get().unwrap(), Vec::<u32>::new());
+    }
+    assert_no_children();
+}

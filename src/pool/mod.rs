@@ -969,7 +969,52 @@ impl Pool {
     {
         let _ = f;
         assert_zst::<F>();
-        let items: Vec<T> = items.into_iter().collect();
+        let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
+        self.run_async(plan, items.into_iter().collect())
+    }
+
+    /// Starts a [`starmap`](Pool::starmap) and returns at once: Python's `Pool.starmap_async`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// let r = pool.starmap_async(|a: u32, b: u32| a * b, [(2, 3), (4, 5)])?;
+    /// assert_eq!(r.get()?, vec![6, 20]);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`map_async`](Pool::map_async).
+    pub fn starmap_async<F, A, B, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = (A, B)>,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: Fn(A, B) -> R + Copy + Send + 'static,
+        A: Serialize + DeserializeOwned,
+        B: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let _ = f;
+        assert_zst::<F>();
+        let plan = Plan::new(
+            fnref::call_star::<F, A, B, R>,
+            fnref::item_ends::<(A, B)>,
+            None,
+        );
+        self.run_async(plan, items.into_iter().collect())
+    }
+
+    /// Submits a map-like job over `items` and returns its [`AsyncResult`] (all outcomes, in
+    /// order; the first failed input's error if any failed).
+    fn run_async<T, R>(&self, plan: Plan, items: Vec<T>) -> Result<AsyncResult<Vec<R>>>
+    where
+        T: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
         let n = items.len();
         let state = AsyncState::<Vec<R>>::new();
         let st = state.clone();
@@ -1005,7 +1050,6 @@ impl Pool {
             state.complete(Ok(Vec::new()), &mut deferred);
             run_deferred(deferred);
         } else {
-            let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
             self.submit_async::<R, T>(plan, items, sink)?;
         }
         Ok(AsyncResult {
