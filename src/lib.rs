@@ -87,7 +87,8 @@
 //! | `os.cpu_count()`                    | [`cpu_count`] (SLURM- and affinity-aware)   |
 //! | `Pool(n)`, `with Pool() as p`       | [`Pool::with_processes`], [`Pool::new`] (dropping terminates) |
 //! | `p.map(f, xs)`, `p.starmap`, `p.imap` | [`Pool::map`], [`Pool::starmap`], [`Pool::imap`] (lazy input) |
-//! | `p.apply_async(f, (x,))`            | [`Pool::apply_async`] → [`AsyncResult`]     |
+//! | `p.apply_async(f, (x,))`, `p.map_async`, `p.starmap_async` | [`Pool::apply_async`], [`Pool::map_async`], [`Pool::starmap_async`] → [`AsyncResult`] |
+//! | `shared_memory`, pickle-5 out-of-band buffers | [`PodVec`] (by descriptor through [`Pool`], [`Queue`], [`pipe()`]) |
 //! | `Value('d')`, `Array('d', n)`       | [`SharedValue`], [`SharedArray`]            |
 //! | `Lock`, `RLock`, `Semaphore`, `Event`, `Barrier`, `Condition` | [`Lock`], [`RLock`], [`Semaphore`], [`Event`], [`Barrier`], [`Condition`] |
 //! | `Pipe()`, `Pipe(duplex=False)`      | [`pipe()`], [`pipe_oneway`]                 |
