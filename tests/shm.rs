@@ -456,3 +456,113 @@ fn pod_vecs_through_queues_leak_no_descriptors_and_no_memory() {
     PodVec::<u64>::release_kept();
     assert_eq!(open_fds(), fds_before, "descriptors leaked");
 }
+
+/// Chaos: producers of big `PodVec`s are SIGKILLed at random moments while they put (so some die
+/// between sending an item's descriptors and writing its record). Consumers must never see an
+/// error or a torn item, never hang, and get every item exactly once: all of the producer that
+/// lived, and of each killed one a gap-free prefix of what it put.
+#[test]
+fn producers_killed_while_putting_pod_vecs_lose_nothing_they_finished() {
+    let _f = fork_lock();
+    const PER: u64 = 300;
+    const LEN: usize = 300 * 1024 / 8;
+    fn value(p: u64, i: u64, k: u64) -> u64 {
+        (p << 40) | (i << 20) | k
+    }
+    let fds_before = open_fds().len();
+    let mut rng = common::Rng::new(0x5eed);
+    for round in 0..8 {
+        let q: Queue<PodVec<u64>> = Queue::new().unwrap();
+        let seen: Queue<(u64, u64)> = Queue::new().unwrap();
+        let producers: Vec<Process> = (0..3u64)
+            .map(|p| {
+                let q = q.clone();
+                Process::new(move || {
+                    for i in 0..PER {
+                        let v: Vec<u64> = (0..LEN as u64).map(|k| value(p, i, k)).collect();
+                        q.put(&v.into()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let consumers: Vec<Process> = (0..2)
+            .map(|_| {
+                let (q, seen) = (q.clone(), seen.clone());
+                Process::new(move || {
+                    let mut it = q.iter();
+                    for v in &mut it {
+                        assert_eq!(v.len(), LEN);
+                        let (p, i) = (v[0] >> 40, (v[0] >> 20) & 0xf_ffff);
+                        assert!(v.iter().zip(0..).all(|(&x, k)| x == value(p, i, k)));
+                        seen.put(&(p, i)).unwrap();
+                    }
+                    assert!(
+                        matches!(it.stop_reason(), Some(multiproc::Error::Stopped)),
+                        "{:?}",
+                        it.stop_reason()
+                    );
+                })
+            })
+            .collect();
+        for p in producers.iter().chain(&consumers) {
+            p.start().unwrap();
+        }
+        // Producers 0 and 1 die mid-stream; producer 2 finishes.
+        for victim in &producers[..2] {
+            std::thread::sleep(Duration::from_micros(1000 + rng.below(20_000)));
+            victim.kill().unwrap();
+        }
+        for p in &producers {
+            assert!(
+                p.join_timeout(secs(120)).unwrap(),
+                "round {round}: a producer hung"
+            );
+        }
+        assert_eq!(producers[2].exitcode(), Some(0));
+        for _ in &consumers {
+            q.put_pill().unwrap();
+        }
+        join_ok(&consumers);
+        let mut got: Vec<BTreeSet<u64>> = vec![BTreeSet::new(); 3];
+        loop {
+            match seen.try_get() {
+                Ok((p, i)) => {
+                    assert!(
+                        got[p as usize].insert(i),
+                        "round {round}: ({p}, {i}) arrived twice"
+                    )
+                }
+                // Empty (every other holder has ended).
+                Err(e) if e.is_timeout() || e.is_disconnected() => break,
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        eprintln!(
+            "round {round}: items of the killed producers {} and {}; exit codes {:?} {:?}",
+            got[0].len(),
+            got[1].len(),
+            producers[0].exitcode(),
+            producers[1].exitcode()
+        );
+        assert_eq!(
+            got[2].len() as u64,
+            PER,
+            "round {round}: the live producer lost items"
+        );
+        for (p, items) in got.iter().enumerate().take(2) {
+            let n = items.len() as u64;
+            assert_eq!(
+                items.iter().copied().collect::<Vec<_>>(),
+                (0..n).collect::<Vec<_>>(),
+                "round {round}: producer {p}'s items are not a gap-free prefix"
+            );
+        }
+    }
+    multiproc::PodVec::<u64>::release_kept();
+    assert!(
+        open_fds().len() <= fds_before,
+        "descriptors leaked: {} before, {} after",
+        fds_before,
+        open_fds().len()
+    );
+}
