@@ -42,38 +42,38 @@ use serde::de::DeserializeOwned;
 use crate::error::Result;
 use crate::wire;
 
+// The tables are stacks shared by nested encodes and decodes on one thread; a frame (an
+// encode or decode in progress) owns the entries from its base up. Entering and leaving a frame
+// whose values carry no descriptor touches only `Cell`s (the common case: a pool encodes and
+// decodes every tiny input and result in a frame of its own).
 thread_local! {
-    static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
-    static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    static OUTGOING: RefCell<Vec<OwnedFd>> = const { RefCell::new(Vec::new()) };
+    /// `OUTGOING`'s length, kept beside it so a frame can see whether it attached anything
+    /// without borrowing the table.
+    static OUT_LEN: Cell<usize> = const { Cell::new(0) };
+    /// The frame values encoded now attach to: its base in `OUTGOING` and the index its first
+    /// descriptor takes in the message; `None`: nothing can be attached here.
+    static OUT_FRAME: Cell<Option<Frame>> = const { Cell::new(None) };
+    static INCOMING: RefCell<Vec<Option<OwnedFd>>> = const { RefCell::new(Vec::new()) };
+    /// The frame values decoded now take descriptors from: its base in `INCOMING` and its
+    /// length; `None`: the message being decoded came without descriptors.
+    static IN_FRAME: Cell<Option<Frame>> = const { Cell::new(None) };
     static MOVING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Restores the previous table when dropped, so nested or panicking encodes leave no state.
-struct Restore<'a, T: 'static> {
-    key: &'static std::thread::LocalKey<RefCell<Option<T>>>,
-    prev: Option<Option<T>>,
-    _p: std::marker::PhantomData<&'a ()>,
-}
-
-impl<T> Drop for Restore<'_, T> {
-    fn drop(&mut self) {
-        let prev = self.prev.take().flatten();
-        self.key.with(|c| *c.borrow_mut() = prev);
-    }
+/// A frame of one of the tables: `base` is where its entries start, `n` the index its first
+/// entry has in the message (outgoing) or the number of its entries (incoming).
+#[derive(Clone, Copy)]
+struct Frame {
+    base: usize,
+    n: usize,
 }
 
 /// Encodes `value`; the descriptors its parts attached come back in order of their indices.
 pub(crate) fn encode_with_fds<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
-    let prev = OUTGOING.with(|c| c.borrow_mut().replace(Vec::new()));
-    let restore = Restore {
-        key: &OUTGOING,
-        prev: Some(prev),
-        _p: std::marker::PhantomData,
-    };
-    let bytes = wire::encode(value);
-    let fds = OUTGOING.with(|c| c.borrow_mut().take()).unwrap_or_default();
-    drop(restore);
-    Ok((bytes?, fds))
+    let mut fds = Vec::new();
+    let bytes = encoding_into(&mut fds, false, || wire::encode(value))?;
+    Ok((bytes, fds))
 }
 
 /// Encodes `value`, appending to `buf` (as [`wire::encode_append`]); returns the descriptors its
@@ -85,19 +85,7 @@ pub(crate) fn encode_append_with_fds<T: Serialize + ?Sized>(
     value: &T,
     buf: &mut Vec<u8>,
 ) -> Result<Vec<OwnedFd>> {
-    if !can_attach() {
-        wire::reserve_for(value, buf)?;
-    }
-    let prev = OUTGOING.with(|c| c.borrow_mut().replace(Vec::new()));
-    let restore = Restore {
-        key: &OUTGOING,
-        prev: Some(prev),
-        _p: std::marker::PhantomData,
-    };
-    let r = wire::encode_append(value, buf);
-    let fds = OUTGOING.with(|c| c.borrow_mut().take()).unwrap_or_default();
-    drop(restore);
-    r.map(|()| fds)
+    encode_append(value, buf, false)
 }
 
 /// As [`encode_append_with_fds`], for a value the caller gives up once it is sent (see
@@ -106,17 +94,20 @@ pub(crate) fn encode_append_moving_with_fds<T: Serialize + ?Sized>(
     value: &T,
     buf: &mut Vec<u8>,
 ) -> Result<Vec<OwnedFd>> {
-    let _reset = Reset(MOVING.with(|m| m.replace(true)));
-    encode_append_with_fds(value, buf)
+    encode_append(value, buf, true)
 }
 
-/// Restores the previous [`MOVING`] flag when dropped.
-struct Reset(bool);
-
-impl Drop for Reset {
-    fn drop(&mut self) {
-        MOVING.with(|m| m.set(self.0));
+fn encode_append<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut Vec<u8>,
+    moving: bool,
+) -> Result<Vec<OwnedFd>> {
+    if !can_attach() {
+        wire::reserve_for(value, buf)?;
     }
+    let mut fds = Vec::new();
+    encoding_into(&mut fds, moving, || wire::encode_append(value, buf))?;
+    Ok(fds)
 }
 
 /// Like [`encode_with_fds`], for a value the caller gives up once it is sent: parts that own
@@ -126,8 +117,9 @@ impl Drop for Reset {
 pub(crate) fn encode_moving_with_fds<T: Serialize + ?Sized>(
     value: &T,
 ) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
-    let _reset = Reset(MOVING.with(|m| m.replace(true)));
-    encode_with_fds(value)
+    let mut fds = Vec::new();
+    let bytes = encoding_into(&mut fds, true, || wire::encode(value))?;
+    Ok((bytes, fds))
 }
 
 /// Whether the value being encoded on this thread is given up by its sender.
@@ -138,14 +130,8 @@ pub(crate) fn moving() -> bool {
 /// Decodes a value from `bytes`, letting its parts [`take`] the descriptors `fds` that came with
 /// it. Descriptors no part took are closed.
 pub(crate) fn decode_with_fds<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
-    let table = fds.into_iter().map(Some).collect();
-    let prev = INCOMING.with(|c| c.borrow_mut().replace(table));
-    let _restore = Restore {
-        key: &INCOMING,
-        prev: Some(prev),
-        _p: std::marker::PhantomData,
-    };
-    wire::decode(bytes)
+    let mut table = FdTable::new(fds);
+    decoding_with(&mut table, || wire::decode(bytes))
 }
 
 /// Descriptors that came with a message, for [`decoding_with`]: each is taken at most once,
@@ -168,68 +154,102 @@ impl FdTable {
 /// Runs `f`, in which values decoded on this thread may [`take`] descriptors of `table` (for a
 /// message decoded piece by piece: the table keeps what the pieces did not take).
 pub(crate) fn decoding_with<R>(table: &mut FdTable, f: impl FnOnce() -> R) -> R {
-    let prev = INCOMING.with(|c| c.borrow_mut().replace(std::mem::take(&mut table.0)));
-    struct Back<'a>(&'a mut FdTable, Option<Vec<Option<OwnedFd>>>);
+    let frame = (!table.0.is_empty()).then(|| {
+        INCOMING.with(|t| {
+            let mut t = t.borrow_mut();
+            let frame = Frame {
+                base: t.len(),
+                n: table.0.len(),
+            };
+            t.append(&mut table.0);
+            frame
+        })
+    });
+    let prev = IN_FRAME.with(|c| c.replace(frame));
+    /// Gives the frame's entries back to the table, also when `f` panics.
+    struct Back<'a>(&'a mut FdTable, Option<Frame>, Option<Frame>);
     impl Drop for Back<'_> {
         fn drop(&mut self) {
-            let prev = self.1.take();
-            self.0.0 = INCOMING
-                .with(|c| std::mem::replace(&mut *c.borrow_mut(), prev))
-                .unwrap_or_default();
+            IN_FRAME.with(|c| c.set(self.2));
+            if let Some(frame) = self.1 {
+                INCOMING.with(|t| self.0.0.extend(t.borrow_mut().drain(frame.base..)));
+            }
         }
     }
-    let _back = Back(table, prev);
+    let _back = Back(table, frame, prev);
     f()
 }
 
 /// Runs `f`, in which values encoded on this thread may [`attach`] descriptors, appended to
-/// `fds` (for a message encoded piece by piece). With `moving`, the values encoded in `f` are
-/// given up by the caller right after (see [`encode_moving_with_fds`]).
+/// `fds` (for a message encoded piece by piece: the indices continue after the descriptors
+/// already in `fds`). With `moving`, the values encoded in `f` are given up by the caller right
+/// after (see [`encode_moving_with_fds`]).
 pub(crate) fn encoding_into<R>(fds: &mut Vec<OwnedFd>, moving: bool, f: impl FnOnce() -> R) -> R {
-    let prev = OUTGOING.with(|c| c.borrow_mut().replace(std::mem::take(fds)));
+    let base = OUT_LEN.with(Cell::get);
+    let prev = OUT_FRAME.with(|c| c.replace(Some(Frame { base, n: fds.len() })));
     let prev_moving = MOVING.with(|m| m.replace(moving));
-    struct Back<'a>(&'a mut Vec<OwnedFd>, Option<Vec<OwnedFd>>, bool);
+    /// Moves what `f` attached into `fds` and restores the outer frame, also when `f` panics.
+    struct Back<'a>(&'a mut Vec<OwnedFd>, usize, Option<Frame>, bool);
     impl Drop for Back<'_> {
         fn drop(&mut self) {
-            let prev = self.1.take();
-            *self.0 = OUTGOING
-                .with(|c| std::mem::replace(&mut *c.borrow_mut(), prev))
-                .unwrap_or_default();
-            MOVING.with(|m| m.set(self.2));
+            OUT_FRAME.with(|c| c.set(self.2));
+            MOVING.with(|m| m.set(self.3));
+            if OUT_LEN.with(Cell::get) > self.1 {
+                OUTGOING.with(|t| {
+                    let mut t = t.borrow_mut();
+                    self.0.extend(t.drain(self.1..));
+                    OUT_LEN.with(|l| l.set(t.len()));
+                });
+            }
         }
     }
-    let _back = Back(fds, prev, prev_moving);
+    let _back = Back(fds, base, prev, prev_moving);
     f()
+}
+
+/// How many descriptors the message being encoded on this thread has so far (those given to
+/// [`encoding_into`] and those attached since); 0 outside an encode.
+pub(crate) fn attached() -> usize {
+    OUT_FRAME
+        .with(Cell::get)
+        .map_or(0, |f| f.n + OUT_LEN.with(Cell::get) - f.base)
 }
 
 /// Whether a descriptor can be attached to the message being encoded on this thread.
 pub(crate) fn can_attach() -> bool {
-    OUTGOING.with(|c| c.borrow().is_some())
+    OUT_FRAME.with(Cell::get).is_some()
 }
 
 /// Attaches `fd` to the message being encoded on this thread; returns its index.
 pub(crate) fn attach(fd: OwnedFd) -> std::result::Result<u32, &'static str> {
-    OUTGOING.with(|c| match c.borrow_mut().as_mut() {
-        Some(v) => {
-            v.push(fd);
-            Ok((v.len() - 1) as u32)
-        }
-        None => Err(
+    let Some(frame) = OUT_FRAME.with(Cell::get) else {
+        return Err(
             "this value carries a file descriptor: it can be sent through a \
-                     multiproc::Pipe (or inherited by fork), not through this channel",
-        ),
+                    multiproc::Pipe (or inherited by fork), not through this channel",
+        );
+    };
+    OUTGOING.with(|t| {
+        let mut t = t.borrow_mut();
+        t.push(fd);
+        OUT_LEN.with(|l| l.set(t.len()));
+        Ok((frame.n + t.len() - 1 - frame.base) as u32)
     })
 }
 
 /// Takes the descriptor at `index` of the message being decoded on this thread.
 pub(crate) fn take(index: u32) -> std::result::Result<OwnedFd, &'static str> {
-    INCOMING.with(|c| {
-        c.borrow_mut()
-            .as_mut()
-            .ok_or("this value carries a file descriptor, but the message came without any")?
-            .get_mut(index as usize)
+    let frame = IN_FRAME
+        .with(Cell::get)
+        .ok_or("this value carries a file descriptor, but the message came without any")?;
+    let missing = "the message lacks the file descriptor this value refers to";
+    if index as usize >= frame.n {
+        return Err(missing);
+    }
+    INCOMING.with(|t| {
+        t.borrow_mut()
+            .get_mut(frame.base + index as usize)
             .and_then(Option::take)
-            .ok_or("the message lacks the file descriptor this value refers to")
+            .ok_or(missing)
     })
 }
 

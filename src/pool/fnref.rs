@@ -148,7 +148,16 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
     }
 
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
+        // Most pieces are varints of at most 10 bytes: pushed one by one, they cost less than
+        // the call to `memcpy` that `extend_from_slice` makes for a length unknown here.
+        if data.len() <= 10 {
+            self.0.reserve(data.len());
+            for &b in data {
+                self.0.push(b);
+            }
+        } else {
+            self.0.extend_from_slice(data);
+        }
         Ok(())
     }
 

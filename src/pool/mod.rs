@@ -508,8 +508,8 @@ impl Pool {
         if n == 0 {
             return Ok(());
         }
-        let mut chunks = Chunker::with_scratch(
-            items.into_iter(),
+        let mut chunks = Chunker::from_vec(
+            items,
             self.chunksize_for(Some(n)),
             self.limit,
             core.take_spare(),
@@ -877,7 +877,8 @@ impl Pool {
         T: Serialize,
     {
         let n = items.len();
-        let mut chunks = Chunker::new(items.into_iter(), self.chunksize_for(Some(n)), self.limit);
+        let chunksize = self.chunksize_for(Some(n));
+        let mut chunks = Chunker::from_vec(items, chunksize, self.limit, Vec::new());
         let mut tasks = Vec::new();
         while let Some(t) = chunks.next_task(0, usize::MAX)? {
             tasks.push(t);

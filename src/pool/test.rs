@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::fnref::{self, FnRef, ItemError, ItemOut, Trampoline};
-use super::result::{Chunker, decode_outcomes};
+use super::result::{Chunker, decode_outcomes, take_outcome};
 use super::sched::Items;
 use crate::error::{Error, RemotePanic};
 use crate::fdpass::FdTable;
@@ -47,6 +47,72 @@ fn chunker_cuts_inputs_and_respects_the_limit() {
     // An input over the limit is TooLarge.
     let mut c = Chunker::new(std::iter::once(vec![0u8; 100]), 1, 10);
     assert!(matches!(c.next_task(1, 1), Err(Error::TooLarge { .. })));
+}
+
+#[test]
+fn a_vec_chunker_makes_the_same_tasks_as_an_iterator_chunker() {
+    let inputs: Vec<(u64, String)> = (0..1000u64).map(|i| (i * i, format!("x{i}"))).collect();
+    let mut a = Chunker::from_vec(inputs.clone(), 64, 1 << 20, Vec::new());
+    let mut b = Chunker::new(inputs.into_iter(), 64, 1 << 20);
+    let mut tasks = 0;
+    while let Some(ta) = a.next_task(1, usize::MAX).unwrap() {
+        let tb = b.next_task(1, usize::MAX).unwrap().unwrap();
+        assert_eq!(
+            (ta.items.count(), &ta.bytes[..]),
+            (tb.items.count(), &tb.bytes[..])
+        );
+        assert!(ta.fds.is_none());
+        tasks += 1;
+    }
+    assert!(b.next_task(1, usize::MAX).unwrap().is_none());
+    assert_eq!((tasks, a.pulled), (16, 1000));
+    // The limit holds in both.
+    let mut c = Chunker::from_vec(vec![vec![0u8; 100]], 1, 10, Vec::new());
+    assert!(matches!(c.next_task(1, 1), Err(Error::TooLarge { .. })));
+}
+
+/// `take_outcome`'s shortcut for `Ok` must read exactly what the full decode reads.
+#[test]
+fn the_ok_shortcut_decodes_as_the_full_result_does() {
+    fn check<R>(outs: Vec<ItemOut<R>>)
+    where
+        R: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let mut data = Vec::new();
+        for o in &outs {
+            data.extend(postcard::to_stdvec(o).unwrap());
+        }
+        let mut rest = &data[..];
+        for o in &outs {
+            let (got, r) = take_outcome::<R>(rest).unwrap();
+            let (full, r2) = postcard::take_from_bytes::<ItemOut<R>>(rest).unwrap();
+            assert_eq!(r.len(), r2.len());
+            assert_eq!(got.as_ref().ok(), o.as_ref().ok());
+            assert_eq!(full.as_ref().ok(), o.as_ref().ok());
+            assert_eq!(got.is_err(), o.is_err());
+            rest = r;
+        }
+        assert!(rest.is_empty());
+    }
+    check::<u64>(vec![
+        Ok(0),
+        Ok(u64::MAX),
+        Err(ItemError::TooLarge(9)),
+        Ok(300),
+    ]);
+    check::<()>(vec![Ok(()), Err(ItemError::Codec("bad".into())), Ok(())]);
+    check::<String>(vec![Ok(String::new()), Ok("héllo".into())]);
+    check::<(u8, Vec<i64>, Option<bool>)>(vec![
+        Ok((0, vec![-1, 2], None)),
+        Err(ItemError::Panicked(RemotePanic {
+            message: "p".into(),
+            location: Some("a.rs:1".into()),
+        })),
+        Ok((255, vec![], Some(true))),
+    ]);
+    // Cut short: an error, never a panic.
+    assert!(take_outcome::<u64>(&[0]).is_err());
+    assert!(take_outcome::<u64>(&[]).is_err());
 }
 
 #[test]

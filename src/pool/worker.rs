@@ -82,6 +82,13 @@ impl Progress {
         w[0].store(v + 2, Ordering::Release);
     }
 
+    /// Records that the worker in `slot` starts input `item` of the task it started last with
+    /// [`set`](Progress::set) (worker side, for a pool without a task timeout): the task does
+    /// not change, so one store keeps the slot consistent for a reader.
+    pub(crate) fn set_item(&self, slot: usize, item: u64) {
+        self.words(slot)[2].store(item, Ordering::Release);
+    }
+
     /// Reads a slot (parent side). A writer killed mid-update leaves the version odd; after a
     /// few tries the fields are taken as they are.
     pub(crate) fn get(&self, slot: usize) -> Snapshot {
@@ -114,6 +121,8 @@ pub(crate) struct Exec<'a> {
     timed: bool,
     ctx: &'a mut CtxCache,
     in_fds: FdTable,
+    /// Whether the task's inputs came with descriptors at all.
+    in_any: bool,
     out_fds: Vec<OwnedFd>,
 }
 
@@ -121,7 +130,7 @@ impl Exec<'_> {
     /// Runs `f`, which decodes inputs of the task: values in shared memory take the task's
     /// descriptors.
     pub(crate) fn decoding<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        if self.in_fds.is_empty() {
+        if !self.in_any {
             f()
         } else {
             fdpass::decoding_with(&mut self.in_fds, f)
@@ -136,8 +145,11 @@ impl Exec<'_> {
 
     /// Records that input `i` of the current task starts now.
     pub(crate) fn item_started(&mut self, i: u32) {
-        self.progress
-            .set(self.slot, self.seq, u64::from(i), self.timed);
+        if self.timed {
+            self.progress.set(self.slot, self.seq, u64::from(i), true);
+        } else {
+            self.progress.set_item(self.slot, u64::from(i));
+        }
     }
 
     /// Decodes the current job's context unless it is decoded already.
@@ -256,6 +268,7 @@ fn serve(s: &mut Setup) -> crate::Result<()> {
                     seq,
                     timed: s.timed,
                     ctx: &mut ctx,
+                    in_any: !fds.is_empty(),
                     in_fds: FdTable::new(fds),
                     out_fds: Vec::new(),
                 };
