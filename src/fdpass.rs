@@ -123,6 +123,7 @@ pub(crate) fn encode_moving_with_fds<T: Serialize + ?Sized>(
 }
 
 /// Whether the value being encoded on this thread is given up by its sender.
+#[inline]
 pub(crate) fn moving() -> bool {
     MOVING.with(Cell::get) && can_attach()
 }
@@ -169,6 +170,7 @@ pub(crate) fn decoding_with<R>(table: &mut FdTable, f: impl FnOnce() -> R) -> R 
     /// Gives the frame's entries back to the table, also when `f` panics.
     struct Back<'a>(&'a mut FdTable, Option<Frame>, Option<Frame>);
     impl Drop for Back<'_> {
+        #[inline]
         fn drop(&mut self) {
             IN_FRAME.with(|c| c.set(self.2));
             if let Some(frame) = self.1 {
@@ -191,6 +193,7 @@ pub(crate) fn encoding_into<R>(fds: &mut Vec<OwnedFd>, moving: bool, f: impl FnO
     /// Moves what `f` attached into `fds` and restores the outer frame, also when `f` panics.
     struct Back<'a>(&'a mut Vec<OwnedFd>, usize, Option<Frame>, bool);
     impl Drop for Back<'_> {
+        #[inline]
         fn drop(&mut self) {
             OUT_FRAME.with(|c| c.set(self.2));
             MOVING.with(|m| m.set(self.3));
@@ -209,6 +212,7 @@ pub(crate) fn encoding_into<R>(fds: &mut Vec<OwnedFd>, moving: bool, f: impl FnO
 
 /// How many descriptors the message being encoded on this thread has so far (those given to
 /// [`encoding_into`] and those attached since); 0 outside an encode.
+#[inline]
 pub(crate) fn attached() -> usize {
     OUT_FRAME
         .with(Cell::get)
@@ -216,6 +220,7 @@ pub(crate) fn attached() -> usize {
 }
 
 /// Whether a descriptor can be attached to the message being encoded on this thread.
+#[inline]
 pub(crate) fn can_attach() -> bool {
     OUT_FRAME.with(Cell::get).is_some()
 }

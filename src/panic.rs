@@ -1,6 +1,6 @@
 //! Catching a panic in a child and turning it into data ([`RemotePanic`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
 
@@ -8,12 +8,16 @@ use crate::error::RemotePanic;
 
 thread_local! {
     static LAST: RefCell<Option<RemotePanic>> = const { RefCell::new(None) };
+    /// How many panics the hook recorded on this thread: [`catch`] takes `LAST` only when this
+    /// moved, so it need not clear `LAST` before every call (a pool calls it for every input).
+    static RECORDED: Cell<u64> = const { Cell::new(0) };
 }
 
 static HOOK: Once = Once::new();
 
 /// Installs (once per process) a panic hook that records the message and location for
 /// [`catch`], then runs the hook that was there before (which prints the usual message).
+#[inline]
 pub(crate) fn install_hook() {
     HOOK.call_once(|| {
         let previous = panic::take_hook();
@@ -23,6 +27,7 @@ pub(crate) fn install_hook() {
             LAST.with(|slot| {
                 if let Ok(mut slot) = slot.try_borrow_mut() {
                     *slot = Some(RemotePanic { message, location });
+                    RECORDED.with(|n| n.set(n.get().wrapping_add(1)));
                 }
             });
             previous(info);
@@ -43,13 +48,17 @@ fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Runs `f`, turning a panic into a [`RemotePanic`] with its message and location.
 pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, RemotePanic> {
     install_hook();
-    LAST.with(|slot| slot.borrow_mut().take());
+    let before = RECORDED.with(Cell::get);
     match panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => Ok(r),
         Err(payload) => {
-            let recorded = LAST.with(|slot| slot.borrow_mut().take());
-            // A payload that panics in its own Drop must not unwind out of here.
             let fallback = payload_message(&*payload);
+            // What the hook recorded, if this panic went through it: code in `f` may have
+            // replaced the hook, and then `LAST` holds an older panic's message.
+            let recorded = LAST
+                .with(|slot| slot.borrow_mut().take())
+                .filter(|r| RECORDED.with(Cell::get) != before && r.message == fallback);
+            // A payload that panics in its own Drop must not unwind out of here.
             let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
             Err(recorded.unwrap_or(RemotePanic {
                 message: fallback,

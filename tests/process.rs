@@ -157,6 +157,22 @@ fn spawn_reports_the_panic_message_and_location() {
 }
 
 #[test]
+fn a_panic_after_the_task_replaced_the_hook_is_not_reported_as_an_older_one() {
+    let h = spawn(|| -> u8 {
+        // A panic caught inside the task goes through multiproc's hook ...
+        assert!(std::panic::catch_unwind(|| panic!("first")).is_err());
+        // ... which the task then replaces, so the next panic is not recorded.
+        std::panic::set_hook(Box::new(|_| {}));
+        panic!("second {}", 2)
+    })
+    .unwrap();
+    let panic = h.join().unwrap_err().panic().cloned().expect("TaskPanicked");
+    assert_eq!(panic.message, "second 2");
+    // Not the first panic's location either.
+    assert_eq!(panic.location, None);
+}
+
+#[test]
 fn spawn_reports_signal_and_exit_code() {
     let h = spawn(|| -> u8 {
         nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();

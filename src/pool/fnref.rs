@@ -142,11 +142,13 @@ pub(crate) struct Append<'a>(pub(crate) &'a mut Vec<u8>);
 impl postcard::ser_flavors::Flavor for Append<'_> {
     type Output = ();
 
+    #[inline]
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
         self.0.push(data);
         Ok(())
     }
 
+    #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         // Most pieces are varints of at most 10 bytes: pushed one by one, they cost less than
         // the call to `memcpy` that `extend_from_slice` makes for a length unknown here.

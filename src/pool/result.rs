@@ -208,6 +208,7 @@ where
     }
 
     /// Appends the encoding of input `x` to the task being made, and drops `x`.
+    #[inline]
     fn encode(&mut self, x: I::Item) -> Result<()> {
         postcard::serialize_with_flavor(&x, Append(&mut self.scratch)).map_err(CodecError)?;
         Ok(())
@@ -215,17 +216,10 @@ where
 
     /// Whether the task being made must take no more inputs, now that it holds input `#input`
     /// and `fds` descriptors; an error (which ends the input) when it is over a limit.
+    #[inline]
     fn task_full(&mut self, fds: usize, input: usize) -> Result<bool> {
         if fds > MAX_FDS {
-            self.done = true;
-            return Err(Error::invalid_arg(
-                "descriptors of one pool task",
-                fds,
-                format!(
-                    "input #{input} brings the task's shared-memory values (SharedArray, \
-                     PodVec, sync objects) to more than {MAX_FDS}; pass fewer per input"
-                ),
-            ));
+            return Err(self.too_many_fds(fds, input));
         }
         if self.scratch.len() > self.limit {
             self.done = true;
@@ -236,6 +230,20 @@ where
         }
         // Close the task early, so that the next input cannot take it past the limit.
         Ok(fds >= FDS_PER_TASK)
+    }
+
+    /// The error of a task whose input `#input` brought its descriptors to `fds`.
+    #[cold]
+    fn too_many_fds(&mut self, fds: usize, input: usize) -> Error {
+        self.done = true;
+        Error::invalid_arg(
+            "descriptors of one pool task",
+            fds,
+            format!(
+                "input #{input} brings the task's shared-memory values (SharedArray, \
+                 PodVec, sync objects) to more than {MAX_FDS}; pass fewer per input"
+            ),
+        )
     }
 }
 

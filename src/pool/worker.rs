@@ -54,6 +54,7 @@ impl Progress {
         Ok(p)
     }
 
+    #[inline]
     fn words(&self, slot: usize) -> &[AtomicU64] {
         &self.map.as_atomic_u64s()[slot * WORDS..(slot + 1) * WORDS]
     }
@@ -85,6 +86,7 @@ impl Progress {
     /// Records that the worker in `slot` starts input `item` of the task it started last with
     /// [`set`](Progress::set) (worker side, for a pool without a task timeout): the task does
     /// not change, so one store keeps the slot consistent for a reader.
+    #[inline]
     pub(crate) fn set_item(&self, slot: usize, item: u64) {
         self.words(slot)[2].store(item, Ordering::Release);
     }
@@ -144,6 +146,7 @@ impl Exec<'_> {
     }
 
     /// Records that input `i` of the current task starts now.
+    #[inline]
     pub(crate) fn item_started(&mut self, i: u32) {
         if self.timed {
             self.progress.set(self.slot, self.seq, u64::from(i), true);
