@@ -166,7 +166,12 @@ fn a_panic_after_the_task_replaced_the_hook_is_not_reported_as_an_older_one() {
         panic!("second {}", 2)
     })
     .unwrap();
-    let panic = h.join().unwrap_err().panic().cloned().expect("TaskPanicked");
+    let panic = h
+        .join()
+        .unwrap_err()
+        .panic()
+        .cloned()
+        .expect("TaskPanicked");
     assert_eq!(panic.message, "second 2");
     // Not the first panic's location either.
     assert_eq!(panic.location, None);

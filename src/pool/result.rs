@@ -59,20 +59,13 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
             fdpass::decoding_with(&mut fds, || take_outcome::<R>(rest))
         };
         match decoded {
-            Ok((out, r)) => {
+            Ok((Ok(v), r)) => {
                 rest = r;
-                let res = out.map_err(|e| match e {
-                    ItemError::Panicked(panic) => Error::TaskPanicked { pid, panic },
-                    ItemError::Codec(m) => Error::InvalidState(format!(
-                        "the result of {} could not be encoded: {m}",
-                        items.label(k)
-                    )),
-                    ItemError::TooLarge(size) => Error::TooLarge {
-                        size: size as usize,
-                        limit: MAX_MESSAGE_BYTES,
-                    },
-                });
-                put(items.index(k), res);
+                put(items.index(k), Ok(v));
+            }
+            Ok((Err(e), r)) => {
+                rest = r;
+                put(items.index(k), Err(item_error(e, items, k, pid)));
             }
             Err(e) => {
                 for j in k..items.count() as usize {
@@ -81,6 +74,22 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
                 return;
             }
         }
+    }
+}
+
+/// The error of input `k` of `items`, which failed in worker `pid`.
+#[cold]
+fn item_error(e: ItemError, items: &Items, k: usize, pid: i32) -> Error {
+    match e {
+        ItemError::Panicked(panic) => Error::TaskPanicked { pid, panic },
+        ItemError::Codec(m) => Error::InvalidState(format!(
+            "the result of {} could not be encoded: {m}",
+            items.label(k)
+        )),
+        ItemError::TooLarge(size) => Error::TooLarge {
+            size: size as usize,
+            limit: MAX_MESSAGE_BYTES,
+        },
     }
 }
 
