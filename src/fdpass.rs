@@ -210,6 +210,26 @@ pub(crate) fn encoding_into<R>(fds: &mut Vec<OwnedFd>, moving: bool, f: impl FnO
     f()
 }
 
+/// Runs `f` outside the frame being encoded on this thread: nothing `f` encodes attaches to it
+/// (`f` may open frames of its own).
+#[inline]
+pub(crate) fn suspended<R>(f: impl FnOnce() -> R) -> R {
+    /// Puts the frame back, also when `f` panics.
+    struct Back(Option<Frame>, bool);
+    impl Drop for Back {
+        #[inline]
+        fn drop(&mut self) {
+            OUT_FRAME.with(|c| c.set(self.0));
+            MOVING.with(|m| m.set(self.1));
+        }
+    }
+    let _back = Back(
+        OUT_FRAME.with(|c| c.replace(None)),
+        MOVING.with(|m| m.replace(false)),
+    );
+    f()
+}
+
 /// How many descriptors the message being encoded on this thread has so far (those given to
 /// [`encoding_into`] and those attached since); 0 outside an encode.
 #[inline]

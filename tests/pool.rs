@@ -590,6 +590,32 @@ fn open_fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
+/// Forks a process from inside the task that answers with a `PodVec` (through a channel that
+/// carries no descriptors, so it goes as bytes), and answers with one of its own.
+fn spawn_inside(x: u64) -> (u64, multiproc::PodVec<u64>) {
+    let h = multiproc::spawn(move || multiproc::PodVec::from(vec![x; 40_000])).unwrap();
+    let v: multiproc::PodVec<u64> = h.join().unwrap();
+    (v.iter().sum(), multiproc::PodVec::from(vec![x + 1; 40_000]))
+}
+
+#[test]
+fn what_a_task_encodes_itself_does_not_attach_to_the_reply() {
+    let _g = lock();
+    let pool = Pool::builder().processes(2).chunksize(3).build().unwrap();
+    let got = pool.map(spawn_inside, 0..8u64).unwrap();
+    assert_eq!(got.len(), 8);
+    for (x, (sum, v)) in got.iter().enumerate() {
+        let x = x as u64;
+        assert_eq!(*sum, 40_000 * x, "input {x}");
+        assert!(
+            v.len() == 40_000 && v.iter().all(|&y| y == x + 1),
+            "input {x}"
+        );
+    }
+    drop(pool);
+    assert_no_children();
+}
+
 /// Doubles every element in place (a received `PodVec` is the worker's alone) and sends it back.
 fn doubled(mut v: multiproc::PodVec<f64>) -> multiproc::PodVec<f64> {
     for x in v.iter_mut() {

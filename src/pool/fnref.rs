@@ -21,8 +21,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::RemotePanic;
-use crate::panic;
 use crate::wire::MAX_MESSAGE_BYTES;
+use crate::{fdpass, panic};
 
 use super::worker::Exec;
 
@@ -185,16 +185,22 @@ fn run_items<T: DeserializeOwned, R: Serialize>(
     out: &mut Vec<u8>,
     mut f: impl FnMut(&mut Exec<'_>, T) -> R,
 ) -> Result<(), String> {
-    for i in 0..count {
-        let (x, rest) = ex
-            .decoding(|| postcard::take_from_bytes::<T>(input))
-            .map_err(|e| format!("decoding input {i} of the task: {e}"))?;
-        input = rest;
-        ex.item_started(i);
-        let outcome = panic::catch(|| f(ex, x)).map_err(ItemError::Panicked);
-        ex.encoding(|| push_outcome(&outcome, out));
-    }
-    Ok(())
+    // The outcomes are encoded in one descriptor frame for the task (each is dropped right
+    // after, so a `PodVec` in shared memory goes as it is); the caller's function runs outside
+    // it, so that what it encodes itself cannot attach to the task's reply.
+    ex.encoding(|ex| {
+        for i in 0..count {
+            let (x, rest) = ex
+                .decoding(|| postcard::take_from_bytes::<T>(input))
+                .map_err(|e| format!("decoding input {i} of the task: {e}"))?;
+            input = rest;
+            ex.item_started(i);
+            let outcome =
+                fdpass::suspended(|| panic::catch(|| f(ex, x))).map_err(ItemError::Panicked);
+            push_outcome(&outcome, out);
+        }
+        Ok(())
+    })
 }
 
 /// The trampoline for `F: Fn(T) -> R`.

@@ -139,10 +139,13 @@ impl Exec<'_> {
         }
     }
 
-    /// Runs `f`, which encodes an outcome that is dropped right after: values in shared memory
+    /// Runs `f`, which encodes outcomes that are dropped right after: values in shared memory
     /// attach their descriptors (a `PodVec` in shared memory goes as it is, without a copy).
-    pub(crate) fn encoding<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        fdpass::encoding_into(&mut self.out_fds, true, f)
+    pub(crate) fn encoding<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let mut fds = std::mem::take(&mut self.out_fds);
+        let r = fdpass::encoding_into(&mut fds, true, || f(self));
+        self.out_fds = fds;
+        r
     }
 
     /// Records that input `i` of the current task starts now.
