@@ -1056,3 +1056,142 @@ fn progress_bar_with_eta_on_a_terminal() {
     assert_eq!(r.code, Some(0), "{r:?}");
     assert!(r.stdout.contains("3/3 jobs, ETA"), "{:?}", r.stdout);
 }
+
+/// A runner whose stdin the test writes to as it goes, and whose stdout lines it reads as they
+/// come.
+struct Streaming {
+    child: Reap,
+    input: Option<std::process::ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Streaming {
+    fn start(dir: &Path, args: &[&str]) -> Streaming {
+        use std::io::{BufRead, Read};
+        let mut cmd = mp(dir);
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let input = child.stdin.take();
+        let out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        Streaming {
+            child: Reap(child),
+            input,
+            lines,
+            stderr,
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let input = self.input.as_mut().unwrap();
+        input.write_all(bytes).unwrap();
+        input.flush().unwrap();
+    }
+
+    /// The next stdout line, waiting at most 20 s.
+    fn next_line(&self) -> Option<String> {
+        self.lines.recv_timeout(secs(20.0)).ok()
+    }
+
+    /// Closes stdin, waits for the exit (bounded); returns the exit code and stderr.
+    fn finish(mut self) -> (Option<i32>, String) {
+        drop(self.input.take());
+        let code = wait_bg(&mut self.child, LIMIT);
+        (code, self.stderr.join().unwrap())
+    }
+}
+
+#[test]
+fn stdin_is_read_as_jobs_run_so_jobs_start_before_the_input_ends() {
+    let d = scratch("stream");
+    let mut s = Streaming::start(&d, &["-v", "--joblog", "log", "echo", "got"]);
+    // Each line's job runs while the input is still open: an endless producer works.
+    s.write(b"a\n");
+    assert_eq!(s.next_line().as_deref(), Some("got a"));
+    s.write(b"b\n");
+    assert_eq!(s.next_line().as_deref(), Some("got b"));
+    let (code, stderr) = s.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("jobs read from stdin as they come"),
+        "{stderr}"
+    );
+    assert_eq!(joblog(&d.join("log")).len(), 2);
+}
+
+#[test]
+fn streamed_input_keeps_order_and_resumes() {
+    let d = scratch("stream-resume");
+    let r = run_in(&d, &["--joblog", "log", "echo"], Some("1\n2\n3\n"));
+    assert_eq!(
+        (r.code, sorted_lines(&r.stdout)),
+        (Some(0), vec!["1".into(), "2".into(), "3".into()])
+    );
+    // The same input and more: only the new ones run, printed in input order (-k does not wait
+    // for the skipped ones), though the first of them takes longest.
+    let r = run_in(
+        &d,
+        &[
+            "--joblog",
+            "log",
+            "--resume",
+            "-k",
+            "-j",
+            "3",
+            "--shell",
+            "sleep 0.$((6 - {})); echo {}",
+        ],
+        Some("1\n2\n3\n4\n5\n6\n"),
+    );
+    assert_eq!(
+        (r.code, lines(&r.stdout)),
+        (Some(0), vec!["4", "5", "6"]),
+        "{}",
+        r.stderr
+    );
+    let seqs: Vec<String> = joblog(&d.join("log"))
+        .into_iter()
+        .map(|row| row[0].clone())
+        .collect();
+    let mut seqs: Vec<u64> = seqs.iter().map(|s| s.parse().unwrap()).collect();
+    seqs.sort();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6], "each input once");
+}
+
+#[test]
+fn a_streamed_input_that_fails_part_way_stops_the_hand_out_with_a_clear_error() {
+    let d = scratch("stream-bad");
+    let mut s = Streaming::start(&d, &["echo", "ran"]);
+    s.write(b"ok\n");
+    assert_eq!(s.next_line().as_deref(), Some("ran ok"));
+    s.write(b"\xff\nlater\n");
+    let (code, stderr) = s.finish();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("stdin line 2: not valid UTF-8") && stderr.contains("no more jobs"),
+        "{stderr}"
+    );
+    // A regular file with the same bad line is refused before any job runs.
+    fs::write(d.join("bad"), b"ok\n\xff\n").unwrap();
+    let r = run_in(&d, &["echo", "ran", "::::", "bad"], None);
+    assert_eq!((r.code, r.stdout.as_str()), (Some(2), ""), "{}", r.stderr);
+    assert!(r.stderr.contains("line 2"), "{}", r.stderr);
+}

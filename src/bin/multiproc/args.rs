@@ -29,7 +29,8 @@ use crate::template::{Template, TemplateError};
     after_help = "Replacement strings: {} {.} {/} {//} {/.} {#} {%}, and {N} {N.} {N/} {N//} {N/.} \
                   for input source N. With none in COMMAND, the inputs are appended.\n\
                   Inputs: ::: VALUES, :::: FILES, -a FILE; several sources combine as a \
-                  cartesian product; with none, lines of stdin."
+                  cartesian product; with none, lines of stdin. Stdin and pipes are read as \
+                  jobs run (jobs start as lines come); :::, regular files before the first job."
 )]
 pub(crate) struct Cli {
     /// Run N jobs at once [default: CPUs / --threads-per-job]

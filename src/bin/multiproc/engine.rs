@@ -1,6 +1,7 @@
 //! The runner: `-j N` worker [`Process`]es fed through a [`Queue`] (the "mmul queue" pattern).
 //!
-//! The runner forks the workers first, while it is still single-threaded, then hands out jobs
+//! The runner forks the workers first, while it is still single-threaded (a streamed input's
+//! reader thread starts after, with the first job asked for), then hands out jobs
 //! only as slots free up: a job goes on the jobs queue when fewer than `-j` are in flight, so
 //! stopping is simply not putting more. Workers report [`Report::Started`] (the job's process
 //! group, so the runner can signal it) and [`Report::Finished`]. A worker runs a failing job
@@ -16,7 +17,7 @@
 //! it, so `--resume` runs it again. A second signal kills the groups at once and exits. Workers
 //! die with the runner (a parent-death signal), killing their job's group.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -33,11 +34,26 @@ use crate::output::Output;
 
 /// How often the runner looks up from waiting, to notice signals and dead workers.
 const TICK: Duration = Duration::from_millis(50);
+/// How often the runner looks for new input while jobs run and a slot is free (streamed input).
+const INPUT_POLL: Duration = Duration::from_millis(5);
 
-/// Makes the job of a given seq, once the slot it will run in is known (`{%}`).
+/// Where the jobs come from, in increasing seq order (a seq it never gives was skipped, e.g. by
+/// `--resume`).
 pub(crate) trait JobSource {
-    /// The job numbered `seq`, to run in `slot`.
-    fn make(&self, seq: u64, slot: usize) -> Job;
+    /// The next job, made to run in `slot` (`{%}`); waits at most `wait` for input that may
+    /// still come.
+    fn next_job(&mut self, slot: usize, wait: Duration) -> Next;
+}
+
+/// What a [`JobSource`] has next.
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// A job.
+    Job(Job),
+    /// Nothing yet; more input may come.
+    NotYet,
+    /// No more jobs: the input ended, or failed (with why).
+    End(Result<(), String>),
 }
 
 /// `--halt` with any percentage already turned into a count.
@@ -79,6 +95,8 @@ pub(crate) struct Summary {
     pub(crate) succeeded: u64,
     /// The signal that stopped the run, if one did.
     pub(crate) interrupted: Option<i32>,
+    /// Why the input failed part way (no more jobs were started), if it did.
+    pub(crate) input_error: Option<String>,
     /// Whether `--halt` stopped the run.
     pub(crate) halted: bool,
 }
@@ -87,6 +105,8 @@ pub(crate) struct Summary {
 pub(crate) trait Progress {
     /// One more job ended.
     fn tick(&mut self);
+    /// The number of jobs this run will report, once the input has ended.
+    fn total(&mut self, jobs: u64);
     /// Runs `f` (printing) with the display out of the way.
     fn suspend(&mut self, f: &mut dyn FnMut());
     /// The run is over.
@@ -99,6 +119,7 @@ pub(crate) struct NoProgress;
 
 impl Progress for NoProgress {
     fn tick(&mut self) {}
+    fn total(&mut self, _: u64) {}
     fn suspend(&mut self, f: &mut dyn FnMut()) {
         f()
     }
@@ -175,8 +196,6 @@ enum Stop {
 struct Runner<'a> {
     /// The run's options.
     opts: &'a EngineOpts,
-    /// Makes each job.
-    source: &'a dyn JobSource,
     /// Shared with the workers: set once the run stops.
     stop_flag: &'static AtomicU8,
     /// Prints finished jobs' output.
@@ -185,8 +204,12 @@ struct Runner<'a> {
     progress: &'a mut dyn Progress,
     /// Jobs for the workers.
     jobs: Queue<Job>,
-    /// Seqs not handed out yet, in order.
-    pending: VecDeque<u64>,
+    /// Where the jobs come from.
+    source: &'a mut dyn JobSource,
+    /// Whether the source has no more jobs.
+    source_done: bool,
+    /// Jobs handed out so far.
+    handed_out: u64,
     /// Slots (`{%}`) no running job holds.
     free_slots: BTreeSet<usize>,
     /// Jobs handed out and not finished, by seq.
@@ -201,7 +224,10 @@ struct Runner<'a> {
     capacity: usize,
 }
 
-/// Runs the jobs numbered `seqs` (in that order) and reports each as it ends.
+/// Runs the jobs of `source` (`expected`: how many, when known) and reports each as it ends.
+///
+/// The workers are forked before the first job is asked of `source`, so a source may start a
+/// thread then.
 ///
 /// # Errors
 ///
@@ -209,15 +235,15 @@ struct Runner<'a> {
 /// `--results` cannot be written.
 pub(crate) fn run(
     opts: &EngineOpts,
-    source: &dyn JobSource,
-    seqs: Vec<u64>,
+    source: &mut dyn JobSource,
+    expected: Option<usize>,
     output: &mut Output,
     progress: &mut dyn Progress,
 ) -> Result<Summary, Box<dyn std::error::Error>> {
     let stop_flag = shared_flag()?;
     STOP_FLAG.store(std::ptr::from_ref(stop_flag).cast_mut(), Ordering::SeqCst);
     install_signal_handlers();
-    let n_workers = opts.jobs.min(seqs.len()).max(1);
+    let n_workers = opts.jobs.min(expected.unwrap_or(usize::MAX)).max(1);
     let jobs: Queue<Job> = Queue::new()?;
     let results: Queue<Report> = Queue::new()?;
     let cfg = WorkerConfig {
@@ -240,12 +266,13 @@ pub(crate) fn run(
     }
     let mut r = Runner {
         opts,
-        source,
         stop_flag,
         output,
         progress,
         jobs,
-        pending: seqs.into(),
+        source,
+        source_done: false,
+        handed_out: 0,
         free_slots: (1..=opts.jobs).collect(),
         in_flight: HashMap::new(),
         stop: Stop::No,
@@ -281,17 +308,32 @@ pub(crate) fn run(
 }
 
 impl Runner<'_> {
-    /// Hands out jobs while slots are free (and the run is not stopping).
+    /// Hands out jobs while slots are free (and the run is not stopping). With nothing in
+    /// flight, waits up to a tick for input that may still come.
     fn dispatch(&mut self) -> Result<(), Error> {
-        while self.stop == Stop::No && self.in_flight.len() < self.capacity {
-            let Some(seq) = self.pending.pop_front() else {
-                break;
+        while self.stop == Stop::No && !self.source_done && self.in_flight.len() < self.capacity {
+            let slot = *self.free_slots.first().expect("a free slot");
+            let wait = if self.in_flight.is_empty() {
+                TICK
+            } else {
+                Duration::ZERO
             };
-            let slot = self.free_slots.pop_first().expect("a free slot");
-            let job = self.source.make(seq, slot);
+            let job = match self.source.next_job(slot, wait) {
+                Next::Job(job) => job,
+                Next::NotYet => break,
+                Next::End(end) => {
+                    self.source_done = true;
+                    self.summary.input_error = end.err();
+                    self.progress.total(self.handed_out);
+                    break;
+                }
+            };
+            self.free_slots.remove(&slot);
+            self.output.expect_up_to(job.seq);
             self.jobs.put(&job)?;
+            self.handed_out += 1;
             self.in_flight.insert(
-                seq,
+                job.seq,
                 InFlight {
                     job,
                     pgid: None,
@@ -312,10 +354,20 @@ impl Runner<'_> {
         loop {
             self.check_signal();
             self.dispatch()?;
-            if self.in_flight.is_empty() && (self.pending.is_empty() || self.stop != Stop::No) {
-                return Ok(());
+            if self.in_flight.is_empty() {
+                if self.source_done || self.stop != Stop::No {
+                    return Ok(());
+                }
+                // Waiting for input (`dispatch` waited a tick): look at signals again.
+                continue;
             }
-            let msg = results.get_timeout(TICK);
+            // With a slot free and the input still open, look again soon for new input.
+            let wait = if self.in_flight.len() < self.capacity && !self.source_done {
+                INPUT_POLL
+            } else {
+                TICK
+            };
+            let msg = results.get_timeout(wait);
             match msg {
                 Ok(Report::Started { seq, pgid, worker }) => self.started(seq, pgid, worker),
                 Ok(Report::Finished(outcome)) => self.finished(outcome)?,

@@ -25,8 +25,14 @@
 //!
 //! # Caveats
 //!
-//! - All inputs are read before the first job starts (so the total and the ETA are known): an
-//!   endless stdin is not supported.
+//! - Inputs on the command line (`:::`) and in regular files are read before the first job
+//!   starts: a bad input (an unreadable file, a line that is not UTF-8) is an error before any
+//!   job runs, and the total and the ETA are known. Stdin, or a file that is not a regular one
+//!   (a pipe, a FIFO, a terminal), is read as the jobs run, by a thread started after the
+//!   workers are forked: jobs start as lines come, an endless input works, and the bar counts
+//!   jobs until the input ends. A streamed input that fails part way (a line that is not UTF-8)
+//!   stops the hand-out of jobs; the running ones finish, and the exit status is 2 (or the number
+//!   of failed jobs, if higher). `--halt` with a percentage reads the whole input first.
 //! - A job's captured output is held in memory until it is printed; send big outputs to files
 //!   (`--stdout`, `--results`, or the job's own arguments).
 //! - "Nothing runs twice" holds up to a small window: a job killed (with the runner) after it has
@@ -52,15 +58,18 @@ mod template;
 
 use std::fs::{File, OpenOptions};
 use std::io::IsTerminal;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::args::{Config, ConfigError, Halt, Resume, Threshold};
-use crate::engine::{EngineOpts, HaltRule, JobSource, NoProgress, Progress};
+use crate::engine::{EngineOpts, HaltRule, JobSource, Next, NoProgress, Progress};
+use crate::input::InputSource;
 use crate::job::{Job, Program};
 use crate::joblog::{JoblogError, JoblogState, JoblogWriter};
 use crate::output::Output;
@@ -114,20 +123,22 @@ fn main() -> ExitCode {
 #[derive(Debug)]
 struct Jobs<'a> {
     cfg: &'a Config,
-    /// One list of values (one per input source) per job; job `seq` is `inputs[seq - 1]`.
-    inputs: Vec<Vec<String>>,
     /// True when only `--stdin`/`--stdout` use the input: it is then not appended to the
     /// command (`--stdin {} ./mmul` runs `./mmul < in1`, not `./mmul in1 < in1`).
     no_append: bool,
 }
 
-impl JobSource for Jobs<'_> {
-    fn make(&self, seq: u64, slot: usize) -> Job {
+impl Jobs<'_> {
+    /// Job `seq` with the input values `args` (one per input source), to run in `slot`.
+    fn make(&self, seq: u64, slot: usize, args: Vec<String>) -> Job {
         let cfg = self.cfg;
-        let args = &self.inputs[(seq - 1) as usize];
-        let full = JobValues { seq, slot, args };
+        let full = JobValues {
+            seq,
+            slot,
+            args: &args,
+        };
         let cmd = JobValues {
-            args: if self.no_append { &[] } else { args },
+            args: if self.no_append { &[] } else { &args },
             ..full
         };
         let command_line = cfg.command.render_shell(&cmd);
@@ -147,9 +158,133 @@ impl JobSource for Jobs<'_> {
                 ("PARALLEL_SEQ".to_string(), seq.to_string()),
                 ("PARALLEL_JOBSLOT".to_string(), slot.to_string()),
             ],
-            args: args.clone(),
+            args,
         }
     }
+}
+
+/// How many input combinations a streamed input may read ahead of the jobs.
+const READ_AHEAD: usize = 1024;
+
+/// The input combinations, in order.
+enum Inputs {
+    /// Read before the first job (`:::` values, regular files): a bad input is an error before
+    /// any job starts, and the total is known.
+    Read(std::vec::IntoIter<Vec<String>>),
+    /// Stdin or a file that is not a regular one (a pipe, a terminal): read by a thread as jobs
+    /// run, so jobs start as lines come and an endless input works. The thread starts with the
+    /// first job asked for, after the runner has forked its workers.
+    Streamed {
+        sources: Vec<InputSource>,
+        rx: Option<Receiver<std::io::Result<Vec<String>>>>,
+    },
+}
+
+/// What [`Inputs::next`] found.
+enum Got {
+    Input(Vec<String>),
+    NotYet,
+    End(Result<(), String>),
+}
+
+impl Inputs {
+    /// The next input combination, waiting until `deadline` for a streamed one.
+    fn next(&mut self, deadline: Instant) -> Got {
+        match self {
+            Inputs::Read(it) => it.next().map_or(Got::End(Ok(())), Got::Input),
+            Inputs::Streamed { sources, rx } => {
+                if rx.is_none() {
+                    match start_reader(sources.clone()) {
+                        Ok(r) => *rx = Some(r),
+                        Err(e) => {
+                            return Got::End(Err(format!("cannot start reading the inputs: {e}")));
+                        }
+                    }
+                }
+                match rx.as_ref().expect("started above").recv_deadline(deadline) {
+                    Ok(Ok(args)) => Got::Input(args),
+                    Ok(Err(e)) => Got::End(Err(format!("cannot read the inputs: {e}"))),
+                    Err(RecvTimeoutError::Timeout) => Got::NotYet,
+                    Err(RecvTimeoutError::Disconnected) => Got::End(Ok(())),
+                }
+            }
+        }
+    }
+}
+
+/// Starts the thread that reads streamed inputs; it stops at the end of the input, at the
+/// first error (which it sends), or when the runner stops taking inputs.
+fn start_reader(
+    sources: Vec<InputSource>,
+) -> std::io::Result<Receiver<std::io::Result<Vec<String>>>> {
+    let (tx, rx) = crossbeam_channel::bounded(READ_AHEAD);
+    std::thread::Builder::new()
+        .name("multiproc-input".into())
+        .spawn(move || match input::Combinations::new(&sources) {
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+            Ok(combos) => {
+                for item in combos {
+                    let failed = item.is_err();
+                    if tx.send(item).is_err() || failed {
+                        break;
+                    }
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+/// The runner's jobs: the input combinations numbered from 1, less those `--resume` skips.
+struct Feed<'a> {
+    jobs: Jobs<'a>,
+    inputs: Inputs,
+    /// The seq of the last input taken.
+    seq: u64,
+    state: JoblogState,
+    resume: Resume,
+}
+
+impl JobSource for Feed<'_> {
+    fn next_job(&mut self, slot: usize, wait: Duration) -> Next {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.inputs.next(deadline) {
+                Got::Input(args) => {
+                    self.seq += 1;
+                    if !self.state.skips(self.seq, self.resume) {
+                        return Next::Job(self.jobs.make(self.seq, slot, args));
+                    }
+                }
+                Got::NotYet => return Next::NotYet,
+                Got::End(end) => return Next::End(end),
+            }
+        }
+    }
+}
+
+/// Whether the first input source is read as jobs run (see [`Inputs::Streamed`]): stdin or a
+/// file that is not a regular file, unless `--halt` needs the total for a percentage.
+fn streams(cfg: &Config) -> bool {
+    if let Halt::When {
+        threshold: Threshold::Percent(_),
+        ..
+    } = cfg.halt
+    {
+        return false;
+    }
+    let regular = match &cfg.sources[0] {
+        InputSource::Args(_) => return false,
+        InputSource::File(p) => std::fs::metadata(p).map(|m| m.is_file()),
+        InputSource::Stdin => std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .and_then(|fd| File::from(fd).metadata())
+            .map(|m| m.is_file()),
+    };
+    // A source that cannot be looked at is read at once, so that its error comes first.
+    !regular.unwrap_or(true)
 }
 
 /// How many jobs at once, the threads each gets, and why (for `--verbose`).
@@ -174,7 +309,7 @@ fn sizing(cfg: &Config) -> Result<(usize, usize, bool, String), Failure> {
     Ok((jobs, threads, explicit, why))
 }
 
-/// Reads every input combination (the first source is streamed; it must end).
+/// Reads every input combination.
 fn read_inputs(cfg: &Config) -> Result<Vec<Vec<String>>, Failure> {
     let combos = input::Combinations::new(&cfg.sources)
         .map_err(|e| Failure::usage(format!("cannot read the inputs: {e}")))?;
@@ -271,46 +406,68 @@ fn run(cfg: &Config) -> Result<ExitCode, Failure> {
         .map(|v| (v.to_string(), threads.to_string()))
         .collect();
     let state = open_joblog(cfg)?;
-    let inputs = read_inputs(cfg)?;
-    let total = inputs.len() as u64;
-    let seqs: Vec<u64> = (1..=total)
-        .filter(|&seq| !state.skips(seq, cfg.resume))
-        .collect();
     let any_single = cfg
         .stdin
         .iter()
         .chain(&cfg.stdout)
         .any(|t| t.has_replacements());
-    let source = Jobs {
+    let jobs_of = Jobs {
         cfg,
-        inputs,
         no_append: !cfg.command.has_replacements() && any_single,
+    };
+    // With inputs read at once: how many there are and how many will run.
+    let (inputs, counts) = if streams(cfg) {
+        let sources = cfg.sources.clone();
+        (Inputs::Streamed { sources, rx: None }, None)
+    } else {
+        let inputs = read_inputs(cfg)?;
+        let total = inputs.len() as u64;
+        let to_run = (1..=total)
+            .filter(|&seq| !state.skips(seq, cfg.resume))
+            .count() as u64;
+        (Inputs::Read(inputs.into_iter()), Some((total, to_run)))
+    };
+    let mut feed = Feed {
+        jobs: jobs_of,
+        inputs,
+        seq: 0,
+        state,
+        resume: cfg.resume,
     };
     if cfg.verbose > 0 {
         eprintln!(
-            "multiproc: {jobs} job{} at once ({why}), {threads} thread{} per job, {} of {total} jobs to run",
+            "multiproc: {jobs} job{} at once ({why}), {threads} thread{} per job, {}",
             if jobs == 1 { "" } else { "s" },
             if threads == 1 { "" } else { "s" },
-            seqs.len()
+            match counts {
+                Some((total, to_run)) => format!("{to_run} of {total} jobs to run"),
+                None => format!("jobs read from {} as they come", cfg.sources[0]),
+            }
         );
     }
     if cfg.dry_run {
-        for &seq in &seqs {
-            let job = source.make(seq, 1);
-            let mut line = job.command_line.clone();
-            if let Some(i) = &job.stdin {
-                line.push_str(&format!(" < {}", shell_quote(i)));
+        loop {
+            match feed.next_job(1, Duration::from_secs(1)) {
+                Next::Job(job) => {
+                    let mut line = job.command_line.clone();
+                    if let Some(i) = &job.stdin {
+                        line.push_str(&format!(" < {}", shell_quote(i)));
+                    }
+                    if let Some(o) = &job.stdout {
+                        line.push_str(&format!(" > {}", shell_quote(o)));
+                    }
+                    println!("{line}");
+                }
+                Next::NotYet => {}
+                Next::End(Ok(())) => return Ok(ExitCode::SUCCESS),
+                Next::End(Err(e)) => return Err(Failure::usage(e)),
             }
-            if let Some(o) = &job.stdout {
-                line.push_str(&format!(" > {}", shell_quote(o)));
-            }
-            println!("{line}");
         }
+    }
+    if counts.is_some_and(|(_, to_run)| to_run == 0) {
         return Ok(ExitCode::SUCCESS);
     }
-    if seqs.is_empty() {
-        return Ok(ExitCode::SUCCESS);
-    }
+    let total = counts.map_or(0, |(total, _)| total);
     let halt = match cfg.halt {
         Halt::Never => None,
         Halt::When {
@@ -335,17 +492,23 @@ fn run(cfg: &Config) -> Result<ExitCode, Failure> {
         joblog: cfg.joblog.clone(),
     };
     let mut output = Output::new(cfg.keep_order, cfg.results.clone());
-    output.expect(&seqs);
+    let to_run = counts.map(|(_, to_run)| to_run);
     let mut progress: Box<dyn Progress> = if cfg.bar || std::io::stderr().is_terminal() {
-        Box::new(Bar::new(seqs.len() as u64))
+        Box::new(Bar::new(to_run))
     } else {
         Box::new(NoProgress)
     };
-    let summary =
-        engine::run(&opts, &source, seqs, &mut output, &mut *progress).map_err(|e| Failure {
-            message: e.to_string(),
-            code: INTERNAL,
-        })?;
+    let summary = engine::run(
+        &opts,
+        &mut feed,
+        to_run.map(|n| n as usize),
+        &mut output,
+        &mut *progress,
+    )
+    .map_err(|e| Failure {
+        message: e.to_string(),
+        code: INTERNAL,
+    })?;
     if let Some(sig) = summary.interrupted {
         eprintln!(
             "multiproc: stopped by signal {sig} after {} jobs; the jobs it ended are not in the joblog (--resume runs them)",
@@ -359,6 +522,15 @@ fn run(cfg: &Config) -> Result<ExitCode, Failure> {
             summary.done, summary.failed
         );
     }
+    if let Some(e) = &summary.input_error {
+        eprintln!(
+            "multiproc: {e}; no more jobs were started after {} ({} failed)",
+            summary.done, summary.failed
+        );
+        return Ok(ExitCode::from(
+            summary.failed.clamp(u64::from(USAGE), 101) as u8
+        ));
+    }
     Ok(ExitCode::from(summary.failed.min(101) as u8))
 }
 
@@ -368,23 +540,42 @@ fn run(cfg: &Config) -> Result<ExitCode, Failure> {
 struct Bar(indicatif::ProgressBar);
 
 impl Bar {
-    fn new(len: u64) -> Self {
-        let bar = indicatif::ProgressBar::with_draw_target(
-            Some(len),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
+    /// A bar for `len` jobs; a counter until the total is known (streamed input).
+    fn new(len: Option<u64>) -> Self {
+        let bar =
+            indicatif::ProgressBar::with_draw_target(len, indicatif::ProgressDrawTarget::stderr());
+        let mut b = Bar(bar);
+        match len {
+            Some(_) => b.with_total_style(),
+            None => {
+                if let Ok(style) =
+                    indicatif::ProgressStyle::with_template("{elapsed_precise} {pos} jobs done")
+                {
+                    b.0.set_style(style);
+                }
+            }
+        }
+        b
+    }
+
+    fn with_total_style(&mut self) {
         if let Ok(style) = indicatif::ProgressStyle::with_template(
             "{elapsed_precise} [{wide_bar}] {pos}/{len} jobs, ETA {eta}",
         ) {
-            bar.set_style(style);
+            self.0.set_style(style);
         }
-        Bar(bar)
     }
 }
 
 impl Progress for Bar {
     fn tick(&mut self) {
         self.0.inc(1);
+    }
+    fn total(&mut self, jobs: u64) {
+        if self.0.length().is_none() {
+            self.0.set_length(jobs);
+            self.with_total_style();
+        }
     }
     fn suspend(&mut self, f: &mut dyn FnMut()) {
         self.0.suspend(f)

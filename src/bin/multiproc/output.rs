@@ -28,33 +28,36 @@ pub(crate) struct Output {
     /// With `-k`: the next seq to print, and blocks that came early.
     next: u64,
     waiting: BTreeMap<u64, Block>,
+    /// The highest seq handed out so far.
+    handed_out: u64,
     /// Set once stdout is a closed pipe: output is dropped from then on.
     stdout_closed: bool,
 }
 
 impl Output {
-    /// An output sink; `seqs` are the jobs this run will report, in order (with `-k`, jobs not in
-    /// it, such as those skipped by `--resume`, are not waited for).
+    /// An output sink (with `-k`, told of each job handed out by [`Output::expect_up_to`]).
     pub(crate) fn new(keep_order: bool, results: Option<PathBuf>) -> Self {
         Output {
             keep_order,
             results,
-            next: 0,
+            next: 1,
+            handed_out: 0,
             waiting: BTreeMap::new(),
             stdout_closed: false,
         }
     }
 
-    /// Tells the `-k` buffer which jobs will never report (skipped ones), given the sorted list of
-    /// the seqs that will. Must be called before the first [`Output::finished`].
-    pub(crate) fn expect(&mut self, seqs: &[u64]) {
-        self.next = seqs.first().copied().unwrap_or(u64::MAX);
-        // Skipped seqs between run ones are entered as empty blocks, so the buffer never stalls.
-        for pair in seqs.windows(2) {
-            for gap in pair[0] + 1..pair[1] {
+    /// Tells the `-k` buffer that job `seq` was handed out; the seqs between the previous one
+    /// handed out and `seq` were skipped (`--resume`) and will never report. Called in
+    /// increasing seq order, before that job's [`Output::finished`].
+    pub(crate) fn expect_up_to(&mut self, seq: u64) {
+        if self.keep_order {
+            // Skipped seqs are entered as empty blocks, so the buffer never stalls on them.
+            for gap in self.handed_out + 1..seq {
                 self.waiting.insert(gap, Block::default());
             }
         }
+        self.handed_out = self.handed_out.max(seq);
     }
 
     /// A job ended: keep its `--results` files and print its block (now, or once every job
