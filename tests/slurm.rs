@@ -11,7 +11,7 @@ use std::time::Duration;
 
 #[test]
 fn multiproc_under_slurm() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/slurm/test.sh");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/slurm/test.sh");
     let child = Command::new("bash")
         .arg(script)
         .arg(env!("CARGO_BIN_EXE_multiproc"))
