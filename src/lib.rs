@@ -171,13 +171,16 @@ pub use crate::pipe::{Connection, PipeReceiver, PipeSender, pipe, pipe_oneway};
 pub use crate::pool::{AsyncResult, IMap, Pool, PoolBuilder};
 pub use crate::process::{JoinHandle, Process, spawn};
 pub use crate::queue::{DEFAULT_QUEUE_CAPACITY, JoinableQueue, Queue, QueueIter};
-pub use crate::shm::{ArrayGuard, Pod, PodVec, SharedArray, SharedValue, ValueGuard};
+pub use crate::shm::{ArrayGuard, Pod, PodVec, SharedArray, SharedValue, ValueGuard, Zeroable};
 pub use crate::sizing::{CpuBudget, CpuSource, cpu_budget, cpu_budget_with, cpu_count};
 pub use crate::sync::{
     AcquireError, AcquireResult, Barrier, Condition, ConditionGuard, Event, Lock, LockGuard, RLock,
     RLockGuard, Semaphore, SemaphoreGuard,
 };
 pub use crate::wire::MAX_MESSAGE_BYTES;
+/// The `bytemuck` crate that [`Pod`] and [`Zeroable`] come from, for its casts and for
+/// `#[bytemuck(crate = "multiproc::bytemuck")]` on a derive in a crate that does not depend on it.
+pub use bytemuck;
 
 // The README's tour is compiled and run as a doctest.
 #[doc = include_str!("../README.md")]
