@@ -13,8 +13,8 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, RemotePanic, Result};
 use crate::fork::fork_child;
+use crate::liveness::JoiningGuard;
 use crate::panic;
-use crate::queue::holders::JoiningGuard;
 use crate::sys::{self, ExitStatus, Pid};
 use crate::wire::{self, FrameReader};
 

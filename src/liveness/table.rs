@@ -1,5 +1,5 @@
-//! Who could still put on (or get from) a queue: the table that lets a blocked `get` answer
-//! [`Disconnected`](crate::Error::Disconnected) instead of waiting forever.
+//! The holder table: who could still put on (or get from) a queue, kept in the queue's shared
+//! mapping.
 //!
 //! Every process that holds a queue has a slot in the queue's shared table: its pid, its start
 //! time (so that a reused pid is not mistaken for it) and what it is doing: running user code,
@@ -16,13 +16,11 @@
 //! or a child's main thread). A process whose queue is used from more than one thread is always
 //! counted as running: one of its threads may put while another waits.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, Weak};
 
-use crate::sys::{self, Pid};
+use crate::sys;
 
-use super::Shared;
+use super::current_tid;
 
 /// How many processes one queue tracks; past that, disconnection is not detected for it.
 pub(crate) const MAX_HOLDERS: usize = 1024;
@@ -62,51 +60,6 @@ struct Slot {
 pub(crate) struct HolderTable {
     overflow: AtomicU32,
     slots: [Slot; MAX_HOLDERS],
-}
-
-/// Bumped in every child right after the fork, so per-process caches made before it are stale.
-static FORK_EPOCH: AtomicU64 = AtomicU64::new(1);
-
-thread_local! {
-    /// (fork epoch, thread id) of the calling thread.
-    static TID: Cell<(u64, i32)> = const { Cell::new((0, 0)) };
-}
-
-fn current_tid() -> i32 {
-    let epoch = FORK_EPOCH.load(SeqCst);
-    TID.with(|c| {
-        let (e, tid) = c.get();
-        if e == epoch {
-            tid
-        } else {
-            let tid = sys::gettid();
-            c.set((epoch, tid));
-            tid
-        }
-    })
-}
-
-/// The start time of the calling process (cached per process).
-///
-/// Lock-free, so that a child forked while another thread of the parent was here cannot inherit
-/// a held lock: every thread of one process (one fork epoch) computes the same value, so racing
-/// writers are harmless; the epoch is published after the value it stands for.
-pub(crate) fn own_start_time() -> u64 {
-    static START: AtomicU64 = AtomicU64::new(0);
-    static START_EPOCH: AtomicU64 = AtomicU64::new(0);
-    let epoch = FORK_EPOCH.load(SeqCst);
-    if START_EPOCH.load(SeqCst) == epoch {
-        return START.load(SeqCst);
-    }
-    let start = start_time_of(sys::getpid().as_raw());
-    START.store(start, SeqCst);
-    START_EPOCH.store(epoch, SeqCst);
-    start
-}
-
-/// Start time of a process even if it is already a zombie (0 if unknown).
-fn start_time_of(pid: i32) -> u64 {
-    sys::proc_stat(pid).map_or(0, |(_, start)| start)
 }
 
 impl HolderTable {
@@ -220,6 +173,29 @@ impl HolderTable {
         }
     }
 
+    /// Marks process `pid` as joining its child `target`, if `tid` is the thread that uses the
+    /// table in that process (another thread's join says nothing about whether that one will
+    /// put). Whether it did.
+    pub(super) fn mark_joining(&self, pid: i32, tid: i32, target: i32) -> bool {
+        let Some(slot) = self.find(pid) else {
+            return false;
+        };
+        if slot.tid.load(SeqCst) != tid {
+            return false;
+        }
+        slot.join_target.store(target, SeqCst);
+        slot.state.store(JOINING, SeqCst);
+        true
+    }
+
+    /// Marks the calling process as running again after [`mark_joining`](Self::mark_joining).
+    pub(super) fn mark_joined(&self) {
+        if let Some(slot) = self.my_slot() {
+            slot.generation.fetch_add(1, SeqCst);
+            slot.state.store(RUNNING, SeqCst);
+        }
+    }
+
     /// A snapshot of every live holder's generation if none of them can make progress for
     /// `blocked`: each waits in that direction, or joins a child that is itself such a holder
     /// (a process joining a child that can still run will run again once the child ends).
@@ -271,107 +247,5 @@ impl HolderTable {
         }
         snapshot.sort_unstable();
         Some(snapshot)
-    }
-}
-
-/// The queues this process holds, so that a fork can register the child in each.
-static REGISTRY: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
-
-/// Whether this process ever made a queue (so forks with no queue skip the registry entirely).
-static ANY_QUEUE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Adds a newly made queue to this process's registry and registers the process in its table.
-pub(crate) fn adopt(shared: &Arc<Shared>) {
-    shared
-        .holders()
-        .register(sys::getpid().as_raw(), own_start_time(), current_tid());
-    let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    reg.retain(|w| w.strong_count() > 0);
-    reg.push(Arc::downgrade(shared));
-    ANY_QUEUE.store(true, SeqCst);
-}
-
-fn live_queues() -> Vec<Arc<Shared>> {
-    if !ANY_QUEUE.load(SeqCst) {
-        return Vec::new();
-    }
-    let reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    reg.iter().filter_map(Weak::upgrade).collect()
-}
-
-/// Called in the parent right after a fork: the child holds every queue this process holds.
-pub(crate) fn on_fork_parent(child: Pid) {
-    let queues = live_queues();
-    if queues.is_empty() {
-        return;
-    }
-    let start = start_time_of(child.as_raw());
-    for q in queues {
-        // The forking thread becomes the child's only thread, whose tid is the child's pid.
-        q.holders().register(child.as_raw(), start, child.as_raw());
-    }
-}
-
-/// Called in the child right after a fork: waits (a few microseconds, at most 2 s) until the
-/// parent has registered this process in every queue it holds, so that no `get` or `put` of the
-/// child runs unregistered (and so unseen by the disconnection check).
-pub(crate) fn on_fork_child() {
-    FORK_EPOCH.fetch_add(1, SeqCst);
-    if !ANY_QUEUE.load(SeqCst) {
-        return;
-    }
-    // Another thread of the parent may have held the registry lock at the fork: then skip the
-    // wait rather than deadlock (the child is still registered, just maybe a little later).
-    let queues: Vec<Arc<Shared>> = match REGISTRY.try_lock() {
-        Ok(reg) => reg.iter().filter_map(Weak::upgrade).collect(),
-        Err(_) => return,
-    };
-    let me = sys::getpid().as_raw();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    for q in &queues {
-        while !q.holders().is_registered(me) && std::time::Instant::now() < deadline {
-            std::thread::yield_now();
-        }
-    }
-}
-
-/// While alive, marks the calling process as joining the child `target` in every queue it holds.
-/// A process joining a child that is itself stuck on the queue cannot put any more, so it does
-/// not keep consumers waiting; one joining a child that can still run does.
-#[derive(Debug)]
-pub(crate) struct JoiningGuard {
-    queues: Vec<Arc<Shared>>,
-}
-
-impl JoiningGuard {
-    pub(crate) fn new(target: Pid) -> Self {
-        let queues = live_queues();
-        let tid = current_tid();
-        let pid = sys::getpid().as_raw();
-        let mut marked = Vec::new();
-        for q in queues {
-            if let Some(slot) = q.holders().my_slot() {
-                let owner = slot.tid.load(SeqCst);
-                // Only the thread that uses the queue speaks for the process: another thread's
-                // join says nothing about whether this one will put.
-                if slot.pid.load(SeqCst) == pid && owner == tid {
-                    slot.join_target.store(target.as_raw(), SeqCst);
-                    slot.state.store(JOINING, SeqCst);
-                    marked.push(q);
-                }
-            }
-        }
-        JoiningGuard { queues: marked }
-    }
-}
-
-impl Drop for JoiningGuard {
-    fn drop(&mut self) {
-        for q in &self.queues {
-            if let Some(slot) = q.holders().my_slot() {
-                slot.generation.fetch_add(1, SeqCst);
-                slot.state.store(RUNNING, SeqCst);
-            }
-        }
     }
 }
