@@ -94,6 +94,40 @@ pub(crate) fn start_time_of(pid: i32) -> u64 {
     sys::proc_stat(pid).map_or(0, |(_, start)| start)
 }
 
+/// Whether the process `pid` that started at `start` may still run user code: it exists (same
+/// start time, so not a reused pid), is not a zombie, is not exiting (`PF_EXITING`), and has no
+/// SIGKILL pending. A child just SIGKILLed is none of these for a moment before it becomes a
+/// zombie; counting it as waiting would make the process joining it look stuck too. When `/proc`
+/// cannot be read for another reason the answer is "yes" (never decide wrongly that nobody is
+/// left).
+pub(crate) fn will_run_again(pid: i32, start: u64) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+    if !sys::process_alive(pid, start) {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Field 9 (flags) is the 7th after the command name's closing parenthesis.
+    let flags = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_ascii_whitespace().nth(6))
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0);
+    if flags & PF_EXITING != 0 {
+        return false;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kill_pending = status.lines().any(|line| {
+        ["SigPnd:", "ShdPnd:"].iter().any(|key| {
+            line.strip_prefix(key)
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                .is_some_and(|set| set & SIGKILL_BIT != 0)
+        })
+    });
+    // Read last: the same process still (its stat was read before its status).
+    !kill_pending && sys::process_alive(pid, start)
+}
+
 /// The objects this process holds, so that a fork can register the child in each.
 static REGISTRY: Mutex<Vec<Weak<dyn HasHolders>>> = Mutex::new(Vec::new());
 
@@ -157,16 +191,21 @@ fn on_fork_child() {
     }
 }
 
-/// While alive, marks the calling process as joining the child `target` in every queue it holds.
-/// A process joining a child that is itself stuck on the queue cannot put any more, so it does
-/// not keep consumers waiting; one joining a child that can still run does.
+/// While alive, marks the calling process as joining the child `target` in every queue it holds,
+/// for a join without a bound. A process joining a child that is itself stuck on the queue cannot
+/// put any more, so it does not keep consumers waiting; one joining a child that can still run
+/// does. A bounded join (`deadline` given) marks nothing: the process comes back from it and may
+/// put again, so it counts as running.
 #[derive(Debug)]
 pub(crate) struct JoiningGuard {
     queues: Vec<Arc<dyn HasHolders>>,
 }
 
 impl JoiningGuard {
-    pub(crate) fn new(target: Pid) -> Self {
+    pub(crate) fn new(target: Pid, deadline: Option<Instant>) -> Self {
+        if deadline.is_some() {
+            return JoiningGuard { queues: Vec::new() };
+        }
         let (pid, tid) = (sys::getpid().as_raw(), current_tid());
         let queues = live_tables()
             .into_iter()

@@ -8,9 +8,13 @@
 //! join can start. A process that ended (gone, or a zombie) no longer counts.
 //!
 //! A `get` that finds the queue empty and sees that no live holder is running user code (all wait
-//! in `get`, or join) knows that nobody can ever put again, and returns `Disconnected`. To rule out
-//! a holder that changes state in between, each transition to "running" bumps the slot's
-//! generation, and the check is made twice around a second look at the queue.
+//! in `get`, or join without a bound a child that is itself in such a state) knows that nobody
+//! can ever put again, and returns `Disconnected`. A holder counts as live unless its process is
+//! gone, a zombie, exiting, or has a SIGKILL pending ([`super::will_run_again`]): a killed child
+//! that has not finished dying neither waits nor makes the parent joining it look stuck. To rule
+//! out a holder that changes state in between, a slot's state and generation are one atomic word
+//! (each transition to "running" bumps the generation), and the check is made twice around a
+//! second look at the queue: both looks must find the same words.
 //!
 //! Each slot also names the one thread that uses the queue in that process (the creator's thread,
 //! or a child's main thread). A process whose queue is used from more than one thread is always
@@ -25,10 +29,25 @@ use super::current_tid;
 /// How many processes one queue tracks; past that, disconnection is not detected for it.
 pub(crate) const MAX_HOLDERS: usize = 1024;
 
-const RUNNING: u32 = 0;
-const WAIT_GET: u32 = 1;
-const WAIT_PUT: u32 = 2;
-const JOINING: u32 = 3;
+const RUNNING: u64 = 0;
+const WAIT_GET: u64 = 1;
+const WAIT_PUT: u64 = 2;
+const JOINING: u64 = 3;
+const STATE_BITS: u32 = 8;
+const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
+
+/// Sets a slot's state, keeping its generation (only the slot's own process writes it).
+fn set_state(slot: &Slot, state: u64) {
+    let word = slot.state.load(SeqCst);
+    slot.state.store((word & !STATE_MASK) | state, SeqCst);
+}
+
+/// Sets a slot's state to `RUNNING` and bumps its generation, in one store.
+fn set_running(slot: &Slot) {
+    let word = slot.state.load(SeqCst);
+    let next = ((word >> STATE_BITS) + 1) << STATE_BITS;
+    slot.state.store(next | RUNNING, SeqCst);
+}
 
 /// A slot's pid while its registration is being written: it counts as running, and no process
 /// finds it as its own until every other field is in place.
@@ -49,8 +68,10 @@ struct Slot {
     pid: AtomicI32,
     tid: AtomicI32,
     start: AtomicU64,
-    state: AtomicU32,
-    generation: AtomicU32,
+    /// What the holder does (low 8 bits) and its generation (the rest), bumped by every
+    /// transition to `RUNNING`: one word, so that a reader never pairs a state with the
+    /// generation of another.
+    state: AtomicU64,
     /// The child this holder is joining, while its state is `JOINING`.
     join_target: AtomicI32,
 }
@@ -103,8 +124,7 @@ impl HolderTable {
     fn fill(slot: &Slot, pid: i32, start: u64, tid: i32) {
         slot.start.store(start, SeqCst);
         slot.tid.store(tid, SeqCst);
-        slot.generation.fetch_add(1, SeqCst);
-        slot.state.store(RUNNING, SeqCst);
+        set_running(slot);
         slot.pid.store(pid, SeqCst);
     }
 
@@ -164,12 +184,9 @@ impl HolderTable {
             slot.tid.store(TID_MANY, SeqCst);
         }
         match waiting {
-            Some(Waiting::Get) => slot.state.store(WAIT_GET, SeqCst),
-            Some(Waiting::Put) => slot.state.store(WAIT_PUT, SeqCst),
-            None => {
-                slot.generation.fetch_add(1, SeqCst);
-                slot.state.store(RUNNING, SeqCst);
-            }
+            Some(Waiting::Get) => set_state(slot, WAIT_GET),
+            Some(Waiting::Put) => set_state(slot, WAIT_PUT),
+            None => set_running(slot),
         }
     }
 
@@ -184,23 +201,22 @@ impl HolderTable {
             return false;
         }
         slot.join_target.store(target, SeqCst);
-        slot.state.store(JOINING, SeqCst);
+        set_state(slot, JOINING);
         true
     }
 
     /// Marks the calling process as running again after [`mark_joining`](Self::mark_joining).
     pub(super) fn mark_joined(&self) {
         if let Some(slot) = self.my_slot() {
-            slot.generation.fetch_add(1, SeqCst);
-            slot.state.store(RUNNING, SeqCst);
+            set_running(slot);
         }
     }
 
-    /// A snapshot of every live holder's generation if none of them can make progress for
-    /// `blocked`: each waits in that direction, or joins a child that is itself such a holder
-    /// (a process joining a child that can still run will run again once the child ends).
-    /// `None` as soon as one can make progress.
-    pub(crate) fn stuck_snapshot(&self, blocked: Waiting) -> Option<Vec<(i32, u32)>> {
+    /// A snapshot of every live holder's state word if none of them can make progress for
+    /// `blocked`: each waits in that direction, or joins without a bound a child that is itself
+    /// such a holder (a process joining a child that can still run, or that is dying, will run
+    /// again once the child ends). `None` as soon as one can make progress.
+    pub(crate) fn stuck_snapshot(&self, blocked: Waiting) -> Option<Vec<(i32, u64)>> {
         if self.overflow.load(SeqCst) != 0 {
             return None;
         }
@@ -208,7 +224,8 @@ impl HolderTable {
             Waiting::Get => WAIT_GET,
             Waiting::Put => WAIT_PUT,
         };
-        // pid -> (state, generation, join target) of every live holder.
+        // pid -> (state word, join target) of every live holder. The word is read before the
+        // target: a target written for a later join comes with a later word.
         let mut live = std::collections::HashMap::new();
         for slot in &self.slots {
             let pid = slot.pid.load(SeqCst);
@@ -219,31 +236,33 @@ impl HolderTable {
                 // Being registered, or used from several threads: it may well put.
                 return None;
             }
-            let state = slot.state.load(SeqCst);
-            let generation = slot.generation.load(SeqCst);
+            let word = slot.state.load(SeqCst);
             let target = slot.join_target.load(SeqCst);
-            if sys::process_alive(pid, slot.start.load(SeqCst)) {
-                live.insert(pid, (state, generation, target));
+            if super::will_run_again(pid, slot.start.load(SeqCst)) {
+                live.insert(pid, (word, target));
             }
         }
         let stuck = |pid: i32| {
             let mut pid = pid;
             // Follow the chain of joins (a parent joining a child joining a grandchild...).
             for _ in 0..MAX_HOLDERS {
-                match live.get(&pid) {
-                    Some(&(state, _, _)) if state == same => return true,
-                    Some(&(JOINING, _, target)) => pid = target,
+                match live
+                    .get(&pid)
+                    .map(|&(word, target)| (word & STATE_MASK, target))
+                {
+                    Some((state, _)) if state == same => return true,
+                    Some((JOINING, target)) => pid = target,
                     _ => return false,
                 }
             }
             false
         };
         let mut snapshot = Vec::with_capacity(live.len());
-        for (&pid, &(_, generation, _)) in &live {
+        for (&pid, &(word, _)) in &live {
             if !stuck(pid) {
                 return None;
             }
-            snapshot.push((pid, generation));
+            snapshot.push((pid, word));
         }
         snapshot.sort_unstable();
         Some(snapshot)
