@@ -155,6 +155,7 @@
 mod error;
 mod fdpass;
 mod fork;
+mod liveness;
 mod panic;
 mod pipe;
 mod pool;

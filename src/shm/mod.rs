@@ -26,7 +26,6 @@ use crate::sync::{AcquireResult, acquire_robust};
 use crate::sys::futex::RobustMutex;
 
 pub use podvec::PodVec;
-pub(crate) use podvec::recycled::fork_guard;
 pub(crate) use segment::SharedCell;
 use segment::kind_of;
 use segment::{DATA_OFFSET, Segment};
