@@ -238,8 +238,8 @@ pub(crate) struct Config {
     pub(crate) stdin: Option<Template>,
     /// `--stdout TEMPLATE`: a file name per job.
     pub(crate) stdout: Option<Template>,
-    /// `--threads-per-job`, default 1.
-    pub(crate) threads_per_job: NonZeroUsize,
+    /// `--threads-per-job`; `None`: the runner picks (SLURM_CPUS_PER_TASK in a batch script).
+    pub(crate) threads_per_job: Option<NonZeroUsize>,
     /// `-v` count.
     pub(crate) verbose: u8,
     /// The command template.
@@ -365,12 +365,14 @@ impl Config {
             ),
         };
         let threads_per_job = match cli.threads_per_job {
-            None => NonZeroUsize::MIN,
-            Some(k) => NonZeroUsize::new(k).ok_or_else(|| ConfigError::InvalidValue {
-                flag: "--threads-per-job",
-                value: k.to_string(),
-                reason: "must be at least 1".into(),
-            })?,
+            None => None,
+            Some(k) => Some(
+                NonZeroUsize::new(k).ok_or_else(|| ConfigError::InvalidValue {
+                    flag: "--threads-per-job",
+                    value: k.to_string(),
+                    reason: "must be at least 1".into(),
+                })?,
+            ),
         };
         let max_attempts = match cli.retries {
             None => NonZeroU32::MIN,
@@ -575,7 +577,7 @@ mod tests {
         assert_eq!(c.max_attempts.get(), 1);
         assert_eq!(c.timeout, None);
         assert_eq!(c.halt, Halt::Never);
-        assert_eq!(c.threads_per_job.get(), 1);
+        assert_eq!(c.threads_per_job, None);
         assert_eq!(c.verbose, 0);
         assert_eq!(c.command_words, ["echo"]);
         assert_eq!(c.sources, [InputSource::Args(strings(&["a", "b"]))]);
@@ -630,7 +632,7 @@ mod tests {
             c.halt,
             halt(HaltWhen::Now, HaltOn::Fail, Threshold::Percent(10.0))
         );
-        assert_eq!(c.threads_per_job.get(), 2);
+        assert_eq!(c.threads_per_job.map(NonZeroUsize::get), Some(2));
         assert_eq!(c.verbose, 2);
         assert_eq!(c.command_words, ["gzip", "-9", "{}"]);
         assert_eq!(c.sources, [InputSource::File(f.into())]);

@@ -287,26 +287,33 @@ fn streams(cfg: &Config) -> bool {
     !regular.unwrap_or(true)
 }
 
-/// How many jobs at once, the threads each gets, and why (for `--verbose`).
+/// How many jobs at once, the threads each gets, whether those threads were asked for
+/// (`--threads-per-job`: then the thread variables are overridden), and why (for `--verbose`).
 ///
-/// `-j` wins; otherwise the CPU budget ([`multiproc::cpu_budget`]: SLURM's allocation, capped by
-/// the affinity mask and cgroup quota) divided by `--threads-per-job`. Each job gets
-/// `--threads-per-job` threads when given (K > 1), else max(1, CPUs / jobs).
+/// `-j` wins; `--threads-per-job K` divides the CPU budget ([`multiproc::cpu_budget`]: SLURM's
+/// allocation, capped by the affinity mask and cgroup quota); otherwise the budget's job farm
+/// ([`multiproc::CpuBudget::job_farm`]): in a batch script one job per task on this node with
+/// `SLURM_CPUS_PER_TASK` threads each, elsewhere one job per CPU. Without `--threads-per-job` a
+/// job gets `SLURM_CPUS_PER_TASK` threads in a batch script, else max(1, CPUs / jobs).
 fn sizing(cfg: &Config) -> Result<(usize, usize, bool, String), Failure> {
     let budget = multiproc::cpu_budget().map_err(Failure::usage)?;
     let cpus = budget.count;
-    let k = cfg.threads_per_job.get();
+    let k = cfg.threads_per_job.map(|k| k.get());
+    let (farm_jobs, farm_threads, farm_why) = budget.job_farm();
     let (jobs, why) = match (cfg.jobs, k) {
         (Some(j), _) => (j.get(), "-j".to_string()),
-        (None, 1) => (cpus, budget.to_string()),
-        (None, k) => (
+        (None, Some(k)) => (
             (cpus / k).max(1),
             format!("{budget} / --threads-per-job {k}"),
         ),
+        (None, None) => (farm_jobs, farm_why),
     };
-    let explicit = k > 1;
-    let threads = if explicit { k } else { (cpus / jobs).max(1) };
-    Ok((jobs, threads, explicit, why))
+    let threads = match (k, budget.cpus_per_task) {
+        (Some(k), _) => k,
+        (None, Some(_)) => farm_threads,
+        (None, None) => (cpus / jobs).max(1),
+    };
+    Ok((jobs, threads, k.is_some(), why))
 }
 
 /// Reads every input combination.
