@@ -234,8 +234,8 @@ fn inputs_from_files_and_stdin() {
 #[test]
 fn no_shell_by_default_and_shell_on_request() {
     let d = scratch("shell");
-    let r = run_in(&d, &["echo", "$HOME;", "|", "{}", ":::", "a b"], None);
-    assert_eq!(r.stdout, "$HOME; | a b\n");
+    let r = run_in(&d, &["echo", "$HOME;", "x|y", "{}", ":::", "a b"], None);
+    assert_eq!(r.stdout, "$HOME; x|y a b\n");
     let r = run_in(&d, &["--shell", "echo {} | tr a-z A-Z", ":::", "a b"], None);
     assert_eq!(r.stdout, "A B\n", "{r:?}");
     // The input is quoted for the shell: no injection.

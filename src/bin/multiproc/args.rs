@@ -255,6 +255,12 @@ pub(crate) struct Config {
 pub(crate) enum ConfigError {
     /// clap rejected argv (or `--help` / `--version` was asked for).
     Clap(clap::Error),
+    /// An option clap does not know: a GNU parallel option left out (saying so, and why), or no
+    /// option at all.
+    UnknownOption {
+        /// The whole message.
+        message: String,
+    },
     /// A flag's value is out of range or malformed.
     InvalidValue {
         /// The flag, e.g. `--jobs`.
@@ -273,6 +279,11 @@ pub(crate) enum ConfigError {
     },
     /// No command before `:::`/`::::` (or at all).
     MissingCommand,
+    /// The command is shell code but `--shell` was not given.
+    NeedsShell {
+        /// What looks like shell code.
+        why: String,
+    },
     /// An input file cannot be read.
     InputFile {
         /// `--arg-file` or `::::`.
@@ -305,6 +316,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::Clap(e) => write!(f, "{e}"),
+            ConfigError::UnknownOption { message } => f.write_str(message),
             ConfigError::InvalidValue {
                 flag,
                 value,
@@ -313,6 +325,11 @@ impl fmt::Display for ConfigError {
             ConfigError::Template { flag, source } => write!(f, "{flag}: {source}"),
             ConfigError::MissingCommand => f.write_str(
                 "no COMMAND given (usage: multiproc [OPTIONS] [--] COMMAND [ARGS...] ::: VALUE...)",
+            ),
+            ConfigError::NeedsShell { why } => write!(
+                f,
+                "COMMAND looks like shell code ({why}), but multiproc runs commands without a \
+                 shell: add --shell to run it with sh -c"
             ),
             ConfigError::InputFile { flag, path, source } => write!(
                 f,
@@ -345,7 +362,17 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let cli = Cli::try_parse_from(args).map_err(ConfigError::Clap)?;
+        let cli = Cli::try_parse_from(args).map_err(|e| {
+            use clap::error::{ContextKind, ContextValue, ErrorKind};
+            match (e.kind(), e.get(ContextKind::InvalidArg)) {
+                (ErrorKind::UnknownArgument, Some(ContextValue::String(flag))) => {
+                    ConfigError::UnknownOption {
+                        message: crate::gnu::unknown_option_message(flag),
+                    }
+                }
+                _ => ConfigError::Clap(e),
+            }
+        })?;
         Config::from_cli(cli)
     }
 
@@ -424,6 +451,11 @@ impl Config {
         let (command_words, groups) = split_command(&cli.command);
         if command_words.is_empty() {
             return Err(ConfigError::MissingCommand);
+        }
+        if !cli.shell
+            && let Some(why) = crate::quote::shell_syntax(&command_words)
+        {
+            return Err(ConfigError::NeedsShell { why });
         }
         let mut sources = Vec::new();
         for path in &cli.arg_file {

@@ -46,7 +46,8 @@ pub(crate) struct Job {
     pub(crate) args: Vec<String>,
     /// What to run.
     pub(crate) program: Program,
-    /// The command as shell code, for the joblog and `--dry-run`.
+    /// The job as a command line that pastes into a shell and runs it (argv words quoted where
+    /// needed, `< IN > OUT` for `--stdin`/`--stdout`), for the joblog and `--dry-run`.
     pub(crate) command_line: String,
     /// A file for the job's stdin (`--stdin`); `/dev/null` when `None`.
     pub(crate) stdin: Option<String>,

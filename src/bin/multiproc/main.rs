@@ -49,11 +49,13 @@
 #[allow(dead_code)]
 mod args;
 mod engine;
+mod gnu;
 mod input;
 mod job;
 #[allow(dead_code)]
 mod joblog;
 mod output;
+mod quote;
 mod template;
 
 use std::fs::{File, OpenOptions};
@@ -73,7 +75,7 @@ use crate::input::InputSource;
 use crate::job::{Job, Program};
 use crate::joblog::{JoblogError, JoblogState, JoblogWriter};
 use crate::output::Output;
-use crate::template::{JobValues, shell_quote};
+use crate::template::JobValues;
 
 /// The thread-count variables each job gets (unless already set).
 const THREAD_VARS: [&str; 3] = ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"];
@@ -141,19 +143,34 @@ impl Jobs<'_> {
             args: if self.no_append { &[] } else { &args },
             ..full
         };
-        let command_line = cfg.command.render_shell(&cmd);
+        let stdin = cfg.stdin.as_ref().map(|t| t.render_single(&full));
+        let stdout = cfg.stdout.as_ref().map(|t| t.render_single(&full));
         let program = if cfg.shell {
-            Program::Shell(command_line.clone())
+            Program::Shell(cfg.command.render_shell(&cmd))
         } else {
             Program::Argv(cfg.command.render_argv(&cmd))
         };
+        let command_line = match &program {
+            Program::Argv(words) => Some(words.as_slice()),
+            Program::Shell(_) => None,
+        };
+        let shell_code = match &program {
+            Program::Shell(code) => code.as_str(),
+            Program::Argv(_) => "",
+        };
+        let command_line = quote::command_line(
+            command_line,
+            shell_code,
+            stdin.as_deref(),
+            stdout.as_deref(),
+        );
         Job {
             seq,
             slot,
             program,
             command_line,
-            stdin: cfg.stdin.as_ref().map(|t| t.render_single(&full)),
-            stdout: cfg.stdout.as_ref().map(|t| t.render_single(&full)),
+            stdin,
+            stdout,
             env: vec![
                 ("PARALLEL_SEQ".to_string(), seq.to_string()),
                 ("PARALLEL_JOBSLOT".to_string(), slot.to_string()),
@@ -455,16 +472,7 @@ fn run(cfg: &Config) -> Result<ExitCode, Failure> {
     if cfg.dry_run {
         loop {
             match feed.next_job(1, Duration::from_secs(1)) {
-                Next::Job(job) => {
-                    let mut line = job.command_line.clone();
-                    if let Some(i) = &job.stdin {
-                        line.push_str(&format!(" < {}", shell_quote(i)));
-                    }
-                    if let Some(o) = &job.stdout {
-                        line.push_str(&format!(" > {}", shell_quote(o)));
-                    }
-                    println!("{line}");
-                }
+                Next::Job(job) => println!("{}", job.command_line),
                 Next::NotYet => {}
                 Next::End(Ok(())) => return Ok(ExitCode::SUCCESS),
                 Next::End(Err(e)) => return Err(Failure::usage(e)),
