@@ -33,8 +33,10 @@
 //!   jobs until the input ends. A streamed input that fails part way (a line that is not UTF-8)
 //!   stops the hand-out of jobs; the running ones finish, and the exit status is 2 (or the number
 //!   of failed jobs, if higher). `--halt` with a percentage reads the whole input first.
-//! - A job's captured output is held in memory until it is printed; send big outputs to files
-//!   (`--stdout`, `--results`, or the job's own arguments).
+//! - A job's captured output goes to unlinked temporary files in `$TMPDIR`; up to 4 MiB per
+//!   stream comes to the runner as bytes, a bigger one as the file itself ([`spill`]), so the
+//!   runner's memory stays bounded (a job printing 1 GB: peak RSS ~3.5 MB) but `$TMPDIR` needs
+//!   room for the output of the running jobs, and of the finished ones `-k` is holding back.
 //! - "Nothing runs twice" holds up to a small window: a job killed (with the runner) after it has
 //!   written its results but before it has exited counts as not done, and `--resume` runs it
 //!   again. Once a job has exited, its worker writes its joblog line even if the runner is gone.
@@ -56,6 +58,7 @@ mod job;
 mod joblog;
 mod output;
 mod quote;
+mod spill;
 mod template;
 
 use std::fs::{File, OpenOptions};
