@@ -66,9 +66,9 @@
 //! # Ok::<(), multiproc::Error>(())
 //! ```
 //!
-//! Size a pool of workers from the job's allocation: [`cpu_budget`] reads
-//! `SLURM_CPUS_PER_TASK` (and, in a one-node job, `SLURM_CPUS_ON_NODE` or
-//! `SLURM_JOB_CPUS_PER_NODE`), capped by the CPUs the process may really use.
+//! Size a pool of workers from the job's allocation: [`cpu_budget`] reads the task's share
+//! (`SLURM_CPUS_PER_TASK`) inside a job step, the job's CPUs on this node (`SLURM_CPUS_ON_NODE`,
+//! ...) in the batch script, capped by the CPUs the process may really use.
 //!
 //! ```
 //! let budget = multiproc::cpu_budget()?;
