@@ -56,6 +56,10 @@ mod joblog;
 mod output;
 mod template;
 
+// multinode (issue 14): the `plot` subcommand, the multi-node runner and its agents.
+mod plot;
+mod svg;
+
 use std::fs::{File, OpenOptions};
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
@@ -101,6 +105,12 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
+    // Subcommands (issue 14), chosen by the first argument only: `multiproc -- plot` runs a
+    // command named plot.
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == plot::SUBCOMMAND) {
+        return plot::main(argv.split_off(2));
+    }
     let config = match Config::parse_from(std::env::args_os()) {
         Ok(c) => c,
         // Help and version go to stdout with status 0; usage errors to stderr with status 2.
