@@ -7,8 +7,9 @@
 //! a [`Sink`] that sends each finished job back as a `Done` frame on stdout. The engine asks for
 //! a job only when a slot is free and the runner sends no more than the agent's slots, so a node
 //! gets more work exactly when it has a free slot. Each job is made here, with the agent's slot
-//! (`{%}` is per node and slot), and gets `MULTIPROC_NODE` and `PARALLEL_SSHLOGIN` (GNU
-//! parallel's variable) set to the node's name. The agent writes no joblog: the runner writes
+//! (`{%}` is per node and slot, `{host}` is the node), and gets `MULTIPROC_NODE`,
+//! `PARALLEL_SSHLOGIN` and `PARALLEL_SSHHOST` (GNU parallel's variables) set to the node's name.
+//! The agent writes no joblog: the runner writes
 //! each line, with the node as the Host column.
 //!
 //! The end of stdin (the runner closed it) ends the run: running jobs finish, then the agent
@@ -136,6 +137,7 @@ pub(crate) fn main(args: Vec<OsString>) -> ExitCode {
         }
     };
     let node = node_name();
+    crate::template::set_host(&node);
     match run(&cfg, &node) {
         Ok(code) => code,
         Err(e) => {

@@ -551,7 +551,7 @@ impl Runner<'_> {
             // Stopping: the jobs it ran did not finish; --resume runs them.
             return Ok(());
         }
-        let why = why.map_or_else(|| "its step ended".to_string(), |w| w);
+        let why = why.unwrap_or_else(|| "its step ended".to_string());
         if !lost.is_empty() || !self.source_done {
             eprintln!(
                 "multiproc: node {node}: the agent is gone ({why}); {} running job{} to run elsewhere or log failed",
