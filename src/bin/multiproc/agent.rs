@@ -20,6 +20,7 @@
 use std::ffi::OsString;
 use std::io::{BufReader, Write};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -44,6 +45,11 @@ pub(crate) fn node_name() -> String {
                 .map(|h| h.trim().to_string())
         })
         .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// Writes one line to stderr with one write, so agents sharing a terminal do not interleave.
+fn say(line: &str) {
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
 /// The job maker of `cfg`, as the one-node runner builds it.
@@ -84,7 +90,7 @@ impl JobSource for FromRunner<'_> {
                             }
                             Ok(None) => return,
                             Err(e) => {
-                                eprintln!("multiproc agent: from the runner: {e}");
+                                say(&format!("multiproc agent: from the runner: {e}"));
                                 return;
                             }
                         }
@@ -109,12 +115,29 @@ impl JobSource for FromRunner<'_> {
     }
 }
 
+/// Whether the local run is stopping (the engine's flag, shared with its workers).
+fn stopping() -> bool {
+    let flag = crate::job::STOP_FLAG.load(Ordering::SeqCst);
+    // SAFETY: STOP_FLAG is null or points into a mapping that is never unmapped
+    // (`job::shared_flag`).
+    !flag.is_null() && unsafe { (*flag).load(Ordering::SeqCst) } != 0
+}
+
 /// Sends finished jobs back to the runner.
+///
+/// Which jobs finished is the workers' call, as on one node: they "log" to `/dev/null`, so
+/// `outcome.logged` says the worker counted the job as finished. A job a worker did not log
+/// because the run is stopping (not started, or killed by the stop: SLURM signals the job and
+/// the agent at once) is not sent: the runner does not log it and `--resume` runs it. A job
+/// whose worker died is sent (failed) unless the run is stopping.
 struct ToRunner;
 
 impl Sink for ToRunner {
     fn expect_up_to(&mut self, _: u64) {}
     fn finished(&mut self, job: &Job, outcome: &JobOutcome) -> std::io::Result<()> {
+        if !outcome.logged && (outcome.attempts == 0 || stopping()) {
+            return Ok(());
+        }
         let msg = FromAgent::Done {
             slot: job.slot,
             command_line: job.command_line.clone(),
@@ -132,7 +155,7 @@ pub(crate) fn main(args: Vec<OsString>) -> ExitCode {
     let cfg = match Config::parse_from(args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("multiproc agent: {e}");
+            say(&format!("multiproc agent: {e}"));
             return ExitCode::from(crate::USAGE);
         }
     };
@@ -141,7 +164,7 @@ pub(crate) fn main(args: Vec<OsString>) -> ExitCode {
     match run(&cfg, &node) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("multiproc agent on {node}: {e}");
+            say(&format!("multiproc agent on {node}: {e}"));
             ExitCode::from(crate::INTERNAL)
         }
     }
@@ -150,11 +173,11 @@ pub(crate) fn main(args: Vec<OsString>) -> ExitCode {
 fn run(cfg: &Config, node: &str) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let (slots, threads, explicit, why) = crate::sizing(cfg).map_err(|f| f.message)?;
     if cfg.verbose > 0 {
-        eprintln!(
+        say(&format!(
             "multiproc agent on {node}: {slots} job{} at once ({why}), {threads} thread{} per job",
             if slots == 1 { "" } else { "s" },
             if threads == 1 { "" } else { "s" },
-        );
+        ));
     }
     let env: Vec<(String, String)> = crate::THREAD_VARS
         .iter()
@@ -175,7 +198,8 @@ fn run(cfg: &Config, node: &str) -> Result<ExitCode, Box<dyn std::error::Error>>
         timeout: cfg.timeout,
         halt: None,
         env,
-        joblog: None,
+        // The workers' "joblog" only records their decision (see `ToRunner`).
+        joblog: Some("/dev/null".into()),
     };
     let mut source = FromRunner {
         jobs: jobs_of(cfg),
