@@ -8,7 +8,7 @@
 #    and (b) on the first node only (MULTIPROC_NODES=1 -j 2), alternating, ROUNDS (default 3)
 #    times each; wall time of the multiproc command / 500 = time per job.
 # 2. Time from `sbatch` (just before it runs) to the first job running on n2 (its Starttime in the
-#    joblog), and on n1, for a trivial two-node job, ROUNDS times.
+#    joblog), and on n1, for a two-node job of 4 x `sleep 0.2` (1 slot per node), ROUNDS times.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -52,9 +52,9 @@ awk '$1 == "two-nodes" { t += $2; n++ } $1 == "one-node" { o += $2; m++ }
 # --- 2. sbatch to the first job on each node -------------------------------------------------------
 cat >"$work/first.sh" <<EOF
 #!/bin/bash
-"$MP" --joblog "$work/first.\$SLURM_JOB_ID.log" true ::: 1 2 3 4
+"$MP" --joblog "$work/first.\$SLURM_JOB_ID.log" sleep 0.2 ::: 1 2 3 4
 EOF
-echo "== from sbatch to the first job on each node (trivial job, 4 inputs)"
+echo "== from sbatch to the first job on each node (4 jobs of sleep 0.2, 1 slot per node)"
 for r in $(seq "$ROUNDS"); do
     t0="$(now_ms)"
     id="$(run_job "$work/first.sh" -N 2 -n 2 -c 1 --time=5)"
