@@ -314,3 +314,42 @@ fn sigterm_then_resume_on_one_node_runs_each_input_once() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn nodes_flag_limits_the_run_to_those_nodes() {
+    let dir = tmpdir("nodes");
+    let mut cmd = batch(&dir);
+    cmd.args(["--nodes", "b", "--joblog", "run.log", "echo", ":::"])
+        .args((1..=10).map(|i| i.to_string()));
+    let out = run_bounded(cmd, LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    let log = joblog(&dir.join("run.log"));
+    assert_eq!(seqs(&log), (1..=10).collect::<Vec<_>>());
+    assert!(log.iter().all(|l| l.1 == "b"), "{log:?}");
+    // A node outside the allocation, and --nodes outside a multi-node batch script: usage errors.
+    let mut cmd = batch(&dir);
+    cmd.args(["--nodes", "a,c", "echo", ":::", "x"]);
+    let out = run_bounded(cmd, LIMIT);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--nodes a,c: node c is not in this job's allocation (a,b)"),
+        "{stderr}"
+    );
+    let out = run_bounded(
+        {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_multiproc"));
+            c.env_remove("SLURM_JOB_NUM_NODES")
+                .env_remove("SLURM_NNODES")
+                .args(["--nodes", "a", "echo", ":::", "x"]);
+            c
+        },
+        LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--nodes a: not in the batch script"),
+        "{out:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -26,7 +26,7 @@
 //!   job's environment (as does SLURM's own `SLURMD_NODENAME`).
 //! - Not in multi-node mode: `--halt` (refused), the progress bar. `--dry-run` prints locally.
 //!   `MULTIPROC_NODES=1` (or running inside a step, e.g. `srun -N1 multiproc ...`) keeps a run
-//!   on the node it starts on. The binary must be at the same path on every node (a shared
+//!   on the node it starts on; `--nodes LIST` limits it to those nodes ([`crate::nodes`]). The binary must be at the same path on every node (a shared
 //!   file system, as for the job script itself).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -44,6 +44,7 @@ use crate::args::{Config, Halt};
 use crate::engine::{JobSource, Next};
 use crate::job::JobOutcome;
 use crate::joblog::Entry;
+use crate::nodes::NodeAlloc;
 use crate::output::Output;
 use crate::proto::{FromAgent, ToAgent, read_frame, write_frame};
 use crate::{Failure, Feed, INTERNAL, Inputs};
@@ -54,99 +55,6 @@ pub(crate) const STOP_WAIT: Duration = Duration::from_secs(8);
 const HELLO_WAIT: Duration = Duration::from_secs(120);
 /// How often the loop looks up from waiting (signals, deadlines).
 const TICK: Duration = Duration::from_millis(50);
-
-/// One node of the allocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct NodeAlloc {
-    /// Its name (as in the nodelist and `SLURMD_NODENAME`).
-    pub(crate) name: String,
-    /// The job's CPUs on it.
-    pub(crate) cpus: usize,
-}
-
-/// Expands `SLURM_JOB_CPUS_PER_NODE` (`2(x3),1`) into one count per node.
-///
-/// # Errors
-/// A message naming the bad part.
-pub(crate) fn parse_cpus_per_node(s: &str) -> Result<Vec<usize>, String> {
-    let mut out = Vec::new();
-    for part in s.split(',') {
-        let bad = || format!("SLURM_JOB_CPUS_PER_NODE={s}: cannot read {part:?}");
-        let (count, times) = match part.split_once("(x") {
-            Some((c, rest)) => {
-                let t = rest.strip_suffix(')').ok_or_else(bad)?;
-                (c, t.parse::<usize>().map_err(|_| bad())?)
-            }
-            None => (part, 1),
-        };
-        let count: usize = count.parse().map_err(|_| bad())?;
-        if count == 0 || times == 0 {
-            return Err(bad());
-        }
-        out.extend(std::iter::repeat_n(count, times));
-    }
-    Ok(out)
-}
-
-/// The nodes to run on when this is the batch script of a multi-node allocation; `None` for a
-/// one-node run (no SLURM, one node, inside a step, or `MULTIPROC_NODES=1`).
-///
-/// # Errors
-/// The allocation's variables cannot be read, or `scontrol` cannot expand the nodelist.
-pub(crate) fn allocation() -> Result<Option<Vec<NodeAlloc>>, Failure> {
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    if var("SLURM_STEP_ID").is_some() || var("SLURM_STEPID").is_some() {
-        return Ok(None);
-    }
-    if var("MULTIPROC_NODES").as_deref() == Some("1") {
-        return Ok(None);
-    }
-    let Some(n) = var("SLURM_JOB_NUM_NODES").or_else(|| var("SLURM_NNODES")) else {
-        return Ok(None);
-    };
-    let n: usize = n
-        .parse()
-        .map_err(|_| Failure::usage(format!("SLURM_JOB_NUM_NODES={n} is not a number of nodes")))?;
-    if n <= 1 {
-        return Ok(None);
-    }
-    let list = var("SLURM_JOB_NODELIST")
-        .or_else(|| var("SLURM_NODELIST"))
-        .ok_or_else(|| Failure::usage("SLURM_JOB_NUM_NODES > 1 but no SLURM_JOB_NODELIST"))?;
-    let out = Command::new("scontrol")
-        .args(["show", "hostnames", &list])
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| Failure::usage(format!("scontrol show hostnames {list}: {e}")))?;
-    if !out.status.success() {
-        return Err(Failure::usage(format!(
-            "scontrol show hostnames {list}: {}",
-            out.status
-        )));
-    }
-    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    let cpus_var = var("SLURM_JOB_CPUS_PER_NODE")
-        .ok_or_else(|| Failure::usage("SLURM_JOB_NUM_NODES > 1 but no SLURM_JOB_CPUS_PER_NODE"))?;
-    let cpus = parse_cpus_per_node(&cpus_var).map_err(Failure::usage)?;
-    if names.len() != n || cpus.len() != n {
-        return Err(Failure::usage(format!(
-            "SLURM_JOB_NUM_NODES={n}, but SLURM_JOB_NODELIST={list} has {} nodes and \
-             SLURM_JOB_CPUS_PER_NODE={cpus_var} {} counts",
-            names.len(),
-            cpus.len()
-        )));
-    }
-    Ok(Some(
-        names
-            .into_iter()
-            .zip(cpus)
-            .map(|(name, cpus)| NodeAlloc { name, cpus })
-            .collect(),
-    ))
-}
 
 /// Signals received by the multi-node runner, and the last one.
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
@@ -654,20 +562,5 @@ impl Runner<'_> {
             ));
         }
         Ok(ExitCode::from(self.failed.min(101) as u8))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpus_per_node_expands() {
-        assert_eq!(parse_cpus_per_node("1(x2)").unwrap(), [1, 1]);
-        assert_eq!(parse_cpus_per_node("4,2(x3),1").unwrap(), [4, 2, 2, 2, 1]);
-        for bad in ["", "x", "2(x", "2(x0)", "0", "2(3)"] {
-            let e = parse_cpus_per_node(bad).unwrap_err();
-            assert!(e.contains("SLURM_JOB_CPUS_PER_NODE"), "{bad}: {e}");
-        }
     }
 }

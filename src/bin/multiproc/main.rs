@@ -59,6 +59,7 @@ mod template;
 // multinode (issue 14): the `plot` subcommand, the multi-node runner and its agents.
 mod agent;
 mod cluster;
+mod nodes;
 mod plot;
 mod proto;
 mod svg;
@@ -418,7 +419,7 @@ fn open_joblog(cfg: &Config) -> Result<JoblogState, Failure> {
 fn run(cfg: &Config) -> Result<ExitCode, Failure> {
     // The batch script of a multi-node allocation: one agent per node (issue 14).
     if !cfg.dry_run
-        && let Some(nodes) = cluster::allocation()?
+        && let Some(nodes) = nodes::allocation(cfg.nodes.as_deref())?
     {
         return cluster::run(cfg, &nodes);
     }
