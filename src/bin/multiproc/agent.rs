@@ -30,6 +30,7 @@ use crate::args::Config;
 use crate::engine::{self, EngineOpts, JobSource, Next, NoProgress, Sink};
 use crate::job::{Job, JobOutcome};
 use crate::proto::{FromAgent, ToAgent, read_frame, write_frame};
+use crate::spill::{Captured, Held};
 
 /// The hidden first argument that starts an agent.
 pub(crate) const SUBCOMMAND: &str = "__agent";
@@ -134,14 +135,24 @@ struct ToRunner;
 
 impl Sink for ToRunner {
     fn expect_up_to(&mut self, _: u64) {}
-    fn finished(&mut self, job: &Job, outcome: &JobOutcome) -> std::io::Result<()> {
+    fn finished(
+        &mut self,
+        job: &Job,
+        outcome: &JobOutcome,
+        stdout: Held,
+        stderr: Held,
+    ) -> std::io::Result<()> {
         if !outcome.logged && (outcome.attempts == 0 || stopping()) {
             return Ok(());
         }
+        // A spilled stream is read back here: across nodes, output travels in the frame.
+        let mut outcome = outcome.clone();
+        outcome.stdout = Captured::bytes(stdout.into_bytes()?);
+        outcome.stderr = Captured::bytes(stderr.into_bytes()?);
         let msg = FromAgent::Done {
             slot: job.slot,
             command_line: job.command_line.clone(),
-            outcome: outcome.clone(),
+            outcome,
         };
         write_frame(&mut std::io::stdout().lock(), &msg)
     }

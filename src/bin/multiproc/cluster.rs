@@ -47,6 +47,7 @@ use crate::joblog::Entry;
 use crate::nodes::NodeAlloc;
 use crate::output::Output;
 use crate::proto::{FromAgent, ToAgent, read_frame, write_frame};
+use crate::spill::{Captured, Held};
 use crate::{Failure, Feed, INTERNAL, Inputs};
 
 /// How long the runner waits for its agents after a stop before it kills their `srun`s.
@@ -428,7 +429,7 @@ impl Runner<'_> {
                 command_line.to_string(),
             );
             e.host = host.to_string();
-            e.receive = o.stdout.len() as u64;
+            e.receive = o.stdout.len();
             e.exitval = o.exit;
             e.signal = o.signal;
             log.write_all(e.to_line().as_bytes())
@@ -439,8 +440,9 @@ impl Runner<'_> {
             self.failed += 1;
         }
         let job = self.feed.jobs.make(o.seq, slot, args);
+        let (out, err) = (o.stdout.bytes.clone(), o.stderr.bytes.clone());
         self.output
-            .finished(&job, o)
+            .finished(&job, Held::Bytes(out), Held::Bytes(err))
             .map_err(|e| io("cannot write the output", e))
     }
 
@@ -484,9 +486,10 @@ impl Runner<'_> {
                 exit: -1,
                 signal: 9,
                 timed_out: false,
-                stdout: Vec::new(),
-                stderr: format!("multiproc: job {seq}: its node {node}'s agent died\n")
-                    .into_bytes(),
+                stdout: Captured::default(),
+                stderr: Captured::bytes(
+                    format!("multiproc: job {seq}: its node {node}'s agent died\n").into_bytes(),
+                ),
                 attempts: *n,
                 logged: false,
             };

@@ -119,11 +119,18 @@ pub(crate) trait Progress {
 pub(crate) trait Sink {
     /// Job `seq` was handed out (in increasing seq order).
     fn expect_up_to(&mut self, seq: u64);
-    /// A job ended.
+    /// A job ended; `stdout` and `stderr` are its streams as the runner holds them (a big one
+    /// still in its spill file, see [`crate::spill`]).
     ///
     /// # Errors
     /// When its output cannot be written.
-    fn finished(&mut self, job: &Job, outcome: &JobOutcome) -> std::io::Result<()>;
+    fn finished(
+        &mut self,
+        job: &Job,
+        outcome: &JobOutcome,
+        stdout: Held,
+        stderr: Held,
+    ) -> std::io::Result<()>;
     /// The run is over: write what is still held.
     ///
     /// # Errors
@@ -135,8 +142,14 @@ impl Sink for Output {
     fn expect_up_to(&mut self, seq: u64) {
         Output::expect_up_to(self, seq)
     }
-    fn finished(&mut self, job: &Job, outcome: &JobOutcome) -> std::io::Result<()> {
-        Output::finished(self, job, outcome)
+    fn finished(
+        &mut self,
+        job: &Job,
+        _: &JobOutcome,
+        stdout: Held,
+        stderr: Held,
+    ) -> std::io::Result<()> {
+        Output::finished(self, job, stdout, stderr)
     }
     fn flush_rest(&mut self) -> std::io::Result<()> {
         Output::flush_rest(self)
@@ -473,7 +486,7 @@ impl Runner<'_> {
         self.progress.suspend(&mut || {
             let (out, err) = (stdout.take(), stderr.take());
             if let (Some(out), Some(err)) = (out, err) {
-                res = output.finished(job, out, err);
+                res = output.finished(job, &outcome, out, err);
             }
         });
         res?;

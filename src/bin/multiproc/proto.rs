@@ -127,6 +127,7 @@ fn preview(line: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spill::Captured;
 
     fn outcome() -> JobOutcome {
         JobOutcome {
@@ -136,8 +137,8 @@ mod tests {
             exit: 3,
             signal: 0,
             timed_out: false,
-            stdout: b"out\n\0\xff".to_vec(),
-            stderr: b"err".to_vec(),
+            stdout: Captured::bytes(b"out\n\0\xff".to_vec()),
+            stderr: Captured::bytes(b"err".to_vec()),
             attempts: 1,
             logged: false,
         }
