@@ -17,6 +17,7 @@
 //!   contract; the pool itself starts no thread.
 
 mod fnref;
+mod journal;
 mod result;
 mod sched;
 mod transport;
@@ -101,8 +102,8 @@ fn assert_zst<F>() {
 ///
 /// A task that panics fails alone ([`Error::TaskPanicked`]). A worker that dies mid-task
 /// (killed, segfault, abort, OOM) never hangs the pool: the input it was running gets
-/// [`Error::WorkerDied`] naming it (`task: Some("item #17")`), the other inputs of its tasks are
-/// run again elsewhere, and a new worker takes its place. With [`retries`](PoolBuilder::retries)
+/// [`Error::WorkerDied`] naming it (`task: Some("item #17")`), the inputs it had finished keep
+/// their results, those it had not started run elsewhere, and a new worker takes its place. With [`retries`](PoolBuilder::retries)
 /// the failed input is re-run instead; with [`task_timeout`](PoolBuilder::task_timeout) an input
 /// that runs too long gets [`Error::Timeout`] and its worker is killed and replaced.
 ///
@@ -146,8 +147,11 @@ fn assert_zst<F>() {
 /// Dropping a pool terminates it: queued and running work is discarded, every worker is killed
 /// and reaped (no zombie, no orphan), and pending [`AsyncResult`]s give
 /// [`Error::Disconnected`]. Use [`close`](Pool::close) and [`join`](Pool::join) to finish the
-/// work first. When a worker dies, the inputs of its tasks that had finished but not yet been
-/// reported are run again: a function with side effects may see an input twice.
+/// work first. When a worker dies, only the input it was running is lost (and re-run with
+/// [`retries`](PoolBuilder::retries)): the outcomes of the inputs it had finished are kept in a
+/// shared journal until they are sent, and its chunk resumes after them. Two exceptions run
+/// again: results that carry descriptors (a big `PodVec`, a `SharedArray`), which die with the
+/// worker, and unsent results beyond the journal's 4 MiB per worker.
 pub struct Pool {
     shared: Arc<Shared>,
     processes: usize,

@@ -19,6 +19,7 @@ use crate::fork::fork_child;
 use crate::sys::{self, ExitStatus, Interest, Pid};
 
 use super::fnref::FnRef;
+use super::journal;
 use super::transport::{self, Body, Bytes, Encoded, Fds, Link, Reply};
 use super::worker::{self, IDLE, Progress, Setup};
 use crate::fdpass::{self, FdTable};
@@ -581,7 +582,21 @@ impl Core {
         let status = sys::wait_blocking(slot.pid)?;
         self.forget_pid(slot.pid);
         if !slot.inflight.is_empty() && !self.book.is_terminating() {
-            self.settle(i, &mut slot, status);
+            // The input that was running: the one the timeout named, else the progress slot's.
+            let snap = self.progress.get(i);
+            let running = match &slot.kill {
+                Some(k) => Some(k.culprit),
+                None => (snap.item != IDLE).then_some((snap.seq, snap.item)),
+            };
+            // Inputs that finished but whose reply died with the worker: from its journal.
+            let entries = self.progress.journal_entries(i);
+            let saved = journal::salvage(&entries, &mut slot.inflight, running, slot.pid.as_raw());
+            for (job, event) in saved.events {
+                self.deliver(job, event);
+            }
+            if !slot.inflight.is_empty() {
+                self.settle(&mut slot, status, saved.running, saved.inputs > 0);
+            }
         }
         if !slot.stopping && !self.book.is_terminating() {
             self.replaced += 1;
@@ -595,21 +610,22 @@ impl Core {
         Ok(())
     }
 
-    /// Decides the fate of the tasks of a worker that ended with tasks in flight.
-    fn settle(&mut self, i: usize, slot: &mut Slot, status: ExitStatus) {
+    /// Decides the fate of the tasks of a worker that ended with tasks in flight (their
+    /// finished inputs already taken out, see `journal::salvage`): `target` is the input that
+    /// was running, and `progressed` says whether any input of them had finished.
+    fn settle(
+        &mut self,
+        slot: &mut Slot,
+        status: ExitStatus,
+        target: Option<(u64, u64)>,
+        progressed: bool,
+    ) {
         let (signal, code) = match status {
             ExitStatus::Signaled(s) => (Some(s), None),
             ExitStatus::Exited(c) => (None, Some(c)),
         };
         let tasks: Vec<(u64, Task)> = std::mem::take(&mut slot.inflight).into();
-        let snap = self.progress.get(i);
         let timed_out = slot.kill.is_some();
-        // The input that was running: the one the timeout named, else the progress slot's.
-        let target = match &slot.kill {
-            Some(k) => Some(k.culprit),
-            None if snap.item != IDLE => Some((snap.seq, snap.item)),
-            None => None,
-        };
         let culprit = target.and_then(|(seq, item)| {
             tasks
                 .iter()
@@ -668,10 +684,11 @@ impl Core {
             }
             None => {
                 // Died between inputs: run everything again, but give up on the first task if
-                // that keeps happening, so that the pool cannot loop forever.
+                // that keeps happening with no input finished, so that the pool cannot loop
+                // forever.
                 let mut tasks = tasks.into_iter().map(|(_, t)| t);
                 if let Some(mut head) = tasks.next() {
-                    head.died += 1;
+                    head.died += u32::from(!progressed);
                     if head.died > self.cfg.retries + 3 {
                         for k in 0..head.items.count() as usize {
                             let error = died(head.items.label(k));

@@ -70,6 +70,11 @@ pub(crate) struct Body {
 }
 
 impl Body {
+    /// A body made of `buf` (outcomes recovered from a dead worker's journal).
+    pub(crate) fn from_vec(buf: Vec<u8>) -> Body {
+        Body { buf, start: 0 }
+    }
+
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.buf[self.start..]
     }
