@@ -7,7 +7,7 @@
 //! the worker. Nothing here blocks except `poll`, and no helper thread exists.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -421,6 +421,16 @@ impl Core {
     /// Runs the pool for a while: hands out tasks, then waits until something happens or
     /// `deadline` passes, and processes it. Returns at once when the pool was terminated.
     pub(crate) fn drive(&mut self, deadline: Option<Instant>) -> Result<()> {
+        self.drive_woken(deadline, None)
+    }
+
+    /// [`drive`](Core::drive), also returning when `bell` becomes readable (the driver
+    /// thread's doorbell, rung by a thread that wants the pool's lock).
+    pub(crate) fn drive_woken(
+        &mut self,
+        deadline: Option<Instant>,
+        bell: Option<BorrowedFd<'_>>,
+    ) -> Result<()> {
         if self.book.is_terminating() {
             self.abort_all();
         }
@@ -447,7 +457,7 @@ impl Core {
         let waiting = self.slots.iter().flatten().any(|s| !s.inflight.is_empty());
         let spin_until = if waiting { now + SPIN } else { now };
         let ready = loop {
-            let fds: Vec<_> = self
+            let mut fds: Vec<_> = self
                 .slots
                 .iter()
                 .flatten()
@@ -460,6 +470,7 @@ impl Core {
                     [(s.link.fd(), io), (s.pidfd.as_fd(), Interest::Read)]
                 })
                 .collect();
+            fds.extend(bell.map(|b| (b, Interest::Read)));
             let spinning = Instant::now() < spin_until;
             let until = if spinning { Some(Instant::now()) } else { wake };
             let ready = sys::poll_many(&fds, until)?;
