@@ -92,7 +92,6 @@ impl FnRef {
 
     /// The initializer trampoline this refers to, after checking that it lies in this binary's
     /// text.
-    #[allow(dead_code, reason = "the fork server's, in the next commit")]
     pub(crate) fn resolve_init(self) -> Result<fn(), String> {
         let addr = self.checked_addr()?;
         // SAFETY: as in `resolve`: offsets of initializers are made only by `init_ref` from a

@@ -19,7 +19,7 @@
 mod fnref;
 mod result;
 mod sched;
-mod start;
+pub(crate) mod start;
 mod transport;
 mod worker;
 
@@ -38,6 +38,7 @@ use crate::error::{Error, Result};
 use crate::wire::MAX_MESSAGE_BYTES;
 
 pub use self::result::{AsyncResult, IMap};
+pub use self::start::{StartMethod, init, set_start_method};
 
 use self::fnref::{FnRef, Trampoline};
 use self::result::{AsyncState, Chunker, run_deferred, terminated};
@@ -194,6 +195,7 @@ pub struct PoolBuilder {
     limit_threads: bool,
     max_message_bytes: usize,
     on_progress: Option<ProgressHook>,
+    start_method: Option<StartMethod>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -204,6 +206,7 @@ impl fmt::Debug for PoolBuilder {
             .field("retries", &self.retries)
             .field("task_timeout", &self.task_timeout)
             .field("chunksize", &self.chunksize)
+            .field("start_method", &self.start_method)
             .finish_non_exhaustive()
     }
 }
@@ -217,9 +220,11 @@ impl PoolBuilder {
         self
     }
 
-    /// Runs `f` once in each worker when it starts (and in each replacement). It may capture
-    /// anything: a worker is a copy of the parent's memory. If it panics, the worker exits and
-    /// the tasks sent to it fail with [`Error::WorkerDied`].
+    /// Runs `f` once in each worker when it starts (and in each replacement). With
+    /// [`StartMethod::Fork`] it may capture anything: a worker is a copy of the parent's memory.
+    /// With [`StartMethod::ForkServer`] it must be a fn item or a closure that captures nothing
+    /// (`build` refuses a capturing one). If it panics, the worker exits and the tasks sent to
+    /// it fail with [`Error::WorkerDied`].
     pub fn initializer<F: Fn() + Send + Sync + 'static>(mut self, f: F) -> Self {
         self.initializer = Some(self::start::Initializer {
             fn_ref: fnref::init_ref::<F>(),
@@ -282,7 +287,17 @@ impl PoolBuilder {
         self
     }
 
-    /// Forks the workers.
+    /// How the workers are started: [`StartMethod::Fork`] (forks of this program) or
+    /// [`StartMethod::ForkServer`] (forks of a fresh execution of its binary, for threaded and
+    /// big programs). Without it: `MULTIPROC_START_METHOD`, else
+    /// [`set_start_method`](crate::set_start_method)'s, else `Fork`. Replacement workers come
+    /// from the same start method.
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.start_method = Some(method);
+        self
+    }
+
+    /// Starts the workers.
     ///
     /// # Errors
     ///
@@ -331,6 +346,20 @@ impl PoolBuilder {
         } else {
             None
         };
+        let method = self::start::resolve(self.start_method)?;
+        if method == StartMethod::ForkServer
+            && self
+                .initializer
+                .as_ref()
+                .is_some_and(|i| i.fn_ref.is_none())
+        {
+            return Err(Error::invalid_arg(
+                "initializer",
+                "a closure that captures",
+                "a ForkServer pool runs its initializer in a fresh process, which cannot \
+                 receive a capture: pass a fn item or a closure that captures nothing",
+            ));
+        }
         let book = Arc::new(Book::default());
         let core = Scheduler::start(
             Config {
@@ -341,7 +370,7 @@ impl PoolBuilder {
                 initializer: self.initializer,
                 thread_env,
             },
-            Box::new(self::start::Fork),
+            self::start::starter(method)?,
             book.clone(),
         )?;
         Ok(Pool {
@@ -413,6 +442,7 @@ impl Pool {
             limit_threads: true,
             max_message_bytes: MAX_MESSAGE_BYTES,
             on_progress: None,
+            start_method: None,
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::fdpass::{self, FdTable};
 use crate::panic;
@@ -30,9 +30,14 @@ const REPLY_BATCH: usize = 1 << 16;
 /// One progress slot per worker, in memory shared with the workers: the task sequence number and
 /// the input index it is running, and when that input started (`CLOCK_MONOTONIC` ns). A
 /// sequence lock (`ver`, odd while writing) keeps the three consistent for the reader.
+///
+/// The memory is a memory file, so that a worker that is not a fork of the parent (a fork
+/// server's) can map it from the descriptor.
 #[derive(Debug)]
 pub(crate) struct Progress {
     map: SharedMapping,
+    fd: OwnedFd,
+    slots: usize,
 }
 
 /// What a worker was doing, read from its slot.
@@ -45,13 +50,49 @@ pub(crate) struct Snapshot {
 
 impl Progress {
     pub(crate) fn new(slots: usize) -> crate::Result<Progress> {
+        let len = Self::bytes(slots);
+        let fd = sys::mem::memfd(len)?;
         let p = Progress {
-            map: SharedMapping::anonymous((slots * WORDS * 8).max(4096))?,
+            map: SharedMapping::from_fd(fd.as_fd(), len, false)?,
+            fd,
+            slots,
         };
         for i in 0..slots {
             p.reset(i);
         }
         Ok(p)
+    }
+
+    fn bytes(slots: usize) -> usize {
+        (slots * WORDS * 8).max(4096)
+    }
+
+    /// The slots of another process's [`Progress`] of `slots` slots, from its memory file
+    /// (checked to be large enough).
+    pub(crate) fn from_fd(fd: OwnedFd, slots: usize) -> crate::Result<Progress> {
+        let len = Self::bytes(slots);
+        if sys::mem::fd_size(fd.as_fd())? < len {
+            return Err(crate::Error::invalid_arg(
+                "progress file",
+                len,
+                "smaller than the pool's slots",
+            ));
+        }
+        Ok(Progress {
+            map: SharedMapping::from_fd(fd.as_fd(), len, false)?,
+            fd,
+            slots,
+        })
+    }
+
+    /// How many slots it has.
+    pub(crate) fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// The memory file (to hand to a worker that is not a fork of this process).
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     #[inline]
