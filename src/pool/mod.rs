@@ -1,7 +1,8 @@
 //! [`Pool`]: Python's `multiprocessing.Pool` over forked worker processes that survive crashes.
 //!
 //! Layout: `fnref` names functions across processes, `transport` moves frames, `worker` is the
-//! child's loop, `sched` is the parent's scheduler, `result` holds what callers wait on.
+//! child's loop, `sched` is the parent's scheduler, `start` starts workers (the `Starter` seam:
+//! fork, or the fork server in `start::server`), `result` holds what callers wait on.
 //!
 //! # Caveats
 //!
@@ -9,12 +10,14 @@
 //!   still queued or running is discarded, every worker is killed (`SIGKILL`) and reaped, and an
 //!   [`AsyncResult`] still pending gives [`Error::Disconnected`]. Call [`Pool::close`] then
 //!   [`Pool::join`] to let queued work finish first. Drop never blocks on a worker.
-//! - Workers are killed by the kernel when the *thread* that forked them ends
-//!   (`PR_SET_PDEATHSIG`), and exit when the pool's socket closes, so they never outlive the
-//!   parent. Replacement workers are forked by whichever thread drives the pool when a worker
-//!   dies; keep the pool on a thread that lives as long as the pool.
-//! - Replacement workers are forked from the parent as it is then: see the crate's fork-safety
-//!   contract; the pool itself starts no thread.
+//! - With [`StartMethod::Fork`], workers are killed by the kernel when the *thread* that forked
+//!   them ends (`PR_SET_PDEATHSIG`), and exit when the pool's socket closes, so they never
+//!   outlive the parent. Replacement workers are forked by whichever thread drives the pool when
+//!   a worker dies; keep the pool on a thread that lives as long as the pool.
+//! - Replacement workers come from the pool's start method: with `Fork` they are forked from
+//!   the parent as it is then (see the crate's fork-safety contract); with
+//!   [`StartMethod::ForkServer`] from the fork server, which dies with the parent process (not
+//!   with a thread) and takes its workers with it. The pool itself starts no thread.
 
 mod fnref;
 mod result;
@@ -115,12 +118,13 @@ fn assert_zst<F>() {
 /// reads the results. [`AsyncResult`] callbacks run on that thread too. Several threads may share
 /// a pool; they take turns.
 ///
-/// A worker that dies is replaced by a fork made by the thread that noticed. If the program has
-/// other threads at that moment, the crate's fork-safety contract applies to the new worker
-/// (a lock held by another thread stays locked in the child). Workers are also killed by the
-/// kernel when the thread that forked them ends (`PR_SET_PDEATHSIG`), so keep a pool on a
-/// thread that outlives it. A fork server (a single-threaded process forked at build time that
-/// forks the replacements) is the planned remedy for both.
+/// With [`StartMethod::Fork`] (the default), a worker that dies is replaced by a fork made by
+/// the thread that noticed. If the program has other threads at that moment, the crate's
+/// fork-safety contract applies to the new worker (a lock held by another thread stays locked in
+/// the child; the crate warns once on stderr, see [`StartMethod`]). Workers are also killed by
+/// the kernel when the thread that forked them ends (`PR_SET_PDEATHSIG`), so keep a pool on a
+/// thread that outlives it. [`StartMethod::ForkServer`] avoids both: workers and their
+/// replacements are forked by a single-threaded fork server that lives as long as the program.
 ///
 /// # Big arrays and shared objects
 ///

@@ -9,6 +9,7 @@
 //!                                │           death_fd()   readable once it has ended (a pidfd)
 //!                                │           signal(sig)  SIGTERM / SIGKILL
 //!                                │           wait()       its exit status, once it has ended
+//!                                │   (start_many: a pool's first workers in one request)
 //!                                ├─ Fork        forks the calling process (`fork_child`)
 //!                                └─ ForkServer  asks the fork server (`server`) to fork one
 //! ```
@@ -235,6 +236,19 @@ pub(crate) trait Starter: Send {
     /// Starts a worker running the pool's worker loop with `spec`. `close` lists the parent's
     /// descriptors of the other workers, which a forked child must not keep.
     fn start(&mut self, spec: WorkerSpec, close: &[RawFd]) -> Result<Box<dyn Worker>>;
+
+    /// Whether [`start_many`](Starter::start_many) is worth calling (it is for a starter that
+    /// asks another process: one round trip for all).
+    fn starts_many(&self) -> bool {
+        false
+    }
+
+    /// Starts one worker per spec, all or none (a pool's first workers). Only called when
+    /// [`starts_many`](Starter::starts_many) says so; the default starts them one by one, which
+    /// is right only for a starter that does not fork this process.
+    fn start_many(&mut self, specs: Vec<WorkerSpec>) -> Result<Vec<Box<dyn Worker>>> {
+        specs.into_iter().map(|s| self.start(s, &[])).collect()
+    }
 }
 
 /// The `fork` start method: workers are forked from the calling thread of this process.

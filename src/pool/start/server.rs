@@ -58,7 +58,7 @@ const REFUSED: u8 = 4;
 const EXIT: u8 = 5;
 
 /// What the server needs to start one worker (its descriptors travel beside it).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct StartRequest {
     slot: u64,
     slots: u64,
@@ -237,54 +237,71 @@ impl Server {
         let _ = child.wait();
     }
 
-    fn start(&self, req: &StartRequest, fds: [RawFd; 2]) -> Result<(Pid, OwnedFd)> {
+    /// Starts one worker per request (all requests in one write, then all answers), all or
+    /// none.
+    fn start(&self, reqs: &[(StartRequest, [RawFd; 2])]) -> Result<Vec<(Pid, OwnedFd)>> {
         let mut conn = locked(&self.conn);
         if conn.broken {
             return Err(Error::Disconnected("the fork server is gone".into()));
         }
-        let body = wire::encode(req)?;
-        if let Err(e) = send(conn.sock.as_fd(), START, &body, &fds) {
-            conn.broken = true;
-            return Err(e);
+        for (req, fds) in reqs {
+            let body = wire::encode(req)?;
+            if let Err(e) = send(conn.sock.as_fd(), START, &body, fds) {
+                conn.broken = true;
+                return Err(e);
+            }
         }
         let deadline = Instant::now() + PATIENCE;
-        loop {
+        let mut started = Vec::new();
+        let mut refused = None;
+        while started.len() + usize::from(refused.is_some()) < reqs.len() {
             match conn.said(deadline)? {
-                Said::Started(pid, pidfd) => return Ok((Pid::from_raw(pid), pidfd)),
-                Said::Refused(message) => {
-                    return Err(Error::InvalidState(format!(
-                        "the fork server could not start a worker: {message}"
-                    )));
-                }
+                Said::Started(pid, pidfd) => started.push((Pid::from_raw(pid), pidfd)),
+                Said::Refused(message) => refused = Some(message),
                 Said::Exit(pid, status) => {
                     conn.exits.insert(pid, status);
                 }
                 Said::Hello => {}
             }
         }
+        let Some(message) = refused else {
+            return Ok(started);
+        };
+        // All or none: the ones that did start go.
+        for (pid, pidfd) in &started {
+            let _ = sys::pidfd_send_signal(pidfd.as_fd(), Signal::SIGKILL);
+            conn.exit_status(*pid);
+        }
+        Err(Error::InvalidState(format!(
+            "the fork server could not start a worker: {message}"
+        )))
     }
 
+    /// The exit status of the server's worker `pid`, which has ended or was killed.
+    fn exit_status(&self, pid: Pid) -> ExitStatus {
+        locked(&self.conn).exit_status(pid)
+    }
+}
+
+impl Conn {
     /// The exit status of the server's worker `pid`, which has ended or was killed. A lost
     /// server reports its workers as killed (they died with it).
-    fn exit_status(&self, pid: Pid) -> ExitStatus {
-        let mut conn = locked(&self.conn);
+    fn exit_status(&mut self, pid: Pid) -> ExitStatus {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if let Some(status) = conn.exits.remove(&pid.as_raw()) {
+            if let Some(status) = self.exits.remove(&pid.as_raw()) {
                 return status;
             }
-            match conn.said(deadline) {
+            match self.said(deadline) {
                 Ok(Said::Exit(p, status)) => {
-                    conn.exits.insert(p, status);
+                    self.exits.insert(p, status);
                 }
                 Ok(_) => {}
                 Err(_) => return ExitStatus::Signaled(Signal::SIGKILL as i32),
             }
         }
     }
-}
 
-impl Conn {
     /// The server's next message; a failure marks the server lost.
     fn said(&mut self, deadline: Instant) -> Result<Said> {
         if self.broken {
@@ -317,12 +334,9 @@ impl ForkServer {
     }
 }
 
-impl Starter for ForkServer {
-    fn start(&mut self, spec: WorkerSpec, _close: &[RawFd]) -> Result<Box<dyn Worker>> {
-        if locked(&self.server.conn).broken {
-            // Lost (killed from outside): a new one serves the replacements.
-            self.server = server()?;
-        }
+impl ForkServer {
+    /// The request for `spec`, and the descriptors that go with it (kept open until sent).
+    fn request(spec: WorkerSpec) -> Result<(StartRequest, OwnedFd, Arc<Progress>)> {
         let init = match spec.initializer {
             None => None,
             Some(i) => Some(i.fn_ref.map(FnRef::offset).ok_or_else(|| {
@@ -341,14 +355,47 @@ impl Starter for ForkServer {
             thread_env: spec.thread_env,
             init,
         };
-        let sock = spec.end.into_fd();
-        let fds = [sock.as_raw_fd(), spec.progress.fd().as_raw_fd()];
-        let (pid, pidfd) = self.server.start(&req, fds)?;
-        Ok(Box::new(Served {
-            pid,
-            pidfd,
-            server: self.server.clone(),
-        }))
+        Ok((req, spec.end.into_fd(), spec.progress))
+    }
+}
+
+impl Starter for ForkServer {
+    fn start(&mut self, spec: WorkerSpec, _close: &[RawFd]) -> Result<Box<dyn Worker>> {
+        let mut one = self.start_many(vec![spec])?;
+        Ok(one.remove(0))
+    }
+
+    fn starts_many(&self) -> bool {
+        true
+    }
+
+    fn start_many(&mut self, specs: Vec<WorkerSpec>) -> Result<Vec<Box<dyn Worker>>> {
+        if locked(&self.server.conn).broken {
+            // Lost (killed from outside): a new one serves the replacements.
+            self.server = server()?;
+        }
+        let parts = specs
+            .into_iter()
+            .map(ForkServer::request)
+            .collect::<Result<Vec<_>>>()?;
+        let reqs: Vec<(StartRequest, [RawFd; 2])> = parts
+            .iter()
+            .map(|(req, sock, progress)| {
+                let fds = [sock.as_raw_fd(), progress.fd().as_raw_fd()];
+                (req.clone(), fds)
+            })
+            .collect();
+        let started = self.server.start(&reqs)?;
+        Ok(started
+            .into_iter()
+            .map(|(pid, pidfd)| {
+                Box::new(Served {
+                    pid,
+                    pidfd,
+                    server: self.server.clone(),
+                }) as Box<dyn Worker>
+            })
+            .collect())
     }
 }
 
