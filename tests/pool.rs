@@ -954,6 +954,15 @@ fn fn_item_initializer() {
     unsafe { std::env::set_var("MULTIPROC_TEST_FN_INIT", "ran") }
 }
 
+fn set_ptr_marker(value: &str) {
+    // SAFETY: a worker right after fork has a single thread.
+    unsafe { std::env::set_var("MULTIPROC_TEST_PTR_INIT", value) }
+}
+
+fn marker_set(_: u32) -> Option<String> {
+    std::env::var("MULTIPROC_TEST_PTR_INIT").ok()
+}
+
 fn fn_init_ran(_: u32) -> Option<String> {
     std::env::var("MULTIPROC_TEST_FN_INIT").ok()
 }
@@ -968,6 +977,14 @@ fn fork_server_workers_are_children_of_the_server_and_take_fn_item_initializers(
             .initializer(fn_item_initializer)
             .build()
             .unwrap();
+        let by_pointer = Pool::builder()
+            .processes(1)
+            .start_method(StartMethod::ForkServer)
+            .initializer_fn(|| set_ptr_marker("fn"))
+            .build()
+            .unwrap();
+        assert_eq!(by_pointer.apply(marker_set, 0).unwrap(), Some("fn".into()));
+        drop(by_pointer);
         let parents = pool.map(parent_pid, 0..8).unwrap();
         let server = parents[0];
         assert_ne!(server, std::process::id());

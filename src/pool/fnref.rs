@@ -85,8 +85,9 @@ impl FnRef {
         Ok(unsafe { std::mem::transmute::<*const (), Trampoline>(addr as *const ()) })
     }
 
-    /// The reference to an initializer trampoline (see [`init_ref`]).
-    fn of_init(t: fn()) -> FnRef {
+    /// The reference to a plain function (an initializer given as a `fn()`, or the trampoline
+    /// of [`init_ref`]).
+    pub(crate) fn of_init(t: fn()) -> FnRef {
         FnRef((t as usize as i64).wrapping_sub(anchor_addr() as i64))
     }
 

@@ -227,11 +227,41 @@ impl PoolBuilder {
     /// Runs `f` once in each worker when it starts (and in each replacement). With
     /// [`StartMethod::Fork`] it may capture anything: a worker is a copy of the parent's memory.
     /// With [`StartMethod::ForkServer`] it must be a fn item or a closure that captures nothing
-    /// (`build` refuses a capturing one). If it panics, the worker exits and the tasks sent to
+    /// (`build` refuses a capturing one; [`initializer_fn`](PoolBuilder::initializer_fn) says
+    /// so at compile time). If it panics, the worker exits and the tasks sent to
     /// it fail with [`Error::WorkerDied`].
     pub fn initializer<F: Fn() + Send + Sync + 'static>(mut self, f: F) -> Self {
         self.initializer = Some(self::start::Initializer {
             fn_ref: fnref::init_ref::<F>(),
+            run: Arc::new(f),
+        });
+        self
+    }
+
+    /// Like [`initializer`](PoolBuilder::initializer), for a function pointer: a fn item or a
+    /// closure that captures nothing, so that it works under every start method, checked at
+    /// compile time (a closure that captures does not compile).
+    ///
+    /// ```
+    /// use multiproc::{Pool, StartMethod};
+    ///
+    /// fn setup() { /* seed an RNG, open a log... once per worker */ }
+    ///
+    /// let pool = Pool::builder()
+    ///     .processes(1)
+    ///     .start_method(StartMethod::ForkServer)
+    ///     .initializer_fn(setup)
+    ///     .build()?;
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// ```compile_fail
+    /// let name = String::from("worker");
+    /// let b = multiproc::Pool::builder().initializer_fn(move || println!("{name}"));
+    /// ```
+    pub fn initializer_fn(mut self, f: fn()) -> Self {
+        self.initializer = Some(self::start::Initializer {
+            fn_ref: Some(FnRef::of_init(f)),
             run: Arc::new(f),
         });
         self
