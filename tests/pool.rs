@@ -994,6 +994,16 @@ fn fork_server_workers_are_children_of_the_server_and_take_fn_item_initializers(
             pool.map(fn_init_ran, 0..4).unwrap(),
             vec![Some("ran".to_string()); 4]
         );
+        // A replacement after a crash comes from the same start method: the server.
+        let out = pool.map_results(dies_on_17, 0..20).unwrap();
+        assert!(
+            matches!(out[17], Err(Error::WorkerDied { .. })),
+            "{:?}",
+            out[17]
+        );
+        assert!(pool.replaced_workers() >= 1);
+        let after = pool.map(parent_pid, 0..8).unwrap();
+        assert!(after.iter().all(|&p| p == server), "{after:?}");
         // One server serves every pool of the program.
         let other = pool_server_pid();
         assert_eq!(other, server);

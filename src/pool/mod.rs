@@ -324,7 +324,7 @@ impl PoolBuilder {
     /// How the workers are started: [`StartMethod::Fork`] (forks of this program) or
     /// [`StartMethod::ForkServer`] (forks of a fresh execution of its binary, for threaded and
     /// big programs). Without it: `MULTIPROC_START_METHOD`, else
-    /// [`set_start_method`](crate::set_start_method)'s, else `Fork`. Replacement workers come
+    /// [`set_start_method`]'s, else `Fork`. Replacement workers come
     /// from the same start method.
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.start_method = Some(method);

@@ -45,7 +45,7 @@ pub(crate) mod server;
 ///   forever in the worker, which hangs on it.
 /// - [`ForkServer`](StartMethod::ForkServer): workers are forked by the program's fork server,
 ///   a fresh execution of the program's own binary (`/proc/self/exe`) that is started once,
-///   before it runs any of your code (see [`init`](crate::init)), and serves every pool of the
+///   before it runs any of your code (see [`init`]), and serves every pool of the
 ///   program. Its workers start fast whatever the size of the program, and never inherit a lock
 ///   held by a thread of the program. They see the program's **globals as freshly started**
 ///   (statics at their initial values, nothing your `main` loaded), so everything a task needs
