@@ -128,6 +128,10 @@
 //!   (inside a `Mutex` of yours, a logger, an allocator other than glibc's `malloc`, which resets
 //!   its own locks; Rust's stdio locks are handled as said above) stays locked forever in the child, and a child that takes it hangs. Start
 //!   processes before you start threads, or make sure the child touches no lock other threads use.
+//!   A [`Pool`] that forks while the program has several threads prints one warning on stderr
+//!   (`MULTIPROC_WARN_THREADS=0` silences it); a pool built with
+//!   [`StartMethod::ForkServer`] forks its workers from a fresh, single-threaded execution of
+//!   the program instead (see [`init`]).
 //!   The test harness of `cargo test` is multi-threaded, and the crate's own tests pass under it.
 //! - **Descriptors**: the child inherits the parent's open files and sockets. The crate's own
 //!   descriptors are close-on-exec, so programs the child runs do not inherit them.
@@ -169,7 +173,10 @@ mod wire;
 
 pub use crate::error::{CodecError, Error, RemotePanic, Result};
 pub use crate::pipe::{Connection, PipeReceiver, PipeSender, pipe, pipe_oneway};
-pub use crate::pool::{AsCompleted, AsyncResult, IMap, Pool, PoolBuilder, as_completed};
+pub use crate::pool::{
+    AsCompleted, AsyncResult, IMap, Pool, PoolBuilder, StartMethod, as_completed, init,
+    set_start_method,
+};
 pub use crate::process::{JoinHandle, Process, spawn};
 pub use crate::queue::{DEFAULT_QUEUE_CAPACITY, JoinableQueue, Queue, QueueIter};
 pub use crate::shm::{ArrayGuard, Pod, PodVec, SharedArray, SharedValue, ValueGuard, Zeroable};

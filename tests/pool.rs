@@ -6,7 +6,29 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use multiproc::{Error, Pool};
+use multiproc::{Error, Pool, StartMethod};
+
+/// Runs a test under both start methods: `name::fork` and `name::forkserver`.
+macro_rules! both_methods {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn fork() {
+                super::$name(multiproc::StartMethod::Fork)
+            }
+
+            #[test]
+            fn forkserver() {
+                super::$name(multiproc::StartMethod::ForkServer)
+            }
+        }
+    };
+}
+
+/// A pool of `n` workers started with `m`.
+fn pool(m: StartMethod, n: usize) -> Result<Pool, Error> {
+    Pool::builder().start_method(m).processes(n).build()
+}
 
 /// Pool tests run one at a time in this binary, so that "no child left" can be checked.
 static FORK_LOCK: Mutex<()> = Mutex::new(());
@@ -48,9 +70,9 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-/// Pids of this process's children (any state, zombies included).
-fn children() -> Vec<i32> {
-    let me = std::process::id() as i32;
+/// Pids of the children of `parent` (any state, zombies included).
+fn children_of(parent: i32) -> Vec<i32> {
+    let me = parent;
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -70,6 +92,28 @@ fn children() -> Vec<i32> {
     out
 }
 
+/// The process name of `pid`.
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// This process's children, except the fork server (which serves the whole program), plus the
+/// fork server's children (its workers).
+fn children() -> Vec<i32> {
+    let mut out = Vec::new();
+    for pid in children_of(std::process::id() as i32) {
+        if comm(pid) == "multiproc-fsrv" {
+            out.extend(children_of(pid));
+        } else {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 fn assert_no_children() {
     let left = children();
     assert!(left.is_empty(), "child processes left behind: {left:?}");
@@ -79,11 +123,11 @@ fn square(x: u64) -> u64 {
     x.wrapping_mul(x)
 }
 
-#[test]
-fn map_equals_sequential_across_chunk_sizes() {
+both_methods!(map_equals_sequential_across_chunk_sizes);
+fn map_equals_sequential_across_chunk_sizes(m: StartMethod) {
     let _g = lock();
     {
-        let pool = Pool::with_processes(3).unwrap();
+        let pool = pool(m, 3).unwrap();
         let items: Vec<u64> = (0..100_000).collect();
         let expected: Vec<u64> = items.iter().map(|&x| square(x)).collect();
         for chunk in [Some(1), Some(7), None, Some(100_000)] {
@@ -118,11 +162,11 @@ fn panics_on_1234(x: u32) -> u32 {
     x + 1
 }
 
-#[test]
-fn a_panic_fails_only_its_input() {
+both_methods!(a_panic_fails_only_its_input);
+fn a_panic_fails_only_its_input(m: StartMethod) {
     let _g = lock();
     {
-        let pool = Pool::with_processes(2).unwrap();
+        let pool = pool(m, 2).unwrap();
         let err = pool.map(panics_on_1234, 0..10_000).unwrap_err();
         let panic = err.panic().expect("TaskPanicked");
         assert!(panic.message.contains("bad input 1234"), "{err}");
@@ -147,11 +191,11 @@ fn dies_on_17(x: u64) -> u64 {
     x * 2
 }
 
-#[test]
-fn a_worker_killed_mid_task_names_the_input_and_the_pool_goes_on() {
+both_methods!(a_worker_killed_mid_task_names_the_input_and_the_pool_goes_on);
+fn a_worker_killed_mid_task_names_the_input_and_the_pool_goes_on(m: StartMethod) {
     let _g = lock();
     {
-        let pool = Pool::with_processes(2).unwrap();
+        let pool = pool(m, 2).unwrap();
         for chunk in [None, Some(1), Some(10)] {
             pool.set_chunksize(chunk).unwrap();
             let started = Instant::now();
@@ -189,8 +233,8 @@ fn dies_once(marker: &String, x: u64) -> u64 {
     x + 100
 }
 
-#[test]
-fn retries_rerun_an_input_whose_worker_died() {
+both_methods!(retries_rerun_an_input_whose_worker_died);
+fn retries_rerun_an_input_whose_worker_died(m: StartMethod) {
     let _g = lock();
     {
         let marker = std::env::temp_dir()
@@ -198,7 +242,12 @@ fn retries_rerun_an_input_whose_worker_died() {
             .to_string_lossy()
             .into_owned();
         let _ = std::fs::remove_file(&marker);
-        let pool = Pool::builder().processes(2).retries(1).build().unwrap();
+        let pool = Pool::builder()
+            .start_method(m)
+            .processes(2)
+            .retries(1)
+            .build()
+            .unwrap();
         let out = pool.map_with(&marker, dies_once, 0..50).unwrap();
         assert_eq!(out, (100..150).collect::<Vec<_>>());
         assert_eq!(pool.replaced_workers(), 1);
@@ -216,11 +265,12 @@ fn endless_on_3(x: u64) -> u64 {
     x
 }
 
-#[test]
-fn task_timeout_kills_an_endless_task() {
+both_methods!(task_timeout_kills_an_endless_task);
+fn task_timeout_kills_an_endless_task(m: StartMethod) {
     let _g = lock();
     {
         let pool = Pool::builder()
+            .start_method(m)
             .processes(2)
             .task_timeout(Duration::from_millis(300))
             .build()
@@ -255,11 +305,11 @@ fn vm_rss_kb() -> u64 {
         .unwrap()
 }
 
-#[test]
-fn imap_takes_an_endless_input_in_flat_memory() {
+both_methods!(imap_takes_an_endless_input_in_flat_memory);
+fn imap_takes_an_endless_input_in_flat_memory(m: StartMethod) {
     let _g = lock();
     {
-        let pool = Pool::with_processes(2).unwrap();
+        let pool = pool(m, 2).unwrap();
         let pulled = Arc::new(AtomicUsize::new(0));
         let p = pulled.clone();
         let input = (0u64..).inspect(move |_| {
@@ -296,11 +346,11 @@ fn sleep_ms(ms: u64) -> u64 {
     ms
 }
 
-#[test]
-fn terminate_during_a_long_map_returns_promptly() {
+both_methods!(terminate_during_a_long_map_returns_promptly);
+fn terminate_during_a_long_map_returns_promptly(m: StartMethod) {
     let _g = lock();
     {
-        let pool = Pool::with_processes(2).unwrap();
+        let pool = pool(m, 2).unwrap();
         let started = Instant::now();
         std::thread::scope(|s| {
             let h = s.spawn(|| pool.map(sleep_ms, vec![100u64; 200]));
@@ -321,12 +371,12 @@ fn terminate_during_a_long_map_returns_promptly() {
     assert_no_children();
 }
 
-#[test]
-fn drop_with_work_in_flight_kills_and_reaps() {
+both_methods!(drop_with_work_in_flight_kills_and_reaps);
+fn drop_with_work_in_flight_kills_and_reaps(m: StartMethod) {
     let _g = lock();
     let started = Instant::now();
     let pending = {
-        let pool = Pool::with_processes(2).unwrap();
+        let pool = pool(m, 2).unwrap();
         let rs: Vec<_> = (0..6)
             .map(|_| pool.apply_async(sleep_ms, 5_000).unwrap())
             .collect();
@@ -340,11 +390,12 @@ fn drop_with_work_in_flight_kills_and_reaps() {
     }
 }
 
-#[test]
-fn max_tasks_per_child_replaces_workers() {
+both_methods!(max_tasks_per_child_replaces_workers);
+fn max_tasks_per_child_replaces_workers(m: StartMethod) {
     let _g = lock();
     {
         let pool = Pool::builder()
+            .start_method(m)
             .processes(2)
             .max_tasks_per_child(3)
             .chunksize(1)
@@ -367,11 +418,11 @@ fn omp(_: ()) -> Option<String> {
     std::env::var("OMP_NUM_THREADS").ok()
 }
 
-#[test]
-fn workers_see_thread_count_variables() {
+both_methods!(workers_see_thread_count_variables);
+fn workers_see_thread_count_variables(m: StartMethod) {
     let _g = lock();
     {
-        let pool = Pool::with_processes(2).unwrap();
+        let pool = pool(m, 2).unwrap();
         let expected = std::env::var("OMP_NUM_THREADS")
             .ok()
             .unwrap_or_else(|| (multiproc::cpu_count().unwrap() / 2).max(1).to_string());
@@ -381,6 +432,7 @@ fn workers_see_thread_count_variables() {
             .unwrap();
         assert!(blas.is_some());
         let off = Pool::builder()
+            .start_method(m)
             .processes(1)
             .limit_thread_env(false)
             .build()
@@ -393,27 +445,45 @@ fn workers_see_thread_count_variables() {
     assert_no_children();
 }
 
-#[test]
-fn bad_arguments_are_errors_not_panics() {
+both_methods!(bad_arguments_are_errors_not_panics);
+fn bad_arguments_are_errors_not_panics(m: StartMethod) {
     let _g = lock();
     let invalid = |r: Result<Pool, Error>| matches!(r, Err(Error::InvalidArgument { .. }));
-    assert!(invalid(Pool::with_processes(0)));
-    assert!(invalid(Pool::builder().processes(0).build()));
-    assert!(invalid(Pool::builder().processes(1).chunksize(0).build()));
+    assert!(invalid(pool(m, 0)));
     assert!(invalid(
-        Pool::builder().processes(1).max_tasks_per_child(0).build()
+        Pool::builder().start_method(m).processes(0).build()
     ));
     assert!(invalid(
         Pool::builder()
+            .start_method(m)
+            .processes(1)
+            .chunksize(0)
+            .build()
+    ));
+    assert!(invalid(
+        Pool::builder()
+            .start_method(m)
+            .processes(1)
+            .max_tasks_per_child(0)
+            .build()
+    ));
+    assert!(invalid(
+        Pool::builder()
+            .start_method(m)
             .processes(1)
             .task_timeout(Duration::ZERO)
             .build()
     ));
     assert!(invalid(
-        Pool::builder().processes(1).max_message_bytes(0).build()
+        Pool::builder()
+            .start_method(m)
+            .processes(1)
+            .max_message_bytes(0)
+            .build()
     ));
     {
         let pool = Pool::builder()
+            .start_method(m)
             .processes(1)
             .max_message_bytes(1000)
             .build()
@@ -437,11 +507,11 @@ fn bad_arguments_are_errors_not_panics() {
     assert_no_children();
 }
 
-#[test]
-fn apply_async_callbacks_close_and_join() {
+both_methods!(apply_async_callbacks_close_and_join);
+fn apply_async_callbacks_close_and_join(m: StartMethod) {
     let _g = lock();
     {
-        let pool = Pool::with_processes(2).unwrap();
+        let pool = pool(m, 2).unwrap();
         let sum = Arc::new(AtomicUsize::new(0));
         let errors = Arc::new(AtomicUsize::new(0));
         let mut results = Vec::new();
@@ -477,13 +547,14 @@ fn apply_async_callbacks_close_and_join() {
     assert_no_children();
 }
 
-#[test]
-fn progress_hook_and_initializer() {
+both_methods!(progress_hook_and_initializer);
+fn progress_hook_and_initializer(m: StartMethod) {
     let _g = lock();
     {
         let seen = Arc::new(AtomicUsize::new(0));
         let s = seen.clone();
         let pool = Pool::builder()
+            .start_method(m)
             .processes(2)
             .initializer(|| {
                 // SAFETY: a worker right after fork has a single thread.
@@ -506,11 +577,11 @@ fn progress_hook_and_initializer() {
     assert_no_children();
 }
 
-#[test]
-fn an_imap_outliving_join_ends_with_an_error_not_a_hang() {
+both_methods!(an_imap_outliving_join_ends_with_an_error_not_a_hang);
+fn an_imap_outliving_join_ends_with_an_error_not_a_hang(m: StartMethod) {
     let _g = lock();
     {
-        let pool = Pool::with_processes(2).unwrap();
+        let pool = pool(m, 2).unwrap();
         let mut it = pool.imap(square, 0..100_000u64).unwrap();
         assert_eq!(it.next().unwrap().unwrap(), 0);
         pool.close();
@@ -535,11 +606,11 @@ fn aborts_on_3(x: u32) -> u32 {
     x
 }
 
-#[test]
-fn an_aborting_worker_is_reported_with_its_signal() {
+both_methods!(an_aborting_worker_is_reported_with_its_signal);
+fn an_aborting_worker_is_reported_with_its_signal(m: StartMethod) {
     let _g = lock();
     {
-        let pool = Pool::with_processes(2).unwrap();
+        let pool = pool(m, 2).unwrap();
         let out = pool.map_results(aborts_on_3, 0..10).unwrap();
         assert!(
             matches!(&out[3], Err(Error::WorkerDied { signal: Some(6), task: Some(t), .. }) if t == "item #3"),
@@ -558,11 +629,11 @@ fn byte_sum(v: multiproc::PodVec<u8>) -> (u64, usize) {
     (v.iter().map(|&b| b as u64).sum(), v.len())
 }
 
-#[test]
-fn a_1_gib_payload_through_a_pool() {
+both_methods!(a_1_gib_payload_through_a_pool);
+fn a_1_gib_payload_through_a_pool(m: StartMethod) {
     const SIZE: usize = 1 << 30;
     let _g = lock();
-    let pool = Pool::with_processes(1).unwrap();
+    let pool = pool(m, 1).unwrap();
     let data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
     let want: u64 = data.iter().map(|&b| b as u64).sum();
     let (sum, len) = pool.apply(byte_sum, multiproc::PodVec::from(data)).unwrap();
@@ -598,10 +669,15 @@ fn spawn_inside(x: u64) -> (u64, multiproc::PodVec<u64>) {
     (v.iter().sum(), multiproc::PodVec::from(vec![x + 1; 40_000]))
 }
 
-#[test]
-fn what_a_task_encodes_itself_does_not_attach_to_the_reply() {
+both_methods!(what_a_task_encodes_itself_does_not_attach_to_the_reply);
+fn what_a_task_encodes_itself_does_not_attach_to_the_reply(m: StartMethod) {
     let _g = lock();
-    let pool = Pool::builder().processes(2).chunksize(3).build().unwrap();
+    let pool = Pool::builder()
+        .start_method(m)
+        .processes(2)
+        .chunksize(3)
+        .build()
+        .unwrap();
     let got = pool.map(spawn_inside, 0..8u64).unwrap();
     assert_eq!(got.len(), 8);
     for (x, (sum, v)) in got.iter().enumerate() {
@@ -624,13 +700,14 @@ fn doubled(mut v: multiproc::PodVec<f64>) -> multiproc::PodVec<f64> {
     v
 }
 
-#[test]
-fn big_pod_vecs_travel_by_descriptor_both_ways() {
+both_methods!(big_pod_vecs_travel_by_descriptor_both_ways);
+fn big_pod_vecs_travel_by_descriptor_both_ways(m: StartMethod) {
     const N: usize = 1 << 20; // 8 MiB of f64 each
     let _g = lock();
     {
         // A task limit far below one input: only a descriptor can carry it.
         let pool = Pool::builder()
+            .start_method(m)
             .processes(2)
             .max_message_bytes(64 << 10)
             .build()
@@ -691,11 +768,11 @@ fn ctx_sum(v: &multiproc::PodVec<f64>, x: f64) -> f64 {
     v.iter().sum::<f64>() + x
 }
 
-#[test]
-fn shared_arrays_made_after_the_pool_and_pod_vec_contexts_reach_the_workers() {
+both_methods!(shared_arrays_made_after_the_pool_and_pod_vec_contexts_reach_the_workers);
+fn shared_arrays_made_after_the_pool_and_pod_vec_contexts_reach_the_workers(m: StartMethod) {
     let _g = lock();
     {
-        let pool = Pool::with_processes(2).unwrap();
+        let pool = pool(m, 2).unwrap();
         // Made after the workers forked: only its descriptor can bring it to them.
         let arrays: Vec<_> = (0..4)
             .map(|_| multiproc::SharedArray::<u64>::new(1000).unwrap())
@@ -721,8 +798,8 @@ fn pod_dies_once(marker: &String, v: multiproc::PodVec<f64>) -> f64 {
     v.iter().sum()
 }
 
-#[test]
-fn a_task_with_descriptors_is_sent_again_after_its_worker_died() {
+both_methods!(a_task_with_descriptors_is_sent_again_after_its_worker_died);
+fn a_task_with_descriptors_is_sent_again_after_its_worker_died(m: StartMethod) {
     const N: usize = 1 << 16; // 512 KiB each: above the inline threshold
     let _g = lock();
     {
@@ -732,6 +809,7 @@ fn a_task_with_descriptors_is_sent_again_after_its_worker_died() {
             .into_owned();
         let _ = std::fs::remove_file(&marker);
         let pool = Pool::builder()
+            .start_method(m)
             .processes(2)
             .retries(1)
             .chunksize(4)
@@ -759,11 +837,11 @@ fn count_arrays(v: Vec<multiproc::SharedArray<u8>>) -> usize {
     v.len()
 }
 
-#[test]
-fn more_descriptors_than_a_message_carries_is_a_clear_error() {
+both_methods!(more_descriptors_than_a_message_carries_is_a_clear_error);
+fn more_descriptors_than_a_message_carries_is_a_clear_error(m: StartMethod) {
     let _g = lock();
     {
-        let pool = Pool::with_processes(1).unwrap();
+        let pool = pool(m, 1).unwrap();
         // An input with 300 shared arrays cannot go in one message.
         let err = pool.apply(count_arrays, many_arrays(300)).unwrap_err();
         let msg = err.to_string();
@@ -784,11 +862,11 @@ fn div(a: u32, b: u32) -> u32 {
     a / b
 }
 
-#[test]
-fn starmap_async_gives_all_results_or_the_first_error() {
+both_methods!(starmap_async_gives_all_results_or_the_first_error);
+fn starmap_async_gives_all_results_or_the_first_error(m: StartMethod) {
     let _g = lock();
     {
-        let pool = Pool::with_processes(2).unwrap();
+        let pool = pool(m, 2).unwrap();
         let pairs: Vec<(u32, u32)> = (1..=200).map(|i| (i * 6, 3)).collect();
         let r = pool.starmap_async(div, pairs).unwrap();
         assert_eq!(
@@ -807,3 +885,316 @@ fn starmap_async_gives_all_results_or_the_first_error() {
     }
     assert_no_children();
 }
+
+// ---- Start methods ----
+
+/// A global the threaded-parent test hammers; workers of a fork-server pool see it fresh.
+static GLOBAL: Mutex<u64> = Mutex::new(0);
+
+/// Takes the global lock and reads it (in a worker).
+fn read_global(_: u32) -> u64 {
+    *GLOBAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[test]
+fn fork_server_workers_never_inherit_a_held_lock_and_see_fresh_globals() {
+    let _g = lock();
+    {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hammers: Vec<_> = (0..4)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut g = GLOBAL.lock().unwrap();
+                        *g += 1;
+                        // Hold it most of the time.
+                        let until = Instant::now() + Duration::from_micros(200);
+                        while Instant::now() < until {
+                            std::hint::spin_loop();
+                        }
+                    }
+                })
+            })
+            .collect();
+        // The hammers have taken the lock at least once: the parent's value is not the initial one.
+        while *GLOBAL.lock().unwrap() == 0 {
+            std::thread::yield_now();
+        }
+        let mut failures = Vec::new();
+        for round in 0..100 {
+            let pool = Pool::builder()
+                .processes(2)
+                .start_method(StartMethod::ForkServer)
+                // A worker stuck on the lock fails its input instead of hanging the test.
+                .task_timeout(secs(20))
+                .build()
+                .unwrap();
+            match pool.map(read_global, 0..4) {
+                Ok(v) if v == [0, 0, 0, 0] => {}
+                other => failures.push((round, other)),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for h in hammers {
+            h.join().unwrap();
+        }
+        assert!(failures.is_empty(), "{failures:?}");
+        assert!(*GLOBAL.lock().unwrap() > 0);
+    }
+    assert_no_children();
+}
+
+fn parent_pid(_: u32) -> u32 {
+    std::os::unix::process::parent_id()
+}
+
+fn fn_item_initializer() {
+    // SAFETY: a worker right after fork has a single thread.
+    unsafe { std::env::set_var("MULTIPROC_TEST_FN_INIT", "ran") }
+}
+
+fn set_ptr_marker(value: &str) {
+    // SAFETY: a worker right after fork has a single thread.
+    unsafe { std::env::set_var("MULTIPROC_TEST_PTR_INIT", value) }
+}
+
+fn marker_set(_: u32) -> Option<String> {
+    std::env::var("MULTIPROC_TEST_PTR_INIT").ok()
+}
+
+fn fn_init_ran(_: u32) -> Option<String> {
+    std::env::var("MULTIPROC_TEST_FN_INIT").ok()
+}
+
+#[test]
+fn fork_server_workers_are_children_of_the_server_and_take_fn_item_initializers() {
+    let _g = lock();
+    {
+        let pool = Pool::builder()
+            .processes(2)
+            .start_method(StartMethod::ForkServer)
+            .initializer(fn_item_initializer)
+            .build()
+            .unwrap();
+        let by_pointer = Pool::builder()
+            .processes(1)
+            .start_method(StartMethod::ForkServer)
+            .initializer_fn(|| set_ptr_marker("fn"))
+            .build()
+            .unwrap();
+        assert_eq!(by_pointer.apply(marker_set, 0).unwrap(), Some("fn".into()));
+        drop(by_pointer);
+        let parents = pool.map(parent_pid, 0..8).unwrap();
+        let server = parents[0];
+        assert_ne!(server, std::process::id());
+        assert!(parents.iter().all(|&p| p == server), "{parents:?}");
+        assert_eq!(comm(server as i32), "multiproc-fsrv");
+        assert_eq!(
+            pool.map(fn_init_ran, 0..4).unwrap(),
+            vec![Some("ran".to_string()); 4]
+        );
+        // A replacement after a crash comes from the same start method: the server.
+        let out = pool.map_results(dies_on_17, 0..20).unwrap();
+        assert!(
+            matches!(out[17], Err(Error::WorkerDied { .. })),
+            "{:?}",
+            out[17]
+        );
+        assert!(pool.replaced_workers() >= 1);
+        let after = pool.map(parent_pid, 0..8).unwrap();
+        assert!(after.iter().all(|&p| p == server), "{after:?}");
+        // One server serves every pool of the program.
+        let other = pool_server_pid();
+        assert_eq!(other, server);
+        // A closure that captures cannot reach a fresh process: a clear error at build time.
+        let captured = String::from("x");
+        let err = Pool::builder()
+            .processes(1)
+            .start_method(StartMethod::ForkServer)
+            .initializer(move || drop(captured.clone()))
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument { name, .. } if *name == "initializer"),
+            "{err:?}"
+        );
+    }
+    assert_no_children();
+}
+
+fn pool_server_pid() -> u32 {
+    let p = pool(StartMethod::ForkServer, 1).unwrap();
+    p.apply(parent_pid, 0).unwrap()
+}
+
+/// The helper subprocesses below: this test binary run again with one ignored test selected.
+fn run_helper(name: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("MULTIPROC_TEST_HELPER", name)
+    .env_remove("MULTIPROC_START_METHOD")
+    .env_remove("MULTIPROC_WARN_THREADS");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn helper_active(name: &str) -> bool {
+    std::env::var("MULTIPROC_TEST_HELPER").is_ok_and(|v| v == name)
+}
+
+#[test]
+#[ignore = "a helper run by start_method_from_the_environment"]
+fn helper_env_method() {
+    if !helper_active("helper_env_method") {
+        return;
+    }
+    match Pool::with_processes(1) {
+        Ok(p) => {
+            let server = p.apply(parent_pid, 0).unwrap() != std::process::id();
+            println!("RESULT forkserver={server}");
+        }
+        Err(e) => println!("RESULT error={e:?}"),
+    }
+}
+
+#[test]
+fn start_method_from_the_environment() {
+    let out = |v: &str| {
+        let o = run_helper("helper_env_method", &[("MULTIPROC_START_METHOD", v)]);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r))
+            .unwrap_or_else(|| panic!("no result: {text} {}", String::from_utf8_lossy(&o.stderr)))
+            .to_string()
+    };
+    assert_eq!(out("forkserver"), "forkserver=true");
+    assert_eq!(out("fork"), "forkserver=false");
+    let bad = out("spoon");
+    assert!(
+        bad.contains("InvalidEnv")
+            && bad.contains("MULTIPROC_START_METHOD")
+            && bad.contains("spoon"),
+        "{bad}"
+    );
+}
+
+#[test]
+#[ignore = "a helper run by forking_a_threaded_parent_warns_once"]
+fn helper_threaded_fork() {
+    if !helper_active("helper_threaded_fork") {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let t = std::thread::spawn(move || rx.recv());
+    for _ in 0..3 {
+        let p = Pool::with_processes(2).unwrap();
+        assert_eq!(p.apply(square, 3).unwrap(), 9);
+    }
+    drop(tx);
+    let _ = t.join();
+}
+
+#[test]
+fn forking_a_threaded_parent_warns_once() {
+    let warnings = |env: &[(&str, &str)]| {
+        let o = run_helper("helper_threaded_fork", env);
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stderr)
+            .matches("multiproc: warning:")
+            .count()
+    };
+    assert_eq!(warnings(&[]), 1);
+    assert_eq!(warnings(&[("MULTIPROC_WARN_THREADS", "0")]), 0);
+    assert_eq!(warnings(&[("MULTIPROC_START_METHOD", "forkserver")]), 0);
+    let o = run_helper("helper_threaded_fork", &[]);
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        text.contains("ForkServer") && text.contains("MULTIPROC_WARN_THREADS=0"),
+        "{text}"
+    );
+}
+
+#[test]
+#[ignore = "a helper run by nothing_outlives_a_sigkilled_parent"]
+fn helper_pool_then_wait() {
+    if !helper_active("helper_pool_then_wait") {
+        return;
+    }
+    let p = Pool::with_processes(2).unwrap();
+    let parents = p.map(parent_pid, 0..2).unwrap();
+    let mut pids = p.pids();
+    if parents[0] != std::process::id() {
+        pids.push(parents[0] as i32);
+    }
+    let list: Vec<String> = pids.iter().map(i32::to_string).collect();
+    println!("PIDS {}", list.join(" "));
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    // Waits to be killed (bounded: the test kills it long before).
+    std::thread::sleep(secs(60));
+}
+
+/// A pidfd for `pid` (readable once it has ended).
+fn pidfd(pid: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(fd >= 0, "pidfd_open({pid})");
+    // SAFETY: a descriptor the kernel just gave us.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+}
+
+fn nothing_outlives_a_sigkilled_parent(m: StartMethod) {
+    use std::io::BufRead;
+    let method = match m {
+        StartMethod::Fork => "fork",
+        StartMethod::ForkServer => "forkserver",
+    };
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_pool_then_wait",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MULTIPROC_TEST_HELPER", "helper_pool_then_wait")
+        .env("MULTIPROC_START_METHOD", method)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let pids: Vec<i32> = loop {
+        let line = lines.next().expect("the helper ended early").unwrap();
+        // Serial libtest prints "test <name> ... " before the test's own output, on one line.
+        if let Some((_, rest)) = line.split_once("PIDS ") {
+            break rest.split(' ').map(|p| p.parse().unwrap()).collect();
+        }
+    };
+    assert_eq!(pids.len(), if method == "fork" { 2 } else { 3 }, "{pids:?}");
+    let fds: Vec<_> = pids.iter().map(|&p| pidfd(p)).collect();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for (fd, pid) in fds.iter().zip(&pids) {
+        use std::os::fd::AsFd;
+        let mut p = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let n = nix::poll::poll(&mut p, nix::poll::PollTimeout::from(10_000u16)).unwrap();
+        assert_eq!(
+            n, 1,
+            "process {pid} still runs 10 s after its parent was SIGKILLed"
+        );
+    }
+}
+both_methods!(nothing_outlives_a_sigkilled_parent);

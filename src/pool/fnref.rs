@@ -85,14 +85,14 @@ impl FnRef {
         Ok(unsafe { std::mem::transmute::<*const (), Trampoline>(addr as *const ()) })
     }
 
-    /// The reference to an initializer trampoline (see [`init_ref`]).
-    fn of_init(t: fn()) -> FnRef {
+    /// The reference to a plain function (an initializer given as a `fn()`, or the trampoline
+    /// of [`init_ref`]).
+    pub(crate) fn of_init(t: fn()) -> FnRef {
         FnRef((t as usize as i64).wrapping_sub(anchor_addr() as i64))
     }
 
     /// The initializer trampoline this refers to, after checking that it lies in this binary's
     /// text.
-    #[allow(dead_code, reason = "the fork server's, in the next commit")]
     pub(crate) fn resolve_init(self) -> Result<fn(), String> {
         let addr = self.checked_addr()?;
         // SAFETY: as in `resolve`: offsets of initializers are made only by `init_ref` from a

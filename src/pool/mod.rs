@@ -2,8 +2,9 @@
 //!
 //! Layout: `fnref` names functions across processes, `transport` moves frames, `worker` is the
 //! child's loop, `journal` keeps a worker's finished outcomes through its death, `sched` is the
-//! parent's scheduler, `driver` its background thread for asynchronous calls, `result` and
-//! `completed` hold what callers wait on.
+//! parent's scheduler, `start` starts workers (the `Starter` seam: fork, or the fork server in
+//! `start::server`), `driver` is the scheduler's background thread for asynchronous calls,
+//! `result` and `completed` hold what callers wait on.
 //!
 //! # Caveats
 //!
@@ -11,13 +12,15 @@
 //!   still queued or running is discarded, every worker is killed (`SIGKILL`) and reaped, and an
 //!   [`AsyncResult`] still pending gives [`Error::Disconnected`]. Call [`Pool::close`] then
 //!   [`Pool::join`] to let queued work finish first. Drop never blocks on a worker.
-//! - Workers are killed by the kernel when the *thread* that forked them ends
-//!   (`PR_SET_PDEATHSIG`), and exit when the pool's socket closes, so they never outlive the
-//!   parent. Replacement workers are forked by whichever thread drives the pool when a worker
-//!   dies; keep the pool on a thread that lives as long as the pool.
-//! - Replacement workers are forked from the parent as it is then: see the crate's fork-safety
-//!   contract. The pool starts one thread, its driver, on its first asynchronous call (see
-//!   `driver`); a pool used only synchronously starts none.
+//! - With [`StartMethod::Fork`], workers are killed by the kernel when the *thread* that forked
+//!   them ends (`PR_SET_PDEATHSIG`), and exit when the pool's socket closes, so they never
+//!   outlive the parent. Replacement workers are forked by whichever thread drives the pool when
+//!   a worker dies; keep the pool on a thread that lives as long as the pool.
+//! - Replacement workers come from the pool's start method: with `Fork` they are forked from
+//!   the parent as it is then (see the crate's fork-safety contract); with
+//!   [`StartMethod::ForkServer`] from the fork server, which dies with the parent process (not
+//!   with a thread) and takes its workers with it. The pool starts one thread, its driver, on
+//!   its first asynchronous call (see `driver`); a pool used only synchronously starts none.
 
 mod completed;
 mod driver;
@@ -25,7 +28,7 @@ mod fnref;
 mod journal;
 mod result;
 mod sched;
-mod start;
+pub(crate) mod start;
 mod transport;
 mod worker;
 
@@ -45,6 +48,7 @@ use crate::wire::MAX_MESSAGE_BYTES;
 
 pub use self::completed::{AsCompleted, as_completed};
 pub use self::result::{AsyncResult, IMap};
+pub use self::start::{StartMethod, init, set_start_method};
 
 use self::fnref::{FnRef, Trampoline};
 use self::result::{AsyncState, Chunker, run_deferred, terminated};
@@ -137,12 +141,13 @@ fn assert_zst<F>() {
 /// turns, and a caller that needs the pool while the driver waits on the workers gets it at
 /// once.
 ///
-/// A worker that dies is replaced by a fork made by the thread that noticed. If the program has
-/// other threads at that moment, the crate's fork-safety contract applies to the new worker
-/// (a lock held by another thread stays locked in the child). Workers are also killed by the
-/// kernel when the thread that forked them ends (`PR_SET_PDEATHSIG`), so keep a pool on a
-/// thread that outlives it. A fork server (a single-threaded process forked at build time that
-/// forks the replacements) is the planned remedy for both.
+/// With [`StartMethod::Fork`] (the default), a worker that dies is replaced by a fork made by
+/// the thread that noticed. If the program has other threads at that moment, the crate's
+/// fork-safety contract applies to the new worker (a lock held by another thread stays locked in
+/// the child; the crate warns once on stderr, see [`StartMethod`]). Workers are also killed by
+/// the kernel when the thread that forked them ends (`PR_SET_PDEATHSIG`), so keep a pool on a
+/// thread that outlives it. [`StartMethod::ForkServer`] avoids both: workers and their
+/// replacements are forked by a single-threaded fork server that lives as long as the program.
 ///
 /// # Big arrays and shared objects
 ///
@@ -220,6 +225,7 @@ pub struct PoolBuilder {
     limit_threads: bool,
     max_message_bytes: usize,
     on_progress: Option<ProgressHook>,
+    start_method: Option<StartMethod>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -230,6 +236,7 @@ impl fmt::Debug for PoolBuilder {
             .field("retries", &self.retries)
             .field("task_timeout", &self.task_timeout)
             .field("chunksize", &self.chunksize)
+            .field("start_method", &self.start_method)
             .finish_non_exhaustive()
     }
 }
@@ -243,12 +250,44 @@ impl PoolBuilder {
         self
     }
 
-    /// Runs `f` once in each worker when it starts (and in each replacement). It may capture
-    /// anything: a worker is a copy of the parent's memory. If it panics, the worker exits and
-    /// the tasks sent to it fail with [`Error::WorkerDied`].
+    /// Runs `f` once in each worker when it starts (and in each replacement). With
+    /// [`StartMethod::Fork`] it may capture anything: a worker is a copy of the parent's memory.
+    /// With [`StartMethod::ForkServer`] it must be a fn item or a closure that captures nothing
+    /// (`build` refuses a capturing one; [`initializer_fn`](PoolBuilder::initializer_fn) says
+    /// so at compile time). If it panics, the worker exits and the tasks sent to
+    /// it fail with [`Error::WorkerDied`].
     pub fn initializer<F: Fn() + Send + Sync + 'static>(mut self, f: F) -> Self {
         self.initializer = Some(self::start::Initializer {
             fn_ref: fnref::init_ref::<F>(),
+            run: Arc::new(f),
+        });
+        self
+    }
+
+    /// Like [`initializer`](PoolBuilder::initializer), for a function pointer: a fn item or a
+    /// closure that captures nothing, so that it works under every start method, checked at
+    /// compile time (a closure that captures does not compile).
+    ///
+    /// ```
+    /// use multiproc::{Pool, StartMethod};
+    ///
+    /// fn setup() { /* seed an RNG, open a log... once per worker */ }
+    ///
+    /// let pool = Pool::builder()
+    ///     .processes(1)
+    ///     .start_method(StartMethod::ForkServer)
+    ///     .initializer_fn(setup)
+    ///     .build()?;
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// ```compile_fail
+    /// let name = String::from("worker");
+    /// let b = multiproc::Pool::builder().initializer_fn(move || println!("{name}"));
+    /// ```
+    pub fn initializer_fn(mut self, f: fn()) -> Self {
+        self.initializer = Some(self::start::Initializer {
+            fn_ref: Some(FnRef::of_init(f)),
             run: Arc::new(f),
         });
         self
@@ -308,7 +347,17 @@ impl PoolBuilder {
         self
     }
 
-    /// Forks the workers.
+    /// How the workers are started: [`StartMethod::Fork`] (forks of this program) or
+    /// [`StartMethod::ForkServer`] (forks of a fresh execution of its binary, for threaded and
+    /// big programs). Without it: `MULTIPROC_START_METHOD`, else
+    /// [`set_start_method`]'s, else `Fork`. Replacement workers come
+    /// from the same start method.
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.start_method = Some(method);
+        self
+    }
+
+    /// Starts the workers.
     ///
     /// # Errors
     ///
@@ -357,6 +406,20 @@ impl PoolBuilder {
         } else {
             None
         };
+        let method = self::start::resolve(self.start_method)?;
+        if method == StartMethod::ForkServer
+            && self
+                .initializer
+                .as_ref()
+                .is_some_and(|i| i.fn_ref.is_none())
+        {
+            return Err(Error::invalid_arg(
+                "initializer",
+                "a closure that captures",
+                "a ForkServer pool runs its initializer in a fresh process, which cannot \
+                 receive a capture: pass a fn item or a closure that captures nothing",
+            ));
+        }
         let book = Arc::new(Book::default());
         let core = Scheduler::start(
             Config {
@@ -367,7 +430,7 @@ impl PoolBuilder {
                 initializer: self.initializer,
                 thread_env,
             },
-            Box::new(self::start::Fork),
+            self::start::starter(method)?,
             book.clone(),
         )?;
         Ok(Pool {
@@ -440,6 +503,7 @@ impl Pool {
             limit_threads: true,
             max_message_bytes: MAX_MESSAGE_BYTES,
             on_progress: None,
+            start_method: None,
         }
     }
 

@@ -165,6 +165,21 @@ struct Slot {
     stopping: bool,
 }
 
+impl Slot {
+    fn new(worker: Box<dyn Worker>, link: Link) -> Slot {
+        Slot {
+            pid: worker.pid(),
+            worker,
+            link,
+            inflight: VecDeque::new(),
+            sent: 0,
+            ctx_job: None,
+            kill: None,
+            stopping: false,
+        }
+    }
+}
+
 /// The parent's state of one pool: its workers, its queued tasks and its jobs.
 pub(crate) struct Scheduler {
     cfg: Config,
@@ -224,10 +239,50 @@ impl Scheduler {
             stopped: false,
             spare: Vec::new(),
         };
-        for i in 0..n {
-            core.spawn(i)?;
-        }
+        core.spawn_all()?;
         Ok(core)
+    }
+
+    /// Starts a worker in every slot: all at once if the starter can (one round trip to a fork
+    /// server), else one by one.
+    fn spawn_all(&mut self) -> Result<()> {
+        if !self.starter.starts_many() {
+            for i in 0..self.slots.len() {
+                self.spawn(i)?;
+            }
+            return Ok(());
+        }
+        let mut links = Vec::new();
+        let mut specs = Vec::new();
+        for i in 0..self.slots.len() {
+            let (link, end) = transport::pair()?;
+            self.progress.reset(i);
+            specs.push(self.spec(i, end));
+            links.push(link);
+        }
+        let book = self.book.clone();
+        let mut pids = book.pids.lock().unwrap_or_else(|e| e.into_inner());
+        if self.book.is_terminating() {
+            return Ok(());
+        }
+        let workers = self.starter.start_many(specs)?;
+        for (i, (worker, link)) in workers.into_iter().zip(links).enumerate() {
+            pids.push(worker.pid());
+            self.slots[i] = Some(Slot::new(worker, link));
+        }
+        Ok(())
+    }
+
+    fn spec(&self, i: usize, end: transport::WorkerEnd) -> WorkerSpec {
+        WorkerSpec {
+            end,
+            progress: self.progress.clone(),
+            slot: i,
+            max_tasks: self.cfg.max_tasks_per_child,
+            timed: self.cfg.task_timeout.is_some(),
+            initializer: self.cfg.initializer.clone(),
+            thread_env: self.cfg.thread_env.clone(),
+        }
     }
 
     fn spawn(&mut self, i: usize) -> Result<()> {
@@ -239,34 +294,16 @@ impl Scheduler {
             .flatten()
             .flat_map(|s| [s.link.fd().as_raw_fd(), s.worker.death_fd().as_raw_fd()])
             .collect();
-        let spec = WorkerSpec {
-            end,
-            progress: self.progress.clone(),
-            slot: i,
-            max_tasks: self.cfg.max_tasks_per_child,
-            timed: self.cfg.task_timeout.is_some(),
-            initializer: self.cfg.initializer.clone(),
-            thread_env: self.cfg.thread_env.clone(),
-        };
+        let spec = self.spec(i, end);
         let book = self.book.clone();
         let mut pids = book.pids.lock().unwrap_or_else(|e| e.into_inner());
         if self.book.is_terminating() {
             return Ok(());
         }
         let worker = self.starter.start(spec, &close)?;
-        let pid = worker.pid();
-        pids.push(pid);
+        pids.push(worker.pid());
         drop(pids);
-        self.slots[i] = Some(Slot {
-            pid,
-            worker,
-            link,
-            inflight: VecDeque::new(),
-            sent: 0,
-            ctx_job: None,
-            kill: None,
-            stopping: false,
-        });
+        self.slots[i] = Some(Slot::new(worker, link));
         Ok(())
     }
 
@@ -826,16 +863,14 @@ impl Scheduler {
     }
 
     fn reap_all(&mut self) {
-        for slot in self.slots.iter_mut() {
-            if let Some(mut s) = slot.take() {
-                s.worker.signal(Signal::SIGKILL);
-                let _ = s.worker.wait();
-                self.book
-                    .pids
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .retain(|&p| p != s.pid);
-            }
+        let mut live: Vec<Slot> = self.slots.iter_mut().filter_map(Option::take).collect();
+        // Kill them all first, then wait: they die together.
+        for s in &live {
+            s.worker.signal(Signal::SIGKILL);
+        }
+        for s in &mut live {
+            let _ = s.worker.wait();
+            self.forget_pid(s.pid);
         }
     }
 

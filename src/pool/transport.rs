@@ -325,6 +325,22 @@ pub(crate) struct WorkerEnd {
 }
 
 impl WorkerEnd {
+    /// The worker's end of a socket made by [`pair`] in another process.
+    pub(crate) fn from_fd(sock: OwnedFd) -> WorkerEnd {
+        WorkerEnd {
+            sock,
+            rx: FrameBuf::default(),
+            out: Vec::new(),
+            out_fds: Vec::new(),
+        }
+    }
+
+    /// The socket (to hand to a worker that is not a fork of this process); nothing may be
+    /// buffered yet.
+    pub(crate) fn into_fd(self) -> OwnedFd {
+        self.sock
+    }
+
     /// The next order; `None` at end of file (the parent is gone or closed the pool). Before it
     /// blocks, it sends the buffered replies and spins for `spin` in case the next order is close.
     pub(crate) fn next_order(&mut self, spin: std::time::Duration) -> Result<Option<Order>> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::fdpass::{self, FdTable};
 use crate::panic;
@@ -34,12 +34,16 @@ const REPLY_BATCH: usize = 1 << 16;
 /// the input index it is running, and when that input started (`CLOCK_MONOTONIC` ns). A
 /// sequence lock (`ver`, odd while writing) keeps the three consistent for the reader.
 ///
-/// Word 4 of a slot is the committed length of the worker's region of the outcome journal
-/// (see [`super::journal`]), which lives in a second shared mapping.
+/// The memory is a memory file, so that a worker that is not a fork of the parent (a fork
+/// server's) can map it from the descriptor. Word 4 of a slot is the committed length of the
+/// worker's region of the outcome journal (see [`super::journal`]), which lives in the same
+/// file after the slots, in a mapping of its own.
 #[derive(Debug)]
 pub(crate) struct Progress {
     map: SharedMapping,
     journal: SharedMapping,
+    fd: OwnedFd,
+    slots: usize,
 }
 
 /// The word of a progress slot that holds the journal's committed length.
@@ -55,14 +59,57 @@ pub(crate) struct Snapshot {
 
 impl Progress {
     pub(crate) fn new(slots: usize) -> crate::Result<Progress> {
+        let len = Self::bytes(slots);
+        let fd = sys::mem::memfd(len + Self::journal_bytes(slots))?;
         let p = Progress {
-            map: SharedMapping::anonymous((slots * WORDS * 8).max(4096))?,
-            journal: SharedMapping::anonymous(slots.max(1) * JOURNAL_BYTES)?,
+            map: SharedMapping::from_fd_at(fd.as_fd(), 0, len, false)?,
+            journal: SharedMapping::from_fd_at(fd.as_fd(), len, Self::journal_bytes(slots), false)?,
+            fd,
+            slots,
         };
         for i in 0..slots {
             p.reset(i);
         }
         Ok(p)
+    }
+
+    /// The slots' bytes (whole pages: the journal's mapping starts after them).
+    fn bytes(slots: usize) -> usize {
+        (slots * WORDS * 8).max(1).next_multiple_of(4096)
+    }
+
+    /// The journal's bytes.
+    fn journal_bytes(slots: usize) -> usize {
+        slots.max(1) * JOURNAL_BYTES
+    }
+
+    /// The slots of another process's [`Progress`] of `slots` slots, from its memory file
+    /// (checked to be large enough).
+    pub(crate) fn from_fd(fd: OwnedFd, slots: usize) -> crate::Result<Progress> {
+        let len = Self::bytes(slots);
+        if sys::mem::fd_size(fd.as_fd())? < len + Self::journal_bytes(slots) {
+            return Err(crate::Error::invalid_arg(
+                "progress file",
+                len,
+                "smaller than the pool's slots",
+            ));
+        }
+        Ok(Progress {
+            map: SharedMapping::from_fd_at(fd.as_fd(), 0, len, false)?,
+            journal: SharedMapping::from_fd_at(fd.as_fd(), len, Self::journal_bytes(slots), false)?,
+            fd,
+            slots,
+        })
+    }
+
+    /// How many slots it has.
+    pub(crate) fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// The memory file (to hand to a worker that is not a fork of this process).
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     #[inline]

@@ -3,6 +3,7 @@
 //! Everything here returns owned types (`OwnedFd`, [`Pid`]) and turns sentinel returns into
 //! [`Error`]s. The user-facing types build on these wrappers and never call `libc` themselves.
 
+pub(crate) mod early;
 pub(crate) mod futex;
 pub(crate) mod mem;
 pub(crate) mod socket;
@@ -414,6 +415,19 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: Signal) -> Result<()
         return Err(Error::io("pidfd_send_signal", e));
     }
     Ok(())
+}
+
+/// Takes ownership of descriptor `fd`, inherited through `exec` from the process that started
+/// this one (which passed its number), and marks it close-on-exec; `None` if it is not open.
+pub(crate) fn own_inherited_fd(fd: std::os::fd::RawFd) -> Option<OwnedFd> {
+    // SAFETY: `fcntl(F_SETFD)` on a number only changes that descriptor's flags, or fails with
+    // EBADF when none is open under it.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return None;
+    }
+    // SAFETY: the descriptor is open (checked above) and nothing else in this process knows it:
+    // it was inherited through exec, and its number came only in the starter's variable.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Closes a descriptor this process inherited through `fork` and has no owner for here (the

@@ -9,6 +9,7 @@
 //!                                │           death_fd()   readable once it has ended (a pidfd)
 //!                                │           signal(sig)  SIGTERM / SIGKILL
 //!                                │           wait()       its exit status, once it has ended
+//!                                │   (start_many: a pool's first workers in one request)
 //!                                ├─ Fork        forks the calling process (`fork_child`)
 //!                                └─ ForkServer  asks the fork server (`server`) to fork one
 //! ```
@@ -19,16 +20,184 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use nix::sys::signal::Signal;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fork::fork_child;
 use crate::sys::{self, ExitStatus, Pid};
 
 use super::fnref::FnRef;
 use super::transport::WorkerEnd;
 use super::worker::{self, Progress, Setup};
+
+pub(crate) mod server;
+
+/// How a [`Pool`](crate::Pool) starts its workers: Python's start methods.
+///
+/// - [`Fork`](StartMethod::Fork) (the default): each worker is a fork of the program at the
+///   moment the pool needs it (when it is built, and when a worker is replaced). It sees the
+///   program's memory as it is then, shared copy-on-write: big data loaded before the pool
+///   reaches the workers without a copy, and an initializer may capture anything. But forking
+///   copies the page tables of the whole program (slow for a program with many GiB resident),
+///   and a lock that another thread holds at the fork (a global `Mutex`, a logger) stays locked
+///   forever in the worker, which hangs on it.
+/// - [`ForkServer`](StartMethod::ForkServer): workers are forked by the program's fork server,
+///   a fresh execution of the program's own binary (`/proc/self/exe`) that is started once,
+///   before it runs any of your code (see [`init`]), and serves every pool of the
+///   program. Its workers start fast whatever the size of the program, and never inherit a lock
+///   held by a thread of the program. They see the program's **globals as freshly started**
+///   (statics at their initial values, nothing your `main` loaded), so everything a task needs
+///   comes in its inputs or a `map_with` context; the initializer must be a fn item (or a
+///   closure that captures nothing).
+///
+/// Choose `ForkServer` when the program has threads when it builds pools (or replaces workers),
+/// or is big; keep `Fork` when workers should share data the program loaded, without sending it.
+///
+/// ```
+/// use multiproc::{Pool, StartMethod};
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let pool = Pool::builder()
+///     .processes(2)
+///     .start_method(StartMethod::ForkServer)
+///     .build()?;
+/// assert_eq!(pool.map(square, 0..4)?, [0, 1, 4, 9]);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StartMethod {
+    /// Workers are forks of the program (copy-on-write): Python's `"fork"`.
+    #[default]
+    Fork,
+    /// Workers are forks of a fresh, single-threaded execution of the program's binary:
+    /// Python's `"forkserver"`.
+    ForkServer,
+}
+
+impl std::str::FromStr for StartMethod {
+    type Err = Error;
+
+    /// `"fork"` or `"forkserver"` (Python's names); anything else is
+    /// [`Error::InvalidArgument`].
+    fn from_str(s: &str) -> Result<StartMethod> {
+        match s {
+            "fork" => Ok(StartMethod::Fork),
+            "forkserver" => Ok(StartMethod::ForkServer),
+            _ => Err(Error::invalid_arg(
+                "start method",
+                s,
+                "must be \"fork\" or \"forkserver\"",
+            )),
+        }
+    }
+}
+
+/// The variable that chooses the start method of pools that do not choose one.
+pub(crate) const METHOD_VAR: &str = "MULTIPROC_START_METHOD";
+/// `0` silences the warning about forking a threaded program.
+const WARN_VAR: &str = "MULTIPROC_WARN_THREADS";
+
+/// The program's default set by [`set_start_method`]: 0 none, 1 `Fork`, 2 `ForkServer`.
+static DEFAULT_METHOD: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the start method of the pools built after it that do not choose one with
+/// [`PoolBuilder::start_method`](crate::PoolBuilder::start_method): Python's
+/// `multiprocessing.set_start_method`. The environment variable `MULTIPROC_START_METHOD`
+/// (`fork` or `forkserver`), when set, wins over it, so that a job script can switch without a
+/// rebuild; a pool's own `start_method` wins over both. Without any of them: `Fork`.
+///
+/// ```
+/// multiproc::set_start_method(multiproc::StartMethod::Fork);
+/// ```
+pub fn set_start_method(method: StartMethod) {
+    let v = match method {
+        StartMethod::Fork => 1,
+        StartMethod::ForkServer => 2,
+    };
+    DEFAULT_METHOD.store(v, Ordering::SeqCst);
+}
+
+/// The start method of a pool: its own choice, else `MULTIPROC_START_METHOD`, else the
+/// program's default, else `Fork`.
+pub(crate) fn resolve(chosen: Option<StartMethod>) -> Result<StartMethod> {
+    if let Some(m) = chosen {
+        return Ok(m);
+    }
+    if let Some(v) = std::env::var_os(METHOD_VAR) {
+        let text = v.to_string_lossy();
+        return text.parse().map_err(|_| Error::InvalidEnv {
+            var: METHOD_VAR.into(),
+            value: text.into_owned(),
+            reason: "must be \"fork\" or \"forkserver\"".into(),
+        });
+    }
+    Ok(match DEFAULT_METHOD.load(Ordering::SeqCst) {
+        2 => StartMethod::ForkServer,
+        _ => StartMethod::Fork,
+    })
+}
+
+/// The starter of a start method (for `ForkServer`, connected to the program's server).
+pub(crate) fn starter(method: StartMethod) -> Result<Box<dyn Starter>> {
+    Ok(match method {
+        StartMethod::Fork => Box::new(Fork),
+        StartMethod::ForkServer => Box::new(server::ForkServer::connect()?),
+    })
+}
+
+/// Prepares the program for pools: call it as the first line of `main`.
+///
+/// It checks `MULTIPROC_START_METHOD`, and when the program's start method (see
+/// [`set_start_method`]) is [`StartMethod::ForkServer`] it starts the fork server now rather
+/// than at the first pool. The fork server itself does not need it: a hook that runs before
+/// `main` (an ELF constructor, also in `cargo test` and `nextest` test binaries and in examples)
+/// turns the server's process into the server before any of your code runs. Calling it again,
+/// late, or never is harmless.
+///
+/// ```
+/// fn main() -> multiproc::Result<()> {
+///     multiproc::init()?;
+///     // ... the program, its threads, its pools
+///     # Ok(())
+/// }
+/// ```
+///
+/// # Errors
+///
+/// [`Error::InvalidEnv`] for a `MULTIPROC_START_METHOD` other than `fork` or `forkserver`;
+/// [`Error::Io`] or [`Error::InvalidState`] if the fork server cannot be started.
+pub fn init() -> Result<()> {
+    crate::sys::early::keep();
+    if resolve(None)? == StartMethod::ForkServer {
+        server::ensure_started()?;
+    }
+    Ok(())
+}
+
+/// Warns once per program, on stderr, when a pool forks while the program has several threads
+/// (unless `MULTIPROC_WARN_THREADS=0`), as Python 3.12 does.
+fn warn_if_threaded() {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if WARNED.load(Ordering::Relaxed) {
+        return;
+    }
+    let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
+    if threads <= 1 || std::env::var_os(WARN_VAR).is_some_and(|v| v == "0") {
+        return;
+    }
+    if !WARNED.swap(true, Ordering::SeqCst) {
+        eprintln!(
+            "multiproc: warning: this process has {threads} threads and a Pool forks its workers \
+             from it (start method Fork): a lock another thread holds at the fork (a Mutex, a \
+             logger) stays locked forever in the worker, which can hang. Use \
+             PoolBuilder::start_method(StartMethod::ForkServer) or \
+             MULTIPROC_START_METHOD=forkserver; MULTIPROC_WARN_THREADS=0 silences this warning."
+        );
+    }
+}
 
 /// What a new worker needs: its end of the socket, its progress slot and the pool's settings.
 pub(crate) struct WorkerSpec {
@@ -47,7 +216,6 @@ pub(crate) struct WorkerSpec {
 #[derive(Clone)]
 pub(crate) struct Initializer {
     pub(crate) run: Arc<dyn Fn() + Send + Sync>,
-    #[allow(dead_code, reason = "the fork server's, in the next commit")]
     pub(crate) fn_ref: Option<FnRef>,
 }
 
@@ -68,6 +236,19 @@ pub(crate) trait Starter: Send {
     /// Starts a worker running the pool's worker loop with `spec`. `close` lists the parent's
     /// descriptors of the other workers, which a forked child must not keep.
     fn start(&mut self, spec: WorkerSpec, close: &[RawFd]) -> Result<Box<dyn Worker>>;
+
+    /// Whether [`start_many`](Starter::start_many) is worth calling (it is for a starter that
+    /// asks another process: one round trip for all).
+    fn starts_many(&self) -> bool {
+        false
+    }
+
+    /// Starts one worker per spec, all or none (a pool's first workers). Only called when
+    /// [`starts_many`](Starter::starts_many) says so; the default starts them one by one, which
+    /// is right only for a starter that does not fork this process.
+    fn start_many(&mut self, specs: Vec<WorkerSpec>) -> Result<Vec<Box<dyn Worker>>> {
+        specs.into_iter().map(|s| self.start(s, &[])).collect()
+    }
 }
 
 /// The `fork` start method: workers are forked from the calling thread of this process.
@@ -87,6 +268,7 @@ impl Starter for Fork {
             thread_env: spec.thread_env,
             close: close.to_vec(),
         };
+        warn_if_threaded();
         let pid = fork_child(move || worker::run(setup))?;
         match sys::pidfd_open(pid) {
             Ok(pidfd) => Ok(Box::new(Forked { pid, pidfd })),
