@@ -3,6 +3,7 @@
 //! [`fork_child`] forks, runs a closure in the child, and ends the child with `_exit`, never
 //! returning into the caller's stack there. It also tells the queues of this process about the new
 //! child (see `queue::holders`), so that every process that could put on a queue is known.
+//! Every child leads its own process group and dies with its parent (see `children`).
 
 use crate::error::Result;
 use crate::panic::AbortOnUnwind;
@@ -24,6 +25,7 @@ pub(crate) fn fork_child(child: impl FnOnce() -> i32) -> Result<Pid> {
     let stdio = sys::StdioLocks::flushed();
     // Likewise the crate's own lock that a child may take (the memory files PodVec keeps).
     let kept = crate::shm::fork_guard();
+    let (parent, children) = (sys::getpid(), crate::children::fork_guard());
     // SAFETY: the child runs `child` and then `_exit`s; it never returns into the caller's frames.
     // The multi-threaded-parent hazard is the crate's documented fork contract (`# Fork safety`).
     let forked = unsafe { sys::fork() };
@@ -31,6 +33,7 @@ pub(crate) fn fork_child(child: impl FnOnce() -> i32) -> Result<Pid> {
         Forked::Parent(pid) => {
             drop(kept);
             drop(stdio);
+            crate::children::on_fork_parent(children, pid);
             queue::holders::on_fork_parent(pid);
             Ok(pid)
         }
@@ -38,8 +41,12 @@ pub(crate) fn fork_child(child: impl FnOnce() -> i32) -> Result<Pid> {
             let guard = AbortOnUnwind;
             drop(kept);
             drop(stdio);
+            if !crate::children::on_fork_child(children, parent) {
+                sys::exit_now(1); // the parent died before the child could arm its death signal
+            }
             queue::holders::on_fork_child();
             let code = child();
+            crate::children::on_child_end();
             sys::flush_stdio();
             std::mem::forget(guard);
             sys::exit_now(code)

@@ -131,8 +131,12 @@
 //!   The test harness of `cargo test` is multi-threaded, and the crate's own tests pass under it.
 //! - **Descriptors**: the child inherits the parent's open files and sockets. The crate's own
 //!   descriptors are close-on-exec, so programs the child runs do not inherit them.
-//! - **Reaping**: every child is waited for by its [`Process`] or [`JoinHandle`]; dropping one
-//!   whose child still runs kills and reaps it. Nothing is left as a zombie.
+//! - **Reaping and exit**: every child is reaped by its [`Process`] or [`JoinHandle`], or, once
+//!   that was dropped while the child ran (a non-daemon child is then detached, Python's rule),
+//!   by the next [`Process::start`] or [`active_children`] call; a normal end of the program waits
+//!   for every non-daemon child and kills the daemon ones. Nothing is left as a zombie.
+//! - **Parent death**: each child leads its own process group and is killed, with what it
+//!   started, when its parent dies (see [`Process`]).
 //!
 //! # Codec limits
 //!
@@ -152,6 +156,7 @@
 //!
 //! Linux (it uses `pidfd_open`, futexes and `/proc`), kernel 5.3 or later.
 
+mod children;
 mod error;
 mod fdpass;
 mod fork;
@@ -166,6 +171,7 @@ mod sync;
 mod sys;
 mod wire;
 
+pub use crate::children::{CurrentProcess, active_children, current_process};
 pub use crate::error::{CodecError, Error, RemotePanic, Result};
 pub use crate::pipe::{Connection, PipeReceiver, PipeSender, pipe, pipe_oneway};
 pub use crate::pool::{AsyncResult, IMap, Pool, PoolBuilder};
