@@ -171,6 +171,9 @@ mod sync;
 mod sys;
 mod wire;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use crate::children::{CurrentProcess, active_children, current_process};
 pub use crate::error::{CodecError, Error, RemotePanic, Result};
 pub use crate::pipe::{Connection, PipeReceiver, PipeSender, pipe, pipe_oneway};
