@@ -135,7 +135,9 @@ fn become_subreaper() {
 /// and checks that every tagged descendant is gone within [`ALLOWED`].
 fn kill_parent_and_count(sig: Signal) {
     become_subreaper();
-    let tag = format!("{}-{sig:?}", std::process::id());
+    static ROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let round = ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tag = format!("{}-{sig:?}-{round}", std::process::id());
     let mut parent = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -272,4 +274,17 @@ fn a_child_outlives_the_thread_that_started_it() {
     );
     assert!(p.join_timeout(secs(30)).unwrap());
     assert_eq!(p.exitcode(), Some(0));
+}
+
+/// The heavy version (`cargo test --release --test outlive -- --ignored`): 20 rounds of each
+/// signal.
+#[test]
+#[ignore]
+fn twenty_rounds_of_each_signal_leave_no_process() {
+    for round in 0..20 {
+        for sig in [Signal::SIGKILL, Signal::SIGTERM, Signal::SIGINT] {
+            eprintln!("round {round}");
+            kill_parent_and_count(sig);
+        }
+    }
 }
