@@ -81,12 +81,15 @@
 //! | `Process(target=f).start()`, `.join()` | [`Process::new(f)`](Process::new), [`start`](Process::start), [`join`](Process::join) |
 //! | `p.join(timeout)`, `p.exitcode`     | [`join_timeout`](Process::join_timeout), [`exitcode`](Process::exitcode) |
 //! | `p.terminate()`, `p.kill()`         | [`terminate`](Process::terminate), [`kill`](Process::kill) |
+//! | `Process(daemon=True)`, non-daemon children joined at exit | [`Process::daemon`]; a dropped non-daemon `Process` runs on and is waited for at exit |
+//! | `active_children()`, `current_process()` | [`active_children`], [`current_process`] |
 //! | `Queue()`, `put`, `get(timeout=)`   | [`Queue::new`], [`put`](Queue::put), [`get_timeout`](Queue::get_timeout) |
 //! | `iter(q.get, None)`                 | [`Queue::iter`] with [`put_pill`](Queue::put_pill), or [`iter_until`](Queue::iter_until) |
 //! | `JoinableQueue`, `task_done`, `join`| [`JoinableQueue`]                           |
 //! | `os.cpu_count()`                    | [`cpu_count`] (SLURM- and affinity-aware)   |
 //! | `Pool(n)`, `with Pool() as p`       | [`Pool::with_processes`], [`Pool::new`] (dropping terminates) |
-//! | `p.map(f, xs)`, `p.starmap`, `p.imap` | [`Pool::map`], [`Pool::starmap`], [`Pool::imap`] (lazy input) |
+//! | `p.map(f, xs)`, `p.starmap`, `p.imap` | [`Pool::map`], [`Pool::starmap`] (1 to 6 arguments), [`Pool::imap`] (lazy input) |
+//! | `p.map(f, xs, chunksize)`           | [`Pool::map_chunked`]                       |
 //! | `p.apply_async(f, (x,))`, `p.map_async`, `p.starmap_async` | [`Pool::apply_async`], [`Pool::map_async`], [`Pool::starmap_async`] → [`AsyncResult`] |
 //! | `shared_memory`, pickle-5 out-of-band buffers | [`PodVec`] (by descriptor through [`Pool`], [`Queue`], [`pipe()`]) |
 //! | `Value('d')`, `Array('d', n)`       | [`SharedValue`], [`SharedArray`]            |
