@@ -4,7 +4,8 @@
 //! returning into the caller's stack there. Modules that must act around every fork (the
 //! liveness registry registers the child in each queue; shared memory holds its lock across the
 //! fork) register a [`ForkHook`] once, the first time they need it: this module knows none of
-//! them, it only calls what was registered.
+//! them, it only calls what was registered. Every child leads its own process group and dies
+//! with its parent (see `children`): that is part of what a fork is here, not a hook.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -58,6 +59,7 @@ pub(crate) fn fork_child(child: impl FnOnce() -> i32) -> Result<Pid> {
     let registry = hooks_locked();
     let hooks = registry.clone();
     let held: Vec<_> = hooks.iter().map(|h| (h.prepare)()).collect();
+    let (parent, children) = (sys::getpid(), crate::children::fork_guard());
     // SAFETY: the child runs `child` and then `_exit`s; it never returns into the caller's frames.
     // The multi-threaded-parent hazard is the crate's documented fork contract (`# Fork safety`).
     let forked = unsafe { sys::fork() };
@@ -68,19 +70,25 @@ pub(crate) fn fork_child(child: impl FnOnce() -> i32) -> Result<Pid> {
     };
     match forked {
         Err(e) => {
+            drop(children);
             release();
             Err(e)
         }
         Ok(Forked::Parent(pid)) => {
+            crate::children::on_fork_parent(children, pid);
             release();
             hooks.iter().for_each(|h| (h.parent)(pid));
             Ok(pid)
         }
         Ok(Forked::Child) => {
             let guard = AbortOnUnwind;
+            if !crate::children::on_fork_child(children, parent) {
+                sys::exit_now(1); // the parent died before the child could arm its death signal
+            }
             release();
             hooks.iter().for_each(|h| (h.child)());
             let code = child();
+            crate::children::on_child_end();
             sys::flush_stdio();
             std::mem::forget(guard);
             sys::exit_now(code)

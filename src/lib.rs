@@ -81,12 +81,15 @@
 //! | `Process(target=f).start()`, `.join()` | [`Process::new(f)`](Process::new), [`start`](Process::start), [`join`](Process::join) |
 //! | `p.join(timeout)`, `p.exitcode`     | [`join_timeout`](Process::join_timeout), [`exitcode`](Process::exitcode) |
 //! | `p.terminate()`, `p.kill()`         | [`terminate`](Process::terminate), [`kill`](Process::kill) |
+//! | `Process(daemon=True)`, non-daemon children joined at exit | [`Process::daemon`]; a dropped non-daemon `Process` runs on and is waited for at exit |
+//! | `active_children()`, `current_process()` | [`active_children`], [`current_process`] |
 //! | `Queue()`, `put`, `get(timeout=)`   | [`Queue::new`], [`put`](Queue::put), [`get_timeout`](Queue::get_timeout) |
 //! | `iter(q.get, None)`                 | [`Queue::iter`] with [`put_pill`](Queue::put_pill), or [`iter_until`](Queue::iter_until) |
 //! | `JoinableQueue`, `task_done`, `join`| [`JoinableQueue`]                           |
 //! | `os.cpu_count()`                    | [`cpu_count`] (SLURM- and affinity-aware)   |
 //! | `Pool(n)`, `with Pool() as p`       | [`Pool::with_processes`], [`Pool::new`] (dropping terminates) |
-//! | `p.map(f, xs)`, `p.starmap`, `p.imap` | [`Pool::map`], [`Pool::starmap`], [`Pool::imap`] (lazy input) |
+//! | `p.map(f, xs)`, `p.starmap`, `p.imap` | [`Pool::map`], [`Pool::starmap`] (1 to 6 arguments), [`Pool::imap`] (lazy input) |
+//! | `p.map(f, xs, chunksize)`           | [`Pool::map_chunked`]                       |
 //! | `p.apply_async(f, (x,))`, `p.map_async`, `p.starmap_async` | [`Pool::apply_async`], [`Pool::map_async`], [`Pool::starmap_async`] → [`AsyncResult`] |
 //! | `shared_memory`, pickle-5 out-of-band buffers | [`PodVec`] (by descriptor through [`Pool`], [`Queue`], [`pipe()`]) |
 //! | `Value('d')`, `Array('d', n)`       | [`SharedValue`], [`SharedArray`]            |
@@ -135,8 +138,12 @@
 //!   The test harness of `cargo test` is multi-threaded, and the crate's own tests pass under it.
 //! - **Descriptors**: the child inherits the parent's open files and sockets. The crate's own
 //!   descriptors are close-on-exec, so programs the child runs do not inherit them.
-//! - **Reaping**: every child is waited for by its [`Process`] or [`JoinHandle`]; dropping one
-//!   whose child still runs kills and reaps it. Nothing is left as a zombie.
+//! - **Reaping and exit**: every child is reaped by its [`Process`] or [`JoinHandle`], or, once
+//!   that was dropped while the child ran (a non-daemon child is then detached, Python's rule),
+//!   by the next [`Process::start`] or [`active_children`] call; a normal end of the program waits
+//!   for every non-daemon child and kills the daemon ones. Nothing is left as a zombie.
+//! - **Parent death**: each child leads its own process group and is killed, with what it
+//!   started, when its parent dies (see [`Process`]).
 //!
 //! # Codec limits
 //!
@@ -156,6 +163,7 @@
 //!
 //! Linux (it uses `pidfd_open`, futexes and `/proc`), kernel 5.3 or later.
 
+mod children;
 mod error;
 mod fdpass;
 mod fork;
@@ -171,10 +179,14 @@ mod sync;
 mod sys;
 mod wire;
 
+#[cfg(test)]
+mod fuzz;
+
+pub use crate::children::{CurrentProcess, active_children, current_process};
 pub use crate::error::{CodecError, Error, RemotePanic, Result};
 pub use crate::pipe::{Connection, PipeReceiver, PipeSender, pipe, pipe_oneway};
 pub use crate::pool::{
-    AsCompleted, AsyncResult, IMap, Pool, PoolBuilder, StartMethod, as_completed, init,
+    AsCompleted, AsyncResult, IMap, Pool, PoolBuilder, StarFn, StartMethod, as_completed, init,
     set_start_method,
 };
 pub use crate::process::{JoinHandle, Process, spawn};

@@ -11,11 +11,12 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::children;
 use crate::error::{Error, RemotePanic, Result};
 use crate::fork::fork_child;
 use crate::liveness::JoiningGuard;
 use crate::panic;
-use crate::sys::{self, ExitStatus, Pid};
+use crate::sys::{self, ExitStatus, Pid, lineage};
 use crate::wire::{self, FrameReader};
 
 type Target = Box<dyn FnOnce() + Send + 'static>;
@@ -25,6 +26,8 @@ enum State {
     Running {
         pid: Pid,
         pidfd: OwnedFd,
+        /// Its entry in the registry of children (`children.rs`).
+        token: u64,
     },
     Done {
         pid: Pid,
@@ -53,14 +56,36 @@ enum State {
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 ///
+/// # Daemon and non-daemon children (Python's rule)
+///
+/// A `Process` is non-daemon by default. Dropping a started non-daemon `Process` does not stop
+/// its child: the child is *detached* and runs on, and when the program ends normally (a return
+/// from `main`, `std::process::exit`, a panic that ends `main`) it waits for every non-daemon
+/// child, as Python does; a detached child that ends earlier is reaped at the next
+/// [`start`](Process::start) or [`active_children`](crate::active_children) call. A daemon child
+/// ([`daemon(true)`](Process::daemon)) is killed with its process group (`SIGKILL`) and reaped
+/// when its `Process` is dropped, and killed when the program ends. An abnormal end of the
+/// program (`SIGKILL`, an uncaught signal) takes every child down, daemon or not, with what the
+/// children started (each child leads its own process group, killed when its parent dies).
+///
+/// ```
+/// use multiproc::Process;
+///
+/// for i in 0..4 {
+///     let p = Process::new(move || println!("worker {i} done"));
+///     p.start()?; // `p` is dropped here: the child runs on, the program waits for it at exit
+/// }
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+///
 /// # Caveats
 ///
-/// Dropping a `Process` whose child is still running kills the child (`SIGKILL`) and reaps it,
-/// so no zombie or orphan is left behind; [`join`](Process::join) first to let it finish. A child
-/// that has ended is reaped on drop. The methods take `&self`, so a `Process` can be shared
-/// between threads (one joins, another terminates).
+/// The methods take `&self`, so a `Process` can be shared between threads (one joins, another
+/// terminates). [`terminate`](Process::terminate) and [`kill`](Process::kill) signal the child's
+/// whole process group, so what it started ends too.
 pub struct Process {
     name: String,
+    daemon: bool,
     state: Mutex<State>,
 }
 
@@ -80,6 +105,7 @@ impl Process {
     pub fn new(target: impl FnOnce() + Send + 'static) -> Self {
         Process {
             name: format!("Process-{}", COUNTER.fetch_add(1, Ordering::Relaxed)),
+            daemon: false,
             state: Mutex::new(State::New(Box::new(target))),
         }
     }
@@ -94,6 +120,29 @@ impl Process {
     /// The process's name.
     pub fn get_name(&self) -> &str {
         &self.name
+    }
+
+    /// Makes the child a daemon (Python's `daemon = True`): killed, with its process group, when
+    /// its `Process` is dropped or the program ends, instead of being waited for. Default
+    /// `false`; see [the rule](Process#daemon-and-non-daemon-children-pythons-rule).
+    ///
+    /// ```
+    /// use multiproc::Process;
+    ///
+    /// let p = Process::new(|| std::thread::sleep(std::time::Duration::from_secs(60))).daemon(true);
+    /// p.start()?;
+    /// assert!(p.is_daemon());
+    /// drop(p); // killed and reaped now; the program does not wait a minute at exit
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// Whether the child is a daemon ([`daemon`](Process::daemon)).
+    pub fn is_daemon(&self) -> bool {
+        self.daemon
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -118,9 +167,11 @@ impl Process {
                 )));
             }
         };
-        let name = self.name.clone();
+        let (name, daemon) = (self.name.clone(), self.daemon);
+        children::reap_detached();
         let pid = fork_child(move || {
             set_command_name(&name);
+            children::set_current(&name, daemon);
             match panic::catch(target) {
                 Ok(()) => 0,
                 Err(_) => 1,
@@ -134,7 +185,8 @@ impl Process {
                 return Err(e);
             }
         };
-        *state = State::Running { pid, pidfd };
+        let token = children::add(pid, self.daemon);
+        *state = State::Running { pid, pidfd, token };
         Ok(())
     }
 
@@ -191,10 +243,11 @@ impl Process {
     fn poll_exit(&self) -> Result<Option<ExitStatus>> {
         let mut state = self.state();
         match &*state {
-            State::Running { pid, .. } => {
-                let pid = *pid;
+            State::Running { pid, token, .. } => {
+                let (pid, token) = (*pid, *token);
                 match sys::try_wait(pid)? {
                     Some(status) => {
+                        children::forget(token);
                         *state = State::Done { pid, status };
                         Ok(Some(status))
                     }
@@ -248,7 +301,10 @@ impl Process {
         // The state lock is held while signalling, so the pid cannot be reaped (and reused)
         // in between.
         match &*self.state() {
-            State::Running { pid, .. } => sys::kill(*pid, sig),
+            State::Running { pid, .. } => {
+                lineage::kill_group(*pid, sig as i32)?;
+                sys::kill(*pid, sig)
+            }
             State::Done { .. } => Ok(()),
             _ => Err(Error::InvalidState(format!(
                 "process {:?} was signalled before it was started",
@@ -269,12 +325,19 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let State::Running { pid, .. } = state {
-            let pid = *pid;
+        if let State::Running { pid, token, .. } = state {
+            let (pid, token) = (*pid, *token);
             if let Ok(None) = sys::try_wait(pid) {
+                if !self.daemon {
+                    // Python's rule: the child runs on; the registry reaps it.
+                    children::detach(token);
+                    return;
+                }
+                let _ = lineage::kill_group(pid, libc::SIGKILL);
                 let _ = sys::kill(pid, Signal::SIGKILL);
                 let _ = sys::wait_blocking(pid);
             }
+            children::forget(token);
         }
     }
 }
@@ -356,7 +419,9 @@ where
 
 /// A handle to a child started by [`spawn`]; [`join`](JoinHandle::join) gives its result.
 ///
-/// Dropping the handle of a running child kills and reaps it, as for [`Process`].
+/// The child is a non-daemon child, as a [`Process`] is by default: dropping the handle of a
+/// running child detaches it (it runs on, its result is discarded, and the program waits for it
+/// when it ends normally); [`kill`](JoinHandle::kill) it first to stop it.
 pub struct JoinHandle<R> {
     process: Process,
     rx: OwnedFd,

@@ -91,41 +91,37 @@ fn oneway_pipe() {
     assert!(rx.recv_timeout(secs(10)).unwrap_err().is_disconnected());
 }
 
-/// The child waits on its end while still holding an inherited copy of the parent's end (so no
-/// end of file can come); its parent is killed: the receive must fail, not hang.
+/// The receiver waits on its end while still holding an inherited copy of the sender's end (so no
+/// end of file can come); the sender, a sibling, is killed: the receive must fail, not hang.
+/// (The sender was once the receiver's parent; a child now dies with its parent.)
 #[test]
 fn dead_peer_gives_disconnected_not_a_hang() {
     let _f = fork_lock();
     let outcome = SharedValue::new(0u32).unwrap();
     let out = outcome.clone();
-    let middle = Process::new(move || {
-        let (mine, theirs) = pipe::<u8, u8>().unwrap();
-        let out2 = out.clone();
-        let grandchild = Process::new(move || {
-            assert_eq!(theirs.recv_timeout(secs(30)).unwrap(), 1);
-            let t = Instant::now();
-            let code = match theirs.recv_timeout(secs(30)) {
-                Err(Error::Disconnected(_)) if t.elapsed() < secs(10) => 1,
-                Err(Error::Disconnected(_)) => 2,
-                Err(e) if e.is_timeout() => 3,
-                _ => 4,
-            };
-            out2.store(code).unwrap();
-        });
-        grandchild.start().unwrap();
+    let (mine, theirs) = pipe::<u8, u8>().unwrap();
+    let receiver = Process::new(move || {
+        assert_eq!(theirs.recv_timeout(secs(30)).unwrap(), 1);
+        let t = Instant::now();
+        let code = match theirs.recv_timeout(secs(30)) {
+            Err(Error::Disconnected(_)) if t.elapsed() < secs(10) => 1,
+            Err(Error::Disconnected(_)) => 2,
+            Err(e) if e.is_timeout() => 3,
+            _ => 4,
+        };
+        out.store(code).unwrap();
+    });
+    receiver.start().unwrap();
+    let sender = Process::new(move || {
         mine.send(&1).unwrap();
         std::thread::sleep(ms(200));
-        // Die without closing anything and without killing the grandchild.
-        std::mem::forget(grandchild);
+        // Die without closing anything.
         std::mem::forget(mine);
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     });
-    middle.start().unwrap();
-    assert_eq!(join_code(&middle), Some(-9));
-    let deadline = Instant::now() + secs(40);
-    while outcome.load().unwrap() == 0 && Instant::now() < deadline {
-        std::thread::sleep(ms(20));
-    }
+    sender.start().unwrap();
+    assert_eq!(join_code(&sender), Some(-9));
+    assert_eq!(join_code(&receiver), Some(0));
     assert_eq!(outcome.load().unwrap(), 1, "1 = Disconnected quickly");
 }
 

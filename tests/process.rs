@@ -3,7 +3,7 @@
 mod common;
 
 use common::{is_our_child, ms, secs};
-use multiproc::{Error, Process, Queue, spawn};
+use multiproc::{Error, Event, Process, Queue, spawn};
 use serde::{Deserialize, Serialize};
 
 #[test]
@@ -97,8 +97,8 @@ fn closure_captures_and_name_becomes_comm() {
 }
 
 #[test]
-fn dropping_a_running_process_kills_and_reaps_it() {
-    let p = Process::new(|| std::thread::sleep(std::time::Duration::from_secs(60)));
+fn dropping_a_running_daemon_process_kills_and_reaps_it() {
+    let p = Process::new(|| std::thread::sleep(std::time::Duration::from_secs(60))).daemon(true);
     p.start().unwrap();
     let pid = p.pid().unwrap();
     assert!(is_our_child(pid));
@@ -111,9 +111,145 @@ fn dropping_a_running_process_kills_and_reaps_it() {
     let done = Process::new(|| {});
     done.start().unwrap();
     let pid = done.pid().unwrap();
-    std::thread::sleep(ms(100));
+    assert!(done.join_timeout(secs(30)).unwrap());
     drop(done);
     assert!(!is_our_child(pid), "ended child {pid} left as a zombie");
+}
+
+/// Python's rule (issue 11): dropping a started non-daemon `Process` detaches its child, which
+/// runs on and is reaped once it ends (here by `active_children`).
+#[test]
+fn dropping_a_running_non_daemon_process_detaches_it() {
+    let go = Event::new().unwrap();
+    let ran = Event::new().unwrap();
+    let (wait, done) = (go.clone(), ran.clone());
+    let p = Process::new(move || {
+        if wait.wait_timeout(secs(30)) {
+            done.set();
+        }
+    });
+    assert!(!p.is_daemon());
+    p.start().unwrap();
+    let pid = p.pid().unwrap();
+    drop(p);
+    assert!(
+        is_our_child(pid),
+        "the dropped child {pid} was reaped early"
+    );
+    assert!(multiproc::active_children().contains(&pid));
+    go.set();
+    assert!(
+        ran.wait_timeout(secs(30)),
+        "the detached child did not run on"
+    );
+    let deadline = std::time::Instant::now() + secs(30);
+    while is_our_child(pid) && std::time::Instant::now() < deadline {
+        assert!(!multiproc::active_children().contains(&pid) || is_our_child(pid));
+        std::thread::sleep(ms(5));
+    }
+    assert!(
+        !is_our_child(pid),
+        "the detached child {pid} was never reaped"
+    );
+}
+
+/// A long program that drops thousands of finished processes keeps no zombie beyond the few that
+/// ended since the last start (each start reaps the detached children that ended).
+#[test]
+fn thousands_of_dropped_processes_do_not_accumulate_zombies() {
+    let mut pids = Vec::new();
+    for _ in 0..1000 {
+        let p = Process::new(|| {});
+        p.start().unwrap();
+        pids.push(p.pid().unwrap());
+    }
+    let left = pids.iter().filter(|&&pid| is_our_child(pid)).count();
+    eprintln!("1000 dropped processes: {left} unreaped after the last start");
+    assert!(
+        left < 100,
+        "{left} of 1000 dropped children still unreaped after the last start"
+    );
+    let deadline = std::time::Instant::now() + secs(30);
+    while pids.iter().any(|&pid| is_our_child(pid)) && std::time::Instant::now() < deadline {
+        multiproc::active_children();
+        std::thread::sleep(ms(5));
+    }
+    assert!(pids.iter().all(|&pid| !is_our_child(pid)));
+}
+
+#[test]
+fn current_process_names_the_child_and_daemon_flag() {
+    let me = multiproc::current_process();
+    assert_eq!(me.name(), "MainProcess");
+    assert_eq!(me.pid(), std::process::id() as i32);
+    let mut h = spawn(|| {
+        let me = multiproc::current_process();
+        (me.name().to_string(), me.pid(), std::process::id() as i32)
+    })
+    .unwrap();
+    let (name, pid, real) = h.join_timeout(secs(30)).unwrap();
+    assert!(name.starts_with("Process-"), "{name}");
+    assert_eq!(pid, real);
+
+    let q: Queue<(String, bool)> = Queue::new().unwrap();
+    let tx = q.clone();
+    let p = Process::new(move || {
+        let me = multiproc::current_process();
+        tx.put(&(me.name().to_string(), me.daemon())).unwrap();
+    })
+    .name("named")
+    .daemon(true);
+    p.start().unwrap();
+    assert_eq!(
+        q.get_timeout(secs(30)).unwrap(),
+        ("named".to_string(), true)
+    );
+    assert!(p.join_timeout(secs(30)).unwrap());
+}
+
+#[test]
+fn terminate_and_kill_reach_what_the_child_started() {
+    for terminate in [true, false] {
+        let q: Queue<u32> = Queue::new().unwrap();
+        let tx = q.clone();
+        let p = Process::new(move || {
+            let mut child = std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap();
+            tx.put(&child.id()).unwrap();
+            let _ = child.wait();
+        });
+        p.start().unwrap();
+        let grandchild = q.get_timeout(secs(30)).unwrap() as i32;
+        if terminate {
+            p.terminate().unwrap();
+        } else {
+            p.kill().unwrap();
+        }
+        assert!(p.join_timeout(secs(30)).unwrap());
+        // The grandchild, orphaned, was adopted by init (or a subreaper) and reaped there.
+        let deadline = std::time::Instant::now() + secs(30);
+        while alive(grandchild) && std::time::Instant::now() < deadline {
+            std::thread::sleep(ms(5));
+        }
+        assert!(
+            !alive(grandchild),
+            "grandchild {grandchild} outlived its parent"
+        );
+    }
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s
+                .rfind(')')
+                .and_then(|i| s[i + 1..].split_whitespace().next());
+            !matches!(state, Some("Z" | "X"))
+        })
+        .unwrap_or(false)
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -219,12 +355,25 @@ fn spawn_join_timeout_then_join() {
     assert!(v.iter().all(|&b| b == 7));
 }
 
+/// A dropped `JoinHandle` follows the non-daemon rule: the child runs on, and is reaped later.
 #[test]
-fn spawn_dropped_while_running_leaves_no_child() {
-    let h = spawn(|| std::thread::sleep(std::time::Duration::from_secs(60))).unwrap();
+fn spawn_dropped_while_running_is_detached_then_reaped() {
+    let go = Event::new().unwrap();
+    let wait = go.clone();
+    let h = spawn(move || wait.wait_timeout(secs(30))).unwrap();
     let pid = h.pid();
     drop(h);
-    assert!(!is_our_child(pid));
+    assert!(is_our_child(pid));
+    go.set();
+    let deadline = std::time::Instant::now() + secs(30);
+    while is_our_child(pid) && std::time::Instant::now() < deadline {
+        multiproc::active_children();
+        std::thread::sleep(ms(5));
+    }
+    assert!(
+        !is_our_child(pid),
+        "detached spawn child {pid} never reaped"
+    );
 }
 
 /// Another thread holding Rust's stdout or stderr lock at the moment of a fork must not leave the

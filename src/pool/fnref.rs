@@ -258,21 +258,20 @@ where
     run_items(ex, input, count, out, |_, x| f(x))
 }
 
-/// The trampoline for `F: Fn(A, B) -> R` over `(A, B)` inputs.
-pub(crate) fn call_star<F, A, B, R>(
+/// The trampoline for `F: Fn(A, B, …) -> R` over `(A, B, …)` inputs (1 to 6 fields).
+pub(crate) fn call_star<F, Args, R>(
     ex: &mut Exec<'_>,
     input: &[u8],
     count: u32,
     out: &mut Vec<u8>,
 ) -> Result<(), String>
 where
-    F: Fn(A, B) -> R + Copy,
-    A: DeserializeOwned,
-    B: DeserializeOwned,
+    F: super::StarFn<Args, Output = R> + Copy,
+    Args: DeserializeOwned,
     R: Serialize,
 {
     let f = conjure::<F>();
-    run_items(ex, input, count, out, |_, (a, b): (A, B)| f(a, b))
+    run_items(ex, input, count, out, |_, args: Args| f.call_star(args))
 }
 
 /// The trampoline for `F: Fn(&C, T) -> R`, with the context decoded once per worker and job.

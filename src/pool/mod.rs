@@ -28,6 +28,7 @@ mod fnref;
 mod journal;
 mod result;
 mod sched;
+mod star;
 pub(crate) mod start;
 mod transport;
 mod worker;
@@ -48,6 +49,7 @@ use crate::wire::MAX_MESSAGE_BYTES;
 
 pub use self::completed::{AsCompleted, as_completed};
 pub use self::result::{AsyncResult, IMap};
+pub use self::star::StarFn;
 pub use self::start::{StartMethod, init, set_start_method};
 
 use self::fnref::{FnRef, Trampoline};
@@ -452,6 +454,8 @@ struct Plan {
     fn_ref: FnRef,
     ends: EndsFn,
     ctx: Option<Encoded>,
+    /// This call's chunk size, instead of the pool's ([`Pool::map_chunked`]).
+    chunksize: Option<usize>,
 }
 
 impl Plan {
@@ -460,6 +464,7 @@ impl Plan {
             fn_ref: FnRef::of(t),
             ends,
             ctx,
+            chunksize: None,
         }
     }
 }
@@ -545,6 +550,21 @@ impl Pool {
         Ok(())
     }
 
+    /// The pool's chunk size for [`map`](Pool::map) and friends: `None` for the default
+    /// (`ceil(len / (4 × processes))`).
+    ///
+    /// ```
+    /// let pool = multiproc::Pool::builder().processes(1).chunksize(5).build()?;
+    /// assert_eq!(pool.chunksize(), Some(5));
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn chunksize(&self) -> Option<usize> {
+        match self.chunksize.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
     fn chunksize_for(&self, len: Option<usize>) -> usize {
         match self.chunksize.load(Ordering::Relaxed) {
             0 => len.map_or(1, |n| n.div_ceil(4 * self.processes).max(1)),
@@ -606,7 +626,8 @@ impl Pool {
         }
         let mut chunks = Chunker::from_vec(
             items,
-            self.chunksize_for(Some(n)),
+            plan.chunksize
+                .unwrap_or_else(|| self.chunksize_for(Some(n))),
             self.limit,
             core.take_spare(),
         );
@@ -759,7 +780,9 @@ impl Pool {
         self.run_results(plan, items.into_iter().collect())
     }
 
-    /// `f(a, b)` for every `(a, b)`: Python's `Pool.starmap`.
+    /// `f(a, b, …)` for every tuple `(a, b, …)` of 1 to 6 fields: Python's `Pool.starmap`.
+    /// `f` is any function of that many arguments ([`StarFn`]); closures need their argument
+    /// types written out.
     ///
     /// # Examples
     ///
@@ -767,30 +790,69 @@ impl Pool {
     /// # let pool = multiproc::Pool::with_processes(2)?;
     /// fn pow(base: u64, exp: u32) -> u64 { base.pow(exp) }
     /// assert_eq!(pool.starmap(pow, vec![(2, 3), (3, 2)])?, vec![8, 9]);
+    ///
+    /// fn clamp(x: i32, lo: i32, hi: i32) -> i32 { x.clamp(lo, hi) }
+    /// assert_eq!(pool.starmap(clamp, [(5, 0, 3), (-1, 0, 3)])?, vec![3, 0]);
+    ///
+    /// let labels = pool.starmap(|n: u8| format!("#{n}"), [(1,), (2,)])?;
+    /// assert_eq!(labels, ["#1", "#2"]);
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     ///
     /// # Errors
     ///
     /// As [`map`](Pool::map).
-    pub fn starmap<F, A, B, R>(
-        &self,
-        f: F,
-        items: impl IntoIterator<Item = (A, B)>,
-    ) -> Result<Vec<R>>
+    pub fn starmap<F, Args, R>(&self, f: F, items: impl IntoIterator<Item = Args>) -> Result<Vec<R>>
     where
-        F: Fn(A, B) -> R + Copy + Send + 'static,
-        A: Serialize + DeserializeOwned,
-        B: Serialize + DeserializeOwned,
+        F: StarFn<Args, Output = R> + Copy + Send + 'static,
+        Args: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
         let _ = f;
         assert_zst::<F>();
         let plan = Plan::new(
-            fnref::call_star::<F, A, B, R>,
-            fnref::item_ends::<(A, B)>,
+            fnref::call_star::<F, Args, R>,
+            fnref::item_ends::<Args>,
             None,
         );
+        self.run_values(plan, items.into_iter().collect())
+    }
+
+    /// [`map`](Pool::map) with chunks of `chunksize` inputs for this call only (Python's
+    /// `Pool.map(f, xs, chunksize)`); the pool's own chunk size
+    /// ([`set_chunksize`](Pool::set_chunksize)) is left as it is for other calls.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// let squares = pool.map_chunked(|x: u64| x * x, 0..1000, 1)?; // one input per task
+    /// assert_eq!(squares[999], 998_001);
+    /// assert!(pool.map_chunked(|x: u64| x, 0..10, 0).is_err());
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a `chunksize` of 0; otherwise as [`map`](Pool::map).
+    pub fn map_chunked<F, T, R>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = T>,
+        chunksize: usize,
+    ) -> Result<Vec<R>>
+    where
+        F: Fn(T) -> R + Copy + Send + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        if chunksize == 0 {
+            return Err(Error::invalid_arg("chunksize", 0, "must be at least 1"));
+        }
+        let _ = f;
+        assert_zst::<F>();
+        let mut plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
+        plan.chunksize = Some(chunksize);
         self.run_values(plan, items.into_iter().collect())
     }
 
@@ -1091,22 +1153,21 @@ impl Pool {
     /// # Errors
     ///
     /// As [`map_async`](Pool::map_async).
-    pub fn starmap_async<F, A, B, R>(
+    pub fn starmap_async<F, Args, R>(
         &self,
         f: F,
-        items: impl IntoIterator<Item = (A, B)>,
+        items: impl IntoIterator<Item = Args>,
     ) -> Result<AsyncResult<Vec<R>>>
     where
-        F: Fn(A, B) -> R + Copy + Send + 'static,
-        A: Serialize + DeserializeOwned,
-        B: Serialize + DeserializeOwned,
+        F: StarFn<Args, Output = R> + Copy + Send + 'static,
+        Args: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let _ = f;
         assert_zst::<F>();
         let plan = Plan::new(
-            fnref::call_star::<F, A, B, R>,
-            fnref::item_ends::<(A, B)>,
+            fnref::call_star::<F, Args, R>,
+            fnref::item_ends::<Args>,
             None,
         );
         self.run_async(plan, items.into_iter().collect())

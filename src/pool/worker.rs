@@ -339,9 +339,9 @@ pub(crate) const THREAD_VARS: [&str; 3] =
 
 /// The worker's main function, run in the child right after the fork; returns its exit code.
 pub(crate) fn run(mut s: Setup) -> i32 {
-    // Die with the parent: the kernel kills us when the forking thread ends, and if the parent
-    // is already gone (the race before prctl), leave now.
-    if sys::set_pdeathsig_kill().is_err() || sys::getppid() != s.parent {
+    // `fork_child` made us die with the parent (with our process group); if the parent is
+    // already gone, leave now.
+    if sys::getppid() != s.parent {
         return 1;
     }
     for fd in s.close.drain(..) {

@@ -433,6 +433,16 @@ impl Shared {
             let len = u32::from_le_bytes(rh[4..8].try_into().expect("4 bytes")) as usize;
             let total = u64::from_le_bytes(rh[8..16].try_into().expect("8 bytes"));
             let size = (RECORD_HEADER + len).next_multiple_of(8) as u64;
+            let published = h.head.0.load(Acquire) - tail;
+            if size > published {
+                // Garbage from a broken writer (found by fuzzing: reading it overran the
+                // mapping): record boundaries are lost, so skip every byte published.
+                self.advance_tail(tail + published);
+                return Err(Error::InvalidState(format!(
+                    "queue ring corrupted: a record of {len} bytes at position {tail}, but only \
+                     {published} bytes were put; skipped them"
+                )));
+            }
             let mut body_pos = tail + RECORD_HEADER as u64;
             let mut body_len = len;
             let mut fds = Vec::new();
@@ -683,6 +693,10 @@ impl Shared {
         h.head.0.load(SeqCst) == h.tail.0.load(SeqCst)
     }
 }
+
+#[cfg(test)]
+#[path = "ring_fuzz.rs"]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

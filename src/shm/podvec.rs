@@ -83,7 +83,38 @@ impl<T: Pod> From<Vec<T>> for PodVec<T> {
     }
 }
 
+impl<T: Pod> Clone for PodVec<T> {
+    /// A copy of the elements (one copy, into this process's heap; a received mapping is not
+    /// shared with the clone).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let a: multiproc::PodVec<u32> = vec![1, 2, 3].into();
+    /// let mut b = a.clone();
+    /// b[0] = 7;
+    /// assert_eq!((&a[..], &b[..]), (&[1, 2, 3][..], &[7, 2, 3][..]));
+    /// ```
+    fn clone(&self) -> Self {
+        PodVec::from_slice(self)
+    }
+}
+
 impl<T: Pod> PodVec<T> {
+    /// A `PodVec` holding a copy of `items` (one copy: the elements are `Copy`, so it is a
+    /// `memcpy`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let data = [1.5f64, 2.5, 3.5];
+    /// let v = multiproc::PodVec::from_slice(&data[1..]);
+    /// assert_eq!(&v[..], &[2.5, 3.5]);
+    /// ```
+    pub fn from_slice(items: &[T]) -> Self {
+        PodVec::from(items.to_vec())
+    }
+
     /// Unmaps and closes the memory files this process keeps for reuse (see
     /// [Memory kept for reuse](PodVec#memory-kept-for-reuse)). Memory files that other
     /// processes still use stay alive for them.

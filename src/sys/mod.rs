@@ -5,6 +5,7 @@
 
 pub(crate) mod early;
 pub(crate) mod futex;
+pub(crate) mod lineage;
 pub(crate) mod mem;
 pub(crate) mod socket;
 
@@ -360,12 +361,6 @@ pub(crate) fn poll_many(
             Err(e) => return Err(Error::io("poll", e)),
         }
     }
-}
-
-/// Asks the kernel to send `SIGKILL` to the calling process when the thread that forked it ends
-/// (`PR_SET_PDEATHSIG`).
-pub(crate) fn set_pdeathsig_kill() -> Result<()> {
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| Error::io("prctl", e))
 }
 
 /// The parent process's id.

@@ -306,6 +306,7 @@ pub(crate) fn run(
             let (jobs, results, cfg) = (jobs.clone(), results.clone(), cfg.clone());
             Process::new(move || worker_loop(runner, &cfg, &jobs, &results))
                 .name(format!("multiproc-w{}", i + 1))
+                .daemon(true)
         })
         .collect();
     for w in &workers {

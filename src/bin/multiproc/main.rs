@@ -56,6 +56,8 @@ mod input;
 mod job;
 #[allow(dead_code)]
 mod joblog;
+#[cfg(test)]
+mod joblog_fuzz;
 mod output;
 mod quote;
 mod spill;

@@ -1,0 +1,153 @@
+//! Process groups, the parent-death signal, waiting without reaping, and `atexit`: what
+//! `children.rs` needs from the kernel so that a child never outlives its parent.
+//!
+//! Every child forked through `fork::fork_child` leads its own process group, so that what it
+//! starts by ordinary means (a `std::process::Command`, a plain fork) is in that group too. The
+//! child asks the kernel for [`parent_death_signal`] when its parent dies (`PR_SET_PDEATHSIG`);
+//! the handler, [`on_parent_death`], kills the whole group. The kernel also sends that signal
+//! when only the *thread* that forked the child ends while the parent lives on (the
+//! `PR_SET_PDEATHSIG` thread caveat): the handler then sees `getppid()` unchanged and ignores it;
+//! the signal comes again when the parent process itself dies.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use crate::error::{Error, Result};
+use crate::sys::Pid;
+
+/// The parent this process was forked from (set in the child right after the fork).
+static PARENT: AtomicI32 = AtomicI32::new(0);
+/// The process group this process leads (its own pid, set with `PARENT`).
+static GROUP: AtomicI32 = AtomicI32::new(0);
+
+/// The signal a child gets when its parent dies: the highest real-time signal, which libraries
+/// rarely use (a task that installs its own handler for it gives up the group kill; its default
+/// action, after an `exec`, still ends the process).
+pub(crate) fn parent_death_signal() -> i32 {
+    libc::SIGRTMAX()
+}
+
+/// The handler of [`parent_death_signal`]: if the parent is gone (`getppid()` differs from the
+/// recorded parent), kills this process's group (itself and what it started) with `SIGKILL`;
+/// otherwise (only the forking thread ended) does nothing. Async-signal-safe: `getppid`, `getpid`
+/// and `kill` only, atomics for the recorded ids.
+extern "C" fn on_parent_death(_: libc::c_int) {
+    let parent = PARENT.load(Ordering::SeqCst);
+    // SAFETY: getppid takes no argument and cannot fail.
+    if parent == 0 || unsafe { libc::getppid() } == parent {
+        return;
+    }
+    kill_own_group();
+}
+
+/// Kills this process's group (recorded at [`die_with_parent`]) and this process, with
+/// `SIGKILL`. Async-signal-safe. Does nothing in a process that did not arm it.
+pub(crate) fn kill_own_group() {
+    let group = GROUP.load(Ordering::SeqCst);
+    if group <= 0 {
+        return;
+    }
+    // SAFETY: kill takes plain integers; a negative pid names the process group. The group is
+    // this process's own (it may have left it: then it is killed by the second call).
+    unsafe {
+        libc::kill(-group, libc::SIGKILL);
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+}
+
+/// Whether this process was forked by multiproc and its parent has died since (it was adopted).
+pub(crate) fn orphaned() -> bool {
+    let parent = PARENT.load(Ordering::SeqCst);
+    // SAFETY: getppid takes no argument and cannot fail.
+    parent != 0 && unsafe { libc::getppid() } != parent
+}
+
+/// In a freshly forked child: leads a new process group, and arms the parent-death signal with
+/// [`on_parent_death`] as its handler. Returns `false` if the parent `parent` died before the
+/// signal was armed (the kernel would never send it): the caller must then end at once.
+pub(crate) fn die_with_parent(parent: Pid) -> bool {
+    // SAFETY: setpgid(0, 0) makes the calling process the leader of a group named after it; it
+    // fails only for a session leader (a fresh child is not one), then the group stays.
+    unsafe { libc::setpgid(0, 0) };
+    // SAFETY: getpgrp takes no argument and cannot fail.
+    GROUP.store(unsafe { libc::getpgrp() }, Ordering::SeqCst);
+    PARENT.store(parent.as_raw(), Ordering::SeqCst);
+    let sig = parent_death_signal();
+    // SAFETY: a zeroed sigaction is valid (empty mask, no flags); the handler is an
+    // `extern "C" fn(c_int)` that only makes async-signal-safe calls (see `on_parent_death`).
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_parent_death as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(sig, &action, std::ptr::null_mut());
+        // The signal may be blocked in the mask inherited from the forking thread.
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0);
+    }
+    // The parent may have died between the fork and the prctl: then no signal will come.
+    !orphaned()
+}
+
+/// In the parent right after a fork: puts the child `pid` in its own group too (the child does it
+/// as well; whichever runs first wins, so the group exists as soon as either returns). Errors
+/// (the child already ran `exec`, or is gone) are ignored: the child's own call stands.
+pub(crate) fn put_in_own_group(pid: Pid) {
+    // SAFETY: setpgid takes plain integers and touches no memory of ours.
+    unsafe { libc::setpgid(pid.as_raw(), pid.as_raw()) };
+}
+
+/// Sends `sig` to the process group `pgid` (a child's, led by it). A gone group is not an error.
+pub(crate) fn kill_group(pgid: Pid, sig: i32) -> Result<()> {
+    // SAFETY: kill takes plain integers; a negative pid names the process group.
+    if unsafe { libc::kill(-pgid.as_raw(), sig) } == 0 {
+        return Ok(());
+    }
+    match std::io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        e => Err(Error::io("kill (process group)", e)),
+    }
+}
+
+/// Whether our child `pid` has ended, without reaping it (`waitid` with `WNOWAIT`). With `block`
+/// waits until it ends. A pid that is not (or no longer) our child counts as ended.
+pub(crate) fn has_ended(pid: Pid, block: bool) -> bool {
+    let mut flags = libc::WEXITED | libc::WNOWAIT;
+    if !block {
+        flags |= libc::WNOHANG;
+    }
+    loop {
+        let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
+        // SAFETY: waitid writes into `info`, a zeroed siginfo_t; WNOWAIT leaves the child as it
+        // is (a zombie stays one, for its owner to reap).
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid.as_raw() as libc::id_t,
+                info.as_mut_ptr(),
+                flags,
+            )
+        };
+        if rc == 0 {
+            // SAFETY: zeroed, then possibly filled by waitid; with WNOHANG si_pid stays 0 while
+            // the child runs.
+            return unsafe { info.assume_init().si_pid() } != 0;
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return true;
+        }
+    }
+}
+
+/// Registers `handler` to run when the program ends normally (return from `main`,
+/// `std::process::exit`, a panic that ends `main`), after handlers registered later.
+pub(crate) fn at_exit(handler: extern "C" fn()) -> Result<()> {
+    // SAFETY: atexit stores a function pointer; the handler is an `extern "C" fn()` that lives
+    // for the whole program.
+    if unsafe { libc::atexit(handler) } != 0 {
+        return Err(Error::io("atexit", std::io::ErrorKind::OutOfMemory));
+    }
+    Ok(())
+}
