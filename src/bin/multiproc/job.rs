@@ -46,6 +46,10 @@ pub(crate) struct Job {
     pub(crate) slot: usize,
     /// The inputs of this job, one per input source (for `--results` paths).
     pub(crate) args: Vec<String>,
+    /// `--tag`/`--tagstring`: what goes before each line of its output (a TAB is added).
+    pub(crate) tag: Option<String>,
+    /// `--wd`: the directory it runs in.
+    pub(crate) wd: Option<String>,
     /// What to run.
     pub(crate) program: Program,
     /// The job as a command line that pastes into a shell and runs it (argv words quoted where

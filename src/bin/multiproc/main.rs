@@ -50,35 +50,37 @@
 // serve the modules' own tests and other callers; the runner appends lines from its workers.
 #[allow(dead_code)]
 mod args;
+mod bar;
 mod engine;
+mod feed;
+mod flags;
 mod gnu;
+mod halt;
 mod input;
 mod job;
 #[allow(dead_code)]
 mod joblog;
 mod output;
 mod quote;
+mod shape;
 mod spill;
 mod template;
 
 use std::fs::{File, OpenOptions};
 use std::io::IsTerminal;
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::args::{Config, ConfigError, Halt, Resume, Threshold};
+use crate::bar::Bar;
 use crate::engine::{EngineOpts, HaltRule, JobSource, Next, NoProgress, Progress};
-use crate::input::InputSource;
-use crate::job::{Job, Program};
+use crate::feed::Feed;
 use crate::joblog::{JoblogError, JoblogState, JoblogWriter};
 use crate::output::Output;
-use crate::template::JobValues;
 
 /// The thread-count variables each job gets (unless already set).
 const THREAD_VARS: [&str; 3] = ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"];
@@ -124,189 +126,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Makes jobs from the config's templates and the inputs.
-#[derive(Debug)]
-struct Jobs<'a> {
-    cfg: &'a Config,
-    /// True when only `--stdin`/`--stdout` use the input: it is then not appended to the
-    /// command (`--stdin {} ./mmul` runs `./mmul < in1`, not `./mmul in1 < in1`).
-    no_append: bool,
-}
-
-impl Jobs<'_> {
-    /// Job `seq` with the input values `args` (one per input source), to run in `slot`.
-    fn make(&self, seq: u64, slot: usize, args: Vec<String>) -> Job {
-        let cfg = self.cfg;
-        let full = JobValues {
-            seq,
-            slot,
-            args: &args,
-        };
-        let cmd = JobValues {
-            args: if self.no_append { &[] } else { &args },
-            ..full
-        };
-        let stdin = cfg.stdin.as_ref().map(|t| t.render_single(&full));
-        let stdout = cfg.stdout.as_ref().map(|t| t.render_single(&full));
-        let program = if cfg.shell {
-            Program::Shell(cfg.command.render_shell(&cmd))
-        } else {
-            Program::Argv(cfg.command.render_argv(&cmd))
-        };
-        let command_line = match &program {
-            Program::Argv(words) => Some(words.as_slice()),
-            Program::Shell(_) => None,
-        };
-        let shell_code = match &program {
-            Program::Shell(code) => code.as_str(),
-            Program::Argv(_) => "",
-        };
-        let command_line = quote::command_line(
-            command_line,
-            shell_code,
-            stdin.as_deref(),
-            stdout.as_deref(),
-        );
-        Job {
-            seq,
-            slot,
-            program,
-            command_line,
-            stdin,
-            stdout,
-            env: vec![
-                ("PARALLEL_SEQ".to_string(), seq.to_string()),
-                ("PARALLEL_JOBSLOT".to_string(), slot.to_string()),
-            ],
-            args,
-        }
-    }
-}
-
-/// How many input combinations a streamed input may read ahead of the jobs.
-const READ_AHEAD: usize = 1024;
-
-/// The input combinations, in order.
-enum Inputs {
-    /// Read before the first job (`:::` values, regular files): a bad input is an error before
-    /// any job starts, and the total is known.
-    Read(std::vec::IntoIter<Vec<String>>),
-    /// Stdin or a file that is not a regular one (a pipe, a terminal): read by a thread as jobs
-    /// run, so jobs start as lines come and an endless input works. The thread starts with the
-    /// first job asked for, after the runner has forked its workers.
-    Streamed {
-        sources: Vec<InputSource>,
-        rx: Option<Receiver<std::io::Result<Vec<String>>>>,
-    },
-}
-
-/// What [`Inputs::next`] found.
-enum Got {
-    Input(Vec<String>),
-    NotYet,
-    End(Result<(), String>),
-}
-
-impl Inputs {
-    /// The next input combination, waiting until `deadline` for a streamed one.
-    fn next(&mut self, deadline: Instant) -> Got {
-        match self {
-            Inputs::Read(it) => it.next().map_or(Got::End(Ok(())), Got::Input),
-            Inputs::Streamed { sources, rx } => {
-                if rx.is_none() {
-                    match start_reader(sources.clone()) {
-                        Ok(r) => *rx = Some(r),
-                        Err(e) => {
-                            return Got::End(Err(format!("cannot start reading the inputs: {e}")));
-                        }
-                    }
-                }
-                match rx.as_ref().expect("started above").recv_deadline(deadline) {
-                    Ok(Ok(args)) => Got::Input(args),
-                    Ok(Err(e)) => Got::End(Err(format!("cannot read the inputs: {e}"))),
-                    Err(RecvTimeoutError::Timeout) => Got::NotYet,
-                    Err(RecvTimeoutError::Disconnected) => Got::End(Ok(())),
-                }
-            }
-        }
-    }
-}
-
-/// Starts the thread that reads streamed inputs; it stops at the end of the input, at the
-/// first error (which it sends), or when the runner stops taking inputs.
-fn start_reader(
-    sources: Vec<InputSource>,
-) -> std::io::Result<Receiver<std::io::Result<Vec<String>>>> {
-    let (tx, rx) = crossbeam_channel::bounded(READ_AHEAD);
-    std::thread::Builder::new()
-        .name("multiproc-input".into())
-        .spawn(move || match input::Combinations::new(&sources) {
-            Err(e) => {
-                let _ = tx.send(Err(e));
-            }
-            Ok(combos) => {
-                for item in combos {
-                    let failed = item.is_err();
-                    if tx.send(item).is_err() || failed {
-                        break;
-                    }
-                }
-            }
-        })?;
-    Ok(rx)
-}
-
-/// The runner's jobs: the input combinations numbered from 1, less those `--resume` skips.
-struct Feed<'a> {
-    jobs: Jobs<'a>,
-    inputs: Inputs,
-    /// The seq of the last input taken.
-    seq: u64,
-    state: JoblogState,
-    resume: Resume,
-}
-
-impl JobSource for Feed<'_> {
-    fn next_job(&mut self, slot: usize, wait: Duration) -> Next {
-        let deadline = Instant::now() + wait;
-        loop {
-            match self.inputs.next(deadline) {
-                Got::Input(args) => {
-                    self.seq += 1;
-                    if !self.state.skips(self.seq, self.resume) {
-                        return Next::Job(self.jobs.make(self.seq, slot, args));
-                    }
-                }
-                Got::NotYet => return Next::NotYet,
-                Got::End(end) => return Next::End(end),
-            }
-        }
-    }
-}
-
-/// Whether the first input source is read as jobs run (see [`Inputs::Streamed`]): stdin or a
-/// file that is not a regular file, unless `--halt` needs the total for a percentage.
-fn streams(cfg: &Config) -> bool {
-    if let Halt::When {
-        threshold: Threshold::Percent(_),
-        ..
-    } = cfg.halt
-    {
-        return false;
-    }
-    let regular = match &cfg.sources[0] {
-        InputSource::Args(_) => return false,
-        InputSource::File(p) => std::fs::metadata(p).map(|m| m.is_file()),
-        InputSource::Stdin => std::io::stdin()
-            .as_fd()
-            .try_clone_to_owned()
-            .and_then(|fd| File::from(fd).metadata())
-            .map(|m| m.is_file()),
-    };
-    // A source that cannot be looked at is read at once, so that its error comes first.
-    !regular.unwrap_or(true)
-}
-
 /// How many jobs at once, the threads each gets, whether those threads were asked for
 /// (`--threads-per-job`: then the thread variables are overridden), and why (for `--verbose`).
 ///
@@ -334,15 +153,6 @@ fn sizing(cfg: &Config) -> Result<(usize, usize, bool, String), Failure> {
         (None, None) => (cpus / jobs).max(1),
     };
     Ok((jobs, threads, k.is_some(), why))
-}
-
-/// Reads every input combination.
-fn read_inputs(cfg: &Config) -> Result<Vec<Vec<String>>, Failure> {
-    let combos = input::Combinations::new(&cfg.sources)
-        .map_err(|e| Failure::usage(format!("cannot read the inputs: {e}")))?;
-    combos
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(|e| Failure::usage(format!("cannot read the inputs: {e}")))
 }
 
 /// How long to wait for an earlier run's processes to let go of the joblog.
@@ -424,6 +234,24 @@ fn open_joblog(cfg: &Config) -> Result<JoblogState, Failure> {
     Ok(state)
 }
 
+/// `--header`: every `{name}` in the templates becomes its column.
+fn resolve_names(cfg: &mut Config, names: &[String]) -> Result<(), Failure> {
+    let templates = [
+        ("COMMAND", Some(&mut cfg.command)),
+        ("--stdin", cfg.stdin.as_mut()),
+        ("--stdout", cfg.stdout.as_mut()),
+        ("--tagstring", cfg.tag.as_mut()),
+        ("--wd", cfg.wd.as_mut()),
+    ];
+    for (flag, t) in templates {
+        if let Some(t) = t {
+            t.resolve_names(names)
+                .map_err(|e| Failure::usage(format!("{flag}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
 /// The body of `main`: check, run, and pick the exit status.
 fn run(cfg: &Config) -> Result<ExitCode, Failure> {
     let (jobs, threads, explicit, why) = sizing(cfg)?;
@@ -433,34 +261,14 @@ fn run(cfg: &Config) -> Result<ExitCode, Failure> {
         .map(|v| (v.to_string(), threads.to_string()))
         .collect();
     let state = open_joblog(cfg)?;
-    let any_single = cfg
-        .stdin
-        .iter()
-        .chain(&cfg.stdout)
-        .any(|t| t.has_replacements());
-    let jobs_of = Jobs {
-        cfg,
-        no_append: !cfg.command.has_replacements() && any_single,
-    };
-    // With inputs read at once: how many there are and how many will run.
-    let (inputs, counts) = if streams(cfg) {
-        let sources = cfg.sources.clone();
-        (Inputs::Streamed { sources, rx: None }, None)
-    } else {
-        let inputs = read_inputs(cfg)?;
-        let total = inputs.len() as u64;
-        let to_run = (1..=total)
-            .filter(|&seq| !state.skips(seq, cfg.resume))
-            .count() as u64;
-        (Inputs::Read(inputs.into_iter()), Some((total, to_run)))
-    };
-    let mut feed = Feed {
-        jobs: jobs_of,
-        inputs,
-        seq: 0,
-        state,
-        resume: cfg.resume,
-    };
+    let (inputs, names) = feed::open_inputs(cfg, jobs)?;
+    let mut cfg = cfg.clone();
+    if cfg.extras.shape.header {
+        resolve_names(&mut cfg, &names)?;
+    }
+    let cfg = &cfg;
+    let mut feed = Feed::new(cfg, inputs, state);
+    let counts = feed.counts();
     if cfg.verbose > 0 {
         eprintln!(
             "multiproc: {jobs} job{} at once ({why}), {threads} thread{} per job, {}",
@@ -552,53 +360,3 @@ fn run(cfg: &Config) -> Result<ExitCode, Failure> {
     Ok(ExitCode::from(summary.failed.min(101) as u8))
 }
 
-/// The progress bar (indicatif) with ETA, on stderr: `--bar`, or by default when stderr is a
-/// terminal (so it is silent in batch jobs).
-#[derive(Debug)]
-struct Bar(indicatif::ProgressBar);
-
-impl Bar {
-    /// A bar for `len` jobs; a counter until the total is known (streamed input).
-    fn new(len: Option<u64>) -> Self {
-        let bar =
-            indicatif::ProgressBar::with_draw_target(len, indicatif::ProgressDrawTarget::stderr());
-        let mut b = Bar(bar);
-        match len {
-            Some(_) => b.with_total_style(),
-            None => {
-                if let Ok(style) =
-                    indicatif::ProgressStyle::with_template("{elapsed_precise} {pos} jobs done")
-                {
-                    b.0.set_style(style);
-                }
-            }
-        }
-        b
-    }
-
-    fn with_total_style(&mut self) {
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{wide_bar}] {pos}/{len} jobs, ETA {eta}",
-        ) {
-            self.0.set_style(style);
-        }
-    }
-}
-
-impl Progress for Bar {
-    fn tick(&mut self) {
-        self.0.inc(1);
-    }
-    fn total(&mut self, jobs: u64) {
-        if self.0.length().is_none() {
-            self.0.set_length(jobs);
-            self.with_total_style();
-        }
-    }
-    fn suspend(&mut self, f: &mut dyn FnMut()) {
-        self.0.suspend(f)
-    }
-    fn finish(&mut self) {
-        self.0.finish();
-    }
-}
