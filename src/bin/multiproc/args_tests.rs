@@ -3,6 +3,7 @@
 use super::*;
 use crate::halt::halt;
 use crate::template::JobValues;
+use std::num::NonZeroU64;
 
 fn parse(args: &[&str]) -> Result<Config, ConfigError> {
     Config::parse_from(std::iter::once("multiproc").chain(args.iter().copied()))

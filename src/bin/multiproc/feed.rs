@@ -145,15 +145,17 @@ fn start_reader(spec: StreamSpec) -> std::io::Result<Receiver<std::io::Result<Ve
     let (tx, rx) = crossbeam_channel::bounded(READ_AHEAD);
     std::thread::Builder::new()
         .name("multiproc-input".into())
-        .spawn(move || match input::Combinations::new(&spec.sources, &spec.linked, spec.sep, false) {
-            Err(e) => {
-                let _ = tx.send(Err(e));
-            }
-            Ok(combos) => {
-                for item in shape::stream(combos, &spec.shape) {
-                    let failed = item.is_err();
-                    if tx.send(item).is_err() || failed {
-                        break;
+        .spawn(move || {
+            match input::Combinations::new(&spec.sources, &spec.linked, spec.sep, false) {
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+                Ok(combos) => {
+                    for item in shape::stream(combos, &spec.shape) {
+                        let failed = item.is_err();
+                        if tx.send(item).is_err() || failed {
+                            break;
+                        }
                     }
                 }
             }
@@ -279,4 +281,3 @@ pub(crate) fn open_inputs(cfg: &Config, slots: usize) -> Result<(Inputs, Vec<Str
     }
     Ok((Inputs::Read(inputs.into_iter()), names))
 }
-

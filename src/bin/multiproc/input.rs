@@ -177,7 +177,11 @@ impl Combinations {
         for (i, s) in rest.iter().enumerate() {
             let mut values = s.open(sep)?.collect::<io::Result<Vec<_>>>()?;
             if header {
-                heads.push(if values.is_empty() { String::new() } else { values.remove(0) });
+                heads.push(if values.is_empty() {
+                    String::new()
+                } else {
+                    values.remove(0)
+                });
             }
             let link = linked.get(i + 1).copied().unwrap_or(false);
             let no_dims = dims.is_empty();

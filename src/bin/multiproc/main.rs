@@ -359,4 +359,3 @@ fn run(cfg: &Config) -> Result<ExitCode, Failure> {
     }
     Ok(ExitCode::from(summary.failed.min(101) as u8))
 }
-

@@ -114,7 +114,11 @@ mod tests {
         assert_eq!(pack(inputs[..3].to_vec(), 2), [v(&["1", "2"]), v(&["3"])]);
         let big: Vec<Vec<String>> = (0..100).map(|_| vec!["x".repeat(10_000)]).collect();
         let jobs = pack(big, 1);
-        assert!(jobs.iter().all(|j| j.len() * 10_001 <= MAX_CHARS), "{}", jobs.len());
+        assert!(
+            jobs.iter().all(|j| j.len() * 10_001 <= MAX_CHARS),
+            "{}",
+            jobs.len()
+        );
         assert_eq!(jobs.iter().map(Vec::len).sum::<usize>(), 100);
     }
 

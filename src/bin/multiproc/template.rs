@@ -256,7 +256,6 @@ impl Template {
         Ok(())
     }
 
-
     /// Parses a single-string template (`--stdin`, `--stdout`): rendered to one string, never
     /// appended to.
     ///
