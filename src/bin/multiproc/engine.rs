@@ -17,7 +17,7 @@
 //! it, so `--resume` runs it again. A second signal kills the groups at once and exits. Workers
 //! die with the runner (a parent-death signal), killing their job's group.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -27,9 +27,11 @@ use nix::sys::signal::{self, SigHandler, SigSet, Signal};
 use nix::unistd::Pid;
 
 use crate::args::{HaltOn, HaltWhen};
+use crate::flags::{OutputMode, Sched};
 use crate::job::{
     Job, JobOutcome, Report, STOP_FLAG, TERM_GRACE, WorkerConfig, shared_flag, worker_loop,
 };
+use crate::limits::Limits;
 use crate::output::Output;
 use crate::spill::{Captured, Held, SpillSocket, Stream};
 
@@ -83,6 +85,10 @@ pub(crate) struct EngineOpts {
     pub(crate) env: Vec<(String, String)>,
     /// The joblog (created, header written), appended to by the workers.
     pub(crate) joblog: Option<PathBuf>,
+    /// How the jobs' output is shown.
+    pub(crate) output: OutputMode,
+    /// `--delay`, `--nice`, `--memfree`, `--load`.
+    pub(crate) sched: Sched,
 }
 
 /// How the run went.
@@ -225,6 +231,14 @@ struct Runner<'a> {
     capacity: usize,
     /// Where big outputs' files come from.
     spill: SpillSocket,
+    /// `--delay`, `--memfree`, `--load`.
+    limits: Limits,
+    /// How long the limits hold the next start back, when they do.
+    throttled: Option<Duration>,
+    /// Jobs killed by `--memfree` that are to run again when they report.
+    requeue: HashSet<u64>,
+    /// Jobs to run again before new ones.
+    retry: VecDeque<Job>,
 }
 
 /// Runs the jobs of `source` (`expected`: how many, when known) and reports each as it ends.
@@ -257,6 +271,8 @@ pub(crate) fn run(
         joblog: opts.joblog.clone(),
         stop: stop_flag,
         spill_fd: spill.send_fd(),
+        output: opts.output,
+        nice: opts.sched.nice,
     };
     let runner = std::process::id() as i32;
     let workers: Vec<Process> = (0..n_workers)
@@ -285,6 +301,10 @@ pub(crate) fn run(
         summary: Summary::default(),
         capacity: n_workers,
         spill,
+        limits: Limits::new(opts.sched.clone()),
+        throttled: None,
+        requeue: HashSet::new(),
+        retry: VecDeque::new(),
     };
     let outcome = r.collect(&results, &workers);
     if outcome.is_err() {
@@ -317,13 +337,37 @@ impl Runner<'_> {
     /// Hands out jobs while slots are free (and the run is not stopping). With nothing in
     /// flight, waits up to a tick for input that may still come.
     fn dispatch(&mut self) -> Result<(), Error> {
-        while self.stop == Stop::No && !self.source_done && self.in_flight.len() < self.capacity {
+        self.throttled = None;
+        while self.stop == Stop::No
+            && (!self.source_done || !self.retry.is_empty())
+            && self.in_flight.len() < self.capacity
+        {
             let slot = *self.free_slots.first().expect("a free slot");
+            if let Err(wait) = self.limits.may_start() {
+                self.throttled = Some(wait);
+                break;
+            }
             let wait = if self.in_flight.is_empty() {
                 TICK
             } else {
                 Duration::ZERO
             };
+            if let Some(mut job) = self.retry.pop_front() {
+                job.slot = slot;
+                self.free_slots.remove(&slot);
+                self.jobs.put(&job)?;
+                let sent = Instant::now();
+                self.in_flight.insert(
+                    job.seq,
+                    InFlight {
+                        job,
+                        pgid: None,
+                        worker: None,
+                        sent,
+                    },
+                );
+                continue;
+            }
             let job = match self.source.next_job(slot, wait) {
                 Next::Job(job) => job,
                 Next::NotYet => break,
@@ -361,8 +405,11 @@ impl Runner<'_> {
             self.check_signal();
             self.dispatch()?;
             if self.in_flight.is_empty() {
-                if self.source_done || self.stop != Stop::No {
+                if (self.source_done && self.retry.is_empty()) || self.stop != Stop::No {
                     return Ok(());
+                }
+                if let Some(wait) = self.throttled {
+                    std::thread::sleep(wait.min(TICK));
                 }
                 // Waiting for input (`dispatch` waited a tick): look at signals again.
                 continue;
@@ -373,6 +420,8 @@ impl Runner<'_> {
             } else {
                 TICK
             };
+            let wait = self.throttled.map_or(wait, |t| t.clamp(INPUT_POLL, TICK));
+            self.check_memory();
             let msg = results.get_timeout(wait);
             match msg {
                 Ok(Report::Started { seq, pgid, worker }) => self.started(seq, pgid, worker),
@@ -417,6 +466,11 @@ impl Runner<'_> {
             g.store(0, Ordering::SeqCst);
         }
         self.free_slots.insert(f.job.slot);
+        if self.requeue.remove(&outcome.seq) && !outcome.ok() {
+            // Killed by --memfree: it runs again later.
+            self.retry.push_back(f.job);
+            return Ok(());
+        }
         let stopping = matches!(self.stop, Stop::Kill(_));
         if stopping && !outcome.logged && !outcome.ok() {
             // Ended by the stop itself (or never started): not done; --resume runs it again.
@@ -467,6 +521,24 @@ impl Runner<'_> {
             }
         }
         Ok(())
+    }
+
+    /// `--memfree`: with available memory under half of SIZE, the youngest running job is
+    /// killed (SIGTERM to its group) and runs again later, as GNU parallel does. One at a time.
+    fn check_memory(&mut self) {
+        if self.in_flight.len() < 2 || !self.requeue.is_empty() || !self.limits.memory_critical() {
+            return;
+        }
+        let youngest = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.pgid.is_some())
+            .max_by_key(|(_, f)| f.sent)
+            .map(|(&seq, f)| (seq, f.pgid));
+        if let Some((seq, Some(pgid))) = youngest {
+            self.requeue.insert(seq);
+            let _ = signal::killpg(Pid::from_raw(pgid), Signal::SIGTERM);
+        }
     }
 
     /// Starts ending the running jobs: `SIGTERM` to each started job's process group.

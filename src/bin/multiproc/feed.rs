@@ -66,6 +66,7 @@ impl Jobs<'_> {
             slot,
             tag: cfg.tag.as_ref().map(|t| t.render_single(&full)),
             wd: cfg.wd.as_ref().map(|t| t.render_single(&full)),
+            pipe: None,
             program,
             command_line,
             stdin,

@@ -204,8 +204,6 @@ pub(crate) struct Extras {
     pub(crate) pipe: Option<PipeOpts>,
     /// `-I`.
     pub(crate) replace: Option<String>,
-    /// `-q`.
-    pub(crate) quote: bool,
 }
 
 fn invalid(flag: &'static str, value: &str, reason: &str) -> ConfigError {
@@ -374,7 +372,6 @@ impl GnuFlags {
             },
             pipe,
             replace: self.replace.clone(),
-            quote: self.quote,
         })
     }
 }

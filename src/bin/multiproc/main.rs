@@ -60,10 +60,12 @@ mod input;
 mod job;
 #[allow(dead_code)]
 mod joblog;
+mod limits;
 mod output;
 mod quote;
 mod shape;
 mod spill;
+mod streams;
 mod template;
 
 use std::fs::{File, OpenOptions};
@@ -316,6 +318,8 @@ fn run(cfg: &Config) -> Result<ExitCode, Failure> {
         halt,
         env,
         joblog: cfg.joblog.clone(),
+        output: cfg.extras.output,
+        sched: cfg.extras.sched.clone(),
     };
     let mut output = Output::new(cfg.keep_order, cfg.results.clone());
     let to_run = counts.map(|(_, to_run)| to_run);
