@@ -52,7 +52,7 @@ pub(crate) trait JobSource {
 #[derive(Debug)]
 pub(crate) enum Next {
     /// A job.
-    Job(Job),
+    Job(Box<Job>),
     /// Nothing yet; more input may come.
     NotYet,
     /// No more jobs: the input ended, or failed (with why).
@@ -369,7 +369,7 @@ impl Runner<'_> {
                 continue;
             }
             let job = match self.source.next_job(slot, wait) {
-                Next::Job(job) => job,
+                Next::Job(job) => *job,
                 Next::NotYet => break,
                 Next::End(end) => {
                     self.source_done = true;

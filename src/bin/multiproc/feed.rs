@@ -10,12 +10,14 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crate::Failure;
 use crate::args::{Config, Halt, Resume, Threshold};
 use crate::engine::{JobSource, Next};
-use crate::flags::Shape;
+use crate::flags::{PipeOpts, Shape};
 use crate::input::{self, InputSource};
 use crate::job::{Job, Program};
 use crate::joblog::JoblogState;
+use crate::pipe;
 use crate::quote;
 use crate::shape;
+use crate::streams::PipeInput;
 use crate::template::JobValues;
 
 /// Makes jobs from the config's templates and the inputs.
@@ -29,7 +31,7 @@ pub(crate) struct Jobs<'a> {
 
 impl Jobs<'_> {
     /// Job `seq` with the input values `args` (one per input source), to run in `slot`.
-    fn make(&self, seq: u64, slot: usize, args: Vec<String>) -> Job {
+    fn make(&self, seq: u64, slot: usize, args: Vec<String>, pipe: Option<PipeInput>) -> Job {
         let cfg = self.cfg;
         let full = JobValues {
             seq,
@@ -66,7 +68,7 @@ impl Jobs<'_> {
             slot,
             tag: cfg.tag.as_ref().map(|t| t.render_single(&full)),
             wd: cfg.wd.as_ref().map(|t| t.render_single(&full)),
-            pipe: None,
+            pipe,
             program,
             command_line,
             stdin,
@@ -106,11 +108,22 @@ pub(crate) enum Inputs {
         /// The reader thread's channel, once started.
         rx: Option<Receiver<std::io::Result<Vec<String>>>>,
     },
+    /// `--pipepart`: the byte ranges of the file, found before the first job.
+    Parts(std::vec::IntoIter<PipeInput>),
+    /// `--pipe`: blocks of stdin or a file, cut by a thread as jobs run (at most two ahead).
+    Blocks {
+        /// Where the blocks come from.
+        source: InputSource,
+        /// How to cut them.
+        opts: PipeOpts,
+        /// The reader thread's channel, once started.
+        rx: Option<Receiver<std::io::Result<Vec<u8>>>>,
+    },
 }
 
 /// What [`Inputs::next`] found.
 enum Got {
-    Input(Vec<String>),
+    Input(Vec<String>, Option<PipeInput>),
     NotYet,
     End(Result<(), String>),
 }
@@ -119,7 +132,26 @@ impl Inputs {
     /// The next input combination, waiting until `deadline` for a streamed one.
     fn next(&mut self, deadline: Instant) -> Got {
         match self {
-            Inputs::Read(it) => it.next().map_or(Got::End(Ok(())), Got::Input),
+            Inputs::Read(it) => it.next().map_or(Got::End(Ok(())), |a| Got::Input(a, None)),
+            Inputs::Parts(it) => it
+                .next()
+                .map_or(Got::End(Ok(())), |p| Got::Input(Vec::new(), Some(p))),
+            Inputs::Blocks { source, opts, rx } => {
+                if rx.is_none() {
+                    match start_blocks(source.clone(), opts.clone()) {
+                        Ok(r) => *rx = Some(r),
+                        Err(e) => {
+                            return Got::End(Err(format!("cannot start reading the input: {e}")));
+                        }
+                    }
+                }
+                match rx.as_ref().expect("started above").recv_deadline(deadline) {
+                    Ok(Ok(block)) => Got::Input(Vec::new(), Some(PipeInput::Block(block))),
+                    Ok(Err(e)) => Got::End(Err(format!("cannot read the input: {e}"))),
+                    Err(RecvTimeoutError::Timeout) => Got::NotYet,
+                    Err(RecvTimeoutError::Disconnected) => Got::End(Ok(())),
+                }
+            }
             Inputs::Streamed { spec, rx } => {
                 if rx.is_none() {
                     match start_reader(spec.clone()) {
@@ -130,7 +162,7 @@ impl Inputs {
                     }
                 }
                 match rx.as_ref().expect("started above").recv_deadline(deadline) {
-                    Ok(Ok(args)) => Got::Input(args),
+                    Ok(Ok(args)) => Got::Input(args, None),
                     Ok(Err(e)) => Got::End(Err(format!("cannot read the inputs: {e}"))),
                     Err(RecvTimeoutError::Timeout) => Got::NotYet,
                     Err(RecvTimeoutError::Disconnected) => Got::End(Ok(())),
@@ -138,6 +170,36 @@ impl Inputs {
             }
         }
     }
+}
+
+/// Starts the thread that cuts `--pipe` blocks; it stops at the end of the input, at the first
+/// error (which it sends), or when the runner stops taking blocks.
+fn start_blocks(
+    source: InputSource,
+    opts: PipeOpts,
+) -> std::io::Result<Receiver<std::io::Result<Vec<u8>>>> {
+    let (tx, rx) = crossbeam_channel::bounded(2);
+    std::thread::Builder::new()
+        .name("multiproc-blocks".into())
+        .spawn(move || {
+            let reader: Box<dyn std::io::Read> = match &source {
+                InputSource::File(p) => match File::open(p) {
+                    Ok(f) => Box::new(f),
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                },
+                _ => Box::new(std::io::stdin().lock()),
+            };
+            for block in pipe::Blocks::new(reader, opts) {
+                let failed = block.is_err();
+                if tx.send(block).is_err() || failed {
+                    break;
+                }
+            }
+        })?;
+    Ok(rx)
 }
 
 /// Starts the thread that reads streamed inputs; it stops at the end of the input, at the
@@ -196,10 +258,11 @@ impl<'a> Feed<'a> {
 
     /// With inputs read at once: how many jobs there are, and how many will run.
     pub(crate) fn counts(&self) -> Option<(u64, u64)> {
-        let Inputs::Read(it) = &self.inputs else {
-            return None;
+        let total = match &self.inputs {
+            Inputs::Read(it) => it.len() as u64,
+            Inputs::Parts(it) => it.len() as u64,
+            _ => return None,
         };
-        let total = it.len() as u64;
         let to_run = (1..=total)
             .filter(|&seq| !self.state.skips(seq, self.resume))
             .count() as u64;
@@ -212,10 +275,10 @@ impl JobSource for Feed<'_> {
         let deadline = Instant::now() + wait;
         loop {
             match self.inputs.next(deadline) {
-                Got::Input(args) => {
+                Got::Input(args, pipe) => {
                     self.seq += 1;
                     if !self.state.skips(self.seq, self.resume) {
-                        return Next::Job(self.jobs.make(self.seq, slot, args));
+                        return Next::Job(Box::new(self.jobs.make(self.seq, slot, args, pipe)));
                     }
                 }
                 Got::NotYet => return Next::NotYet,
@@ -264,6 +327,35 @@ pub(crate) fn open_inputs(cfg: &Config, slots: usize) -> Result<(Inputs, Vec<Str
         shape: shape.clone(),
         sep,
     };
+    if let Some(opts) = &cfg.extras.pipe {
+        let source = cfg.sources[0].clone();
+        if !opts.part {
+            let opts = opts.clone();
+            return Ok((
+                Inputs::Blocks {
+                    source,
+                    opts,
+                    rx: None,
+                },
+                Vec::new(),
+            ));
+        }
+        let InputSource::File(path) = &source else {
+            return Err(Failure::usage("--pipepart needs a file: -a FILE"));
+        };
+        let ranges = pipe::parts(path, opts)
+            .map_err(|e| Failure::usage(format!("--pipepart {}: {e}", path.display())))?;
+        let path = path.display().to_string();
+        let parts: Vec<PipeInput> = ranges
+            .into_iter()
+            .map(|(start, len)| PipeInput::Range {
+                path: path.clone(),
+                start,
+                len,
+            })
+            .collect();
+        return Ok((Inputs::Parts(parts.into_iter()), Vec::new()));
+    }
     if streams(cfg) {
         return Ok((Inputs::Streamed { spec, rx: None }, Vec::new()));
     }

@@ -62,6 +62,7 @@ mod job;
 mod joblog;
 mod limits;
 mod output;
+mod pipe;
 mod quote;
 mod shape;
 mod spill;

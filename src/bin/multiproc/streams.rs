@@ -192,8 +192,9 @@ impl Wired {
         }
     }
 
-    /// After the job: its stdout and stderr as the runner gets them. Forwarding threads are
-    /// waited for only when `reuse` says nothing of the job is left to hold their pipes.
+    /// After the job: its stdout and stderr as the runner gets them. Stream threads are waited
+    /// for to their end when `reuse` says nothing of the job is left to hold their pipes, else
+    /// for at most [`LINGER`].
     pub(crate) fn collect(
         self,
         captures: &mut Captures,
@@ -205,22 +206,37 @@ impl Wired {
             Sink::Captured => captures.collect(stream, spill_fd, seq, reuse),
             Sink::Elsewhere => Captured::default(),
             Sink::Forwarded(t) => {
-                if reuse {
-                    let _ = t.join();
-                }
+                finish(t, reuse);
                 Captured::default()
             }
             Sink::Kept(path) => Captured::bytes(format!("{path}\n").into_bytes()),
         };
         let out = one(self.stdout, Stream::Stdout);
         let err = one(self.stderr, Stream::Stderr);
-        if let Some(t) = self.feeder
-            && reuse
-        {
-            let _ = t.join();
+        if let Some(t) = self.feeder {
+            finish(t, reuse);
         }
         (out, err)
     }
+}
+
+/// How long a forwarding thread may take to finish after its job ended while something the job
+/// started still holds the pipe (it is then left to finish on its own).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits for a stream thread: to its end when nothing of the job is left (`all_gone`: the pipe
+/// is at its end), else at most [`LINGER`].
+fn finish(t: JoinHandle<()>, all_gone: bool) {
+    if !all_gone {
+        let deadline = std::time::Instant::now() + LINGER;
+        while !t.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if !t.is_finished() {
+            return;
+        }
+    }
+    let _ = t.join();
 }
 
 /// A `--pipe` block as a file the job reads from its start.
@@ -271,17 +287,37 @@ fn forward(mut from: impl Read + Send + 'static, to: RawFd, tag: Option<String>)
                 pending.extend_from_slice(&buf[..n]);
                 if let Some(end) = pending.iter().rposition(|&b| b == b'\n') {
                     let rest = pending.split_off(end + 1);
-                    let _ = out.write_all(&tagged(&pending, prefix.as_deref()));
+                    write_lines(&mut out, &tagged(&pending, prefix.as_deref()));
                     pending = rest;
                 }
             }
             if !pending.is_empty() {
-                let _ = out.write_all(&tagged(&pending, prefix.as_deref()));
+                write_lines(&mut out, &tagged(&pending, prefix.as_deref()));
             }
         });
     match spawned {
         Ok(t) => Sink::Forwarded(t),
         Err(_) => Sink::Elsewhere,
+    }
+}
+
+/// The most bytes one `write(2)` to a pipe may carry and stay whole (`PIPE_BUF`).
+const ATOMIC_WRITE: usize = 4096;
+
+/// Writes whole lines, as many per `write(2)` as fit in [`ATOMIC_WRITE`] bytes, so that lines
+/// of jobs written at the same time do not mix (a single longer line is written alone, and may).
+fn write_lines(out: &mut File, text: &[u8]) {
+    let mut batch_start = 0;
+    let mut batch_end = 0;
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        if batch_end > batch_start && batch_end - batch_start + line.len() > ATOMIC_WRITE {
+            let _ = out.write_all(&text[batch_start..batch_end]);
+            batch_start = batch_end;
+        }
+        batch_end += line.len();
+    }
+    if batch_end > batch_start {
+        let _ = out.write_all(&text[batch_start..batch_end]);
     }
 }
 
