@@ -693,3 +693,90 @@ fn pipepart_covers_the_file_in_record_blocks() {
         assert_eq!(theirs, 50_000);
     }
 }
+
+#[test]
+fn help_lists_every_flag_on_one_line() {
+    let d = scratch("help");
+    let r = run_in(&d, &["--help"], None);
+    assert_eq!(r.code, Some(0));
+    let flags = [
+        "-j, --jobs",
+        "-a, --arg-file",
+        "-k, --keep-order",
+        "--results",
+        "--joblog",
+        "--resume",
+        "--resume-failed",
+        "--retries",
+        "--timeout",
+        "--halt",
+        "--bar",
+        "--dry-run",
+        "--shell",
+        "--stdin",
+        "--stdout",
+        "--threads-per-job",
+        "-v, --verbose",
+        "-C, --colsep",
+        "-N, --max-replace-args",
+        "-X",
+        "-m",
+        "-0, --null",
+        "-I <STR>",
+        "--header",
+        "--shuf",
+        "-q, --quote",
+        "--tag",
+        "--tagstring",
+        "--line-buffer",
+        "-u, --ungroup",
+        "--files",
+        "--env",
+        "--wd",
+        "--delay",
+        "--nice",
+        "--memfree",
+        "--load",
+        "--pipe",
+        "--pipepart",
+        "--block",
+        "--recstart",
+        "--recend",
+        "--link",
+    ];
+    let options: Vec<&str> = r
+        .stdout
+        .lines()
+        .skip_while(|l| *l != "Options:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    for line in &options {
+        // Each option is one line: its flags, then its help.
+        assert!(
+            line.trim_start().starts_with('-'),
+            "a wrapped help line: {line:?}"
+        );
+    }
+    for flag in flags {
+        let n = options
+            .iter()
+            .filter(|l| {
+                let t = l.trim_start();
+                t.strip_prefix(flag)
+                    .is_some_and(|rest| rest.starts_with([' ', ',', '.']))
+            })
+            .count();
+        assert_eq!(n, 1, "{flag} in --help:\n{}", r.stdout);
+    }
+    // docs/cli.md has the table with every one of them.
+    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md")).unwrap();
+    assert!(doc.contains("## GNU parallel flag → multiproc"));
+    for flag in flags {
+        let long = flag.split(", ").last().unwrap().split(' ').next().unwrap();
+        assert!(
+            doc.contains(&format!("`{long}")),
+            "{long} missing from docs/cli.md"
+        );
+    }
+}

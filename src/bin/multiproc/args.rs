@@ -29,14 +29,24 @@ use crate::template::{Syntax, Template, TemplateError};
     about = "Run a command once per input, in parallel (GNU parallel's model).",
     override_usage = "multiproc [OPTIONS] [--] COMMAND [ARGS...] [::: VALUE... | :::: FILE...]...",
     after_help = "Replacement strings: {} {.} {/} {//} {/.} {#} {%}, and {N} {N.} {N/} {N//} {N/.} \
-                  for input source N. With none in COMMAND, the inputs are appended.\n\
+                  for input source N (or column N with --colsep, input N with -N); {name} with \
+                  --header. With none in COMMAND, the inputs are appended.\n\
                   Inputs: ::: VALUES, :::: FILES, -a FILE; several sources combine as a \
-                  cartesian product; with none, lines of stdin. Stdin and pipes are read as \
-                  jobs run (jobs start as lines come); :::, regular files before the first job."
+                  cartesian product, :::+ and ::::+ link a source to the one before; with none, \
+                  lines of stdin. Stdin and pipes are read as jobs run; :::, regular files \
+                  before the first job.\n\
+                  The command runs without a shell (use --shell for pipes and redirections).\n\
+                  GNU parallel flag by flag: docs/cli.md."
 )]
 pub(crate) struct Cli {
     /// Run N jobs at once [default: CPUs / --threads-per-job]
-    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    #[arg(
+        short = 'j',
+        long = "jobs",
+        visible_short_alias = 'P',
+        visible_alias = "max-procs",
+        value_name = "N"
+    )]
     pub(crate) jobs: Option<usize>,
 
     /// Read inputs from FILE, one per line ("-" = stdin); repeatable, one input source each
@@ -75,12 +85,12 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "SPEC")]
     pub(crate) halt: Option<String>,
 
-    /// Show a progress bar on stderr
-    #[arg(long)]
+    /// Show a progress bar with ETA on stderr
+    #[arg(long, visible_aliases = ["progress", "eta"])]
     pub(crate) bar: bool,
 
     /// Print the commands that would run, run nothing
-    #[arg(long = "dry-run")]
+    #[arg(long = "dry-run", visible_alias = "dryrun")]
     pub(crate) dry_run: bool,
 
     /// Run the command through `sh -c` (values are shell-quoted) instead of exec'ing it directly
