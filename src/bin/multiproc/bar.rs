@@ -1,6 +1,29 @@
-//! The progress bar.
+//! Progress displays: the [`Progress`] the runner tells of each job that ends, and the bar.
 
-use crate::engine::Progress;
+/// A progress display, told of each job that ends.
+pub(crate) trait Progress {
+    /// One more job ended.
+    fn tick(&mut self);
+    /// The number of jobs this run will report, once the input has ended.
+    fn total(&mut self, jobs: u64);
+    /// Runs `f` (printing) with the display out of the way.
+    fn suspend(&mut self, f: &mut dyn FnMut());
+    /// The run is over.
+    fn finish(&mut self);
+}
+
+/// No progress display.
+#[derive(Debug)]
+pub(crate) struct NoProgress;
+
+impl Progress for NoProgress {
+    fn tick(&mut self) {}
+    fn total(&mut self, _: u64) {}
+    fn suspend(&mut self, f: &mut dyn FnMut()) {
+        f()
+    }
+    fn finish(&mut self) {}
+}
 
 /// The progress bar (indicatif) with ETA, on stderr: `--bar`, or by default when stderr is a
 /// terminal (so it is silent in batch jobs).

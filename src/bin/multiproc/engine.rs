@@ -19,20 +19,22 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use multiproc::{Error, Process, Queue};
-use nix::sys::signal::{self, SigHandler, SigSet, Signal};
+use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 use crate::args::{HaltOn, HaltWhen};
+pub(crate) use crate::bar::{NoProgress, Progress};
 use crate::flags::{OutputMode, Sched};
 use crate::job::{
     Job, JobOutcome, Report, STOP_FLAG, TERM_GRACE, WorkerConfig, shared_flag, worker_loop,
 };
 use crate::limits::Limits;
 use crate::output::Output;
+use crate::signals::{GROUPS, LAST_SIGNAL, SIGNALS, install_signal_handlers};
 use crate::spill::{Captured, Held, SpillSocket, Stream};
 
 /// How often the runner looks up from waiting, to notice signals and dead workers.
@@ -106,73 +108,6 @@ pub(crate) struct Summary {
     pub(crate) input_error: Option<String>,
     /// Whether `--halt` stopped the run.
     pub(crate) halted: bool,
-}
-
-/// A progress display, told of each job that ends.
-pub(crate) trait Progress {
-    /// One more job ended.
-    fn tick(&mut self);
-    /// The number of jobs this run will report, once the input has ended.
-    fn total(&mut self, jobs: u64);
-    /// Runs `f` (printing) with the display out of the way.
-    fn suspend(&mut self, f: &mut dyn FnMut());
-    /// The run is over.
-    fn finish(&mut self);
-}
-
-/// No progress display.
-#[derive(Debug)]
-pub(crate) struct NoProgress;
-
-impl Progress for NoProgress {
-    fn tick(&mut self) {}
-    fn total(&mut self, _: u64) {}
-    fn suspend(&mut self, f: &mut dyn FnMut()) {
-        f()
-    }
-    fn finish(&mut self) {}
-}
-
-/// Signals received by the runner (the count) and the last one.
-static SIGNALS: AtomicUsize = AtomicUsize::new(0);
-static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
-/// Process groups of running jobs, by slot, for the second-signal kill.
-const MAX_TRACKED: usize = 4096;
-static GROUPS: [AtomicI32; MAX_TRACKED] = [const { AtomicI32::new(0) }; MAX_TRACKED];
-
-/// The runner's handler: the first signal is noted (the collect loop acts on it); the second
-/// kills every running job's group and exits at once. Async-signal-safe: atomics, `kill`,
-/// `_exit`.
-extern "C" fn runner_signal(sig: libc::c_int) {
-    LAST_SIGNAL.store(sig, Ordering::SeqCst);
-    let flag = STOP_FLAG.load(Ordering::SeqCst);
-    if !flag.is_null() {
-        // SAFETY: STOP_FLAG points into a mapping that is never unmapped (`shared_flag`).
-        unsafe { (*flag).store(1, Ordering::SeqCst) };
-    }
-    if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
-        for g in &GROUPS {
-            let pgid = g.load(Ordering::SeqCst);
-            if pgid > 0 {
-                // SAFETY: kill is async-signal-safe and takes plain integers.
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            }
-        }
-        // SAFETY: _exit is async-signal-safe; the joblog is flushed after every line.
-        unsafe { libc::_exit(128 + sig) };
-    }
-}
-
-fn install_signal_handlers() {
-    let action = signal::SigAction::new(
-        SigHandler::Handler(runner_signal),
-        signal::SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only uses async-signal-safe calls (see `runner_signal`).
-        let _ = unsafe { signal::sigaction(sig, &action) };
-    }
 }
 
 /// A job handed out and not yet finished for good.

@@ -65,6 +65,7 @@ mod output;
 mod pipe;
 mod quote;
 mod shape;
+mod signals;
 mod spill;
 mod streams;
 mod template;
