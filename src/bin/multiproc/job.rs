@@ -329,6 +329,7 @@ fn entry(job: &Job, o: &JobOutcome) -> Entry {
         job.command_line.clone(),
     );
     e.receive = o.stdout.len();
+    e.send = job.pipe.as_ref().map_or(0, PipeInput::len);
     e.exitval = o.exit;
     e.signal = o.signal;
     e

@@ -17,8 +17,12 @@
 //!   plus `PARALLEL_SEQ` and `PARALLEL_JOBSLOT`.
 //! - Each job's stdout, then its stderr, is printed as one block when it ends (`-k`: in input
 //!   order); `--results DIR` also keeps them in `DIR/1/INPUT/{stdout,stderr,seq}`.
-//! - `--joblog`: a worker appends the job's line the moment the job ends; `--resume` skips the
-//!   jobs in it, `--resume-failed` the ones that succeeded.
+//! - `--joblog`: a worker appends the job's line the moment the job ends (its Command a command
+//!   line that pastes into a shell); `--resume` skips the jobs in it (by seq), `--resume-failed`
+//!   the ones that succeeded.
+//! - GNU parallel's everyday flags ([`flags`]): input shaping ([`shape`], [`feed`]), output
+//!   modes ([`streams`]), start limits ([`limits`]), `--pipe`/`--pipepart` ([`pipe`]); GNU
+//!   parallel options left out say so ([`gnu`]). docs/cli.md has the table.
 //! - SIGINT/SIGTERM/SIGHUP: no new jobs; running jobs' groups get SIGTERM, then SIGKILL after
 //!   2 s; jobs ended that way are not logged (so `--resume` runs them); exit 128+N. A second
 //!   signal kills at once. Workers and their jobs die with the runner, even after a SIGKILL.
@@ -41,10 +45,12 @@
 //!   written its results but before it has exited counts as not done, and `--resume` runs it
 //!   again. Once a job has exited, its worker writes its joblog line even if the runner is gone.
 //!
-//! Layout: [`args`] turns the command line into a validated `Config` ([`template`] for the
-//! replacement strings, [`input`] for the input sources, [`joblog`] for `--joblog`); this file
-//! turns the `Config` into jobs and engine options; [`engine`] runs them on worker processes
-//! ([`job`] runs one job, [`output`] prints their output).
+//! Layout: [`args`] turns the command line into a validated `Config` ([`flags`] for GNU
+//! parallel's other flags, [`template`] for the replacement strings, [`input`] for the input
+//! sources, [`joblog`] for `--joblog`, [`quote`] for shell quoting); [`feed`] turns the inputs
+//! into jobs; this file sizes the run and builds the engine options; [`engine`] runs the jobs on
+//! worker processes ([`job`] runs one job, [`streams`] wires its streams, [`spill`] keeps big
+//! outputs out of memory, [`output`] prints them).
 
 // `command_words`, `ConfigError::exit_code`, `JoblogState::failed` and `JoblogWriter::write`
 // serve the modules' own tests and other callers; the runner appends lines from its workers.

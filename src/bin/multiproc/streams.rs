@@ -36,6 +36,16 @@ pub(crate) enum PipeInput {
     },
 }
 
+impl PipeInput {
+    /// How many bytes the job is sent (the joblog's Send).
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            PipeInput::Block(b) => b.len() as u64,
+            PipeInput::Range { len, .. } => *len,
+        }
+    }
+}
+
 /// Serializes a `Vec<u8>` as one byte string (not a sequence of numbers).
 mod bytes {
     use serde::{Deserializer, Serializer};
