@@ -780,3 +780,21 @@ fn help_lists_every_flag_on_one_line() {
         );
     }
 }
+
+/// GNU parallel users write the command as one string; without other shell syntax it is split
+/// as sh would and runs without a shell, with the same output.
+#[test]
+fn a_command_in_one_string_runs_like_gnu() {
+    same_as_gnu_all(
+        "one-string",
+        &[],
+        &[
+            (&["-k", "echo {} {.}", ":::", "a.b", "c d.e"], None),
+            (
+                &["-k", "printf '%s|%s\\n' {} \"x y\"", ":::", "1", "2"],
+                None,
+            ),
+            (&["-k", "-j1", "echo {#}-{}", ":::", "a", "b"], None),
+        ],
+    );
+}

@@ -380,7 +380,18 @@ impl Config {
             });
         }
 
-        let (command_words, groups) = split_command(&cli.command);
+        let (mut command_words, groups) = split_command(&cli.command);
+        // GNU parallel users write the command as one string ('convert {} {.}.png'): without
+        // other shell syntax it is split into words as sh would, and run without a shell.
+        if !cli.shell
+            && let [line] = command_words.as_slice()
+            && line.contains(char::is_whitespace)
+            && !Path::new(line).exists()
+            && let Some(words) = crate::quote::split_words(line)
+            && !words.is_empty()
+        {
+            command_words = words;
+        }
         if command_words.is_empty() {
             return Err(ConfigError::MissingCommand);
         }
