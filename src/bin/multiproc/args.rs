@@ -39,15 +39,16 @@ use crate::template::{Syntax, Template, TemplateError};
                   GNU parallel flag by flag: docs/cli.md."
 )]
 pub(crate) struct Cli {
-    /// Run N jobs at once [default: CPUs / --threads-per-job]
+    /// Run N jobs at once; also N% / +N / -N of the CPUs, 0 = up to 256 [default: from SLURM]
     #[arg(
         short = 'j',
         long = "jobs",
         visible_short_alias = 'P',
         visible_alias = "max-procs",
-        value_name = "N"
+        value_name = "N",
+        allow_negative_numbers = true
     )]
-    pub(crate) jobs: Option<usize>,
+    pub(crate) jobs: Option<String>,
 
     /// Read inputs from FILE, one per line ("-" = stdin); repeatable, one input source each
     #[arg(short = 'a', long = "arg-file", value_name = "FILE")]
@@ -133,11 +134,54 @@ pub(crate) enum Resume {
     Failed,
 }
 
+/// `-j` as GNU parallel reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Jobs {
+    /// `N`: this many.
+    Count(NonZeroUsize),
+    /// `N%`: this share of the CPUs.
+    Percent(f64),
+    /// `+N` / `-N`: the CPUs plus (or minus) N.
+    Relative(isize),
+    /// `0`: as many as possible (all the inputs, up to [`Jobs::MAX`]).
+    AsMany,
+}
+
+impl Jobs {
+    /// The most jobs `-j 0` runs at once.
+    pub(crate) const MAX: usize = 256;
+
+    /// Parses `N`, `N%`, `+N`, `-N` or `0`.
+    pub(crate) fn parse(text: &str) -> Option<Jobs> {
+        if let Some(p) = text.strip_suffix('%') {
+            let p: f64 = p.parse().ok()?;
+            return (p.is_finite() && p > 0.0).then_some(Jobs::Percent(p));
+        }
+        if text.starts_with(['+', '-']) {
+            let n: isize = text.parse().ok()?;
+            return Some(Jobs::Relative(n));
+        }
+        let n: usize = text.parse().ok()?;
+        Some(NonZeroUsize::new(n).map_or(Jobs::AsMany, Jobs::Count))
+    }
+
+    /// The number of jobs for `cpus` CPUs, at least 1.
+    pub(crate) fn resolve(self, cpus: usize) -> usize {
+        match self {
+            Jobs::Count(n) => n.get(),
+            Jobs::Percent(p) => (cpus as f64 * p / 100.0).floor() as usize,
+            Jobs::Relative(n) => cpus.saturating_add_signed(n),
+            Jobs::AsMany => Jobs::MAX,
+        }
+        .max(1)
+    }
+}
+
 /// The validated configuration of one run.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
-    /// Jobs at once; `None`: the runner picks CPUs / `threads_per_job` (at least 1).
-    pub(crate) jobs: Option<NonZeroUsize>,
+    /// `-j`; `None`: the runner picks from the CPU budget.
+    pub(crate) jobs: Option<Jobs>,
     /// `-k`: print outputs in input order.
     pub(crate) keep_order: bool,
     /// `--results DIR`.
@@ -313,15 +357,13 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the first bad flag and its value.
     pub(crate) fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
-        let jobs = match cli.jobs {
+        let jobs = match &cli.jobs {
             None => None,
-            Some(n) => Some(
-                NonZeroUsize::new(n).ok_or_else(|| ConfigError::InvalidValue {
-                    flag: "--jobs",
-                    value: n.to_string(),
-                    reason: "must be at least 1".into(),
-                })?,
-            ),
+            Some(text) => Some(Jobs::parse(text).ok_or_else(|| ConfigError::InvalidValue {
+                flag: "--jobs",
+                value: text.clone(),
+                reason: "expected N, N% or +N/-N (of the CPUs), or 0 (as many as possible)".into(),
+            })?),
         };
         let threads_per_job = match cli.threads_per_job {
             None => None,

@@ -76,7 +76,7 @@ fn all_flags() {
         "-9",
         "{}",
     ]);
-    assert_eq!(c.jobs.unwrap().get(), 3);
+    assert_eq!(c.jobs, Some(Jobs::Count(NonZeroUsize::new(3).unwrap())));
     assert!(c.keep_order && c.bar && c.dry_run && c.shell);
     assert_eq!(c.results.as_deref(), Some(Path::new("res")));
     assert_eq!(c.joblog.as_deref(), Some(Path::new("log.tsv")));
@@ -106,7 +106,7 @@ fn all_flags() {
 fn command_options_belong_to_the_command() {
     // Without `--`, everything from the command on is the command's.
     let c = ok(&["-j2", "grep", "-v", "-k", "x", ":::", "-j"]);
-    assert_eq!(c.jobs.unwrap().get(), 2);
+    assert_eq!(c.jobs, Some(Jobs::Count(NonZeroUsize::new(2).unwrap())));
     assert!(!c.keep_order);
     assert_eq!(c.command_words, ["grep", "-v", "-k", "x"]);
     assert_eq!(c.sources, [InputSource::Args(strings(&["-j"]))]);
@@ -157,11 +157,29 @@ fn an_empty_value_group_is_an_empty_source() {
 }
 
 #[test]
-fn zero_jobs_and_threads_are_errors() {
-    assert_eq!(
-        err(&["-j", "0", "echo"]),
-        "invalid value '0' for --jobs: must be at least 1"
-    );
+fn jobs_forms_and_zero_threads() {
+    // GNU parallel's -j forms, against 8 CPUs.
+    for (arg, want) in [
+        ("3", 3),
+        ("0", Jobs::MAX),
+        ("50%", 4),
+        ("200%", 16),
+        ("1%", 1),
+        ("+0", 8),
+        ("+2", 10),
+        ("-2", 6),
+        ("-20", 1),
+    ] {
+        let c = ok(&["-j", arg, "echo"]);
+        assert_eq!(c.jobs.unwrap().resolve(8), want, "-j {arg}");
+    }
+    assert_eq!(ok(&["-j+0", "echo"]).jobs, Some(Jobs::Relative(0)));
+    for bad in ["x", "0%", "1.5", "%", "+x"] {
+        assert!(
+            err(&["-j", bad, "echo"]).starts_with(&format!("invalid value '{bad}' for --jobs")),
+            "{bad}"
+        );
+    }
     assert_eq!(
         err(&["--threads-per-job", "0", "echo"]),
         "invalid value '0' for --threads-per-job: must be at least 1"

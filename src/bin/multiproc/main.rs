@@ -85,7 +85,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::args::{Config, ConfigError, Halt, Resume, Threshold};
+use crate::args::{Config, ConfigError, Halt, Jobs, Resume, Threshold};
 use crate::bar::Bar;
 use crate::engine::{EngineOpts, HaltRule, JobSource, Next, NoProgress, Progress};
 use crate::feed::Feed;
@@ -150,7 +150,8 @@ fn sizing(cfg: &Config) -> Result<(usize, usize, bool, String), Failure> {
     let k = cfg.threads_per_job.map(|k| k.get());
     let (farm_jobs, farm_threads, farm_why) = budget.job_farm();
     let (jobs, why) = match (cfg.jobs, k) {
-        (Some(j), _) => (j.get(), "-j".to_string()),
+        (Some(Jobs::Count(j)), _) => (j.get(), "-j".to_string()),
+        (Some(j), _) => (j.resolve(cpus), format!("-j of {budget}")),
         (None, Some(k)) => (
             (cpus / k).max(1),
             format!("{budget} / --threads-per-job {k}"),
