@@ -1,30 +1,7 @@
 //! How many CPUs this process may use: [`cpu_count`] and [`cpu_budget`], and how a job farm
 //! fills them ([`CpuBudget::job_farm`]).
 //!
-//! # The rule (SLURM)
-//!
-//! - **Inside a job step's task** (`SLURM_STEP_ID` set, and not `batch` or `extern`: a process
-//!   started by `srun`): the task's share, `SLURM_CPUS_PER_TASK`; without it (no `-c`),
-//!   `SLURM_CPUS_ON_NODE` / `SLURM_STEP_TASKS_PER_NODE` for this node.
-//! - **In the batch script itself** (or an `salloc` shell: `SLURM_JOB_ID` set, no step): the
-//!   job's CPUs on this node, `SLURM_CPUS_ON_NODE`; else this node's entry of
-//!   `SLURM_JOB_CPUS_PER_NODE`; else this node's entry of `SLURM_TASKS_PER_NODE` ×
-//!   `SLURM_CPUS_PER_TASK` (1 when unset). "This node" is entry `SLURM_NODEID` (0 when unset) of
-//!   the compressed lists (`72(x2),36`: nodes 0 and 1 have 72, node 2 has 36).
-//! - **Outside SLURM**: the CPUs this process may run on.
-//!
-//! A SLURM figure is always capped by the CPUs this process may actually use (its affinity mask
-//! and cgroup CPU quota, as [`std::thread::available_parallelism`] reads them). In a batch script
-//! the budget also records `SLURM_TASKS_PER_NODE` and `SLURM_CPUS_PER_TASK`, so that a job farm
-//! runs one job per task, each with the task's CPUs ([`CpuBudget::job_farm`]).
-//!
-//! | allocation (one node of 16 CPUs) | in the batch script | in `srun`'s task |
-//! |---|---|---|
-//! | `-n 4` | 4 CPUs (`SLURM_CPUS_ON_NODE`): 4 jobs × 1 thread | 1 CPU |
-//! | `-n 4 -c 2` | 8 CPUs: 4 jobs × 2 threads | 2 CPUs (`SLURM_CPUS_PER_TASK`) |
-//! | `-c 8` | 8 CPUs: 1 job × 8 threads | 8 CPUs |
-//! | `-N 2 -n 8` | 4 CPUs on this node: 4 jobs × 1 thread | 1 CPU |
-//! | `--exclusive` | 16 CPUs: 16 jobs × 1 thread (`SLURM_TASKS_PER_NODE=16`) | the step's share |
+//! The rule is in [`cpu_budget`]'s documentation.
 
 use std::fmt;
 
@@ -162,11 +139,35 @@ pub fn cpu_count() -> Result<usize> {
     cpu_budget().map(|b| b.count)
 }
 
-/// The number of CPUs this process should use, and where it came from: the rule of the
-/// [module docs](self) (a job step's task: `SLURM_CPUS_PER_TASK`; the batch script: the job's
-/// CPUs on this node; outside SLURM: the usable CPUs), always capped by the CPUs this process
-/// may actually use (affinity mask and cgroup quota), never the node's raw core count. The
-/// result is at least 1.
+/// The number of CPUs this process should use, and where it came from: in a job step's task
+/// `SLURM_CPUS_PER_TASK`, in the batch script the job's CPUs on this node, outside SLURM the
+/// usable CPUs; always capped by the CPUs this process may actually use (affinity mask and
+/// cgroup quota), never the node's raw core count. The result is at least 1.
+///
+/// # The rule (SLURM)
+///
+/// - **Inside a job step's task** (`SLURM_STEP_ID` set, and not `batch` or `extern`: a process
+///   started by `srun`): the task's share, `SLURM_CPUS_PER_TASK`; without it (no `-c`),
+///   `SLURM_CPUS_ON_NODE` / `SLURM_STEP_TASKS_PER_NODE` for this node.
+/// - **In the batch script itself** (or an `salloc` shell: `SLURM_JOB_ID` set, no step): the
+///   job's CPUs on this node, `SLURM_CPUS_ON_NODE`; else this node's entry of
+///   `SLURM_JOB_CPUS_PER_NODE`; else this node's entry of `SLURM_TASKS_PER_NODE` ×
+///   `SLURM_CPUS_PER_TASK` (1 when unset). "This node" is entry `SLURM_NODEID` (0 when unset) of
+///   the compressed lists (`72(x2),36`: nodes 0 and 1 have 72, node 2 has 36).
+/// - **Outside SLURM**: the CPUs this process may run on.
+///
+/// A SLURM figure is always capped by the CPUs this process may actually use (its affinity mask
+/// and cgroup CPU quota, as [`std::thread::available_parallelism`] reads them). In a batch script
+/// the budget also records `SLURM_TASKS_PER_NODE` and `SLURM_CPUS_PER_TASK`, so that a job farm
+/// runs one job per task, each with the task's CPUs ([`CpuBudget::job_farm`]).
+///
+/// | allocation (one node of 16 CPUs) | in the batch script | in `srun`'s task |
+/// |---|---|---|
+/// | `-n 4` | 4 CPUs (`SLURM_CPUS_ON_NODE`): 4 jobs × 1 thread | 1 CPU |
+/// | `-n 4 -c 2` | 8 CPUs: 4 jobs × 2 threads | 2 CPUs (`SLURM_CPUS_PER_TASK`) |
+/// | `-c 8` | 8 CPUs: 1 job × 8 threads | 8 CPUs |
+/// | `-N 2 -n 8` | 4 CPUs on this node: 4 jobs × 1 thread | 1 CPU |
+/// | `--exclusive` | 16 CPUs: 16 jobs × 1 thread (`SLURM_TASKS_PER_NODE=16`) | the step's share |
 ///
 /// # Examples
 ///

@@ -844,7 +844,7 @@ fn usage_errors_exit_2_and_name_the_problem() {
     let d = scratch("usage");
     fs::write(d.join("bad-log"), "hello\n").unwrap();
     let cases: [(&[&str], &str); 8] = [
-        (&["-j", "0", "true", ":::", "a"], "--jobs"),
+        (&["-j", "0x", "true", ":::", "a"], "--jobs"),
         (&["-j", "x", "true", ":::", "a"], "x"),
         (&["--no-such-flag", "true", ":::", "a"], "--no-such-flag"),
         (&[":::", "a"], "no COMMAND"),

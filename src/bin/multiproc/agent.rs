@@ -25,9 +25,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::Jobs;
 use crate::args::Config;
 use crate::engine::{self, EngineOpts, JobSource, Next, NoProgress, Sink};
+use crate::feed::Jobs;
 use crate::job::{Job, JobOutcome};
 use crate::proto::{FromAgent, ToAgent, read_frame, write_frame};
 use crate::spill::{Captured, Held};
@@ -51,19 +51,6 @@ pub(crate) fn node_name() -> String {
 /// Writes one line to stderr with one write, so agents sharing a terminal do not interleave.
 fn say(line: &str) {
     let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
-}
-
-/// The job maker of `cfg`, as the one-node runner builds it.
-pub(crate) fn jobs_of(cfg: &Config) -> Jobs<'_> {
-    let any_single = cfg
-        .stdin
-        .iter()
-        .chain(&cfg.stdout)
-        .any(|t| t.has_replacements());
-    Jobs {
-        cfg,
-        no_append: !cfg.command.has_replacements() && any_single,
-    }
 }
 
 /// Jobs from the runner's `Run` frames, read by a thread started with the first job asked for
@@ -104,11 +91,11 @@ impl JobSource for FromRunner<'_> {
         }
         match self.rx.as_ref().expect("set above").recv_timeout(wait) {
             Ok(ToAgent::Run { seq, args }) => {
-                let mut job = self.jobs.make(seq, slot, args);
+                let mut job = self.jobs.make(seq, slot, args, None);
                 job.env.push(("MULTIPROC_NODE".into(), self.node.clone()));
                 job.env
                     .push(("PARALLEL_SSHLOGIN".into(), self.node.clone()));
-                Next::Job(job)
+                Next::Job(Box::new(job))
             }
             Err(RecvTimeoutError::Timeout) => Next::NotYet,
             Err(RecvTimeoutError::Disconnected) => Next::End(Ok(())),
@@ -211,9 +198,11 @@ fn run(cfg: &Config, node: &str) -> Result<ExitCode, Box<dyn std::error::Error>>
         env,
         // The workers' "joblog" only records their decision (see `ToRunner`).
         joblog: Some("/dev/null".into()),
+        output: cfg.extras.output,
+        sched: cfg.extras.sched.clone(),
     };
     let mut source = FromRunner {
-        jobs: jobs_of(cfg),
+        jobs: Jobs::for_config(cfg),
         node: node.to_string(),
         rx: None,
     };

@@ -10,14 +10,16 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
-use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
 
+use crate::flags::{Extras, GnuFlags};
+pub(crate) use crate::halt::{Halt, HaltOn, HaltWhen, Threshold};
 use crate::input::InputSource;
-use crate::template::{Template, TemplateError};
+use crate::template::{Syntax, Template, TemplateError};
 
 /// Raw command-line arguments as clap parses them. Use [`Config::from_cli`] to validate.
 #[derive(Debug, Parser)]
@@ -27,15 +29,26 @@ use crate::template::{Template, TemplateError};
     about = "Run a command once per input, in parallel (GNU parallel's model).",
     override_usage = "multiproc [OPTIONS] [--] COMMAND [ARGS...] [::: VALUE... | :::: FILE...]...",
     after_help = "Replacement strings: {} {.} {/} {//} {/.} {#} {%}, and {N} {N.} {N/} {N//} {N/.} \
-                  for input source N. With none in COMMAND, the inputs are appended.\n\
+                  for input source N (or column N with --colsep, input N with -N); {name} with \
+                  --header. With none in COMMAND, the inputs are appended.\n\
                   Inputs: ::: VALUES, :::: FILES, -a FILE; several sources combine as a \
-                  cartesian product; with none, lines of stdin. Stdin and pipes are read as \
-                  jobs run (jobs start as lines come); :::, regular files before the first job."
+                  cartesian product, :::+ and ::::+ link a source to the one before; with none, \
+                  lines of stdin. Stdin and pipes are read as jobs run; :::, regular files \
+                  before the first job.\n\
+                  The command runs without a shell (use --shell for pipes and redirections).\n\
+                  GNU parallel flag by flag: docs/cli.md."
 )]
 pub(crate) struct Cli {
-    /// Run N jobs at once [default: CPUs / --threads-per-job]
-    #[arg(short = 'j', long = "jobs", value_name = "N")]
-    pub(crate) jobs: Option<usize>,
+    /// Run N jobs at once; also N% / +N / -N of the CPUs, 0 = up to 256 [default: from SLURM]
+    #[arg(
+        short = 'j',
+        long = "jobs",
+        visible_short_alias = 'P',
+        visible_alias = "max-procs",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub(crate) jobs: Option<String>,
 
     /// Read inputs from FILE, one per line ("-" = stdin); repeatable, one input source each
     #[arg(short = 'a', long = "arg-file", value_name = "FILE")]
@@ -73,12 +86,12 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "SPEC")]
     pub(crate) halt: Option<String>,
 
-    /// Show a progress bar on stderr
-    #[arg(long)]
+    /// Show a progress bar with ETA on stderr
+    #[arg(long, visible_aliases = ["progress", "eta"])]
     pub(crate) bar: bool,
 
     /// Print the commands that would run, run nothing
-    #[arg(long = "dry-run")]
+    #[arg(long = "dry-run", visible_alias = "dryrun")]
     pub(crate) dry_run: bool,
 
     /// Run the command through `sh -c` (values are shell-quoted) instead of exec'ing it directly
@@ -105,6 +118,10 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "LIST")]
     pub(crate) nodes: Option<String>,
 
+    /// GNU parallel's other everyday flags.
+    #[command(flatten)]
+    pub(crate) gnu: GnuFlags,
+
     /// COMMAND [ARGS...] [::: VALUE...] [:::: FILE...]
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub(crate) command: Vec<String>,
@@ -121,103 +138,54 @@ pub(crate) enum Resume {
     Failed,
 }
 
-/// When `--halt` acts: after the running jobs end (`soon`) or at once, killing them (`now`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HaltWhen {
-    /// Start no new jobs; wait for the running ones.
-    Soon,
-    /// Kill the running jobs.
-    Now,
-}
-
-/// Which finished jobs `--halt` counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HaltOn {
-    /// Failed jobs.
-    Fail,
-    /// Succeeded jobs.
-    Success,
-    /// All finished jobs.
-    Done,
-}
-
-/// How many counted jobs trigger `--halt`.
+/// `-j` as GNU parallel reads it.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Threshold {
-    /// This many jobs.
-    Count(NonZeroU64),
-    /// This percentage of all jobs, in (0, 100].
+pub(crate) enum Jobs {
+    /// `N`: this many.
+    Count(NonZeroUsize),
+    /// `N%`: this share of the CPUs.
     Percent(f64),
+    /// `+N` / `-N`: the CPUs plus (or minus) N.
+    Relative(isize),
+    /// `0`: as many as possible (all the inputs, up to [`Jobs::MAX`]).
+    AsMany,
 }
 
-/// A parsed `--halt` spec.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Halt {
-    /// Never stop early (the default).
-    Never,
-    /// Stop when the threshold is reached.
-    When {
-        /// Soon or now.
-        when: HaltWhen,
-        /// What is counted.
-        on: HaltOn,
-        /// How many.
-        threshold: Threshold,
-    },
-}
+impl Jobs {
+    /// The most jobs `-j 0` runs at once.
+    pub(crate) const MAX: usize = 256;
 
-impl Halt {
-    /// Parses `never`, `soon|now,fail|success|done=N|P%`, or GNU parallel's legacy `0`, `1`, `2`
-    /// (never; soon,fail=1; now,fail=1). `None` if the spec is malformed.
-    pub(crate) fn parse(spec: &str) -> Option<Halt> {
-        let one = NonZeroU64::MIN;
-        match spec {
-            "never" | "0" => return Some(Halt::Never),
-            "1" => return Some(halt(HaltWhen::Soon, HaltOn::Fail, Threshold::Count(one))),
-            "2" => return Some(halt(HaltWhen::Now, HaltOn::Fail, Threshold::Count(one))),
-            _ => {}
+    /// Parses `N`, `N%`, `+N`, `-N` or `0`.
+    pub(crate) fn parse(text: &str) -> Option<Jobs> {
+        if let Some(p) = text.strip_suffix('%') {
+            let p: f64 = p.parse().ok()?;
+            return (p.is_finite() && p > 0.0).then_some(Jobs::Percent(p));
         }
-        let (when, cond) = spec.split_once(',')?;
-        let when = match when {
-            "soon" => HaltWhen::Soon,
-            "now" => HaltWhen::Now,
-            _ => return None,
-        };
-        let (on, value) = cond.split_once('=')?;
-        let on = match on {
-            "fail" => HaltOn::Fail,
-            "success" => HaltOn::Success,
-            "done" => HaltOn::Done,
-            _ => return None,
-        };
-        let threshold = match value.strip_suffix('%') {
-            Some(p) => {
-                let p: f64 = p.parse().ok()?;
-                // `p > 0.0` is false for NaN too.
-                if !(p > 0.0 && p <= 100.0) {
-                    return None;
-                }
-                Threshold::Percent(p)
-            }
-            None => Threshold::Count(value.parse().ok()?),
-        };
-        Some(halt(when, on, threshold))
+        if text.starts_with(['+', '-']) {
+            let n: isize = text.parse().ok()?;
+            return Some(Jobs::Relative(n));
+        }
+        let n: usize = text.parse().ok()?;
+        Some(NonZeroUsize::new(n).map_or(Jobs::AsMany, Jobs::Count))
     }
-}
 
-fn halt(when: HaltWhen, on: HaltOn, threshold: Threshold) -> Halt {
-    Halt::When {
-        when,
-        on,
-        threshold,
+    /// The number of jobs for `cpus` CPUs, at least 1.
+    pub(crate) fn resolve(self, cpus: usize) -> usize {
+        match self {
+            Jobs::Count(n) => n.get(),
+            Jobs::Percent(p) => (cpus as f64 * p / 100.0).floor() as usize,
+            Jobs::Relative(n) => cpus.saturating_add_signed(n),
+            Jobs::AsMany => Jobs::MAX,
+        }
+        .max(1)
     }
 }
 
 /// The validated configuration of one run.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
-    /// Jobs at once; `None`: the runner picks CPUs / `threads_per_job` (at least 1).
-    pub(crate) jobs: Option<NonZeroUsize>,
+    /// `-j`; `None`: the runner picks from the CPU budget.
+    pub(crate) jobs: Option<Jobs>,
     /// `-k`: print outputs in input order.
     pub(crate) keep_order: bool,
     /// `--results DIR`.
@@ -254,6 +222,14 @@ pub(crate) struct Config {
     pub(crate) command_words: Vec<String>,
     /// Input sources, in order; never empty (stdin when none was given).
     pub(crate) sources: Vec<InputSource>,
+    /// For each source, whether it is linked to the one before (`:::+`, `::::+`, `--link`).
+    pub(crate) linked: Vec<bool>,
+    /// `--tag`/`--tagstring`: the tag printed before each output line.
+    pub(crate) tag: Option<Template>,
+    /// `--wd`: the jobs' working directory.
+    pub(crate) wd: Option<Template>,
+    /// The other GNU parallel flags, checked.
+    pub(crate) extras: Extras,
 }
 
 /// A usage error: the run must not start. Every message names the flag and the value.
@@ -387,15 +363,13 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the first bad flag and its value.
     pub(crate) fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
-        let jobs = match cli.jobs {
+        let jobs = match &cli.jobs {
             None => None,
-            Some(n) => Some(
-                NonZeroUsize::new(n).ok_or_else(|| ConfigError::InvalidValue {
-                    flag: "--jobs",
-                    value: n.to_string(),
-                    reason: "must be at least 1".into(),
-                })?,
-            ),
+            Some(text) => Some(Jobs::parse(text).ok_or_else(|| ConfigError::InvalidValue {
+                flag: "--jobs",
+                value: text.clone(),
+                reason: "expected N, N% or +N/-N (of the CPUs), or 0 (as many as possible)".into(),
+            })?),
         };
         let threads_per_job = match cli.threads_per_job {
             None => None,
@@ -454,23 +428,41 @@ impl Config {
             });
         }
 
-        let (command_words, groups) = split_command(&cli.command);
+        let (mut command_words, groups) = split_command(&cli.command);
+        // GNU parallel users write the command as one string ('convert {} {.}.png'): without
+        // other shell syntax it is split into words as sh would, and run without a shell.
+        if !cli.shell
+            && let [line] = command_words.as_slice()
+            && line.contains(char::is_whitespace)
+            && !Path::new(line).exists()
+            && let Some(words) = crate::quote::split_words(line)
+            && !words.is_empty()
+        {
+            command_words = words;
+        }
         if command_words.is_empty() {
             return Err(ConfigError::MissingCommand);
         }
         if !cli.shell
+            && !cli.gnu.quote
             && let Some(why) = crate::quote::shell_syntax(&command_words)
         {
             return Err(ConfigError::NeedsShell { why });
         }
         let mut sources = Vec::new();
+        let extras = cli.gnu.check()?;
+        let mut linked = Vec::new();
         for path in &cli.arg_file {
             sources.push(file_source("--arg-file", path)?);
+            linked.push(false);
         }
         for group in groups {
             match group {
-                Group::Values(v) => sources.push(InputSource::Args(v)),
-                Group::Files(files) => {
+                Group::Values(v, link) => {
+                    sources.push(InputSource::Args(v));
+                    linked.push(link);
+                }
+                Group::Files(files, link) => {
                     if files.is_empty() {
                         return Err(ConfigError::InvalidValue {
                             flag: "::::",
@@ -478,14 +470,29 @@ impl Config {
                             reason: "needs at least one FILE".into(),
                         });
                     }
-                    for f in files {
-                        sources.push(file_source("::::", Path::new(&f))?);
+                    for (i, f) in files.iter().enumerate() {
+                        sources.push(file_source("::::", Path::new(f))?);
+                        linked.push(link && i == 0);
                     }
                 }
             }
         }
         if sources.is_empty() {
             sources.push(InputSource::Stdin);
+            linked.push(false);
+        }
+        if extras.shape.link_all {
+            linked.iter_mut().skip(1).for_each(|l| *l = true);
+        }
+        linked[0] = false;
+        if extras.pipe.is_some()
+            && (sources.len() > 1 || matches!(sources[0], InputSource::Args(_)))
+        {
+            return Err(ConfigError::InvalidValue {
+                flag: "--pipe",
+                value: cli.command.join(" "),
+                reason: "reads blocks of stdin or of one -a FILE, not ::: values".into(),
+            });
         }
         if sources.iter().filter(|s| **s == InputSource::Stdin).count() > 1 {
             return Err(ConfigError::InvalidValue {
@@ -495,20 +502,35 @@ impl Config {
             });
         }
 
-        let n = sources.len();
-        let command =
-            Template::parse(&command_words, n).map_err(|source| ConfigError::Template {
+        let shape = &extras.shape;
+        let syntax = Syntax {
+            positions: if shape.colsep.is_some() || shape.per_job.is_some() || shape.multi.is_some()
+            {
+                None
+            } else {
+                Some(sources.len())
+            },
+            replace: extras.replace.clone(),
+            names: shape.header,
+        };
+        let mut command =
+            Template::parse(&command_words, &syntax).map_err(|source| ConfigError::Template {
                 flag: "COMMAND",
                 source,
             })?;
+        if let Some(m) = shape.multi {
+            command.set_multi(m);
+        }
         let single = |flag: &'static str, t: &Option<String>| {
             t.as_deref()
-                .map(|t| Template::parse_single(t, n))
+                .map(|t| Template::parse_single(t, &syntax))
                 .transpose()
                 .map_err(|source| ConfigError::Template { flag, source })
         };
         let stdin = single("--stdin", &cli.stdin)?;
         let stdout = single("--stdout", &cli.stdout)?;
+        let tag = single("--tagstring", &extras.tag)?;
+        let wd = single("--wd", &extras.wd)?;
 
         Ok(Config {
             jobs,
@@ -521,7 +543,7 @@ impl Config {
             halt,
             bar: cli.bar,
             dry_run: cli.dry_run,
-            shell: cli.shell,
+            shell: cli.shell && !cli.gnu.quote,
             stdin,
             stdout,
             threads_per_job,
@@ -539,6 +561,10 @@ impl Config {
             command,
             command_words,
             sources,
+            linked,
+            tag,
+            wd,
+            extras,
         })
     }
 }
@@ -546,15 +572,15 @@ impl Config {
 /// An input group after the command.
 #[derive(Debug, PartialEq, Eq)]
 enum Group {
-    /// `::: VALUE...` (one source).
-    Values(Vec<String>),
-    /// `:::: FILE...` (one source per file).
-    Files(Vec<String>),
+    /// `::: VALUE...` (one source); linked to the one before (`:::+`).
+    Values(Vec<String>, bool),
+    /// `:::: FILE...` (one source per file); the first linked to the one before (`::::+`).
+    Files(Vec<String>, bool),
 }
 
 /// Splits `COMMAND ARGS... ::: A B :::: F` into the command words and the input groups.
 fn split_command(words: &[String]) -> (Vec<String>, Vec<Group>) {
-    let is_sep = |w: &String| w == ":::" || w == "::::";
+    let is_sep = |w: &String| matches!(w.as_str(), ":::" | "::::" | ":::+" | "::::+");
     let cmd_end = words.iter().position(is_sep).unwrap_or(words.len());
     let command = words[..cmd_end].to_vec();
     let mut groups = Vec::new();
@@ -562,10 +588,11 @@ fn split_command(words: &[String]) -> (Vec<String>, Vec<Group>) {
     while let Some((sep, tail)) = rest.split_first() {
         let end = tail.iter().position(is_sep).unwrap_or(tail.len());
         let items = tail[..end].to_vec();
-        groups.push(if sep == ":::" {
-            Group::Values(items)
-        } else {
-            Group::Files(items)
+        groups.push(match sep.as_str() {
+            ":::" => Group::Values(items, false),
+            ":::+" => Group::Values(items, true),
+            "::::" => Group::Files(items, false),
+            _ => Group::Files(items, true),
         });
         rest = &tail[end..];
     }
@@ -594,318 +621,5 @@ fn file_source(flag: &'static str, path: &Path) -> Result<InputSource, ConfigErr
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::template::JobValues;
-
-    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
-        Config::parse_from(std::iter::once("multiproc").chain(args.iter().copied()))
-    }
-
-    fn ok(args: &[&str]) -> Config {
-        parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-    }
-
-    fn err(args: &[&str]) -> String {
-        let e = parse(args).expect_err("should fail");
-        assert_eq!(e.exit_code(), 2, "{e}");
-        e.to_string()
-    }
-
-    fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn defaults() {
-        let c = ok(&["echo", ":::", "a", "b"]);
-        assert_eq!(c.jobs, None);
-        assert!(!c.keep_order && !c.bar && !c.dry_run && !c.shell);
-        assert_eq!(c.resume, Resume::No);
-        assert_eq!(c.max_attempts.get(), 1);
-        assert_eq!(c.timeout, None);
-        assert_eq!(c.halt, Halt::Never);
-        assert_eq!(c.threads_per_job, None);
-        assert_eq!(c.verbose, 0);
-        assert_eq!(c.command_words, ["echo"]);
-        assert_eq!(c.sources, [InputSource::Args(strings(&["a", "b"]))]);
-    }
-
-    #[test]
-    fn all_flags() {
-        let dir = tempdir("all_flags");
-        let f = dir.join("in.txt");
-        std::fs::write(&f, "x\n").unwrap();
-        let f = f.to_str().unwrap();
-        let c = ok(&[
-            "-j",
-            "3",
-            "-a",
-            f,
-            "-k",
-            "--results",
-            "res",
-            "--joblog",
-            "log.tsv",
-            "--resume-failed",
-            "--retries",
-            "4",
-            "--timeout",
-            "1.5",
-            "--halt",
-            "now,fail=10%",
-            "--bar",
-            "--dry-run",
-            "--shell",
-            "--stdin",
-            "in/{/}",
-            "--stdout",
-            "out/{#}.txt",
-            "--threads-per-job",
-            "2",
-            "-vv",
-            "--",
-            "gzip",
-            "-9",
-            "{}",
-        ]);
-        assert_eq!(c.jobs.unwrap().get(), 3);
-        assert!(c.keep_order && c.bar && c.dry_run && c.shell);
-        assert_eq!(c.results.as_deref(), Some(Path::new("res")));
-        assert_eq!(c.joblog.as_deref(), Some(Path::new("log.tsv")));
-        assert_eq!(c.resume, Resume::Failed);
-        assert_eq!(c.max_attempts.get(), 4);
-        assert_eq!(c.timeout, Some(Duration::from_millis(1500)));
-        assert_eq!(
-            c.halt,
-            halt(HaltWhen::Now, HaltOn::Fail, Threshold::Percent(10.0))
-        );
-        assert_eq!(c.threads_per_job.map(NonZeroUsize::get), Some(2));
-        assert_eq!(c.verbose, 2);
-        assert_eq!(c.command_words, ["gzip", "-9", "{}"]);
-        assert_eq!(c.sources, [InputSource::File(f.into())]);
-        let args = strings(&["d/x.gz"]);
-        let job = JobValues {
-            seq: 5,
-            slot: 1,
-            args: &args,
-        };
-        assert_eq!(c.stdin.unwrap().render_single(&job), "in/x.gz");
-        assert_eq!(c.stdout.unwrap().render_single(&job), "out/5.txt");
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn command_options_belong_to_the_command() {
-        // Without `--`, everything from the command on is the command's.
-        let c = ok(&["-j2", "grep", "-v", "-k", "x", ":::", "-j"]);
-        assert_eq!(c.jobs.unwrap().get(), 2);
-        assert!(!c.keep_order);
-        assert_eq!(c.command_words, ["grep", "-v", "-k", "x"]);
-        assert_eq!(c.sources, [InputSource::Args(strings(&["-j"]))]);
-        // A command starting with `-` needs `--`.
-        let c = ok(&["--", "-weird", ":::", "a"]);
-        assert_eq!(c.command_words, ["-weird"]);
-    }
-
-    #[test]
-    fn input_groups_in_order() {
-        let dir = tempdir("groups");
-        let (f1, f2) = (dir.join("f1"), dir.join("f2"));
-        std::fs::write(&f1, "1\n").unwrap();
-        std::fs::write(&f2, "2\n").unwrap();
-        let (s1, s2) = (f1.to_str().unwrap(), f2.to_str().unwrap());
-        let c = ok(&[
-            "-a", s2, "echo", ":::", "a", "b", "::::", s1, s2, ":::", "c",
-        ]);
-        assert_eq!(
-            c.sources,
-            [
-                InputSource::File(f2.clone()),
-                InputSource::Args(strings(&["a", "b"])),
-                InputSource::File(f1),
-                InputSource::File(f2),
-                InputSource::Args(strings(&["c"])),
-            ]
-        );
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn stdin_sources() {
-        assert_eq!(ok(&["echo"]).sources, [InputSource::Stdin]);
-        assert_eq!(ok(&["-a", "-", "echo"]).sources, [InputSource::Stdin]);
-        assert_eq!(ok(&["echo", "::::", "-"]).sources, [InputSource::Stdin]);
-        let e = err(&["-a", "-", "echo", "::::", "-"]);
-        assert_eq!(
-            e,
-            "invalid value '-' for --arg-file: stdin can be only one input source"
-        );
-    }
-
-    #[test]
-    fn an_empty_value_group_is_an_empty_source() {
-        // GNU parallel runs no job for `echo :::` and exits 0; so do we.
-        assert_eq!(ok(&["echo", ":::"]).sources, [InputSource::Args(vec![])]);
-    }
-
-    #[test]
-    fn zero_jobs_and_threads_are_errors() {
-        assert_eq!(
-            err(&["-j", "0", "echo"]),
-            "invalid value '0' for --jobs: must be at least 1"
-        );
-        assert_eq!(
-            err(&["--threads-per-job", "0", "echo"]),
-            "invalid value '0' for --threads-per-job: must be at least 1"
-        );
-        assert!(err(&["--retries", "0", "echo"]).starts_with("invalid value '0' for --retries"));
-    }
-
-    #[test]
-    fn non_numbers_are_clap_errors_naming_the_flag() {
-        let e = err(&["-j", "many", "echo"]);
-        assert!(e.contains("'many'") && e.contains("--jobs"), "{e}");
-        let e = err(&["--timeout", "soon", "echo"]);
-        assert!(e.contains("'soon'") && e.contains("--timeout"), "{e}");
-    }
-
-    #[test]
-    fn bad_timeouts() {
-        for t in ["0", "-1", "NaN", "inf", "1e10"] {
-            let e = err(&[&format!("--timeout={t}"), "echo"]);
-            assert!(
-                e.starts_with("invalid value '") && e.contains("--timeout"),
-                "{e}"
-            );
-        }
-    }
-
-    #[test]
-    fn halt_specs() {
-        let one = NonZeroU64::MIN;
-        let n = |v| Threshold::Count(NonZeroU64::new(v).unwrap());
-        let cases = [
-            ("never", Halt::Never),
-            ("0", Halt::Never),
-            (
-                "1",
-                halt(HaltWhen::Soon, HaltOn::Fail, Threshold::Count(one)),
-            ),
-            (
-                "2",
-                halt(HaltWhen::Now, HaltOn::Fail, Threshold::Count(one)),
-            ),
-            ("now,fail=1", halt(HaltWhen::Now, HaltOn::Fail, n(1))),
-            ("soon,fail=3", halt(HaltWhen::Soon, HaltOn::Fail, n(3))),
-            (
-                "now,fail=25%",
-                halt(HaltWhen::Now, HaltOn::Fail, Threshold::Percent(25.0)),
-            ),
-            (
-                "soon,done=0.5%",
-                halt(HaltWhen::Soon, HaltOn::Done, Threshold::Percent(0.5)),
-            ),
-            ("now,success=2", halt(HaltWhen::Now, HaltOn::Success, n(2))),
-        ];
-        for (spec, want) in cases {
-            assert_eq!(Halt::parse(spec), Some(want), "{spec}");
-        }
-        for bad in [
-            "",
-            "later",
-            "now",
-            "now,",
-            "now,fail",
-            "now,fail=",
-            "now,fail=0",
-            "now,fail=-1",
-            "now,fail=0%",
-            "now,fail=101%",
-            "now,fail=x%",
-            "now,fail=NaN%",
-            "now,oops=1",
-            "3",
-            "soon,fail=1,x",
-        ] {
-            assert_eq!(Halt::parse(bad), None, "{bad:?}");
-        }
-        let e = err(&["--halt", "now,fail=150%", "echo"]);
-        assert!(
-            e.starts_with("invalid value 'now,fail=150%' for --halt: expected never"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn resume_needs_a_joblog() {
-        assert_eq!(err(&["--resume", "echo"]), "--resume needs --joblog FILE");
-        assert_eq!(
-            err(&["--resume-failed", "echo"]),
-            "--resume-failed needs --joblog FILE"
-        );
-        assert_eq!(
-            ok(&["--resume", "--joblog", "j", "echo"]).resume,
-            Resume::All
-        );
-        // Both at once is a clap conflict.
-        let e = err(&["--resume", "--resume-failed", "--joblog", "j", "echo"]);
-        assert!(e.contains("cannot be used with"), "{e}");
-    }
-
-    #[test]
-    fn missing_command() {
-        let want = "no COMMAND given";
-        assert!(err(&[]).starts_with(want));
-        assert!(err(&["-j", "2", ":::", "a"]).starts_with(want));
-        assert!(err(&["--", ":::", "a"]).starts_with(want));
-    }
-
-    #[test]
-    fn unknown_replacement_strings() {
-        assert_eq!(
-            err(&["echo", "{foo}", ":::", "a"]).lines().next().unwrap(),
-            "COMMAND: unknown replacement string {foo} in '{foo}' (known: {} {.} {/} {//} {/.} \
-             {#} {%} and {N} {N.} {N/} {N//} {N/.})"
-        );
-        assert!(err(&["--stdout", "o/{bar}", "echo"]).starts_with("--stdout: unknown"));
-        assert!(err(&["--stdin", "{x}", "echo"]).starts_with("--stdin: unknown"));
-        assert_eq!(
-            err(&["echo", "{2}", ":::", "a"]),
-            "COMMAND: replacement string {2} names an input source that does not exist \
-             (there is 1)"
-        );
-    }
-
-    #[test]
-    fn unreadable_input_files() {
-        let e = err(&["-a", "/nonexistent/in.txt", "echo"]);
-        assert!(
-            e.starts_with("cannot read input file '/nonexistent/in.txt' (given to --arg-file): "),
-            "{e}"
-        );
-        let e = err(&["echo", "::::", "/nonexistent/f"]);
-        assert!(e.contains("(given to ::::)"), "{e}");
-        let e = err(&["echo", "::::", "/tmp"]);
-        assert!(e.ends_with("is a directory"), "{e}");
-        let e = err(&["echo", "::::"]);
-        assert_eq!(e, "invalid value '' for ::::: needs at least one FILE");
-    }
-
-    #[test]
-    fn help_and_version_exit_zero() {
-        for flag in ["--help", "--version"] {
-            let e = parse(&[flag]).unwrap_err();
-            assert_eq!(e.exit_code(), 0, "{flag}");
-        }
-        // An unknown flag is a clap usage error: exit 2.
-        let e = parse(&["--frobnicate", "echo"]).unwrap_err();
-        assert_eq!(e.exit_code(), 2);
-    }
-
-    fn tempdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("multiproc-args-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-}
+#[path = "args_tests.rs"]
+mod tests;

@@ -42,13 +42,14 @@ use nix::unistd::Pid;
 
 use crate::args::{Config, Halt};
 use crate::engine::{JobSource, Next};
+use crate::feed::{self, Feed};
 use crate::job::JobOutcome;
 use crate::joblog::Entry;
 use crate::nodes::NodeAlloc;
 use crate::output::Output;
 use crate::proto::{FromAgent, ToAgent, read_frame, write_frame};
 use crate::spill::{Captured, Held};
-use crate::{Failure, Feed, INTERNAL, Inputs};
+use crate::{Failure, INTERNAL};
 
 /// How long the runner waits for its agents after a stop before it kills their `srun`s.
 pub(crate) const STOP_WAIT: Duration = Duration::from_secs(8);
@@ -189,17 +190,21 @@ pub(crate) fn run(cfg: &Config, nodes: &[NodeAlloc]) -> Result<ExitCode, Failure
             "--halt is not supported in a multi-node run (set MULTIPROC_NODES=1 to run on this node only)",
         ));
     }
+    let unsupported = [
+        (cfg.extras.pipe.is_some(), "--pipe and --pipepart"),
+        (cfg.extras.shape.header, "--header"),
+        (cfg.extras.shape.multi.is_some(), "-X and -m"),
+    ];
+    if let Some((_, flag)) = unsupported.iter().find(|(on, _)| *on) {
+        return Err(Failure::usage(format!(
+            "{flag} are not supported in a multi-node run yet (set MULTIPROC_NODES=1 to run on this node only)"
+        )));
+    }
     let state = crate::open_joblog(cfg)?;
-    let (inputs, to_run) = if crate::streams(cfg) {
-        let sources = cfg.sources.clone();
-        (Inputs::Streamed { sources, rx: None }, None)
-    } else {
-        let inputs = crate::read_inputs(cfg)?;
-        let n = (1..=inputs.len() as u64)
-            .filter(|&seq| !state.skips(seq, cfg.resume))
-            .count();
-        (Inputs::Read(inputs.into_iter()), Some(n))
-    };
+    let slots: usize = nodes.iter().map(|n| n.cpus).sum();
+    let (inputs, _) = feed::open_inputs(cfg, slots.max(1))?;
+    let feed = Feed::new(cfg, inputs, state);
+    let to_run = feed.counts().map(|(_, n)| n as usize);
     if cfg.verbose > 0 {
         let list: Vec<String> = nodes
             .iter()
@@ -249,13 +254,7 @@ pub(crate) fn run(cfg: &Config, nodes: &[NodeAlloc]) -> Result<ExitCode, Failure
     drop(tx);
     let mut r = Runner {
         cfg,
-        feed: Feed {
-            jobs: crate::agent::jobs_of(cfg),
-            inputs,
-            seq: 0,
-            state,
-            resume: cfg.resume,
-        },
+        feed,
         source_done: false,
         agents,
         again: VecDeque::new(),
@@ -439,7 +438,7 @@ impl Runner<'_> {
         if !o.ok() {
             self.failed += 1;
         }
-        let job = self.feed.jobs.make(o.seq, slot, args);
+        let job = self.feed.make_job(o.seq, slot, args);
         let (out, err) = (o.stdout.bytes.clone(), o.stderr.bytes.clone());
         self.output
             .finished(&job, Held::Bytes(out), Held::Bytes(err))
@@ -493,7 +492,7 @@ impl Runner<'_> {
                 attempts: *n,
                 logged: false,
             };
-            let job = self.feed.jobs.make(seq, 0, args.clone());
+            let job = self.feed.make_job(seq, 0, args.clone());
             self.record(&node, 0, args, &job.command_line, &o)?;
         }
         Ok(())

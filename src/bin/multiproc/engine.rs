@@ -17,20 +17,24 @@
 //! it, so `--resume` runs it again. A second signal kills the groups at once and exits. Workers
 //! die with the runner (a parent-death signal), killing their job's group.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use multiproc::{Error, Process, Queue};
-use nix::sys::signal::{self, SigHandler, SigSet, Signal};
+use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 use crate::args::{HaltOn, HaltWhen};
+pub(crate) use crate::bar::{NoProgress, Progress};
+use crate::flags::{OutputMode, Sched};
 use crate::job::{
     Job, JobOutcome, Report, STOP_FLAG, TERM_GRACE, WorkerConfig, shared_flag, worker_loop,
 };
+use crate::limits::Limits;
 use crate::output::Output;
+use crate::signals::{GROUPS, LAST_SIGNAL, SIGNALS, install_signal_handlers};
 use crate::spill::{Captured, Held, SpillSocket, Stream};
 
 /// How often the runner looks up from waiting, to notice signals and dead workers.
@@ -50,7 +54,7 @@ pub(crate) trait JobSource {
 #[derive(Debug)]
 pub(crate) enum Next {
     /// A job.
-    Job(Job),
+    Job(Box<Job>),
     /// Nothing yet; more input may come.
     NotYet,
     /// No more jobs: the input ended, or failed (with why).
@@ -83,6 +87,10 @@ pub(crate) struct EngineOpts {
     pub(crate) env: Vec<(String, String)>,
     /// The joblog (created, header written), appended to by the workers.
     pub(crate) joblog: Option<PathBuf>,
+    /// How the jobs' output is shown.
+    pub(crate) output: OutputMode,
+    /// `--delay`, `--nice`, `--memfree`, `--load`.
+    pub(crate) sched: Sched,
 }
 
 /// How the run went.
@@ -100,18 +108,6 @@ pub(crate) struct Summary {
     pub(crate) input_error: Option<String>,
     /// Whether `--halt` stopped the run.
     pub(crate) halted: bool,
-}
-
-/// A progress display, told of each job that ends.
-pub(crate) trait Progress {
-    /// One more job ended.
-    fn tick(&mut self);
-    /// The number of jobs this run will report, once the input has ended.
-    fn total(&mut self, jobs: u64);
-    /// Runs `f` (printing) with the display out of the way.
-    fn suspend(&mut self, f: &mut dyn FnMut());
-    /// The run is over.
-    fn finish(&mut self);
 }
 
 /// Where finished jobs go: the runner's [`Output`], or a multi-node agent's link back to its
@@ -153,61 +149,6 @@ impl Sink for Output {
     }
     fn flush_rest(&mut self) -> std::io::Result<()> {
         Output::flush_rest(self)
-    }
-}
-
-/// No progress display.
-#[derive(Debug)]
-pub(crate) struct NoProgress;
-
-impl Progress for NoProgress {
-    fn tick(&mut self) {}
-    fn total(&mut self, _: u64) {}
-    fn suspend(&mut self, f: &mut dyn FnMut()) {
-        f()
-    }
-    fn finish(&mut self) {}
-}
-
-/// Signals received by the runner (the count) and the last one.
-static SIGNALS: AtomicUsize = AtomicUsize::new(0);
-static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
-/// Process groups of running jobs, by slot, for the second-signal kill.
-const MAX_TRACKED: usize = 4096;
-static GROUPS: [AtomicI32; MAX_TRACKED] = [const { AtomicI32::new(0) }; MAX_TRACKED];
-
-/// The runner's handler: the first signal is noted (the collect loop acts on it); the second
-/// kills every running job's group and exits at once. Async-signal-safe: atomics, `kill`,
-/// `_exit`.
-extern "C" fn runner_signal(sig: libc::c_int) {
-    LAST_SIGNAL.store(sig, Ordering::SeqCst);
-    let flag = STOP_FLAG.load(Ordering::SeqCst);
-    if !flag.is_null() {
-        // SAFETY: STOP_FLAG points into a mapping that is never unmapped (`shared_flag`).
-        unsafe { (*flag).store(1, Ordering::SeqCst) };
-    }
-    if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
-        for g in &GROUPS {
-            let pgid = g.load(Ordering::SeqCst);
-            if pgid > 0 {
-                // SAFETY: kill is async-signal-safe and takes plain integers.
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            }
-        }
-        // SAFETY: _exit is async-signal-safe; the joblog is flushed after every line.
-        unsafe { libc::_exit(128 + sig) };
-    }
-}
-
-fn install_signal_handlers() {
-    let action = signal::SigAction::new(
-        SigHandler::Handler(runner_signal),
-        signal::SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only uses async-signal-safe calls (see `runner_signal`).
-        let _ = unsafe { signal::sigaction(sig, &action) };
     }
 }
 
@@ -267,6 +208,14 @@ struct Runner<'a> {
     capacity: usize,
     /// Where big outputs' files come from.
     spill: SpillSocket,
+    /// `--delay`, `--memfree`, `--load`.
+    limits: Limits,
+    /// How long the limits hold the next start back, when they do.
+    throttled: Option<Duration>,
+    /// Jobs killed by `--memfree` that are to run again when they report.
+    requeue: HashSet<u64>,
+    /// Jobs to run again before new ones.
+    retry: VecDeque<Job>,
 }
 
 /// Runs the jobs of `source` (`expected`: how many, when known) and reports each as it ends.
@@ -299,6 +248,8 @@ pub(crate) fn run(
         joblog: opts.joblog.clone(),
         stop: stop_flag,
         spill_fd: spill.send_fd(),
+        output: opts.output,
+        nice: opts.sched.nice,
     };
     let runner = std::process::id() as i32;
     let workers: Vec<Process> = (0..n_workers)
@@ -328,6 +279,10 @@ pub(crate) fn run(
         summary: Summary::default(),
         capacity: n_workers,
         spill,
+        limits: Limits::new(opts.sched.clone()),
+        throttled: None,
+        requeue: HashSet::new(),
+        retry: VecDeque::new(),
     };
     let outcome = r.collect(&results, &workers);
     if outcome.is_err() {
@@ -360,15 +315,39 @@ impl Runner<'_> {
     /// Hands out jobs while slots are free (and the run is not stopping). With nothing in
     /// flight, waits up to a tick for input that may still come.
     fn dispatch(&mut self) -> Result<(), Error> {
-        while self.stop == Stop::No && !self.source_done && self.in_flight.len() < self.capacity {
+        self.throttled = None;
+        while self.stop == Stop::No
+            && (!self.source_done || !self.retry.is_empty())
+            && self.in_flight.len() < self.capacity
+        {
             let slot = *self.free_slots.first().expect("a free slot");
+            if let Err(wait) = self.limits.may_start() {
+                self.throttled = Some(wait);
+                break;
+            }
             let wait = if self.in_flight.is_empty() {
                 TICK
             } else {
                 Duration::ZERO
             };
+            if let Some(mut job) = self.retry.pop_front() {
+                job.slot = slot;
+                self.free_slots.remove(&slot);
+                self.jobs.put(&job)?;
+                let sent = Instant::now();
+                self.in_flight.insert(
+                    job.seq,
+                    InFlight {
+                        job,
+                        pgid: None,
+                        worker: None,
+                        sent,
+                    },
+                );
+                continue;
+            }
             let job = match self.source.next_job(slot, wait) {
-                Next::Job(job) => job,
+                Next::Job(job) => *job,
                 Next::NotYet => break,
                 Next::End(end) => {
                     self.source_done = true;
@@ -404,8 +383,11 @@ impl Runner<'_> {
             self.check_signal();
             self.dispatch()?;
             if self.in_flight.is_empty() {
-                if self.source_done || self.stop != Stop::No {
+                if (self.source_done && self.retry.is_empty()) || self.stop != Stop::No {
                     return Ok(());
+                }
+                if let Some(wait) = self.throttled {
+                    std::thread::sleep(wait.min(TICK));
                 }
                 // Waiting for input (`dispatch` waited a tick): look at signals again.
                 continue;
@@ -416,6 +398,8 @@ impl Runner<'_> {
             } else {
                 TICK
             };
+            let wait = self.throttled.map_or(wait, |t| t.clamp(INPUT_POLL, TICK));
+            self.check_memory();
             let msg = results.get_timeout(wait);
             match msg {
                 Ok(Report::Started { seq, pgid, worker }) => self.started(seq, pgid, worker),
@@ -460,6 +444,11 @@ impl Runner<'_> {
             g.store(0, Ordering::SeqCst);
         }
         self.free_slots.insert(f.job.slot);
+        if self.requeue.remove(&outcome.seq) && !outcome.ok() {
+            // Killed by --memfree: it runs again later.
+            self.retry.push_back(f.job);
+            return Ok(());
+        }
         let stopping = matches!(self.stop, Stop::Kill(_));
         if stopping && !outcome.logged && !outcome.ok() {
             // Ended by the stop itself (or never started): not done; --resume runs it again.
@@ -510,6 +499,24 @@ impl Runner<'_> {
             }
         }
         Ok(())
+    }
+
+    /// `--memfree`: with available memory under half of SIZE, the youngest running job is
+    /// killed (SIGTERM to its group) and runs again later, as GNU parallel does. One at a time.
+    fn check_memory(&mut self) {
+        if self.in_flight.len() < 2 || !self.requeue.is_empty() || !self.limits.memory_critical() {
+            return;
+        }
+        let youngest = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.pgid.is_some())
+            .max_by_key(|(_, f)| f.sent)
+            .map(|(&seq, f)| (seq, f.pgid));
+        if let Some((seq, Some(pgid))) = youngest {
+            self.requeue.insert(seq);
+            let _ = signal::killpg(Pid::from_raw(pgid), Signal::SIGTERM);
+        }
     }
 
     /// Starts ending the running jobs: `SIGTERM` to each started job's process group.

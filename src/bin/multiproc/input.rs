@@ -39,18 +39,20 @@ impl fmt::Display for InputSource {
 pub(crate) type Values = Box<dyn Iterator<Item = io::Result<String>>>;
 
 impl InputSource {
-    /// Opens the source as an iterator of values.
+    /// Opens the source as an iterator of values, each ended by `sep` (`\n`, or NUL for `-0`).
     ///
     /// # Errors
     /// The file cannot be opened.
-    pub(crate) fn open(&self) -> io::Result<Values> {
+    pub(crate) fn open(&self, sep: u8) -> io::Result<Values> {
         Ok(match self {
             InputSource::Args(a) => Box::new(a.clone().into_iter().map(Ok)),
             InputSource::File(p) => {
                 let name = p.display().to_string();
-                Box::new(Lines::new(BufReader::new(File::open(p)?), name))
+                Box::new(Lines::new(BufReader::new(File::open(p)?), name).sep(sep))
             }
-            InputSource::Stdin => Box::new(Lines::new(io::stdin().lock(), "stdin".to_owned())),
+            InputSource::Stdin => {
+                Box::new(Lines::new(io::stdin().lock(), "stdin".to_owned()).sep(sep))
+            }
         })
     }
 }
@@ -63,6 +65,7 @@ pub(crate) struct Lines<R> {
     name: String,
     line: u64,
     done: bool,
+    sep: u8,
 }
 
 impl<R: BufRead> Lines<R> {
@@ -73,7 +76,14 @@ impl<R: BufRead> Lines<R> {
             name,
             line: 0,
             done: false,
+            sep: b'\n',
         }
+    }
+
+    /// Values end at `sep` instead of `\n` (`-0`: NUL).
+    pub(crate) fn sep(mut self, sep: u8) -> Self {
+        self.sep = sep;
+        self
     }
 }
 
@@ -85,14 +95,14 @@ impl<R: BufRead> Iterator for Lines<R> {
             return None;
         }
         let mut buf = Vec::new();
-        match self.reader.read_until(b'\n', &mut buf) {
+        match self.reader.read_until(self.sep, &mut buf) {
             Ok(0) => {
                 self.done = true;
                 None
             }
             Ok(_) => {
                 self.line += 1;
-                if buf.last() == Some(&b'\n') {
+                if buf.last() == Some(&self.sep) {
                     buf.pop();
                 }
                 Some(String::from_utf8(buf).map_err(|_| {
@@ -113,56 +123,115 @@ impl<R: BufRead> Iterator for Lines<R> {
     }
 }
 
-/// The cartesian product of the sources: one `Vec<String>` (one value per source) per job.
+/// The combinations of the sources: one `Vec<String>` (one value per source) per job. Sources
+/// linked to the one before (`:::+`) form one dimension with it, read in step (and ending with
+/// the shortest, as GNU parallel 20221122 does); the dimensions combine as a cartesian product,
+/// the last varying fastest.
 pub(crate) struct Combinations {
     first: Values,
-    rest: Vec<Vec<String>>,
-    current: Option<String>,
+    /// Sources linked to the first one (read into memory).
+    first_linked: Vec<Vec<String>>,
+    /// The other dimensions: each a list of rows (its sources' values in step).
+    dims: Vec<Vec<Vec<String>>>,
+    current: Option<Vec<String>>,
+    /// How many rows of the first dimension were read.
+    row: usize,
     odometer: Vec<usize>,
+    /// With `--header`: each source's first value.
+    pub(crate) header: Vec<String>,
 }
 
 impl fmt::Debug for Combinations {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Combinations")
-            .field("rest", &self.rest)
+            .field("dims", &self.dims)
             .field("current", &self.current)
             .finish_non_exhaustive()
     }
 }
 
 impl Combinations {
-    /// Opens every source; all but the first are read to the end now.
+    /// Opens every source; all but the first are read to the end now. `linked[i]`: source `i`
+    /// is linked to source `i - 1`. `sep` ends values in files; with `header`, each source's
+    /// first value is its header, not an input.
     ///
     /// # Errors
     /// A source cannot be opened or read.
     ///
     /// # Panics
     /// If `sources` is empty (a `Config` always has at least one source).
-    pub(crate) fn new(sources: &[InputSource]) -> io::Result<Self> {
+    pub(crate) fn new(
+        sources: &[InputSource],
+        linked: &[bool],
+        sep: u8,
+        header: bool,
+    ) -> io::Result<Self> {
         let (first, rest) = sources.split_first().expect("at least one input source");
-        let first = first.open()?;
-        let rest = rest
-            .iter()
-            .map(|s| s.open()?.collect::<io::Result<Vec<_>>>())
-            .collect::<io::Result<Vec<_>>>()?;
+        let mut first = first.open(sep)?;
+        let mut heads = Vec::new();
+        if header {
+            heads.push(first.next().transpose()?.unwrap_or_default());
+        }
+        let mut first_linked = Vec::new();
+        let mut dims: Vec<Vec<Vec<String>>> = Vec::new();
+        for (i, s) in rest.iter().enumerate() {
+            let mut values = s.open(sep)?.collect::<io::Result<Vec<_>>>()?;
+            if header {
+                heads.push(if values.is_empty() {
+                    String::new()
+                } else {
+                    values.remove(0)
+                });
+            }
+            let link = linked.get(i + 1).copied().unwrap_or(false);
+            let no_dims = dims.is_empty();
+            match dims.last_mut() {
+                _ if link && no_dims => first_linked.push(values),
+                Some(rows) if link => {
+                    rows.truncate(values.len());
+                    for (row, v) in rows.iter_mut().zip(values) {
+                        row.push(v);
+                    }
+                }
+                _ => dims.push(values.into_iter().map(|v| vec![v]).collect()),
+            }
+        }
         Ok(Combinations {
             first,
-            odometer: vec![0; rest.len()],
-            rest,
+            first_linked,
+            odometer: vec![0; dims.len()],
+            dims,
             current: None,
+            row: 0,
+            header: heads,
         })
     }
 
-    /// Advances the odometer over `rest`; false when it wrapped around.
+    /// Advances the odometer over the other dimensions; false when it wrapped around.
     fn advance(&mut self) -> bool {
-        for i in (0..self.rest.len()).rev() {
+        for i in (0..self.dims.len()).rev() {
             self.odometer[i] += 1;
-            if self.odometer[i] < self.rest[i].len() {
+            if self.odometer[i] < self.dims[i].len() {
                 return true;
             }
             self.odometer[i] = 0;
         }
         false
+    }
+
+    /// The next row of the first dimension, or `None` at its end.
+    fn next_row(&mut self) -> Option<io::Result<Vec<String>>> {
+        if self.first_linked.iter().any(|v| v.len() <= self.row) {
+            return None;
+        }
+        let value = match self.first.next()? {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut row = vec![value];
+        row.extend(self.first_linked.iter().map(|v| v[self.row].clone()));
+        self.row += 1;
+        Some(Ok(row))
     }
 }
 
@@ -170,23 +239,19 @@ impl Iterator for Combinations {
     type Item = io::Result<Vec<String>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.iter().any(Vec::is_empty) {
+        if self.dims.iter().any(Vec::is_empty) {
             return None;
         }
         if self.current.is_none() || !self.advance() {
-            match self.first.next()? {
-                Ok(v) => self.current = Some(v),
+            match self.next_row()? {
+                Ok(row) => self.current = Some(row),
                 Err(e) => return Some(Err(e)),
             }
         }
-        let mut job = Vec::with_capacity(1 + self.rest.len());
-        job.extend(self.current.clone());
-        job.extend(
-            self.rest
-                .iter()
-                .zip(&self.odometer)
-                .map(|(values, &i)| values[i].clone()),
-        );
+        let mut job = self.current.clone().unwrap_or_default();
+        for (rows, &i) in self.dims.iter().zip(&self.odometer) {
+            job.extend(rows[i].iter().cloned());
+        }
         Some(Ok(job))
     }
 }
@@ -200,7 +265,7 @@ mod tests {
     }
 
     fn all(sources: &[InputSource]) -> Vec<Vec<String>> {
-        Combinations::new(sources)
+        Combinations::new(sources, &[], b'\n', false)
             .unwrap()
             .collect::<io::Result<_>>()
             .unwrap()
@@ -260,7 +325,9 @@ mod tests {
         );
         let missing = InputSource::File(dir.join("nope"));
         assert_eq!(
-            Combinations::new(&[missing]).unwrap_err().kind(),
+            Combinations::new(&[missing], &[], b'\n', false)
+                .unwrap_err()
+                .kind(),
             io::ErrorKind::NotFound
         );
         std::fs::remove_dir_all(&dir).unwrap();

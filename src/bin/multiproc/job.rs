@@ -8,12 +8,12 @@
 //! (or, when big, handed to the runner as files: [`crate::spill`]), so a job that writes a lot
 //! never blocks on a full pipe and never fills the runner's memory.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,8 +22,10 @@ use nix::sys::signal::{self, SigHandler, SigSet, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::flags::OutputMode;
 use crate::joblog::Entry;
-use crate::spill::{Captured, Captures, Stream};
+use crate::spill::{Captured, Captures};
+use crate::streams::{self, PipeInput};
 
 /// How long a job has to end after `SIGTERM` before it gets `SIGKILL` (timeouts and shutdown).
 pub(crate) const TERM_GRACE: Duration = Duration::from_secs(2);
@@ -46,6 +48,12 @@ pub(crate) struct Job {
     pub(crate) slot: usize,
     /// The inputs of this job, one per input source (for `--results` paths).
     pub(crate) args: Vec<String>,
+    /// `--tag`/`--tagstring`: what goes before each line of its output (a TAB is added).
+    pub(crate) tag: Option<String>,
+    /// `--wd`: the directory it runs in.
+    pub(crate) wd: Option<String>,
+    /// `--pipe`/`--pipepart`: what it reads on stdin.
+    pub(crate) pipe: Option<PipeInput>,
     /// What to run.
     pub(crate) program: Program,
     /// The job as a command line that pastes into a shell and runs it (argv words quoted where
@@ -124,6 +132,10 @@ pub(crate) struct WorkerConfig {
     pub(crate) stop: &'static AtomicU8,
     /// The socket that carries big outputs' files to the runner ([`crate::spill`]).
     pub(crate) spill_fd: RawFd,
+    /// How the jobs' output is shown.
+    pub(crate) output: OutputMode,
+    /// `--nice`: the workers' (and so the jobs') niceness.
+    pub(crate) nice: Option<i32>,
 }
 
 /// A flag in memory shared by the runner and the workers it forks afterwards: the runner sets
@@ -246,6 +258,10 @@ pub(crate) fn worker_loop(runner: i32, cfg: &WorkerConfig, jobs: &Queue<Job>, ou
     if !worker_setup(runner) {
         return;
     }
+    if let Some(n) = cfg.nice {
+        // SAFETY: setpriority takes plain integers; 0 means this process.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) };
+    }
     let mut log = cfg
         .joblog
         .as_ref()
@@ -313,6 +329,7 @@ fn entry(job: &Job, o: &JobOutcome) -> Entry {
         job.command_line.clone(),
     );
     e.receive = o.stdout.len();
+    e.send = job.pipe.as_ref().map_or(0, PipeInput::len);
     e.exitval = o.exit;
     e.signal = o.signal;
     e
@@ -389,32 +406,12 @@ pub(crate) fn run_job(
     cmd.process_group(0);
     cmd.envs(cfg.env.iter().map(|(k, v)| (k, v)));
     cmd.envs(job.env.iter().map(|(k, v)| (k, v)));
-    match &job.stdin {
-        Some(path) => match File::open(path) {
-            Ok(f) => cmd.stdin(f),
-            Err(e) => return failed_start(job, start, &format!("cannot open stdin {path}"), &e),
-        },
-        None => cmd.stdin(Stdio::null()),
-    };
-    let out_fd = match &job.stdout {
-        Some(path) => match File::create(path) {
-            Ok(f) => {
-                cmd.stdout(f);
-                None
-            }
-            Err(e) => return failed_start(job, start, &format!("cannot create stdout {path}"), &e),
-        },
-        None => match captures.for_job(Stream::Stdout) {
-            Ok(child) => {
-                cmd.stdout(child);
-                Some(())
-            }
-            Err(e) => return failed_start(job, start, "cannot capture stdout", &e),
-        },
-    };
-    match captures.for_job(Stream::Stderr) {
-        Ok(child) => cmd.stderr(child),
-        Err(e) => return failed_start(job, start, "cannot capture stderr", &e),
+    if let Some(dir) = &job.wd {
+        cmd.current_dir(dir);
+    }
+    let mut wired = match streams::wire(&mut cmd, job, cfg.output, captures) {
+        Ok(w) => w,
+        Err((what, e)) => return failed_start(job, start, &what, &e),
     };
     // A retry starts a new job: the previous attempt's line is not pending any more.
     FINISHING.store(false, Ordering::SeqCst);
@@ -435,7 +432,10 @@ pub(crate) fn run_job(
         unsafe { libc::_exit(1) };
     }
     let mut child = match spawned {
-        Ok(c) => c,
+        Ok(mut c) => {
+            wired.started(job, c.stdin.take(), c.stdout.take(), c.stderr.take());
+            c
+        }
         Err(e) => {
             let what = match &job.program {
                 Program::Argv(words) => format!("cannot run {}", words[0]),
@@ -450,6 +450,7 @@ pub(crate) fn run_job(
     let (status, timed_out) = wait_with_timeout(&mut child, pgid, cfg.timeout);
     // Reuse the capture files only if nothing of the job's group is left to write to them.
     let reuse = signal::killpg(Pid::from_raw(pgid), None).is_err();
+    let (stdout, stderr) = wired.collect(captures, cfg.spill_fd, job.seq, reuse);
     FINISHING.store(true, Ordering::SeqCst);
     JOB_PGID.store(0, Ordering::SeqCst);
     let runtime = t0.elapsed().as_secs_f64();
@@ -465,10 +466,8 @@ pub(crate) fn run_job(
         exit,
         signal,
         timed_out,
-        stdout: out_fd
-            .map(|()| captures.collect(Stream::Stdout, cfg.spill_fd, job.seq, reuse))
-            .unwrap_or_default(),
-        stderr: captures.collect(Stream::Stderr, cfg.spill_fd, job.seq, reuse),
+        stdout,
+        stderr,
         attempts: 1,
         logged: false,
     }

@@ -17,8 +17,12 @@
 //!   plus `PARALLEL_SEQ` and `PARALLEL_JOBSLOT`.
 //! - Each job's stdout, then its stderr, is printed as one block when it ends (`-k`: in input
 //!   order); `--results DIR` also keeps them in `DIR/1/INPUT/{stdout,stderr,seq}`.
-//! - `--joblog`: a worker appends the job's line the moment the job ends; `--resume` skips the
-//!   jobs in it, `--resume-failed` the ones that succeeded.
+//! - `--joblog`: a worker appends the job's line the moment the job ends (its Command a command
+//!   line that pastes into a shell); `--resume` skips the jobs in it (by seq), `--resume-failed`
+//!   the ones that succeeded.
+//! - GNU parallel's everyday flags ([`flags`]): input shaping ([`shape`], [`feed`]), output
+//!   modes ([`streams`]), start limits ([`limits`]), `--pipe`/`--pipepart` ([`pipe`]); GNU
+//!   parallel options left out say so ([`gnu`]). docs/cli.md has the table.
 //! - SIGINT/SIGTERM/SIGHUP: no new jobs; running jobs' groups get SIGTERM, then SIGKILL after
 //!   2 s; jobs ended that way are not logged (so `--resume` runs them); exit 128+N. A second
 //!   signal kills at once. Workers and their jobs die with the runner, even after a SIGKILL.
@@ -41,26 +45,37 @@
 //!   written its results but before it has exited counts as not done, and `--resume` runs it
 //!   again. Once a job has exited, its worker writes its joblog line even if the runner is gone.
 //!
-//! Layout: [`args`] turns the command line into a validated `Config` ([`template`] for the
-//! replacement strings, [`input`] for the input sources, [`joblog`] for `--joblog`); this file
-//! turns the `Config` into jobs and engine options; [`engine`] runs them on worker processes
-//! ([`job`] runs one job, [`output`] prints their output).
+//! Layout: [`args`] turns the command line into a validated `Config` ([`flags`] for GNU
+//! parallel's other flags, [`template`] for the replacement strings, [`input`] for the input
+//! sources, [`joblog`] for `--joblog`, [`quote`] for shell quoting); [`feed`] turns the inputs
+//! into jobs; this file sizes the run and builds the engine options; [`engine`] runs the jobs on
+//! worker processes ([`job`] runs one job, [`streams`] wires its streams, [`spill`] keeps big
+//! outputs out of memory, [`output`] prints them).
 
 // `command_words`, `ConfigError::exit_code`, `JoblogState::failed` and `JoblogWriter::write`
 // serve the modules' own tests and other callers; the runner appends lines from its workers.
 #[allow(dead_code)]
 mod args;
+mod bar;
 mod engine;
+mod feed;
+mod flags;
 mod gnu;
+mod halt;
 mod input;
 mod job;
 #[allow(dead_code)]
 mod joblog;
 #[cfg(test)]
 mod joblog_fuzz;
+mod limits;
 mod output;
+mod pipe;
 mod quote;
+mod shape;
+mod signals;
 mod spill;
+mod streams;
 mod template;
 
 // multinode (issue 14): the `plot` subcommand, the multi-node runner and its agents.
@@ -73,22 +88,19 @@ mod svg;
 
 use std::fs::{File, OpenOptions};
 use std::io::IsTerminal;
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::args::{Config, ConfigError, Halt, Resume, Threshold};
+use crate::args::{Config, ConfigError, Halt, Jobs, Resume, Threshold};
+use crate::bar::Bar;
 use crate::engine::{EngineOpts, HaltRule, JobSource, Next, NoProgress, Progress};
-use crate::input::InputSource;
-use crate::job::{Job, Program};
+use crate::feed::Feed;
 use crate::joblog::{JoblogError, JoblogState, JoblogWriter};
 use crate::output::Output;
-use crate::template::JobValues;
 
 /// The thread-count variables each job gets (unless already set).
 const THREAD_VARS: [&str; 3] = ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"];
@@ -144,189 +156,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Makes jobs from the config's templates and the inputs.
-#[derive(Debug)]
-struct Jobs<'a> {
-    cfg: &'a Config,
-    /// True when only `--stdin`/`--stdout` use the input: it is then not appended to the
-    /// command (`--stdin {} ./mmul` runs `./mmul < in1`, not `./mmul in1 < in1`).
-    no_append: bool,
-}
-
-impl Jobs<'_> {
-    /// Job `seq` with the input values `args` (one per input source), to run in `slot`.
-    fn make(&self, seq: u64, slot: usize, args: Vec<String>) -> Job {
-        let cfg = self.cfg;
-        let full = JobValues {
-            seq,
-            slot,
-            args: &args,
-        };
-        let cmd = JobValues {
-            args: if self.no_append { &[] } else { &args },
-            ..full
-        };
-        let stdin = cfg.stdin.as_ref().map(|t| t.render_single(&full));
-        let stdout = cfg.stdout.as_ref().map(|t| t.render_single(&full));
-        let program = if cfg.shell {
-            Program::Shell(cfg.command.render_shell(&cmd))
-        } else {
-            Program::Argv(cfg.command.render_argv(&cmd))
-        };
-        let command_line = match &program {
-            Program::Argv(words) => Some(words.as_slice()),
-            Program::Shell(_) => None,
-        };
-        let shell_code = match &program {
-            Program::Shell(code) => code.as_str(),
-            Program::Argv(_) => "",
-        };
-        let command_line = quote::command_line(
-            command_line,
-            shell_code,
-            stdin.as_deref(),
-            stdout.as_deref(),
-        );
-        Job {
-            seq,
-            slot,
-            program,
-            command_line,
-            stdin,
-            stdout,
-            env: vec![
-                ("PARALLEL_SEQ".to_string(), seq.to_string()),
-                ("PARALLEL_JOBSLOT".to_string(), slot.to_string()),
-            ],
-            args,
-        }
-    }
-}
-
-/// How many input combinations a streamed input may read ahead of the jobs.
-const READ_AHEAD: usize = 1024;
-
-/// The input combinations, in order.
-enum Inputs {
-    /// Read before the first job (`:::` values, regular files): a bad input is an error before
-    /// any job starts, and the total is known.
-    Read(std::vec::IntoIter<Vec<String>>),
-    /// Stdin or a file that is not a regular one (a pipe, a terminal): read by a thread as jobs
-    /// run, so jobs start as lines come and an endless input works. The thread starts with the
-    /// first job asked for, after the runner has forked its workers.
-    Streamed {
-        sources: Vec<InputSource>,
-        rx: Option<Receiver<std::io::Result<Vec<String>>>>,
-    },
-}
-
-/// What [`Inputs::next`] found.
-enum Got {
-    Input(Vec<String>),
-    NotYet,
-    End(Result<(), String>),
-}
-
-impl Inputs {
-    /// The next input combination, waiting until `deadline` for a streamed one.
-    fn next(&mut self, deadline: Instant) -> Got {
-        match self {
-            Inputs::Read(it) => it.next().map_or(Got::End(Ok(())), Got::Input),
-            Inputs::Streamed { sources, rx } => {
-                if rx.is_none() {
-                    match start_reader(sources.clone()) {
-                        Ok(r) => *rx = Some(r),
-                        Err(e) => {
-                            return Got::End(Err(format!("cannot start reading the inputs: {e}")));
-                        }
-                    }
-                }
-                match rx.as_ref().expect("started above").recv_deadline(deadline) {
-                    Ok(Ok(args)) => Got::Input(args),
-                    Ok(Err(e)) => Got::End(Err(format!("cannot read the inputs: {e}"))),
-                    Err(RecvTimeoutError::Timeout) => Got::NotYet,
-                    Err(RecvTimeoutError::Disconnected) => Got::End(Ok(())),
-                }
-            }
-        }
-    }
-}
-
-/// Starts the thread that reads streamed inputs; it stops at the end of the input, at the
-/// first error (which it sends), or when the runner stops taking inputs.
-fn start_reader(
-    sources: Vec<InputSource>,
-) -> std::io::Result<Receiver<std::io::Result<Vec<String>>>> {
-    let (tx, rx) = crossbeam_channel::bounded(READ_AHEAD);
-    std::thread::Builder::new()
-        .name("multiproc-input".into())
-        .spawn(move || match input::Combinations::new(&sources) {
-            Err(e) => {
-                let _ = tx.send(Err(e));
-            }
-            Ok(combos) => {
-                for item in combos {
-                    let failed = item.is_err();
-                    if tx.send(item).is_err() || failed {
-                        break;
-                    }
-                }
-            }
-        })?;
-    Ok(rx)
-}
-
-/// The runner's jobs: the input combinations numbered from 1, less those `--resume` skips.
-struct Feed<'a> {
-    jobs: Jobs<'a>,
-    inputs: Inputs,
-    /// The seq of the last input taken.
-    seq: u64,
-    state: JoblogState,
-    resume: Resume,
-}
-
-impl JobSource for Feed<'_> {
-    fn next_job(&mut self, slot: usize, wait: Duration) -> Next {
-        let deadline = Instant::now() + wait;
-        loop {
-            match self.inputs.next(deadline) {
-                Got::Input(args) => {
-                    self.seq += 1;
-                    if !self.state.skips(self.seq, self.resume) {
-                        return Next::Job(self.jobs.make(self.seq, slot, args));
-                    }
-                }
-                Got::NotYet => return Next::NotYet,
-                Got::End(end) => return Next::End(end),
-            }
-        }
-    }
-}
-
-/// Whether the first input source is read as jobs run (see [`Inputs::Streamed`]): stdin or a
-/// file that is not a regular file, unless `--halt` needs the total for a percentage.
-fn streams(cfg: &Config) -> bool {
-    if let Halt::When {
-        threshold: Threshold::Percent(_),
-        ..
-    } = cfg.halt
-    {
-        return false;
-    }
-    let regular = match &cfg.sources[0] {
-        InputSource::Args(_) => return false,
-        InputSource::File(p) => std::fs::metadata(p).map(|m| m.is_file()),
-        InputSource::Stdin => std::io::stdin()
-            .as_fd()
-            .try_clone_to_owned()
-            .and_then(|fd| File::from(fd).metadata())
-            .map(|m| m.is_file()),
-    };
-    // A source that cannot be looked at is read at once, so that its error comes first.
-    !regular.unwrap_or(true)
-}
-
 /// How many jobs at once, the threads each gets, whether those threads were asked for
 /// (`--threads-per-job`: then the thread variables are overridden), and why (for `--verbose`).
 ///
@@ -341,7 +170,8 @@ fn sizing(cfg: &Config) -> Result<(usize, usize, bool, String), Failure> {
     let k = cfg.threads_per_job.map(|k| k.get());
     let (farm_jobs, farm_threads, farm_why) = budget.job_farm();
     let (jobs, why) = match (cfg.jobs, k) {
-        (Some(j), _) => (j.get(), "-j".to_string()),
+        (Some(Jobs::Count(j)), _) => (j.get(), "-j".to_string()),
+        (Some(j), _) => (j.resolve(cpus), format!("-j of {budget}")),
         (None, Some(k)) => (
             (cpus / k).max(1),
             format!("{budget} / --threads-per-job {k}"),
@@ -354,15 +184,6 @@ fn sizing(cfg: &Config) -> Result<(usize, usize, bool, String), Failure> {
         (None, None) => (cpus / jobs).max(1),
     };
     Ok((jobs, threads, k.is_some(), why))
-}
-
-/// Reads every input combination.
-fn read_inputs(cfg: &Config) -> Result<Vec<Vec<String>>, Failure> {
-    let combos = input::Combinations::new(&cfg.sources)
-        .map_err(|e| Failure::usage(format!("cannot read the inputs: {e}")))?;
-    combos
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(|e| Failure::usage(format!("cannot read the inputs: {e}")))
 }
 
 /// How long to wait for an earlier run's processes to let go of the joblog.
@@ -444,6 +265,24 @@ fn open_joblog(cfg: &Config) -> Result<JoblogState, Failure> {
     Ok(state)
 }
 
+/// `--header`: every `{name}` in the templates becomes its column.
+fn resolve_names(cfg: &mut Config, names: &[String]) -> Result<(), Failure> {
+    let templates = [
+        ("COMMAND", Some(&mut cfg.command)),
+        ("--stdin", cfg.stdin.as_mut()),
+        ("--stdout", cfg.stdout.as_mut()),
+        ("--tagstring", cfg.tag.as_mut()),
+        ("--wd", cfg.wd.as_mut()),
+    ];
+    for (flag, t) in templates {
+        if let Some(t) = t {
+            t.resolve_names(names)
+                .map_err(|e| Failure::usage(format!("{flag}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
 /// The body of `main`: check, run, and pick the exit status.
 fn run(cfg: &Config) -> Result<ExitCode, Failure> {
     // The batch script of a multi-node allocation: one agent per node (issue 14).
@@ -459,34 +298,14 @@ fn run(cfg: &Config) -> Result<ExitCode, Failure> {
         .map(|v| (v.to_string(), threads.to_string()))
         .collect();
     let state = open_joblog(cfg)?;
-    let any_single = cfg
-        .stdin
-        .iter()
-        .chain(&cfg.stdout)
-        .any(|t| t.has_replacements());
-    let jobs_of = Jobs {
-        cfg,
-        no_append: !cfg.command.has_replacements() && any_single,
-    };
-    // With inputs read at once: how many there are and how many will run.
-    let (inputs, counts) = if streams(cfg) {
-        let sources = cfg.sources.clone();
-        (Inputs::Streamed { sources, rx: None }, None)
-    } else {
-        let inputs = read_inputs(cfg)?;
-        let total = inputs.len() as u64;
-        let to_run = (1..=total)
-            .filter(|&seq| !state.skips(seq, cfg.resume))
-            .count() as u64;
-        (Inputs::Read(inputs.into_iter()), Some((total, to_run)))
-    };
-    let mut feed = Feed {
-        jobs: jobs_of,
-        inputs,
-        seq: 0,
-        state,
-        resume: cfg.resume,
-    };
+    let (inputs, names) = feed::open_inputs(cfg, jobs)?;
+    let mut cfg = cfg.clone();
+    if cfg.extras.shape.header {
+        resolve_names(&mut cfg, &names)?;
+    }
+    let cfg = &cfg;
+    let mut feed = Feed::new(cfg, inputs, state);
+    let counts = feed.counts();
     if cfg.verbose > 0 {
         eprintln!(
             "multiproc: {jobs} job{} at once ({why}), {threads} thread{} per job, {}",
@@ -534,6 +353,8 @@ fn run(cfg: &Config) -> Result<ExitCode, Failure> {
         halt,
         env,
         joblog: cfg.joblog.clone(),
+        output: cfg.extras.output,
+        sched: cfg.extras.sched.clone(),
     };
     let mut output = Output::new(cfg.keep_order, cfg.results.clone());
     let to_run = counts.map(|(_, to_run)| to_run);
@@ -576,55 +397,4 @@ fn run(cfg: &Config) -> Result<ExitCode, Failure> {
         ));
     }
     Ok(ExitCode::from(summary.failed.min(101) as u8))
-}
-
-/// The progress bar (indicatif) with ETA, on stderr: `--bar`, or by default when stderr is a
-/// terminal (so it is silent in batch jobs).
-#[derive(Debug)]
-struct Bar(indicatif::ProgressBar);
-
-impl Bar {
-    /// A bar for `len` jobs; a counter until the total is known (streamed input).
-    fn new(len: Option<u64>) -> Self {
-        let bar =
-            indicatif::ProgressBar::with_draw_target(len, indicatif::ProgressDrawTarget::stderr());
-        let mut b = Bar(bar);
-        match len {
-            Some(_) => b.with_total_style(),
-            None => {
-                if let Ok(style) =
-                    indicatif::ProgressStyle::with_template("{elapsed_precise} {pos} jobs done")
-                {
-                    b.0.set_style(style);
-                }
-            }
-        }
-        b
-    }
-
-    fn with_total_style(&mut self) {
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{wide_bar}] {pos}/{len} jobs, ETA {eta}",
-        ) {
-            self.0.set_style(style);
-        }
-    }
-}
-
-impl Progress for Bar {
-    fn tick(&mut self) {
-        self.0.inc(1);
-    }
-    fn total(&mut self, jobs: u64) {
-        if self.0.length().is_none() {
-            self.0.set_length(jobs);
-            self.with_total_style();
-        }
-    }
-    fn suspend(&mut self, f: &mut dyn FnMut()) {
-        self.0.suspend(f)
-    }
-    fn finish(&mut self) {
-        self.0.finish();
-    }
 }

@@ -17,6 +17,8 @@ struct Block {
     stdout: Held,
     /// The job's stderr, printed after its stdout.
     stderr: Held,
+    /// `--tag`: `TAG\t`, printed before each line.
+    tag: Option<Vec<u8>>,
 }
 
 impl Default for Block {
@@ -24,7 +26,46 @@ impl Default for Block {
         Block {
             stdout: Held::Bytes(Vec::new()),
             stderr: Held::Bytes(Vec::new()),
+            tag: None,
         }
+    }
+}
+
+/// Writes through to `inner`, with `prefix` before each line (`--tag`).
+struct Tagged<'a> {
+    inner: &'a mut dyn Write,
+    prefix: &'a [u8],
+    at_line_start: bool,
+}
+
+impl Write for Tagged<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut out = Vec::with_capacity(buf.len() + self.prefix.len());
+        for piece in buf.split_inclusive(|&b| b == b'\n') {
+            if self.at_line_start {
+                out.extend_from_slice(self.prefix);
+            }
+            out.extend_from_slice(piece);
+            self.at_line_start = piece.ends_with(b"\n");
+        }
+        self.inner.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes `held` to `w`, tagged when `tag` is given.
+fn write_held(held: &mut Held, w: &mut dyn Write, tag: Option<&[u8]>) -> io::Result<()> {
+    match tag {
+        None => held.write_to(w),
+        Some(prefix) => held.write_to(&mut Tagged {
+            inner: w,
+            prefix,
+            at_line_start: true,
+        }),
     }
 }
 
@@ -73,7 +114,12 @@ impl Output {
     /// A job ended: keep its `--results` files and print its block (now, or once every job
     /// before it has been printed, with `-k`).
     pub(crate) fn finished(&mut self, job: &Job, stdout: Held, stderr: Held) -> io::Result<()> {
-        let mut block = Block { stdout, stderr };
+        let tag = job.tag.as_ref().map(|t| format!("{t}\t").into_bytes());
+        let mut block = Block {
+            stdout,
+            stderr,
+            tag,
+        };
         if let Some(dir) = &self.results {
             write_results(dir, job, &mut block)?;
         }
@@ -107,7 +153,9 @@ impl Output {
     fn print(&mut self, block: &mut Block) -> io::Result<()> {
         if !block.stdout.is_empty() && !self.stdout_closed {
             let mut out = io::stdout().lock();
-            match block.stdout.write_to(&mut out).and_then(|()| out.flush()) {
+            match write_held(&mut block.stdout, &mut out, block.tag.as_deref())
+                .and_then(|()| out.flush())
+            {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => self.stdout_closed = true,
                 Err(e) => return Err(e),
@@ -115,7 +163,7 @@ impl Output {
         }
         if !block.stderr.is_empty() {
             let mut err = io::stderr().lock();
-            let _ = block.stderr.write_to(&mut err);
+            let _ = write_held(&mut block.stderr, &mut err, block.tag.as_deref());
             let _ = err.flush();
         }
         Ok(())

@@ -47,6 +47,73 @@ pub(crate) fn command_line(
     line
 }
 
+/// A whole command line given as one argument (`multiproc 'convert {} {.}.png' ::: a.jpg`, as
+/// GNU parallel users write it) split into words the way `sh` would, if it holds nothing but
+/// words, blanks, quotes and backslashes. `None` when it holds other shell syntax (pipes,
+/// redirections, `;`, `&`, `$`, backquotes, globs, parentheses, `~`): that needs `--shell`.
+pub(crate) fn split_words(line: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next()? {
+                        '\'' => break,
+                        c => word.push(c),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '$' | '`' => return None,
+                        '\\' => match chars.next()? {
+                            c @ ('"' | '\\') => word.push(c),
+                            c => {
+                                word.push('\\');
+                                word.push(c);
+                            }
+                        },
+                        c => word.push(c),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                word.push(chars.next()?);
+            }
+            '|' | '&' | ';' | '<' | '>' | '(' | ')' | '$' | '`' | '*' | '?' | '[' | '~' | '#' => {
+                // `{#}` is a replacement string, not a comment.
+                if c == '#' && word.ends_with('{') {
+                    word.push(c);
+                    continue;
+                }
+                return None;
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    Some(words)
+}
+
 /// Words that are shell operators on their own (`cmd '|' wc` reaches us only quoted, and then
 /// means shell code that lost its shell).
 const OPERATORS: &[&str] = &[
@@ -170,6 +237,32 @@ mod tests {
             command_line(None, "echo 'a b' | wc", None, Some("o")),
             "echo 'a b' | wc > o"
         );
+    }
+
+    #[test]
+    fn a_command_line_in_one_argument_is_split_like_sh() {
+        let split = |s: &str| split_words(s).map(|w| w.join("|"));
+        assert_eq!(
+            split("convert {} {.}.png").as_deref(),
+            Some("convert|{}|{.}.png")
+        );
+        assert_eq!(
+            split(" grep -c 'a b' \"c\\\"d\" x\\ y ").as_deref(),
+            Some("grep|-c|a b|c\"d|x y")
+        );
+        assert_eq!(split("echo {#} {%}").as_deref(), Some("echo|{#}|{%}"));
+        for shell in [
+            "wc -l < {}",
+            "a | b",
+            "a; b",
+            "echo $HOME",
+            "ls *.txt",
+            "echo \"$x\"",
+            "a && b",
+            "echo 'open",
+        ] {
+            assert_eq!(split(shell), None, "{shell}");
+        }
     }
 
     #[test]

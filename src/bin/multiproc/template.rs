@@ -66,7 +66,7 @@ impl PathOp {
 }
 
 /// One replacement string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Replacement {
     /// An input value: `source` is `None` for all sources (`{}`), `Some(n)` for `{n}` (1-based).
     Input {
@@ -81,6 +81,34 @@ pub(crate) enum Replacement {
     Slot,
     /// `{host}`: the node the job runs on ([`set_host`]; `:` when not set).
     Host,
+    /// `{name}` with `--header`: a named column, until [`Template::resolve_names`] turns it into
+    /// its position.
+    Named(String),
+}
+
+/// How a template is read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Syntax {
+    /// How many input positions `{N}` may name; `None`: any (`--colsep`, `-N`: a position past
+    /// a job's values gives the empty string, as in GNU parallel).
+    pub(crate) positions: Option<usize>,
+    /// `-I STR`: STR stands for `{}`, and `{}` is plain text.
+    pub(crate) replace: Option<String>,
+    /// `--header`: `{name}` names an input column.
+    pub(crate) names: bool,
+}
+
+/// How a job with many inputs fills the command (`-X`, `-m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Multi {
+    /// `{}` is the inputs joined by spaces, in one word.
+    #[default]
+    Joined,
+    /// `-X`: a word holding `{}` is repeated once per input (context replace).
+    Context,
+    /// `-m`: `{}` becomes the inputs as separate words (the word's text before `{}` on the
+    /// first, after it on the last).
+    Words,
 }
 
 /// The value of `{host}` in this process: set once by a multi-node agent to its node's name.
@@ -102,6 +130,7 @@ impl fmt::Display for Replacement {
             Replacement::Seq => f.write_str("{#}"),
             Replacement::Slot => f.write_str("{%}"),
             Replacement::Host => f.write_str("{host}"),
+            Replacement::Named(n) => write!(f, "{{{n}}}"),
         }
     }
 }
@@ -184,6 +213,7 @@ pub(crate) struct JobValues<'a> {
 pub(crate) struct Template {
     words: Vec<Word>,
     has_replacements: bool,
+    multi: Multi,
 }
 
 impl Template {
@@ -191,10 +221,13 @@ impl Template {
     ///
     /// # Errors
     /// [`TemplateError`] for an unknown replacement string or `{N}` out of range.
-    pub(crate) fn parse<S: AsRef<str>>(words: &[S], sources: usize) -> Result<Self, TemplateError> {
+    pub(crate) fn parse<S: AsRef<str>>(
+        words: &[S],
+        syntax: &Syntax,
+    ) -> Result<Self, TemplateError> {
         let words = words
             .iter()
-            .map(|w| parse_word(w.as_ref(), sources))
+            .map(|w| parse_word(w.as_ref(), syntax))
             .collect::<Result<Vec<_>, _>>()?;
         let has_replacements = words
             .iter()
@@ -202,7 +235,37 @@ impl Template {
         Ok(Template {
             words,
             has_replacements,
+            multi: Multi::Joined,
         })
+    }
+
+    /// Sets how a job with many inputs fills the command (`-X`, `-m`).
+    pub(crate) fn set_multi(&mut self, multi: Multi) {
+        self.multi = multi;
+    }
+
+    /// `--header`: turns each `{name}` into the position of that column in `names`.
+    ///
+    /// # Errors
+    /// [`TemplateError::Unknown`] for a name that is not a column.
+    pub(crate) fn resolve_names(&mut self, names: &[String]) -> Result<(), TemplateError> {
+        for w in &mut self.words {
+            for p in &mut w.parts {
+                if let Part::Replace(Replacement::Named(n)) = p {
+                    let Some(i) = names.iter().position(|x| x == n) else {
+                        return Err(TemplateError::Unknown {
+                            found: format!("{{{n}}}"),
+                            word: format!("the header's columns are {names:?}"),
+                        });
+                    };
+                    *p = Part::Replace(Replacement::Input {
+                        source: Some(i + 1),
+                        op: PathOp::Whole,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Parses a single-string template (`--stdin`, `--stdout`): rendered to one string, never
@@ -210,8 +273,8 @@ impl Template {
     ///
     /// # Errors
     /// As [`Template::parse`].
-    pub(crate) fn parse_single(text: &str, sources: usize) -> Result<Self, TemplateError> {
-        Template::parse(&[text], sources)
+    pub(crate) fn parse_single(text: &str, syntax: &Syntax) -> Result<Self, TemplateError> {
+        Template::parse(&[text], syntax)
     }
 
     /// True if the template contains at least one replacement string; if not, the inputs are
@@ -223,7 +286,18 @@ impl Template {
     /// The command's argv for a direct exec (no shell): replacement values are substituted
     /// verbatim; with no replacement strings each input is appended as its own argument.
     pub(crate) fn render_argv(&self, job: &JobValues<'_>) -> Vec<String> {
-        let mut argv: Vec<String> = self.words.iter().map(|w| w.render(job, false)).collect();
+        let mut argv = Vec::with_capacity(self.words.len() + job.args.len());
+        for w in &self.words {
+            match self.multi {
+                Multi::Context if w.has_all_inputs() => {
+                    argv.extend(job.args.iter().map(|a| w.render(&job.only(a), false, " ")));
+                }
+                Multi::Words if w.has_all_inputs() => {
+                    argv.extend(w.render(job, false, "\0").split('\0').map(str::to_owned));
+                }
+                _ => argv.push(w.render(job, false, " ")),
+            }
+        }
         if !self.has_replacements {
             argv.extend(job.args.iter().cloned());
         }
@@ -234,7 +308,14 @@ impl Template {
     /// joined by spaces as shell code and only the replacement values are quoted, as GNU parallel
     /// does; with no replacement strings the quoted inputs are appended.
     pub(crate) fn render_shell(&self, job: &JobValues<'_>) -> String {
-        let mut out: Vec<String> = self.words.iter().map(|w| w.render(job, true)).collect();
+        let mut out = Vec::with_capacity(self.words.len());
+        for w in &self.words {
+            if self.multi == Multi::Context && w.has_all_inputs() {
+                out.extend(job.args.iter().map(|a| w.render(&job.only(a), true, " ")));
+            } else {
+                out.push(w.render(job, true, " "));
+            }
+        }
         if !self.has_replacements {
             out.extend(job.args.iter().map(|a| shell_quote(a)));
         }
@@ -246,20 +327,49 @@ impl Template {
     pub(crate) fn render_single(&self, job: &JobValues<'_>) -> String {
         self.words
             .iter()
-            .map(|w| w.render(job, false))
+            .map(|w| w.render(job, false, " "))
             .collect::<Vec<_>>()
             .join(" ")
     }
 }
 
+impl JobValues<'_> {
+    /// The same job with one input only (`-X`: a word per input).
+    fn only<'b>(&self, arg: &'b String) -> JobValues<'b> {
+        JobValues {
+            seq: self.seq,
+            slot: self.slot,
+            args: std::slice::from_ref(arg),
+        }
+    }
+}
+
 impl Word {
-    fn render(&self, job: &JobValues<'_>, quote: bool) -> String {
+    /// Whether the word holds `{}` (or `{.}` ...) of all inputs.
+    fn has_all_inputs(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Replace(Replacement::Input { source: None, .. })))
+    }
+
+    /// The word for `job`; values of all inputs are joined by `join`.
+    fn render(&self, job: &JobValues<'_>, quote: bool, join: &str) -> String {
         let mut s = String::new();
         for part in &self.parts {
             match part {
                 Part::Literal(text) => s.push_str(text),
                 Part::Replace(r) => {
-                    let value = replacement_value(*r, job);
+                    if quote && matches!(r, Replacement::Input { source: None, .. }) {
+                        // Each value quoted on its own: they stay separate shell words.
+                        let Replacement::Input { op, .. } = r else {
+                            unreachable!()
+                        };
+                        let quoted: Vec<String> =
+                            job.args.iter().map(|a| shell_quote(&op.apply(a))).collect();
+                        s.push_str(&quoted.join(" "));
+                        continue;
+                    }
+                    let value = replacement_value(r, job, join);
                     if quote {
                         s.push_str(&shell_quote(&value));
                     } else {
@@ -272,7 +382,7 @@ impl Word {
     }
 }
 
-fn replacement_value(r: Replacement, job: &JobValues<'_>) -> String {
+fn replacement_value(r: &Replacement, job: &JobValues<'_>, join: &str) -> String {
     match r {
         Replacement::Seq => job.seq.to_string(),
         Replacement::Slot => job.slot.to_string(),
@@ -282,11 +392,13 @@ fn replacement_value(r: Replacement, job: &JobValues<'_>) -> String {
             .iter()
             .map(|a| op.apply(a))
             .collect::<Vec<_>>()
-            .join(" "),
+            .join(join),
         Replacement::Input {
             source: Some(n),
             op,
         } => job.args.get(n - 1).map(|a| op.apply(a)).unwrap_or_default(),
+        // Resolved before any job is made; a name left over is an empty value.
+        Replacement::Named(_) => String::new(),
     }
 }
 
@@ -316,7 +428,7 @@ fn perl_expression(word: &str) -> Option<&str> {
     None
 }
 
-fn parse_word(word: &str, sources: usize) -> Result<Word, TemplateError> {
+fn parse_word(word: &str, syntax: &Syntax) -> Result<Word, TemplateError> {
     if let Some(found) = perl_expression(word) {
         return Err(TemplateError::Unsupported {
             found: found.to_owned(),
@@ -324,9 +436,41 @@ fn parse_word(word: &str, sources: usize) -> Result<Word, TemplateError> {
                    input in the command (e.g. --shell with sed) or before it",
         });
     }
+    let Some(rep) = syntax.replace.as_deref().filter(|r| !r.is_empty()) else {
+        return parse_segment(word, word, syntax, true);
+    };
+    // -I STR: STR is `{}`; the text between is parsed as usual, with `{}` as plain text.
+    let mut parts = Vec::new();
+    for (i, segment) in word.split(rep).enumerate() {
+        if i > 0 {
+            parts.push(Part::Replace(Replacement::Input {
+                source: None,
+                op: PathOp::Whole,
+            }));
+        }
+        let w = parse_segment(segment, word, syntax, false)?;
+        parts.extend(
+            w.parts
+                .into_iter()
+                .filter(|p| *p != Part::Literal(String::new())),
+        );
+    }
+    if parts.is_empty() {
+        parts.push(Part::Literal(String::new()));
+    }
+    Ok(Word { parts })
+}
+
+/// Parses `text` (all or part of `word`); `braces` says whether `{}` is a replacement string.
+fn parse_segment(
+    text: &str,
+    word: &str,
+    syntax: &Syntax,
+    braces: bool,
+) -> Result<Word, TemplateError> {
     let mut parts = Vec::new();
     let mut literal = String::new();
-    let mut rest = word;
+    let mut rest = text;
     while let Some(open) = rest.find('{') {
         let (before, from_brace) = rest.split_at(open);
         literal.push_str(before);
@@ -338,20 +482,31 @@ fn parse_word(word: &str, sources: usize) -> Result<Word, TemplateError> {
             _ => None,
         };
         match group {
+            Some("{}") if !braces => {
+                literal.push_str("{}");
+                rest = &from_brace[2..];
+            }
             Some(group) if !after_dollar => {
                 let inner = &group[1..group.len() - 1];
-                let r = parse_replacement(inner).ok_or_else(|| TemplateError::Unknown {
-                    found: group.to_owned(),
-                    word: word.to_owned(),
-                })?;
+                let r = match parse_replacement(inner) {
+                    Some(r) => r,
+                    None if syntax.names && is_name(inner) => Replacement::Named(inner.to_owned()),
+                    None => {
+                        return Err(TemplateError::Unknown {
+                            found: group.to_owned(),
+                            word: word.to_owned(),
+                        });
+                    }
+                };
                 if let Replacement::Input {
                     source: Some(n), ..
                 } = r
                 {
-                    if n == 0 || n > sources {
+                    let max = syntax.positions.unwrap_or(usize::MAX);
+                    if n == 0 || n > max {
                         return Err(TemplateError::SourceOutOfRange {
                             found: group.to_owned(),
-                            sources,
+                            sources: max,
                         });
                     }
                 }
@@ -372,6 +527,15 @@ fn parse_word(word: &str, sources: usize) -> Result<Word, TemplateError> {
         parts.push(Part::Literal(literal));
     }
     Ok(Word { parts })
+}
+
+/// A column name of `--header`: letters, digits, `_`, `-`, `.`, not starting with a digit.
+fn is_name(s: &str) -> bool {
+    s.chars()
+        .next()
+        .is_some_and(|c| c.is_alphabetic() || c == '_')
+        && s.chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-'))
 }
 
 /// Parses what is between the braces; `None` if it is not a replacement string.
@@ -447,249 +611,5 @@ pub(crate) fn dirname(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job(args: &[&str]) -> (Vec<String>, u64, usize) {
-        (args.iter().map(|s| s.to_string()).collect(), 7, 2)
-    }
-
-    fn argv(words: &[&str], args: &[&str]) -> Vec<String> {
-        let (args, seq, slot) = job(args);
-        let t = Template::parse(words, args.len().max(1)).unwrap();
-        t.render_argv(&JobValues {
-            seq,
-            slot,
-            args: &args,
-        })
-    }
-
-    /// (input, {.}, {/}, {//}, {/.}) as GNU parallel 20221122 printed them.
-    const GNU_CASES: &[(&str, &str, &str, &str, &str)] = &[
-        ("a.txt", "a", "a.txt", ".", "a"),
-        ("dir/b.tar.gz", "dir/b.tar", "b.tar.gz", "dir", "b.tar"),
-        ("/abs/c", "/abs/c", "c", "/abs", "c"),
-        ("foo", "foo", "foo", ".", "foo"),
-        ("d.dir/e", "d.dir/e", "e", "d.dir", "e"),
-        ("d.dir/f.x", "d.dir/f", "f.x", "d.dir", "f"),
-        (".hidden", "", ".hidden", ".", ""),
-        ("./g.h", "./g", "g.h", ".", "g"),
-        ("/", "/", "", "/", ""),
-        ("a/", "a/", "", ".", ""),
-        ("a//", "a//", "", ".", ""),
-        ("", "", "", ".", ""),
-        ("..", ".", "..", ".", "."),
-        (".", "", ".", ".", ""),
-        ("./", "./", "", ".", ""),
-        ("a/b/", "a/b/", "", "a", ""),
-        ("x y.z", "x y", "x y.z", ".", "x y"),
-        ("..x", ".", "..x", ".", "."),
-        ("a.", "a", "a.", ".", "a"),
-        ("/a", "/a", "a", "/", "a"),
-        ("//a", "//a", "a", "/", "a"),
-        ("a//b", "a//b", "b", "a", "b"),
-    ];
-
-    #[test]
-    fn path_ops_match_gnu_parallel() {
-        for &(input, noext, base, dir, base_noext) in GNU_CASES {
-            assert_eq!(PathOp::Whole.apply(input), input, "{{}} of {input:?}");
-            assert_eq!(PathOp::NoExt.apply(input), noext, "{{.}} of {input:?}");
-            assert_eq!(PathOp::Basename.apply(input), base, "{{/}} of {input:?}");
-            assert_eq!(PathOp::Dirname.apply(input), dir, "{{//}} of {input:?}");
-            assert_eq!(
-                PathOp::BasenameNoExt.apply(input),
-                base_noext,
-                "{{/.}} of {input:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn all_replacements_in_one_word() {
-        assert_eq!(
-            argv(&["echo", "{}|{.}|{/}|{//}|{/.}|{#}|{%}"], &["dir/b.tar.gz"]),
-            ["echo", "dir/b.tar.gz|dir/b.tar|b.tar.gz|dir|b.tar|7|2"]
-        );
-    }
-
-    #[test]
-    fn input_appended_without_replacement_strings() {
-        assert_eq!(argv(&["echo", "-n"], &["a b"]), ["echo", "-n", "a b"]);
-        // Several sources: one argument each.
-        assert_eq!(argv(&["echo"], &["a", "b c"]), ["echo", "a", "b c"]);
-    }
-
-    #[test]
-    fn seq_or_slot_alone_suppresses_appending() {
-        // GNU: `parallel echo {#} ::: a b` prints 1 and 2, not "1 a".
-        assert_eq!(argv(&["echo", "{#}"], &["a"]), ["echo", "7"]);
-        assert_eq!(argv(&["echo", "{%}"], &["a"]), ["echo", "2"]);
-    }
-
-    #[test]
-    fn host_is_a_colon_on_one_node() {
-        // GNU (`--plus`): `parallel --plus echo {host} ::: a` prints ":" for the local host.
-        // A multi-node agent sets it to its node (checked by scripts/slurm/test-multi.sh).
-        assert_eq!(argv(&["echo", "{host}"], &["a"]), ["echo", ":"]);
-        assert_eq!(argv(&["echo", "x{host}y"], &["a"]), ["echo", "x:y"]);
-    }
-
-    #[test]
-    fn repeated_and_adjacent_replacements() {
-        // GNU: `parallel echo '{}{}' x{}y ::: a` prints "aa xay".
-        assert_eq!(
-            argv(&["echo", "{}{}", "x{}y"], &["a"]),
-            ["echo", "aa", "xay"]
-        );
-    }
-
-    #[test]
-    fn several_sources() {
-        // GNU: `parallel echo {} ::: a b ::: c d` prints "a c"...; {.} is applied to each value.
-        assert_eq!(argv(&["echo", "{}"], &["a", "c"]), ["echo", "a c"]);
-        assert_eq!(argv(&["echo", "{.}"], &["a.x", "b.y"]), ["echo", "a b"]);
-        // GNU: `parallel echo {2} {1/} {1.} ::: a/b.c ::: d` prints "d b.c a/b".
-        assert_eq!(
-            argv(
-                &["echo", "{2}", "{1/}", "{1.}", "{1//}", "{2/.}"],
-                &["a/b.c", "d.e"]
-            ),
-            ["echo", "d.e", "b.c", "a/b", "a", "d"]
-        );
-    }
-
-    #[test]
-    fn unknown_replacement_is_an_error() {
-        for bad in [
-            "{foo}", "x{foo}y", "{1..3}", "{-1}", "{./}", "{#1}", "{//.}",
-        ] {
-            let err = Template::parse(&["echo", bad], 1).unwrap_err();
-            assert!(
-                matches!(&err, TemplateError::Unknown { word, .. } if word == bad),
-                "{bad}: {err:?}"
-            );
-        }
-        let msg = Template::parse(&["x{foo}"], 1).unwrap_err().to_string();
-        assert!(
-            msg.starts_with("unknown replacement string {foo} in 'x{foo}'"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn brace_text_that_is_not_a_replacement_is_literal() {
-        // Shell variables, brace expansion with commas, awk programs with spaces, lone braces.
-        for lit in [
-            "${HOME}",
-            "a{b,c}",
-            "{print $1}",
-            "{",
-            "}",
-            "{ }",
-            "}{",
-            "{x",
-            "$${x}",
-        ] {
-            assert_eq!(
-                argv(&["cmd", lit, "{}"], &["i"]),
-                ["cmd", lit, "i"],
-                "{lit}"
-            );
-        }
-    }
-
-    #[test]
-    fn source_out_of_range() {
-        let err = Template::parse(&["echo", "{3}"], 2).unwrap_err();
-        assert_eq!(
-            err,
-            TemplateError::SourceOutOfRange {
-                found: "{3}".into(),
-                sources: 2
-            }
-        );
-        assert!(Template::parse(&["{0}"], 1).is_err());
-        assert!(Template::parse(&["{99999999999999999999999}"], 1).is_err());
-        assert!(Template::parse(&["{2/.}"], 2).is_ok());
-    }
-
-    #[test]
-    fn render_shell_quotes_only_values() {
-        let t = Template::parse(&["echo", "{}", "|", "wc", "-c"], 1).unwrap();
-        let args = vec!["a b".to_string()];
-        let j = JobValues {
-            seq: 1,
-            slot: 1,
-            args: &args,
-        };
-        assert_eq!(t.render_shell(&j), "echo 'a b' | wc -c");
-        let t = Template::parse(&["echo"], 2).unwrap();
-        let args = vec!["a".to_string(), "b c".to_string()];
-        let j = JobValues { args: &args, ..j };
-        assert_eq!(t.render_shell(&j), "echo a 'b c'");
-    }
-
-    #[test]
-    fn single_templates_do_not_append() {
-        let t = Template::parse_single("out/{/.}.txt", 1).unwrap();
-        let args = vec!["in/x.csv".to_string()];
-        let j = JobValues {
-            seq: 1,
-            slot: 1,
-            args: &args,
-        };
-        assert_eq!(t.render_single(&j), "out/x.txt");
-        let t = Template::parse_single("fixed.txt", 1).unwrap();
-        assert!(!t.has_replacements());
-        assert_eq!(t.render_single(&j), "fixed.txt");
-    }
-
-    #[test]
-    fn display_round_trips() {
-        for s in [
-            "{}", "{.}", "{/}", "{//}", "{/.}", "{#}", "{%}", "{2}", "{3/.}",
-        ] {
-            assert_eq!(
-                parse_replacement(&s[1..s.len() - 1]).unwrap().to_string(),
-                s
-            );
-        }
-    }
-
-    /// Compares `--dry-run` output with GNU parallel's when it is installed
-    /// (`scripts/slurm/install.sh` installs it); otherwise the hard-coded cases above stand in.
-    #[test]
-    fn dry_run_matches_installed_gnu_parallel() {
-        let words = ["echo", "{}", "{.}", "{/}", "{//}", "{/.}", "{#}"];
-        let inputs: Vec<&str> = GNU_CASES.iter().map(|c| c.0).collect();
-        let out = std::process::Command::new("parallel")
-            .args(["--will-cite", "-k", "-j1", "--dry-run"])
-            .args(words)
-            .arg(":::")
-            .args(&inputs)
-            .output();
-        let out = match out {
-            Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap(),
-            _ => {
-                eprintln!("GNU parallel not installed: skipping the live comparison");
-                return;
-            }
-        };
-        let t = Template::parse(&words, 1).unwrap();
-        let ours: Vec<String> = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, input)| {
-                let args = vec![input.to_string()];
-                t.render_shell(&JobValues {
-                    seq: i as u64 + 1,
-                    slot: 1,
-                    args: &args,
-                })
-            })
-            .collect();
-        let theirs: Vec<&str> = out.lines().collect();
-        assert_eq!(ours, theirs);
-    }
-}
+#[path = "template_tests.rs"]
+mod tests;
