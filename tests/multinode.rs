@@ -353,3 +353,59 @@ fn nodes_flag_limits_the_run_to_those_nodes() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Dynamic hand-out, with a handshake instead of timing: 1 slot per node; a job on node b
+/// waits until 18 other jobs are done. Inputs dealt out in advance (10 each) would leave b's
+/// queue stuck behind its first job; handed out as slots free up, node a runs the rest.
+#[test]
+fn a_node_gets_work_when_it_has_a_free_slot() {
+    let dir = tmpdir("dynamic");
+    std::fs::create_dir_all(dir.join("done")).unwrap();
+    let mut cmd = batch(&dir);
+    cmd.env("SLURM_JOB_CPUS_PER_NODE", "1(x2)")
+        .args(["--joblog", "run.log", "--shell"])
+        .arg(
+            "if [ {host} = b ]; then i=0; \
+             while [ $(ls done | wc -l) -lt 18 ] && [ $i -lt 1500 ]; do sleep 0.02; i=$((i+1)); done; \
+             fi; touch done/{}",
+        )
+        .arg(":::")
+        .args((1..=20).map(|i| i.to_string()));
+    let out = run_bounded(cmd, LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    let log = joblog(&dir.join("run.log"));
+    assert_eq!(seqs(&log), (1..=20).collect::<Vec<_>>());
+    let on_b = log.iter().filter(|l| l.1 == "b").count();
+    assert!((1..=2).contains(&on_b), "node b ran {on_b} jobs: {log:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Slots per node come from that node's share of the allocation.
+#[test]
+fn slots_per_node_follow_the_allocation() {
+    let dir = tmpdir("uneven");
+    let mut cmd = batch(&dir);
+    // (2 and 1: the sizing rule caps a node's CPUs by the affinity mask; CI machines have 2.)
+    cmd.env("SLURM_JOB_CPUS_PER_NODE", "2,1")
+        .args(["-v", "--joblog", "run.log", "echo", "{host}", "{%}", ":::"])
+        .args((1..=12).map(|i| i.to_string()));
+    let out = run_bounded(cmd, LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("nodes: a (2 CPUs), b (1 CPU)"), "{stderr}");
+    assert!(
+        stderr.contains("multiproc agent on a: 2 jobs at once"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("multiproc agent on b: 1 job at once"),
+        "{stderr}"
+    );
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let (host, slot) = line.split_once(' ').unwrap();
+        let max = if host == "a" { 2 } else { 1 };
+        let slot: usize = slot.parse().unwrap();
+        assert!((1..=max).contains(&slot), "{line}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
