@@ -409,3 +409,21 @@ fn slots_per_node_follow_the_allocation() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--bar` in a multi-node run (drawn only on a terminal; here it must not disturb the output).
+#[test]
+fn bar_does_not_disturb_a_multi_node_run() {
+    let dir = tmpdir("bar");
+    let mut cmd = batch(&dir);
+    cmd.args(["--bar", "echo", ":::"])
+        .args((1..=12).map(|i| i.to_string()));
+    let out = run_bounded(cmd, LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    let mut lines: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    lines.sort_unstable();
+    assert_eq!(lines, (1..=12).collect::<Vec<_>>());
+    let _ = std::fs::remove_dir_all(&dir);
+}

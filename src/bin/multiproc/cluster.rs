@@ -24,14 +24,15 @@
 //!   `srun`s get SIGKILL. Jobs not logged are run by `--resume`, each once.
 //! - `{%}` is per node and slot; `MULTIPROC_NODE` / `PARALLEL_SSHLOGIN` name the node in each
 //!   job's environment (as does SLURM's own `SLURMD_NODENAME`).
-//! - Not in multi-node mode: `--halt` (refused), the progress bar. `--dry-run` prints locally.
+//! - Not in multi-node mode: `--halt` (refused). `--dry-run` prints locally. The progress bar
+//!   (`--bar`, or stderr a terminal) counts jobs over all nodes.
 //!   `MULTIPROC_NODES=1` (or running inside a step, e.g. `srun -N1 multiproc ...`) keeps a run
 //!   on the node it starts on; `--nodes LIST` limits it to those nodes ([`crate::nodes`]). The binary must be at the same path on every node (a shared
 //!   file system, as for the job script itself).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Write};
+use std::io::{BufReader, IsTerminal, Write};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -41,7 +42,7 @@ use nix::sys::signal::{self, SigHandler, SigSet, Signal};
 use nix::unistd::Pid;
 
 use crate::args::{Config, Halt};
-use crate::engine::{JobSource, Next};
+use crate::engine::{JobSource, Next, NoProgress, Progress};
 use crate::job::JobOutcome;
 use crate::joblog::Entry;
 use crate::nodes::NodeAlloc;
@@ -104,12 +105,15 @@ struct Runner<'a> {
     cfg: &'a Config,
     feed: Feed<'a>,
     source_done: bool,
+    /// Inputs handed out (not counting hand-outs again).
+    handed_out: u64,
     agents: Vec<Agent>,
     /// Jobs to hand out again (their node was lost).
     again: VecDeque<(u64, Vec<String>)>,
     /// Node losses per seq (counted against `--retries`).
     lost: HashMap<u64, u32>,
     output: Output,
+    progress: Box<dyn Progress>,
     joblog: Option<File>,
     stop: Option<Instant>,
     killed: bool,
@@ -256,10 +260,16 @@ pub(crate) fn run(cfg: &Config, nodes: &[NodeAlloc]) -> Result<ExitCode, Failure
             resume: cfg.resume,
         },
         source_done: false,
+        handed_out: 0,
         agents,
         again: VecDeque::new(),
         lost: HashMap::new(),
         output: Output::new(cfg.keep_order, cfg.results.clone()),
+        progress: if cfg.bar || std::io::stderr().is_terminal() {
+            Box::new(crate::Bar::new(to_run.map(|n| n as u64)))
+        } else {
+            Box::new(NoProgress)
+        },
         joblog,
         stop: None,
         killed: false,
@@ -270,6 +280,7 @@ pub(crate) fn run(cfg: &Config, nodes: &[NodeAlloc]) -> Result<ExitCode, Failure
     };
     let res = r.collect(&rx);
     r.reap();
+    r.progress.finish();
     res?;
     r.output
         .flush_rest()
@@ -365,11 +376,15 @@ impl Runner<'_> {
                     let idle = self.agents.iter().all(|a| a.running.is_empty());
                     let wait = if idle { TICK } else { Duration::ZERO };
                     match self.feed.next_job(0, wait) {
-                        Next::Job(job) => (job.seq, job.args),
+                        Next::Job(job) => {
+                            self.handed_out += 1;
+                            (job.seq, job.args)
+                        }
                         Next::NotYet => return Ok(()),
                         Next::End(end) => {
                             self.source_done = true;
                             self.input_error = end.err();
+                            self.progress.total(self.handed_out);
                             return Ok(());
                         }
                     }
@@ -439,9 +454,11 @@ impl Runner<'_> {
             self.failed += 1;
         }
         let job = self.feed.jobs.make(o.seq, slot, args);
-        self.output
-            .finished(&job, o)
-            .map_err(|e| io("cannot write the output", e))
+        let (output, mut res) = (&mut self.output, Ok(()));
+        self.progress
+            .suspend(&mut || res = output.finished(&job, o));
+        self.progress.tick();
+        res.map_err(|e| io("cannot write the output", e))
     }
 
     /// Agent `i`'s stdout ended: its running jobs go back to the queue, or are logged failed.
