@@ -427,3 +427,28 @@ fn bar_does_not_disturb_a_multi_node_run() {
     assert_eq!(lines, (1..=12).collect::<Vec<_>>());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A job's big output (over the 4 MiB the runner keeps in memory) comes back from its node in
+/// chunks, whole and in one block, next to small ones.
+#[test]
+fn big_output_comes_back_whole() {
+    let dir = tmpdir("big");
+    let mut cmd = batch(&dir);
+    cmd.args(["-k", "--shell"])
+        .arg("if [ {} = 2 ]; then head -c 6000000 /dev/zero | tr '\\0' x; echo; else echo small {}; fi")
+        .args([":::", "1", "2", "3", "4"]);
+    let out = run_bounded(cmd, LIMIT);
+    assert!(
+        out.status.success(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[0], "small 1");
+    assert_eq!(lines[1].len(), 6_000_000);
+    assert!(lines[1].bytes().all(|b| b == b'x'));
+    assert_eq!(&lines[2..], ["small 3", "small 4"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 #[test]
 fn multiproc_across_two_slurm_nodes() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/slurm/test-multi.sh");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/slurm/test-multi.sh"
+    );
     let child = Command::new("bash")
         .arg(script)
         .arg(env!("CARGO_BIN_EXE_multiproc"))

@@ -19,6 +19,7 @@
 mod fnref;
 mod result;
 mod sched;
+mod start;
 mod transport;
 mod worker;
 
@@ -40,19 +41,19 @@ pub use self::result::{AsyncResult, IMap};
 
 use self::fnref::{FnRef, Trampoline};
 use self::result::{AsyncState, Chunker, run_deferred, terminated};
-use self::sched::{Book, Config, Core, EndsFn, Event, Items, JobId, Sink, Task};
+use self::sched::{Book, Config, EndsFn, Event, Items, JobId, Scheduler, Sink, Task};
 use self::transport::{Encoded, MAX_FDS};
 
 /// A progress callback: `(inputs done, total if known)`.
 type ProgressHook = Arc<dyn Fn(usize, Option<usize>) + Send + Sync>;
 
 pub(crate) struct Shared {
-    core: Mutex<Core>,
+    core: Mutex<Scheduler>,
     book: Arc<Book>,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Core> {
+    fn lock(&self) -> MutexGuard<'_, Scheduler> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -185,7 +186,7 @@ impl fmt::Debug for Pool {
 #[must_use]
 pub struct PoolBuilder {
     processes: Option<usize>,
-    initializer: Option<Arc<dyn Fn() + Send + Sync>>,
+    initializer: Option<self::start::Initializer>,
     max_tasks_per_child: Option<u64>,
     retries: u32,
     task_timeout: Option<Duration>,
@@ -219,8 +220,11 @@ impl PoolBuilder {
     /// Runs `f` once in each worker when it starts (and in each replacement). It may capture
     /// anything: a worker is a copy of the parent's memory. If it panics, the worker exits and
     /// the tasks sent to it fail with [`Error::WorkerDied`].
-    pub fn initializer(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
-        self.initializer = Some(Arc::new(f));
+    pub fn initializer<F: Fn() + Send + Sync + 'static>(mut self, f: F) -> Self {
+        self.initializer = Some(self::start::Initializer {
+            fn_ref: fnref::init_ref::<F>(),
+            run: Arc::new(f),
+        });
         self
     }
 
@@ -328,7 +332,7 @@ impl PoolBuilder {
             None
         };
         let book = Arc::new(Book::default());
-        let core = Core::start(
+        let core = Scheduler::start(
             Config {
                 processes,
                 max_tasks_per_child: self.max_tasks_per_child,
@@ -337,6 +341,7 @@ impl PoolBuilder {
                 initializer: self.initializer,
                 thread_env,
             },
+            Box::new(self::start::Fork),
             book.clone(),
         )?;
         Ok(Pool {
@@ -462,7 +467,7 @@ impl Pool {
         }
     }
 
-    fn open(&self) -> Result<MutexGuard<'_, Core>> {
+    fn open(&self) -> Result<MutexGuard<'_, Scheduler>> {
         let core = self.shared.lock();
         if core.is_terminated() {
             return Err(Error::InvalidState("the pool was terminated".into()));

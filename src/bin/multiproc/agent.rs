@@ -18,7 +18,7 @@
 //! breaks and the agent stops.
 
 use std::ffi::OsString;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -29,7 +29,8 @@ use crate::Jobs;
 use crate::args::Config;
 use crate::engine::{self, EngineOpts, JobSource, Next, NoProgress, Sink};
 use crate::job::{Job, JobOutcome};
-use crate::proto::{FromAgent, ToAgent, read_frame, write_frame};
+use crate::proto::{CHUNK, FromAgent, ToAgent, read_frame, write_frame};
+use crate::spill::Held;
 
 /// The hidden first argument that starts an agent.
 pub(crate) const SUBCOMMAND: &str = "__agent";
@@ -132,12 +133,52 @@ fn stopping() -> bool {
 /// whose worker died is sent (failed) unless the run is stopping.
 struct ToRunner;
 
+/// Writes a job's stream as `Output` frames (behind a [`CHUNK`]-sized buffer).
+struct OutputFrames {
+    seq: u64,
+    stream: u8,
+}
+
+impl Write for OutputFrames {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let chunk = &buf[..buf.len().min(CHUNK)];
+        let msg = FromAgent::Output {
+            seq: self.seq,
+            stream: self.stream,
+            chunk: chunk.to_vec(),
+        };
+        write_frame(&mut std::io::stdout().lock(), &msg)?;
+        Ok(chunk.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
+}
+
+/// Sends one stream of job `seq` (nothing when it is empty); a spilled file is read in chunks.
+fn send_stream(seq: u64, stream: u8, mut held: Held) -> std::io::Result<()> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    let mut w = BufWriter::with_capacity(CHUNK, OutputFrames { seq, stream });
+    held.write_to(&mut w)?;
+    w.flush()
+}
+
 impl Sink for ToRunner {
     fn expect_up_to(&mut self, _: u64) {}
-    fn finished(&mut self, job: &Job, outcome: &JobOutcome) -> std::io::Result<()> {
+    fn finished(
+        &mut self,
+        job: &Job,
+        outcome: &JobOutcome,
+        stdout: Held,
+        stderr: Held,
+    ) -> std::io::Result<()> {
         if !outcome.logged && (outcome.attempts == 0 || stopping()) {
             return Ok(());
         }
+        send_stream(job.seq, 1, stdout)?;
+        send_stream(job.seq, 2, stderr)?;
         let msg = FromAgent::Done {
             slot: job.slot,
             command_line: job.command_line.clone(),

@@ -43,11 +43,13 @@ use nix::unistd::Pid;
 
 use crate::args::{Config, Halt};
 use crate::engine::{JobSource, Next, NoProgress, Progress};
+use crate::gather::{Gathered, held_len};
 use crate::job::JobOutcome;
 use crate::joblog::Entry;
 use crate::nodes::NodeAlloc;
 use crate::output::Output;
 use crate::proto::{FromAgent, ToAgent, read_frame, write_frame};
+use crate::spill::{Captured, Held};
 use crate::{Failure, Feed, INTERNAL, Inputs};
 
 /// How long the runner waits for its agents after a stop before it kills their `srun`s.
@@ -113,6 +115,8 @@ struct Runner<'a> {
     /// Node losses per seq (counted against `--retries`).
     lost: HashMap<u64, u32>,
     output: Output,
+    /// Output of running jobs, as it arrives.
+    gathered: Gathered,
     progress: Box<dyn Progress>,
     joblog: Option<File>,
     stop: Option<Instant>,
@@ -265,6 +269,7 @@ pub(crate) fn run(cfg: &Config, nodes: &[NodeAlloc]) -> Result<ExitCode, Failure
         again: VecDeque::new(),
         lost: HashMap::new(),
         output: Output::new(cfg.keep_order, cfg.results.clone()),
+        gathered: Gathered::default(),
         progress: if cfg.bar || std::io::stderr().is_terminal() {
             Box::new(crate::Bar::new(to_run.map(|n| n as u64)))
         } else {
@@ -333,6 +338,13 @@ impl Runner<'_> {
                         outcome,
                     }),
                 )) => self.finished(i, slot, &command_line, &outcome)?,
+                Ok((i, Event::Msg(FromAgent::Output { seq, stream, chunk }))) => self
+                    .gathered
+                    .push(i, seq, stream, &chunk)
+                    .map_err(|e| Failure {
+                        message: format!("cannot keep the output of job {seq}: {e}"),
+                        code: INTERNAL,
+                    })?,
                 Ok((i, Event::Gone(why))) => self.agent_gone(i, why)?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return self.all_gone(),
@@ -418,7 +430,8 @@ impl Runner<'_> {
             return Ok(());
         };
         let host = self.agents[i].node.clone();
-        self.record(&host, slot, args, command_line, outcome)
+        let streams = self.gathered.take(i, outcome.seq);
+        self.record(&host, slot, args, command_line, outcome, streams)
     }
 
     /// Logs, counts and prints one finished (or given up) job.
@@ -429,6 +442,7 @@ impl Runner<'_> {
         args: Vec<String>,
         command_line: &str,
         o: &JobOutcome,
+        (stdout, stderr): (Held, Held),
     ) -> Result<(), Failure> {
         let io = |what: &str, e: std::io::Error| Failure {
             message: format!("{what}: {e}"),
@@ -443,7 +457,7 @@ impl Runner<'_> {
                 command_line.to_string(),
             );
             e.host = host.to_string();
-            e.receive = o.stdout.len() as u64;
+            e.receive = held_len(&stdout);
             e.exitval = o.exit;
             e.signal = o.signal;
             log.write_all(e.to_line().as_bytes())
@@ -455,8 +469,12 @@ impl Runner<'_> {
         }
         let job = self.feed.jobs.make(o.seq, slot, args);
         let (output, mut res) = (&mut self.output, Ok(()));
-        self.progress
-            .suspend(&mut || res = output.finished(&job, o));
+        let mut streams = Some((stdout, stderr));
+        self.progress.suspend(&mut || {
+            if let Some((out, err)) = streams.take() {
+                res = output.finished(&job, out, err);
+            }
+        });
         self.progress.tick();
         res.map_err(|e| io("cannot write the output", e))
     }
@@ -471,6 +489,7 @@ impl Runner<'_> {
             let _ = signal::kill(Pid::from_raw(a.child.id() as i32), Signal::SIGTERM);
         }
         let lost = std::mem::take(&mut a.running);
+        self.gathered.drop_agent(i);
         let node = a.node.clone();
         if self.stop.is_some() {
             // Stopping: the jobs it ran did not finish; --resume runs them.
@@ -501,14 +520,15 @@ impl Runner<'_> {
                 exit: -1,
                 signal: 9,
                 timed_out: false,
-                stdout: Vec::new(),
-                stderr: format!("multiproc: job {seq}: its node {node}'s agent died\n")
-                    .into_bytes(),
+                stdout: Captured::default(),
+                stderr: Captured::default(),
                 attempts: *n,
                 logged: false,
             };
             let job = self.feed.jobs.make(seq, 0, args.clone());
-            self.record(&node, 0, args, &job.command_line, &o)?;
+            let msg = format!("multiproc: job {seq}: its node {node}'s agent died\n");
+            let streams = (Held::Bytes(Vec::new()), Held::Bytes(msg.into_bytes()));
+            self.record(&node, 0, args, &job.command_line, &o, streams)?;
         }
         Ok(())
     }
