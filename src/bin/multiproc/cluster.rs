@@ -11,6 +11,8 @@
 //! - **Slots per node** come from that node's allocation (`SLURM_JOB_CPUS_PER_NODE`), passed as
 //!   the step's `--cpus-per-task`, so the agent's sizing rule (the one-node rule) sees it; `-j N`
 //!   means N per node (as GNU parallel's `-j` per `--sshlogin`).
+//! - **Output** comes back in chunks after each job ends and is gathered in memory, or past
+//!   4 MiB in a capture file ([`crate::gather`]), then printed as on one node.
 //! - **Joblog**: the runner writes each line as the result arrives, Host = the node's
 //!   `SLURMD_NODENAME`; `--resume`/`--resume-failed` key on Seq only, so they work across runs of
 //!   any size (one node or many).
