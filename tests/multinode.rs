@@ -452,3 +452,30 @@ fn big_output_comes_back_whole() {
     assert_eq!(&lines[2..], ["small 3", "small 4"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An agent stopped by a signal (its step cancelled; or the job's end reaching it before the
+/// runner): the job it was running was interrupted, not failed, so it runs again on the other
+/// node even with no retry left, and nothing is logged failed.
+#[test]
+fn a_job_interrupted_by_its_agents_stop_runs_elsewhere_not_failed() {
+    let dir = tmpdir("stopped");
+    let mut cmd = batch(&dir);
+    cmd.args(["--joblog", "run.log", "--shell"])
+        .arg(
+            "if [ {} = 5 ] && mkdir stopped 2>/dev/null; then \
+             kill -TERM $(awk '{print $4}' /proc/$PPID/stat); sleep 30; fi; echo {}",
+        )
+        .arg(":::")
+        .args((1..=20).map(|i| i.to_string()));
+    let out = run_bounded(cmd, LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the agent stopped on signal 15"),
+        "{stderr}"
+    );
+    let log = joblog(&dir.join("run.log"));
+    assert_eq!(seqs(&log), (1..=20).collect::<Vec<_>>());
+    assert!(log.iter().all(|l| l.2 == 0 && l.3 == 0), "{log:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

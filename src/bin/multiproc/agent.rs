@@ -4,13 +4,13 @@
 //! It sizes itself from its node's allocation like a one-node run (`-j`, else the CPU budget
 //! over `--threads-per-job`), says hello (node name, slots) on stdout, then runs the local
 //! [`engine`](crate::engine) with a [`JobSource`] fed by the runner's `Run` frames on stdin and
-//! a [`Sink`] that sends each finished job back as a `Done` frame on stdout. The engine asks for
+//! a [`Sink`] that sends each finished job back on stdout: its output as `Output` frames, then a
+//! `Done` frame. The engine asks for
 //! a job only when a slot is free and the runner sends no more than the agent's slots, so a node
 //! gets more work exactly when it has a free slot. Each job is made here, with the agent's slot
 //! (`{%}` is per node and slot, `{host}` is the node), and gets `MULTIPROC_NODE`,
 //! `PARALLEL_SSHLOGIN` and `PARALLEL_SSHHOST` (GNU parallel's variables) set to the node's name.
-//! The agent writes no joblog: the runner writes
-//! each line, with the node as the Host column.
+//! The agent writes no joblog: the runner writes each line, with the node as the Host column.
 //!
 //! The end of stdin (the runner closed it) ends the run: running jobs finish, then the agent
 //! exits. A signal (SLURM's end of job, or the runner's stop) stops it as on one node: running
@@ -249,7 +249,14 @@ fn run(cfg: &Config, node: &str) -> Result<ExitCode, Box<dyn std::error::Error>>
     };
     let summary = engine::run(&opts, &mut source, None, &mut ToRunner, &mut NoProgress)?;
     Ok(match summary.interrupted {
-        Some(sig) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
+        Some(sig) => {
+            // The runner may not have been signalled (yet): tell it these jobs were interrupted.
+            let _ = write_frame(
+                &mut std::io::stdout().lock(),
+                &FromAgent::Stopped { signal: sig },
+            );
+            ExitCode::from((128 + sig).clamp(0, 255) as u8)
+        }
         None => ExitCode::SUCCESS,
     })
 }

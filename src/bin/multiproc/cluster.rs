@@ -102,6 +102,8 @@ struct Agent {
     /// Jobs it runs: seq -> input values.
     running: BTreeMap<u64, Vec<String>>,
     gone: bool,
+    /// The signal it said it stopped on, if it did.
+    stopped: Option<i32>,
 }
 
 /// The runner's state.
@@ -184,6 +186,7 @@ fn spawn_agent(node: &NodeAlloc, i: usize, tx: Sender<(usize, Event)>) -> Result
         slots: 0,
         running: BTreeMap::new(),
         gone: false,
+        stopped: None,
     })
 }
 
@@ -340,6 +343,9 @@ impl Runner<'_> {
                         outcome,
                     }),
                 )) => self.finished(i, slot, &command_line, &outcome)?,
+                Ok((i, Event::Msg(FromAgent::Stopped { signal }))) => {
+                    self.agents[i].stopped = Some(signal);
+                }
                 Ok((i, Event::Msg(FromAgent::Output { seq, stream, chunk }))) => self
                     .gathered
                     .push(i, seq, stream, &chunk)
@@ -495,6 +501,21 @@ impl Runner<'_> {
         let node = a.node.clone();
         if self.stop.is_some() {
             // Stopping: the jobs it ran did not finish; --resume runs them.
+            return Ok(());
+        }
+        if let Some(sig) = self.agents[i].stopped {
+            // Stopped on a signal (its step cancelled, or the job ending before the runner got
+            // its own signal): its jobs were interrupted, not failed; they go out again. If the
+            // whole job is ending, the runner's stop keeps them from running and from the log.
+            if !lost.is_empty() {
+                eprintln!(
+                    "multiproc: node {node}: the agent stopped on signal {sig}; its {} running job{} go{} to other nodes",
+                    lost.len(),
+                    if lost.len() == 1 { "" } else { "s" },
+                    if lost.len() == 1 { "es" } else { "" },
+                );
+            }
+            self.again.extend(lost);
             return Ok(());
         }
         let why = why.unwrap_or_else(|| "its step ended".to_string());

@@ -56,6 +56,12 @@ pub(crate) enum FromAgent {
         /// The bytes.
         chunk: Vec<u8>,
     },
+    /// The agent stopped on a signal (its step cancelled, or the end of the job): the jobs it
+    /// did not report as `Done` were interrupted, not failed. Sent last, before it exits.
+    Stopped {
+        /// The signal.
+        signal: i32,
+    },
     /// A job ended (a job ended by a stop of the run is not reported: it did not finish). Its
     /// output came before, in `Output` frames; the outcome's own output fields are empty.
     Done {
