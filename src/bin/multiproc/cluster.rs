@@ -19,7 +19,9 @@
 //! - **A node that fails** (its agent killed, its step cancelled, its output garbled) costs only
 //!   the jobs it was running: each goes back to the queue (a node loss counts as one attempt of
 //!   `--retries`) or, with no attempt left, is logged failed (exit -1, signal 9); the run goes on
-//!   with the other nodes. The runner never waits on a dead agent: its stdout ends.
+//!   with the other nodes. An agent that stopped on a signal (its step cancelled) says so
+//!   first: its jobs were interrupted, not failed, and go out again without counting. The
+//!   runner never waits on a dead agent: its stdout ends.
 //! - **Stopping** (SIGTERM/SIGINT/SIGHUP, e.g. SLURM's end of job): no more jobs are handed
 //!   out; each `srun` gets SIGTERM (forwarded to its agent, which ends its running jobs and
 //!   reports only those that finished); results that arrive are logged; after [`STOP_WAIT`] the
