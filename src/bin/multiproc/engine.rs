@@ -119,7 +119,8 @@ pub(crate) trait Progress {
 pub(crate) trait Sink {
     /// Job `seq` was handed out (in increasing seq order).
     fn expect_up_to(&mut self, seq: u64);
-    /// A job ended, with its output (taken out of `outcome`).
+    /// A job ended; `stdout` and `stderr` are its streams as the runner holds them (a big one
+    /// still in its spill file, see [`crate::spill`]).
     ///
     /// # Errors
     /// When its output cannot be written.
@@ -141,8 +142,14 @@ impl Sink for Output {
     fn expect_up_to(&mut self, seq: u64) {
         Output::expect_up_to(self, seq)
     }
-    fn finished(&mut self, job: &Job, _: &JobOutcome, out: Held, err: Held) -> std::io::Result<()> {
-        Output::finished(self, job, out, err)
+    fn finished(
+        &mut self,
+        job: &Job,
+        _: &JobOutcome,
+        stdout: Held,
+        stderr: Held,
+    ) -> std::io::Result<()> {
+        Output::finished(self, job, stdout, stderr)
     }
     fn flush_rest(&mut self) -> std::io::Result<()> {
         Output::flush_rest(self)
@@ -476,11 +483,10 @@ impl Runner<'_> {
             &mut self.spill,
         ));
         let mut res = Ok(());
-        let done = &outcome;
         self.progress.suspend(&mut || {
             let (out, err) = (stdout.take(), stderr.take());
             if let (Some(out), Some(err)) = (out, err) {
-                res = output.finished(job, done, out, err);
+                res = output.finished(job, &outcome, out, err);
             }
         });
         res?;
