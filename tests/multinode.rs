@@ -353,3 +353,129 @@ fn nodes_flag_limits_the_run_to_those_nodes() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Dynamic hand-out, with a handshake instead of timing: 1 slot per node; a job on node b
+/// waits until 18 other jobs are done. Inputs dealt out in advance (10 each) would leave b's
+/// queue stuck behind its first job; handed out as slots free up, node a runs the rest.
+#[test]
+fn a_node_gets_work_when_it_has_a_free_slot() {
+    let dir = tmpdir("dynamic");
+    std::fs::create_dir_all(dir.join("done")).unwrap();
+    let mut cmd = batch(&dir);
+    cmd.env("SLURM_JOB_CPUS_PER_NODE", "1(x2)")
+        .args(["--joblog", "run.log", "--shell"])
+        .arg(
+            "if [ {host} = b ]; then i=0; \
+             while [ $(ls done | wc -l) -lt 18 ] && [ $i -lt 1500 ]; do sleep 0.02; i=$((i+1)); done; \
+             fi; touch done/{}",
+        )
+        .arg(":::")
+        .args((1..=20).map(|i| i.to_string()));
+    let out = run_bounded(cmd, LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    let log = joblog(&dir.join("run.log"));
+    assert_eq!(seqs(&log), (1..=20).collect::<Vec<_>>());
+    let on_b = log.iter().filter(|l| l.1 == "b").count();
+    assert!((1..=2).contains(&on_b), "node b ran {on_b} jobs: {log:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Slots per node come from that node's share of the allocation.
+#[test]
+fn slots_per_node_follow_the_allocation() {
+    let dir = tmpdir("uneven");
+    let mut cmd = batch(&dir);
+    // (2 and 1: the sizing rule caps a node's CPUs by the affinity mask; CI machines have 2.)
+    cmd.env("SLURM_JOB_CPUS_PER_NODE", "2,1")
+        .args(["-v", "--joblog", "run.log", "echo", "{host}", "{%}", ":::"])
+        .args((1..=12).map(|i| i.to_string()));
+    let out = run_bounded(cmd, LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("nodes: a (2 CPUs), b (1 CPU)"), "{stderr}");
+    assert!(
+        stderr.contains("multiproc agent on a: 2 jobs at once"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("multiproc agent on b: 1 job at once"),
+        "{stderr}"
+    );
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let (host, slot) = line.split_once(' ').unwrap();
+        let max = if host == "a" { 2 } else { 1 };
+        let slot: usize = slot.parse().unwrap();
+        assert!((1..=max).contains(&slot), "{line}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--bar` in a multi-node run (drawn only on a terminal; here it must not disturb the output).
+#[test]
+fn bar_does_not_disturb_a_multi_node_run() {
+    let dir = tmpdir("bar");
+    let mut cmd = batch(&dir);
+    cmd.args(["--bar", "echo", ":::"])
+        .args((1..=12).map(|i| i.to_string()));
+    let out = run_bounded(cmd, LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    let mut lines: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    lines.sort_unstable();
+    assert_eq!(lines, (1..=12).collect::<Vec<_>>());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A job's big output (over the 4 MiB the runner keeps in memory) comes back from its node in
+/// chunks, whole and in one block, next to small ones.
+#[test]
+fn big_output_comes_back_whole() {
+    let dir = tmpdir("big");
+    let mut cmd = batch(&dir);
+    cmd.args(["-k", "--shell"])
+        .arg("if [ {} = 2 ]; then head -c 6000000 /dev/zero | tr '\\0' x; echo; else echo small {}; fi")
+        .args([":::", "1", "2", "3", "4"]);
+    let out = run_bounded(cmd, LIMIT);
+    assert!(
+        out.status.success(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[0], "small 1");
+    assert_eq!(lines[1].len(), 6_000_000);
+    assert!(lines[1].bytes().all(|b| b == b'x'));
+    assert_eq!(&lines[2..], ["small 3", "small 4"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An agent stopped by a signal (its step cancelled; or the job's end reaching it before the
+/// runner): the job it was running was interrupted, not failed, so it runs again on the other
+/// node even with no retry left, and nothing is logged failed.
+#[test]
+fn a_job_interrupted_by_its_agents_stop_runs_elsewhere_not_failed() {
+    let dir = tmpdir("stopped");
+    let mut cmd = batch(&dir);
+    cmd.args(["--joblog", "run.log", "--shell"])
+        .arg(
+            "if [ {} = 5 ] && mkdir stopped 2>/dev/null; then \
+             kill -TERM $(awk '{print $4}' /proc/$PPID/stat); sleep 30; fi; echo {}",
+        )
+        .arg(":::")
+        .args((1..=20).map(|i| i.to_string()));
+    let out = run_bounded(cmd, LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the agent stopped on signal 15"),
+        "{stderr}"
+    );
+    let log = joblog(&dir.join("run.log"));
+    assert_eq!(seqs(&log), (1..=20).collect::<Vec<_>>());
+    assert!(log.iter().all(|l| l.2 == 0 && l.3 == 0), "{log:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -190,7 +190,7 @@ srun --immediate=30 -N 1 -n 1 -c 1 -D "$work/t3" --time=5 "$MP" --resume "${ARGS
 [ "$(rows "$log" | cut -f1 | sort -u | wc -l)" -eq 100 ] || fail "t3: a seq is logged twice"
 for k in $(seq 100); do
     n="$(wc -l <"$work/t3/out/$k" 2>/dev/null || echo 0)"
-    [ "$n" -eq 1 ] || fail "t3: input $k ran $n times"
+    [ "$n" -eq 1 ] || fail "t3: input $k ran $n times; its joblog lines: $(awk -F'\t' -v k="$k" '$1 == k' "$log"); the run's output: $(cat "$work/t3/slurm.out")"
 done
 echo "ok   one-node --resume after the two-node limit: the other $((100 - before)) ran, every input exactly once ($(($(now_ms) - t0)) ms)"
 echo "test-multi.sh: passed"

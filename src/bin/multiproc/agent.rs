@@ -4,13 +4,13 @@
 //! It sizes itself from its node's allocation like a one-node run (`-j`, else the CPU budget
 //! over `--threads-per-job`), says hello (node name, slots) on stdout, then runs the local
 //! [`engine`](crate::engine) with a [`JobSource`] fed by the runner's `Run` frames on stdin and
-//! a [`Sink`] that sends each finished job back as a `Done` frame on stdout. The engine asks for
+//! a [`Sink`] that sends each finished job back on stdout: its output as `Output` frames, then a
+//! `Done` frame. The engine asks for
 //! a job only when a slot is free and the runner sends no more than the agent's slots, so a node
 //! gets more work exactly when it has a free slot. Each job is made here, with the agent's slot
 //! (`{%}` is per node and slot, `{host}` is the node), and gets `MULTIPROC_NODE`,
 //! `PARALLEL_SSHLOGIN` and `PARALLEL_SSHHOST` (GNU parallel's variables) set to the node's name.
-//! The agent writes no joblog: the runner writes
-//! each line, with the node as the Host column.
+//! The agent writes no joblog: the runner writes each line, with the node as the Host column.
 //!
 //! The end of stdin (the runner closed it) ends the run: running jobs finish, then the agent
 //! exits. A signal (SLURM's end of job, or the runner's stop) stops it as on one node: running
@@ -18,7 +18,7 @@
 //! breaks and the agent stops.
 
 use std::ffi::OsString;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -29,8 +29,8 @@ use crate::args::Config;
 use crate::engine::{self, EngineOpts, JobSource, Next, NoProgress, Sink};
 use crate::feed::Jobs;
 use crate::job::{Job, JobOutcome};
-use crate::proto::{FromAgent, ToAgent, read_frame, write_frame};
-use crate::spill::{Captured, Held};
+use crate::proto::{CHUNK, FromAgent, ToAgent, read_frame, write_frame};
+use crate::spill::Held;
 
 /// The hidden first argument that starts an agent.
 pub(crate) const SUBCOMMAND: &str = "__agent";
@@ -120,6 +120,38 @@ fn stopping() -> bool {
 /// whose worker died is sent (failed) unless the run is stopping.
 struct ToRunner;
 
+/// Writes a job's stream as `Output` frames (behind a [`CHUNK`]-sized buffer).
+struct OutputFrames {
+    seq: u64,
+    stream: u8,
+}
+
+impl Write for OutputFrames {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let chunk = &buf[..buf.len().min(CHUNK)];
+        let msg = FromAgent::Output {
+            seq: self.seq,
+            stream: self.stream,
+            chunk: chunk.to_vec(),
+        };
+        write_frame(&mut std::io::stdout().lock(), &msg)?;
+        Ok(chunk.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
+}
+
+/// Sends one stream of job `seq` (nothing when it is empty); a spilled file is read in chunks.
+fn send_stream(seq: u64, stream: u8, mut held: Held) -> std::io::Result<()> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    let mut w = BufWriter::with_capacity(CHUNK, OutputFrames { seq, stream });
+    held.write_to(&mut w)?;
+    w.flush()
+}
+
 impl Sink for ToRunner {
     fn expect_up_to(&mut self, _: u64) {}
     fn finished(
@@ -132,14 +164,12 @@ impl Sink for ToRunner {
         if !outcome.logged && (outcome.attempts == 0 || stopping()) {
             return Ok(());
         }
-        // A spilled stream is read back here: across nodes, output travels in the frame.
-        let mut outcome = outcome.clone();
-        outcome.stdout = Captured::bytes(stdout.into_bytes()?);
-        outcome.stderr = Captured::bytes(stderr.into_bytes()?);
+        send_stream(job.seq, 1, stdout)?;
+        send_stream(job.seq, 2, stderr)?;
         let msg = FromAgent::Done {
             slot: job.slot,
             command_line: job.command_line.clone(),
-            outcome,
+            outcome: outcome.clone(),
         };
         write_frame(&mut std::io::stdout().lock(), &msg)
     }
@@ -208,7 +238,14 @@ fn run(cfg: &Config, node: &str) -> Result<ExitCode, Box<dyn std::error::Error>>
     };
     let summary = engine::run(&opts, &mut source, None, &mut ToRunner, &mut NoProgress)?;
     Ok(match summary.interrupted {
-        Some(sig) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
+        Some(sig) => {
+            // The runner may not have been signalled (yet): tell it these jobs were interrupted.
+            let _ = write_frame(
+                &mut std::io::stdout().lock(),
+                &FromAgent::Stopped { signal: sig },
+            );
+            ExitCode::from((128 + sig).clamp(0, 255) as u8)
+        }
         None => ExitCode::SUCCESS,
     })
 }

@@ -11,27 +11,32 @@
 //! - **Slots per node** come from that node's allocation (`SLURM_JOB_CPUS_PER_NODE`), passed as
 //!   the step's `--cpus-per-task`, so the agent's sizing rule (the one-node rule) sees it; `-j N`
 //!   means N per node (as GNU parallel's `-j` per `--sshlogin`).
+//! - **Output** comes back in chunks after each job ends and is gathered in memory, or past
+//!   4 MiB in a capture file ([`crate::gather`]), then printed as on one node.
 //! - **Joblog**: the runner writes each line as the result arrives, Host = the node's
 //!   `SLURMD_NODENAME`; `--resume`/`--resume-failed` key on Seq only, so they work across runs of
 //!   any size (one node or many).
 //! - **A node that fails** (its agent killed, its step cancelled, its output garbled) costs only
 //!   the jobs it was running: each goes back to the queue (a node loss counts as one attempt of
 //!   `--retries`) or, with no attempt left, is logged failed (exit -1, signal 9); the run goes on
-//!   with the other nodes. The runner never waits on a dead agent: its stdout ends.
+//!   with the other nodes. An agent that stopped on a signal (its step cancelled) says so
+//!   first: its jobs were interrupted, not failed, and go out again without counting. The
+//!   runner never waits on a dead agent: its stdout ends.
 //! - **Stopping** (SIGTERM/SIGINT/SIGHUP, e.g. SLURM's end of job): no more jobs are handed
 //!   out; each `srun` gets SIGTERM (forwarded to its agent, which ends its running jobs and
 //!   reports only those that finished); results that arrive are logged; after [`STOP_WAIT`] the
 //!   `srun`s get SIGKILL. Jobs not logged are run by `--resume`, each once.
 //! - `{%}` is per node and slot; `MULTIPROC_NODE` / `PARALLEL_SSHLOGIN` name the node in each
 //!   job's environment (as does SLURM's own `SLURMD_NODENAME`).
-//! - Not in multi-node mode: `--halt` (refused), the progress bar. `--dry-run` prints locally.
+//! - Not in multi-node mode: `--halt` (refused). `--dry-run` prints locally. The progress bar
+//!   (`--bar`, or stderr a terminal) counts jobs over all nodes.
 //!   `MULTIPROC_NODES=1` (or running inside a step, e.g. `srun -N1 multiproc ...`) keeps a run
 //!   on the node it starts on; `--nodes LIST` limits it to those nodes ([`crate::nodes`]). The binary must be at the same path on every node (a shared
 //!   file system, as for the job script itself).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Write};
+use std::io::{BufReader, IsTerminal, Write};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -41,8 +46,9 @@ use nix::sys::signal::{self, SigHandler, SigSet, Signal};
 use nix::unistd::Pid;
 
 use crate::args::{Config, Halt};
-use crate::engine::{JobSource, Next};
+use crate::engine::{JobSource, Next, NoProgress, Progress};
 use crate::feed::{self, Feed};
+use crate::gather::{Gathered, held_len};
 use crate::job::JobOutcome;
 use crate::joblog::Entry;
 use crate::nodes::NodeAlloc;
@@ -99,6 +105,8 @@ struct Agent {
     /// Jobs it runs: seq -> input values.
     running: BTreeMap<u64, Vec<String>>,
     gone: bool,
+    /// The signal it said it stopped on, if it did.
+    stopped: Option<i32>,
 }
 
 /// The runner's state.
@@ -106,12 +114,17 @@ struct Runner<'a> {
     cfg: &'a Config,
     feed: Feed<'a>,
     source_done: bool,
+    /// Inputs handed out (not counting hand-outs again).
+    handed_out: u64,
     agents: Vec<Agent>,
     /// Jobs to hand out again (their node was lost).
     again: VecDeque<(u64, Vec<String>)>,
     /// Node losses per seq (counted against `--retries`).
     lost: HashMap<u64, u32>,
     output: Output,
+    /// Output of running jobs, as it arrives.
+    gathered: Gathered,
+    progress: Box<dyn Progress>,
     joblog: Option<File>,
     stop: Option<Instant>,
     killed: bool,
@@ -176,6 +189,7 @@ fn spawn_agent(node: &NodeAlloc, i: usize, tx: Sender<(usize, Event)>) -> Result
         slots: 0,
         running: BTreeMap::new(),
         gone: false,
+        stopped: None,
     })
 }
 
@@ -256,10 +270,17 @@ pub(crate) fn run(cfg: &Config, nodes: &[NodeAlloc]) -> Result<ExitCode, Failure
         cfg,
         feed,
         source_done: false,
+        handed_out: 0,
         agents,
         again: VecDeque::new(),
         lost: HashMap::new(),
         output: Output::new(cfg.keep_order, cfg.results.clone()),
+        gathered: Gathered::default(),
+        progress: if cfg.bar || std::io::stderr().is_terminal() {
+            Box::new(crate::Bar::new(to_run.map(|n| n as u64)))
+        } else {
+            Box::new(NoProgress)
+        },
         joblog,
         stop: None,
         killed: false,
@@ -270,6 +291,7 @@ pub(crate) fn run(cfg: &Config, nodes: &[NodeAlloc]) -> Result<ExitCode, Failure
     };
     let res = r.collect(&rx);
     r.reap();
+    r.progress.finish();
     res?;
     r.output
         .flush_rest()
@@ -322,6 +344,16 @@ impl Runner<'_> {
                         outcome,
                     }),
                 )) => self.finished(i, slot, &command_line, &outcome)?,
+                Ok((i, Event::Msg(FromAgent::Stopped { signal }))) => {
+                    self.agents[i].stopped = Some(signal);
+                }
+                Ok((i, Event::Msg(FromAgent::Output { seq, stream, chunk }))) => self
+                    .gathered
+                    .push(i, seq, stream, &chunk)
+                    .map_err(|e| Failure {
+                        message: format!("cannot keep the output of job {seq}: {e}"),
+                        code: INTERNAL,
+                    })?,
                 Ok((i, Event::Gone(why))) => self.agent_gone(i, why)?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return self.all_gone(),
@@ -365,11 +397,15 @@ impl Runner<'_> {
                     let idle = self.agents.iter().all(|a| a.running.is_empty());
                     let wait = if idle { TICK } else { Duration::ZERO };
                     match self.feed.next_job(0, wait) {
-                        Next::Job(job) => (job.seq, job.args),
+                        Next::Job(job) => {
+                            self.handed_out += 1;
+                            (job.seq, job.args)
+                        }
                         Next::NotYet => return Ok(()),
                         Next::End(end) => {
                             self.source_done = true;
                             self.input_error = end.err();
+                            self.progress.total(self.handed_out);
                             return Ok(());
                         }
                     }
@@ -403,7 +439,8 @@ impl Runner<'_> {
             return Ok(());
         };
         let host = self.agents[i].node.clone();
-        self.record(&host, slot, args, command_line, outcome)
+        let streams = self.gathered.take(i, outcome.seq);
+        self.record(&host, slot, args, command_line, outcome, streams)
     }
 
     /// Logs, counts and prints one finished (or given up) job.
@@ -414,6 +451,7 @@ impl Runner<'_> {
         args: Vec<String>,
         command_line: &str,
         o: &JobOutcome,
+        (stdout, stderr): (Held, Held),
     ) -> Result<(), Failure> {
         let io = |what: &str, e: std::io::Error| Failure {
             message: format!("{what}: {e}"),
@@ -428,7 +466,7 @@ impl Runner<'_> {
                 command_line.to_string(),
             );
             e.host = host.to_string();
-            e.receive = o.stdout.len();
+            e.receive = held_len(&stdout);
             e.exitval = o.exit;
             e.signal = o.signal;
             log.write_all(e.to_line().as_bytes())
@@ -439,10 +477,15 @@ impl Runner<'_> {
             self.failed += 1;
         }
         let job = self.feed.make_job(o.seq, slot, args);
-        let (out, err) = (o.stdout.bytes.clone(), o.stderr.bytes.clone());
-        self.output
-            .finished(&job, Held::Bytes(out), Held::Bytes(err))
-            .map_err(|e| io("cannot write the output", e))
+        let (output, mut res) = (&mut self.output, Ok(()));
+        let mut streams = Some((stdout, stderr));
+        self.progress.suspend(&mut || {
+            if let Some((out, err)) = streams.take() {
+                res = output.finished(&job, out, err);
+            }
+        });
+        self.progress.tick();
+        res.map_err(|e| io("cannot write the output", e))
     }
 
     /// Agent `i`'s stdout ended: its running jobs go back to the queue, or are logged failed.
@@ -455,9 +498,25 @@ impl Runner<'_> {
             let _ = signal::kill(Pid::from_raw(a.child.id() as i32), Signal::SIGTERM);
         }
         let lost = std::mem::take(&mut a.running);
+        self.gathered.drop_agent(i);
         let node = a.node.clone();
         if self.stop.is_some() {
             // Stopping: the jobs it ran did not finish; --resume runs them.
+            return Ok(());
+        }
+        if let Some(sig) = self.agents[i].stopped {
+            // Stopped on a signal (its step cancelled, or the job ending before the runner got
+            // its own signal): its jobs were interrupted, not failed; they go out again. If the
+            // whole job is ending, the runner's stop keeps them from running and from the log.
+            if !lost.is_empty() {
+                eprintln!(
+                    "multiproc: node {node}: the agent stopped on signal {sig}; its {} running job{} go{} to other nodes",
+                    lost.len(),
+                    if lost.len() == 1 { "" } else { "s" },
+                    if lost.len() == 1 { "es" } else { "" },
+                );
+            }
+            self.again.extend(lost);
             return Ok(());
         }
         let why = why.unwrap_or_else(|| "its step ended".to_string());
@@ -486,14 +545,14 @@ impl Runner<'_> {
                 signal: 9,
                 timed_out: false,
                 stdout: Captured::default(),
-                stderr: Captured::bytes(
-                    format!("multiproc: job {seq}: its node {node}'s agent died\n").into_bytes(),
-                ),
+                stderr: Captured::default(),
                 attempts: *n,
                 logged: false,
             };
             let job = self.feed.make_job(seq, 0, args.clone());
-            self.record(&node, 0, args, &job.command_line, &o)?;
+            let msg = format!("multiproc: job {seq}: its node {node}'s agent died\n");
+            let streams = (Held::Bytes(Vec::new()), Held::Bytes(msg.into_bytes()));
+            self.record(&node, 0, args, &job.command_line, &o, streams)?;
         }
         Ok(())
     }

@@ -81,6 +81,7 @@ mod template;
 // multinode (issue 14): the `plot` subcommand, the multi-node runner and its agents.
 mod agent;
 mod cluster;
+mod gather;
 mod nodes;
 mod plot;
 mod proto;

@@ -6,8 +6,7 @@
 //! newlines (and with `--label`-like processing may hold a partial line): a frame is never
 //! split or delayed by the line handling, and a stray line (a message some library prints on
 //! stdout) is detected and reported rather than misread. Hex doubles the size of small
-//! messages; a job's captured output travels the same way (big outputs belong in files, as on
-//! one node).
+//! messages; a job's captured output travels the same way, in [`CHUNK`]-sized pieces.
 
 use std::io::{self, BufRead, Read, Write};
 
@@ -16,8 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::JobOutcome;
 
-/// The longest frame line accepted (hex characters): a job's captured output up to 256 MiB.
-pub(crate) const MAX_LINE: usize = 512 << 20;
+/// The most output bytes in one `Output` frame.
+pub(crate) const CHUNK: usize = 1 << 20;
+/// The longest frame line accepted (hex characters): an output chunk with room to spare.
+pub(crate) const MAX_LINE: usize = 8 << 20;
 
 /// Runner to agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +45,25 @@ pub(crate) enum FromAgent {
         /// The agent's pid on its node (for messages, and the kill test).
         pid: u32,
     },
-    /// A job ended (a job ended by a stop of the run is not reported: it did not finish).
+    /// A piece of a finished job's captured output (`stream` 1: stdout, 2: stderr), sent in
+    /// order before its `Done`, at most [`CHUNK`] bytes each: a big output never has to fit in
+    /// one message.
+    Output {
+        /// The job's seq.
+        seq: u64,
+        /// 1 for stdout, 2 for stderr.
+        stream: u8,
+        /// The bytes.
+        chunk: Vec<u8>,
+    },
+    /// The agent stopped on a signal (its step cancelled, or the end of the job): the jobs it
+    /// did not report as `Done` were interrupted, not failed. Sent last, before it exits.
+    Stopped {
+        /// The signal.
+        signal: i32,
+    },
+    /// A job ended (a job ended by a stop of the run is not reported: it did not finish). Its
+    /// output came before, in `Output` frames; the outcome's own output fields are empty.
     Done {
         /// The slot it ran in.
         slot: usize,
