@@ -134,6 +134,26 @@
 //! - **Reaping**: every child is waited for by its [`Process`] or [`JoinHandle`]; dropping one
 //!   whose child still runs kills and reaps it. Nothing is left as a zombie.
 //!
+//! # Tracing
+//!
+//! Pools report through [`tracing`](https://docs.rs/tracing) events with target `multiproc`,
+//! emitted in the parent (never in a worker); install any subscriber to see them (for example
+//! `tracing_subscriber::fmt().with_env_filter("multiproc=debug").init()`):
+//!
+//! | event message | level | fields |
+//! |---|---|---|
+//! | `pool started` | INFO | `pool`, `processes` |
+//! | `pool finished` | INFO | `pool`, `replaced` (workers replaced over the pool's life) |
+//! | `worker started` | DEBUG | `pool`, `slot`, `pid` |
+//! | `worker exited` | DEBUG | `pool`, `slot`, `pid`, `code` |
+//! | `worker killed` | WARN | `pool`, `slot`, `pid`, `signal` |
+//! | `worker replaced` | INFO | `pool`, `slot`, `pid` (the one that ended), `new_pid` |
+//! | `task retried` | WARN | `pool`, `pid` (the worker that died running it), `item`, `attempt` |
+//! | `task timed out` | WARN | `pool`, `pid`, `item`, `timeout_ms` |
+//!
+//! `pool` is a number unique within the process, `pid` a worker's pid, `item` the input's index
+//! in the call. Without a subscriber an event costs one atomic load; nothing is formatted.
+//!
 //! # Codec limits
 //!
 //! Values cross processes encoded with [postcard](https://docs.rs/postcard), which is compact

@@ -19,6 +19,7 @@
 mod fnref;
 mod result;
 mod sched;
+mod trace;
 mod transport;
 mod worker;
 

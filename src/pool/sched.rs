@@ -54,6 +54,7 @@ pub(crate) struct Config {
 pub(crate) struct Book {
     pids: Mutex<Vec<Pid>>,
     terminating: AtomicBool,
+    pub(crate) id: super::trace::PoolId,
 }
 
 impl Book {
@@ -215,6 +216,7 @@ impl Core {
         for i in 0..n {
             core.spawn(i)?;
         }
+        super::trace::pool_started(core.book.id, n);
         Ok(core)
     }
 
@@ -265,6 +267,7 @@ impl Core {
             kill: None,
             stopping: false,
         });
+        super::trace::worker_started(self.book.id, i, pid);
         Ok(())
     }
 
@@ -579,6 +582,7 @@ impl Core {
             self.handle_replies(&mut slot, replies);
         }
         let status = sys::wait_blocking(slot.pid)?;
+        super::trace::worker_ended(self.book.id, i, slot.pid, status);
         self.forget_pid(slot.pid);
         if !slot.inflight.is_empty() && !self.book.is_terminating() {
             self.settle(i, &mut slot, status);
@@ -591,6 +595,12 @@ impl Core {
                     return Err(e);
                 }
             }
+            super::trace::worker_replaced(
+                self.book.id,
+                i,
+                slot.pid,
+                self.slots[i].as_ref().map(|s| s.pid),
+            );
         }
         Ok(())
     }
@@ -646,12 +656,19 @@ impl Core {
                     let (one, rest) = self.split(task, c);
                     let index = one.items.index(0);
                     let error = if timed_out {
+                        super::trace::task_timed_out(
+                            self.book.id,
+                            slot.pid,
+                            index,
+                            self.cfg.task_timeout.unwrap_or_default(),
+                        );
                         Some(Error::Timeout {
                             operation: "running a pool task",
                             after: self.cfg.task_timeout.unwrap_or_default(),
                             task: Some(one.items.label(0)),
                         })
                     } else if one.died < self.cfg.retries {
+                        super::trace::task_retried(self.book.id, slot.pid, index, one.died + 2);
                         None
                     } else {
                         Some(died(one.items.label(0)))
@@ -679,6 +696,12 @@ impl Core {
                             self.deliver(head.job, Event::Failed { index, error });
                         }
                     } else {
+                        super::trace::task_retried(
+                            self.book.id,
+                            slot.pid,
+                            head.items.index(0),
+                            head.died + 1,
+                        );
                         requeue.push(head);
                     }
                 }
@@ -746,9 +769,9 @@ impl Core {
         let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(slot) = slot else { continue };
-            let Some(&(head_seq, _)) = slot.inflight.front() else {
+            if slot.inflight.is_empty() {
                 continue;
-            };
+            }
             if let Some(k) = &mut slot.kill {
                 if !k.killed {
                     if now >= k.term_at + GRACE {
@@ -761,12 +784,15 @@ impl Core {
                 continue;
             }
             let snap = self.progress.get(i);
-            if snap.seq == head_seq && snap.item != IDLE {
+            // The running task need not be the head: the worker may not have flushed the
+            // replies of the tasks it finished before (it batches them while orders wait).
+            let running = slot.inflight.iter().any(|(seq, _)| *seq == snap.seq);
+            if running && snap.item != IDLE {
                 let ran = Duration::from_nanos(now_ns.saturating_sub(snap.started_ns));
                 if ran >= limit {
                     let _ = sys::kill(slot.pid, Signal::SIGTERM);
                     slot.kill = Some(Kill {
-                        culprit: (head_seq, snap.item),
+                        culprit: (snap.seq, snap.item),
                         term_at: now,
                         killed: false,
                     });
@@ -837,5 +863,6 @@ impl Core {
 impl Drop for Core {
     fn drop(&mut self) {
         self.reap_all();
+        super::trace::pool_finished(self.book.id, self.replaced);
     }
 }
