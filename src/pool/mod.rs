@@ -16,6 +16,7 @@
 //! - Replacement workers are forked from the parent as it is then: see the crate's fork-safety
 //!   contract; the pool itself starts no thread.
 
+mod bar;
 mod fnref;
 mod result;
 mod sched;
@@ -194,6 +195,7 @@ pub struct PoolBuilder {
     limit_threads: bool,
     max_message_bytes: usize,
     on_progress: Option<ProgressHook>,
+    progress_bar: bool,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -279,6 +281,26 @@ impl PoolBuilder {
         self
     }
 
+    /// Draws a progress bar on stderr for each map-like call, as tqdm's `process_map` does:
+    /// done/total, rate and ETA (for `imap`, whose total is unknown, the count and rate). Only
+    /// when stderr is a terminal: in a batch job or a pipe nothing is drawn. The parent draws it
+    /// from the pool's progress reports (after an [`on_progress`](Self::on_progress) hook);
+    /// workers never write to the terminal. Needs the `progress` feature (indicatif).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = multiproc::Pool::builder().processes(2).progress_bar(true).build()?;
+    /// let squares = pool.map(|x: u64| x * x, 0..1000)?;
+    /// assert_eq!(squares[999], 998_001);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    #[cfg(feature = "progress")]
+    pub fn progress_bar(mut self, yes: bool) -> Self {
+        self.progress_bar = yes;
+        self
+    }
+
     /// Forks the workers.
     ///
     /// # Errors
@@ -348,7 +370,7 @@ impl PoolBuilder {
             processes,
             chunksize: AtomicUsize::new(self.chunksize.unwrap_or(0)),
             limit: self.max_message_bytes,
-            on_progress: self.on_progress,
+            on_progress: bar::with_bar(self.on_progress, self.progress_bar),
         })
     }
 }
@@ -409,6 +431,7 @@ impl Pool {
             limit_threads: true,
             max_message_bytes: MAX_MESSAGE_BYTES,
             on_progress: None,
+            progress_bar: false,
         }
     }
 
