@@ -61,12 +61,7 @@ impl Shared {
 
 /// Fails to compile unless `F` is zero-sized: a fn item or a closure that captures nothing.
 fn assert_zst<F>() {
-    const {
-        assert!(
-            std::mem::size_of::<F>() == 0,
-            "Pool::map takes a fn item or a closure that captures nothing; pass context with map_with(&ctx, f, items)"
-        )
-    }
+    let () = fnref::ZeroSized::<F>::CHECK;
 }
 
 /// A pool of worker processes: Python's `multiprocessing.Pool`.
@@ -92,10 +87,21 @@ fn assert_zst<F>() {
 ///
 /// A closure that captures does not compile, and the message says what to use instead:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0080
 /// # let pool = multiproc::Pool::with_processes(2)?;
 /// let k = 3u64;
-/// pool.map(move |x: u64| x * k, 0..5)?; // error: ... pass context with map_with(&ctx, f, items)
+/// pool.map(move |x: u64| x * k, 0..5)?; // error: ... pass what it would capture with map_with
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+///
+/// That is one error (E0080, "evaluation panicked: Pool's function must be a fn item or a
+/// closure that captures nothing: pass what it would capture with map_with(&ctx, f, items)"),
+/// reported by `cargo build`: `cargo check` does not evaluate it. The fix:
+///
+/// ```
+/// # let pool = multiproc::Pool::with_processes(2)?;
+/// let k = 3u64;
+/// assert_eq!(pool.map_with(&k, |k: &u64, x: u64| x * k, 0..3)?, vec![0, 3, 6]);
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 ///
@@ -633,6 +639,29 @@ impl Pool {
     /// # let pool = multiproc::Pool::with_processes(2)?;
     /// let lens = pool.map(|s: String| s.len(), ["a", "bb", "ccc"].map(String::from))?;
     /// assert_eq!(lens, vec![1, 2, 3]);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Inputs are owned values
+    ///
+    /// Each input is encoded, sent to a worker and decoded there into a value that `f` owns, so
+    /// `T` is `DeserializeOwned`: `String`, not `&str`; `Vec<u8>`, not `&[u8]`. A function of a
+    /// borrowed type does not compile, with "implementation of `Deserialize` is not general
+    /// enough" (the worker has no buffer of the parent's that the `&str` could point into):
+    ///
+    /// ```compile_fail
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// fn len(s: &str) -> usize { s.len() }
+    /// pool.map(len, vec!["a", "bb"])?; // error: implementation of `Deserialize` is not general enough
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// The fix: take the owned type, and give owned inputs (or borrow inside `f`):
+    ///
+    /// ```
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// fn len(s: String) -> usize { s.len() }
+    /// assert_eq!(pool.map(len, ["a", "bb"].map(String::from))?, vec![1, 2]);
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     ///
