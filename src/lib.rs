@@ -76,25 +76,10 @@
 //! # Ok::<(), multiproc::Error>(())
 //! ```
 //!
-//! | Python `multiprocessing`            | multiproc                                   |
-//! |-------------------------------------|---------------------------------------------|
-//! | `Process(target=f).start()`, `.join()` | [`Process::new(f)`](Process::new), [`start`](Process::start), [`join`](Process::join) |
-//! | `p.join(timeout)`, `p.exitcode`     | [`join_timeout`](Process::join_timeout), [`exitcode`](Process::exitcode) |
-//! | `p.terminate()`, `p.kill()`         | [`terminate`](Process::terminate), [`kill`](Process::kill) |
-//! | `Process(daemon=True)`, non-daemon children joined at exit | [`Process::daemon`]; a dropped non-daemon `Process` runs on and is waited for at exit |
-//! | `active_children()`, `current_process()` | [`active_children`], [`current_process`] |
-//! | `Queue()`, `put`, `get(timeout=)`   | [`Queue::new`], [`put`](Queue::put), [`get_timeout`](Queue::get_timeout) |
-//! | `iter(q.get, None)`                 | [`Queue::iter`] with [`put_pill`](Queue::put_pill), or [`iter_until`](Queue::iter_until) |
-//! | `JoinableQueue`, `task_done`, `join`| [`JoinableQueue`]                           |
-//! | `os.cpu_count()`                    | [`cpu_count`] (SLURM- and affinity-aware)   |
-//! | `Pool(n)`, `with Pool() as p`       | [`Pool::with_processes`], [`Pool::new`] (dropping terminates) |
-//! | `p.map(f, xs)`, `p.starmap`, `p.imap` | [`Pool::map`], [`Pool::starmap`] (1 to 6 arguments), [`Pool::imap`] (lazy input) |
-//! | `p.map(f, xs, chunksize)`           | [`Pool::map_chunked`]                       |
-//! | `p.apply_async(f, (x,))`, `p.map_async`, `p.starmap_async` | [`Pool::apply_async`], [`Pool::map_async`], [`Pool::starmap_async`] → [`AsyncResult`] |
-//! | `shared_memory`, pickle-5 out-of-band buffers | [`PodVec`] (by descriptor through [`Pool`], [`Queue`], [`pipe()`]) |
-//! | `Value('d')`, `Array('d', n)`       | [`SharedValue`], [`SharedArray`]            |
-//! | `Lock`, `RLock`, `Semaphore`, `Event`, `Barrier`, `Condition` | [`Lock`], [`RLock`], [`Semaphore`], [`Event`], [`Barrier`], [`Condition`] |
-//! | `Pipe()`, `Pipe(duplex=False)`      | [`pipe()`], [`pipe_oneway`]                 |
+//! Every name of Python's `multiprocessing`, its multiproc counterpart, and what is
+//! deliberately different (owned inputs, `fn` items for pools, fork only) are in the
+//! repository's `docs/python.md`; running under SLURM is in `docs/hpc.md`, and how the crate is
+//! built in `docs/architecture.md`.
 //!
 //! A [`Pool`] of workers forked once and reused maps a function over inputs; a panicking input
 //! or a killed worker fails only that input, and the pool goes on:
@@ -144,6 +129,26 @@
 //!   for every non-daemon child and kills the daemon ones. Nothing is left as a zombie.
 //! - **Parent death**: each child leads its own process group and is killed, with what it
 //!   started, when its parent dies (see [`Process`]).
+//!
+//! # Tracing
+//!
+//! Pools report through [`tracing`](https://docs.rs/tracing) events with target `multiproc`,
+//! emitted in the parent (never in a worker); install any subscriber to see them (for example
+//! `tracing_subscriber::fmt().with_env_filter("multiproc=debug").init()`):
+//!
+//! | event message | level | fields |
+//! |---|---|---|
+//! | `pool started` | INFO | `pool`, `processes` |
+//! | `pool finished` | INFO | `pool`, `replaced` (workers replaced over the pool's life) |
+//! | `worker started` | DEBUG | `pool`, `slot`, `pid` |
+//! | `worker exited` | DEBUG | `pool`, `slot`, `pid`, `code` |
+//! | `worker killed` | WARN | `pool`, `slot`, `pid`, `signal` |
+//! | `worker replaced` | INFO | `pool`, `slot`, `pid` (the one that ended), `new_pid` |
+//! | `task retried` | WARN | `pool`, `pid` (the worker that died running it), `item`, `attempt` |
+//! | `task timed out` | WARN | `pool`, `pid`, `item`, `timeout_ms` |
+//!
+//! `pool` is a number unique within the process, `pid` a worker's pid, `item` the input's index
+//! in the call. Without a subscriber an event costs one atomic load; nothing is formatted.
 //!
 //! # Codec limits
 //!
@@ -211,3 +216,16 @@ pub struct ReadmeDoctests;
 #[doc = include_str!("../docs/guide.md")]
 #[cfg(doctest)]
 pub struct GuideDoctests;
+
+// So are those of docs/python.md, docs/hpc.md and docs/architecture.md.
+#[doc = include_str!("../docs/python.md")]
+#[cfg(doctest)]
+pub struct PythonDoctests;
+
+#[doc = include_str!("../docs/hpc.md")]
+#[cfg(doctest)]
+pub struct HpcDoctests;
+
+#[doc = include_str!("../docs/architecture.md")]
+#[cfg(doctest)]
+pub struct ArchitectureDoctests;

@@ -153,3 +153,55 @@ fn every_test_file_is_a_target_of_exactly_one_package() {
         "a [[test]] names a missing file"
     );
 }
+
+/// A capturing closure passed to `Pool::map` gives one compile error, the one with the hint.
+#[test]
+fn a_capturing_closure_gives_one_error_with_the_hint() {
+    let dir = std::env::temp_dir().join(format!("multiproc-capture-{}", std::process::id()));
+    library_only_dependent(&dir);
+    let main = "fn main() -> Result<(), multiproc::Error> {\n\
+                let pool = multiproc::Pool::with_processes(2)?;\n\
+                let k = 3u64;\n\
+                let _ = pool.map(move |x: u64| x * k, 0..5)?;\n\
+                Ok(())\n}\n";
+    std::fs::write(dir.join("src/main.rs"), main).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let build = |offline: bool| {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(&dir)
+            // Kept between runs, so that only the first one compiles the library.
+            .env(
+                "CARGO_TARGET_DIR",
+                Path::new(ROOT).join("target/capture-check"),
+            )
+            .args([
+                "build",
+                "--bin",
+                "library-only",
+                "--message-format",
+                "short",
+            ]);
+        if offline {
+            cmd.arg("--offline");
+        }
+        output_within(cmd, Duration::from_secs(540))
+    };
+    let mut out = build(true);
+    let mut stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if stderr.contains("--offline") {
+        out = build(false);
+        stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        !out.status.success(),
+        "a capturing closure compiled:\n{stderr}"
+    );
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("error[") || l.contains(": error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("E0080"), "{stderr}");
+    assert!(stderr.contains("map_with(&ctx, f, items)"), "{stderr}");
+}

@@ -156,14 +156,22 @@ pub(crate) fn text_range() -> Range<usize> {
         .clone()
 }
 
+/// Holds the one compile-time check that a pool's function type is zero-sized. Every entry
+/// point (`assert_zst` in mod.rs) and `conjure` name this same constant, so a capturing closure
+/// gives one error, with the hint, instead of one per place that checks.
+pub(crate) struct ZeroSized<F>(std::marker::PhantomData<F>);
+
+impl<F> ZeroSized<F> {
+    pub(crate) const CHECK: () = assert!(
+        std::mem::size_of::<F>() == 0,
+        "Pool's function must be a fn item or a closure that captures nothing: \
+         pass what it would capture with map_with(&ctx, f, items)"
+    );
+}
+
 /// A value of the zero-sized function type `F`.
 fn conjure<F: Copy>() -> F {
-    const {
-        assert!(
-            std::mem::size_of::<F>() == 0,
-            "the pool's function must be a fn item or a closure that captures nothing"
-        )
-    };
+    let () = ZeroSized::<F>::CHECK;
     // SAFETY: `F` is zero-sized (asserted above at compile time), so a value of it has no bytes
     // to initialize. The only zero-sized types implementing the `Fn` traits on stable Rust are fn
     // items and closures that capture nothing (the traits cannot be implemented by hand), and

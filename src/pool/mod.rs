@@ -22,6 +22,7 @@
 //!   with a thread) and takes its workers with it. The pool starts one thread, its driver, on
 //!   its first asynchronous call (see `driver`); a pool used only synchronously starts none.
 
+mod bar;
 mod completed;
 mod driver;
 mod fnref;
@@ -30,6 +31,7 @@ mod result;
 mod sched;
 mod star;
 pub(crate) mod start;
+mod trace;
 mod transport;
 mod worker;
 
@@ -82,12 +84,7 @@ impl Shared {
 
 /// Fails to compile unless `F` is zero-sized: a fn item or a closure that captures nothing.
 fn assert_zst<F>() {
-    const {
-        assert!(
-            std::mem::size_of::<F>() == 0,
-            "Pool::map takes a fn item or a closure that captures nothing; pass context with map_with(&ctx, f, items)"
-        )
-    }
+    let () = fnref::ZeroSized::<F>::CHECK;
 }
 
 /// A pool of worker processes: Python's `multiprocessing.Pool`.
@@ -113,10 +110,21 @@ fn assert_zst<F>() {
 ///
 /// A closure that captures does not compile, and the message says what to use instead:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0080
 /// # let pool = multiproc::Pool::with_processes(2)?;
 /// let k = 3u64;
-/// pool.map(move |x: u64| x * k, 0..5)?; // error: ... pass context with map_with(&ctx, f, items)
+/// pool.map(move |x: u64| x * k, 0..5)?; // error: ... pass what it would capture with map_with
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+///
+/// That is one error (E0080, "evaluation panicked: Pool's function must be a fn item or a
+/// closure that captures nothing: pass what it would capture with map_with(&ctx, f, items)"),
+/// reported by `cargo build`: `cargo check` does not evaluate it. The fix:
+///
+/// ```
+/// # let pool = multiproc::Pool::with_processes(2)?;
+/// let k = 3u64;
+/// assert_eq!(pool.map_with(&k, |k: &u64, x: u64| x * k, 0..3)?, vec![0, 3, 6]);
 /// # Ok::<(), multiproc::Error>(())
 /// ```
 ///
@@ -228,6 +236,7 @@ pub struct PoolBuilder {
     max_message_bytes: usize,
     on_progress: Option<ProgressHook>,
     start_method: Option<StartMethod>,
+    progress_bar: bool,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -359,6 +368,26 @@ impl PoolBuilder {
         self
     }
 
+    /// Draws a progress bar on stderr for each map-like call, as tqdm's `process_map` does:
+    /// done/total, rate and ETA (for `imap`, whose total is unknown, the count and rate). Only
+    /// when stderr is a terminal: in a batch job or a pipe nothing is drawn. The parent draws it
+    /// from the pool's progress reports (after an [`on_progress`](Self::on_progress) hook);
+    /// workers never write to the terminal. Needs the `progress` feature (indicatif).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = multiproc::Pool::builder().processes(2).progress_bar(true).build()?;
+    /// let squares = pool.map(|x: u64| x * x, 0..1000)?;
+    /// assert_eq!(squares[999], 998_001);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    #[cfg(feature = "progress")]
+    pub fn progress_bar(mut self, yes: bool) -> Self {
+        self.progress_bar = yes;
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors
@@ -444,7 +473,7 @@ impl PoolBuilder {
             processes,
             chunksize: AtomicUsize::new(self.chunksize.unwrap_or(0)),
             limit: self.max_message_bytes,
-            on_progress: self.on_progress,
+            on_progress: bar::with_bar(self.on_progress, self.progress_bar),
         })
     }
 }
@@ -509,6 +538,7 @@ impl Pool {
             max_message_bytes: MAX_MESSAGE_BYTES,
             on_progress: None,
             start_method: None,
+            progress_bar: false,
         }
     }
 
@@ -726,6 +756,29 @@ impl Pool {
     /// # let pool = multiproc::Pool::with_processes(2)?;
     /// let lens = pool.map(|s: String| s.len(), ["a", "bb", "ccc"].map(String::from))?;
     /// assert_eq!(lens, vec![1, 2, 3]);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// # Inputs are owned values
+    ///
+    /// Each input is encoded, sent to a worker and decoded there into a value that `f` owns, so
+    /// `T` is `DeserializeOwned`: `String`, not `&str`; `Vec<u8>`, not `&[u8]`. A function of a
+    /// borrowed type does not compile, with "implementation of `Deserialize` is not general
+    /// enough" (the worker has no buffer of the parent's that the `&str` could point into):
+    ///
+    /// ```compile_fail
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// fn len(s: &str) -> usize { s.len() }
+    /// pool.map(len, vec!["a", "bb"])?; // error: implementation of `Deserialize` is not general enough
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    ///
+    /// The fix: take the owned type, and give owned inputs (or borrow inside `f`):
+    ///
+    /// ```
+    /// # let pool = multiproc::Pool::with_processes(2)?;
+    /// fn len(s: String) -> usize { s.len() }
+    /// assert_eq!(pool.map(len, ["a", "bb"].map(String::from))?, vec![1, 2]);
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     ///

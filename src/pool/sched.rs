@@ -60,6 +60,7 @@ pub(crate) struct Config {
 pub(crate) struct Book {
     pids: Mutex<Vec<Pid>>,
     terminating: AtomicBool,
+    pub(crate) id: super::trace::PoolId,
 }
 
 impl Book {
@@ -240,6 +241,7 @@ impl Scheduler {
             spare: Vec::new(),
         };
         core.spawn_all()?;
+        super::trace::pool_started(core.book.id, n);
         Ok(core)
     }
 
@@ -267,8 +269,10 @@ impl Scheduler {
         }
         let workers = self.starter.start_many(specs)?;
         for (i, (worker, link)) in workers.into_iter().zip(links).enumerate() {
-            pids.push(worker.pid());
+            let pid = worker.pid();
+            pids.push(pid);
             self.slots[i] = Some(Slot::new(worker, link));
+            super::trace::worker_started(self.book.id, i, pid);
         }
         Ok(())
     }
@@ -303,7 +307,9 @@ impl Scheduler {
         let worker = self.starter.start(spec, &close)?;
         pids.push(worker.pid());
         drop(pids);
+        let pid = worker.pid();
         self.slots[i] = Some(Slot::new(worker, link));
+        super::trace::worker_started(self.book.id, i, pid);
         Ok(())
     }
 
@@ -629,6 +635,7 @@ impl Scheduler {
             self.handle_replies(&mut slot, replies);
         }
         let status = slot.worker.wait();
+        super::trace::worker_ended(self.book.id, i, slot.pid, status);
         self.forget_pid(slot.pid);
         if !slot.inflight.is_empty() && !self.book.is_terminating() {
             // The input that was running: the one the timeout named, else the progress slot's.
@@ -655,6 +662,12 @@ impl Scheduler {
                     return Err(e);
                 }
             }
+            super::trace::worker_replaced(
+                self.book.id,
+                i,
+                slot.pid,
+                self.slots[i].as_ref().map(|s| s.pid),
+            );
         }
         Ok(())
     }
@@ -730,6 +743,10 @@ impl Scheduler {
                 }
                 Fate::FailOne { item, why } => {
                     let (one, rest) = self.split(task, item);
+                    if why == Why::TimedOut {
+                        let index = one.items.index(0);
+                        super::trace::task_timed_out(self.book.id, slot.pid, index, after);
+                    }
                     // `one` holds more than the input only when the task could not be split.
                     for k in 0..one.items.count() as usize {
                         let e = error(why, one.items.label(k));
@@ -745,6 +762,8 @@ impl Scheduler {
                 }
                 Fate::RetryOne { item, died } => {
                     let (one, rest) = self.split(task, item);
+                    let index = one.items.index(0);
+                    super::trace::task_retried(self.book.id, slot.pid, index, died + 1);
                     requeue.push(Task { died, ..one });
                     requeue.extend(rest);
                 }
@@ -811,9 +830,9 @@ impl Scheduler {
         let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(slot) = slot else { continue };
-            let Some(&(head_seq, _)) = slot.inflight.front() else {
+            if slot.inflight.is_empty() {
                 continue;
-            };
+            }
             if let Some(k) = &mut slot.kill {
                 if !k.killed {
                     if now >= k.term_at + GRACE {
@@ -826,12 +845,15 @@ impl Scheduler {
                 continue;
             }
             let snap = self.progress.get(i);
-            if snap.seq == head_seq && snap.item != IDLE {
+            // The running task need not be the head: the worker may not have flushed the
+            // replies of the tasks it finished before (it batches them while orders wait).
+            let running = slot.inflight.iter().any(|(seq, _)| *seq == snap.seq);
+            if running && snap.item != IDLE {
                 let ran = Duration::from_nanos(now_ns.saturating_sub(snap.started_ns));
                 if ran >= limit {
                     slot.worker.signal(Signal::SIGTERM);
                     slot.kill = Some(Kill {
-                        culprit: (head_seq, snap.item),
+                        culprit: (snap.seq, snap.item),
                         term_at: now,
                         killed: false,
                     });
@@ -900,6 +922,7 @@ impl Scheduler {
 impl Drop for Scheduler {
     fn drop(&mut self) {
         self.reap_all();
+        super::trace::pool_finished(self.book.id, self.replaced);
     }
 }
 
