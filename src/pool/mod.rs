@@ -22,6 +22,7 @@
 mod fnref;
 mod result;
 mod sched;
+mod settle;
 pub(crate) mod start;
 mod transport;
 mod worker;

@@ -40,7 +40,7 @@ use crate::wire::{self, FrameBuf};
 use super::super::fnref::{self, FnRef};
 use super::super::transport::WorkerEnd;
 use super::super::worker::{self, Progress, Setup};
-use super::{Starter, Worker, WorkerSpec};
+use super::{Child, Reaper, Starter, Worker, WorkerSpec};
 
 /// The variable that makes a process a fork server: the descriptor of its socket.
 pub(crate) const FD_VAR: &str = "MULTIPROC_FORKSERVER_FD";
@@ -49,7 +49,7 @@ const PARENT_VAR: &str = "MULTIPROC_FORKSERVER_PARENT";
 /// The server's process name (`/proc/<pid>/comm`).
 const NAME: &std::ffi::CStr = c"multiproc-fsrv";
 /// How long the parent waits for an answer of the server before it gives up on it.
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
 const HELLO: u8 = 1;
 const START: u8 = 2;
@@ -140,7 +140,7 @@ fn parse(body: &[u8], rx: &mut FrameBuf) -> Result<Said> {
 // ---- The parent's side ----
 
 /// The running server, as the parent sees it.
-struct Server {
+pub(crate) struct Server {
     /// The process that started it (a fork of that process must start its own).
     owner: Pid,
     child: Mutex<std::process::Child>,
@@ -278,7 +278,7 @@ impl Server {
     }
 
     /// The exit status of the server's worker `pid`, which has ended or was killed.
-    fn exit_status(&self, pid: Pid) -> ExitStatus {
+    pub(crate) fn exit_status(&self, pid: Pid) -> ExitStatus {
         locked(&self.conn).exit_status(pid)
     }
 }
@@ -389,41 +389,10 @@ impl Starter for ForkServer {
         Ok(started
             .into_iter()
             .map(|(pid, pidfd)| {
-                Box::new(Served {
-                    pid,
-                    pidfd,
-                    server: self.server.clone(),
-                }) as Box<dyn Worker>
+                let reaper = Reaper::Server(self.server.clone());
+                Box::new(Child::new(pid, pidfd, reaper)) as Box<dyn Worker>
             })
             .collect())
-    }
-}
-
-/// A worker forked by the fork server: not our child; the server reaps it and tells us how it
-/// ended.
-struct Served {
-    pid: Pid,
-    pidfd: OwnedFd,
-    server: Arc<Server>,
-}
-
-impl Worker for Served {
-    fn pid(&self) -> Pid {
-        self.pid
-    }
-
-    fn death_fd(&self) -> BorrowedFd<'_> {
-        self.pidfd.as_fd()
-    }
-
-    fn signal(&self, sig: Signal) {
-        let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), sig);
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        // Bounded: the worker has ended or was just killed, and the server reaps it at once.
-        let _ = sys::wait_readable(self.pidfd.as_fd(), Some(Instant::now() + PATIENCE));
-        self.server.exit_status(self.pid)
     }
 }
 
