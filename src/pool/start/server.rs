@@ -514,8 +514,11 @@ fn read_requests(
         }
         let answer = wire::decode::<StartRequest>(&b[1..]).and_then(|req| {
             let fds = rx.take_fds(2)?;
+            // The worker keeps none of the server's descriptors: not its socket, not the other
+            // workers' pidfds, not the descriptors of the requests queued after this one.
             let mut close: Vec<RawFd> = vec![sock.as_raw_fd(), parent_fd.as_raw_fd()];
             close.extend(kids.iter().map(|k| k.pidfd.as_raw_fd()));
+            close.extend(rx.queued_fds());
             start_worker(req, fds, close)
         });
         let sent = match answer {
