@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::fdpass;
-use crate::queue::holders::own_start_time;
+use crate::liveness::own_start_time;
 use crate::sys::mem::SharedMapping;
 use crate::sys::socket::{self, MAX_FDS};
 use crate::sys::{self, process_alive};

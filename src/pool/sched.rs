@@ -12,7 +12,7 @@
 //! worker fail and which run again is decided by the pure function [`settle`] (`super::settle`).
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::sys::{self, ExitStatus, Interest, Pid};
 
 use super::fnref::FnRef;
+use super::journal;
 use super::settle::{Ending, Fate, InFlight, Why, settle};
 use super::start::{Initializer, Starter, Worker, WorkerSpec};
 use super::transport::{self, Body, Bytes, Encoded, Fds, Link, Reply};
@@ -459,6 +460,16 @@ impl Scheduler {
     /// Runs the pool for a while: hands out tasks, then waits until something happens or
     /// `deadline` passes, and processes it. Returns at once when the pool was terminated.
     pub(crate) fn drive(&mut self, deadline: Option<Instant>) -> Result<()> {
+        self.drive_woken(deadline, None)
+    }
+
+    /// [`drive`](Core::drive), also returning when `bell` becomes readable (the driver
+    /// thread's doorbell, rung by a thread that wants the pool's lock).
+    pub(crate) fn drive_woken(
+        &mut self,
+        deadline: Option<Instant>,
+        bell: Option<BorrowedFd<'_>>,
+    ) -> Result<()> {
         if self.book.is_terminating() {
             self.abort_all();
         }
@@ -485,7 +496,7 @@ impl Scheduler {
         let waiting = self.slots.iter().flatten().any(|s| !s.inflight.is_empty());
         let spin_until = if waiting { now + SPIN } else { now };
         let ready = loop {
-            let fds: Vec<_> = self
+            let mut fds: Vec<_> = self
                 .slots
                 .iter()
                 .flatten()
@@ -498,6 +509,7 @@ impl Scheduler {
                     [(s.link.fd(), io), (s.worker.death_fd(), Interest::Read)]
                 })
                 .collect();
+            fds.extend(bell.map(|b| (b, Interest::Read)));
             let spinning = Instant::now() < spin_until;
             let until = if spinning { Some(Instant::now()) } else { wake };
             let ready = sys::poll_many(&fds, until)?;
@@ -620,7 +632,21 @@ impl Scheduler {
         let status = slot.worker.wait();
         self.forget_pid(slot.pid);
         if !slot.inflight.is_empty() && !self.book.is_terminating() {
-            self.settle(i, &mut slot, status);
+            // The input that was running: the one the timeout named, else the progress slot's.
+            let snap = self.progress.get(i);
+            let running = match &slot.kill {
+                Some(k) => Some(k.culprit),
+                None => (snap.item != IDLE).then_some((snap.seq, snap.item)),
+            };
+            // Inputs that finished but whose reply died with the worker: from its journal.
+            let entries = self.progress.journal_entries(i);
+            let saved = journal::salvage(&entries, &mut slot.inflight, running, slot.pid.as_raw());
+            for (job, event) in saved.events {
+                self.deliver(job, event);
+            }
+            if !slot.inflight.is_empty() {
+                self.settle(&mut slot, status, saved.running, saved.inputs > 0);
+            }
         }
         if !slot.stopping && !self.book.is_terminating() {
             self.replaced += 1;
@@ -635,21 +661,24 @@ impl Scheduler {
     }
 
     /// Applies the failure policy ([`settle`]) to the tasks of a worker that ended with tasks in
-    /// flight: delivers the failures, re-queues the rest at the front.
-    fn settle(&mut self, i: usize, slot: &mut Slot, status: ExitStatus) {
+    /// flight (their finished inputs already taken out, see `journal::salvage`): `running` is
+    /// the input that was running, `progressed` whether any input of them had finished. Delivers
+    /// the failures, re-queues the rest at the front.
+    fn settle(
+        &mut self,
+        slot: &mut Slot,
+        status: ExitStatus,
+        running: Option<(u64, u64)>,
+        progressed: bool,
+    ) {
         let (signal, code) = match status {
             ExitStatus::Signaled(s) => (Some(s), None),
             ExitStatus::Exited(c) => (None, Some(c)),
         };
         let tasks: Vec<(u64, Task)> = std::mem::take(&mut slot.inflight).into();
-        let snap = self.progress.get(i);
         let ending = Ending {
-            // The input that was running: the one the timeout named, else the progress slot's.
-            running: match &slot.kill {
-                Some(k) => Some(k.culprit),
-                None if snap.item != IDLE => Some((snap.seq, snap.item)),
-                None => None,
-            },
+            running,
+            progressed,
             timed_out: slot.kill.is_some(),
             init_failed: code == Some(worker::INIT_FAILED),
             retries: self.cfg.retries,

@@ -17,6 +17,9 @@ pub(crate) struct InFlight {
 pub(crate) struct Ending {
     /// The input it was running: (task seq, input index in the task), if known.
     pub(crate) running: Option<(u64, u64)>,
+    /// Whether any input of its tasks had finished (a death between inputs after progress is
+    /// not held against the task).
+    pub(crate) progressed: bool,
     /// Whether the scheduler killed it for an overdue input (`running` names that input).
     pub(crate) timed_out: bool,
     /// Whether its initializer panicked (nothing sent to it could run).
@@ -96,8 +99,12 @@ pub(crate) fn settle(tasks: &[InFlight], ending: &Ending) -> Vec<Fate> {
             .iter()
             .enumerate()
             .map(|(j, t)| match j {
-                0 if t.died + 1 > ending.retries + 3 => Fate::FailAll { why: Why::Died },
-                0 => Fate::Requeue { died: t.died + 1 },
+                0 if t.died + u32::from(!ending.progressed) > ending.retries + 3 => {
+                    Fate::FailAll { why: Why::Died }
+                }
+                0 => Fate::Requeue {
+                    died: t.died + u32::from(!ending.progressed),
+                },
                 _ => again(t),
             })
             .collect(),
@@ -115,6 +122,7 @@ mod tests {
     fn ending(running: Option<(u64, u64)>) -> Ending {
         Ending {
             running,
+            progressed: false,
             timed_out: false,
             init_failed: false,
             retries: 0,
@@ -196,6 +204,16 @@ mod tests {
         assert_eq!(
             settle(&hopeless, &ending(None)),
             [Fate::FailAll { why: Why::Died }, Fate::Requeue { died: 0 }]
+        );
+        // After inputs of the tasks finished (saved from the journal), a death between inputs
+        // is not held against the head: the map makes progress however often workers die.
+        let progressed = Ending {
+            progressed: true,
+            ..ending(None)
+        };
+        assert_eq!(
+            settle(&hopeless, &progressed),
+            [Fate::Requeue { died: 3 }, Fate::Requeue { died: 0 }]
         );
     }
 

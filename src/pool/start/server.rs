@@ -13,7 +13,7 @@
 //! | direction | kind | body after the kind | descriptors |
 //! |---|---|---|---|
 //! | server → parent | `HELLO` | server pid `i32` | — |
-//! | parent → server | `START` | a [`StartRequest`] (postcard) | worker socket, progress file |
+//! | parent → server | `START` | a [`StartRequest`] (postcard) | worker socket, progress and journal files |
 //! | server → parent | `STARTED` | worker pid `i32` | the worker's pidfd |
 //! | server → parent | `REFUSED` | a message | — |
 //! | server → parent | `EXIT` | worker pid `i32`, 0 = exited / 1 = signaled `u8`, code or signal `i32` | — |
@@ -239,7 +239,7 @@ impl Server {
 
     /// Starts one worker per request (all requests in one write, then all answers), all or
     /// none.
-    fn start(&self, reqs: &[(StartRequest, [RawFd; 2])]) -> Result<Vec<(Pid, OwnedFd)>> {
+    fn start(&self, reqs: &[(StartRequest, [RawFd; 3])]) -> Result<Vec<(Pid, OwnedFd)>> {
         let mut conn = locked(&self.conn);
         if conn.broken {
             return Err(Error::Disconnected("the fork server is gone".into()));
@@ -378,10 +378,11 @@ impl Starter for ForkServer {
             .into_iter()
             .map(ForkServer::request)
             .collect::<Result<Vec<_>>>()?;
-        let reqs: Vec<(StartRequest, [RawFd; 2])> = parts
+        let reqs: Vec<(StartRequest, [RawFd; 3])> = parts
             .iter()
             .map(|(req, sock, progress)| {
-                let fds = [sock.as_raw_fd(), progress.fd().as_raw_fd()];
+                let [slots, journal] = progress.fds();
+                let fds = [sock.as_raw_fd(), slots.as_raw_fd(), journal.as_raw_fd()];
                 (req.clone(), fds)
             })
             .collect();
@@ -513,7 +514,7 @@ fn read_requests(
             return false;
         }
         let answer = wire::decode::<StartRequest>(&b[1..]).and_then(|req| {
-            let fds = rx.take_fds(2)?;
+            let fds = rx.take_fds(3)?;
             // The worker keeps none of the server's descriptors: not its socket, not the other
             // workers' pidfds, not the descriptors of the requests queued after this one.
             let mut close: Vec<RawFd> = vec![sock.as_raw_fd(), parent_fd.as_raw_fd()];
@@ -542,9 +543,9 @@ fn read_requests(
 
 /// Forks one worker running the pool's worker loop.
 fn start_worker(req: StartRequest, fds: Vec<OwnedFd>, close: Vec<RawFd>) -> Result<Kid> {
-    let [sock, progress]: [OwnedFd; 2] = fds
+    let [sock, progress, journal]: [OwnedFd; 3] = fds
         .try_into()
-        .map_err(|_| Error::InvalidState("a start request without its two descriptors".into()))?;
+        .map_err(|_| Error::InvalidState("a start request without its three descriptors".into()))?;
     let initializer = match req.init {
         None => None,
         Some(offset) => {
@@ -565,7 +566,7 @@ fn start_worker(req: StartRequest, fds: Vec<OwnedFd>, close: Vec<RawFd>) -> Resu
     }
     let setup = Setup {
         end: WorkerEnd::from_fd(sock),
-        progress: Arc::new(Progress::from_fd(progress, slots)?),
+        progress: Arc::new(Progress::from_fds(progress, journal, slots)?),
         slot,
         parent: sys::getpid(),
         max_tasks: req.max_tasks,
