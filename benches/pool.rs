@@ -138,6 +138,23 @@ fn bench_rust(c: &mut Criterion) {
         })
     });
 
+    // (1b) the same with the fork server (started by the first pool, in the warm-up; see also
+    // examples/start_methods.rs for a big parent).
+    c.bench_function("pool_start_map_join_forkserver", |b| {
+        b.iter_custom(|iters| {
+            timed("pool_start_map_join_forkserver", iters, || {
+                let pool = Pool::builder()
+                    .processes(2)
+                    .start_method(multiproc::StartMethod::ForkServer)
+                    .build()
+                    .unwrap();
+                assert_eq!(pool.map(sq, 0..10u64).unwrap()[9], 81);
+                pool.close();
+                pool.join().unwrap();
+            })
+        })
+    });
+
     let pool = Pool::with_processes(2).unwrap();
     pool.map(sq, 0..100u64).unwrap();
     let want: u64 = (0..100_000u64).map(sq).sum();

@@ -265,6 +265,12 @@ impl FrameBuf {
             .is_some_and(|total| self.end - self.pos >= total)
     }
 
+    /// The received descriptors that no frame has claimed yet.
+    pub(crate) fn queued_fds(&self) -> impl Iterator<Item = std::os::fd::RawFd> + '_ {
+        use std::os::fd::AsRawFd;
+        self.fds.iter().map(AsRawFd::as_raw_fd)
+    }
+
     /// The `n` descriptors of the frame just parsed (they came with its first byte).
     pub(crate) fn take_fds(&mut self, n: u32) -> Result<Vec<OwnedFd>> {
         let n = n as usize;

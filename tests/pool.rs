@@ -1023,6 +1023,28 @@ fn fork_server_workers_are_children_of_the_server_and_take_fn_item_initializers(
     assert_no_children();
 }
 
+/// The sockets among this process's descriptors.
+fn sockets(_: u32) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+        })
+        .count()
+}
+
+#[test]
+fn a_fork_server_worker_keeps_no_descriptor_of_the_server_or_of_other_workers() {
+    let _g = lock();
+    {
+        // Its own socket only: not the server's socket to the parent, not another worker's.
+        let pool = pool(StartMethod::ForkServer, 4).unwrap();
+        assert_eq!(pool.map(sockets, 0..16).unwrap(), vec![1; 16]);
+    }
+    assert_no_children();
+}
+
 fn pool_server_pid() -> u32 {
     let p = pool(StartMethod::ForkServer, 1).unwrap();
     p.apply(parent_pid, 0).unwrap()

@@ -2,9 +2,9 @@
 //!
 //! Layout: `fnref` names functions across processes, `transport` moves frames, `worker` is the
 //! child's loop, `journal` keeps a worker's finished outcomes through its death, `sched` is the
-//! parent's scheduler, `start` starts workers (the `Starter` seam: fork, or the fork server in
-//! `start::server`), `driver` is the scheduler's background thread for asynchronous calls,
-//! `result` and `completed` hold what callers wait on.
+//! parent's scheduler, `settle` its failure policy, `start` starts workers (the `Starter` seam:
+//! fork, or the fork server in `start::server`), `driver` is the scheduler's background thread
+//! for asynchronous calls, `result` and `completed` hold what callers wait on.
 //!
 //! # Caveats
 //!
@@ -29,6 +29,7 @@ mod fnref;
 mod journal;
 mod result;
 mod sched;
+mod settle;
 mod star;
 pub(crate) mod start;
 mod trace;

@@ -34,15 +34,17 @@ const REPLY_BATCH: usize = 1 << 16;
 /// the input index it is running, and when that input started (`CLOCK_MONOTONIC` ns). A
 /// sequence lock (`ver`, odd while writing) keeps the three consistent for the reader.
 ///
-/// The memory is a memory file, so that a worker that is not a fork of the parent (a fork
-/// server's) can map it from the descriptor. Word 4 of a slot is the committed length of the
-/// worker's region of the outcome journal (see [`super::journal`]), which lives in the same
-/// file after the slots, in a mapping of its own.
+/// Word 4 of a slot is the committed length of the worker's region of the outcome journal
+/// (see [`super::journal`]), which lives in a second shared mapping.
+///
+/// Both are memory files, so that a worker that is not a fork of the parent (a fork server's)
+/// can map them from their descriptors.
 #[derive(Debug)]
 pub(crate) struct Progress {
     map: SharedMapping,
     journal: SharedMapping,
     fd: OwnedFd,
+    journal_fd: OwnedFd,
     slots: usize,
 }
 
@@ -60,11 +62,14 @@ pub(crate) struct Snapshot {
 impl Progress {
     pub(crate) fn new(slots: usize) -> crate::Result<Progress> {
         let len = Self::bytes(slots);
-        let fd = sys::mem::memfd(len + Self::journal_bytes(slots))?;
+        let fd = sys::mem::memfd(len)?;
+        let journal_len = Self::journal_bytes(slots);
+        let journal_fd = sys::mem::memfd(journal_len)?;
         let p = Progress {
-            map: SharedMapping::from_fd_at(fd.as_fd(), 0, len, false)?,
-            journal: SharedMapping::from_fd_at(fd.as_fd(), len, Self::journal_bytes(slots), false)?,
+            map: SharedMapping::from_fd(fd.as_fd(), len, false)?,
+            journal: SharedMapping::from_fd(journal_fd.as_fd(), journal_len, false)?,
             fd,
+            journal_fd,
             slots,
         };
         for i in 0..slots {
@@ -73,21 +78,26 @@ impl Progress {
         Ok(p)
     }
 
-    /// The slots' bytes (whole pages: the journal's mapping starts after them).
     fn bytes(slots: usize) -> usize {
-        (slots * WORDS * 8).max(1).next_multiple_of(4096)
+        (slots * WORDS * 8).max(4096)
     }
 
-    /// The journal's bytes.
     fn journal_bytes(slots: usize) -> usize {
         slots.max(1) * JOURNAL_BYTES
     }
 
-    /// The slots of another process's [`Progress`] of `slots` slots, from its memory file
-    /// (checked to be large enough).
-    pub(crate) fn from_fd(fd: OwnedFd, slots: usize) -> crate::Result<Progress> {
+    /// The slots and journal of another process's [`Progress`] of `slots` slots, from its
+    /// memory files (checked to be large enough).
+    pub(crate) fn from_fds(
+        fd: OwnedFd,
+        journal_fd: OwnedFd,
+        slots: usize,
+    ) -> crate::Result<Progress> {
         let len = Self::bytes(slots);
-        if sys::mem::fd_size(fd.as_fd())? < len + Self::journal_bytes(slots) {
+        let journal_len = Self::journal_bytes(slots);
+        if sys::mem::fd_size(fd.as_fd())? < len
+            || sys::mem::fd_size(journal_fd.as_fd())? < journal_len
+        {
             return Err(crate::Error::invalid_arg(
                 "progress file",
                 len,
@@ -95,9 +105,10 @@ impl Progress {
             ));
         }
         Ok(Progress {
-            map: SharedMapping::from_fd_at(fd.as_fd(), 0, len, false)?,
-            journal: SharedMapping::from_fd_at(fd.as_fd(), len, Self::journal_bytes(slots), false)?,
+            map: SharedMapping::from_fd(fd.as_fd(), len, false)?,
+            journal: SharedMapping::from_fd(journal_fd.as_fd(), journal_len, false)?,
             fd,
+            journal_fd,
             slots,
         })
     }
@@ -107,9 +118,10 @@ impl Progress {
         self.slots
     }
 
-    /// The memory file (to hand to a worker that is not a fork of this process).
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// The memory files of the slots and of the journal (to hand to a worker that is not a
+    /// fork of this process).
+    pub(crate) fn fds(&self) -> [BorrowedFd<'_>; 2] {
+        [self.fd.as_fd(), self.journal_fd.as_fd()]
     }
 
     #[inline]

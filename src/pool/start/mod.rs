@@ -271,7 +271,7 @@ impl Starter for Fork {
         warn_if_threaded();
         let pid = fork_child(move || worker::run(setup))?;
         match sys::pidfd_open(pid) {
-            Ok(pidfd) => Ok(Box::new(Forked { pid, pidfd })),
+            Ok(pidfd) => Ok(Box::new(Child::new(pid, pidfd, Reaper::Parent))),
             Err(e) => {
                 let _ = sys::kill(pid, Signal::SIGKILL);
                 let _ = sys::wait_blocking(pid);
@@ -281,13 +281,29 @@ impl Starter for Fork {
     }
 }
 
-/// A worker forked by this process: it is our child, we reap it.
-struct Forked {
+/// A started worker process, known by its pidfd (which names exactly it, also after it has
+/// been reaped).
+pub(crate) struct Child {
     pid: Pid,
     pidfd: OwnedFd,
+    reaper: Reaper,
 }
 
-impl Worker for Forked {
+/// Who reaps a worker and knows its exit status.
+pub(crate) enum Reaper {
+    /// This process forked it.
+    Parent,
+    /// The fork server forked it and reports its exit status.
+    Server(Arc<server::Server>),
+}
+
+impl Child {
+    pub(crate) fn new(pid: Pid, pidfd: OwnedFd, reaper: Reaper) -> Child {
+        Child { pid, pidfd, reaper }
+    }
+}
+
+impl Worker for Child {
     fn pid(&self) -> Pid {
         self.pid
     }
@@ -301,7 +317,17 @@ impl Worker for Forked {
     }
 
     fn wait(&mut self) -> ExitStatus {
-        // Our own child, not reaped by anyone else: waitpid fails only if it was never started.
-        sys::wait_blocking(self.pid).unwrap_or(ExitStatus::Signaled(Signal::SIGKILL as i32))
+        let killed = ExitStatus::Signaled(Signal::SIGKILL as i32);
+        match &self.reaper {
+            // Our own child, reaped by no one else: waitpid fails only if it never started.
+            Reaper::Parent => sys::wait_blocking(self.pid).unwrap_or(killed),
+            Reaper::Server(server) => {
+                // Bounded: the worker has ended or was just killed, and the server reaps it at
+                // once.
+                let deadline = std::time::Instant::now() + server::PATIENCE;
+                let _ = sys::wait_readable(self.pidfd.as_fd(), Some(deadline));
+                server.exit_status(self.pid)
+            }
+        }
     }
 }

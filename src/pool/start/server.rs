@@ -13,7 +13,7 @@
 //! | direction | kind | body after the kind | descriptors |
 //! |---|---|---|---|
 //! | server → parent | `HELLO` | server pid `i32` | — |
-//! | parent → server | `START` | a [`StartRequest`] (postcard) | worker socket, progress file |
+//! | parent → server | `START` | a [`StartRequest`] (postcard) | worker socket, progress and journal files |
 //! | server → parent | `STARTED` | worker pid `i32` | the worker's pidfd |
 //! | server → parent | `REFUSED` | a message | — |
 //! | server → parent | `EXIT` | worker pid `i32`, 0 = exited / 1 = signaled `u8`, code or signal `i32` | — |
@@ -40,7 +40,7 @@ use crate::wire::{self, FrameBuf};
 use super::super::fnref::{self, FnRef};
 use super::super::transport::WorkerEnd;
 use super::super::worker::{self, Progress, Setup};
-use super::{Starter, Worker, WorkerSpec};
+use super::{Child, Reaper, Starter, Worker, WorkerSpec};
 
 /// The variable that makes a process a fork server: the descriptor of its socket.
 pub(crate) const FD_VAR: &str = "MULTIPROC_FORKSERVER_FD";
@@ -49,7 +49,7 @@ const PARENT_VAR: &str = "MULTIPROC_FORKSERVER_PARENT";
 /// The server's process name (`/proc/<pid>/comm`).
 const NAME: &std::ffi::CStr = c"multiproc-fsrv";
 /// How long the parent waits for an answer of the server before it gives up on it.
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
 const HELLO: u8 = 1;
 const START: u8 = 2;
@@ -140,7 +140,7 @@ fn parse(body: &[u8], rx: &mut FrameBuf) -> Result<Said> {
 // ---- The parent's side ----
 
 /// The running server, as the parent sees it.
-struct Server {
+pub(crate) struct Server {
     /// The process that started it (a fork of that process must start its own).
     owner: Pid,
     child: Mutex<std::process::Child>,
@@ -239,7 +239,7 @@ impl Server {
 
     /// Starts one worker per request (all requests in one write, then all answers), all or
     /// none.
-    fn start(&self, reqs: &[(StartRequest, [RawFd; 2])]) -> Result<Vec<(Pid, OwnedFd)>> {
+    fn start(&self, reqs: &[(StartRequest, [RawFd; 3])]) -> Result<Vec<(Pid, OwnedFd)>> {
         let mut conn = locked(&self.conn);
         if conn.broken {
             return Err(Error::Disconnected("the fork server is gone".into()));
@@ -278,7 +278,7 @@ impl Server {
     }
 
     /// The exit status of the server's worker `pid`, which has ended or was killed.
-    fn exit_status(&self, pid: Pid) -> ExitStatus {
+    pub(crate) fn exit_status(&self, pid: Pid) -> ExitStatus {
         locked(&self.conn).exit_status(pid)
     }
 }
@@ -378,10 +378,11 @@ impl Starter for ForkServer {
             .into_iter()
             .map(ForkServer::request)
             .collect::<Result<Vec<_>>>()?;
-        let reqs: Vec<(StartRequest, [RawFd; 2])> = parts
+        let reqs: Vec<(StartRequest, [RawFd; 3])> = parts
             .iter()
             .map(|(req, sock, progress)| {
-                let fds = [sock.as_raw_fd(), progress.fd().as_raw_fd()];
+                let [slots, journal] = progress.fds();
+                let fds = [sock.as_raw_fd(), slots.as_raw_fd(), journal.as_raw_fd()];
                 (req.clone(), fds)
             })
             .collect();
@@ -389,41 +390,10 @@ impl Starter for ForkServer {
         Ok(started
             .into_iter()
             .map(|(pid, pidfd)| {
-                Box::new(Served {
-                    pid,
-                    pidfd,
-                    server: self.server.clone(),
-                }) as Box<dyn Worker>
+                let reaper = Reaper::Server(self.server.clone());
+                Box::new(Child::new(pid, pidfd, reaper)) as Box<dyn Worker>
             })
             .collect())
-    }
-}
-
-/// A worker forked by the fork server: not our child; the server reaps it and tells us how it
-/// ended.
-struct Served {
-    pid: Pid,
-    pidfd: OwnedFd,
-    server: Arc<Server>,
-}
-
-impl Worker for Served {
-    fn pid(&self) -> Pid {
-        self.pid
-    }
-
-    fn death_fd(&self) -> BorrowedFd<'_> {
-        self.pidfd.as_fd()
-    }
-
-    fn signal(&self, sig: Signal) {
-        let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), sig);
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        // Bounded: the worker has ended or was just killed, and the server reaps it at once.
-        let _ = sys::wait_readable(self.pidfd.as_fd(), Some(Instant::now() + PATIENCE));
-        self.server.exit_status(self.pid)
     }
 }
 
@@ -544,9 +514,12 @@ fn read_requests(
             return false;
         }
         let answer = wire::decode::<StartRequest>(&b[1..]).and_then(|req| {
-            let fds = rx.take_fds(2)?;
+            let fds = rx.take_fds(3)?;
+            // The worker keeps none of the server's descriptors: not its socket, not the other
+            // workers' pidfds, not the descriptors of the requests queued after this one.
             let mut close: Vec<RawFd> = vec![sock.as_raw_fd(), parent_fd.as_raw_fd()];
             close.extend(kids.iter().map(|k| k.pidfd.as_raw_fd()));
+            close.extend(rx.queued_fds());
             start_worker(req, fds, close)
         });
         let sent = match answer {
@@ -570,9 +543,9 @@ fn read_requests(
 
 /// Forks one worker running the pool's worker loop.
 fn start_worker(req: StartRequest, fds: Vec<OwnedFd>, close: Vec<RawFd>) -> Result<Kid> {
-    let [sock, progress]: [OwnedFd; 2] = fds
+    let [sock, progress, journal]: [OwnedFd; 3] = fds
         .try_into()
-        .map_err(|_| Error::InvalidState("a start request without its two descriptors".into()))?;
+        .map_err(|_| Error::InvalidState("a start request without its three descriptors".into()))?;
     let initializer = match req.init {
         None => None,
         Some(offset) => {
@@ -593,7 +566,7 @@ fn start_worker(req: StartRequest, fds: Vec<OwnedFd>, close: Vec<RawFd>) -> Resu
     }
     let setup = Setup {
         end: WorkerEnd::from_fd(sock),
-        progress: Arc::new(Progress::from_fd(progress, slots)?),
+        progress: Arc::new(Progress::from_fds(progress, journal, slots)?),
         slot,
         parent: sys::getpid(),
         max_tasks: req.max_tasks,
