@@ -3,10 +3,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -283,7 +281,7 @@ pub(crate) struct AsyncState<R> {
     slot: Mutex<Slot<R>>,
     callbacks: Mutex<(Option<Callback<R>>, Option<ErrCallback>)>,
     /// The task of the last `poll` of the result as a future.
-    waker: Mutex<Option<Waker>>,
+    pub(crate) waker: Mutex<Option<Waker>>,
     /// What runs once the result is in ([`as_completed`](super::as_completed)'s notices).
     watchers: Mutex<Vec<Watcher>>,
 }
@@ -341,7 +339,7 @@ impl<R: Send + 'static> AsyncState<R> {
         }
     }
 
-    fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         !matches!(
             *self.slot.lock().unwrap_or_else(|e| e.into_inner()),
             Slot::Waiting
@@ -549,51 +547,6 @@ impl<R: Send + 'static> AsyncResult<R> {
         }
         let slot = self.state.slot.lock().unwrap_or_else(|e| e.into_inner());
         Ok(matches!(*slot, Slot::Ready(Ok(_))))
-    }
-}
-
-/// `pool.apply_async(f, x)?.await`: the result, without blocking a thread. The pool's driver
-/// thread wakes the task when the result is in (no polling in between), so it works under any
-/// executor (tokio, async-std, `futures::executor::block_on`...).
-///
-/// # Examples
-///
-/// ```
-/// # let pool = multiproc::Pool::with_processes(2)?;
-/// let fut = pool.apply_async(|x: u64| x * 3, 14)?;
-/// // Any executor; here a minimal one that parks the thread until the driver wakes it.
-/// struct Unpark(std::thread::Thread);
-/// impl std::task::Wake for Unpark {
-///     fn wake(self: std::sync::Arc<Self>) { self.0.unpark() }
-/// }
-/// let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
-/// let mut cx = std::task::Context::from_waker(&waker);
-/// let mut fut = std::pin::pin!(fut);
-/// let value = loop {
-///     match std::future::Future::poll(fut.as_mut(), &mut cx) {
-///         std::task::Poll::Ready(v) => break v?,
-///         std::task::Poll::Pending => std::thread::park(),
-///     }
-/// };
-/// assert_eq!(value, 42);
-/// # Ok::<(), multiproc::Error>(())
-/// ```
-impl<R: Send + 'static> Future for AsyncResult<R> {
-    type Output = Result<R>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
-        if self.state.is_ready() {
-            return Poll::Ready(self.take());
-        }
-        *self.state.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
-        // The result may have come in before the waker was stored.
-        if self.state.is_ready() {
-            return Poll::Ready(self.take());
-        }
-        if let Err(e) = super::driver::ensure(&self.shared) {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Pending
     }
 }
 
