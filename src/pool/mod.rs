@@ -134,7 +134,8 @@ fn assert_zst<F>() {
 /// and ends when the pool is dropped. [`AsyncResult`] callbacks run in the thread that read the
 /// result: usually the driver, never a worker. Several threads may share a pool; they take
 /// turns, and a caller that needs the pool while the driver waits on the workers gets it at
-/// once.
+/// once. While a synchronous call runs, it drives the whole pool: asynchronous results keep
+/// coming in, and their callbacks run when that call returns.
 ///
 /// A worker that dies is replaced by a fork made by the thread that noticed. If the program has
 /// other threads at that moment, the crate's fork-safety contract applies to the new worker
