@@ -1140,6 +1140,8 @@ impl Pool {
             drop(core);
             run_deferred(deferred);
         }
+        // Callbacks the driver thread took are run before join returns (as in Python).
+        self.shared.driver.wait_callbacks();
         let mut core = self.shared.lock();
         core.stop_workers();
         let patience = Instant::now() + Duration::from_secs(10);
