@@ -24,7 +24,8 @@ fn main() -> multiproc::Result<()> {
                 .error_callback(move |e| println!("error_callback: {x} failed: {e}")))
         })
         .collect::<multiproc::Result<Vec<_>>>()?;
-    // Callbacks run in this process while it waits (here: inside join).
+    // Callbacks run in this process (the pool's driver thread) as the results arrive; join
+    // returns once they all ran.
     pool.close();
     pool.join()?;
     for (x, r) in results.into_iter().enumerate() {

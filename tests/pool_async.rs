@@ -132,7 +132,7 @@ fn map_async_completes_and_runs_callbacks_while_the_parent_waits_elsewhere() {
     let mut got: Vec<u64> = (0..6).map(|_| rx.recv_timeout(secs(60)).unwrap()).collect();
     got.sort();
     assert_eq!(got, vec![0, 1, 4, 9, 16, 25]);
-    assert!(results.iter().all(|r| r.ready()));
+    eventually(secs(60), "all ready", || results.iter().all(|r| r.ready()));
     drop(pool);
     assert_eq!(driver_threads(), 0, "the driver thread ended with the pool");
 }
@@ -234,4 +234,44 @@ fn async_results_are_futures_woken_by_the_driver_under_tokio() {
     drop(pool);
     let err = rt.block_on(pending).unwrap_err();
     assert!(matches!(err, multiproc::Error::Disconnected(_)), "{err}");
+}
+
+#[test]
+fn get_and_join_return_after_the_callbacks_ran_as_in_python() {
+    let _l = fork_lock();
+    let _w = Watchdog::new(secs(120));
+    let pool = Pool::with_processes(2).unwrap();
+    let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // A slow callback, run by the driver thread: get waits for it.
+    let r = {
+        let ran = ran.clone();
+        pool.apply_async(sq, 3).unwrap().callback(move |_| {
+            std::thread::sleep(Duration::from_millis(50));
+            ran.fetch_add(1, Ordering::SeqCst);
+        })
+    };
+    assert_eq!(r.get().unwrap(), 9);
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        1,
+        "get returned before the callback ran"
+    );
+    // join waits for every callback the driver took.
+    let results: Vec<_> = (0..10)
+        .map(|x| {
+            let ran = ran.clone();
+            pool.apply_async(sq, x).unwrap().callback(move |_| {
+                std::thread::sleep(Duration::from_millis(10));
+                ran.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    pool.close();
+    pool.join().unwrap();
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        11,
+        "join returned before the callbacks ran"
+    );
+    assert!(results.iter().all(|r| r.ready()));
 }

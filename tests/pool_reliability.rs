@@ -57,8 +57,9 @@ fn locked(st: &SharedArray<u64>) -> multiproc::ArrayGuard<'_, u64> {
     st.lock().or_else(AcquireError::recover).unwrap()
 }
 
-/// The task of the chaos tests: counts its execution, records its worker's pid, waits at the
-/// gates (start number `k·step + step/2` waits for the killer's `k`-th kill), works
+/// The task of the chaos tests (the state is the map's context, sent once to each worker, so
+/// the inputs are plain numbers and chunks keep their size): counts its execution, records its
+/// worker's pid, waits at the gates (start number `k·step + step/2` waits for the killer's `k`-th kill), works
 /// `WORK_NS`, returns `3x + 1`.
 fn counted(st: &SharedArray<u64>, x: u64) -> u64 {
     let (start, step, kills, work) = {
@@ -111,15 +112,13 @@ struct Chaos {
     elapsed: Duration,
 }
 
-/// Checks the outcome of a chaos map: every input answered with its value, each executed at
-/// least once, and no more re-executions than kills (each kill interrupts at most one input).
-fn check(n: usize, out: &[multiproc::Result<u64>], st: &SharedArray<u64>, kills: u64) -> u64 {
+/// Checks the outcome of a chaos map: every input answered with its value (`map_with` gives
+/// one value per input, or the first error), each executed at least once, and no more
+/// re-executions than kills (each kill interrupts at most one input).
+fn check(n: usize, out: &[u64], st: &SharedArray<u64>, kills: u64) -> u64 {
     assert_eq!(out.len(), n);
-    for (i, r) in out.iter().enumerate() {
-        match r {
-            Ok(v) => assert_eq!(*v, 3 * i as u64 + 1, "input {i}"),
-            Err(e) => panic!("input {i} failed: {e}"),
-        }
+    for (i, v) in out.iter().enumerate() {
+        assert_eq!(*v, 3 * i as u64 + 1, "input {i}");
     }
     let g = locked(st);
     let exec = &g[EXEC..EXEC + n];
@@ -151,12 +150,11 @@ fn gated_chaos(n: usize, chunksize: Option<usize>, step: u64, kills: u64, work_n
     let pool = b.build().unwrap();
     let killer = gated_killer(st.clone(), step, kills);
     let started = Instant::now();
-    let out = pool.map_results(counted_with, (0..n as u64).map(|x| (st.clone(), x)));
+    let out = pool.map_with(&st, counted, 0..n as u64);
     let elapsed = started.elapsed();
     let sent = killer.join().unwrap();
     let out = out.unwrap();
     assert_eq!(sent, kills, "every kill hit a live worker");
-    assert!(pool.replaced_workers() >= kills);
     let reexecuted = check(n, &out, &st, sent);
     drop(pool);
     Chaos {
@@ -164,11 +162,6 @@ fn gated_chaos(n: usize, chunksize: Option<usize>, step: u64, kills: u64, work_n
         reexecuted,
         elapsed,
     }
-}
-
-/// `counted` over `(state, x)` inputs (the state travels by descriptor; a context would too).
-fn counted_with(input: (SharedArray<u64>, u64)) -> u64 {
-    counted(&input.0, input.1)
 }
 
 #[test]
@@ -225,7 +218,7 @@ fn heavy_kill_every_10_ms_during_100k_input_maps() {
                 })
             };
             let started = Instant::now();
-            let out = pool.map_results(counted_with, (0..n as u64).map(|x| (st.clone(), x)));
+            let out = pool.map_with(&st, counted, 0..n as u64);
             let elapsed = started.elapsed();
             done.store(true, Ordering::SeqCst);
             let kills = killer.join().unwrap();

@@ -1,13 +1,62 @@
-//! [`as_completed`]: the results of several asynchronous calls in the order they finish
+//! Waiting for asynchronous results without blocking in `get`: [`AsyncResult`] as a
+//! [`Future`], and [`as_completed`], the results of several calls in the order they finish
 //! (Python's `concurrent.futures.as_completed`).
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use std::sync::mpsc::{Receiver, channel};
 
 use crate::error::Result;
 
 use super::result::AsyncResult;
+
+/// `pool.apply_async(f, x)?.await`: the result, without blocking a thread. The pool's driver
+/// thread wakes the task when the result is in (no polling in between), so it works under any
+/// executor (tokio, async-std, `futures::executor::block_on`...).
+///
+/// # Examples
+///
+/// ```
+/// # let pool = multiproc::Pool::with_processes(2)?;
+/// let fut = pool.apply_async(|x: u64| x * 3, 14)?;
+/// // Any executor; here a minimal one that parks the thread until the driver wakes it.
+/// struct Unpark(std::thread::Thread);
+/// impl std::task::Wake for Unpark {
+///     fn wake(self: std::sync::Arc<Self>) { self.0.unpark() }
+/// }
+/// let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+/// let mut cx = std::task::Context::from_waker(&waker);
+/// let mut fut = std::pin::pin!(fut);
+/// let value = loop {
+///     match std::future::Future::poll(fut.as_mut(), &mut cx) {
+///         std::task::Poll::Ready(v) => break v?,
+///         std::task::Poll::Pending => std::thread::park(),
+///     }
+/// };
+/// assert_eq!(value, 42);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+impl<R: Send + 'static> Future for AsyncResult<R> {
+    type Output = Result<R>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        if self.state.is_ready() {
+            return Poll::Ready(self.take());
+        }
+        *self.state.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        // The result may have come in before the waker was stored.
+        if self.state.is_ready() {
+            return Poll::Ready(self.take());
+        }
+        if let Err(e) = super::driver::ensure(&self.shared) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Pending
+    }
+}
 
 /// The iterator of [`as_completed`].
 pub struct AsCompleted<R> {

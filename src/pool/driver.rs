@@ -20,7 +20,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
@@ -42,6 +42,10 @@ pub(crate) struct Driver {
     stop: AtomicBool,
     /// Threads waiting for the pool's lock (other than the driver).
     contenders: AtomicUsize,
+    /// How many batches of callbacks the thread took from the pool and has not finished
+    /// running ([`Pool::join`](super::Pool::join) waits for them).
+    callbacks: Mutex<usize>,
+    callbacks_done: Condvar,
     /// The doorbell: a byte written to `ring` makes `bell` readable in the driver's poll.
     ring: OwnedFd,
     bell: OwnedFd,
@@ -56,6 +60,8 @@ impl Driver {
             started: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             contenders: AtomicUsize::new(0),
+            callbacks: Mutex::new(0),
+            callbacks_done: Condvar::new(),
             ring,
             bell,
         })
@@ -93,6 +99,25 @@ impl Driver {
             if n == 0 {
                 break;
             }
+        }
+    }
+
+    /// Waits until the callbacks the driver took from the pool have run (the pool's lock must
+    /// not be held: the driver takes callbacks under it). Returns at once on the driver thread.
+    pub(crate) fn wait_callbacks(&self) {
+        if self
+            .thread
+            .get()
+            .is_some_and(|t| t.id() == std::thread::current().id())
+        {
+            return;
+        }
+        let mut n = self.callbacks.lock().unwrap_or_else(|e| e.into_inner());
+        while *n > 0 {
+            n = self
+                .callbacks_done
+                .wait(n)
+                .unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -174,8 +199,20 @@ fn run(shared: Arc<Shared>) {
         }
         let status = core.drive_woken(None, Some(d.bell.as_fd()));
         let deferred = core.take_deferred();
+        let any = !deferred.is_empty();
+        if any {
+            // Counted under the pool's lock: whoever sees the work done sees these too.
+            *d.callbacks.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        }
         drop(core);
         run_deferred(deferred);
+        if any {
+            let mut n = d.callbacks.lock().unwrap_or_else(|e| e.into_inner());
+            *n -= 1;
+            if *n == 0 {
+                d.callbacks_done.notify_all();
+            }
+        }
         if status.is_err() {
             // The caller that drives next gets the error; look again a little later.
             std::thread::park_timeout(Duration::from_millis(10));

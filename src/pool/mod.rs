@@ -150,7 +150,8 @@ fn assert_zst<F>() {
 /// and ends when the pool is dropped. [`AsyncResult`] callbacks run in the thread that read the
 /// result: usually the driver, never a worker. Several threads may share a pool; they take
 /// turns, and a caller that needs the pool while the driver waits on the workers gets it at
-/// once.
+/// once. While a synchronous call runs, it drives the whole pool: asynchronous results keep
+/// coming in, and their callbacks run when that call returns.
 ///
 /// With [`StartMethod::Fork`] (the default), a worker that dies is replaced by a fork made by
 /// the thread that noticed. If the program has other threads at that moment, the crate's
@@ -1323,6 +1324,8 @@ impl Pool {
             drop(core);
             run_deferred(deferred);
         }
+        // Callbacks the driver thread took are run before join returns (as in Python).
+        self.shared.driver.wait_callbacks();
         let mut core = self.shared.lock();
         core.stop_workers();
         let patience = Instant::now() + Duration::from_secs(10);

@@ -3,10 +3,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -283,9 +281,12 @@ pub(crate) struct AsyncState<R> {
     slot: Mutex<Slot<R>>,
     callbacks: Mutex<(Option<Callback<R>>, Option<ErrCallback>)>,
     /// The task of the last `poll` of the result as a future.
-    waker: Mutex<Option<Waker>>,
+    pub(crate) waker: Mutex<Option<Waker>>,
     /// What runs once the result is in ([`as_completed`](super::as_completed)'s notices).
     watchers: Mutex<Vec<Watcher>>,
+    /// Set once the result is in and its callback has run: what waiters wait for.
+    settled: Mutex<bool>,
+    settled_cv: Condvar,
 }
 
 impl<R: Send + 'static> AsyncState<R> {
@@ -295,28 +296,60 @@ impl<R: Send + 'static> AsyncState<R> {
             callbacks: Mutex::new((None, None)),
             waker: Mutex::new(None),
             watchers: Mutex::new(Vec::new()),
+            settled: Mutex::new(false),
+            settled_cv: Condvar::new(),
         })
     }
 
     /// Stores the result and queues, for after the pool's lock, the callback that applies,
-    /// then the wake-up of a task awaiting it and the watchers (each on its own: a callback
-    /// that panics stops neither).
+    /// then the settling: waiters return (as in Python, after the callback ran), a task
+    /// awaiting it is woken, the watchers run. A callback that panics is reported by the panic
+    /// hook and does not stop the settling.
     pub(crate) fn complete(self: &Arc<Self>, res: Result<R>, deferred: &mut Vec<Deferred>) {
         *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Slot::Ready(res);
         let me = self.clone();
-        deferred.push(Box::new(move || me.fire()));
-        let me = self.clone();
         deferred.push(Box::new(move || {
-            let waker = me.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(w) = waker {
-                w.wake();
-            }
-            let watchers =
-                std::mem::take(&mut *me.watchers.lock().unwrap_or_else(|e| e.into_inner()));
-            for w in watchers {
-                w();
-            }
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| me.fire()));
+            me.settle();
         }));
+    }
+
+    fn settle(&self) {
+        *self.settled.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.settled_cv.notify_all();
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+        let watchers =
+            std::mem::take(&mut *self.watchers.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in watchers {
+            w();
+        }
+    }
+
+    /// Waits until the result is settled or `deadline` passes (the result is in already: its
+    /// callback runs in another thread).
+    fn wait_settled(&self, deadline: Option<Instant>) {
+        let mut settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());
+        while !*settled {
+            settled = match deadline {
+                None => self
+                    .settled_cv
+                    .wait(settled)
+                    .unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return;
+                    }
+                    self.settled_cv
+                        .wait_timeout(settled, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
     }
 
     /// Runs `f` once the result is in: now if it is, else after [`complete`](Self::complete).
@@ -341,7 +374,13 @@ impl<R: Send + 'static> AsyncState<R> {
         }
     }
 
-    fn is_ready(&self) -> bool {
+    /// Whether the result is in and its callback has run.
+    pub(crate) fn is_ready(&self) -> bool {
+        *self.settled.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the result is in (its callback may not have run yet).
+    pub(crate) fn is_stored(&self) -> bool {
         !matches!(
             *self.slot.lock().unwrap_or_else(|e| e.into_inner()),
             Slot::Waiting
@@ -357,7 +396,9 @@ impl<R: Send + 'static> AsyncState<R> {
 /// turns true and the callbacks run while the caller does something else. Callbacks run in the
 /// parent, in the thread that read the result (the driver, or a caller inside
 /// [`get`](AsyncResult::get), [`map`](Pool::map)...), after the pool's internal lock is released;
-/// a callback that panics is reported and ignored. An `AsyncResult` is also a
+/// a callback that panics is reported and ignored. As in Python, [`get`](AsyncResult::get) and
+/// [`wait`](AsyncResult::wait) return once the callback has run, so a callback must not wait for
+/// another result of its pool. An `AsyncResult` is also a
 /// [`Future`](std::future::Future) (`.await` it under any executor) and can be collected in
 /// completion order with [`as_completed`](crate::as_completed).
 ///
@@ -410,7 +451,7 @@ impl<R: Send + 'static> AsyncResult<R> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .0 = Some(Box::new(f));
-        if self.state.is_ready() {
+        if self.state.is_stored() {
             self.state.fire();
         }
         self
@@ -435,7 +476,7 @@ impl<R: Send + 'static> AsyncResult<R> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .1 = Some(Box::new(f));
-        if self.state.is_ready() {
+        if self.state.is_stored() {
             self.state.fire();
         }
         self
@@ -451,9 +492,13 @@ impl<R: Send + 'static> AsyncResult<R> {
                 return Ok(false);
             }
             let mut core = self.shared.lock();
-            if !self.state.is_ready() {
-                core.drive(deadline)?;
+            // The result is stored under the pool's lock, so this cannot miss it.
+            if self.state.is_stored() {
+                drop(core);
+                self.state.wait_settled(deadline);
+                continue;
             }
+            core.drive(deadline)?;
             let deferred = core.take_deferred();
             drop(core);
             run_deferred(deferred);
@@ -549,51 +594,6 @@ impl<R: Send + 'static> AsyncResult<R> {
         }
         let slot = self.state.slot.lock().unwrap_or_else(|e| e.into_inner());
         Ok(matches!(*slot, Slot::Ready(Ok(_))))
-    }
-}
-
-/// `pool.apply_async(f, x)?.await`: the result, without blocking a thread. The pool's driver
-/// thread wakes the task when the result is in (no polling in between), so it works under any
-/// executor (tokio, async-std, `futures::executor::block_on`...).
-///
-/// # Examples
-///
-/// ```
-/// # let pool = multiproc::Pool::with_processes(2)?;
-/// let fut = pool.apply_async(|x: u64| x * 3, 14)?;
-/// // Any executor; here a minimal one that parks the thread until the driver wakes it.
-/// struct Unpark(std::thread::Thread);
-/// impl std::task::Wake for Unpark {
-///     fn wake(self: std::sync::Arc<Self>) { self.0.unpark() }
-/// }
-/// let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
-/// let mut cx = std::task::Context::from_waker(&waker);
-/// let mut fut = std::pin::pin!(fut);
-/// let value = loop {
-///     match std::future::Future::poll(fut.as_mut(), &mut cx) {
-///         std::task::Poll::Ready(v) => break v?,
-///         std::task::Poll::Pending => std::thread::park(),
-///     }
-/// };
-/// assert_eq!(value, 42);
-/// # Ok::<(), multiproc::Error>(())
-/// ```
-impl<R: Send + 'static> Future for AsyncResult<R> {
-    type Output = Result<R>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
-        if self.state.is_ready() {
-            return Poll::Ready(self.take());
-        }
-        *self.state.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
-        // The result may have come in before the waker was stored.
-        if self.state.is_ready() {
-            return Poll::Ready(self.take());
-        }
-        if let Err(e) = super::driver::ensure(&self.shared) {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Pending
     }
 }
 
