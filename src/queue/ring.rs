@@ -357,16 +357,10 @@ impl Shared {
         let r = (|| {
             // Room for the first record (and under maxsize) before anything goes out, so that a
             // put that times out leaves no trace. Room only grows while the put lock is held.
-            let first = match &item {
-                PutItem::Pill => 0,
-                PutItem::Bytes(b) => b.len(),
-                PutItem::WithFds(b, _) => b.len(),
-            };
-            let first_size = (RECORD_HEADER + first.min(self.max_chunk())).next_multiple_of(8);
-            let head = h.head.0.load(Relaxed);
-            self.wait_until_with(Waiting::Put, deadline, true, &mut || {
-                self.has_room(head, first_size as u64) && self.below_maxsize()
-            })?;
+            // (A blocking put with no maxsize just waits in `write_record`.)
+            if deadline.is_some() || h.maxsize != 0 {
+                self.wait_first_room(&item, deadline)?;
+            }
             let (bytes, first_kind_bits) = match item {
                 PutItem::Pill => return self.write_record(PILL, 0, &[]),
                 PutItem::Bytes(bytes) => (bytes, 0),
@@ -400,6 +394,20 @@ impl Shared {
         h.put_owner.0.store(0, SeqCst);
         h.put_lock.0.unlock();
         r
+    }
+
+    /// Waits (until `deadline`) for room for `item`'s first record, and under `maxsize`.
+    fn wait_first_room(&self, item: &PutItem<'_>, deadline: Option<Instant>) -> Result<()> {
+        let first = match item {
+            PutItem::Pill => 0,
+            PutItem::Bytes(b) => b.len(),
+            PutItem::WithFds(b, _) => b.len(),
+        };
+        let first_size = (RECORD_HEADER + first.min(self.max_chunk())).next_multiple_of(8);
+        let head = self.header().head.0.load(Relaxed);
+        self.wait_until_with(Waiting::Put, deadline, true, &mut || {
+            self.has_room(head, first_size as u64) && self.below_maxsize()
+        })
     }
 
     /// Writes one record once there is room, then publishes it.
