@@ -55,14 +55,30 @@ fn unsafe_exit() -> ! {
     unsafe { libc::_exit(0) }
 }
 
+/// The queue under test: a fixed 8 MiB ring (`with_capacity`), or `Queue::new()` (growing).
+#[derive(Clone, Copy)]
+enum Storage {
+    Ring8Mib,
+    New,
+}
+
+impl Storage {
+    fn make<T: serde::Serialize + serde::de::DeserializeOwned>(self) -> Queue<T> {
+        match self {
+            Storage::Ring8Mib => Queue::with_capacity(8 * MIB).unwrap(),
+            Storage::New => Queue::new().unwrap(),
+        }
+    }
+}
+
 /// A producer process, started and ready, puts `n` items after the go signal; this process
 /// takes them all. Returns the time from the go signal to the last item.
-fn one_producer<T, F>(n: u64, make: F, check: impl Fn(&T)) -> Duration
+fn one_producer<T, F>(storage: Storage, n: u64, make: F, check: impl Fn(&T)) -> Duration
 where
     T: serde::Serialize + serde::de::DeserializeOwned + 'static,
     F: Fn(u64) -> T + Send + 'static,
 {
-    let q: Queue<T> = Queue::with_capacity(8 * MIB).unwrap();
+    let q: Queue<T> = storage.make();
     let go: Queue<()> = Queue::new().unwrap();
     let ready: Queue<()> = Queue::new().unwrap();
     let (q2, go2, ready2) = (q.clone(), go.clone(), ready.clone());
@@ -90,24 +106,29 @@ where
 fn queue(c: &mut Criterion) {
     let mut g = c.benchmark_group("queue");
     g.throughput(Throughput::Elements(SMALL));
-    g.bench_function("queue_small_1p1c", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                total += one_producer(SMALL, |i| i, |x: &u64| assert!(*x < 16));
-            }
-            record("queue_small_1p1c", iters * SMALL, total)
-        })
-    });
-    g.bench_function("queue_small_1p4c", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                total += one_producer_four_consumers(SMALL);
-            }
-            record("queue_small_1p4c", iters * SMALL, total)
-        })
-    });
+    // `_new` rows: the same with `Queue::new()` (a growing queue; a 1 MiB ring before).
+    for (suffix, storage) in [("", Storage::Ring8Mib), ("_new", Storage::New)] {
+        let name = format!("queue_small_1p1c{suffix}");
+        g.bench_function(&name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += one_producer(storage, SMALL, |i| i, |x: &u64| assert!(*x < 16));
+                }
+                record(&name, iters * SMALL, total)
+            })
+        });
+        let name = format!("queue_small_1p4c{suffix}");
+        g.bench_function(&name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += one_producer_four_consumers(storage, SMALL);
+                }
+                record(&name, iters * SMALL, total)
+            })
+        });
+    }
     for (name, size, count) in [("queue_1mib", MIB, 200u64), ("queue_64mib", 64 * MIB, 4)] {
         g.throughput(Throughput::Bytes(size as u64 * count));
         g.bench_function(name, |b| {
@@ -115,6 +136,7 @@ fn queue(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     total += one_producer(
+                        Storage::Ring8Mib,
                         count,
                         move |i| serde_bytes::ByteBuf::from(vec![i as u8; size]),
                         |x| assert_eq!(x.len(), size),
@@ -129,8 +151,8 @@ fn queue(c: &mut Criterion) {
 
 /// This process puts `n` items and 4 pills; 4 consumer processes (started and ready) take them
 /// and report their counts and sums. Returns the time from the first put to the last report.
-fn one_producer_four_consumers(n: u64) -> Duration {
-    let q: Queue<u64> = Queue::with_capacity(8 * MIB).unwrap();
+fn one_producer_four_consumers(storage: Storage, n: u64) -> Duration {
+    let q: Queue<u64> = storage.make();
     let res: Queue<(u64, u64)> = Queue::new().unwrap();
     let ready: Queue<()> = Queue::new().unwrap();
     let consumers: Vec<Process> = (0..4)

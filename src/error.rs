@@ -117,6 +117,15 @@ pub enum Error {
     #[error("disconnected: {0}")]
     Disconnected(String),
 
+    /// [`Queue::try_get`](crate::Queue::try_get) found the queue empty (Python's `queue.Empty`).
+    #[error("the queue is empty")]
+    Empty,
+
+    /// [`Queue::try_put`](crate::Queue::try_put) found the queue full (Python's `queue.Full`):
+    /// `maxsize` items in it, or no room in a bounded ring.
+    #[error("the queue is full ({0})")]
+    Full(String),
+
     /// [`Queue::get`](crate::Queue::get) took a poison pill put by
     /// [`Queue::put_pill`](crate::Queue::put_pill).
     #[error("a poison pill was taken from the queue: the consumer is asked to stop")]
@@ -211,6 +220,16 @@ impl Error {
     /// `true` for [`Error::Timeout`].
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. })
+    }
+
+    /// `true` for [`Error::Empty`].
+    pub fn is_empty_queue(&self) -> bool {
+        matches!(self, Error::Empty)
+    }
+
+    /// `true` for [`Error::Full`].
+    pub fn is_full_queue(&self) -> bool {
+        matches!(self, Error::Full(_))
     }
 
     /// `true` for [`Error::Disconnected`].

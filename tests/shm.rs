@@ -533,7 +533,7 @@ fn producers_killed_while_putting_pod_vecs_lose_nothing_they_finished() {
                     )
                 }
                 // Empty (every other holder has ended).
-                Err(e) if e.is_timeout() || e.is_disconnected() => break,
+                Err(e) if e.is_empty_queue() || e.is_disconnected() => break,
                 Err(e) => panic!("round {round}: {e}"),
             }
         }

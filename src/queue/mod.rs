@@ -1,6 +1,9 @@
 //! [`Queue`]: a multi-producer, multi-consumer queue shared by forked processes.
 //!
-//! Items travel as bytes through a ring in a shared mapping (see `ring`). Descriptors cannot go
+//! Items travel as bytes through a ring in a shared mapping (see `ring`): for [`Queue::new`]
+//! and [`Queue::with_maxsize`] a ring over a large reservation of address space whose pages are
+//! committed as items are written and returned to the kernel as they are taken (a growing
+//! queue); for [`Queue::with_capacity`] a fixed ring. Descriptors cannot go
 //! through shared memory, so each queue also has a side channel: a unix `SOCK_SEQPACKET` socket
 //! pair made by [`Queue::new`], whose two ends every holder inherits by fork (a `Queue` cannot be
 //! sent to an unrelated process: it is not `Serialize`). `put` encodes with a descriptor table
@@ -27,9 +30,10 @@ use crate::liveness::HasHolders;
 use crate::{fdpass, wire};
 
 pub(crate) use ring::Shared;
-use ring::{PutItem, TAG_BYTES, Taken};
+use ring::{PutItem, Storage, TAG_BYTES, Taken};
 
-/// The default ring size of a queue, in bytes.
+/// A ring size for [`Queue::with_capacity`], in bytes (1 MiB): the size of every queue's ring
+/// before queues grew.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1 << 20;
 
 thread_local! {
@@ -44,11 +48,17 @@ thread_local! {
 /// - **Multi-producer, multi-consumer**: any number of processes (and threads) put and get at
 ///   once. Each item goes to exactly one consumer, whole: items of concurrent producers never
 ///   interleave, and items of one producer come out in the order it put them.
-/// - **Any size**: items from 0 bytes up to
-///   [`MAX_MESSAGE_BYTES`](crate::MAX_MESSAGE_BYTES) encoded. Items travel through a ring of
-///   [`DEFAULT_QUEUE_CAPACITY`] bytes (see [`with_capacity`](Queue::with_capacity)); an item larger
-///   than a quarter of the ring streams through it, so `put` of a big item returns once a consumer
+/// - **Unbounded** ([`Queue::new`], Python's `Queue()`): `put` never waits for room. Items
+///   are kept in shared memory, not in the putting process: memory is committed as items are
+///   put and returned to the system as consumers take them, so a queue filled with 2 GiB before
+///   its consumers start goes back to a few pages once drained. The limit is the queue's
+///   reservation of address space, 64 GiB of unconsumed items; past that `put` waits (as if the
+///   queue were bounded). [`Queue::with_maxsize`] is Python's `Queue(maxsize)` (a limit on
+///   items); [`Queue::with_capacity`] a fixed ring of bytes, where `put` waits while it is full
+///   and an item larger than a quarter of the ring streams through it, returning once a consumer
 ///   has taken most of it.
+/// - **Any size**: items from 0 bytes up to
+///   [`MAX_MESSAGE_BYTES`](crate::MAX_MESSAGE_BYTES) encoded.
 /// - **Shared memory by descriptor**: a big [`PodVec`](crate::PodVec) (over 256 KiB), a
 ///   [`SharedArray`](crate::SharedArray) or a sync primitive in an item travels as its memory
 ///   file's descriptor, on a side channel (a unix socket pair every holder inherits), not
@@ -56,15 +66,19 @@ thread_local! {
 ///   [`put_owned`](Queue::put_owned) of a received one), and the consumer maps it. Arrays made
 ///   after the consumer forked resolve too. An item carries at most 253 descriptors. The kernel
 ///   keeps descriptors in flight alive, even after the producer has exited.
-/// - **Bounded**: `put` blocks while the ring is full (or while the side channel's socket buffer
-///   is, with descriptors in flight).
+/// - **Python's calls**: [`len`](Queue::len) (`qsize`), [`is_full`](Queue::is_full),
+///   [`try_put`](Queue::try_put) (`put_nowait`, [`Error::Full`]),
+///   [`put_timeout`](Queue::put_timeout), [`try_get`](Queue::try_get) (`get_nowait`,
+///   [`Error::Empty`]), [`get_timeout`](Queue::get_timeout). A `put` also waits while the side
+///   channel's socket buffer is full, with many descriptors in flight.
 /// - **Poison pills**: [`put_pill`](Queue::put_pill) puts a typed stop marker (never a magic
 ///   value); [`iter`](Queue::iter) ends at the first pill it takes.
 /// - **No endless wait**: a `get` on an empty queue returns [`Error::Disconnected`] once no
-///   process that holds the queue can put any more: every one of them has ended, dropped the
-///   queue, or is itself waiting in `get`, or is joining a child that is in one of these states.
-///   Likewise a `put` on a full queue when nobody can get. The check runs every 50 ms while
-///   waiting.
+///   process that holds the queue can put any more: every one of them has ended (or is dying:
+///   exiting, or with a SIGKILL pending), dropped the queue, or is itself waiting in `get`, or is
+///   joining without a timeout a child that is in one of these states (a process in
+///   `join_timeout` comes back, so it counts as able to put). Likewise a `put` on a full queue
+///   when nobody can get. The check runs every 50 ms while waiting.
 ///
 /// # Examples
 ///
@@ -142,17 +156,55 @@ impl<T> Drop for Queue<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
-    /// A queue with a ring of [`DEFAULT_QUEUE_CAPACITY`] bytes.
+    /// An unbounded queue (Python's `Queue()`): `put` never waits for room. Storage grows in
+    /// shared memory as items are put and is returned as they are taken (see the type's docs for
+    /// the 64 GiB limit on unconsumed items).
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the shared mapping cannot be made.
+    /// [`Error::Io`] if the shared mapping cannot be made (address space limited by
+    /// `ulimit -v`, or `vm.overcommit_memory=2`: use [`with_capacity`](Queue::with_capacity)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::Queue;
+    ///
+    /// let q: Queue<String> = Queue::new()?;
+    /// for i in 0..200_000 {
+    ///     q.put(&format!("in{i}"))?; // filled before any consumer starts: never waits
+    /// }
+    /// assert_eq!(q.len(), 200_000);
+    /// assert_eq!(q.get()?, "in0");
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn new() -> Result<Self> {
-        Self::with_capacity(DEFAULT_QUEUE_CAPACITY)
+        Self::make(Storage::Growing, 0)
     }
 
-    /// A queue whose ring holds `bytes` bytes (at least 4 KiB, at most 1 GiB; rounded up to a
-    /// multiple of 4 KiB). Each item takes its encoded size plus 16 bytes (24 if it has descriptors).
+    /// A queue that holds at most `maxsize` items at once (Python's `Queue(maxsize)`): `put`
+    /// waits while `maxsize` items are in it, [`try_put`](Queue::try_put) returns
+    /// [`Error::Full`]. Storage grows with the bytes of those items, as for [`Queue::new`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a `maxsize` of 0 (use [`Queue::new`] for no limit);
+    /// [`Error::Io`] if the mapping cannot be made.
+    pub fn with_maxsize(maxsize: usize) -> Result<Self> {
+        if maxsize == 0 {
+            return Err(Error::invalid_arg(
+                "maxsize",
+                maxsize,
+                "a queue must hold at least one item (Queue::new() has no limit)",
+            ));
+        }
+        Self::make(Storage::Growing, maxsize as u64)
+    }
+
+    /// A queue in a fixed ring of `bytes` bytes (at least 4 KiB, at most 1 GiB; rounded up to a
+    /// multiple of 4 KiB): `put` waits while the ring is full, so producers cannot run ahead of
+    /// consumers by more than that. Each item takes its encoded size plus 16 bytes (24 if it has
+    /// descriptors); an item larger than a quarter of the ring streams through it.
     ///
     /// # Errors
     ///
@@ -167,7 +219,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 format!("a queue's ring must hold between {MIN} and {MAX} bytes"),
             ));
         }
-        let shared = Arc::new(Shared::new(bytes.next_multiple_of(4096))?);
+        Self::make(Storage::Bounded(bytes.next_multiple_of(4096)), 0)
+    }
+
+    fn make(storage: Storage, maxsize: u64) -> Result<Self> {
+        let shared = Arc::new(Shared::new(storage, maxsize)?);
         crate::liveness::adopt(&shared);
         Ok(Queue {
             shared,
@@ -175,16 +231,57 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         })
     }
 
-    /// Puts an item, blocking while the ring is full.
+    /// Puts an item, blocking while the queue is full (only a [`with_maxsize`](Queue::with_maxsize)
+    /// or [`with_capacity`](Queue::with_capacity) queue fills).
     ///
     /// # Errors
     ///
     /// [`Error::TooLarge`] above [`MAX_MESSAGE_BYTES`](crate::MAX_MESSAGE_BYTES);
     /// [`Error::Codec`] if the item cannot be encoded; [`Error::InvalidArgument`] if it holds more
-    /// than 253 shared objects that travel by descriptor; [`Error::Disconnected`] if the ring (or
+    /// than 253 shared objects that travel by descriptor; [`Error::Disconnected`] if the queue (or
     /// the side channel) is full and no process can take from it any more.
     pub fn put(&self, item: &T) -> Result<()> {
-        self.put_with(item, false)
+        self.put_with(item, false, None)
+    }
+
+    /// Puts an item if there is room now (Python's `put(block=False)`, `put_nowait`). It may
+    /// wait a moment (at most 50 ms) for another producer to finish putting its item.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Full`] when `maxsize` items are in the queue or a bounded ring has no room
+    /// (nothing was put); otherwise as [`put`](Queue::put).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::{Error, Queue};
+    ///
+    /// let q: Queue<u32> = Queue::with_maxsize(2)?;
+    /// q.try_put(&1)?;
+    /// q.try_put(&2)?;
+    /// assert!(q.is_full());
+    /// assert!(matches!(q.try_put(&3), Err(Error::Full(_))));
+    /// assert_eq!(q.len(), 2);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn try_put(&self, item: &T) -> Result<()> {
+        self.put_with(item, false, Some(Instant::now()))
+            .map_err(|e| match e {
+                Error::Timeout { operation, .. } => Error::Full(operation.into()),
+                e => e,
+            })
+    }
+
+    /// As [`put`](Queue::put), waiting at most `timeout` for room (Python's
+    /// `put(timeout=...)`). An item that has begun to go in is put whole.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when there was no room within `timeout` (nothing was put); otherwise
+    /// as [`put`](Queue::put).
+    pub fn put_timeout(&self, item: &T, timeout: Duration) -> Result<()> {
+        self.put_with(item, false, Some(Instant::now() + timeout))
     }
 
     /// Puts an item and gives it up. The same as [`put`](Queue::put), except that a
@@ -211,28 +308,34 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Ok::<(), multiproc::Error>(())
     /// ```
     pub fn put_owned(&self, item: T) -> Result<()> {
-        let r = self.put_with(&item, true);
+        let r = self.put_with(&item, true, None);
         drop(item);
         r
     }
 
-    fn put_with(&self, item: &T, moving: bool) -> Result<()> {
+    fn put_with(&self, item: &T, moving: bool, deadline: Option<Instant>) -> Result<()> {
         ENCODE_BUF.with(|buf| match buf.try_borrow_mut() {
             Ok(mut buf) => {
-                let r = self.put_encoded(item, moving, &mut buf);
+                let r = self.put_encoded(item, moving, deadline, &mut buf);
                 if buf.capacity() > 4 << 20 {
                     *buf = Vec::new();
                 }
                 r
             }
             // Re-entered from inside an item's Serialize impl: use a fresh buffer.
-            Err(_) => self.put_encoded(item, moving, &mut Vec::new()),
+            Err(_) => self.put_encoded(item, moving, deadline, &mut Vec::new()),
         })
     }
 
     /// Encodes `item` into `buf` behind room for its tag, then puts it: with its descriptors
     /// on the side channel if parts of it attached any.
-    fn put_encoded(&self, item: &T, moving: bool, buf: &mut Vec<u8>) -> Result<()> {
+    fn put_encoded(
+        &self,
+        item: &T,
+        moving: bool,
+        deadline: Option<Instant>,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
         buf.clear();
         buf.extend_from_slice(&[0; TAG_BYTES]);
         let fds = if moving {
@@ -241,9 +344,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             fdpass::encode_append_with_fds(item, buf)?
         };
         if fds.is_empty() {
-            self.shared.put(PutItem::Bytes(&buf[TAG_BYTES..]))
+            self.shared.put(PutItem::Bytes(&buf[TAG_BYTES..]), deadline)
         } else {
-            self.shared.put(PutItem::WithFds(buf, &fds))
+            self.shared.put(PutItem::WithFds(buf, &fds), deadline)
         }
         // `fds` (our duplicates) close here; the side channel holds its own until taken.
     }
@@ -255,7 +358,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// [`Error::Disconnected`] if the ring is full and no process can take from it any more.
     pub fn put_pill(&self) -> Result<()> {
-        self.shared.put(PutItem::Pill)
+        self.shared.put(PutItem::Pill, None)
     }
 
     /// Takes the next item, waiting as long as some process could still put one.
@@ -280,14 +383,17 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.take(Some(Instant::now() + timeout))
     }
 
-    /// Takes an item if one is there now.
+    /// Takes an item if one is there now (Python's `get(block=False)`, `get_nowait`).
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] (with a zero duration) when the queue is empty; otherwise as
-    /// [`get`](Queue::get).
+    /// [`Error::Empty`] when the queue is empty (or another consumer is taking an item right
+    /// now); otherwise as [`get`](Queue::get).
     pub fn try_get(&self) -> Result<T> {
-        self.take(Some(Instant::now()))
+        self.take(Some(Instant::now())).map_err(|e| match e {
+            Error::Timeout { .. } => Error::Empty,
+            e => e,
+        })
     }
 
     fn take(&self, deadline: Option<Instant>) -> Result<T> {
@@ -300,6 +406,20 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Whether the queue is empty right now (another process may change that at once).
     pub fn is_empty(&self) -> bool {
         self.shared.is_empty()
+    }
+
+    /// How many items (pills included) are in the queue right now: Python's `qsize()`. Another
+    /// process may change it at once; an item whose consumer was killed while taking it may be
+    /// counted once too often or too few.
+    pub fn len(&self) -> usize {
+        self.shared.len() as usize
+    }
+
+    /// Whether a [`try_put`](Queue::try_put) of a small item would fail now: `maxsize` items
+    /// are in the queue, or a bounded ring is full. Always `false` for [`Queue::new`] (until
+    /// its reservation is full, see there). Python's `full()`.
+    pub fn is_full(&self) -> bool {
+        self.shared.is_full()
     }
 
     /// An iterator that takes items until the first pill, or until the queue is disconnected
@@ -437,7 +557,7 @@ impl<T> std::ops::Deref for JoinableQueue<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
-    /// A joinable queue with a ring of [`DEFAULT_QUEUE_CAPACITY`] bytes.
+    /// An unbounded joinable queue, as [`Queue::new`].
     ///
     /// # Errors
     ///

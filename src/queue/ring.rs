@@ -16,6 +16,16 @@
 //! - a producer killed mid-item leaves a `FIRST` with no `LAST`: the consumer drops the partial
 //!   item when the next `FIRST`/`WHOLE`/`PILL` arrives, or when it sees the producer is dead.
 //!
+//! A growing ring ([`Storage::Growing`], what `Queue::new` makes) is the same ring over a
+//! [`GROWING_RESERVATION`] of address space mapped with `MAP_NORESERVE`: a page costs memory only
+//! once written, and the consumer that moves the tail returns the pages behind it
+//! (`MADV_REMOVE`, every [`RELEASE_BATCH`] bytes), after publishing the tail. Producers stop
+//! [`RELEASE_SLACK`] bytes short of the tail, so no producer ever writes into a page being
+//! returned (the pages returned lag the tail by less than a batch and two records, records being
+//! at most [`GROWING_MAX_CHUNK`] there). Nothing else changes, so the crash properties below hold
+//! for both kinds. `items_in`/`items_out` count items (and pills) published and passed, for
+//! `len` and `maxsize`.
+//!
 //! Items with descriptors: the high bits of the kind word of their first record count the
 //! descriptors, and its payload starts with the item's tag; the descriptors went, before the
 //! record, as one message on the side channel (see [`Shared`]). A producer killed between the two
@@ -24,7 +34,7 @@
 //! says so, and the next consumer skips the record. Any other mismatch is an error for that one
 //! item, which is skipped.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::ptr;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use std::time::{Duration, Instant};
@@ -36,6 +46,9 @@ use crate::sys::mem::SharedMapping;
 use crate::sys::socket;
 
 use crate::liveness::{self, HasHolders, HolderTable, Waiting};
+
+mod side;
+mod wait;
 
 /// How often a sleeping waiter wakes to look for dead peers and disconnection.
 pub(crate) const TICK: Duration = Duration::from_millis(50);
@@ -85,16 +98,57 @@ struct Header {
     /// when it equals the tag of the record at the tail, the consumer that took the descriptors
     /// died before moving past the record.
     fd_taken: Line<AtomicU64>,
+    /// Items and pills published (written under the put lock) and passed by consumers (under
+    /// the get lock): [`Shared::len`] is the difference.
+    items_in: Line<AtomicU64>,
+    items_out: Line<AtomicU64>,
+    /// A growing ring: the stream position below which its pages were returned to the kernel.
+    released: Line<AtomicU64>,
     capacity: u64,
+    /// Bytes producers may fill: `capacity`, less a growing ring's [`RELEASE_SLACK`].
+    usable: u64,
+    /// The largest payload of one record.
+    max_chunk: u64,
+    /// At most this many items at once (0: no limit), Python's `maxsize`.
+    maxsize: u64,
+    /// Whether the ring is a large reservation whose consumed pages are returned (1) or a fixed
+    /// ring (0).
+    growing: u64,
     holders: HolderTable,
 }
 
-const DATA_OFFSET: usize = std::mem::size_of::<Header>().next_multiple_of(64);
+/// Page-aligned, so that a growing ring returns whole pages of data.
+const DATA_OFFSET: usize = std::mem::size_of::<Header>().next_multiple_of(4096);
+
+/// The address range a growing ring reserves: memory is committed as items are written and
+/// returned as they are taken, so only the unconsumed bytes cost memory.
+pub(crate) const GROWING_RESERVATION: usize = 64 << 30;
+/// A growing ring's records carry at most this much (larger items stream in several).
+const GROWING_MAX_CHUNK: usize = 16 << 20;
+/// A consumer returns consumed pages once this many bytes have been consumed since the last time.
+const RELEASE_BATCH: u64 = 1 << 20;
+/// Room a growing ring's producers leave free behind the tail, so that they never write into the
+/// pages a consumer is returning: more than [`RELEASE_BATCH`] and two records.
+const RELEASE_SLACK: u64 = 64 << 20;
+
+/// How a queue stores its items.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Storage {
+    /// A fixed ring of this many bytes: `put` waits while it is full.
+    Bounded(usize),
+    /// A ring over a [`GROWING_RESERVATION`] of address space, committed as used.
+    Growing,
+}
 
 impl HasHolders for Shared {
     fn holders(&self) -> &HolderTable {
         &self.header().holders
     }
+}
+
+/// Whether a record of kind `kind` ends an item (or is a pill): what `len` counts.
+fn ends_item(kind: u32) -> bool {
+    matches!(kind & KIND_MASK, WHOLE | LAST | PILL)
 }
 
 /// What a consumer took.
@@ -133,9 +187,22 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// A new ring with `capacity` bytes of data space.
-    pub(crate) fn new(capacity: usize) -> Result<Self> {
-        let map = SharedMapping::anonymous(DATA_OFFSET + capacity)?;
+    /// A new queue stored as `storage` says, holding at most `maxsize` items (0: no limit).
+    pub(crate) fn new(storage: Storage, maxsize: u64) -> Result<Self> {
+        let (map, capacity, max_chunk, slack) = match storage {
+            Storage::Bounded(capacity) => (
+                SharedMapping::anonymous(DATA_OFFSET + capacity)?,
+                capacity,
+                (capacity / 4 - RECORD_HEADER) & !7,
+                0,
+            ),
+            Storage::Growing => (
+                SharedMapping::reserve(DATA_OFFSET + GROWING_RESERVATION)?,
+                GROWING_RESERVATION,
+                GROWING_MAX_CHUNK - RECORD_HEADER,
+                RELEASE_SLACK,
+            ),
+        };
         let header = map.as_ptr().cast::<Header>();
         // SAFETY: the mapping is fresh, zero-filled, large enough and page-aligned, and no other
         // process maps it yet. Zero is a valid state for every atomic and the holder table; the
@@ -144,6 +211,10 @@ impl Shared {
             RobustMutex::init(ptr::addr_of_mut!((*header).put_lock.0))?;
             RobustMutex::init(ptr::addr_of_mut!((*header).get_lock.0))?;
             ptr::addr_of_mut!((*header).capacity).write(capacity as u64);
+            ptr::addr_of_mut!((*header).usable).write((capacity as u64) - slack);
+            ptr::addr_of_mut!((*header).max_chunk).write(max_chunk as u64);
+            ptr::addr_of_mut!((*header).maxsize).write(maxsize);
+            ptr::addr_of_mut!((*header).growing).write(u64::from(slack > 0));
         }
         let (side_tx, side_rx) = socket::seqpacket_pair()?;
         Ok(Shared {
@@ -166,7 +237,33 @@ impl Shared {
 
     /// The largest payload of one record.
     fn max_chunk(&self) -> usize {
-        (self.capacity() as usize / 4 - RECORD_HEADER) & !7
+        self.header().max_chunk as usize
+    }
+
+    /// Whether a record of `size` bytes fits behind `head` now.
+    fn has_room(&self, head: u64, size: u64) -> bool {
+        let h = self.header();
+        h.usable - (head - h.tail.0.load(Acquire)) >= size
+    }
+
+    /// Items (and pills) in the queue now.
+    pub(crate) fn len(&self) -> u64 {
+        let h = self.header();
+        let out = h.items_out.0.load(SeqCst);
+        h.items_in.0.load(SeqCst).saturating_sub(out)
+    }
+
+    /// Whether another item may go in now as far as `maxsize` is concerned.
+    fn below_maxsize(&self) -> bool {
+        let maxsize = self.header().maxsize;
+        maxsize == 0 || self.len() < maxsize
+    }
+
+    /// Whether a put of a small item would have to wait now (`maxsize` items in the queue, or
+    /// no room in the ring for one more record).
+    pub(crate) fn is_full(&self) -> bool {
+        let head = self.header().head.0.load(SeqCst);
+        !self.below_maxsize() || !self.has_room(head, (RECORD_HEADER + 8) as u64)
     }
 
     /// Copies `src` into the ring at stream position `pos`, wrapping at the end.
@@ -222,15 +319,18 @@ impl Shared {
         self.holders().set_waiting(w, &self.slot_hint);
     }
 
-    /// Puts one item or a pill.
-    pub(crate) fn put(&self, item: PutItem<'_>) -> Result<()> {
+    /// Puts one item or a pill. `deadline` bounds the wait for room (for a record and under
+    /// `maxsize`): [`Error::Timeout`] then, with nothing put. The wait for another producer to
+    /// finish its item is bounded by the deadline or one [`TICK`], whichever is later. An item
+    /// that has begun to go in is put whole.
+    pub(crate) fn put(&self, item: PutItem<'_>, deadline: Option<Instant>) -> Result<()> {
         self.set_waiting(Some(Waiting::Put));
-        let r = self.put_locked(item);
+        let r = self.put_locked(item, deadline);
         self.set_waiting(None);
         r
     }
 
-    fn put_locked(&self, item: PutItem<'_>) -> Result<()> {
+    fn put_locked(&self, item: PutItem<'_>, deadline: Option<Instant>) -> Result<()> {
         let h = self.header();
         if let PutItem::WithFds(buf, fds) = &item {
             if fds.len() > socket::MAX_FDS {
@@ -246,8 +346,21 @@ impl Shared {
             }
             assert!(buf.len() >= TAG_BYTES, "no room for the tag");
         }
-        h.put_lock.0.lock()?;
+        let lock_deadline = deadline.map(|d| d.max(Instant::now() + TICK));
+        if h.put_lock.0.lock_until(lock_deadline)?.is_none() {
+            return Err(Error::Timeout {
+                operation: "Queue::put (another producer is putting an item)",
+                after: TICK,
+                task: None,
+            });
+        }
         let r = (|| {
+            // Room for the first record (and under maxsize) before anything goes out, so that a
+            // put that times out leaves no trace. Room only grows while the put lock is held.
+            // (A blocking put with no maxsize just waits in `write_record`.)
+            if deadline.is_some() || h.maxsize != 0 {
+                self.wait_first_room(&item, deadline)?;
+            }
             let (bytes, first_kind_bits) = match item {
                 PutItem::Pill => return self.write_record(PILL, 0, &[]),
                 PutItem::Bytes(bytes) => (bytes, 0),
@@ -283,76 +396,18 @@ impl Shared {
         r
     }
 
-    /// Sends the side-channel message of the item tagged `tag`, carrying `fds`, waiting while
-    /// the socket has no room (as a put waits for ring space: disconnection is detected).
-    fn send_fds(&self, tag: u64, fds: &[OwnedFd]) -> Result<()> {
-        let mut msg = [0u8; SIDE_MSG];
-        msg[..8].copy_from_slice(&tag.to_le_bytes());
-        msg[8..].copy_from_slice(&(fds.len() as u32).to_le_bytes());
-        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-        let mut sent: Option<Result<()>> = None;
-        // The waiting loop may call `ready` again after it said yes: send once only.
-        self.wait_until(Waiting::Put, || {
-            if sent.is_none() {
-                match socket::try_send_message(self.side_tx.as_fd(), &msg, &raw) {
-                    Ok(false) => return false,
-                    Ok(true) => sent = Some(Ok(())),
-                    Err(e) => sent = Some(Err(e)),
-                }
-            }
-            true
-        })?;
-        sent.unwrap_or(Ok(()))
-    }
-
-    /// Takes the side-channel message of the item tagged `tag`, which should carry `count`
-    /// descriptors. Messages with a smaller tag come first if a producer died between sending
-    /// its message and writing its record: they are dropped (closing their descriptors).
-    /// `Ok(None)` when a consumer took the message and died before moving past the record (the
-    /// item went with it).
-    fn recv_fds(&self, tag: u64, count: usize) -> Result<Option<Vec<OwnedFd>>> {
-        let h = self.header();
-        let rx = self.side_rx.as_fd();
-        loop {
-            let mut msg = [0u8; SIDE_MSG];
-            let queued = match socket::peek_message(rx, &mut msg)? {
-                Some(SIDE_MSG) => Some(u64::from_le_bytes(msg[..8].try_into().expect("8 bytes"))),
-                Some(n) => {
-                    // Not one of ours: drop it, and the item with it.
-                    let _ = socket::try_recv_message(rx, &mut msg, &mut Vec::new());
-                    return Err(Error::InvalidState(format!(
-                        "queue side channel corrupted: a message of {n} bytes"
-                    )));
-                }
-                None => None,
-            };
-            match queued {
-                Some(t) if t <= tag => {
-                    let mut fds = Vec::new();
-                    socket::try_recv_message(rx, &mut msg, &mut fds)?;
-                    if t < tag {
-                        continue; // its producer died before writing the record
-                    }
-                    let sent = u32::from_le_bytes(msg[8..].try_into().expect("4 bytes")) as usize;
-                    if fds.len() != count || sent != count {
-                        return Err(Error::InvalidState(format!(
-                            "queue item {tag}: {} descriptors came on the side channel, the \
-                             record says {count}",
-                            fds.len()
-                        )));
-                    }
-                    h.fd_taken.0.store(tag, SeqCst);
-                    return Ok(Some(fds));
-                }
-                _ if h.fd_taken.0.load(SeqCst) == tag => return Ok(None),
-                _ => {
-                    return Err(Error::InvalidState(format!(
-                        "queue item {tag}: its {count} descriptors are missing from the side \
-                         channel (next message: {queued:?})"
-                    )));
-                }
-            }
-        }
+    /// Waits (until `deadline`) for room for `item`'s first record, and under `maxsize`.
+    fn wait_first_room(&self, item: &PutItem<'_>, deadline: Option<Instant>) -> Result<()> {
+        let first = match item {
+            PutItem::Pill => 0,
+            PutItem::Bytes(b) => b.len(),
+            PutItem::WithFds(b, _) => b.len(),
+        };
+        let first_size = (RECORD_HEADER + first.min(self.max_chunk())).next_multiple_of(8);
+        let head = self.header().head.0.load(Relaxed);
+        self.wait_until_with(Waiting::Put, deadline, true, &mut || {
+            self.has_room(head, first_size as u64) && self.below_maxsize()
+        })
     }
 
     /// Writes one record once there is room, then publishes it.
@@ -360,9 +415,7 @@ impl Shared {
         let h = self.header();
         let size = (RECORD_HEADER + payload.len()).next_multiple_of(8) as u64;
         let head = h.head.0.load(Relaxed);
-        self.wait_until(Waiting::Put, || {
-            self.capacity() - (head - h.tail.0.load(Acquire)) >= size
-        })?;
+        self.wait_until(Waiting::Put, || self.has_room(head, size))?;
         let mut rh = [0u8; RECORD_HEADER];
         rh[0..4].copy_from_slice(&kind.to_le_bytes());
         rh[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -372,6 +425,11 @@ impl Shared {
         if kind & KIND_MASK == WHOLE || kind == LAST {
             // Counted before it is published, so a task_done for it can never come first.
             h.unfinished.0.fetch_add(1, SeqCst);
+        }
+        if ends_item(kind) {
+            // Under the put lock: only this producer writes it. Before the record is published,
+            // so that `len` never sees it taken before it was put.
+            h.items_in.0.store(h.items_in.0.load(Relaxed) + 1, SeqCst);
         }
         h.head.0.store(head + size, SeqCst);
         if h.data_waiters.load(SeqCst) > 0 {
@@ -437,7 +495,7 @@ impl Shared {
             if size > published {
                 // Garbage from a broken writer (found by fuzzing: reading it overran the
                 // mapping): record boundaries are lost, so skip every byte published.
-                self.advance_tail(tail + published);
+                self.pass_record(0, tail + published); // kind 0: no item is counted out
                 return Err(Error::InvalidState(format!(
                     "queue ring corrupted: a record of {len} bytes at position {tail}, but only \
                      {published} bytes were put; skipped them"
@@ -463,12 +521,12 @@ impl Shared {
                         // Taken by a consumer that died: the item went with it. Skip the record
                         // (and, for a streamed item, the rest of it: orphan records below).
                         partial = None;
-                        self.advance_tail(tail + size);
+                        self.pass_record(kind, tail + size);
                         continue;
                     }
                     Err(e) => {
                         // Skip the item, so that the queue goes on with the next one.
-                        self.advance_tail(tail + size);
+                        self.pass_record(kind, tail + size);
                         return Err(e);
                     }
                 }
@@ -507,138 +565,49 @@ impl Shared {
                     )));
                 }
             }
-            self.advance_tail(tail + size);
+            self.pass_record(kind, tail + size);
             if let Some(taken) = done {
                 return Ok(taken);
             }
         }
     }
 
-    /// Publishes `tail` (a consumer has moved past a record) and wakes producers waiting for room.
-    fn advance_tail(&self, tail: u64) {
+    /// Moves past a record of kind `kind` (delivered or skipped) to `tail`: counts the item out
+    /// if the record ends one, publishes `tail`, wakes producers waiting for room, and in a
+    /// growing ring returns the pages consumed.
+    fn pass_record(&self, kind: u32, tail: u64) {
         let h = self.header();
+        if ends_item(kind) {
+            // Under the get lock: only this consumer writes it.
+            h.items_out.0.store(h.items_out.0.load(Relaxed) + 1, SeqCst);
+        }
         h.tail.0.store(tail, SeqCst);
         if h.space_waiters.load(SeqCst) > 0 {
             h.space_seq.0.fetch_add(1, SeqCst);
             futex::wake(&h.space_seq.0, i32::MAX);
         }
+        if h.growing != 0 && tail - h.released.0.load(Relaxed) >= RELEASE_BATCH {
+            self.release_consumed(tail);
+        }
     }
 
-    /// Waits until the ring has a record. `Ok(false)` when `mid_item` and the producer streaming
-    /// that item has died.
-    fn wait_for_data(&self, deadline: Option<Instant>, mid_item: bool) -> Result<bool> {
+    /// Returns the whole pages of a growing ring below stream position `tail` (consumed) to the
+    /// kernel. Called under the get lock, after `tail` was published: producers stay
+    /// [`RELEASE_SLACK`] bytes behind the tail, so none writes into these pages meanwhile.
+    fn release_consumed(&self, tail: u64) {
         let h = self.header();
-        let mut dead_producer = false;
-        let r = self.wait_until_with(Waiting::Get, deadline, !mid_item, &mut || {
-            if h.head.0.load(Acquire) != h.tail.0.load(Relaxed) {
-                return true;
-            }
-            if mid_item {
-                let owner = h.put_owner.0.load(SeqCst);
-                if owner == 0 || !sys::process_alive(owner, h.put_owner_start.load(SeqCst)) {
-                    // Re-check: the owner may have finished the item just now.
-                    if h.head.0.load(Acquire) == h.tail.0.load(Relaxed) {
-                        dead_producer = true;
-                        return true;
-                    }
-                }
-            }
-            false
-        });
-        r.map(|()| !dead_producer)
-    }
-
-    fn wait_until(&self, dir: Waiting, ready: impl FnMut() -> bool) -> Result<()> {
-        let mut ready = ready;
-        self.wait_until_with(dir, None, true, &mut ready)
-    }
-
-    /// The one waiting loop: spin for [`SPIN`], then sleep on the futex of `dir`, waking every
-    /// [`TICK`] to re-check `ready`, the deadline and (if `detect`) disconnection.
-    fn wait_until_with(
-        &self,
-        dir: Waiting,
-        deadline: Option<Instant>,
-        detect: bool,
-        ready: &mut dyn FnMut() -> bool,
-    ) -> Result<()> {
-        if ready() {
-            return Ok(());
+        let page = sys::mem::page_size() as u64;
+        let from = h.released.0.load(Relaxed);
+        let to = tail / page * page;
+        let cap = self.capacity();
+        let mut pos = from;
+        while pos < to {
+            let off = pos % cap;
+            let len = (to - pos).min(cap - off);
+            self.map.release(DATA_OFFSET + off as usize, len as usize);
+            pos += len;
         }
-        let h = self.header();
-        let (seq, waiters) = match dir {
-            Waiting::Get => (&h.data_seq.0, &h.data_waiters),
-            Waiting::Put => (&h.space_seq.0, &h.space_waiters),
-        };
-        let started = Instant::now();
-        while started.elapsed() < SPIN {
-            for _ in 0..64 {
-                std::hint::spin_loop();
-            }
-            if ready() {
-                return Ok(());
-            }
-        }
-        let mut last_check = Instant::now();
-        loop {
-            let observed = seq.load(SeqCst);
-            waiters.fetch_add(1, SeqCst);
-            if ready() {
-                waiters.fetch_sub(1, SeqCst);
-                return Ok(());
-            }
-            let mut nap = TICK;
-            if let Some(d) = deadline {
-                nap = nap.min(d.saturating_duration_since(Instant::now()));
-            }
-            futex::wait(seq, observed, Some(nap));
-            waiters.fetch_sub(1, SeqCst);
-            if ready() {
-                return Ok(());
-            }
-            if let Some(d) = deadline
-                && Instant::now() >= d
-            {
-                return Err(Error::Timeout {
-                    operation: match dir {
-                        Waiting::Get => "Queue::get",
-                        Waiting::Put => "Queue::put",
-                    },
-                    after: started.elapsed(),
-                    task: None,
-                });
-            }
-            if detect && last_check.elapsed() >= TICK {
-                last_check = Instant::now();
-                // Re-assert what this process is doing (idempotent), in case its slot was found
-                // only after the wait began.
-                self.set_waiting(Some(dir));
-                if self.nobody_can_help(dir, ready) {
-                    return Err(Error::Disconnected(match dir {
-                        Waiting::Get => "the queue is empty and every process that holds it \
-                                         is waiting in get or joining: nothing can be put any more"
-                            .into(),
-                        Waiting::Put => "the queue is full and every process that holds it is \
-                                         waiting in put or joining: nothing can be taken any more"
-                            .into(),
-                    }));
-                }
-            }
-        }
-    }
-
-    /// Whether every live holder waits in the same direction (or joins), checked twice around
-    /// a last look at `ready`, so that a holder changing state in between is noticed.
-    fn nobody_can_help(&self, dir: Waiting, ready: &mut dyn FnMut() -> bool) -> bool {
-        let Some(before) = self.holders().stuck_snapshot(dir) else {
-            return false;
-        };
-        if ready() {
-            return false;
-        }
-        self.holders()
-            .stuck_snapshot(dir)
-            .is_some_and(|after| after == before)
+        h.released.0.store(to, SeqCst);
     }
 
     /// Marks one item done (for [`JoinableQueue`](crate::JoinableQueue)).
@@ -699,138 +668,4 @@ impl Shared {
 mod fuzz;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sys::mem::{fd_inode, memfd};
-
-    fn inode(fd: &OwnedFd) -> u64 {
-        fd_inode(fd.as_fd()).unwrap()
-    }
-
-    /// Puts `body` with one fresh memory file; returns that file's inode.
-    fn put_with_memfd(q: &Shared, body: &[u8]) -> u64 {
-        let fd = memfd(4096).unwrap();
-        let ino = inode(&fd);
-        let mut buf = vec![0u8; TAG_BYTES];
-        buf.extend_from_slice(body);
-        q.put(PutItem::WithFds(&mut buf, &[fd])).unwrap();
-        ino
-    }
-
-    fn take_item(q: &Shared) -> (Vec<u8>, Vec<OwnedFd>) {
-        match q
-            .get(Some(Instant::now() + Duration::from_secs(10)))
-            .unwrap()
-        {
-            Taken::Item(bytes, fds) => (bytes, fds),
-            Taken::Pill => panic!("a pill"),
-        }
-    }
-
-    fn side_channel_empty(q: &Shared) -> bool {
-        socket::peek_message(q.side_rx.as_fd(), &mut [0u8; SIDE_MSG])
-            .unwrap()
-            .is_none()
-    }
-
-    #[test]
-    fn items_with_and_without_descriptors_keep_their_order() {
-        let q = Shared::new(1 << 16).unwrap();
-        q.put(PutItem::Bytes(b"plain")).unwrap();
-        let ino = put_with_memfd(&q, b"with");
-        // Streamed through the ring in several records, with descriptors.
-        let big: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
-        let ino_big = put_with_memfd(&q, &big);
-        q.put(PutItem::Pill).unwrap();
-        let (bytes, fds) = take_item(&q);
-        assert_eq!((bytes.as_slice(), fds.len()), (&b"plain"[..], 0));
-        let (bytes, fds) = take_item(&q);
-        assert_eq!((bytes.as_slice(), fds.len()), (&b"with"[..], 1));
-        assert_eq!(inode(&fds[0]), ino);
-        let (bytes, fds) = take_item(&q);
-        assert_eq!(bytes, big);
-        assert_eq!(inode(&fds[0]), ino_big);
-        assert!(matches!(q.get(None).unwrap(), Taken::Pill));
-        assert!(side_channel_empty(&q));
-    }
-
-    /// A producer that died between sending its descriptors and writing its record leaves a
-    /// message with no record: the next item's consumer drops it and gets its own.
-    #[test]
-    fn a_message_without_a_record_is_skipped() {
-        let q = Shared::new(1 << 16).unwrap();
-        let h = q.header();
-        h.put_lock.0.lock().unwrap();
-        let tag = h.fd_seq.0.fetch_add(1, SeqCst) + 1;
-        q.send_fds(tag, &[memfd(4096).unwrap()]).unwrap();
-        h.put_lock.0.unlock(); // "died" here, before its record
-        let ino = put_with_memfd(&q, b"next");
-        let (bytes, fds) = take_item(&q);
-        assert_eq!((bytes.as_slice(), fds.len()), (&b"next"[..], 1));
-        assert_eq!(inode(&fds[0]), ino);
-        assert!(side_channel_empty(&q));
-    }
-
-    /// A consumer that died after taking an item's descriptors, before moving past its record:
-    /// the item is lost (as for any consumer killed while taking an item); the next consumer
-    /// skips it without taking the next item's descriptors.
-    #[test]
-    fn a_record_whose_descriptors_a_dead_consumer_took_is_skipped() {
-        let q = Shared::new(1 << 16).unwrap();
-        put_with_memfd(&q, b"lost");
-        let ino = put_with_memfd(&q, b"kept");
-        let h = q.header();
-        h.get_lock.0.lock().unwrap();
-        let taken = q.recv_fds(1, 1).unwrap().unwrap();
-        h.get_lock.0.unlock(); // "died" here, before moving the tail
-        drop(taken);
-        let (bytes, fds) = take_item(&q);
-        assert_eq!(bytes, b"kept");
-        assert_eq!(inode(&fds[0]), ino);
-        assert!(q.is_empty());
-    }
-
-    /// Descriptors missing for another reason: a typed error, and the queue goes on.
-    #[test]
-    fn missing_descriptors_are_an_error_not_a_hang() {
-        let q = Shared::new(1 << 16).unwrap();
-        put_with_memfd(&q, b"robbed");
-        put_with_memfd(&q, b"fine");
-        let mut msg = [0u8; SIDE_MSG];
-        socket::try_recv_message(q.side_rx.as_fd(), &mut msg, &mut Vec::new())
-            .unwrap()
-            .unwrap();
-        // The first record's message is gone: the second's is next (tag 2 > 1).
-        let err = q.get(Some(Instant::now())).unwrap_err();
-        assert!(matches!(err, Error::InvalidState(_)), "{err}");
-        assert!(err.to_string().contains("missing"), "{err}");
-        let (bytes, fds) = take_item(&q);
-        assert_eq!((bytes.as_slice(), fds.len()), (&b"fine"[..], 1));
-        // And with no message at all.
-        put_with_memfd(&q, b"robbed");
-        socket::try_recv_message(q.side_rx.as_fd(), &mut msg, &mut Vec::new())
-            .unwrap()
-            .unwrap();
-        assert!(matches!(
-            q.get(Some(Instant::now())),
-            Err(Error::InvalidState(_))
-        ));
-        assert!(q.is_empty());
-    }
-
-    #[test]
-    fn more_descriptors_than_one_message_carries_is_an_error() {
-        let q = Shared::new(1 << 16).unwrap();
-        let fds: Vec<OwnedFd> = (0..=socket::MAX_FDS)
-            .map(|_| q.side_tx.try_clone().unwrap())
-            .collect();
-        let mut buf = vec![0u8; TAG_BYTES + 1];
-        let err = q.put(PutItem::WithFds(&mut buf, &fds)).unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
-        assert!(
-            err.to_string().contains("254") && err.to_string().contains("253"),
-            "{err}"
-        );
-        assert!(q.is_empty() && side_channel_empty(&q));
-    }
-}
+mod tests;

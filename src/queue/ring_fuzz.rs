@@ -75,7 +75,7 @@ proptest! {
         ),
         honest_len in proptest::collection::vec(any::<bool>(), 8),
     ) {
-        let q = Shared::new(CAPACITY).unwrap();
+        let q = Shared::new(Storage::Bounded(CAPACITY), 0).unwrap();
         let mut injected = 0;
         for (i, (kind, len, total, payload)) in records.iter().enumerate() {
             let len = if honest_len[i] { payload.len() as u32 } else { *len };
@@ -90,8 +90,8 @@ proptest! {
     /// Raw garbage at the head, after a valid item.
     #[test]
     fn raw_garbage(garbage in proptest::collection::vec(any::<u8>(), 1..2048)) {
-        let q = Shared::new(CAPACITY).unwrap();
-        q.put(PutItem::Bytes(b"valid")).unwrap();
+        let q = Shared::new(Storage::Bounded(CAPACITY), 0).unwrap();
+        q.put(PutItem::Bytes(b"valid"), None).unwrap();
         match q.get(Some(Instant::now() + Duration::from_secs(10))).unwrap() {
             Taken::Item(item, _) => prop_assert_eq!(item, b"valid".to_vec()),
             Taken::Pill => prop_assert!(false, "a pill"),

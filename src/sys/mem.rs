@@ -47,6 +47,50 @@ impl SharedMapping {
         })
     }
 
+    /// As [`anonymous`](SharedMapping::anonymous), but only reserves the address range: no
+    /// memory is committed or accounted for (`MAP_NORESERVE`) until a page is first written, so a
+    /// large reservation costs nothing until used. Return written pages with
+    /// [`release`](SharedMapping::release).
+    pub(crate) fn reserve(len: usize) -> Result<Self> {
+        let nz = NonZeroUsize::new(len)
+            .ok_or_else(|| Error::invalid_arg("len", len, "a shared mapping cannot be empty"))?;
+        // SAFETY: an anonymous mapping at an address the kernel picks aliases no existing memory.
+        let ptr = unsafe {
+            mmap_anonymous(
+                None,
+                nz,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE,
+            )
+        }
+        .map_err(|e| Error::io("mmap (reserve)", e))?;
+        Ok(SharedMapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// Returns the memory of the pages in `[offset, offset + len)` to the kernel, in every
+    /// process that maps them (`MADV_REMOVE`): they read as zeros afterwards, and cost memory
+    /// again only once written. `offset` and `len` are rounded inwards to whole pages.
+    pub(crate) fn release(&self, offset: usize, len: usize) {
+        let page = page_size();
+        let start = offset.next_multiple_of(page);
+        let end = (offset + len).min(self.len) / page * page;
+        if end <= start {
+            return;
+        }
+        // SAFETY: the range lies inside this mapping (clamped to `self.len`, page-aligned); the
+        // caller guarantees no process uses those bytes any more (their contents are dropped).
+        let _ = unsafe {
+            libc::madvise(
+                self.ptr.as_ptr().add(start).cast(),
+                end - start,
+                libc::MADV_REMOVE,
+            )
+        };
+    }
+
     /// Maps the first `len` bytes of the file `fd` (a memfd) shared: every process that maps
     /// the same file sees the same bytes. The mapping stays valid after `fd` is closed. With
     /// `populate`, all pages are faulted in at once (`MAP_POPULATE`), much faster than one fault
@@ -223,4 +267,11 @@ pub(crate) fn fd_size(fd: BorrowedFd<'_>) -> Result<usize> {
 pub(crate) fn fd_inode(fd: BorrowedFd<'_>) -> Result<u64> {
     let st = nix::sys::stat::fstat(fd).map_err(|e| Error::io("fstat", e))?;
     Ok(st.st_ino)
+}
+
+/// The size of a memory page.
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf reads a constant of the system.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).unwrap_or(4096).max(4096)
 }
