@@ -88,6 +88,7 @@ pub(crate) fn wait_blocking(pid: Pid) -> Result<ExitStatus> {
         match waitpid(pid, None) {
             Ok(status) => {
                 if let Some(st) = to_exit_status(status) {
+                    lineage::reaped(pid);
                     return Ok(st);
                 }
             }
@@ -104,6 +105,7 @@ pub(crate) fn try_wait(pid: Pid) -> Result<Option<ExitStatus>> {
             Ok(WaitStatus::StillAlive) => return Ok(None),
             Ok(status) => {
                 if let Some(st) = to_exit_status(status) {
+                    lineage::reaped(pid);
                     return Ok(Some(st));
                 }
             }
