@@ -174,8 +174,8 @@ pub struct CurrentProcess {
 
 impl CurrentProcess {
     /// `"MainProcess"` in a program's own process; in a child, the name of its
-    /// [`Process`](crate::Process) (a [`spawn`](crate::spawn) child is `Process-N`, a pool
-    /// worker `Child-PID`).
+    /// [`Process`](crate::Process) (a [`spawn`](crate::spawn) child is `Process-N`), or
+    /// `PoolWorker-N` in the `N`th worker slot of a [`Pool`](crate::Pool).
     pub fn name(&self) -> &str {
         &self.name
     }
