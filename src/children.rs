@@ -32,20 +32,29 @@
 //!    signal comes again when the parent process dies).
 //! 2. The race before the signal was armed (the parent died between the fork and the `prctl`):
 //!    the child checks `getppid()` once armed and ends at once.
-//! 3. A child that ends on its own after its parent died (it noticed the parent's channel
-//!    closing: a pool worker's socket, a `spawn` child's result pipe, a queue that reports
-//!    `Disconnected`) kills its group on the way out.
+//! 3. The parent's channel closing: each child has a *watch pipe* whose only write end the
+//!    parent holds (siblings close their copies right after their fork; it is close-on-exec).
+//!    The child's read end is `O_ASYNC`, owned by the child, with the same real-time signal
+//!    (`F_SETSIG`): when the parent dies the kernel closes the write end and signals the child,
+//!    whatever happened to its parent-death setting (cleared by a change of credentials or a
+//!    set-user-ID `exec`, or by the task). The handler kills the group on that signal, unless the
+//!    task set a parent-death signal of its own (the `multiproc` command's workers do, to log a
+//!    finished job before they go). Also, a child that ends on its own after its parent died (it
+//!    saw a pool socket, a result pipe or a queue disconnect) kills its group on the way out.
 //!
 //! After a `SIGKILL` of the parent every descendant is gone within milliseconds
-//! (`tests/outlive.rs`). What a crash still leaves behind: processes that left the group (a task
-//! that calls `setsid` or `setpgid`, like the `multiproc` command's jobs, which it ends itself),
-//! a child whose task replaced the handler of or blocked the real-time signal and never ends on
-//! its own, and processes started by the parent other than through multiproc.
+//! (`tests/outlive.rs`, also with the parent-death setting cleared). What a crash still leaves
+//! behind: processes that left the group (a task that calls `setsid` or `setpgid`, like the
+//! `multiproc` command's jobs, which it ends itself), a child whose task replaced the handler of
+//! or blocked the real-time signal and never ends on its own, and processes started by the
+//! parent other than through multiproc. A parent that `exec`s, or closes every descriptor,
+//! closes the watch pipes too: its children end.
 //!
 //! Being in its own group, a child does not receive the terminal's `Ctrl-C` (the parent does,
 //! dies, and takes the children with it), and it is a background group for the terminal: reading
 //! the terminal stops it (`SIGTTIN`). Python's children read `/dev/null` as stdin anyway.
 
+use std::os::fd::OwnedFd;
 use std::sync::{Mutex, MutexGuard, Once};
 
 use nix::sys::signal::Signal;
@@ -165,8 +174,8 @@ pub struct CurrentProcess {
 
 impl CurrentProcess {
     /// `"MainProcess"` in a program's own process; in a child, the name of its
-    /// [`Process`](crate::Process) (a [`spawn`](crate::spawn) child is `Process-N`, a pool
-    /// worker `Child-PID`).
+    /// [`Process`](crate::Process) (a [`spawn`](crate::spawn) child is `Process-N`), or
+    /// `PoolWorker-N` in the `N`th worker slot of a [`Pool`](crate::Pool).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -218,29 +227,47 @@ pub(crate) fn set_current(name: &str, daemon: bool) {
     registry().current = Some((name.to_string(), daemon));
 }
 
-/// The registry, locked across a fork so that no other thread holds it at that moment.
-pub(crate) struct ForkGuard(MutexGuard<'static, Registry>);
+/// The registry and the watch table, locked across a fork so that no other thread holds them at
+/// that moment, and the new child's watch pipe (read end, write end).
+pub(crate) struct ForkGuard(
+    MutexGuard<'static, Registry>,
+    lineage::Watches,
+    Option<(OwnedFd, OwnedFd)>,
+);
 
 /// Taken by the forking thread just before the fork.
 pub(crate) fn fork_guard() -> ForkGuard {
-    ForkGuard(registry())
+    // Without the pipe (no descriptor left) the child still has the parent-death signal.
+    let pipe = sys::pipe().ok();
+    ForkGuard(registry(), lineage::watches(), pipe)
 }
 
-/// In the parent right after the fork: the child leads its own process group.
-pub(crate) fn on_fork_parent(guard: ForkGuard, child: Pid) {
+/// In the parent right after the fork: the child leads its own process group, and the parent
+/// keeps the write end of its watch pipe (closed when the parent dies, or when the child is
+/// reaped).
+pub(crate) fn on_fork_parent(mut guard: ForkGuard, child: Pid) {
+    if let Some((_, write)) = guard.2.take() {
+        guard.1.add(child, write);
+    }
     drop(guard);
     lineage::put_in_own_group(child);
 }
 
-/// In the child right after the fork: forgets the parent's children (they are not ours), leads
-/// its own process group and arms the parent-death signal. Returns `false` when the parent
-/// `parent` already died: the child must end at once.
+/// In the child right after the fork: forgets the parent's children (they are not ours) and
+/// closes the write ends of its siblings' watch pipes, leads its own process group and arms the
+/// parent-death signal and its watch pipe. Returns `false` when the parent `parent` already
+/// died: the child must end at once.
 pub(crate) fn on_fork_child(mut guard: ForkGuard, parent: Pid) -> bool {
     guard.0.entries.clear();
+    guard.1.clear();
     guard.0.current = None;
     guard.0.forked = true;
+    let watch = guard.2.take().map(|(read, write)| {
+        drop(write);
+        read
+    });
     drop(guard);
-    lineage::die_with_parent(parent)
+    lineage::die_with_parent(parent, watch)
 }
 
 /// In a child whose closure returned, before it `_exit`s: the same end as a program's (daemon

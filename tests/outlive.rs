@@ -26,8 +26,16 @@ const TAG: &str = "MULTIPROC_OUTLIVE_TAG";
 /// How long every descendant may take to end after the parent's death (the figure).
 const ALLOWED: Duration = Duration::from_secs(2);
 
+/// Set: the tasks clear their parent-death signal first, so that only the second line (the
+/// parent's watch pipe closing) can end them.
+const NO_DEATH_SIGNAL: &str = "MULTIPROC_OUTLIVE_NO_PDEATHSIG";
+
 /// Starts `sleep 30`, tells the test its pid, then waits for it (both are killed before).
 fn start_grandchild(who: &str) {
+    if std::env::var_os(NO_DEATH_SIGNAL).is_some() {
+        nix::sys::prctl::set_pdeathsig(None).unwrap();
+        assert_eq!(nix::sys::prctl::get_pdeathsig().unwrap(), None);
+    }
     let mut child = Command::new("sleep").arg("30").spawn().unwrap();
     println!("grandchild of the {who}: {}", child.id());
     let _ = child.wait();
@@ -134,6 +142,10 @@ fn become_subreaper() {
 /// Starts the parent, waits until its three grandchildren run, sends `sig` to the parent alone,
 /// and checks that every tagged descendant is gone within [`ALLOWED`].
 fn kill_parent_and_count(sig: Signal) {
+    kill_parent_and_count_with(sig, false);
+}
+
+fn kill_parent_and_count_with(sig: Signal, no_death_signal: bool) {
     become_subreaper();
     static ROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let round = ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -147,6 +159,14 @@ fn kill_parent_and_count(sig: Signal) {
         ])
         .env(ROLE, "1")
         .env(TAG, &tag)
+        .env(
+            if no_death_signal {
+                NO_DEATH_SIGNAL
+            } else {
+                "MULTIPROC_OUTLIVE_UNUSED"
+            },
+            "1",
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -235,6 +255,13 @@ fn sigterm_of_the_parent_leaves_no_process() {
 #[test]
 fn sigint_of_the_parent_leaves_no_process() {
     kill_parent_and_count(Signal::SIGINT);
+}
+
+/// The second line: with the parent-death signal cleared in every task (as a change of
+/// credentials would), the parent's watch pipes closing still ends everything.
+#[test]
+fn sigkill_of_the_parent_ends_children_that_cleared_their_death_signal() {
+    kill_parent_and_count_with(Signal::SIGKILL, true);
 }
 
 /// The parent-death signal also comes when only the thread that forked a child ends: the child

@@ -132,3 +132,16 @@ fn pod_vec_from_a_slice_and_clones_are_copies() {
     assert_eq!(&got[..], &data[..]);
     assert_eq!(copy.len(), data.len());
 }
+
+fn whoami(_: u8) -> (String, bool) {
+    let me = multiproc::current_process();
+    (me.name().to_string(), me.daemon())
+}
+
+#[test]
+fn current_process_in_a_pool_worker() {
+    let pool = Pool::with_processes(1).unwrap();
+    let (name, daemon) = pool.apply(whoami, 0).unwrap();
+    assert_eq!(name, "PoolWorker-1");
+    assert!(daemon, "pool workers are daemons, as in Python");
+}

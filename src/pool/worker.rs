@@ -356,6 +356,8 @@ pub(crate) fn run(mut s: Setup) -> i32 {
     if sys::getppid() != s.parent {
         return 1;
     }
+    // What `current_process()` says here: Python names its pool workers like this (daemons).
+    crate::children::set_current(&format!("PoolWorker-{}", s.slot + 1), true);
     for fd in s.close.drain(..) {
         sys::close_inherited(fd);
     }

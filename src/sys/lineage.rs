@@ -9,7 +9,9 @@
 //! `PR_SET_PDEATHSIG` thread caveat): the handler then sees `getppid()` unchanged and ignores it;
 //! the signal comes again when the parent process itself dies.
 
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::sys::Pid;
@@ -26,17 +28,35 @@ pub(crate) fn parent_death_signal() -> i32 {
     libc::SIGRTMAX()
 }
 
-/// The handler of [`parent_death_signal`]: if the parent is gone (`getppid()` differs from the
-/// recorded parent), kills this process's group (itself and what it started) with `SIGKILL`;
-/// otherwise (only the forking thread ended) does nothing. Async-signal-safe: `getppid`, `getpid`
-/// and `kill` only, atomics for the recorded ids.
-extern "C" fn on_parent_death(_: libc::c_int) {
+/// The handler of [`parent_death_signal`]. Sent by the kernel for two reasons:
+/// - the parent-death signal (`si_code` `SI_USER`): if the parent is gone (`getppid()` differs
+///   from the recorded parent), kills this process's group (itself and what it started) with
+///   `SIGKILL`; otherwise (only the forking thread ended) does nothing;
+/// - the watch pipe's write end closed (`si_code` `POLL_*`, positive): the parent is dying (its
+///   descriptors close before it is gone, so `getppid()` may not have changed yet): kills the
+///   group, unless the task set a parent-death signal of its own (it handles the parent's death).
+///
+/// Async-signal-safe: `getppid`, `getpid`, `prctl` and `kill` only, atomics for recorded ids.
+extern "C" fn on_parent_death(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     let parent = PARENT.load(Ordering::SeqCst);
-    // SAFETY: getppid takes no argument and cannot fail.
-    if parent == 0 || unsafe { libc::getppid() } == parent {
+    if parent == 0 {
         return;
     }
-    kill_own_group();
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let code = unsafe { (*info).si_code };
+    if code > 0 {
+        let mut current: libc::c_int = 0;
+        // SAFETY: PR_GET_PDEATHSIG writes one int at the address given.
+        unsafe { libc::prctl(libc::PR_GET_PDEATHSIG, &mut current as *mut libc::c_int) };
+        if current == 0 || current == parent_death_signal() {
+            kill_own_group();
+        }
+        return;
+    }
+    // SAFETY: getppid takes no argument and cannot fail.
+    if unsafe { libc::getppid() } != parent {
+        kill_own_group();
+    }
 }
 
 /// Kills this process's group (recorded at [`die_with_parent`]) and this process, with
@@ -61,10 +81,58 @@ pub(crate) fn orphaned() -> bool {
     parent != 0 && unsafe { libc::getppid() } != parent
 }
 
+/// The write end of each child's watch pipe, by child pid: held here until the child is reaped
+/// (`sys::wait_blocking`, `sys::try_wait` call [`reaped`]).
+static WATCHES: Mutex<Vec<(i32, OwnedFd)>> = Mutex::new(Vec::new());
+
+/// The watch table, locked (across a fork, so that no other thread holds it then).
+pub(crate) struct Watches(MutexGuard<'static, Vec<(i32, OwnedFd)>>);
+
+/// Locks the watch table.
+pub(crate) fn watches() -> Watches {
+    Watches(WATCHES.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+impl Watches {
+    /// In the parent: keeps `write`, the write end of the watch pipe of the new child `pid`, and
+    /// drops those of children that have ended (reaped elsewhere than through `sys`).
+    pub(crate) fn add(&mut self, pid: Pid, write: OwnedFd) {
+        self.0.retain(|(p, _)| !has_ended(Pid::from_raw(*p), false));
+        self.0.push((pid.as_raw(), write));
+    }
+
+    /// In a new child: closes its copies of the parent's write ends (its siblings' pipes).
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// The child `pid` was reaped: its watch pipe's write end is closed.
+pub(crate) fn reaped(pid: Pid) {
+    let mut w = WATCHES.lock().unwrap_or_else(|e| e.into_inner());
+    if !w.is_empty() {
+        w.retain(|(p, _)| *p != pid.as_raw());
+    }
+}
+
+/// `fcntl`'s command that picks the signal of `O_ASYNC` (Linux's value; not in the `libc` crate).
+const F_SETSIG: libc::c_int = 10;
+
+/// This process's watch pipe (read end), inherited by its own children, who close it.
+static WATCH: AtomicI32 = AtomicI32::new(-1);
+
 /// In a freshly forked child: leads a new process group, and arms the parent-death signal with
-/// [`on_parent_death`] as its handler. Returns `false` if the parent `parent` died before the
-/// signal was armed (the kernel would never send it): the caller must then end at once.
-pub(crate) fn die_with_parent(parent: Pid) -> bool {
+/// [`on_parent_death`] as its handler, and the same signal for the hang-up of `watch`, the read
+/// end of a pipe whose only write end the parent holds. Returns `false` if the parent `parent`
+/// died before the signal was armed (the kernel would never send it): the caller must then end
+/// at once.
+pub(crate) fn die_with_parent(parent: Pid, watch: Option<OwnedFd>) -> bool {
+    let inherited = WATCH.swap(watch.map_or(-1, IntoRawFd::into_raw_fd), Ordering::SeqCst);
+    if inherited >= 0 {
+        // SAFETY: the parent's own watch pipe, inherited through the fork; its owner was a
+        // static of the parent, and nothing else here uses it.
+        unsafe { libc::close(inherited) };
+    }
     // SAFETY: setpgid(0, 0) makes the calling process the leader of a group named after it; it
     // fails only for a session leader (a fresh child is not one), then the group stays.
     unsafe { libc::setpgid(0, 0) };
@@ -76,8 +144,10 @@ pub(crate) fn die_with_parent(parent: Pid) -> bool {
     // `extern "C" fn(c_int)` that only makes async-signal-safe calls (see `on_parent_death`).
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_parent_death as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        action.sa_flags = libc::SA_RESTART;
+        action.sa_sigaction = on_parent_death
+            as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+            as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART | libc::SA_SIGINFO;
         libc::sigemptyset(&mut action.sa_mask);
         libc::sigaction(sig, &action, std::ptr::null_mut());
         // The signal may be blocked in the mask inherited from the forking thread.
@@ -86,9 +156,34 @@ pub(crate) fn die_with_parent(parent: Pid) -> bool {
         libc::sigaddset(&mut set, sig);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
         libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0);
+        let fd = WATCH.load(Ordering::SeqCst);
+        if fd >= 0 {
+            // The pipe's hang-up signals this process, with `sig` and a POLL_* code.
+            libc::fcntl(fd, libc::F_SETOWN, libc::getpid());
+            libc::fcntl(fd, F_SETSIG, sig);
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC | libc::O_NONBLOCK);
+        }
     }
-    // The parent may have died between the fork and the prctl: then no signal will come.
-    !orphaned()
+    // The parent may have died (or begun to: its descriptors close first) between the fork and
+    // the arming: then no signal will come.
+    !orphaned() && !watch_hung_up()
+}
+
+/// Whether the write end of this process's watch pipe is closed (the parent is dying).
+fn watch_hung_up() -> bool {
+    let fd = WATCH.load(Ordering::SeqCst);
+    if fd < 0 {
+        return false;
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes the one pollfd given, with a zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & libc::POLLHUP != 0
 }
 
 /// In the parent right after a fork: puts the child `pid` in its own group too (the child does it

@@ -89,6 +89,7 @@ pub(crate) fn wait_blocking(pid: Pid) -> Result<ExitStatus> {
         match waitpid(pid, None) {
             Ok(status) => {
                 if let Some(st) = to_exit_status(status) {
+                    lineage::reaped(pid);
                     return Ok(st);
                 }
             }
@@ -105,6 +106,7 @@ pub(crate) fn try_wait(pid: Pid) -> Result<Option<ExitStatus>> {
             Ok(WaitStatus::StillAlive) => return Ok(None),
             Ok(status) => {
                 if let Some(st) = to_exit_status(status) {
+                    lineage::reaped(pid);
                     return Ok(Some(st));
                 }
             }
