@@ -798,3 +798,38 @@ fn a_command_in_one_string_runs_like_gnu() {
         ],
     );
 }
+
+#[test]
+fn max_args_delimiter_and_print_jobs_like_gnu() {
+    same_as_gnu_all(
+        "n-d-t",
+        &[],
+        &[
+            (&["-k", "-n2", "echo", ":::", "1", "2", "3", "4", "5"], None),
+            (
+                &[
+                    "-k",
+                    "--max-args",
+                    "2",
+                    "echo",
+                    "{1}-{2}",
+                    ":::",
+                    "1",
+                    "2",
+                    "3",
+                ],
+                None,
+            ),
+            (&["-k", "-d", ",", "echo", "X{}"], Some("a,b,c")),
+            (&["-k", "-d", "\\t", "echo", "Y{}"], Some("a\tb\t")),
+            (&["-k", "-r", "echo", ":::", "a"], None),
+        ],
+    );
+    let d = scratch("print-jobs");
+    let r = run_in(&d, &["-t", "-k", "echo", ":::", "a b", "c"], None);
+    assert_eq!(r.stdout, "a b\nc\n");
+    // Whole lines, in the order the jobs started.
+    assert_eq!(sorted_lines(&r.stderr), ["echo 'a b'", "echo c"]);
+    let r = run_in(&d, &["-r", "echo"], Some(""));
+    assert_eq!((r.code, r.stdout.as_str()), (Some(0), ""));
+}
