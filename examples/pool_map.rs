@@ -13,7 +13,8 @@ fn main() -> multiproc::Result<()> {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(10);
-    // SLURM_CPUS_PER_TASK first, then the other SLURM variables, then the usable CPUs.
+    // Inside srun's task SLURM_CPUS_PER_TASK; in a batch script the job's CPUs on this node
+    // (SLURM_CPUS_ON_NODE, ...); elsewhere the usable CPUs; always capped by the affinity mask.
     let budget = cpu_budget()?;
     let pool = Pool::with_processes(budget.count)?;
     println!(

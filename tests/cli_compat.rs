@@ -798,3 +798,100 @@ fn a_command_in_one_string_runs_like_gnu() {
         ],
     );
 }
+
+#[test]
+fn max_args_delimiter_and_print_jobs_like_gnu() {
+    same_as_gnu_all(
+        "n-d-t",
+        &[],
+        &[
+            (&["-k", "-n2", "echo", ":::", "1", "2", "3", "4", "5"], None),
+            (
+                &[
+                    "-k",
+                    "--max-args",
+                    "2",
+                    "echo",
+                    "{1}-{2}",
+                    ":::",
+                    "1",
+                    "2",
+                    "3",
+                ],
+                None,
+            ),
+            (&["-k", "-d", ",", "echo", "X{}"], Some("a,b,c")),
+            (&["-k", "-d", "\\t", "echo", "Y{}"], Some("a\tb\t")),
+            (&["-k", "-r", "echo", ":::", "a"], None),
+        ],
+    );
+    let d = scratch("print-jobs");
+    let r = run_in(&d, &["-t", "-k", "echo", ":::", "a b", "c"], None);
+    assert_eq!(r.stdout, "a b\nc\n");
+    // Whole lines, in the order the jobs started.
+    assert_eq!(sorted_lines(&r.stderr), ["echo 'a b'", "echo c"]);
+    let r = run_in(&d, &["-r", "echo"], Some(""));
+    assert_eq!((r.code, r.stdout.as_str()), (Some(0), ""));
+}
+
+/// `--memfree`: under half of SIZE the youngest job is killed and runs again once memory is
+/// back (GNU parallel's rule). Memory is faked through the runner's `MULTIPROC_MEMINFO` hook.
+#[test]
+fn memfree_kills_the_youngest_job_and_runs_it_again() {
+    let d = scratch("memfree");
+    let meminfo = d.join("meminfo");
+    let plenty = "MemTotal: 20000000 kB\nMemAvailable: 10000000 kB\n";
+    fs::write(&meminfo, plenty).unwrap();
+    let script = "echo $$ > $1.pid; echo run >> $1.log; i=0; \
+                  while [ ! -e release ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done; echo $1";
+    let mut cmd = mp(&d);
+    cmd.env("MULTIPROC_MEMINFO", &meminfo)
+        .args([
+            "-j2",
+            "-k",
+            "--memfree",
+            "1G",
+            "sh",
+            "-c",
+            script,
+            "_",
+            ":::",
+            "old",
+            "young",
+        ])
+        .stdout(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let lines = |f: &str| fs::read_to_string(d.join(f)).map_or(0, |t| t.lines().count());
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + LIMIT;
+        while !cond() {
+            let (o, y) = (lines("old.log"), lines("young.log"));
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what} ({o}, {y})"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    wait("both jobs to start", &|| {
+        lines("old.log") == 1 && lines("young.log") == 1
+    });
+    let young_pid = fs::read_to_string(d.join("young.pid")).unwrap();
+    // Memory falls under half of 1G: the youngest job is killed, and not restarted while low.
+    fs::write(&meminfo, "MemTotal: 20000000 kB\nMemAvailable: 100000 kB\n").unwrap();
+    let young_gone = || {
+        fs::read_to_string(format!("/proc/{}/stat", young_pid.trim())).map_or(true, |st| {
+            st.rsplit(") ").next().is_some_and(|r| r.starts_with('Z'))
+        })
+    };
+    wait("the young job to be killed", &young_gone);
+    assert_eq!(lines("young.log"), 1, "not restarted while memory is low");
+    // Memory is back: it runs again.
+    fs::write(&meminfo, plenty).unwrap();
+    wait("the young job to run again", &|| lines("young.log") == 2);
+    fs::write(d.join("release"), "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "old\nyoung\n");
+    assert_eq!(lines("old.log"), 1, "the old job ran once");
+}

@@ -91,6 +91,8 @@ pub(crate) struct EngineOpts {
     pub(crate) output: OutputMode,
     /// `--delay`, `--nice`, `--memfree`, `--load`.
     pub(crate) sched: Sched,
+    /// `-t`.
+    pub(crate) print_jobs: bool,
 }
 
 /// How the run went.
@@ -250,6 +252,7 @@ pub(crate) fn run(
         spill_fd: spill.send_fd(),
         output: opts.output,
         nice: opts.sched.nice,
+        print_jobs: opts.print_jobs,
     };
     let runner = std::process::id() as i32;
     let workers: Vec<Process> = (0..n_workers)

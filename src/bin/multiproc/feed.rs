@@ -337,7 +337,7 @@ fn streams(cfg: &Config) -> bool {
 /// or read at once, shaped, packed over `slots` job slots (`-X`, `-m`) and shuffled (`--shuf`).
 pub(crate) fn open_inputs(cfg: &Config, slots: usize) -> Result<(Inputs, Vec<String>), Failure> {
     let shape = &cfg.extras.shape;
-    let sep = if shape.null { 0 } else { b'\n' };
+    let sep = shape.sep;
     let spec = StreamSpec {
         sources: cfg.sources.clone(),
         linked: cfg.linked.clone(),

@@ -19,8 +19,14 @@ pub(crate) struct GnuFlags {
     #[arg(short = 'C', long, value_name = "REGEX")]
     pub(crate) colsep: Option<String>,
 
-    /// N inputs per job, {1}..{N} for each (GNU's --max-replace-args)
-    #[arg(short = 'N', long = "max-replace-args", value_name = "N")]
+    /// N inputs per job, {1}..{N} for each (also -n N, --max-args)
+    #[arg(
+        short = 'N',
+        long = "max-replace-args",
+        visible_short_alias = 'n',
+        visible_alias = "max-args",
+        value_name = "N"
+    )]
     pub(crate) per_job: Option<usize>,
 
     /// As many inputs per job as fit, repeating each word that holds {} per input
@@ -34,6 +40,23 @@ pub(crate) struct GnuFlags {
     /// Inputs end at NUL, not newline (find -print0)
     #[arg(short = '0', long)]
     pub(crate) null: bool,
+
+    /// Inputs end at DELIM (one byte; \n \t \0 escapes), not newline
+    #[arg(
+        short = 'd',
+        long = "delimiter",
+        value_name = "DELIM",
+        conflicts_with = "null"
+    )]
+    pub(crate) delimiter: Option<String>,
+
+    /// Print each job's command line on stderr as it starts
+    #[arg(short = 't')]
+    pub(crate) print_jobs: bool,
+
+    /// Accepted: an empty input runs no job anyway
+    #[arg(short = 'r', long = "no-run-if-empty")]
+    pub(crate) no_run_if_empty: bool,
 
     /// Use STR as the replacement string for {} ({} is then plain text)
     #[arg(short = 'I', value_name = "STR")]
@@ -129,7 +152,7 @@ pub(crate) struct GnuFlags {
 }
 
 /// How inputs become jobs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Shape {
     /// `--colsep`.
     pub(crate) colsep: Option<regex::Regex>,
@@ -137,14 +160,28 @@ pub(crate) struct Shape {
     pub(crate) per_job: Option<NonZeroUsize>,
     /// `-X` / `-m`.
     pub(crate) multi: Option<Multi>,
-    /// `-0`: values end at NUL.
-    pub(crate) null: bool,
+    /// The byte values end at: `\n`, NUL (`-0`) or `-d DELIM`.
+    pub(crate) sep: u8,
     /// `--header :`.
     pub(crate) header: bool,
     /// `--shuf`.
     pub(crate) shuffle: bool,
     /// `--link`: every source linked to the first.
     pub(crate) link_all: bool,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Shape {
+            colsep: None,
+            per_job: None,
+            multi: None,
+            sep: b'\n',
+            header: false,
+            shuffle: false,
+            link_all: false,
+        }
+    }
 }
 
 /// How finished jobs' output is shown.
@@ -204,6 +241,8 @@ pub(crate) struct Extras {
     pub(crate) pipe: Option<PipeOpts>,
     /// `-I`.
     pub(crate) replace: Option<String>,
+    /// `-t`: print each job's command line on stderr.
+    pub(crate) print_jobs: bool,
 }
 
 fn invalid(flag: &'static str, value: &str, reason: &str) -> ConfigError {
@@ -264,6 +303,20 @@ impl GnuFlags {
             Some(n) => {
                 Some(NonZeroUsize::new(n).ok_or_else(|| invalid("-N", "0", "must be at least 1"))?)
             }
+        };
+        let sep = match (&self.delimiter, self.null) {
+            (Some(d), _) => match unescape(d).as_slice() {
+                [b] => *b,
+                _ => {
+                    return Err(invalid(
+                        "--delimiter",
+                        d,
+                        "only a one-byte delimiter is supported (\\n, \\t, \\0 escapes)",
+                    ));
+                }
+            },
+            (None, true) => 0,
+            (None, false) => b'\n',
         };
         let multi = match (self.multi_x, self.multi_m) {
             (true, _) => Some(Multi::Context),
@@ -356,7 +409,7 @@ impl GnuFlags {
                 colsep,
                 per_job,
                 multi,
-                null: self.null,
+                sep,
                 header,
                 shuffle: self.shuf,
                 link_all: self.link,
@@ -372,6 +425,7 @@ impl GnuFlags {
             },
             pipe,
             replace: self.replace.clone(),
+            print_jobs: self.print_jobs,
         })
     }
 }

@@ -136,6 +136,8 @@ pub(crate) struct WorkerConfig {
     pub(crate) output: OutputMode,
     /// `--nice`: the workers' (and so the jobs') niceness.
     pub(crate) nice: Option<i32>,
+    /// `-t`: print each job's command line on stderr as it starts.
+    pub(crate) print_jobs: bool,
 }
 
 /// A flag in memory shared by the runner and the workers it forks afterwards: the runner sets
@@ -408,6 +410,10 @@ pub(crate) fn run_job(
     cmd.envs(job.env.iter().map(|(k, v)| (k, v)));
     if let Some(dir) = &job.wd {
         cmd.current_dir(dir);
+    }
+    if cfg.print_jobs {
+        // One write(2) per line, so that workers' lines do not mix.
+        let _ = std::io::stderr().write_all(format!("{}\n", job.command_line).as_bytes());
     }
     let mut wired = match streams::wire(&mut cmd, job, cfg.output, captures) {
         Ok(w) => w,

@@ -72,9 +72,15 @@ impl Limits {
     }
 }
 
+/// Where `MemAvailable` is read: /proc/meminfo, or the file named by `MULTIPROC_MEMINFO` (a
+/// test hook: tests/cli_compat.rs makes memory "run low" with it).
+fn meminfo_path() -> std::path::PathBuf {
+    std::env::var_os("MULTIPROC_MEMINFO").map_or_else(|| "/proc/meminfo".into(), Into::into)
+}
+
 /// `MemAvailable` of /proc/meminfo, in bytes.
 fn mem_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let text = std::fs::read_to_string(meminfo_path()).ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)

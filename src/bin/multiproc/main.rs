@@ -356,6 +356,7 @@ fn run(cfg: &Config) -> Result<ExitCode, Failure> {
         joblog: cfg.joblog.clone(),
         output: cfg.extras.output,
         sched: cfg.extras.sched.clone(),
+        print_jobs: cfg.extras.print_jobs,
     };
     let mut output = Output::new(cfg.keep_order, cfg.results.clone());
     let to_run = counts.map(|(_, to_run)| to_run);
