@@ -23,6 +23,9 @@ mod start;
 mod transport;
 mod worker;
 
+#[cfg(feature = "mpi")]
+pub(crate) use self::start::mpi as mpi_start;
+
 #[cfg(test)]
 mod test;
 
@@ -290,6 +293,12 @@ impl PoolBuilder {
     /// `task_timeout(0)`, `chunksize(0)` or a `max_message_bytes` of 0 or over the maximum;
     /// [`Error::InvalidEnv`] from [`cpu_count`](crate::cpu_count); [`Error::Io`] if a fork fails.
     pub fn build(self) -> Result<Pool> {
+        self.build_with(Box::new(self::start::Fork))
+    }
+
+    /// [`build`](PoolBuilder::build), with workers started by `starter` (the MPI ranks of
+    /// `crate::mpi`).
+    pub(crate) fn build_with(self, starter: Box<dyn self::start::Starter>) -> Result<Pool> {
         let processes = match self.processes {
             Some(0) => {
                 return Err(Error::invalid_arg(
@@ -341,7 +350,7 @@ impl PoolBuilder {
                 initializer: self.initializer,
                 thread_env,
             },
-            Box::new(self::start::Fork),
+            starter,
             book.clone(),
         )?;
         Ok(Pool {

@@ -325,6 +325,24 @@ pub(crate) struct WorkerEnd {
 }
 
 impl WorkerEnd {
+    /// A worker end over `sock`, one end of a connected stream socket pair (for workers whose
+    /// frames are carried further by another transport, such as MPI).
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn from_socket(sock: OwnedFd) -> WorkerEnd {
+        WorkerEnd {
+            sock,
+            rx: FrameBuf::default(),
+            out: Vec::new(),
+            out_fds: Vec::new(),
+        }
+    }
+
+    /// The socket of a worker end that was never used.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn into_socket(self) -> OwnedFd {
+        self.sock
+    }
+
     /// The next order; `None` at end of file (the parent is gone or closed the pool). Before it
     /// blocks, it sends the buffered replies and spins for `spin` in case the next order is close.
     pub(crate) fn next_order(&mut self, spin: std::time::Duration) -> Result<Option<Order>> {

@@ -17,6 +17,11 @@
 //! `transport`), the same for every starter. Another backend (MPI ranks) is one more
 //! implementation of these two traits.
 
+#[cfg(feature = "mpi")]
+pub(crate) mod mpi;
+#[cfg(feature = "mpi")]
+mod mpi_bridge;
+
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
