@@ -45,7 +45,7 @@ const TAG_FIN: i32 = 4;
 /// The most bytes of a socket carried in one message.
 const CHUNK: usize = 8 << 20;
 /// How long the bridge keeps looking without sleeping after it moved something.
-const SPIN: Duration = Duration::from_micros(100);
+const SPIN: Duration = Duration::from_micros(500);
 /// The longest sleep between two looks at MPI (messages are seen by probing).
 const NAP: Duration = Duration::from_millis(1);
 /// How long the hub waits for the ranks to end once the pool is gone, before it aborts the job.
