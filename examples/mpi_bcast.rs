@@ -16,7 +16,10 @@ use serde::{Serialize, de::DeserializeOwned};
 
 const N: usize = 10_000_000;
 
-#[allow(clippy::ptr_arg, reason = "map_with hands the context as &C, here C = Vec<f64>")]
+#[allow(
+    clippy::ptr_arg,
+    reason = "map_with hands the context as &C, here C = Vec<f64>"
+)]
 fn sum_vec(data: &Vec<f64>, _: usize) -> f64 {
     data.iter().sum()
 }

@@ -104,15 +104,15 @@ impl Outbox {
     }
 }
 
-/// Reads what a non-blocking socket holds now (up to [`CHUNK`] bytes); `true` at its end.
-fn read_available(sock: &mut UnixStream) -> (Vec<u8>, bool) {
+/// Reads what a non-blocking socket holds now (up to `limit` bytes); `true` at its end.
+fn read_available(sock: &mut UnixStream, limit: usize) -> (Vec<u8>, bool) {
     let mut buf = Vec::new();
     loop {
         let len = buf.len();
-        if len >= CHUNK {
+        if len >= limit {
             return (buf, false);
         }
-        let room = (len.max(1 << 16)).min(CHUNK - len);
+        let room = (len.max(1 << 16)).min(limit - len);
         buf.resize(len + room, 0);
         match sock.read(&mut buf[len..]) {
             Ok(0) => {
@@ -163,41 +163,21 @@ struct RankState {
     fin_sent: bool,
 }
 
+/// Messages for the ranks: (rank, tag, body).
+type Sends = Vec<(i32, i32, Vec<u8>)>;
+
 /// The hub: rank 0's bridge. Returns on [`Cmd::Shutdown`] (or when the pool side is gone) once
 /// every rank has ended.
 pub(super) fn hub(world: &SimpleCommunicator, cmds: Receiver<Cmd>, mut wake: UnixStream) {
     let mut ranks: Vec<RankState> = (0..world.size()).map(|_| RankState::default()).collect();
     let mut shutdown_by: Option<Instant> = None;
     let mut last_moved = Instant::now();
+    // What was read while the previous messages were in flight goes first.
+    let mut sends = Sends::new();
     loop {
-        let mut sends: Vec<(i32, i32, Vec<u8>)> = Vec::new();
-        let _ = read_available(&mut wake);
-        loop {
-            match cmds.try_recv() {
-                Ok(Cmd::Attach { rank, sock, death }) => {
-                    ranks[rank as usize].link = Some((sock, death));
-                }
-                Ok(Cmd::Stop { rank, signal }) => stop(&mut ranks, rank, signal, &mut sends),
-                Ok(Cmd::Shutdown) | Err(TryRecvError::Disconnected) => {
-                    shutdown_by.get_or_insert(Instant::now() + SHUTDOWN_LIMIT);
-                    for r in 1..ranks.len() as i32 {
-                        stop(&mut ranks, r, 9, &mut sends);
-                    }
-                    break;
-                }
-                Err(TryRecvError::Empty) => break,
-            }
-        }
-        for (r, st) in ranks.iter_mut().enumerate().skip(1) {
-            let Some((sock, _)) = st.link.as_mut().filter(|_| !st.sched_gone) else {
-                continue;
-            };
-            let (data, end) = read_available(sock);
-            if !data.is_empty() && st.ended.is_none() {
-                sends.push((r as i32, TAG_DATA, data));
-            }
-            st.sched_gone |= end;
-        }
+        let _ = read_available(&mut wake, 1 << 12);
+        take_commands(&cmds, &mut ranks, &mut sends, &mut shutdown_by);
+        read_links(&mut ranks, &mut sends);
         for (r, st) in ranks.iter_mut().enumerate().skip(1) {
             if st.ended.is_some() && !st.fin_sent {
                 st.fin_sent = true;
@@ -205,8 +185,10 @@ pub(super) fn hub(world: &SimpleCommunicator, cmds: Receiver<Cmd>, mut wake: Uni
             }
         }
         let moved = !sends.is_empty();
-        exchange(world, &mut ranks, &sends);
+        sends = exchange(world, &mut ranks, std::mem::take(&mut sends));
         let received = receive(world, &mut ranks);
+        // A rank that has said goodbye gets nothing but its FIN.
+        sends.retain(|(r, _, _)| ranks[*r as usize].ended.is_none());
         report_ends(&mut ranks);
         if let Some(limit) = shutdown_by {
             if ranks
@@ -224,7 +206,7 @@ pub(super) fn hub(world: &SimpleCommunicator, cmds: Receiver<Cmd>, mut wake: Uni
                 world.abort(70);
             }
         }
-        if moved || received {
+        if moved || received || !sends.is_empty() {
             last_moved = Instant::now();
         }
         let nap = if last_moved.elapsed() < SPIN {
@@ -232,25 +214,80 @@ pub(super) fn hub(world: &SimpleCommunicator, cmds: Receiver<Cmd>, mut wake: Uni
         } else {
             NAP
         };
-        let mut fds = vec![(std::os::fd::AsFd::as_fd(&wake), Interest::Read)];
-        for st in &ranks {
-            if let Some((sock, _)) = &st.link {
-                let io = if st.to_sched.is_empty() {
-                    Interest::Read
-                } else {
-                    Interest::ReadWrite
-                };
-                if !st.sched_gone || io == Interest::ReadWrite {
-                    fds.push((std::os::fd::AsFd::as_fd(sock), io));
-                }
-            }
-        }
-        wait_for(&fds, nap);
+        wait_hub(&ranks, &wake, nap);
     }
 }
 
+/// Applies the pool side's commands.
+fn take_commands(
+    cmds: &Receiver<Cmd>,
+    ranks: &mut [RankState],
+    sends: &mut Sends,
+    shutdown_by: &mut Option<Instant>,
+) {
+    loop {
+        match cmds.try_recv() {
+            Ok(Cmd::Attach { rank, sock, death }) => {
+                ranks[rank as usize].link = Some((sock, death));
+            }
+            Ok(Cmd::Stop { rank, signal }) => stop(ranks, rank, signal, sends),
+            Ok(Cmd::Shutdown) | Err(TryRecvError::Disconnected) => {
+                shutdown_by.get_or_insert(Instant::now() + SHUTDOWN_LIMIT);
+                for r in 1..ranks.len() as i32 {
+                    stop(ranks, r, 9, sends);
+                }
+                return;
+            }
+            Err(TryRecvError::Empty) => return,
+        }
+    }
+}
+
+/// Reads what the scheduler wrote to the ranks' sockets, appending to a rank's last `DATA`
+/// message in `sends` while it is under [`CHUNK`] bytes.
+fn read_links(ranks: &mut [RankState], sends: &mut Sends) {
+    for (r, st) in ranks.iter_mut().enumerate().skip(1) {
+        let Some((sock, _)) = st.link.as_mut().filter(|_| !st.sched_gone) else {
+            continue;
+        };
+        let r = r as i32;
+        let open = sends
+            .iter()
+            .rposition(|(to, _, _)| *to == r)
+            .filter(|&i| sends[i].1 == TAG_DATA && sends[i].2.len() < CHUNK);
+        let room = open.map_or(CHUNK, |i| CHUNK - sends[i].2.len());
+        let (data, end) = read_available(sock, room);
+        st.sched_gone |= end;
+        if data.is_empty() || st.ended.is_some() {
+            continue;
+        }
+        match open {
+            Some(i) => sends[i].2.extend_from_slice(&data),
+            None => sends.push((r, TAG_DATA, data)),
+        }
+    }
+}
+
+/// Sleeps until the pool side or a socket needs the hub, or `nap` passes.
+fn wait_hub(ranks: &[RankState], wake: &UnixStream, nap: Duration) {
+    let mut fds = vec![(std::os::fd::AsFd::as_fd(wake), Interest::Read)];
+    for st in ranks {
+        if let Some((sock, _)) = &st.link {
+            let io = if st.to_sched.is_empty() {
+                Interest::Read
+            } else {
+                Interest::ReadWrite
+            };
+            if !st.sched_gone || io == Interest::ReadWrite {
+                fds.push((std::os::fd::AsFd::as_fd(sock), io));
+            }
+        }
+    }
+    wait_for(&fds, nap);
+}
+
 /// Queues a `STOP` for `rank` unless it has ended or was stopped already.
-fn stop(ranks: &mut [RankState], rank: i32, signal: i32, sends: &mut Vec<(i32, i32, Vec<u8>)>) {
+fn stop(ranks: &mut [RankState], rank: i32, signal: i32, sends: &mut Sends) {
     let st = &mut ranks[rank as usize];
     if st.ended.is_none() && !st.stop_sent {
         st.stop_sent = true;
@@ -258,10 +295,12 @@ fn stop(ranks: &mut [RankState], rank: i32, signal: i32, sends: &mut Vec<(i32, i
     }
 }
 
-/// Sends `sends` (rank, tag, body) with immediate sends and receives until all have completed.
-fn exchange(world: &SimpleCommunicator, ranks: &mut [RankState], sends: &[(i32, i32, Vec<u8>)]) {
+/// Sends `sends` with immediate sends and, until all have completed, receives and reads the
+/// sockets on: returns what it read meanwhile (the next messages).
+fn exchange(world: &SimpleCommunicator, ranks: &mut [RankState], sends: Sends) -> Sends {
+    let mut next = Sends::new();
     if sends.is_empty() {
-        return;
+        return next;
     }
     mpi::request::scope(|scope| {
         let mut pending: Vec<_> = sends
@@ -287,9 +326,11 @@ fn exchange(world: &SimpleCommunicator, ranks: &mut [RankState], sends: &[(i32, 
             }
             receive(world, ranks);
             flush(ranks);
+            read_links(ranks, &mut next);
             std::thread::yield_now();
         }
     });
+    next
 }
 
 /// Receives every message that has arrived; `true` if there was one.
@@ -361,7 +402,7 @@ pub(super) fn spoke(world: &SimpleCommunicator, mut sock: UnixStream) -> i32 {
         if !worker_gone && to_worker.write_to(&mut sock).is_err() {
             worker_gone = true;
         }
-        let (data, end) = read_available(&mut sock);
+        let (data, end) = read_available(&mut sock, CHUNK);
         if !data.is_empty() {
             moved = true;
             hub.send_with_tag(&data[..], TAG_DATA);
