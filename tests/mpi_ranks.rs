@@ -8,7 +8,8 @@
 //!
 //! The launched copies find their role in `MULTIPROC_MPI_CHECK`: `pool` (the checks), `die`
 //! (a task ends its rank: the job must end non-zero, not hang), `single` (run without mpirun:
-//! `init` must refuse a world of one rank).
+//! `init` must refuse a world of one rank), `mismatch` (the same with `PMI_SIZE=3`, as under
+//! another MPI's launcher: `init` must name the mismatch).
 
 use std::io::Read;
 use std::process::{Command, ExitStatus, Stdio};
@@ -42,7 +43,8 @@ fn main() {
     match std::env::var(ROLE).as_deref() {
         Ok("pool") => exit_with(rank_checks()),
         Ok("die") => exit_with(rank_dies()),
-        Ok("single") => exit_with(single_rank()),
+        Ok("single") => exit_with(single_rank("1 rank")),
+        Ok("mismatch") => exit_with(single_rank("but the launcher started 3 (PMI_SIZE=3)")),
         _ => drive(),
     }
 }
@@ -240,10 +242,11 @@ fn rank_dies() -> Result<(), String> {
     Err(format!("the job survived a rank's death: {r:?}"))
 }
 
-/// Without a launcher the world has one rank: `init` refuses it.
-fn single_rank() -> Result<(), String> {
+/// Without a launcher the world has one rank: `init` refuses it, saying `why` (a world of one,
+/// or one that differs from the size a launcher announced: a build against another MPI).
+fn single_rank(why: &str) -> Result<(), String> {
     match MpiPool::init() {
-        Err(Error::Mpi(m)) if m.contains("1 rank") => {
+        Err(Error::Mpi(m)) if m.contains(why) => {
             println!("refused: {m}");
             Ok(())
         }
@@ -315,6 +318,14 @@ fn drive() {
     assert!(
         status.success() && text.contains("MPI CHECKS OK"),
         "single rank: {status}\n{text}"
+    );
+    // What a binary built against this MPI sees when MPICH's launcher (PMI) started 3 ranks.
+    let mut alone = Command::new(std::env::current_exe().expect("exe"));
+    alone.env("PMI_SIZE", "3");
+    let (status, text) = run(alone, "mismatch");
+    assert!(
+        status.success() && text.contains("MPI CHECKS OK"),
+        "world size mismatch: {status}\n{text}"
     );
     let (status, text) = mpirun("pool");
     assert!(
