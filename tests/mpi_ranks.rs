@@ -6,6 +6,8 @@
 //! `cargo test --release --features mpi --test mpi_ranks`. Without `mpirun` on the PATH it
 //! prints why and passes, unless `MULTIPROC_MPI_REQUIRED=1`. It answers nextest's `--list`.
 //!
+//! With `MULTIPROC_MPI_SLURM=1` it also runs the checks in `sbatch -N 2` (see `two_nodes`).
+//!
 //! The launched copies find their role in `MULTIPROC_MPI_CHECK`: `pool` (the checks), `die`
 //! (a task ends its rank: the job must end non-zero, not hang), `single` (run without mpirun:
 //! `init` must refuse a world of one rank), `mismatch` (the same with `PMI_SIZE=3`, as under
@@ -191,7 +193,7 @@ fn big_payloads(pool: &MpiPool) -> Result<(), String> {
 fn ranks_run_at_once(pool: &MpiPool) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("multiproc-mpi-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let meet = |(dir, me): (String, u32)| -> Result<u32, String> {
+    let meet = |(dir, me): (String, u32)| -> Result<(u32, String), String> {
         let dir = std::path::Path::new(&dir);
         std::fs::write(dir.join(format!("here-{me}")), b"").map_err(|e| e.to_string())?;
         let other = dir.join(format!("here-{}", 1 - me));
@@ -202,15 +204,20 @@ fn ranks_run_at_once(pool: &MpiPool) -> Result<(), String> {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        Ok(std::process::id())
+        let node = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| "-".into());
+        Ok((std::process::id(), node))
     };
     let d = dir.to_string_lossy().into_owned();
     let out = pool
         .map(meet, vec![(d.clone(), 0u32), (d, 1u32)])
         .map_err(|e| e.to_string());
     let _ = std::fs::remove_dir_all(&dir);
-    let pids: Vec<u32> = out?.into_iter().collect::<Result<_, _>>()?;
-    ensure(pids[0] != pids[1], || format!("both ran on {pids:?}"))
+    let ranks: Vec<(u32, String)> = out?.into_iter().collect::<Result<_, _>>()?;
+    // Under SLURM (two nodes), SLURMD_NODENAME shows where each rank ran.
+    println!("two tasks at once ran on (pid, node): {ranks:?}");
+    ensure(ranks[0].0 != ranks[1].0, || {
+        format!("both ran on {ranks:?}")
+    })
 }
 
 /// `terminate` during a task that would run for minutes: returns at once, and the ranks end
@@ -337,5 +344,60 @@ fn drive() {
         !status.success() && !text.contains("survived"),
         "a rank's death: {status}\n{text}"
     );
+    if std::env::var("MULTIPROC_MPI_SLURM").as_deref() == Ok("1") {
+        two_nodes();
+    }
     println!("test {NAME} ... ok");
+}
+
+/// With `MULTIPROC_MPI_SLURM=1` (a SLURM of two nodes answering `sbatch`, e.g.
+/// scripts/slurm/start-multi.sh with its `SLURM_CONF`): the checks again in
+/// `sbatch -N 2 -n 2` with `mpirun --bind-to none` inside; the two tasks that meet must have run
+/// on two nodes.
+fn two_nodes() {
+    let exe = std::env::current_exe().expect("exe");
+    let out = std::env::temp_dir().join(format!("multiproc-mpi-slurm-{}.out", std::process::id()));
+    let script = format!(
+        "export {ROLE}=pool OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; \
+         mpirun --bind-to none --oversubscribe -n 3 {}",
+        exe.display()
+    );
+    let submitted = Command::new("sbatch")
+        .args(["--parsable", "-N", "2", "-n", "2", "-o"])
+        .arg(&out)
+        .args(["--wrap", &script])
+        .output()
+        .expect("sbatch");
+    assert!(submitted.status.success(), "sbatch: {submitted:?}");
+    let job = String::from_utf8_lossy(&submitted.stdout)
+        .trim()
+        .to_string();
+    let until = Instant::now() + LIMIT;
+    loop {
+        let q = Command::new("squeue")
+            .args(["-h", "-j", &job])
+            .output()
+            .expect("squeue");
+        if q.stdout.is_empty() {
+            break;
+        }
+        if Instant::now() > until {
+            let _ = Command::new("scancel").arg(&job).status();
+            panic!("SLURM job {job} did not end within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    assert!(text.contains("MPI CHECKS OK"), "two nodes:\n{text}");
+    let nodes = text
+        .lines()
+        .find(|l| l.starts_with("two tasks at once ran on"))
+        .unwrap_or_default();
+    let names: Vec<&str> = nodes.split('"').skip(1).step_by(2).collect();
+    assert!(
+        names.len() == 2 && names[0] != names[1],
+        "the ranks did not run on two nodes: {nodes}"
+    );
+    println!("two nodes: {nodes}");
 }
