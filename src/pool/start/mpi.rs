@@ -20,7 +20,7 @@
 //! whole MPI job, as MPI does), and a worker's "pid" is [`rank_pid`], outside the kernel's range
 //! so that no signal ever reaches a local process by mistake.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -215,7 +215,9 @@ fn world_problem(
 /// rank 0, then waits for the bridge, which finalizes MPI and exits the process.
 fn run_worker_rank(rank: i32, spoke: &Sender<UnixStream>, bridge: JoinHandle<()>) -> ! {
     let outcome = panic::catch(|| -> Result<()> {
-        let (mine, theirs) = UnixStream::pair().map_err(|e| Error::io("socketpair", e))?;
+        // The pool's own socket pair (large send buffers), as on rank 0.
+        let (mine, theirs) = crate::sys::socketpair()?;
+        let theirs = UnixStream::from(theirs);
         theirs
             .set_nonblocking(true)
             .map_err(|e| Error::io("set_nonblocking", e))?;
@@ -223,7 +225,7 @@ fn run_worker_rank(rank: i32, spoke: &Sender<UnixStream>, bridge: JoinHandle<()>
             .send(theirs)
             .map_err(|_| Error::Mpi("the MPI bridge thread is gone".into()))?;
         let mut setup = Setup {
-            end: WorkerEnd::from_socket(OwnedFd::from(mine)),
+            end: WorkerEnd::from_socket(mine),
             progress: Arc::new(Progress::new(1)?),
             slot: 0,
             parent: crate::sys::getpid(),

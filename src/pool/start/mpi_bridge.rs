@@ -108,24 +108,17 @@ impl Outbox {
 fn read_available(sock: &mut UnixStream, limit: usize) -> (Vec<u8>, bool) {
     let mut buf = Vec::new();
     loop {
-        let len = buf.len();
-        if len >= limit {
-            return (buf, false);
-        }
-        let room = (len.max(1 << 16)).min(limit - len);
-        buf.resize(len + room, 0);
-        match sock.read(&mut buf[len..]) {
-            Ok(0) => {
-                buf.truncate(len);
-                return (buf, true);
+        let want = (limit - buf.len()) as u64;
+        // `take` stops at the limit or at the end of the stream; the bytes read before an error
+        // stay in `buf`.
+        match Read::by_ref(sock).take(want).read_to_end(&mut buf) {
+            Ok(_) => {
+                let end = buf.len() < limit;
+                return (buf, end);
             }
-            Ok(n) => buf.truncate(len + n),
-            Err(e) if e.kind() == ErrorKind::Interrupted => buf.truncate(len),
-            Err(e) => {
-                buf.truncate(len);
-                // WouldBlock: all there is for now; another error: the peer is gone.
-                return (buf, e.kind() != ErrorKind::WouldBlock);
-            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // WouldBlock: all there is for now; another error: the peer is gone.
+            Err(e) => return (buf, e.kind() != ErrorKind::WouldBlock),
         }
     }
 }
@@ -138,6 +131,17 @@ fn code_of(body: &[u8]) -> i32 {
     body.get(..4)
         .and_then(|b| b.try_into().ok())
         .map_or(-9, i32::from_le_bytes)
+}
+
+/// How long to sleep after `idle` without traffic: not at all for [`SPIN`], then a quarter of
+/// the idle time, up to [`NAP`] (messages are seen only by probing: short naps while traffic is
+/// recent, few wake-ups when it is not).
+fn nap_after(idle: Duration) -> Duration {
+    if idle < SPIN {
+        Duration::ZERO
+    } else {
+        (idle / 4).min(NAP)
+    }
 }
 
 /// Sleeps until one of `fds` is ready, or at most `nap` (zero: just look).
@@ -209,11 +213,7 @@ pub(super) fn hub(world: &SimpleCommunicator, cmds: Receiver<Cmd>, mut wake: Uni
         if moved || received || !sends.is_empty() {
             last_moved = Instant::now();
         }
-        let nap = if last_moved.elapsed() < SPIN {
-            Duration::ZERO
-        } else {
-            NAP
-        };
+        let nap = nap_after(last_moved.elapsed());
         wait_hub(&ranks, &wake, nap);
     }
 }
@@ -413,11 +413,7 @@ pub(super) fn spoke(world: &SimpleCommunicator, mut sock: UnixStream) -> i32 {
         if moved {
             last_moved = Instant::now();
         }
-        let nap = if last_moved.elapsed() < SPIN {
-            Duration::ZERO
-        } else {
-            NAP
-        };
+        let nap = nap_after(last_moved.elapsed());
         let io = if to_worker.is_empty() || worker_gone {
             Interest::Read
         } else {
