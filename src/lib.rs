@@ -171,7 +171,7 @@ mod wire;
 
 pub use crate::error::{CodecError, Error, RemotePanic, Result};
 pub use crate::pipe::{Connection, PipeReceiver, PipeSender, pipe, pipe_oneway};
-pub use crate::pool::{AsyncResult, IMap, Pool, PoolBuilder};
+pub use crate::pool::{AsCompleted, AsyncResult, IMap, Pool, PoolBuilder, as_completed};
 pub use crate::process::{JoinHandle, Process, spawn};
 pub use crate::queue::{DEFAULT_QUEUE_CAPACITY, JoinableQueue, Queue, QueueIter};
 pub use crate::shm::{ArrayGuard, Pod, PodVec, SharedArray, SharedValue, ValueGuard, Zeroable};

@@ -98,6 +98,11 @@ pub(crate) struct Body {
 }
 
 impl Body {
+    /// A body made of `buf` (e.g. outcomes recovered from a dead pool worker's journal).
+    pub(crate) fn from_vec(buf: Vec<u8>) -> Body {
+        Body { buf, start: 0 }
+    }
+
     /// The body's bytes.
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.buf[self.start..]

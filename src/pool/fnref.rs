@@ -202,7 +202,7 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 
 /// Appends the encoding of `outcome` to `out`; an encoding failure or an oversized value becomes
 /// that item's error instead.
-fn push_outcome<R: Serialize>(outcome: &ItemOut<R>, out: &mut Vec<u8>) {
+pub(crate) fn push_outcome<R: Serialize>(outcome: &ItemOut<R>, out: &mut Vec<u8>) {
     let start = out.len();
     let res = postcard::serialize_with_flavor(outcome, Append(&mut *out));
     let size = out.len() - start;
@@ -226,6 +226,7 @@ fn run_items<T: DeserializeOwned, R: Serialize>(
     // The outcomes are encoded in one descriptor frame for the task (each is dropped right
     // after, so a `PodVec` in shared memory goes as it is); the caller's function runs outside
     // it, so that what it encodes itself cannot attach to the task's reply.
+    let total = input.len();
     ex.encoding(|ex| {
         for i in 0..count {
             let (x, rest) = ex
@@ -235,7 +236,7 @@ fn run_items<T: DeserializeOwned, R: Serialize>(
             ex.item_started(i);
             let outcome =
                 fdpass::suspended(|| panic::catch(|| f(ex, x))).map_err(ItemError::Panicked);
-            push_outcome(&outcome, out);
+            ex.item_done(i, total - input.len(), outcome, out);
         }
         Ok(())
     })

@@ -12,7 +12,7 @@
 //! worker fail and which run again is decided by the pure function [`settle`].
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::sys::{self, ExitStatus, Interest, Pid};
 
 use super::fnref::FnRef;
+use super::journal;
 use super::start::{Initializer, Starter, Worker, WorkerSpec};
 use super::transport::{self, Body, Bytes, Encoded, Fds, Link, Reply};
 use super::worker::{self, IDLE, Progress};
@@ -421,6 +422,16 @@ impl Scheduler {
     /// Runs the pool for a while: hands out tasks, then waits until something happens or
     /// `deadline` passes, and processes it. Returns at once when the pool was terminated.
     pub(crate) fn drive(&mut self, deadline: Option<Instant>) -> Result<()> {
+        self.drive_woken(deadline, None)
+    }
+
+    /// [`drive`](Core::drive), also returning when `bell` becomes readable (the driver
+    /// thread's doorbell, rung by a thread that wants the pool's lock).
+    pub(crate) fn drive_woken(
+        &mut self,
+        deadline: Option<Instant>,
+        bell: Option<BorrowedFd<'_>>,
+    ) -> Result<()> {
         if self.book.is_terminating() {
             self.abort_all();
         }
@@ -447,7 +458,7 @@ impl Scheduler {
         let waiting = self.slots.iter().flatten().any(|s| !s.inflight.is_empty());
         let spin_until = if waiting { now + SPIN } else { now };
         let ready = loop {
-            let fds: Vec<_> = self
+            let mut fds: Vec<_> = self
                 .slots
                 .iter()
                 .flatten()
@@ -460,6 +471,7 @@ impl Scheduler {
                     [(s.link.fd(), io), (s.worker.death_fd(), Interest::Read)]
                 })
                 .collect();
+            fds.extend(bell.map(|b| (b, Interest::Read)));
             let spinning = Instant::now() < spin_until;
             let until = if spinning { Some(Instant::now()) } else { wake };
             let ready = sys::poll_many(&fds, until)?;
@@ -582,7 +594,21 @@ impl Scheduler {
         let status = slot.worker.wait();
         self.forget_pid(slot.pid);
         if !slot.inflight.is_empty() && !self.book.is_terminating() {
-            self.settle(i, &mut slot, status);
+            // The input that was running: the one the timeout named, else the progress slot's.
+            let snap = self.progress.get(i);
+            let running = match &slot.kill {
+                Some(k) => Some(k.culprit),
+                None => (snap.item != IDLE).then_some((snap.seq, snap.item)),
+            };
+            // Inputs that finished but whose reply died with the worker: from its journal.
+            let entries = self.progress.journal_entries(i);
+            let saved = journal::salvage(&entries, &mut slot.inflight, running, slot.pid.as_raw());
+            for (job, event) in saved.events {
+                self.deliver(job, event);
+            }
+            if !slot.inflight.is_empty() {
+                self.settle(&mut slot, status, saved.running, saved.inputs > 0);
+            }
         }
         if !slot.stopping && !self.book.is_terminating() {
             self.replaced += 1;
@@ -597,21 +623,24 @@ impl Scheduler {
     }
 
     /// Applies the failure policy ([`settle`]) to the tasks of a worker that ended with tasks in
-    /// flight: delivers the failures, re-queues the rest at the front.
-    fn settle(&mut self, i: usize, slot: &mut Slot, status: ExitStatus) {
+    /// flight (their finished inputs already taken out, see `journal::salvage`): `running` is
+    /// the input that was running, `progressed` whether any input of them had finished. Delivers
+    /// the failures, re-queues the rest at the front.
+    fn settle(
+        &mut self,
+        slot: &mut Slot,
+        status: ExitStatus,
+        running: Option<(u64, u64)>,
+        progressed: bool,
+    ) {
         let (signal, code) = match status {
             ExitStatus::Signaled(s) => (Some(s), None),
             ExitStatus::Exited(c) => (None, Some(c)),
         };
         let tasks: Vec<(u64, Task)> = std::mem::take(&mut slot.inflight).into();
-        let snap = self.progress.get(i);
         let ending = Ending {
-            // The input that was running: the one the timeout named, else the progress slot's.
-            running: match &slot.kill {
-                Some(k) => Some(k.culprit),
-                None if snap.item != IDLE => Some((snap.seq, snap.item)),
-                None => None,
-            },
+            running,
+            progressed,
             timed_out: slot.kill.is_some(),
             init_failed: code == Some(worker::INIT_FAILED),
             retries: self.cfg.retries,
@@ -854,6 +883,9 @@ pub(crate) struct InFlight {
 pub(crate) struct Ending {
     /// The input it was running: (task seq, input index in the task), if known.
     pub(crate) running: Option<(u64, u64)>,
+    /// Whether any input of its tasks had finished (a death between inputs after progress is
+    /// not held against the task).
+    pub(crate) progressed: bool,
     /// Whether the scheduler killed it for an overdue input (`running` names that input).
     pub(crate) timed_out: bool,
     /// Whether its initializer panicked (nothing sent to it could run).
@@ -933,8 +965,12 @@ pub(crate) fn settle(tasks: &[InFlight], ending: &Ending) -> Vec<Fate> {
             .iter()
             .enumerate()
             .map(|(j, t)| match j {
-                0 if t.died + 1 > ending.retries + 3 => Fate::FailAll { why: Why::Died },
-                0 => Fate::Requeue { died: t.died + 1 },
+                0 if t.died + u32::from(!ending.progressed) > ending.retries + 3 => {
+                    Fate::FailAll { why: Why::Died }
+                }
+                0 => Fate::Requeue {
+                    died: t.died + u32::from(!ending.progressed),
+                },
                 _ => again(t),
             })
             .collect(),
@@ -952,6 +988,7 @@ mod tests {
     fn ending(running: Option<(u64, u64)>) -> Ending {
         Ending {
             running,
+            progressed: false,
             timed_out: false,
             init_failed: false,
             retries: 0,
@@ -1033,6 +1070,16 @@ mod tests {
         assert_eq!(
             settle(&hopeless, &ending(None)),
             [Fate::FailAll { why: Why::Died }, Fate::Requeue { died: 0 }]
+        );
+        // After inputs of the tasks finished (saved from the journal), a death between inputs
+        // is not held against the head: the map makes progress however often workers die.
+        let progressed = Ending {
+            progressed: true,
+            ..ending(None)
+        };
+        assert_eq!(
+            settle(&hopeless, &progressed),
+            [Fate::Requeue { died: 3 }, Fate::Requeue { died: 0 }]
         );
     }
 

@@ -101,6 +101,10 @@ pub(crate) struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
 
+    /// In a multi-node SLURM batch script: run only on these nodes (a list or hostlist, e.g. n[1-3])
+    #[arg(long, value_name = "LIST")]
+    pub(crate) nodes: Option<String>,
+
     /// COMMAND [ARGS...] [::: VALUE...] [:::: FILE...]
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub(crate) command: Vec<String>,
@@ -242,6 +246,8 @@ pub(crate) struct Config {
     pub(crate) threads_per_job: Option<NonZeroUsize>,
     /// `-v` count.
     pub(crate) verbose: u8,
+    /// `--nodes`: the nodes of a multi-node allocation to run on (a SLURM hostlist; multinode).
+    pub(crate) nodes: Option<String>,
     /// The command template.
     pub(crate) command: Template,
     /// The command as the user wrote it (for messages).
@@ -520,6 +526,16 @@ impl Config {
             stdout,
             threads_per_job,
             verbose: cli.verbose,
+            nodes: match cli.nodes {
+                Some(list) if list.trim().is_empty() => {
+                    return Err(ConfigError::InvalidValue {
+                        flag: "--nodes",
+                        value: list,
+                        reason: "an empty node list".into(),
+                    });
+                }
+                nodes => nodes,
+            },
             command,
             command_words,
             sources,

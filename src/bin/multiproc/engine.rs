@@ -114,6 +114,48 @@ pub(crate) trait Progress {
     fn finish(&mut self);
 }
 
+/// Where finished jobs go: the runner's [`Output`], or a multi-node agent's link back to its
+/// runner ([`crate::agent`]).
+pub(crate) trait Sink {
+    /// Job `seq` was handed out (in increasing seq order).
+    fn expect_up_to(&mut self, seq: u64);
+    /// A job ended; `stdout` and `stderr` are its streams as the runner holds them (a big one
+    /// still in its spill file, see [`crate::spill`]).
+    ///
+    /// # Errors
+    /// When its output cannot be written.
+    fn finished(
+        &mut self,
+        job: &Job,
+        outcome: &JobOutcome,
+        stdout: Held,
+        stderr: Held,
+    ) -> std::io::Result<()>;
+    /// The run is over: write what is still held.
+    ///
+    /// # Errors
+    /// As [`Sink::finished`].
+    fn flush_rest(&mut self) -> std::io::Result<()>;
+}
+
+impl Sink for Output {
+    fn expect_up_to(&mut self, seq: u64) {
+        Output::expect_up_to(self, seq)
+    }
+    fn finished(
+        &mut self,
+        job: &Job,
+        _: &JobOutcome,
+        stdout: Held,
+        stderr: Held,
+    ) -> std::io::Result<()> {
+        Output::finished(self, job, stdout, stderr)
+    }
+    fn flush_rest(&mut self) -> std::io::Result<()> {
+        Output::flush_rest(self)
+    }
+}
+
 /// No progress display.
 #[derive(Debug)]
 pub(crate) struct NoProgress;
@@ -200,7 +242,7 @@ struct Runner<'a> {
     /// Shared with the workers: set once the run stops.
     stop_flag: &'static AtomicU8,
     /// Prints finished jobs' output.
-    output: &'a mut Output,
+    output: &'a mut dyn Sink,
     /// The progress bar, or nothing.
     progress: &'a mut dyn Progress,
     /// Jobs for the workers.
@@ -240,7 +282,7 @@ pub(crate) fn run(
     opts: &EngineOpts,
     source: &mut dyn JobSource,
     expected: Option<usize>,
-    output: &mut Output,
+    output: &mut dyn Sink,
     progress: &mut dyn Progress,
 ) -> Result<Summary, Box<dyn std::error::Error>> {
     let stop_flag = shared_flag()?;
@@ -444,7 +486,7 @@ impl Runner<'_> {
         self.progress.suspend(&mut || {
             let (out, err) = (stdout.take(), stderr.take());
             if let (Some(out), Some(err)) = (out, err) {
-                res = output.finished(job, out, err);
+                res = output.finished(job, &outcome, out, err);
             }
         });
         res?;

@@ -61,6 +61,14 @@ mod quote;
 mod spill;
 mod template;
 
+// multinode (issue 14): the `plot` subcommand, the multi-node runner and its agents.
+mod agent;
+mod cluster;
+mod nodes;
+mod plot;
+mod proto;
+mod svg;
+
 use std::fs::{File, OpenOptions};
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
@@ -106,6 +114,16 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
+    // Subcommands (issue 14), chosen by the first argument only: `multiproc -- plot` runs a
+    // command named plot.
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == plot::SUBCOMMAND) {
+        return plot::main(argv.split_off(2));
+    }
+    if argv.get(1).is_some_and(|a| a == agent::SUBCOMMAND) {
+        argv.remove(1);
+        return agent::main(argv);
+    }
     let config = match Config::parse_from(std::env::args_os()) {
         Ok(c) => c,
         // Help and version go to stdout with status 0; usage errors to stderr with status 2.
@@ -426,6 +444,12 @@ fn open_joblog(cfg: &Config) -> Result<JoblogState, Failure> {
 
 /// The body of `main`: check, run, and pick the exit status.
 fn run(cfg: &Config) -> Result<ExitCode, Failure> {
+    // The batch script of a multi-node allocation: one agent per node (issue 14).
+    if !cfg.dry_run
+        && let Some(nodes) = nodes::allocation(cfg.nodes.as_deref())?
+    {
+        return cluster::run(cfg, &nodes);
+    }
     let (jobs, threads, explicit, why) = sizing(cfg)?;
     let env: Vec<(String, String)> = THREAD_VARS
         .iter()

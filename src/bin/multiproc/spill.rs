@@ -272,6 +272,22 @@ impl Held {
         }
     }
 
+    /// The whole stream in memory (a spilled file read back).
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub(crate) fn into_bytes(self) -> io::Result<Vec<u8>> {
+        match self {
+            Held::Bytes(b) => Ok(b),
+            Held::File(mut f) => {
+                let mut b = Vec::new();
+                f.seek(SeekFrom::Start(0))?;
+                io::Read::read_to_end(&mut f, &mut b)?;
+                Ok(b)
+            }
+        }
+    }
+
     /// Whether there is nothing to print.
     pub(crate) fn is_empty(&self) -> bool {
         match self {

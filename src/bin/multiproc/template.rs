@@ -11,6 +11,7 @@
 //! | `{/.}`  | the basename without its last extension                                        |
 //! | `{#}`   | the job's sequence number, 1-based                                             |
 //! | `{%}`   | the job's slot number, 1-based (a slot is reused by the next job)              |
+//! | `{host}` | the node the job runs on in a multi-node run (GNU's `{host}` of `--plus`: the host of its `--sshlogin`); `:` on one node, as GNU parallel's local host |
 //! | `{N}` `{N.}` `{N/}` `{N//}` `{N/.}` | the same, for input source N (1-based)             |
 //!
 //! With several input sources, `{}` (and `{.}` etc.) is every source's value, each transformed,
@@ -78,6 +79,16 @@ pub(crate) enum Replacement {
     Seq,
     /// `{%}`: the job's slot number.
     Slot,
+    /// `{host}`: the node the job runs on ([`set_host`]; `:` when not set).
+    Host,
+}
+
+/// The value of `{host}` in this process: set once by a multi-node agent to its node's name.
+static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets `{host}` for every job this process makes (a multi-node agent, once, at its start).
+pub(crate) fn set_host(name: &str) {
+    let _ = HOST.set(name.to_owned());
 }
 
 impl fmt::Display for Replacement {
@@ -90,6 +101,7 @@ impl fmt::Display for Replacement {
             } => write!(f, "{{{n}{}}}", op.suffix()),
             Replacement::Seq => f.write_str("{#}"),
             Replacement::Slot => f.write_str("{%}"),
+            Replacement::Host => f.write_str("{host}"),
         }
     }
 }
@@ -264,6 +276,7 @@ fn replacement_value(r: Replacement, job: &JobValues<'_>) -> String {
     match r {
         Replacement::Seq => job.seq.to_string(),
         Replacement::Slot => job.slot.to_string(),
+        Replacement::Host => HOST.get().map_or(":", String::as_str).to_owned(),
         Replacement::Input { source: None, op } => job
             .args
             .iter()
@@ -366,6 +379,7 @@ fn parse_replacement(inner: &str) -> Option<Replacement> {
     match inner {
         "#" => return Some(Replacement::Seq),
         "%" => return Some(Replacement::Slot),
+        "host" => return Some(Replacement::Host),
         _ => {}
     }
     let digits = inner.bytes().take_while(u8::is_ascii_digit).count();
@@ -511,6 +525,14 @@ mod tests {
         // GNU: `parallel echo {#} ::: a b` prints 1 and 2, not "1 a".
         assert_eq!(argv(&["echo", "{#}"], &["a"]), ["echo", "7"]);
         assert_eq!(argv(&["echo", "{%}"], &["a"]), ["echo", "2"]);
+    }
+
+    #[test]
+    fn host_is_a_colon_on_one_node() {
+        // GNU (`--plus`): `parallel --plus echo {host} ::: a` prints ":" for the local host.
+        // A multi-node agent sets it to its node (checked by scripts/slurm/test-multi.sh).
+        assert_eq!(argv(&["echo", "{host}"], &["a"]), ["echo", ":"]);
+        assert_eq!(argv(&["echo", "x{host}y"], &["a"]), ["echo", "x:y"]);
     }
 
     #[test]
