@@ -105,6 +105,12 @@ fn rank_checks() -> Result<(), String> {
         .collect::<multiproc::Result<_>>()
         .map_err(e)?;
     ensure(got == want[..20], || "apply_async".into())?;
+    let got = pool
+        .map_async(square, 0..1000u64)
+        .map_err(e)?
+        .get()
+        .map_err(e)?;
+    ensure(got == want, || "map_async".into())?;
     ensure(
         pool.starmap(|a: u64, b: u64| a * b, vec![(2, 3), (4, 5)])
             .map_err(e)?
