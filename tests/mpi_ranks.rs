@@ -9,7 +9,8 @@
 //! With `MULTIPROC_MPI_SLURM=1` it also runs the checks in `sbatch -N 2` (see `two_nodes`).
 //!
 //! The launched copies find their role in `MULTIPROC_MPI_CHECK`: `pool` (the checks), `die`
-//! (a task ends its rank: the job must end non-zero, not hang), `single` (run without mpirun:
+//! (a task ends its rank: the job must end non-zero, not hang), `master-panics` (rank 0 panics
+//! with a task running: the same), `single` (run without mpirun:
 //! `init` must refuse a world of one rank), `mismatch` (the same with `PMI_SIZE=3`, as under
 //! another MPI's launcher: `init` must name the mismatch).
 
@@ -45,6 +46,7 @@ fn main() {
     match std::env::var(ROLE).as_deref() {
         Ok("pool") => exit_with(rank_checks()),
         Ok("die") => exit_with(rank_dies()),
+        Ok("master-panics") => master_panics(),
         Ok("single") => exit_with(single_rank("1 rank")),
         Ok("mismatch") => exit_with(single_rank("but the launcher started 3 (PMI_SIZE=3)")),
         _ => drive(),
@@ -255,6 +257,14 @@ fn rank_dies() -> Result<(), String> {
     Err(format!("the job survived a rank's death: {r:?}"))
 }
 
+/// Rank 0 panics with the pool alive: unwinding drops the pool (the ranks end, MPI is
+/// finalized), and the job ends non-zero instead of hanging.
+fn master_panics() {
+    let pool = MpiPool::init().expect("init");
+    let _busy = pool.apply_async(|()| std::thread::sleep(Duration::from_secs(600)), ());
+    panic!("the master gives up");
+}
+
 /// Without a launcher the world has one rank: `init` refuses it, saying `why` (a world of one,
 /// or one that differs from the size a launcher announced: a build against another MPI).
 fn single_rank(why: &str) -> Result<(), String> {
@@ -349,6 +359,11 @@ fn drive() {
     assert!(
         !status.success() && !text.contains("survived"),
         "a rank's death: {status}\n{text}"
+    );
+    let (status, text) = mpirun("master-panics");
+    assert!(
+        !status.success() && text.contains("the master gives up"),
+        "rank 0 panicking: {status}\n{text}"
     );
     if std::env::var("MULTIPROC_MPI_SLURM").as_deref() == Ok("1") {
         two_nodes();
