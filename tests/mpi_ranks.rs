@@ -126,6 +126,16 @@ fn rank_checks() -> Result<(), String> {
         || "map_with".into(),
     )?;
 
+    // Shared memory cannot cross ranks: that input fails, the pool goes on.
+    let shared = multiproc::SharedArray::<u32>::new(4).map_err(e)?;
+    let out = pool
+        .map_results(|a: multiproc::SharedArray<u32>| a.len(), vec![shared])
+        .map_err(e)?;
+    ensure(out.len() == 1 && out[0].is_err(), || {
+        format!("a SharedArray sent to a rank gave {out:?}")
+    })?;
+    println!("a SharedArray sent to a rank: {:?}", out[0]);
+
     chunking(&pool)?;
     a_panic(&pool)?;
     big_payloads(&pool)?;
