@@ -168,6 +168,11 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The MPI job is not what an `MpiPool` needs (feature `mpi`, see `docs/mpi.md`):
+    /// a world of one rank, MPI already initialized, or too little thread support.
+    #[error("MPI: {0}")]
+    Mpi(String),
+
     /// A value could not be encoded or decoded on the wire.
     #[error("wire codec: {0}")]
     Codec(#[from] CodecError),

@@ -35,6 +35,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -239,10 +240,20 @@ pub(crate) fn attached() -> usize {
         .map_or(0, |f| f.n + OUT_LEN.with(Cell::get) - f.base)
 }
 
+/// Set once this process is part of an MPI job (`crate::mpi`): messages may then cross nodes,
+/// where no descriptor can go, so no value attaches one (a `PodVec` travels as its bytes).
+static INLINE_ONLY: AtomicBool = AtomicBool::new(false);
+
+/// From now on, no value encoded by this process attaches a descriptor (see `INLINE_ONLY`).
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+pub(crate) fn set_inline_only() {
+    INLINE_ONLY.store(true, Ordering::Relaxed);
+}
+
 /// Whether a descriptor can be attached to the message being encoded on this thread.
 #[inline]
 pub(crate) fn can_attach() -> bool {
-    OUT_FRAME.with(Cell::get).is_some()
+    OUT_FRAME.with(Cell::get).is_some() && !INLINE_ONLY.load(Ordering::Relaxed)
 }
 
 /// Attaches `fd` to the message being encoded on this thread; returns its index.

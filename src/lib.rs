@@ -173,6 +173,8 @@ mod error;
 mod fdpass;
 mod fork;
 mod liveness;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 mod panic;
 mod pipe;
 mod pool;

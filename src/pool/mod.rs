@@ -36,6 +36,9 @@ mod trace;
 mod transport;
 mod worker;
 
+#[cfg(feature = "mpi")]
+pub(crate) use self::start::mpi as mpi_start;
+
 #[cfg(test)]
 mod test;
 
@@ -398,6 +401,12 @@ impl PoolBuilder {
     /// `task_timeout(0)`, `chunksize(0)` or a `max_message_bytes` of 0 or over the maximum;
     /// [`Error::InvalidEnv`] from [`cpu_count`](crate::cpu_count); [`Error::Io`] if a fork fails.
     pub fn build(self) -> Result<Pool> {
+        self.build_with(None)
+    }
+
+    /// [`build`](PoolBuilder::build), with workers started by `starter` (the MPI ranks of
+    /// `crate::mpi`) instead of the pool's start method.
+    pub(crate) fn build_with(self, starter: Option<Box<dyn self::start::Starter>>) -> Result<Pool> {
         let processes = match self.processes {
             Some(0) => {
                 return Err(Error::invalid_arg(
@@ -439,7 +448,10 @@ impl PoolBuilder {
         } else {
             None
         };
-        let method = self::start::resolve(self.start_method)?;
+        let method = match starter {
+            Some(_) => StartMethod::Fork,
+            None => self::start::resolve(self.start_method)?,
+        };
         if method == StartMethod::ForkServer
             && self
                 .initializer
@@ -463,7 +475,10 @@ impl PoolBuilder {
                 initializer: self.initializer,
                 thread_env,
             },
-            self::start::starter(method)?,
+            match starter {
+                Some(starter) => starter,
+                None => self::start::starter(method)?,
+            },
             book.clone(),
         )?;
         Ok(Pool {

@@ -380,7 +380,9 @@ pub(crate) fn run(mut s: Setup) -> i32 {
     }
 }
 
-fn serve(s: &mut Setup) -> crate::Result<()> {
+/// The worker loop proper: runs the orders that come over `s.end` until a stop order or the end
+/// of the socket (also the loop of an MPI worker rank, which is no forked child).
+pub(crate) fn serve(s: &mut Setup) -> crate::Result<()> {
     let mut ctx = CtxCache::default();
     let mut done = 0u64;
     while let Some(order) = s.end.next_order(SPIN)? {

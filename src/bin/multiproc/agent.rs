@@ -230,6 +230,7 @@ fn run(cfg: &Config, node: &str) -> Result<ExitCode, Box<dyn std::error::Error>>
         joblog: Some("/dev/null".into()),
         output: cfg.extras.output,
         sched: cfg.extras.sched.clone(),
+        print_jobs: cfg.extras.print_jobs,
     };
     let mut source = FromRunner {
         jobs: Jobs::for_config(cfg),

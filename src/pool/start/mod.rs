@@ -18,6 +18,11 @@
 //! `transport`), the same for every starter. Another backend (MPI ranks) is one more
 //! implementation of these two traits.
 
+#[cfg(feature = "mpi")]
+pub(crate) mod mpi;
+#[cfg(feature = "mpi")]
+mod mpi_bridge;
+
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};

@@ -1,0 +1,431 @@
+//! The MPI bridge: the one thread of each rank that calls MPI, carrying the pool's frames between
+//! local stream sockets and MPI messages.
+//!
+//! ```text
+//!  rank 0                                              rank r ≥ 1
+//!  Scheduler ─Link═socket═┐                        ┌═socket═ worker loop (worker::serve)
+//!  Scheduler ─Link═socket═┤ hub ◀──MPI messages──▶ spoke
+//!                 death ◀─┘ (one thread)          (one thread)
+//! ```
+//!
+//! The bridge knows nothing of frames: it moves the bytes of each socket, in order, as `DATA`
+//! messages (at most [`CHUNK`] bytes each; MPI keeps the order of messages between two ranks).
+//! No descriptor crosses: the process encodes inline only (`fdpass::set_inline_only`).
+//!
+//! Ending a rank: the hub sends `STOP` (the pool killed the worker), or the worker loop ends
+//! (the pool's stop order) and closes its socket. Either way the spoke sends `BYE` with the
+//! rank's exit code (`-signal` when stopped), the hub answers `FIN`, and the spoke drains every
+//! message up to `FIN`, so that no send of the hub waits on a rank that is gone. Then the rank
+//! finalizes MPI and exits. The hub finalizes once every rank has said `BYE` (on shutdown).
+//!
+//! No deadlock: the hub never blocks in a send (immediate sends, completed while it keeps
+//! receiving), so a spoke's blocking send always completes.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+
+use crate::sys::{self, Interest};
+
+/// Bytes of a socket's stream.
+const TAG_DATA: i32 = 1;
+/// Hub to rank: end now (the body: the signal the pool asked for, `i32` little-endian).
+const TAG_STOP: i32 = 2;
+/// Rank to hub: the rank's worker ended (the body: its exit code, `i32` little-endian).
+const TAG_BYE: i32 = 3;
+/// Hub to rank: nothing follows.
+const TAG_FIN: i32 = 4;
+
+/// The most bytes of a socket carried in one message.
+const CHUNK: usize = 8 << 20;
+/// How long the bridge keeps looking without sleeping after it moved something.
+const SPIN: Duration = Duration::from_micros(500);
+/// The longest sleep between two looks at MPI (messages are seen by probing).
+const NAP: Duration = Duration::from_millis(1);
+/// How long the hub waits for the ranks to end once the pool is gone, before it aborts the job.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
+
+/// What the rank-0 side of the pool asks of the hub.
+pub(super) enum Cmd {
+    /// Carry the bytes of `sock` (the worker's end of a scheduler link) to and from `rank`, and
+    /// write the rank's exit code to `death` once it has ended.
+    Attach {
+        rank: i32,
+        sock: UnixStream,
+        death: UnixStream,
+    },
+    /// End `rank` now (it reports `-signal` as its code).
+    Stop { rank: i32, signal: i32 },
+    /// End every rank, wait for them, and return (MPI is finalized after).
+    Shutdown,
+}
+
+/// Bytes waiting to be written to a socket.
+#[derive(Default)]
+struct Outbox {
+    chunks: VecDeque<Vec<u8>>,
+    pos: usize,
+}
+
+impl Outbox {
+    fn push(&mut self, data: Vec<u8>) {
+        if !data.is_empty() {
+            self.chunks.push_back(data);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Writes what the socket takes now; an error means the reader is gone.
+    fn write_to(&mut self, sock: &mut UnixStream) -> std::io::Result<()> {
+        while let Some(front) = self.chunks.front() {
+            match sock.write(&front[self.pos..]) {
+                Ok(n) => {
+                    self.pos += n;
+                    if self.pos == front.len() {
+                        self.chunks.pop_front();
+                        self.pos = 0;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads what a non-blocking socket holds now (up to `limit` bytes); `true` at its end.
+fn read_available(sock: &mut UnixStream, limit: usize) -> (Vec<u8>, bool) {
+    let mut buf = Vec::new();
+    loop {
+        let want = (limit - buf.len()) as u64;
+        // `take` stops at the limit or at the end of the stream; the bytes read before an error
+        // stay in `buf`.
+        match Read::by_ref(sock).take(want).read_to_end(&mut buf) {
+            Ok(_) => {
+                let end = buf.len() < limit;
+                return (buf, end);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // WouldBlock: all there is for now; another error: the peer is gone.
+            Err(e) => return (buf, e.kind() != ErrorKind::WouldBlock),
+        }
+    }
+}
+
+fn code_bytes(code: i32) -> Vec<u8> {
+    code.to_le_bytes().to_vec()
+}
+
+fn code_of(body: &[u8]) -> i32 {
+    body.get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(-9, i32::from_le_bytes)
+}
+
+/// How long to sleep after `idle` without traffic: not at all for [`SPIN`], then a quarter of
+/// the idle time, up to [`NAP`] (messages are seen only by probing: short naps while traffic is
+/// recent, few wake-ups when it is not).
+fn nap_after(idle: Duration) -> Duration {
+    if idle < SPIN {
+        Duration::ZERO
+    } else {
+        (idle / 4).min(NAP)
+    }
+}
+
+/// Sleeps until one of `fds` is ready, or at most `nap` (zero: just look).
+fn wait_for(fds: &[(std::os::fd::BorrowedFd<'_>, Interest)], nap: Duration) {
+    if nap.is_zero() {
+        std::thread::yield_now();
+    }
+    let _ = sys::poll_many(fds, Some(Instant::now() + nap));
+}
+
+/// The hub's view of one worker rank.
+#[derive(Default)]
+struct RankState {
+    /// The socket to the scheduler and where to report the end; `None` before `Attach` and
+    /// after the end was reported.
+    link: Option<(UnixStream, UnixStream)>,
+    to_sched: Outbox,
+    /// The scheduler closed its end: nothing more to read.
+    sched_gone: bool,
+    stop_sent: bool,
+    /// The code the rank ended with (its `BYE`).
+    ended: Option<i32>,
+    fin_sent: bool,
+}
+
+/// Messages for the ranks: (rank, tag, body).
+type Sends = Vec<(i32, i32, Vec<u8>)>;
+
+/// The hub: rank 0's bridge. Returns on [`Cmd::Shutdown`] (or when the pool side is gone) once
+/// every rank has ended.
+pub(super) fn hub(world: &SimpleCommunicator, cmds: Receiver<Cmd>, mut wake: UnixStream) {
+    let mut ranks: Vec<RankState> = (0..world.size()).map(|_| RankState::default()).collect();
+    let mut shutdown_by: Option<Instant> = None;
+    let mut last_moved = Instant::now();
+    // What was read while the previous messages were in flight goes first.
+    let mut sends = Sends::new();
+    loop {
+        let _ = read_available(&mut wake, 1 << 12);
+        take_commands(&cmds, &mut ranks, &mut sends, &mut shutdown_by);
+        read_links(&mut ranks, &mut sends);
+        for (r, st) in ranks.iter_mut().enumerate().skip(1) {
+            if st.ended.is_some() && !st.fin_sent {
+                st.fin_sent = true;
+                sends.push((r as i32, TAG_FIN, Vec::new()));
+            }
+        }
+        let moved = !sends.is_empty();
+        sends = exchange(world, &mut ranks, std::mem::take(&mut sends));
+        let received = receive(world, &mut ranks);
+        // A rank that has said goodbye gets nothing but its FIN.
+        sends.retain(|(r, _, _)| ranks[*r as usize].ended.is_none());
+        report_ends(&mut ranks);
+        if let Some(limit) = shutdown_by {
+            if ranks
+                .iter()
+                .skip(1)
+                .all(|st| st.fin_sent && st.link.is_none())
+            {
+                return;
+            }
+            if Instant::now() > limit {
+                eprintln!(
+                    "multiproc: MPI worker ranks did not end within {SHUTDOWN_LIMIT:?} of the \
+                     pool's end; aborting the MPI job"
+                );
+                world.abort(70);
+            }
+        }
+        if moved || received || !sends.is_empty() {
+            last_moved = Instant::now();
+        }
+        let nap = nap_after(last_moved.elapsed());
+        wait_hub(&ranks, &wake, nap);
+    }
+}
+
+/// Applies the pool side's commands.
+fn take_commands(
+    cmds: &Receiver<Cmd>,
+    ranks: &mut [RankState],
+    sends: &mut Sends,
+    shutdown_by: &mut Option<Instant>,
+) {
+    loop {
+        match cmds.try_recv() {
+            Ok(Cmd::Attach { rank, sock, death }) => {
+                ranks[rank as usize].link = Some((sock, death));
+            }
+            Ok(Cmd::Stop { rank, signal }) => stop(ranks, rank, signal, sends),
+            Ok(Cmd::Shutdown) | Err(TryRecvError::Disconnected) => {
+                shutdown_by.get_or_insert(Instant::now() + SHUTDOWN_LIMIT);
+                for r in 1..ranks.len() as i32 {
+                    stop(ranks, r, 9, sends);
+                }
+                return;
+            }
+            Err(TryRecvError::Empty) => return,
+        }
+    }
+}
+
+/// Reads what the scheduler wrote to the ranks' sockets, appending to a rank's last `DATA`
+/// message in `sends` while it is under [`CHUNK`] bytes.
+fn read_links(ranks: &mut [RankState], sends: &mut Sends) {
+    for (r, st) in ranks.iter_mut().enumerate().skip(1) {
+        let Some((sock, _)) = st.link.as_mut().filter(|_| !st.sched_gone) else {
+            continue;
+        };
+        let r = r as i32;
+        let open = sends
+            .iter()
+            .rposition(|(to, _, _)| *to == r)
+            .filter(|&i| sends[i].1 == TAG_DATA && sends[i].2.len() < CHUNK);
+        let room = open.map_or(CHUNK, |i| CHUNK - sends[i].2.len());
+        let (data, end) = read_available(sock, room);
+        st.sched_gone |= end;
+        if data.is_empty() || st.ended.is_some() {
+            continue;
+        }
+        match open {
+            Some(i) => sends[i].2.extend_from_slice(&data),
+            None => sends.push((r, TAG_DATA, data)),
+        }
+    }
+}
+
+/// Sleeps until the pool side or a socket needs the hub, or `nap` passes.
+fn wait_hub(ranks: &[RankState], wake: &UnixStream, nap: Duration) {
+    let mut fds = vec![(std::os::fd::AsFd::as_fd(wake), Interest::Read)];
+    for st in ranks {
+        if let Some((sock, _)) = &st.link {
+            let io = if st.to_sched.is_empty() {
+                Interest::Read
+            } else {
+                Interest::ReadWrite
+            };
+            if !st.sched_gone || io == Interest::ReadWrite {
+                fds.push((std::os::fd::AsFd::as_fd(sock), io));
+            }
+        }
+    }
+    wait_for(&fds, nap);
+}
+
+/// Queues a `STOP` for `rank` unless it has ended or was stopped already.
+fn stop(ranks: &mut [RankState], rank: i32, signal: i32, sends: &mut Sends) {
+    let st = &mut ranks[rank as usize];
+    if st.ended.is_none() && !st.stop_sent {
+        st.stop_sent = true;
+        sends.push((rank, TAG_STOP, code_bytes(signal)));
+    }
+}
+
+/// Sends `sends` with immediate sends and, until all have completed, receives and reads the
+/// sockets on: returns what it read meanwhile (the next messages).
+fn exchange(world: &SimpleCommunicator, ranks: &mut [RankState], sends: Sends) -> Sends {
+    let mut next = Sends::new();
+    if sends.is_empty() {
+        return next;
+    }
+    mpi::request::scope(|scope| {
+        let mut pending: Vec<_> = sends
+            .iter()
+            .map(|(rank, tag, body)| {
+                Some(
+                    world
+                        .process_at_rank(*rank)
+                        .immediate_send_with_tag(scope, &body[..], *tag),
+                )
+            })
+            .collect();
+        loop {
+            for p in pending.iter_mut() {
+                if let Some(req) = p.take() {
+                    if let Err(req) = req.test() {
+                        *p = Some(req);
+                    }
+                }
+            }
+            if pending.iter().all(Option::is_none) {
+                return;
+            }
+            receive(world, ranks);
+            flush(ranks);
+            read_links(ranks, &mut next);
+            std::thread::yield_now();
+        }
+    });
+    next
+}
+
+/// Receives every message that has arrived; `true` if there was one.
+fn receive(world: &SimpleCommunicator, ranks: &mut [RankState]) -> bool {
+    let mut any = false;
+    while let Some(probed) = world.any_process().immediate_matched_probe() {
+        any = true;
+        let (body, status) = probed.matched_receive_vec::<u8>();
+        let Some(st) = ranks.get_mut(status.source_rank() as usize) else {
+            continue;
+        };
+        match status.tag() {
+            TAG_DATA => st.to_sched.push(body),
+            TAG_BYE => st.ended = Some(code_of(&body)),
+            _ => {}
+        }
+    }
+    any
+}
+
+/// Writes what the scheduler's sockets take.
+fn flush(ranks: &mut [RankState]) {
+    for st in ranks.iter_mut() {
+        if let Some((sock, _)) = st.link.as_mut() {
+            if st.to_sched.write_to(sock).is_err() {
+                // The scheduler closed its end: nobody reads these bytes.
+                st.to_sched = Outbox::default();
+                st.sched_gone = true;
+            }
+        }
+    }
+}
+
+/// Flushes, then reports the ranks that ended and whose bytes were all written: their exit code
+/// goes to the death socket, and both sockets close.
+fn report_ends(ranks: &mut [RankState]) {
+    flush(ranks);
+    for st in ranks.iter_mut() {
+        let Some(code) = st.ended else { continue };
+        if !st.to_sched.is_empty() {
+            continue;
+        }
+        if let Some((sock, mut death)) = st.link.take() {
+            let _ = sock.shutdown(Shutdown::Both);
+            let _ = death.write_all(&code.to_le_bytes());
+        }
+    }
+}
+
+/// The spoke: a worker rank's bridge between `sock` (the worker loop's socket) and the hub.
+/// Returns the rank's exit code once the hub has acknowledged its end (`-signal` when the hub
+/// stopped it).
+pub(super) fn spoke(world: &SimpleCommunicator, mut sock: UnixStream) -> i32 {
+    let hub = world.process_at_rank(0);
+    let mut to_worker = Outbox::default();
+    let mut last_moved = Instant::now();
+    let mut worker_gone = false;
+    let code = 'run: loop {
+        let mut moved = false;
+        while let Some(probed) = hub.immediate_matched_probe() {
+            moved = true;
+            let (body, status) = probed.matched_receive_vec::<u8>();
+            match status.tag() {
+                TAG_DATA => to_worker.push(body),
+                TAG_STOP => break 'run -code_of(&body),
+                _ => {}
+            }
+        }
+        if !worker_gone && to_worker.write_to(&mut sock).is_err() {
+            worker_gone = true;
+        }
+        let (data, end) = read_available(&mut sock, CHUNK);
+        if !data.is_empty() {
+            moved = true;
+            hub.send_with_tag(&data[..], TAG_DATA);
+        }
+        if end {
+            break 0;
+        }
+        if moved {
+            last_moved = Instant::now();
+        }
+        let nap = nap_after(last_moved.elapsed());
+        let io = if to_worker.is_empty() || worker_gone {
+            Interest::Read
+        } else {
+            Interest::ReadWrite
+        };
+        wait_for(&[(std::os::fd::AsFd::as_fd(&sock), io)], nap);
+    };
+    hub.send_with_tag(&code_bytes(code)[..], TAG_BYE);
+    loop {
+        let (_, status) = hub.matched_probe().matched_receive_vec::<u8>();
+        if status.tag() == TAG_FIN {
+            return code;
+        }
+    }
+}
