@@ -18,4 +18,6 @@ done
 # The multiproc command under SLURM, including the job that hits its time limit (~2-3 min);
 # only where a SLURM node is up (.ci/run starts one), else it prints why it skipped.
 MULTIPROC_SLURM_SLOW=1 cargo test --release --test slurm -- --nocapture
+# Across two nodes (start.sh --nodes 2), with the two-node time-limit-then-resume case (~2 min).
+MULTIPROC_SLURM_SLOW=1 cargo test --release --test slurm_multi -- --nocapture
 cargo bench --no-run

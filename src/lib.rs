@@ -66,9 +66,9 @@
 //! # Ok::<(), multiproc::Error>(())
 //! ```
 //!
-//! Size a pool of workers from the job's allocation: [`cpu_budget`] reads
-//! `SLURM_CPUS_PER_TASK` (and, in a one-node job, `SLURM_CPUS_ON_NODE` or
-//! `SLURM_JOB_CPUS_PER_NODE`), capped by the CPUs the process may really use.
+//! Size a pool of workers from the job's allocation: [`cpu_budget`] reads the task's share
+//! (`SLURM_CPUS_PER_TASK`) inside a job step, the job's CPUs on this node (`SLURM_CPUS_ON_NODE`,
+//! ...) in the batch script, capped by the CPUs the process may really use.
 //!
 //! ```
 //! let budget = multiproc::cpu_budget()?;
@@ -163,6 +163,7 @@ mod children;
 mod error;
 mod fdpass;
 mod fork;
+mod liveness;
 mod panic;
 mod pipe;
 mod pool;
@@ -180,16 +181,19 @@ mod fuzz;
 pub use crate::children::{CurrentProcess, active_children, current_process};
 pub use crate::error::{CodecError, Error, RemotePanic, Result};
 pub use crate::pipe::{Connection, PipeReceiver, PipeSender, pipe, pipe_oneway};
-pub use crate::pool::{AsyncResult, IMap, Pool, PoolBuilder, StarFn};
+pub use crate::pool::{AsCompleted, AsyncResult, IMap, Pool, PoolBuilder, StarFn, as_completed};
 pub use crate::process::{JoinHandle, Process, spawn};
 pub use crate::queue::{DEFAULT_QUEUE_CAPACITY, JoinableQueue, Queue, QueueIter};
-pub use crate::shm::{ArrayGuard, Pod, PodVec, SharedArray, SharedValue, ValueGuard};
+pub use crate::shm::{ArrayGuard, Pod, PodVec, SharedArray, SharedValue, ValueGuard, Zeroable};
 pub use crate::sizing::{CpuBudget, CpuSource, cpu_budget, cpu_budget_with, cpu_count};
 pub use crate::sync::{
     AcquireError, AcquireResult, Barrier, Condition, ConditionGuard, Event, Lock, LockGuard, RLock,
     RLockGuard, Semaphore, SemaphoreGuard,
 };
 pub use crate::wire::MAX_MESSAGE_BYTES;
+/// The `bytemuck` crate that [`Pod`] and [`Zeroable`] come from, for its casts and for
+/// `#[bytemuck(crate = "multiproc::bytemuck")]` on a derive in a crate that does not depend on it.
+pub use bytemuck;
 
 // The README's tour is compiled and run as a doctest.
 #[doc = include_str!("../README.md")]

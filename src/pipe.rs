@@ -2,8 +2,9 @@
 //! `multiprocessing.Pipe`, that also carry file descriptors, so a [`SharedArray`], a sync
 //! primitive or a big [`PodVec`] can be handed to a process that is already running.
 //!
-//! Each message is a frame: a 16-byte header (body length, descriptor count) sent with the
-//! message's descriptors attached (`SCM_RIGHTS`), then the body, a [`crate::wire`] encoding.
+//! Each message is a [`crate::wire`] frame (length prefix, then body, read by
+//! [`FrameBuf`]) whose body is the descriptor count (`u32`, little-endian), then the value's
+//! encoding; the message's descriptors are attached (`SCM_RIGHTS`) to its first byte.
 //!
 //! [`SharedArray`]: crate::SharedArray
 //! [`PodVec`]: crate::PodVec
@@ -20,15 +21,16 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::fdpass;
-use crate::queue::holders::own_start_time;
+use crate::liveness::own_start_time;
 use crate::sys::mem::SharedMapping;
 use crate::sys::socket::{self, MAX_FDS};
 use crate::sys::{self, process_alive};
-use crate::wire::MAX_MESSAGE_BYTES;
+use crate::wire::{Body, FrameBuf, LEN_BYTES, frame_len};
 
 /// How often a blocked receiver checks whether the other end's process is still alive.
 const TICK: Duration = Duration::from_millis(50);
-const HEADER: usize = 16;
+/// The frame's length prefix and the descriptor count.
+const HEADER: usize = LEN_BYTES + 4;
 /// Small bodies go in the same `send` as their header.
 const COALESCE_MAX: usize = 64 << 10;
 /// The user of an end dropped it.
@@ -87,15 +89,6 @@ impl Liveness {
     }
 }
 
-#[derive(Debug, Default)]
-struct RecvState {
-    header: [u8; HEADER],
-    header_len: usize,
-    fds: Vec<OwnedFd>,
-    body: Vec<u8>,
-    body_len: usize,
-}
-
 /// One end of a pipe, untyped.
 #[derive(Debug)]
 struct End {
@@ -103,7 +96,7 @@ struct End {
     side: usize,
     live: Arc<Liveness>,
     send: Mutex<()>,
-    recv: Mutex<RecvState>,
+    recv: Mutex<FrameBuf>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -128,8 +121,8 @@ impl End {
         }
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let mut header = [0u8; HEADER];
-        header[..8].copy_from_slice(&(body.len() as u64).to_le_bytes());
-        header[8..12].copy_from_slice(&(raw.len() as u32).to_le_bytes());
+        header[..LEN_BYTES].copy_from_slice(&frame_len(4 + body.len()));
+        header[LEN_BYTES..].copy_from_slice(&(raw.len() as u32).to_le_bytes());
         self.live.claim(self.side);
         let _g = locked(&self.send);
         let wait = &mut || self.wait_writable();
@@ -162,64 +155,30 @@ impl End {
     fn recv<T: DeserializeOwned>(&self, deadline: Option<Instant>) -> Result<T> {
         self.live.claim(self.side);
         let (body, fds) = self.recv_frame(deadline)?;
-        fdpass::decode_with_fds(&body, fds)
+        fdpass::decode_with_fds(body.bytes(), fds)
     }
 
-    fn recv_frame(&self, deadline: Option<Instant>) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+    /// The next message: its encoded value and its descriptors.
+    fn recv_frame(&self, deadline: Option<Instant>) -> Result<(Body, Vec<OwnedFd>)> {
         let started = Instant::now();
-        let mut st = locked(&self.recv);
-        while st.header_len < HEADER {
+        let mut rx = locked(&self.recv);
+        let body = loop {
+            if let Some(body) = rx.next()? {
+                break body;
+            }
             self.wait(deadline, started)?;
-            let RecvState {
-                header,
-                header_len,
-                fds,
-                ..
-            } = &mut *st;
-            let n = socket::recv_with_fds(self.fd.as_fd(), &mut header[*header_len..], fds)?;
-            if n == 0 {
-                let mid = st.header_len > 0;
-                *st = RecvState::default();
-                return Err(closed(mid));
+            if rx.fill(self.fd.as_fd(), true)? == Some(0) {
+                return Err(closed(rx.has_partial()));
             }
-            st.header_len += n;
-            if st.header_len == HEADER {
-                let len = u64::from_le_bytes(st.header[..8].try_into().expect("8 bytes"));
-                if len > MAX_MESSAGE_BYTES as u64 {
-                    *st = RecvState::default();
-                    return Err(Error::TooLarge {
-                        size: usize::try_from(len).unwrap_or(usize::MAX),
-                        limit: MAX_MESSAGE_BYTES,
-                    });
-                }
-                st.body = vec![0u8; len as usize];
-                st.body_len = 0;
-            }
-        }
-        while st.body_len < st.body.len() {
-            self.wait(deadline, started)?;
-            let RecvState {
-                body,
-                body_len,
-                fds,
-                ..
-            } = &mut *st;
-            let n = socket::recv_with_fds(self.fd.as_fd(), &mut body[*body_len..], fds)?;
-            if n == 0 {
-                *st = RecvState::default();
-                return Err(closed(true));
-            }
-            st.body_len += n;
-        }
-        let st = std::mem::take(&mut *st);
-        let want = u32::from_le_bytes(st.header[8..12].try_into().expect("4 bytes")) as usize;
-        if st.fds.len() != want {
-            return Err(Error::io(
-                "receiving descriptors",
-                std::io::Error::other(format!("expected {want}, got {}", st.fds.len())),
+        };
+        let Some(count) = body.bytes().get(..4) else {
+            return Err(Error::Disconnected(
+                "a message without its header arrived".into(),
             ));
-        }
-        Ok((st.body, st.fds))
+        };
+        let want = u32::from_le_bytes(count.try_into().expect("4 bytes"));
+        let fds = rx.take_fds(want)?;
+        Ok((body.skip(4), fds))
     }
 
     /// Waits until the socket is readable; checks the peer's process every [`TICK`].
@@ -252,11 +211,9 @@ impl End {
     }
 
     fn poll(&self, timeout: Duration) -> Result<bool> {
-        let st = locked(&self.recv);
-        if st.header_len == HEADER && st.body_len == st.body.len() && !st.body.is_empty() {
+        if locked(&self.recv).has_frame() {
             return Ok(true);
         }
-        drop(st);
         sys::wait_readable(self.fd.as_fd(), Some(Instant::now() + timeout))
     }
 }
@@ -283,7 +240,7 @@ fn pair() -> Result<(End, End)> {
         side,
         live: Arc::clone(&live),
         send: Mutex::new(()),
-        recv: Mutex::new(RecvState::default()),
+        recv: Mutex::new(FrameBuf::default()),
     };
     Ok((end(a, 0), end(b, 1)))
 }

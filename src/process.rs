@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use crate::children;
 use crate::error::{Error, RemotePanic, Result};
 use crate::fork::fork_child;
+use crate::liveness::JoiningGuard;
 use crate::panic;
-use crate::queue::holders::JoiningGuard;
 use crate::sys::{self, ExitStatus, Pid, lineage};
 use crate::wire::{self, FrameReader};
 
@@ -210,7 +210,9 @@ impl Process {
     }
 
     fn join_deadline(&self, deadline: Option<Instant>) -> Result<bool> {
-        let _joining = self.pid().map(|pid| JoiningGuard::new(Pid::from_raw(pid)));
+        let _joining = self
+            .pid()
+            .map(|pid| JoiningGuard::new(Pid::from_raw(pid), deadline));
         loop {
             // Wait on a duplicate of the pidfd so that other threads can signal meanwhile.
             let pidfd = {
@@ -482,7 +484,7 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     fn finish(&mut self, deadline: Option<Instant>) -> Result<R> {
         if self.answer.is_none() {
             let frame = {
-                let _joining = JoiningGuard::new(Pid::from_raw(self.pid()));
+                let _joining = JoiningGuard::new(Pid::from_raw(self.pid()), deadline);
                 self.reader.read(self.rx.as_fd(), deadline)
             };
             self.answer = Some(match frame {

@@ -1,11 +1,15 @@
 //! The wire format: how values travel between processes.
 //!
 //! A value is encoded with [postcard](https://docs.rs/postcard) (compact, not self-describing).
-//! Over a byte stream (a pipe), a message is a frame: an 8-byte little-endian length, then that
-//! many bytes of body. Every transport in the crate goes through this module, so changing the
-//! codec or the framing is a change here only.
+//! Over a byte stream (a pipe, a socket), a message is a frame: an 8-byte little-endian length,
+//! then that many bytes of body. Every transport in the crate goes through this module, so
+//! changing the codec or the framing is a change here only: the length prefix is
+//! [`frame_len`]; frames are read from a plain pipe by [`FrameReader`] (with a deadline) and
+//! from a socket, with the descriptors that came with them, by [`FrameBuf`] (the pool's
+//! transport, the fork server and [`pipe`](crate::pipe()) all use it).
 
-use std::os::fd::BorrowedFd;
+use std::collections::VecDeque;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -65,11 +69,213 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     Ok(value)
 }
 
+/// Bytes of a frame's length prefix.
+pub(crate) const LEN_BYTES: usize = 8;
+/// Room for a frame's own header (kind, sequence numbers, descriptor count...) on top of
+/// [`MAX_MESSAGE_BYTES`] of encoded value.
+const HEAD_ROOM: usize = 64;
+
+/// The length prefix of a frame whose body is `body_len` bytes.
+pub(crate) fn frame_len(body_len: usize) -> [u8; LEN_BYTES] {
+    (body_len as u64).to_le_bytes()
+}
+
 /// Writes one frame (length, then body) to a stream descriptor.
 pub(crate) fn write_frame(fd: BorrowedFd<'_>, body: &[u8]) -> Result<()> {
-    let len = (body.len() as u64).to_le_bytes();
-    sys::write_all(fd, &len)?;
+    sys::write_all(fd, &frame_len(body.len()))?;
     sys::write_all(fd, body)
+}
+
+/// Frames larger than this are read straight into their own buffer.
+const BIG: usize = 1 << 16;
+const READ_CHUNK: usize = 1 << 16;
+
+/// A received frame body: `buf[start..]`.
+#[derive(Debug)]
+pub(crate) struct Body {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Body {
+    /// A body made of `buf` (e.g. outcomes recovered from a dead pool worker's journal).
+    pub(crate) fn from_vec(buf: Vec<u8>) -> Body {
+        Body { buf, start: 0 }
+    }
+
+    /// The body's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// The body without its first `n` bytes (a header the caller has parsed), without a copy.
+    pub(crate) fn skip(self, n: usize) -> Body {
+        Body {
+            start: (self.start + n).min(self.buf.len()),
+            buf: self.buf,
+        }
+    }
+}
+
+/// Frames received from a stream socket, with the descriptors that came with them: the one
+/// frame reader of the crate's sockets (the pool's transport, the fork server, [`pipe`]).
+///
+/// `buf[pos..end]` is received and not yet parsed; `buf[end..]` is initialized room for the
+/// next receive (zeroed once, when it grows). `fds` holds the received descriptors not yet
+/// claimed by a frame, in arrival order: a frame that carries descriptors says how many in its
+/// body, and its reader claims them with [`take_fds`](FrameBuf::take_fds).
+///
+/// [`pipe`]: crate::pipe()
+#[derive(Debug)]
+pub(crate) struct FrameBuf {
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    fds: VecDeque<OwnedFd>,
+    space: Vec<u8>,
+}
+
+impl Default for FrameBuf {
+    fn default() -> Self {
+        FrameBuf {
+            buf: Vec::new(),
+            pos: 0,
+            end: 0,
+            fds: VecDeque::new(),
+            space: sys::socket::fd_space(),
+        }
+    }
+}
+
+impl FrameBuf {
+    /// The whole length (prefix included) of the frame at `pos`, once its prefix is here.
+    fn header(&self) -> Option<usize> {
+        (self.end - self.pos >= LEN_BYTES).then(|| {
+            let prefix = self.buf[self.pos..self.pos + LEN_BYTES].try_into().unwrap();
+            LEN_BYTES
+                .saturating_add(usize::try_from(u64::from_le_bytes(prefix)).unwrap_or(usize::MAX))
+        })
+    }
+
+    /// Whether part of a frame has been received (a stream that ends now ends mid-frame).
+    pub(crate) fn has_partial(&self) -> bool {
+        self.end > self.pos
+    }
+
+    fn compact(&mut self) {
+        self.buf.copy_within(self.pos..self.end, 0);
+        self.end -= self.pos;
+        self.pos = 0;
+    }
+
+    /// How many bytes to ask for next; makes room for them.
+    fn prepare(&mut self) -> usize {
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = 0;
+        }
+        let want = match self.header() {
+            Some(total) if total > BIG => {
+                // Read exactly the rest of this big frame, into a buffer that holds only it.
+                if self.pos > 0 {
+                    self.compact();
+                }
+                if self.buf.len() < total {
+                    // A zeroed allocation of this size comes from fresh pages: no memset.
+                    let mut fresh = vec![0u8; total];
+                    fresh[..self.end].copy_from_slice(&self.buf[..self.end]);
+                    self.buf = fresh;
+                }
+                total - self.end
+            }
+            _ => {
+                if self.pos > 4 * READ_CHUNK {
+                    self.compact();
+                }
+                READ_CHUNK
+            }
+        };
+        if self.buf.len() < self.end + want {
+            self.buf.resize(self.end + want, 0);
+        }
+        want
+    }
+
+    /// Receives once; `Ok(None)` when nothing was there, `Ok(Some(0))` at end of file.
+    pub(crate) fn fill(&mut self, fd: BorrowedFd<'_>, nonblocking: bool) -> Result<Option<usize>> {
+        let want = self.prepare();
+        let fds = &mut self.fds;
+        let r = sys::socket::recv_once(
+            fd,
+            &mut self.buf[self.end..self.end + want],
+            nonblocking,
+            &mut self.space,
+            |f| fds.push_back(f),
+        )?;
+        if let Some(n) = r {
+            self.end += n;
+        }
+        Ok(r)
+    }
+
+    /// The next complete frame, if one is buffered.
+    pub(crate) fn next(&mut self) -> Result<Option<Body>> {
+        let Some(total) = self.header() else {
+            return Ok(None);
+        };
+        if total > MAX_MESSAGE_BYTES + LEN_BYTES + HEAD_ROOM {
+            return Err(Error::TooLarge {
+                size: total,
+                limit: MAX_MESSAGE_BYTES,
+            });
+        }
+        if self.end - self.pos < total {
+            return Ok(None);
+        }
+        if self.pos == 0 && self.end == total && total > BIG {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.truncate(total);
+            self.end = 0;
+            return Ok(Some(Body {
+                buf,
+                start: LEN_BYTES,
+            }));
+        }
+        let body = self.buf[self.pos + LEN_BYTES..self.pos + total].to_vec();
+        self.pos += total;
+        Ok(Some(Body {
+            buf: body,
+            start: 0,
+        }))
+    }
+
+    /// Takes back a big frame's buffer once its content is used, so that the next big frame
+    /// lands in memory that is already mapped (no page faults).
+    pub(crate) fn recycle(&mut self, body: Body) {
+        if body.buf.len() > BIG && self.pos == self.end && body.buf.len() > self.buf.len() {
+            self.buf = body.buf;
+            self.pos = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Whether a complete frame is buffered.
+    pub(crate) fn has_frame(&self) -> bool {
+        self.header()
+            .is_some_and(|total| self.end - self.pos >= total)
+    }
+
+    /// The `n` descriptors of the frame just parsed (they came with its first byte).
+    pub(crate) fn take_fds(&mut self, n: u32) -> Result<Vec<OwnedFd>> {
+        let n = n as usize;
+        if n > self.fds.len() {
+            return Err(Error::Disconnected(format!(
+                "a frame announced {n} descriptors but {} arrived",
+                self.fds.len()
+            )));
+        }
+        Ok(self.fds.drain(..n).collect())
+    }
 }
 
 /// Reads frames from a stream, keeping a partly read frame across timeouts, so that a reader with

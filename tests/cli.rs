@@ -28,15 +28,12 @@ fn scratch(name: &str) -> PathBuf {
 fn mp(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_multiproc"));
     c.current_dir(dir);
-    for var in [
-        "SLURM_CPUS_PER_TASK",
-        "SLURM_CPUS_ON_NODE",
-        "SLURM_JOB_CPUS_PER_NODE",
-        "SLURM_JOB_NUM_NODES",
-        "OMP_NUM_THREADS",
-        "MKL_NUM_THREADS",
-        "OPENBLAS_NUM_THREADS",
-    ] {
+    for (var, _) in std::env::vars() {
+        if var.starts_with("SLURM_") {
+            c.env_remove(var);
+        }
+    }
+    for var in ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"] {
         c.env_remove(var);
     }
     c
@@ -237,8 +234,8 @@ fn inputs_from_files_and_stdin() {
 #[test]
 fn no_shell_by_default_and_shell_on_request() {
     let d = scratch("shell");
-    let r = run_in(&d, &["echo", "$HOME;", "|", "{}", ":::", "a b"], None);
-    assert_eq!(r.stdout, "$HOME; | a b\n");
+    let r = run_in(&d, &["echo", "$HOME;", "x|y", "{}", ":::", "a b"], None);
+    assert_eq!(r.stdout, "$HOME; x|y a b\n");
     let r = run_in(&d, &["--shell", "echo {} | tr a-z A-Z", ":::", "a b"], None);
     assert_eq!(r.stdout, "A B\n", "{r:?}");
     // The input is quoted for the shell: no injection.
@@ -372,15 +369,46 @@ fn thread_caps_and_verbose_header() {
     ]);
     let r = run_cmd(cmd, None);
     assert_eq!(r.stdout.trim(), "7 1", "MKL gets cpus / jobs = 1");
-    // SLURM_CPUS_PER_TASK sizes -j and says so; --threads-per-job divides it.
+    // In a batch script of `sbatch -n 2 -c 1`: one job per task, SLURM_CPUS_PER_TASK threads
+    // each, and -v names the variables.
+    let batch = |cmd: &mut Command, tasks: &str, cpt: &str| {
+        cmd.env("SLURM_JOB_ID", "42")
+            .env("SLURM_CPUS_ON_NODE", "2")
+            .env("SLURM_TASKS_PER_NODE", tasks)
+            .env("SLURM_CPUS_PER_TASK", cpt);
+    };
+    if cpus >= 2 {
+        let mut cmd = mp(&d);
+        batch(&mut cmd, "2", "1");
+        cmd.args(["-v", "--shell", "echo $OMP_NUM_THREADS #{}", ":::", "x"]);
+        let r = run_cmd(cmd, None);
+        assert!(
+            r.stderr.contains(
+                "multiproc: 2 jobs at once (2 CPUs (SLURM_CPUS_ON_NODE); \
+                 SLURM_TASKS_PER_NODE=2, SLURM_CPUS_PER_TASK=1), 1 thread per job"
+            ),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(r.stdout.trim(), "1");
+        // `sbatch -n 1 -c 2`: one job of 2 threads.
+        let mut cmd = mp(&d);
+        batch(&mut cmd, "1", "2");
+        cmd.args(["-v", "--shell", "echo $OMP_NUM_THREADS #{}", ":::", "x"]);
+        let r = run_cmd(cmd, None);
+        assert!(
+            r.stderr.contains("multiproc: 1 job at once (2 CPUs (SLURM_CPUS_ON_NODE); SLURM_TASKS_PER_NODE=1, SLURM_CPUS_PER_TASK=2), 2 threads per job"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(r.stdout.trim(), "2");
+    }
+    // Inside srun's task: SLURM_CPUS_PER_TASK is the budget.
     let mut cmd = mp(&d);
-    cmd.env("SLURM_CPUS_PER_TASK", "1").args([
-        "-v",
-        "--shell",
-        "echo $OMP_NUM_THREADS #{}",
-        ":::",
-        "x",
-    ]);
+    cmd.env("SLURM_JOB_ID", "42")
+        .env("SLURM_STEP_ID", "0")
+        .env("SLURM_CPUS_PER_TASK", "1")
+        .args(["-v", "--shell", "echo $OMP_NUM_THREADS #{}", ":::", "x"]);
     let r = run_cmd(cmd, None);
     assert!(
         r.stderr

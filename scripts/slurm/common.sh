@@ -56,3 +56,13 @@ die() {
 need_root() {
     [ "$(id -u)" -eq 0 ] || die "must run as root (the daemons run as root and write under /etc and /run)"
 }
+
+# The two-node cluster (start.sh --nodes 2, in start-multi.sh): its own slurm.conf, state, pid
+# files and ports, beside the one-node cluster.
+MULTI_BASE="$SLURM_BASE/multi"
+MULTI_RUN="$MULTI_BASE/run"
+MULTI_LOG="$MULTI_BASE/log"
+MULTI_CTLD_PID="$MULTI_RUN/slurmctld.pid"
+MULTI_CTLD_PORT=6827
+# multi_slurmd_pid NODE: the pid file of that node's slurmd.
+multi_slurmd_pid() { echo "$MULTI_RUN/slurmd-$1.pid"; }

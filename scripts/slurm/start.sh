@@ -8,6 +8,11 @@ here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/common.sh"
 need_root
 
+# `start.sh --nodes 2`: the two-node cluster (n1, n2) of start-multi.sh, beside this one.
+if [ "${1:-}" = --nodes ]; then
+    exec "$here/start-multi.sh" "${2:-}"
+fi
+
 WAIT="${MULTIPROC_SLURM_WAIT:-30}"
 t0="$(now_ms)"
 

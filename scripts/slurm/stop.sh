@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stop the test cluster's daemons (slurmd, slurmctld, munged) by their pid files.
 # Bounded: SIGTERM, wait up to 10 s, then SIGKILL. Idempotent. Leaves state and logs in place.
-# Set MULTIPROC_SLURM_KEEP_MUNGE=1 to leave munged running.
+# Set MULTIPROC_SLURM_KEEP_MUNGE=1 to leave munged running. Also stops the two-node cluster of
+# `start.sh --nodes 2`; `stop.sh --nodes 2` stops only that one (and leaves munged).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=common.sh
@@ -28,6 +29,15 @@ stop_by_pidfile() {
 }
 
 t0="$(now_ms)"
+# The two-node cluster of `start.sh --nodes 2`, if it runs: `stop.sh --nodes 2` stops only it.
+for n in n1 n2; do
+    if [ -e "$(multi_slurmd_pid "$n")" ]; then stop_by_pidfile "slurmd $n" "$(multi_slurmd_pid "$n")"; fi
+done
+if [ -e "$MULTI_CTLD_PID" ]; then stop_by_pidfile "slurmctld (two-node)" "$MULTI_CTLD_PID"; fi
+if [ "${1:-}" = --nodes ]; then
+    echo "stop.sh --nodes: done in $(($(now_ms) - t0)) ms"
+    exit 0
+fi
 stop_by_pidfile slurmd "$SLURMD_PID"
 stop_by_pidfile slurmctld "$CTLD_PID"
 if [ "${MULTIPROC_SLURM_KEEP_MUNGE:-0}" != 1 ]; then

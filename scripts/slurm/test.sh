@@ -3,9 +3,10 @@
 #
 #   scripts/slurm/test.sh [--slow] [MULTIPROC_BIN]
 #
-#   1. sbatch --cpus-per-task=2 of examples/slurm/mmul_job.sh over 20 inputs with the mmul example
-#      binary: multiproc must pick 2 jobs from SLURM_CPUS_PER_TASK and say so; every product is
-#      right; the joblog has 20 successful lines.
+#   1. `sbatch examples/slurm/mmul_job.sh` from the repository root, exactly as the example says
+#      (--ntasks=2 --cpus-per-task=1, demo inputs): 2 jobs at once, one per task, and it says so;
+#      every product is right; the joblog has 20 successful lines with pasteable commands.
+#   1b. `sbatch -n 2 -c 1` (2 jobs x 1 thread) and `sbatch -n 1 -c 2` (1 job x 2 threads).
 #   2. srun -c 1 inside an sbatch job: 1 job at once, from SLURM_CPUS_PER_TASK, and
 #      OMP_NUM_THREADS=1 in the jobs.
 #   3. (--slow, or MULTIPROC_SLURM_SLOW=1; ~2-3 min) a job that hits its --time limit (SLURM's
@@ -51,18 +52,23 @@ MP="${1:-${MULTIPROC_BIN:-$CARGO_TARGET_DIR/release/multiproc}}"
 if [ ! -x "$MP" ]; then
     (cd "$root" && cargo build --release --quiet --bin multiproc)
 fi
-MMUL="${MMUL_BIN:-$(dirname "$MP")/examples/mmul}"
-if [ ! -x "$MMUL" ]; then
-    MMUL="$CARGO_TARGET_DIR/release/examples/mmul"
-    [ -x "$MMUL" ] || (cd "$root" && cargo build --release --quiet --example mmul)
-fi
+# The example finds $CARGO_TARGET_DIR/release/{multiproc,examples/mmul} or builds them; build the
+# missing ones here so that the job does not (cargo inside a 2-CPU job is slow).
+[ -x "$CARGO_TARGET_DIR/release/examples/mmul" ] || (cd "$root" && cargo build --release --quiet --example mmul)
+[ -x "$CARGO_TARGET_DIR/release/multiproc" ] || (cd "$root" && cargo build --release --quiet --bin multiproc)
 
 work="$(mktemp -d /tmp/multiproc-slurm-test.XXXXXX)"
+own_example=0
 cleanup() {
     # Jobs still queued or running (a failed test) are cancelled.
     if [ -s "$work/submitted" ]; then
-        while read -r j; do scancel "$j" 2>/dev/null || true; done <"$work/submitted"
+        while read -r j; do
+            scancel "$j" 2>/dev/null || true
+            [ "$own_example" != 1 ] || rm -f "$root/mmul-$j.log"
+        done <"$work/submitted"
     fi
+    # What the example wrote into the clone (test 1 checked that none of it was there before).
+    [ "$own_example" != 1 ] || rm -rf "$root/mmul-demo" "$root/mmul.joblog"
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -88,34 +94,50 @@ submit() { # submit NAME SBATCH-ARGS... : prints the job id
 # rows LOG: the joblog's job lines.
 rows() { tail -n +2 "$1"; }
 
-# --- 1. sbatch --cpus-per-task=2 over 20 inputs ---------------------------------------------
-N=40
-awk -v n="$N" -v dir="$work" 'BEGIN {
-    srand(7);
-    for (f = 1; f <= 20; f++) {
-        file = dir "/in" f; printf "%d\n", n > file;
-        for (m = 0; m < 2; m++) for (i = 0; i < n; i++) {
-            line = ""; for (j = 0; j < n; j++) line = line sprintf("%.4f ", rand()); print line > file
-        }
-        close(file); print file > (dir "/inputs.txt")
-    }
-}'
-t0="$(now_ms)"
-id="$(submit mmul --cpus-per-task=2 --time=0:05 -o "$work/mmul.log" \
-    --export="ALL,MULTIPROC=$MP,MMUL=$MMUL,INPUTS=$work/inputs.txt,JOBLOG=$work/mmul.joblog" \
-    "$root/examples/slurm/mmul_job.sh")"
-wait_job "$id" 120
-state="$(job_field "$id" JobState)"
-[ "$state" = COMPLETED ] || fail "mmul job $id ended $state: $(cat "$work/mmul.log")"
-grep -qF 'multiproc: 2 jobs at once (2 CPUs (SLURM_CPUS_PER_TASK))' "$work/mmul.log" ||
-    fail "the job did not pick 2 jobs from SLURM_CPUS_PER_TASK: $(cat "$work/mmul.log")"
-for f in $(seq 20); do
-    "$MMUL" <"$work/in$f" | cmp -s - "$work/in$f.out" || fail "in$f.out is not the product"
+# --- 1. examples/slurm/mmul_job.sh, run exactly as its comment says -------------------------
+# "From the root of a clone: sbatch examples/slurm/mmul_job.sh" (it finds or builds multiproc
+# and mmul, and writes 20 demo inputs to mmul-demo/ when there is no inputs.txt).
+cd "$root"
+for f in mmul-demo mmul.joblog inputs.txt; do
+    [ ! -e "$f" ] || fail "$root/$f exists (left from an earlier run?): remove it, the example would use it"
 done
-[ "$(rows "$work/mmul.joblog" | wc -l)" -eq 20 ] || fail "joblog: $(cat "$work/mmul.joblog")"
-[ "$(rows "$work/mmul.joblog" | awk -F'\t' '$7 == 0 && $8 == 0' | wc -l)" -eq 20 ] ||
-    fail "joblog has failed jobs: $(cat "$work/mmul.joblog")"
-echo "ok   sbatch --cpus-per-task=2: 20 mmul jobs, 2 at once from SLURM_CPUS_PER_TASK, $(($(now_ms) - t0)) ms"
+own_example=1
+t0="$(now_ms)"
+id="$(sbatch --parsable examples/slurm/mmul_job.sh)" || fail "sbatch examples/slurm/mmul_job.sh failed"
+echo "$id" >>"$work/submitted"
+wait_job "$id" 300
+log="$root/mmul-$id.log"
+state="$(job_field "$id" JobState)"
+[ "$state" = COMPLETED ] || fail "mmul job $id ended $state: $(cat "$log")"
+grep -qF 'multiproc: 2 jobs at once (2 CPUs (SLURM_CPUS_ON_NODE); SLURM_TASKS_PER_NODE=2, SLURM_CPUS_PER_TASK=1), 1 thread per job' "$log" ||
+    fail "the example did not run one job per task: $(cat "$log")"
+MMUL="${MMUL_BIN:-$CARGO_TARGET_DIR/release/examples/mmul}"
+for f in $(seq 20); do
+    "$MMUL" <"mmul-demo/in$f" | cmp -s - "mmul-demo/in$f.out" || fail "mmul-demo/in$f.out is not the product"
+done
+[ "$(rows mmul.joblog | wc -l)" -eq 20 ] || fail "joblog: $(cat mmul.joblog)"
+[ "$(rows mmul.joblog | awk -F'\t' '$7 == 0 && $8 == 0' | wc -l)" -eq 20 ] ||
+    fail "joblog has failed jobs: $(cat mmul.joblog)"
+rows mmul.joblog | cut -f9 | grep -qE '^[^ ]*release/examples/mmul < mmul-demo/in7 > mmul-demo/in7.out$' ||
+    fail "joblog Command is not the pasteable command line: $(rows mmul.joblog | cut -f9 | head -3)"
+echo "ok   sbatch examples/slurm/mmul_job.sh from the clone: 20 mmul jobs, 2 at once (one per task), $(($(now_ms) - t0)) ms"
+cd "$work"
+
+# --- 1b. the sizing rule in a batch script: -n 2 -c 1 and -n 1 -c 2 ---------------------------
+t0="$(now_ms)"
+id="$(submit n2c1 -n 2 -c 1 --time=0:05 -o "$work/n2c1.log" \
+    --wrap "'$MP' -v sh -c 'echo job \$1 threads=\$OMP_NUM_THREADS' _ ::: 1 2 3 4")"
+id2="$(submit n1c2 -n 1 -c 2 --time=0:05 -o "$work/n1c2.log" \
+    --wrap "'$MP' -v sh -c 'echo job \$1 threads=\$OMP_NUM_THREADS' _ ::: 1 2 3 4")"
+wait_job "$id" 120
+wait_job "$id2" 120
+grep -qF 'multiproc: 2 jobs at once (2 CPUs (SLURM_CPUS_ON_NODE); SLURM_TASKS_PER_NODE=2, SLURM_CPUS_PER_TASK=1), 1 thread per job' "$work/n2c1.log" ||
+    fail "sbatch -n 2 -c 1: $(cat "$work/n2c1.log")"
+[ "$(grep -c '^job [1-4] threads=1$' "$work/n2c1.log")" -eq 4 ] || fail "sbatch -n 2 -c 1 output: $(cat "$work/n2c1.log")"
+grep -qF 'multiproc: 1 job at once (2 CPUs (SLURM_CPUS_ON_NODE); SLURM_TASKS_PER_NODE=1, SLURM_CPUS_PER_TASK=2), 2 threads per job' "$work/n1c2.log" ||
+    fail "sbatch -n 1 -c 2: $(cat "$work/n1c2.log")"
+[ "$(grep -c '^job [1-4] threads=2$' "$work/n1c2.log")" -eq 4 ] || fail "sbatch -n 1 -c 2 output: $(cat "$work/n1c2.log")"
+echo "ok   sbatch -n 2 -c 1: 2 jobs x 1 thread; sbatch -n 1 -c 2: 1 job x 2 threads, $(($(now_ms) - t0)) ms"
 
 # --- 2. srun -c 1 inside an sbatch job ---------------------------------------------------------
 cat >"$work/step.sh" <<JOB

@@ -77,6 +77,30 @@ impl FnRef {
 
     /// The trampoline this refers to, after checking that it lies in this binary's text.
     pub(crate) fn resolve(self) -> Result<Trampoline, String> {
+        let addr = self.checked_addr()?;
+        // SAFETY: `addr` is in the executable mapping of this binary. Offsets are made only by
+        // `FnRef::of` from a `Trampoline` in a process running the same binary (the documented
+        // requirement), where distances between functions of the binary are fixed, so `addr` is
+        // the entry of a function with exactly the `Trampoline` signature.
+        Ok(unsafe { std::mem::transmute::<*const (), Trampoline>(addr as *const ()) })
+    }
+
+    /// The reference to an initializer trampoline (see [`init_ref`]).
+    fn of_init(t: fn()) -> FnRef {
+        FnRef((t as usize as i64).wrapping_sub(anchor_addr() as i64))
+    }
+
+    /// The initializer trampoline this refers to, after checking that it lies in this binary's
+    /// text.
+    #[allow(dead_code, reason = "the fork server's, in the next commit")]
+    pub(crate) fn resolve_init(self) -> Result<fn(), String> {
+        let addr = self.checked_addr()?;
+        // SAFETY: as in `resolve`: offsets of initializers are made only by `init_ref` from a
+        // `fn()` in a process running the same binary, so `addr` is the entry of a `fn()`.
+        Ok(unsafe { std::mem::transmute::<*const (), fn()>(addr as *const ()) })
+    }
+
+    fn checked_addr(self) -> Result<usize, String> {
         let addr = (anchor_addr() as i64).wrapping_add(self.0) as usize;
         if !text_range().contains(&addr) {
             return Err(format!(
@@ -85,12 +109,26 @@ impl FnRef {
                 self.0
             ));
         }
-        // SAFETY: `addr` is in the executable mapping of this binary. Offsets are made only by
-        // `FnRef::of` from a `Trampoline` in a process running the same binary (the documented
-        // requirement), where distances between functions of the binary are fixed, so `addr` is
-        // the entry of a function with exactly the `Trampoline` signature.
-        Ok(unsafe { std::mem::transmute::<*const (), Trampoline>(addr as *const ()) })
+        Ok(addr)
     }
+}
+
+/// The reference of the initializer `F` when it can travel by offset: when it is zero-sized (a
+/// fn item or a closure that captures nothing); `None` for a closure that captures.
+pub(crate) fn init_ref<F: Fn() + Send + Sync + 'static>() -> Option<FnRef> {
+    (std::mem::size_of::<F>() == 0).then(|| FnRef::of_init(run_init::<F>))
+}
+
+/// The initializer trampoline: conjures the zero-sized `F` and calls it.
+fn run_init<F: Fn() + Send + Sync + 'static>() {
+    // Made only by `init_ref`, for a zero-sized `F`; checked again before conjuring.
+    assert_eq!(std::mem::size_of::<F>(), 0, "an initializer that captures");
+    // SAFETY: `F` is zero-sized (checked above), so a value of it has no bytes to initialize.
+    // The zero-sized types implementing the `Fn` traits on stable Rust are fn items and
+    // closures that capture only zero-sized values; the parent held a value of `F` (it passed
+    // one to `PoolBuilder::initializer`), so the type is inhabited.
+    let f = unsafe { std::mem::zeroed::<F>() };
+    f()
 }
 
 /// The address range of the executable mapping that holds [`anchor`] (read once from
@@ -164,7 +202,7 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 
 /// Appends the encoding of `outcome` to `out`; an encoding failure or an oversized value becomes
 /// that item's error instead.
-fn push_outcome<R: Serialize>(outcome: &ItemOut<R>, out: &mut Vec<u8>) {
+pub(crate) fn push_outcome<R: Serialize>(outcome: &ItemOut<R>, out: &mut Vec<u8>) {
     let start = out.len();
     let res = postcard::serialize_with_flavor(outcome, Append(&mut *out));
     let size = out.len() - start;
@@ -188,6 +226,7 @@ fn run_items<T: DeserializeOwned, R: Serialize>(
     // The outcomes are encoded in one descriptor frame for the task (each is dropped right
     // after, so a `PodVec` in shared memory goes as it is); the caller's function runs outside
     // it, so that what it encodes itself cannot attach to the task's reply.
+    let total = input.len();
     ex.encoding(|ex| {
         for i in 0..count {
             let (x, rest) = ex
@@ -197,7 +236,7 @@ fn run_items<T: DeserializeOwned, R: Serialize>(
             ex.item_started(i);
             let outcome =
                 fdpass::suspended(|| panic::catch(|| f(ex, x))).map_err(ItemError::Panicked);
-            push_outcome(&outcome, out);
+            ex.item_done(i, total - input.len(), outcome, out);
         }
         Ok(())
     })

@@ -1,7 +1,9 @@
 //! [`Pool`]: Python's `multiprocessing.Pool` over forked worker processes that survive crashes.
 //!
 //! Layout: `fnref` names functions across processes, `transport` moves frames, `worker` is the
-//! child's loop, `sched` is the parent's scheduler, `result` holds what callers wait on.
+//! child's loop, `journal` keeps a worker's finished outcomes through its death, `sched` is the
+//! parent's scheduler, `driver` its background thread for asynchronous calls, `result` and
+//! `completed` hold what callers wait on.
 //!
 //! # Caveats
 //!
@@ -14,12 +16,17 @@
 //!   parent. Replacement workers are forked by whichever thread drives the pool when a worker
 //!   dies; keep the pool on a thread that lives as long as the pool.
 //! - Replacement workers are forked from the parent as it is then: see the crate's fork-safety
-//!   contract; the pool itself starts no thread.
+//!   contract. The pool starts one thread, its driver, on its first asynchronous call (see
+//!   `driver`); a pool used only synchronously starts none.
 
+mod completed;
+mod driver;
 mod fnref;
+mod journal;
 mod result;
 mod sched;
 mod star;
+mod start;
 mod transport;
 mod worker;
 
@@ -37,24 +44,34 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::wire::MAX_MESSAGE_BYTES;
 
+pub use self::completed::{AsCompleted, as_completed};
 pub use self::result::{AsyncResult, IMap};
 pub use self::star::StarFn;
 
 use self::fnref::{FnRef, Trampoline};
 use self::result::{AsyncState, Chunker, run_deferred, terminated};
-use self::sched::{Book, Config, Core, EndsFn, Event, Items, JobId, Sink, Task};
+use self::sched::{Book, Config, EndsFn, Event, Items, JobId, Scheduler, Sink, Task};
 use self::transport::{Encoded, MAX_FDS};
 
 /// A progress callback: `(inputs done, total if known)`.
 type ProgressHook = Arc<dyn Fn(usize, Option<usize>) + Send + Sync>;
 
 pub(crate) struct Shared {
-    core: Mutex<Core>,
+    core: Mutex<Scheduler>,
     book: Arc<Book>,
+    driver: driver::Driver,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Core> {
+    /// The pool's lock. While the driver thread runs, a thread that has to wait for the lock
+    /// rings the driver's doorbell, so that the driver leaves its `poll` and lets it in.
+    fn lock(&self) -> MutexGuard<'_, Scheduler> {
+        match self.core.try_lock() {
+            Ok(core) => return core,
+            Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+        let _waiting = self.driver.is_started().then(|| self.driver.contend());
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -103,17 +120,24 @@ fn assert_zst<F>() {
 ///
 /// A task that panics fails alone ([`Error::TaskPanicked`]). A worker that dies mid-task
 /// (killed, segfault, abort, OOM) never hangs the pool: the input it was running gets
-/// [`Error::WorkerDied`] naming it (`task: Some("item #17")`), the other inputs of its tasks are
-/// run again elsewhere, and a new worker takes its place. With [`retries`](PoolBuilder::retries)
+/// [`Error::WorkerDied`] naming it (`task: Some("item #17")`), the inputs it had finished keep
+/// their results, those it had not started run elsewhere, and a new worker takes its place. With [`retries`](PoolBuilder::retries)
 /// the failed input is re-run instead; with [`task_timeout`](PoolBuilder::task_timeout) an input
 /// that runs too long gets [`Error::Timeout`] and its worker is killed and replaced.
 ///
 /// # Threads and forks
 ///
-/// The pool starts no thread: the thread that calls into it (`map`, `imap`'s `next`, `apply`,
-/// [`AsyncResult::get`], `join`...) sends the tasks, polls every worker's socket and pidfd, and
-/// reads the results. [`AsyncResult`] callbacks run on that thread too. Several threads may share
-/// a pool; they take turns.
+/// The synchronous calls (`map`, `apply`, `starmap`, `imap`'s `next`, [`AsyncResult::get`],
+/// `join`...) drive the pool from the calling thread: it sends the tasks, polls every worker's
+/// socket and pidfd, and reads the results. The first asynchronous call (`apply_async`,
+/// `map_async`, `starmap_async`, `imap`, or an [`AsyncResult`] awaited as a future) starts the
+/// pool's driver thread (`multiproc-pool`), which from then on drives the pool whenever work is
+/// queued or running and no caller is driving it, so asynchronous work progresses while the
+/// caller does something else (Python's result-handler thread); it sleeps when there is no work
+/// and ends when the pool is dropped. [`AsyncResult`] callbacks run in the thread that read the
+/// result: usually the driver, never a worker. Several threads may share a pool; they take
+/// turns, and a caller that needs the pool while the driver waits on the workers gets it at
+/// once.
 ///
 /// A worker that dies is replaced by a fork made by the thread that noticed. If the program has
 /// other threads at that moment, the crate's fork-safety contract applies to the new worker
@@ -148,8 +172,11 @@ fn assert_zst<F>() {
 /// Dropping a pool terminates it: queued and running work is discarded, every worker is killed
 /// and reaped (no zombie, no orphan), and pending [`AsyncResult`]s give
 /// [`Error::Disconnected`]. Use [`close`](Pool::close) and [`join`](Pool::join) to finish the
-/// work first. When a worker dies, the inputs of its tasks that had finished but not yet been
-/// reported are run again: a function with side effects may see an input twice.
+/// work first. When a worker dies, only the input it was running is lost (and re-run with
+/// [`retries`](PoolBuilder::retries)): the outcomes of the inputs it had finished are kept in a
+/// shared journal until they are sent, and its chunk resumes after them. Two exceptions run
+/// again: results that carry descriptors (a big `PodVec`, a `SharedArray`), which die with the
+/// worker, and unsent results beyond the journal's 4 MiB per worker.
 pub struct Pool {
     shared: Arc<Shared>,
     processes: usize,
@@ -187,7 +214,7 @@ impl fmt::Debug for Pool {
 #[must_use]
 pub struct PoolBuilder {
     processes: Option<usize>,
-    initializer: Option<Arc<dyn Fn() + Send + Sync>>,
+    initializer: Option<self::start::Initializer>,
     max_tasks_per_child: Option<u64>,
     retries: u32,
     task_timeout: Option<Duration>,
@@ -221,8 +248,11 @@ impl PoolBuilder {
     /// Runs `f` once in each worker when it starts (and in each replacement). It may capture
     /// anything: a worker is a copy of the parent's memory. If it panics, the worker exits and
     /// the tasks sent to it fail with [`Error::WorkerDied`].
-    pub fn initializer(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
-        self.initializer = Some(Arc::new(f));
+    pub fn initializer<F: Fn() + Send + Sync + 'static>(mut self, f: F) -> Self {
+        self.initializer = Some(self::start::Initializer {
+            fn_ref: fnref::init_ref::<F>(),
+            run: Arc::new(f),
+        });
         self
     }
 
@@ -330,7 +360,7 @@ impl PoolBuilder {
             None
         };
         let book = Arc::new(Book::default());
-        let core = Core::start(
+        let core = Scheduler::start(
             Config {
                 processes,
                 max_tasks_per_child: self.max_tasks_per_child,
@@ -339,12 +369,14 @@ impl PoolBuilder {
                 initializer: self.initializer,
                 thread_env,
             },
+            Box::new(self::start::Fork),
             book.clone(),
         )?;
         Ok(Pool {
             shared: Arc::new(Shared {
                 core: Mutex::new(core),
                 book,
+                driver: driver::Driver::new()?,
             }),
             processes,
             chunksize: AtomicUsize::new(self.chunksize.unwrap_or(0)),
@@ -482,7 +514,7 @@ impl Pool {
         }
     }
 
-    fn open(&self) -> Result<MutexGuard<'_, Core>> {
+    fn open(&self) -> Result<MutexGuard<'_, Scheduler>> {
         let core = self.shared.lock();
         if core.is_terminated() {
             return Err(Error::InvalidState("the pool was terminated".into()));
@@ -918,8 +950,9 @@ impl Pool {
         assert_zst::<F>();
         let chunksize = self.chunksize_for(None);
         let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
+        driver::ensure(&self.shared)?;
         let job = self.open()?.new_job(plan.fn_ref, plan.ends, None, None);
-        Ok(IMap {
+        let mut imap = IMap {
             pool: self,
             job,
             chunks: Chunker::new(items.into_iter(), chunksize, self.limit),
@@ -931,7 +964,10 @@ impl Pool {
             ready: Default::default(),
             aborted: false,
             fused: false,
-        })
+        };
+        // The first window of inputs runs in the background until the first `next`.
+        imap.start()?;
+        Ok(imap)
     }
 
     fn submit_async<R, T>(&self, plan: Plan, items: Vec<T>, sink: Sink) -> Result<()>
@@ -945,6 +981,7 @@ impl Pool {
         while let Some(t) = chunks.next_task(0, usize::MAX)? {
             tasks.push(t);
         }
+        driver::ensure(&self.shared)?;
         let mut core = self.open()?;
         let job = core.new_job(plan.fn_ref, plan.ends, plan.ctx, Some(sink));
         for t in tasks {
@@ -954,6 +991,8 @@ impl Pool {
         core.drive(Some(Instant::now()))?;
         let deferred = core.take_deferred();
         drop(core);
+        // The driver thread reads the answers (and runs the callbacks) from now on.
+        self.shared.driver.notify();
         run_deferred(deferred);
         let _ = std::marker::PhantomData::<R>;
         Ok(())
@@ -1188,14 +1227,16 @@ impl Pool {
         core.abort_all();
         let deferred = core.take_deferred();
         drop(core);
+        self.shared.driver.notify();
         run_deferred(deferred);
     }
 }
 
 impl Drop for Pool {
-    /// Terminates the pool: see the type's `# Caveats`.
+    /// Terminates the pool (see the type's `# Caveats`) and ends its driver thread.
     fn drop(&mut self) {
         self.terminate();
+        self.shared.driver.shut_down();
     }
 }
 

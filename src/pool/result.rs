@@ -3,7 +3,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -13,7 +16,7 @@ use crate::error::{CodecError, Error, Result};
 use crate::wire::MAX_MESSAGE_BYTES;
 
 use super::fnref::{Append, ItemError, ItemOut};
-use super::sched::{Deferred, Done, Event, Items, JobId, Task};
+use super::sched::{Deferred, Done, Event, Items, JobId, Scheduler, Task};
 use super::transport::MAX_FDS;
 use crate::fdpass::{self, FdTable};
 
@@ -273,9 +276,16 @@ enum Slot<R> {
     Taken,
 }
 
+/// Work to run once a result is in (see [`AsyncState::on_ready`]).
+pub(crate) type Watcher = Box<dyn FnOnce() + Send>;
+
 pub(crate) struct AsyncState<R> {
     slot: Mutex<Slot<R>>,
     callbacks: Mutex<(Option<Callback<R>>, Option<ErrCallback>)>,
+    /// The task of the last `poll` of the result as a future.
+    waker: Mutex<Option<Waker>>,
+    /// What runs once the result is in ([`as_completed`](super::as_completed)'s notices).
+    watchers: Mutex<Vec<Watcher>>,
 }
 
 impl<R: Send + 'static> AsyncState<R> {
@@ -283,14 +293,41 @@ impl<R: Send + 'static> AsyncState<R> {
         Arc::new(AsyncState {
             slot: Mutex::new(Slot::Waiting),
             callbacks: Mutex::new((None, None)),
+            waker: Mutex::new(None),
+            watchers: Mutex::new(Vec::new()),
         })
     }
 
-    /// Stores the result and queues the callback that applies.
+    /// Stores the result and queues, for after the pool's lock, the callback that applies,
+    /// then the wake-up of a task awaiting it and the watchers (each on its own: a callback
+    /// that panics stops neither).
     pub(crate) fn complete(self: &Arc<Self>, res: Result<R>, deferred: &mut Vec<Deferred>) {
         *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Slot::Ready(res);
         let me = self.clone();
         deferred.push(Box::new(move || me.fire()));
+        let me = self.clone();
+        deferred.push(Box::new(move || {
+            let waker = me.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(w) = waker {
+                w.wake();
+            }
+            let watchers =
+                std::mem::take(&mut *me.watchers.lock().unwrap_or_else(|e| e.into_inner()));
+            for w in watchers {
+                w();
+            }
+        }));
+    }
+
+    /// Runs `f` once the result is in: now if it is, else after [`complete`](Self::complete).
+    pub(crate) fn on_ready(&self, f: Watcher) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_ready() {
+            drop(watchers);
+            f();
+        } else {
+            watchers.push(f);
+        }
     }
 
     fn fire(&self) {
@@ -315,12 +352,14 @@ impl<R: Send + 'static> AsyncState<R> {
 /// The result of [`Pool::apply_async`] or [`Pool::map_async`], to collect later: Python's
 /// `AsyncResult`.
 ///
-/// No helper thread runs behind it: the work is done by the workers, and their answers are read
-/// by whichever thread next drives the pool: a call to [`get`](AsyncResult::get),
-/// [`wait`](AsyncResult::wait) or [`ready`](AsyncResult::ready) on any `AsyncResult` of the pool,
-/// any other pool call ([`map`](Pool::map), [`join`](Pool::join)...). Callbacks run in the parent
-/// on that thread, after the pool's internal lock is released; a callback that panics is reported
-/// and ignored.
+/// The work progresses in the background: the pool's driver thread (started by the first
+/// asynchronous call) reads the workers' answers as they come, so [`ready`](AsyncResult::ready)
+/// turns true and the callbacks run while the caller does something else. Callbacks run in the
+/// parent, in the thread that read the result (the driver, or a caller inside
+/// [`get`](AsyncResult::get), [`map`](Pool::map)...), after the pool's internal lock is released;
+/// a callback that panics is reported and ignored. An `AsyncResult` is also a
+/// [`Future`](std::future::Future) (`.await` it under any executor) and can be collected in
+/// completion order with [`as_completed`](crate::as_completed).
 ///
 /// # Examples
 ///
@@ -461,7 +500,7 @@ impl<R: Send + 'static> AsyncResult<R> {
         self.take()
     }
 
-    fn take(&self) -> Result<R> {
+    pub(crate) fn take(&self) -> Result<R> {
         let mut slot = self.state.slot.lock().unwrap_or_else(|e| e.into_inner());
         match std::mem::replace(&mut *slot, Slot::Taken) {
             Slot::Ready(r) => r,
@@ -493,9 +532,10 @@ impl<R: Send + 'static> AsyncResult<R> {
         self.wait_until(Some(Instant::now() + timeout))
     }
 
-    /// Whether the result is in (reads what the workers have sent, without blocking).
+    /// Whether the result is in. It does not wait: the pool's driver thread reads the
+    /// workers' answers in the background.
     pub fn ready(&self) -> bool {
-        self.wait_until(Some(Instant::now())).unwrap_or(false)
+        self.state.is_ready()
     }
 
     /// Whether the task succeeded.
@@ -512,12 +552,58 @@ impl<R: Send + 'static> AsyncResult<R> {
     }
 }
 
+/// `pool.apply_async(f, x)?.await`: the result, without blocking a thread. The pool's driver
+/// thread wakes the task when the result is in (no polling in between), so it works under any
+/// executor (tokio, async-std, `futures::executor::block_on`...).
+///
+/// # Examples
+///
+/// ```
+/// # let pool = multiproc::Pool::with_processes(2)?;
+/// let fut = pool.apply_async(|x: u64| x * 3, 14)?;
+/// // Any executor; here a minimal one that parks the thread until the driver wakes it.
+/// struct Unpark(std::thread::Thread);
+/// impl std::task::Wake for Unpark {
+///     fn wake(self: std::sync::Arc<Self>) { self.0.unpark() }
+/// }
+/// let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+/// let mut cx = std::task::Context::from_waker(&waker);
+/// let mut fut = std::pin::pin!(fut);
+/// let value = loop {
+///     match std::future::Future::poll(fut.as_mut(), &mut cx) {
+///         std::task::Poll::Ready(v) => break v?,
+///         std::task::Poll::Pending => std::thread::park(),
+///     }
+/// };
+/// assert_eq!(value, 42);
+/// # Ok::<(), multiproc::Error>(())
+/// ```
+impl<R: Send + 'static> Future for AsyncResult<R> {
+    type Output = Result<R>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        if self.state.is_ready() {
+            return Poll::Ready(self.take());
+        }
+        *self.state.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        // The result may have come in before the waker was stored.
+        if self.state.is_ready() {
+            return Poll::Ready(self.take());
+        }
+        if let Err(e) = super::driver::ensure(&self.shared) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Pending
+    }
+}
+
 /// The iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: one `Result` per input.
 ///
 /// It pulls the input lazily: at most a bounded number of inputs are taken from the input
 /// iterator and not yet yielded (a few tasks per worker), so an endless input runs in flat
-/// memory. Dropping it early discards the work in flight. It borrows the pool, and drives it on
-/// each `next`.
+/// memory. The inputs taken run in the background (the pool's driver thread) between calls to
+/// `next`; further inputs are taken from the caller's iterator only by `next` (it may not be
+/// `Send`). Dropping it early discards the work in flight. It borrows the pool.
 pub struct IMap<'p, I: Iterator, R> {
     pub(crate) pool: &'p Pool,
     pub(crate) job: JobId,
@@ -551,6 +637,29 @@ where
     /// How many inputs were taken from the input iterator so far.
     pub fn pulled(&self) -> usize {
         self.chunks.pulled
+    }
+
+    /// Queues tasks of the next inputs while the window has room and the pool wants them.
+    fn feed(&mut self, core: &mut Scheduler) -> Result<()> {
+        while core.wants_tasks() && self.chunks.pulled - self.yielded < self.window {
+            let room = self.window - (self.chunks.pulled - self.yielded);
+            match self.chunks.next_task(self.job, room)? {
+                Some(t) => core.submit(t),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the first window of inputs and hands them to the driver thread, so that they run
+    /// while the caller does something else.
+    pub(crate) fn start(&mut self) -> Result<()> {
+        let pool = self.pool;
+        let mut core = pool.shared.lock();
+        self.feed(&mut core)?;
+        drop(core);
+        pool.shared.driver.notify();
+        Ok(())
     }
 
     fn pop(&mut self) -> Option<Result<R>> {
@@ -617,16 +726,9 @@ where
                 self.fused = true;
                 break None;
             }
-            while core.wants_tasks() && self.chunks.pulled - self.yielded < self.window {
-                let room = self.window - (self.chunks.pulled - self.yielded);
-                match self.chunks.next_task(self.job, room) {
-                    Ok(Some(t)) => core.submit(t),
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.fused = true;
-                        return Some(Err(e));
-                    }
-                }
+            if let Err(e) = self.feed(&mut core) {
+                self.fused = true;
+                return Some(Err(e));
             }
             if self.chunks.done && self.yielded == self.chunks.pulled {
                 continue;
@@ -638,6 +740,8 @@ where
         };
         let deferred = core.take_deferred();
         drop(core);
+        // Inputs queued by this call run on in the background.
+        pool.shared.driver.notify();
         run_deferred(deferred);
         out
     }

@@ -2,12 +2,17 @@
 //!
 //! It knows no types: tasks are encoded inputs, results are encoded outcomes. It keeps a queue of
 //! pending tasks, hands them to workers with several in flight per worker (pipelining; the depth
-//! adapts to the observed task time), polls every worker's socket and pidfd, and turns a worker's
-//! death or an overdue task into per-input errors, re-queueing the innocent inputs and replacing
-//! the worker. Nothing here blocks except `poll`, and no helper thread exists.
+//! adapts to the observed task time), polls every worker's socket and death descriptor, and turns
+//! a worker's death or an overdue task into per-input errors, re-queueing the innocent inputs and
+//! replacing the worker. Nothing here blocks except `poll`, and no helper thread exists.
+//!
+//! It does not know how workers are started: it holds a [`Starter`] (fork, fork server, ...) and
+//! sees each worker through the small [`Worker`] handle (pid, death descriptor, signal, exit
+//! status) plus the worker's socket ([`Link`]); see `super::start`. Which inputs of an ended
+//! worker fail and which run again is decided by the pure function [`settle`].
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,12 +20,13 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
-use crate::fork::fork_child;
 use crate::sys::{self, ExitStatus, Interest, Pid};
 
 use super::fnref::FnRef;
+use super::journal;
+use super::start::{Initializer, Starter, Worker, WorkerSpec};
 use super::transport::{self, Body, Bytes, Encoded, Fds, Link, Reply};
-use super::worker::{self, IDLE, Progress, Setup};
+use super::worker::{self, IDLE, Progress};
 use crate::fdpass::{self, FdTable};
 
 pub(crate) type JobId = u64;
@@ -45,7 +51,7 @@ pub(crate) struct Config {
     pub(crate) max_tasks_per_child: Option<u64>,
     pub(crate) retries: u32,
     pub(crate) task_timeout: Option<Duration>,
-    pub(crate) initializer: Option<Arc<dyn Fn() + Send + Sync>>,
+    pub(crate) initializer: Option<Initializer>,
     pub(crate) thread_env: Option<String>,
 }
 
@@ -150,7 +156,7 @@ struct Kill {
 
 struct Slot {
     pid: Pid,
-    pidfd: OwnedFd,
+    worker: Box<dyn Worker>,
     link: Link,
     inflight: VecDeque<(u64, Task)>,
     sent: u64,
@@ -159,9 +165,10 @@ struct Slot {
     stopping: bool,
 }
 
-/// The parent's state of one pool.
-pub(crate) struct Core {
+/// The parent's state of one pool: its workers, its queued tasks and its jobs.
+pub(crate) struct Scheduler {
     cfg: Config,
+    starter: Box<dyn Starter>,
     book: Arc<Book>,
     progress: Arc<Progress>,
     slots: Vec<Option<Slot>>,
@@ -179,9 +186,9 @@ pub(crate) struct Core {
     spare: Vec<u8>,
 }
 
-impl std::fmt::Debug for Core {
+impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Core")
+        f.debug_struct("Scheduler")
             .field("processes", &self.cfg.processes)
             .field("pending", &self.pending.len())
             .field("jobs", &self.jobs.len())
@@ -189,15 +196,20 @@ impl std::fmt::Debug for Core {
     }
 }
 
-impl Core {
-    /// Forks the workers.
-    pub(crate) fn start(cfg: Config, book: Arc<Book>) -> Result<Core> {
+impl Scheduler {
+    /// Starts the workers with `starter`.
+    pub(crate) fn start(
+        cfg: Config,
+        starter: Box<dyn Starter>,
+        book: Arc<Book>,
+    ) -> Result<Scheduler> {
         let n = cfg.processes;
-        // Read once here, inherited by every worker (see `fnref::text_range`).
+        // Read once here, inherited by every forked worker (see `fnref::text_range`).
         let _ = super::fnref::text_range();
-        let mut core = Core {
+        let mut core = Scheduler {
             progress: Arc::new(Progress::new(n)?),
             cfg,
+            starter,
             book,
             slots: (0..n).map(|_| None).collect(),
             pending: VecDeque::new(),
@@ -221,43 +233,33 @@ impl Core {
     fn spawn(&mut self, i: usize) -> Result<()> {
         let (link, end) = transport::pair()?;
         self.progress.reset(i);
-        let close = self
+        let close: Vec<_> = self
             .slots
             .iter()
             .flatten()
-            .flat_map(|s| [s.link.fd().as_raw_fd(), s.pidfd.as_raw_fd()])
+            .flat_map(|s| [s.link.fd().as_raw_fd(), s.worker.death_fd().as_raw_fd()])
             .collect();
-        let setup = Setup {
+        let spec = WorkerSpec {
             end,
             progress: self.progress.clone(),
             slot: i,
-            parent: sys::getpid(),
             max_tasks: self.cfg.max_tasks_per_child,
             timed: self.cfg.task_timeout.is_some(),
             initializer: self.cfg.initializer.clone(),
             thread_env: self.cfg.thread_env.clone(),
-            close,
         };
         let book = self.book.clone();
         let mut pids = book.pids.lock().unwrap_or_else(|e| e.into_inner());
         if self.book.is_terminating() {
             return Ok(());
         }
-        let pid = fork_child(move || worker::run(setup))?;
+        let worker = self.starter.start(spec, &close)?;
+        let pid = worker.pid();
         pids.push(pid);
         drop(pids);
-        let pidfd = match sys::pidfd_open(pid) {
-            Ok(fd) => fd,
-            Err(e) => {
-                let _ = sys::kill(pid, Signal::SIGKILL);
-                let _ = sys::wait_blocking(pid);
-                self.forget_pid(pid);
-                return Err(e);
-            }
-        };
         self.slots[i] = Some(Slot {
             pid,
-            pidfd,
+            worker,
             link,
             inflight: VecDeque::new(),
             sent: 0,
@@ -420,6 +422,16 @@ impl Core {
     /// Runs the pool for a while: hands out tasks, then waits until something happens or
     /// `deadline` passes, and processes it. Returns at once when the pool was terminated.
     pub(crate) fn drive(&mut self, deadline: Option<Instant>) -> Result<()> {
+        self.drive_woken(deadline, None)
+    }
+
+    /// [`drive`](Core::drive), also returning when `bell` becomes readable (the driver
+    /// thread's doorbell, rung by a thread that wants the pool's lock).
+    pub(crate) fn drive_woken(
+        &mut self,
+        deadline: Option<Instant>,
+        bell: Option<BorrowedFd<'_>>,
+    ) -> Result<()> {
         if self.book.is_terminating() {
             self.abort_all();
         }
@@ -446,7 +458,7 @@ impl Core {
         let waiting = self.slots.iter().flatten().any(|s| !s.inflight.is_empty());
         let spin_until = if waiting { now + SPIN } else { now };
         let ready = loop {
-            let fds: Vec<_> = self
+            let mut fds: Vec<_> = self
                 .slots
                 .iter()
                 .flatten()
@@ -456,9 +468,10 @@ impl Core {
                     } else {
                         Interest::Read
                     };
-                    [(s.link.fd(), io), (s.pidfd.as_fd(), Interest::Read)]
+                    [(s.link.fd(), io), (s.worker.death_fd(), Interest::Read)]
                 })
                 .collect();
+            fds.extend(bell.map(|b| (b, Interest::Read)));
             let spinning = Instant::now() < spin_until;
             let until = if spinning { Some(Instant::now()) } else { wake };
             let ready = sys::poll_many(&fds, until)?;
@@ -496,7 +509,7 @@ impl Core {
     fn handle_replies(&mut self, slot: &mut Slot, replies: Vec<Reply>) {
         for reply in replies {
             let Some((seq, task)) = slot.inflight.pop_front() else {
-                let _ = sys::kill(slot.pid, Signal::SIGKILL);
+                slot.worker.signal(Signal::SIGKILL);
                 return;
             };
             let (rseq, event) = match reply {
@@ -533,7 +546,7 @@ impl Core {
                 ),
             };
             if rseq != seq {
-                let _ = sys::kill(slot.pid, Signal::SIGKILL);
+                slot.worker.signal(Signal::SIGKILL);
                 return;
             }
             let job = task.job;
@@ -578,10 +591,24 @@ impl Core {
             }
             self.handle_replies(&mut slot, replies);
         }
-        let status = sys::wait_blocking(slot.pid)?;
+        let status = slot.worker.wait();
         self.forget_pid(slot.pid);
         if !slot.inflight.is_empty() && !self.book.is_terminating() {
-            self.settle(i, &mut slot, status);
+            // The input that was running: the one the timeout named, else the progress slot's.
+            let snap = self.progress.get(i);
+            let running = match &slot.kill {
+                Some(k) => Some(k.culprit),
+                None => (snap.item != IDLE).then_some((snap.seq, snap.item)),
+            };
+            // Inputs that finished but whose reply died with the worker: from its journal.
+            let entries = self.progress.journal_entries(i);
+            let saved = journal::salvage(&entries, &mut slot.inflight, running, slot.pid.as_raw());
+            for (job, event) in saved.events {
+                self.deliver(job, event);
+            }
+            if !slot.inflight.is_empty() {
+                self.settle(&mut slot, status, saved.running, saved.inputs > 0);
+            }
         }
         if !slot.stopping && !self.book.is_terminating() {
             self.replaced += 1;
@@ -595,94 +622,95 @@ impl Core {
         Ok(())
     }
 
-    /// Decides the fate of the tasks of a worker that ended with tasks in flight.
-    fn settle(&mut self, i: usize, slot: &mut Slot, status: ExitStatus) {
+    /// Applies the failure policy ([`settle`]) to the tasks of a worker that ended with tasks in
+    /// flight (their finished inputs already taken out, see `journal::salvage`): `running` is
+    /// the input that was running, `progressed` whether any input of them had finished. Delivers
+    /// the failures, re-queues the rest at the front.
+    fn settle(
+        &mut self,
+        slot: &mut Slot,
+        status: ExitStatus,
+        running: Option<(u64, u64)>,
+        progressed: bool,
+    ) {
         let (signal, code) = match status {
             ExitStatus::Signaled(s) => (Some(s), None),
             ExitStatus::Exited(c) => (None, Some(c)),
         };
         let tasks: Vec<(u64, Task)> = std::mem::take(&mut slot.inflight).into();
-        let snap = self.progress.get(i);
-        let timed_out = slot.kill.is_some();
-        // The input that was running: the one the timeout named, else the progress slot's.
-        let target = match &slot.kill {
-            Some(k) => Some(k.culprit),
-            None if snap.item != IDLE => Some((snap.seq, snap.item)),
-            None => None,
+        let ending = Ending {
+            running,
+            progressed,
+            timed_out: slot.kill.is_some(),
+            init_failed: code == Some(worker::INIT_FAILED),
+            retries: self.cfg.retries,
         };
-        let culprit = target.and_then(|(seq, item)| {
-            tasks
-                .iter()
-                .position(|(s, t)| *s == seq && item < u64::from(t.items.count()))
-                .map(|p| (p, item as u32))
-        });
+        let inflight: Vec<InFlight> = tasks
+            .iter()
+            .map(|(seq, t)| InFlight {
+                seq: *seq,
+                count: t.items.count(),
+                died: t.died,
+            })
+            .collect();
+        let fates = settle(&inflight, &ending);
         let pid = slot.pid.as_raw();
-        let died = |task: String| Error::WorkerDied {
-            pid,
-            signal,
-            code,
-            task: Some(task),
-        };
-        if code == Some(worker::INIT_FAILED) {
-            // The initializer panicked: nothing sent to this worker could run there.
-            for (_, t) in tasks {
-                for k in 0..t.items.count() as usize {
-                    let error = died(format!("{} (the initializer panicked)", t.items.label(k)));
-                    let index = t.items.index(k);
-                    self.deliver(t.job, Event::Failed { index, error });
-                }
-            }
-            return;
-        }
         let mut requeue: Vec<Task> = Vec::new();
-        match culprit {
-            Some((p, c)) => {
-                for (j, (_, task)) in tasks.into_iter().enumerate() {
-                    if j != p {
-                        // Finished (its reply died with the worker) or not started: run again.
-                        requeue.push(task);
-                        continue;
+        let after = self.cfg.task_timeout.unwrap_or_default();
+        for ((_, task), fate) in tasks.into_iter().zip(fates) {
+            let error = |why: Why, label: String| match why {
+                Why::TimedOut => Error::Timeout {
+                    operation: "running a pool task",
+                    after,
+                    task: Some(label),
+                },
+                Why::Died => Error::WorkerDied {
+                    pid,
+                    signal,
+                    code,
+                    task: Some(label),
+                },
+                Why::InitFailed => Error::WorkerDied {
+                    pid,
+                    signal,
+                    code,
+                    task: Some(format!("{label} (the initializer panicked)")),
+                },
+            };
+            match fate {
+                Fate::Requeue { died } => requeue.push(Task { died, ..task }),
+                Fate::FailAll { why } => {
+                    for k in 0..task.items.count() as usize {
+                        let e = error(why, task.items.label(k));
+                        self.deliver(
+                            task.job,
+                            Event::Failed {
+                                index: task.items.index(k),
+                                error: e,
+                            },
+                        );
                     }
-                    let (one, rest) = self.split(task, c);
-                    let index = one.items.index(0);
-                    let error = if timed_out {
-                        Some(Error::Timeout {
-                            operation: "running a pool task",
-                            after: self.cfg.task_timeout.unwrap_or_default(),
-                            task: Some(one.items.label(0)),
-                        })
-                    } else if one.died < self.cfg.retries {
-                        None
-                    } else {
-                        Some(died(one.items.label(0)))
-                    };
-                    match error {
-                        Some(error) => self.deliver(one.job, Event::Failed { index, error }),
-                        None => requeue.push(Task {
-                            died: one.died + 1,
-                            ..one
-                        }),
+                }
+                Fate::FailOne { item, why } => {
+                    let (one, rest) = self.split(task, item);
+                    // `one` holds more than the input only when the task could not be split.
+                    for k in 0..one.items.count() as usize {
+                        let e = error(why, one.items.label(k));
+                        self.deliver(
+                            one.job,
+                            Event::Failed {
+                                index: one.items.index(k),
+                                error: e,
+                            },
+                        );
                     }
                     requeue.extend(rest);
                 }
-            }
-            None => {
-                // Died between inputs: run everything again, but give up on the first task if
-                // that keeps happening, so that the pool cannot loop forever.
-                let mut tasks = tasks.into_iter().map(|(_, t)| t);
-                if let Some(mut head) = tasks.next() {
-                    head.died += 1;
-                    if head.died > self.cfg.retries + 3 {
-                        for k in 0..head.items.count() as usize {
-                            let error = died(head.items.label(k));
-                            let index = head.items.index(k);
-                            self.deliver(head.job, Event::Failed { index, error });
-                        }
-                    } else {
-                        requeue.push(head);
-                    }
+                Fate::RetryOne { item, died } => {
+                    let (one, rest) = self.split(task, item);
+                    requeue.push(Task { died, ..one });
+                    requeue.extend(rest);
                 }
-                requeue.extend(tasks);
             }
         }
         for t in requeue.into_iter().rev() {
@@ -752,7 +780,7 @@ impl Core {
             if let Some(k) = &mut slot.kill {
                 if !k.killed {
                     if now >= k.term_at + GRACE {
-                        let _ = sys::kill(slot.pid, Signal::SIGKILL);
+                        slot.worker.signal(Signal::SIGKILL);
                         k.killed = true;
                     } else {
                         soonest(k.term_at + GRACE);
@@ -764,7 +792,7 @@ impl Core {
             if snap.seq == head_seq && snap.item != IDLE {
                 let ran = Duration::from_nanos(now_ns.saturating_sub(snap.started_ns));
                 if ran >= limit {
-                    let _ = sys::kill(slot.pid, Signal::SIGTERM);
+                    slot.worker.signal(Signal::SIGTERM);
                     slot.kill = Some(Kill {
                         culprit: (head_seq, snap.item),
                         term_at: now,
@@ -799,9 +827,9 @@ impl Core {
 
     fn reap_all(&mut self) {
         for slot in self.slots.iter_mut() {
-            if let Some(s) = slot.take() {
-                let _ = sys::kill(s.pid, Signal::SIGKILL);
-                let _ = sys::wait_blocking(s.pid);
+            if let Some(mut s) = slot.take() {
+                s.worker.signal(Signal::SIGKILL);
+                let _ = s.worker.wait();
                 self.book
                     .pids
                     .lock()
@@ -834,8 +862,243 @@ impl Core {
     }
 }
 
-impl Drop for Core {
+impl Drop for Scheduler {
     fn drop(&mut self) {
         self.reap_all();
+    }
+}
+
+/// What [`settle`] knows of one task in flight on a worker that ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct InFlight {
+    pub(crate) seq: u64,
+    /// How many inputs it holds.
+    pub(crate) count: u32,
+    /// How many workers died running it before.
+    pub(crate) died: u32,
+}
+
+/// How a worker with tasks in flight ended, as far as the failure policy cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ending {
+    /// The input it was running: (task seq, input index in the task), if known.
+    pub(crate) running: Option<(u64, u64)>,
+    /// Whether any input of its tasks had finished (a death between inputs after progress is
+    /// not held against the task).
+    pub(crate) progressed: bool,
+    /// Whether the scheduler killed it for an overdue input (`running` names that input).
+    pub(crate) timed_out: bool,
+    /// Whether its initializer panicked (nothing sent to it could run).
+    pub(crate) init_failed: bool,
+    /// The pool's `retries`.
+    pub(crate) retries: u32,
+}
+
+/// Why inputs fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// The worker died running it.
+    Died,
+    /// It ran longer than the task timeout.
+    TimedOut,
+    /// The worker's initializer panicked.
+    InitFailed,
+}
+
+/// The fate of one task of an ended worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fate {
+    /// Run the whole task again; `died` is its new count of deaths.
+    Requeue { died: u32 },
+    /// Every input of the task fails.
+    FailAll { why: Why },
+    /// Input `item` fails; the task's other inputs run again.
+    FailOne { item: u32, why: Why },
+    /// Input `item` runs again (`died`: its new count of deaths), and so do the others.
+    RetryOne { item: u32, died: u32 },
+}
+
+/// The failure policy, one [`Fate`] per task (in order): the input that was running when the
+/// worker ended fails (a timeout always; a death once it has used up its `retries`), the other
+/// inputs run again. A worker that died between inputs fails nothing, unless the same first task
+/// keeps killing workers (`retries + 3` times): then that task's inputs fail, so that the pool
+/// cannot loop forever. If the initializer panicked, every input sent to the worker fails.
+pub(crate) fn settle(tasks: &[InFlight], ending: &Ending) -> Vec<Fate> {
+    if ending.init_failed {
+        let why = Why::InitFailed;
+        return tasks.iter().map(|_| Fate::FailAll { why }).collect();
+    }
+    let culprit = ending.running.and_then(|(seq, item)| {
+        tasks
+            .iter()
+            .position(|t| t.seq == seq && item < u64::from(t.count))
+            .map(|p| (p, item as u32))
+    });
+    let again = |t: &InFlight| Fate::Requeue { died: t.died };
+    match culprit {
+        Some((p, item)) => tasks
+            .iter()
+            .enumerate()
+            .map(|(j, t)| {
+                if j != p {
+                    // Finished (its reply died with the worker) or not started: run again.
+                    again(t)
+                } else if ending.timed_out {
+                    Fate::FailOne {
+                        item,
+                        why: Why::TimedOut,
+                    }
+                } else if t.died < ending.retries {
+                    Fate::RetryOne {
+                        item,
+                        died: t.died + 1,
+                    }
+                } else {
+                    Fate::FailOne {
+                        item,
+                        why: Why::Died,
+                    }
+                }
+            })
+            .collect(),
+        None => tasks
+            .iter()
+            .enumerate()
+            .map(|(j, t)| match j {
+                0 if t.died + u32::from(!ending.progressed) > ending.retries + 3 => {
+                    Fate::FailAll { why: Why::Died }
+                }
+                0 => Fate::Requeue {
+                    died: t.died + u32::from(!ending.progressed),
+                },
+                _ => again(t),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(seq: u64, count: u32, died: u32) -> InFlight {
+        InFlight { seq, count, died }
+    }
+
+    fn ending(running: Option<(u64, u64)>) -> Ending {
+        Ending {
+            running,
+            progressed: false,
+            timed_out: false,
+            init_failed: false,
+            retries: 0,
+        }
+    }
+
+    #[test]
+    fn a_death_mid_input_fails_that_input_and_requeues_the_rest() {
+        let tasks = [task(1, 4, 0), task(2, 4, 0), task(3, 2, 1)];
+        let fates = settle(&tasks, &ending(Some((2, 3))));
+        assert_eq!(
+            fates,
+            [
+                Fate::Requeue { died: 0 },
+                Fate::FailOne {
+                    item: 3,
+                    why: Why::Died
+                },
+                Fate::Requeue { died: 1 },
+            ]
+        );
+    }
+
+    #[test]
+    fn retries_rerun_the_input_until_they_are_used_up() {
+        let e = Ending {
+            retries: 2,
+            ..ending(Some((5, 0)))
+        };
+        assert_eq!(
+            settle(&[task(5, 1, 0)], &e),
+            [Fate::RetryOne { item: 0, died: 1 }]
+        );
+        assert_eq!(
+            settle(&[task(5, 1, 1)], &e),
+            [Fate::RetryOne { item: 0, died: 2 }]
+        );
+        assert_eq!(
+            settle(&[task(5, 1, 2)], &e),
+            [Fate::FailOne {
+                item: 0,
+                why: Why::Died
+            }]
+        );
+    }
+
+    #[test]
+    fn a_timeout_fails_its_input_even_with_retries_left() {
+        let e = Ending {
+            timed_out: true,
+            retries: 5,
+            ..ending(Some((7, 1)))
+        };
+        assert_eq!(
+            settle(&[task(7, 3, 0), task(8, 1, 0)], &e),
+            [
+                Fate::FailOne {
+                    item: 1,
+                    why: Why::TimedOut
+                },
+                Fate::Requeue { died: 0 },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_death_between_inputs_requeues_until_the_head_keeps_killing() {
+        let tasks = [task(1, 2, 0), task(2, 2, 0)];
+        assert_eq!(
+            settle(&tasks, &ending(None)),
+            [Fate::Requeue { died: 1 }, Fate::Requeue { died: 0 }]
+        );
+        // A stale progress slot (another seq, or an index past the task) is no culprit either.
+        assert_eq!(
+            settle(&tasks, &ending(Some((9, 0)))),
+            settle(&tasks, &ending(Some((1, 2))))
+        );
+        let hopeless = [task(1, 2, 3), task(2, 2, 0)];
+        assert_eq!(
+            settle(&hopeless, &ending(None)),
+            [Fate::FailAll { why: Why::Died }, Fate::Requeue { died: 0 }]
+        );
+        // After inputs of the tasks finished (saved from the journal), a death between inputs
+        // is not held against the head: the map makes progress however often workers die.
+        let progressed = Ending {
+            progressed: true,
+            ..ending(None)
+        };
+        assert_eq!(
+            settle(&hopeless, &progressed),
+            [Fate::Requeue { died: 3 }, Fate::Requeue { died: 0 }]
+        );
+    }
+
+    #[test]
+    fn a_panicking_initializer_fails_everything_sent() {
+        let e = Ending {
+            init_failed: true,
+            ..ending(Some((1, 0)))
+        };
+        assert_eq!(
+            settle(&[task(1, 2, 0), task(2, 1, 0)], &e),
+            [
+                Fate::FailAll {
+                    why: Why::InitFailed
+                },
+                Fate::FailAll {
+                    why: Why::InitFailed
+                },
+            ]
+        );
     }
 }

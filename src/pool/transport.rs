@@ -2,7 +2,8 @@
 //! result frames move, so that another backend (MPI) can replace it.
 //!
 //! Each worker has one Unix stream socket pair. Every message is a [`crate::wire`] frame (an
-//! 8-byte little-endian length, then the body); the body starts with a one-byte kind:
+//! 8-byte little-endian length, then the body; cut and read by [`FrameBuf`]); the body starts
+//! with a one-byte kind:
 //!
 //! | direction | kind | body after the kind byte |
 //! |---|---|---|
@@ -30,6 +31,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::sys;
+pub(crate) use crate::wire::Body;
+use crate::wire::{self, FrameBuf};
 
 pub(crate) const TASK: u8 = 0;
 pub(crate) const CTX: u8 = 1;
@@ -56,167 +59,10 @@ pub(crate) struct Encoded {
     pub(crate) fds: Fds,
 }
 
-/// Frames larger than this are read straight into their own buffer.
-const BIG: usize = 1 << 16;
 /// Payloads larger than this are queued by reference instead of copied.
 const SHARE: usize = 1 << 14;
-const READ_CHUNK: usize = 1 << 16;
-
-/// A received frame body: `buf[start..]`.
-#[derive(Debug)]
-pub(crate) struct Body {
-    buf: Vec<u8>,
-    start: usize,
-}
-
-impl Body {
-    pub(crate) fn bytes(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-}
-
-/// Incoming bytes, cut into frames: `buf[pos..end]` is received and not yet parsed;
-/// `buf[end..]` is initialized room for the next receive (zeroed once, when it grows). `fds`
-/// holds the received descriptors not yet claimed by a frame, in arrival order.
-#[derive(Debug)]
-struct RxBuf {
-    buf: Vec<u8>,
-    pos: usize,
-    end: usize,
-    fds: VecDeque<OwnedFd>,
-    space: Vec<u8>,
-}
-
-impl Default for RxBuf {
-    fn default() -> Self {
-        RxBuf {
-            buf: Vec::new(),
-            pos: 0,
-            end: 0,
-            fds: VecDeque::new(),
-            space: sys::socket::fd_space(),
-        }
-    }
-}
-
-impl RxBuf {
-    fn header(&self) -> Option<usize> {
-        (self.end - self.pos >= 8).then(|| {
-            8 + u64::from_le_bytes(self.buf[self.pos..self.pos + 8].try_into().unwrap()) as usize
-        })
-    }
-
-    fn compact(&mut self) {
-        self.buf.copy_within(self.pos..self.end, 0);
-        self.end -= self.pos;
-        self.pos = 0;
-    }
-
-    /// How many bytes to ask for next; makes room for them.
-    fn prepare(&mut self) -> usize {
-        if self.pos == self.end {
-            self.pos = 0;
-            self.end = 0;
-        }
-        let want = match self.header() {
-            Some(total) if total > BIG => {
-                // Read exactly the rest of this big frame, into a buffer that holds only it.
-                if self.pos > 0 {
-                    self.compact();
-                }
-                if self.buf.len() < total {
-                    // A zeroed allocation of this size comes from fresh pages: no memset.
-                    let mut fresh = vec![0u8; total];
-                    fresh[..self.end].copy_from_slice(&self.buf[..self.end]);
-                    self.buf = fresh;
-                }
-                total - self.end
-            }
-            _ => {
-                if self.pos > 4 * READ_CHUNK {
-                    self.compact();
-                }
-                READ_CHUNK
-            }
-        };
-        if self.buf.len() < self.end + want {
-            self.buf.resize(self.end + want, 0);
-        }
-        want
-    }
-
-    /// Receives once; `Ok(None)` when nothing was there, `Ok(Some(0))` at end of file.
-    fn fill(&mut self, fd: BorrowedFd<'_>, nonblocking: bool) -> Result<Option<usize>> {
-        let want = self.prepare();
-        let fds = &mut self.fds;
-        let r = sys::socket::recv_once(
-            fd,
-            &mut self.buf[self.end..self.end + want],
-            nonblocking,
-            &mut self.space,
-            |f| fds.push_back(f),
-        )?;
-        if let Some(n) = r {
-            self.end += n;
-        }
-        Ok(r)
-    }
-
-    /// The next complete frame, if one is buffered.
-    fn next(&mut self) -> Result<Option<Body>> {
-        let Some(total) = self.header() else {
-            return Ok(None);
-        };
-        if total > crate::wire::MAX_MESSAGE_BYTES + 72 {
-            return Err(Error::TooLarge {
-                size: total,
-                limit: crate::wire::MAX_MESSAGE_BYTES,
-            });
-        }
-        if self.end - self.pos < total {
-            return Ok(None);
-        }
-        if self.pos == 0 && self.end == total && total > BIG {
-            let mut buf = std::mem::take(&mut self.buf);
-            buf.truncate(total);
-            self.end = 0;
-            return Ok(Some(Body { buf, start: 8 }));
-        }
-        let body = self.buf[self.pos + 8..self.pos + total].to_vec();
-        self.pos += total;
-        Ok(Some(Body {
-            buf: body,
-            start: 0,
-        }))
-    }
-
-    /// Takes back a big frame's buffer once its content is used, so that the next big frame
-    /// lands in memory that is already mapped (no page faults).
-    fn recycle(&mut self, body: Body) {
-        if self.pos == self.end && body.buf.len() > self.buf.len() {
-            self.buf = body.buf;
-            self.pos = 0;
-            self.end = 0;
-        }
-    }
-
-    fn has_frame(&self) -> bool {
-        self.header()
-            .is_some_and(|total| self.end - self.pos >= total)
-    }
-
-    /// The `n` descriptors of the frame just parsed (they came with its first byte).
-    fn take_fds(&mut self, n: u32) -> Result<Vec<OwnedFd>> {
-        let n = n as usize;
-        if n > self.fds.len() {
-            return Err(Error::Disconnected(format!(
-                "a frame announced {n} descriptors but {} arrived",
-                self.fds.len()
-            )));
-        }
-        Ok(self.fds.drain(..n).collect())
-    }
-}
+/// Owned segments of the send queue grow up to this before a new one starts.
+const SEGMENT: usize = 1 << 16;
 
 enum Data {
     Own(Vec<u8>),
@@ -243,7 +89,7 @@ pub(crate) struct Link {
     sock: OwnedFd,
     out: VecDeque<Seg>,
     out_pos: usize,
-    rx: RxBuf,
+    rx: FrameBuf,
     eof: bool,
 }
 
@@ -275,12 +121,12 @@ pub(crate) fn pair() -> Result<(Link, WorkerEnd)> {
             sock: a,
             out: VecDeque::new(),
             out_pos: 0,
-            rx: RxBuf::default(),
+            rx: FrameBuf::default(),
             eof: false,
         },
         WorkerEnd {
             sock: b,
-            rx: RxBuf::default(),
+            rx: FrameBuf::default(),
             out: Vec::new(),
             out_fds: Vec::new(),
         },
@@ -293,8 +139,7 @@ impl Link {
     }
 
     fn small(&mut self) -> &mut Vec<u8> {
-        if !matches!(self.out.back(), Some(Seg { data: Data::Own(v), .. }) if v.len() < READ_CHUNK)
-        {
+        if !matches!(self.out.back(), Some(Seg { data: Data::Own(v), .. }) if v.len() < SEGMENT) {
             self.out.push_back(Seg {
                 data: Data::Own(Vec::with_capacity(256)),
                 fds: None,
@@ -316,9 +161,8 @@ impl Link {
                 fds: Some(fds.clone()),
             });
         }
-        let len = (head.len() + payload.len()) as u64;
         let small = self.small();
-        small.extend_from_slice(&len.to_le_bytes());
+        small.extend_from_slice(&wire::frame_len(head.len() + payload.len()));
         small.extend_from_slice(head);
         if payload.len() <= SHARE {
             small.extend_from_slice(payload);
@@ -422,7 +266,7 @@ fn fd_count(fds: &Fds) -> u32 {
     fds.as_ref().map_or(0, |f| f.len() as u32)
 }
 
-fn parse_reply(body: Body, rx: &mut RxBuf) -> Result<Reply> {
+fn parse_reply(body: Body, rx: &mut FrameBuf) -> Result<Reply> {
     let b = body.bytes();
     if b.len() < 9 {
         return Err(bad_frame());
@@ -433,14 +277,10 @@ fn parse_reply(body: Body, rx: &mut RxBuf) -> Result<Reply> {
             let elapsed_ns = u64::from_le_bytes(b[9..17].try_into().unwrap());
             let nfds = u32::from_le_bytes(b[17..21].try_into().unwrap());
             let fds = rx.take_fds(nfds)?;
-            let start = body.start + DONE_HEAD;
             Ok(Reply::Done {
                 seq,
                 elapsed_ns,
-                data: Body {
-                    buf: body.buf,
-                    start,
-                },
+                data: body.skip(DONE_HEAD),
                 fds,
             })
         }
@@ -478,7 +318,7 @@ pub(crate) enum Order {
 #[derive(Debug)]
 pub(crate) struct WorkerEnd {
     sock: OwnedFd,
-    rx: RxBuf,
+    rx: FrameBuf,
     out: Vec<u8>,
     /// Where in `out` a reply with descriptors starts, and its descriptors.
     out_fds: Vec<(usize, Vec<OwnedFd>)>,
@@ -522,9 +362,7 @@ impl WorkerEnd {
 
     /// Hands a used input buffer back for reuse.
     pub(crate) fn recycle(&mut self, body: Body) {
-        if body.buf.len() > BIG {
-            self.rx.recycle(body);
-        }
+        self.rx.recycle(body);
     }
 
     /// Whether another order is already buffered (replies may wait for the batch).
@@ -607,7 +445,7 @@ impl WorkerEnd {
     }
 }
 
-fn parse_order(body: Body, rx: &mut RxBuf) -> Result<Order> {
+fn parse_order(body: Body, rx: &mut FrameBuf) -> Result<Order> {
     let b = body.bytes();
     match b.first() {
         Some(&TASK) if b.len() >= 33 => Ok(Order::Task {
@@ -616,18 +454,12 @@ fn parse_order(body: Body, rx: &mut RxBuf) -> Result<Order> {
             job: u64::from_le_bytes(b[17..25].try_into().unwrap()),
             count: u32::from_le_bytes(b[25..29].try_into().unwrap()),
             fds: rx.take_fds(u32::from_le_bytes(b[29..33].try_into().unwrap()))?,
-            inputs: Body {
-                start: body.start + 33,
-                buf: body.buf,
-            },
+            inputs: body.skip(33),
         }),
         Some(&CTX) if b.len() >= 13 => Ok(Order::Ctx {
             job: u64::from_le_bytes(b[1..9].try_into().unwrap()),
             fds: rx.take_fds(u32::from_le_bytes(b[9..13].try_into().unwrap()))?,
-            ctx: Body {
-                start: body.start + 13,
-                buf: body.buf,
-            },
+            ctx: body.skip(13),
         }),
         Some(&STOP) => Ok(Order::Stop),
         _ => Err(bad_frame()),

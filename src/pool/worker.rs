@@ -13,7 +13,10 @@ use crate::panic;
 use crate::sys::mem::SharedMapping;
 use crate::sys::{self, Pid};
 
-use super::fnref::FnRef;
+use serde::Serialize;
+
+use super::fnref::{FnRef, ItemError, ItemOut, push_outcome};
+use super::journal::{ENTRY_HEAD, Entry, JOURNAL_BYTES, entry_head, parse};
 use super::transport::{MAX_FDS, Order, WorkerEnd};
 
 /// Words per progress slot (one cache line).
@@ -30,10 +33,17 @@ const REPLY_BATCH: usize = 1 << 16;
 /// One progress slot per worker, in memory shared with the workers: the task sequence number and
 /// the input index it is running, and when that input started (`CLOCK_MONOTONIC` ns). A
 /// sequence lock (`ver`, odd while writing) keeps the three consistent for the reader.
+///
+/// Word 4 of a slot is the committed length of the worker's region of the outcome journal
+/// (see [`super::journal`]), which lives in a second shared mapping.
 #[derive(Debug)]
 pub(crate) struct Progress {
     map: SharedMapping,
+    journal: SharedMapping,
 }
+
+/// The word of a progress slot that holds the journal's committed length.
+const JOURNAL_LEN: usize = 4;
 
 /// What a worker was doing, read from its slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +57,7 @@ impl Progress {
     pub(crate) fn new(slots: usize) -> crate::Result<Progress> {
         let p = Progress {
             map: SharedMapping::anonymous((slots * WORDS * 8).max(4096))?,
+            journal: SharedMapping::anonymous(slots.max(1) * JOURNAL_BYTES)?,
         };
         for i in 0..slots {
             p.reset(i);
@@ -65,7 +76,51 @@ impl Progress {
         w[0].store(0, Ordering::Relaxed);
         w[1].store(0, Ordering::Relaxed);
         w[2].store(IDLE, Ordering::Relaxed);
+        w[JOURNAL_LEN].store(0, Ordering::Relaxed);
         w[3].store(0, Ordering::Release);
+    }
+
+    /// Empties the journal of `slot` (worker side, when every reply it wrote has been sent).
+    #[inline]
+    pub(crate) fn journal_clear(&self, slot: usize) {
+        self.words(slot)[JOURNAL_LEN].store(0, Ordering::Release);
+    }
+
+    /// Appends the outcome of input `item` of task `seq` to the journal of `slot` (worker
+    /// side); `input_end` is where that input ended in the task's bytes. An outcome that does
+    /// not fit is left out.
+    #[inline]
+    pub(crate) fn journal_append(
+        &self,
+        slot: usize,
+        seq: u64,
+        item: u32,
+        input_end: usize,
+        outcome: &[u8],
+    ) {
+        let len = &self.words(slot)[JOURNAL_LEN];
+        let used = len.load(Ordering::Relaxed) as usize;
+        let end = used + ENTRY_HEAD + outcome.len();
+        if end > JOURNAL_BYTES {
+            return;
+        }
+        let base = slot * JOURNAL_BYTES + used;
+        let head = entry_head(seq, item, outcome.len(), input_end);
+        if self.journal.write_bytes(base, &head)
+            && self.journal.write_bytes(base + ENTRY_HEAD, outcome)
+        {
+            len.store(end as u64, Ordering::Release);
+        }
+    }
+
+    /// The journal of `slot` (parent side, after its worker was reaped).
+    pub(crate) fn journal_entries(&self, slot: usize) -> Vec<Entry> {
+        let used =
+            (self.words(slot)[JOURNAL_LEN].load(Ordering::Acquire) as usize).min(JOURNAL_BYTES);
+        self.journal
+            .read_bytes(slot * JOURNAL_BYTES, used)
+            .map(|b| parse(&b))
+            .unwrap_or_default()
     }
 
     /// Records that the worker in `slot` starts input `item` of task `seq` (worker side). The
@@ -155,6 +210,33 @@ impl Exec<'_> {
             self.progress.set(self.slot, self.seq, u64::from(i), true);
         } else {
             self.progress.set_item(self.slot, u64::from(i));
+        }
+    }
+
+    /// Records the outcome of input `i` of the current task, which ended at byte `input_end`
+    /// of the task's inputs: appends its encoding to `out`, drops it (a panic in the result's
+    /// `Drop` makes it that input's [`ItemError::Panicked`], not the worker's death), and
+    /// journals the encoding unless it attached descriptors (see [`super::journal`]).
+    #[inline]
+    pub(crate) fn item_done<R: Serialize>(
+        &mut self,
+        i: u32,
+        input_end: usize,
+        outcome: ItemOut<R>,
+        out: &mut Vec<u8>,
+    ) {
+        let start = out.len();
+        let attached = fdpass::attached();
+        push_outcome(&outcome, out);
+        if std::mem::needs_drop::<R>() {
+            if let Err(p) = panic::catch(move || drop(outcome)) {
+                out.truncate(start);
+                push_outcome(&ItemOut::<()>::Err(ItemError::Panicked(p)), out);
+            }
+        }
+        if fdpass::attached() == attached {
+            self.progress
+                .journal_append(self.slot, self.seq, i, input_end, &out[start..]);
         }
     }
 
@@ -264,6 +346,10 @@ fn serve(s: &mut Setup) -> crate::Result<()> {
                 fds,
             } => {
                 let started = Instant::now();
+                if s.end.reply_bytes() == 0 {
+                    // Every reply written so far was sent: the parent has them.
+                    s.progress.journal_clear(s.slot);
+                }
                 s.progress.set(s.slot, seq, 0, s.timed);
                 let (mark, out) = s.end.begin_done(seq);
                 if ctx.job != job {

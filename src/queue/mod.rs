@@ -11,7 +11,6 @@
 //! consumer holding the get lock takes the matching message. Items without descriptors take the
 //! ring alone, as before.
 
-pub(crate) mod holders;
 mod ring;
 
 use std::cell::RefCell;
@@ -24,6 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+use crate::liveness::HasHolders;
 use crate::{fdpass, wire};
 
 pub(crate) use ring::Shared;
@@ -168,7 +168,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             ));
         }
         let shared = Arc::new(Shared::new(bytes.next_multiple_of(4096))?);
-        holders::adopt(&shared);
+        crate::liveness::adopt(&shared);
         Ok(Queue {
             shared,
             _items: PhantomData,

@@ -35,7 +35,7 @@ use crate::sys::futex::{self, RobustMutex};
 use crate::sys::mem::SharedMapping;
 use crate::sys::socket;
 
-use super::holders::{HolderTable, Waiting};
+use crate::liveness::{self, HasHolders, HolderTable, Waiting};
 
 /// How often a sleeping waiter wakes to look for dead peers and disconnection.
 pub(crate) const TICK: Duration = Duration::from_millis(50);
@@ -90,6 +90,12 @@ struct Header {
 }
 
 const DATA_OFFSET: usize = std::mem::size_of::<Header>().next_multiple_of(64);
+
+impl HasHolders for Shared {
+    fn holders(&self) -> &HolderTable {
+        &self.header().holders
+    }
+}
 
 /// What a consumer took.
 #[derive(Debug)]
@@ -152,10 +158,6 @@ impl Shared {
         // SAFETY: the mapping starts with a `Header` initialized in `new`, lives as long as
         // `self`, and all its shared fields are atomics or process-shared mutexes.
         unsafe { &*self.map.as_ptr().cast::<Header>() }
-    }
-
-    pub(crate) fn holders(&self) -> &HolderTable {
-        &self.header().holders
     }
 
     fn capacity(&self) -> u64 {
@@ -263,8 +265,7 @@ impl Shared {
             if bytes.len() <= chunk {
                 return self.write_record(WHOLE | first_kind_bits, total, bytes);
             }
-            h.put_owner_start
-                .store(super::holders::own_start_time(), SeqCst);
+            h.put_owner_start.store(liveness::own_start_time(), SeqCst);
             h.put_owner.0.store(sys::getpid().as_raw(), SeqCst);
             let mut chunks = bytes.chunks(chunk).peekable();
             let mut kind = FIRST | first_kind_bits;

@@ -26,53 +26,42 @@ use crate::sync::{AcquireResult, acquire_robust};
 use crate::sys::futex::RobustMutex;
 
 pub use podvec::PodVec;
-pub(crate) use podvec::recycled::fork_guard;
 pub(crate) use segment::SharedCell;
 use segment::kind_of;
 use segment::{DATA_OFFSET, Segment};
 
-/// Plain old data: a `Copy` type with no padding, no pointers, and for which every bit pattern
-/// is a valid value, so that its bytes can be shared with, and written by, other processes.
+/// Plain old data, what shared memory holds: `bytemuck`'s [`Pod`](bytemuck::Pod) (a `Copy` type
+/// with no padding, no pointers, for which every bit pattern is a valid value), re-exported with
+/// [`Zeroable`](bytemuck::Zeroable) and both derives.
 ///
-/// Implemented for the integer and float types, `bool` excluded, and arrays of them.
-///
-/// # Safety
-///
-/// Implement it only for a `#[repr(C)]` or `#[repr(transparent)]` type whose fields are all
-/// `Pod`, with no padding bytes, no references or pointers, and no invariant on its bit pattern
-/// (every bit pattern must be a valid value). This is the contract of `bytemuck::Pod`; the crate
-/// defines its own trait to avoid the dependency.
+/// The numbers (`bool` excluded), arrays of them such as `[f64; 3]`, and any `#[repr(C)]` struct
+/// that derives `Pod` and `Zeroable` go into a [`SharedArray`], a [`SharedValue`] and a
+/// [`PodVec`]. The derives name the `bytemuck` crate; a crate that does not depend on it itself
+/// points them at multiproc's re-export with `#[bytemuck(crate = "multiproc::bytemuck")]`.
 ///
 /// # Examples
 ///
 /// ```
-/// #[derive(Clone, Copy)]
+/// use multiproc::{Pod, SharedArray, Zeroable};
+///
+/// #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+/// #[bytemuck(crate = "multiproc::bytemuck")]
 /// #[repr(C)]
 /// struct Point { x: f64, y: f64 }
-/// // SAFETY: two f64, no padding, any bits are a valid Point.
-/// unsafe impl multiproc::Pod for Point {}
 ///
-/// let a = multiproc::SharedArray::<Point>::new(3)?;
-/// assert_eq!(a.to_vec()?[2].y, 0.0);
+/// let a = SharedArray::<Point>::new(3)?;
+/// a.lock()?[2] = Point { x: 1.0, y: 2.0 };
+/// assert_eq!(a.to_vec()?[2].y, 2.0);
+///
+/// let b = SharedArray::<[f64; 3]>::new(2)?; // arrays are Pod too
+/// assert_eq!(b.to_vec()?, vec![[0.0; 3]; 2]);
 /// # Ok::<(), multiproc::Error>(())
 /// ```
-pub unsafe trait Pod: Copy + Send + Sync + 'static {}
-
-macro_rules! pod {
-    ($($t:ty)*) => { $(
-        // SAFETY: a primitive number: no padding, every bit pattern is a value.
-        unsafe impl Pod for $t {}
-    )* };
-}
-pod!(u8 u16 u32 u64 u128 usize i8 i16 i32 i64 i128 isize f32 f64);
-// SAFETY: an array of Pod has no padding between elements and no invariant.
-unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
+pub use bytemuck::{Pod, Zeroable};
 
 /// The bytes of a slice of `Pod`.
 pub(crate) fn pod_bytes<T: Pod>(s: &[T]) -> &[u8] {
-    // SAFETY: `T: Pod` has no padding, so every byte of the slice is initialized; u8 has
-    // alignment 1 and the length covers exactly the slice.
-    unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
+    bytemuck::cast_slice(s)
 }
 
 /// The control block of a [`SharedArray`] and a [`SharedValue`].

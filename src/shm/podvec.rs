@@ -191,10 +191,12 @@ impl<T: Pod> Drop for PodVec<T> {
 ///   in a message: it is then used as is (no new mapping).
 ///
 /// A forked child inherits the pool but never uses it (the pid differs): it drops its copies.
-pub(crate) mod recycled {
+pub(super) mod recycled {
     use std::os::fd::{AsFd, BorrowedFd};
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
+    use crate::fork::{ForkHook, register_fork_hook};
     use crate::shm::segment::{DATA_OFFSET, Segment, Tag};
     use crate::sys;
 
@@ -221,7 +223,21 @@ pub(crate) mod recycled {
         entries: Vec::new(),
     });
 
+    /// Holds the kept segments' lock across every fork, so that the child never inherits it held
+    /// by another thread (the child then forgets the parent's segments). Registered before the
+    /// lock's first use.
+    static FORK_HOOK: ForkHook = ForkHook {
+        prepare: || Some(Box::new(POOL.lock().unwrap_or_else(|e| e.into_inner()))),
+        parent: |_| {},
+        child: || {},
+    };
+
     fn with<R>(f: impl FnOnce(&mut Vec<Entry>) -> R) -> R {
+        static HOOKED: AtomicBool = AtomicBool::new(false);
+        if !HOOKED.load(Ordering::SeqCst) {
+            register_fork_hook(&FORK_HOOK);
+            HOOKED.store(true, Ordering::SeqCst);
+        }
         let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
         let me = sys::getpid().as_raw();
         if p.pid != me {
@@ -256,12 +272,6 @@ pub(crate) mod recycled {
             let i = entries.iter().position(|e| e.away && e.ino == ino)?;
             Some(entries.remove(i).seg)
         })
-    }
-
-    /// The kept segments' lock, held by a forking thread across the fork so that the child
-    /// never inherits it held by another thread (the child then forgets the parent's segments).
-    pub(crate) fn fork_guard() -> std::sync::MutexGuard<'static, impl Sized> {
-        POOL.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Drops every kept segment.

@@ -55,22 +55,17 @@ pub(crate) fn wake(word: &AtomicU32, n: i32) {
     }
 }
 
-// glibc exports these, but the `libc` crate does not declare them for linux-gnu.
+// glibc ≥ 2.30 exports this, but the `libc` crate does not declare it: like
+// `pthread_mutex_timedlock`, but the deadline is on the given clock (we use CLOCK_MONOTONIC,
+// immune to wall-clock jumps). `pthread_mutexattr_setrobust`, `pthread_mutex_consistent` and
+// `PTHREAD_MUTEX_ROBUST` come from `libc`.
 unsafe extern "C" {
-    fn pthread_mutexattr_setrobust(
-        attr: *mut libc::pthread_mutexattr_t,
-        robust: libc::c_int,
-    ) -> libc::c_int;
-    fn pthread_mutex_consistent(mutex: *mut libc::pthread_mutex_t) -> libc::c_int;
-    // glibc ≥ 2.30: like `pthread_mutex_timedlock`, but the deadline is on the given clock
-    // (we use CLOCK_MONOTONIC, immune to wall-clock jumps).
     fn pthread_mutex_clocklock(
         mutex: *mut libc::pthread_mutex_t,
         clock: libc::clockid_t,
         abstime: *const libc::timespec,
     ) -> libc::c_int;
 }
-const PTHREAD_MUTEX_ROBUST: libc::c_int = 1;
 
 /// How long one timed wait for a [`RobustMutex`] lasts before it tries again.
 pub(crate) const LOCK_TICK: Duration = Duration::from_millis(50);
@@ -134,7 +129,7 @@ impl RobustMutex {
             )
             .and_then(|()| {
                 check(
-                    pthread_mutexattr_setrobust(attr_ptr, PTHREAD_MUTEX_ROBUST),
+                    libc::pthread_mutexattr_setrobust(attr_ptr, libc::PTHREAD_MUTEX_ROBUST),
                     "pthread_mutexattr_setrobust",
                 )
             })
@@ -236,7 +231,7 @@ impl RobustMutex {
             libc::EOWNERDEAD => {
                 // SAFETY: we own the mutex now (EOWNERDEAD hands it over); marking it consistent
                 // is allowed exactly in this state.
-                let rc = unsafe { pthread_mutex_consistent(self.inner.get()) };
+                let rc = unsafe { libc::pthread_mutex_consistent(self.inner.get()) };
                 check(rc, "pthread_mutex_consistent")?;
                 Ok(Locked::OwnerDied)
             }

@@ -129,6 +129,49 @@ impl SharedMapping {
     }
 }
 
+impl SharedMapping {
+    /// Copies `bytes` into the mapping at `offset`; `false` (nothing written) when they do not
+    /// fit. The caller publishes them to other processes with a release store to an atomic
+    /// word of shared memory that the reader loads (acquire) before it reads them.
+    pub(crate) fn write_bytes(&self, offset: usize, bytes: &[u8]) -> bool {
+        if offset
+            .checked_add(bytes.len())
+            .is_none_or(|end| end > self.len)
+        {
+            return false;
+        }
+        // SAFETY: `offset..offset + bytes.len()` lies inside the mapping (checked above), which
+        // is valid for writes while `self` lives; `bytes` is ordinary memory of this process, so
+        // the two cannot overlap. Only the process that owns this region of the mapping writes
+        // it (the pool gives each worker its own region), and readers in other processes read
+        // only what a release store has published, so no byte is read while it is written.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.ptr.as_ptr().add(offset),
+                bytes.len(),
+            )
+        };
+        true
+    }
+
+    /// Copies `len` bytes at `offset` out of the mapping; `None` when the range is outside it.
+    pub(crate) fn read_bytes(&self, offset: usize, len: usize) -> Option<Vec<u8>> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return None;
+        }
+        let mut out = vec![0u8; len];
+        // SAFETY: the range lies inside the mapping (checked above), valid for reads while `self`
+        // lives, and `out` is a fresh allocation of `len` bytes. The writer (another process)
+        // published these bytes before the release store the caller loaded, and no longer
+        // writes them (the pool reads a worker's region only after the worker is reaped).
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr(), len)
+        };
+        Some(out)
+    }
+}
+
 /// A new anonymous memory file (`memfd_create` with `MFD_CLOEXEC`) of `len` zero bytes, sealed
 /// against shrinking and growing, so that no holder can make another's mapping fault (`SIGBUS`).
 ///

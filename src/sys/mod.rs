@@ -388,6 +388,31 @@ pub(crate) unsafe fn set_env_in_child(key: &str, value: &str) {
     unsafe { std::env::set_var(key, value) }
 }
 
+/// Sends `sig` to the process of `pidfd` (`pidfd_send_signal`): unlike `kill` by pid, it can
+/// never hit another process that reused the pid. A process that has ended is not an error.
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: Signal) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the syscall takes a descriptor, a signal number, a null siginfo and flags 0; it
+    // touches no memory of ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(Error::io("pidfd_send_signal", e));
+    }
+    Ok(())
+}
+
 /// Closes a descriptor this process inherited through `fork` and has no owner for here (the
 /// owning value belongs to the parent's copy of memory and is never dropped in the child).
 pub(crate) fn close_inherited(fd: std::os::fd::RawFd) {

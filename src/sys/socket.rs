@@ -160,17 +160,6 @@ pub(crate) fn recv_once(
     }
 }
 
-/// Receives up to `buf.len()` bytes from the stream socket `fd` (0 at end of stream), appending
-/// any descriptors that came with them to `fds` (received close-on-exec).
-pub(crate) fn recv_with_fds(
-    fd: BorrowedFd<'_>,
-    buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-) -> Result<usize> {
-    let got = recv_once(fd, buf, false, &mut fd_space(), |f| fds.push(f))?;
-    Ok(got.unwrap_or(0))
-}
-
 /// Like [`send_with_fds`] without waiting: sends what the socket takes of `buf` now, `fds` (at
 /// most [`MAX_FDS`]) attached to its first byte; `Ok(0)` means the socket buffer is full and
 /// nothing, descriptors included, went (unless `nonblocking` is false: then it waits). The

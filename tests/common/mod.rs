@@ -82,3 +82,22 @@ pub(crate) fn dump_stacks(pid: i32) {
         }
     }
 }
+
+/// Joins `p` without a bound (so that, for a queue's disconnection check, this process counts as
+/// joining it), while a watchdog thread SIGKILLs `p` if it has not ended within `limit`. Whether
+/// `p` ended on its own.
+pub(crate) fn join_with_watchdog(p: &multiproc::Process, limit: Duration) -> bool {
+    let pid = p.pid().expect("started");
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let fired = done_rx.recv_timeout(limit).is_err();
+        if fired {
+            // SAFETY: signalling a child this test started and has not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        fired
+    });
+    p.join().unwrap();
+    let _ = done_tx.send(());
+    !watchdog.join().unwrap()
+}

@@ -101,6 +101,10 @@ pub(crate) struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
 
+    /// In a multi-node SLURM batch script: run only on these nodes (a list or hostlist, e.g. n[1-3])
+    #[arg(long, value_name = "LIST")]
+    pub(crate) nodes: Option<String>,
+
     /// COMMAND [ARGS...] [::: VALUE...] [:::: FILE...]
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub(crate) command: Vec<String>,
@@ -238,10 +242,12 @@ pub(crate) struct Config {
     pub(crate) stdin: Option<Template>,
     /// `--stdout TEMPLATE`: a file name per job.
     pub(crate) stdout: Option<Template>,
-    /// `--threads-per-job`, default 1.
-    pub(crate) threads_per_job: NonZeroUsize,
+    /// `--threads-per-job`; `None`: the runner picks (SLURM_CPUS_PER_TASK in a batch script).
+    pub(crate) threads_per_job: Option<NonZeroUsize>,
     /// `-v` count.
     pub(crate) verbose: u8,
+    /// `--nodes`: the nodes of a multi-node allocation to run on (a SLURM hostlist; multinode).
+    pub(crate) nodes: Option<String>,
     /// The command template.
     pub(crate) command: Template,
     /// The command as the user wrote it (for messages).
@@ -255,6 +261,12 @@ pub(crate) struct Config {
 pub(crate) enum ConfigError {
     /// clap rejected argv (or `--help` / `--version` was asked for).
     Clap(clap::Error),
+    /// An option clap does not know: a GNU parallel option left out (saying so, and why), or no
+    /// option at all.
+    UnknownOption {
+        /// The whole message.
+        message: String,
+    },
     /// A flag's value is out of range or malformed.
     InvalidValue {
         /// The flag, e.g. `--jobs`.
@@ -273,6 +285,11 @@ pub(crate) enum ConfigError {
     },
     /// No command before `:::`/`::::` (or at all).
     MissingCommand,
+    /// The command is shell code but `--shell` was not given.
+    NeedsShell {
+        /// What looks like shell code.
+        why: String,
+    },
     /// An input file cannot be read.
     InputFile {
         /// `--arg-file` or `::::`.
@@ -305,6 +322,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::Clap(e) => write!(f, "{e}"),
+            ConfigError::UnknownOption { message } => f.write_str(message),
             ConfigError::InvalidValue {
                 flag,
                 value,
@@ -313,6 +331,11 @@ impl fmt::Display for ConfigError {
             ConfigError::Template { flag, source } => write!(f, "{flag}: {source}"),
             ConfigError::MissingCommand => f.write_str(
                 "no COMMAND given (usage: multiproc [OPTIONS] [--] COMMAND [ARGS...] ::: VALUE...)",
+            ),
+            ConfigError::NeedsShell { why } => write!(
+                f,
+                "COMMAND looks like shell code ({why}), but multiproc runs commands without a \
+                 shell: add --shell to run it with sh -c"
             ),
             ConfigError::InputFile { flag, path, source } => write!(
                 f,
@@ -345,7 +368,17 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let cli = Cli::try_parse_from(args).map_err(ConfigError::Clap)?;
+        let cli = Cli::try_parse_from(args).map_err(|e| {
+            use clap::error::{ContextKind, ContextValue, ErrorKind};
+            match (e.kind(), e.get(ContextKind::InvalidArg)) {
+                (ErrorKind::UnknownArgument, Some(ContextValue::String(flag))) => {
+                    ConfigError::UnknownOption {
+                        message: crate::gnu::unknown_option_message(flag),
+                    }
+                }
+                _ => ConfigError::Clap(e),
+            }
+        })?;
         Config::from_cli(cli)
     }
 
@@ -365,12 +398,14 @@ impl Config {
             ),
         };
         let threads_per_job = match cli.threads_per_job {
-            None => NonZeroUsize::MIN,
-            Some(k) => NonZeroUsize::new(k).ok_or_else(|| ConfigError::InvalidValue {
-                flag: "--threads-per-job",
-                value: k.to_string(),
-                reason: "must be at least 1".into(),
-            })?,
+            None => None,
+            Some(k) => Some(
+                NonZeroUsize::new(k).ok_or_else(|| ConfigError::InvalidValue {
+                    flag: "--threads-per-job",
+                    value: k.to_string(),
+                    reason: "must be at least 1".into(),
+                })?,
+            ),
         };
         let max_attempts = match cli.retries {
             None => NonZeroU32::MIN,
@@ -422,6 +457,11 @@ impl Config {
         let (command_words, groups) = split_command(&cli.command);
         if command_words.is_empty() {
             return Err(ConfigError::MissingCommand);
+        }
+        if !cli.shell
+            && let Some(why) = crate::quote::shell_syntax(&command_words)
+        {
+            return Err(ConfigError::NeedsShell { why });
         }
         let mut sources = Vec::new();
         for path in &cli.arg_file {
@@ -486,6 +526,16 @@ impl Config {
             stdout,
             threads_per_job,
             verbose: cli.verbose,
+            nodes: match cli.nodes {
+                Some(list) if list.trim().is_empty() => {
+                    return Err(ConfigError::InvalidValue {
+                        flag: "--nodes",
+                        value: list,
+                        reason: "an empty node list".into(),
+                    });
+                }
+                nodes => nodes,
+            },
             command,
             command_words,
             sources,
@@ -575,7 +625,7 @@ mod tests {
         assert_eq!(c.max_attempts.get(), 1);
         assert_eq!(c.timeout, None);
         assert_eq!(c.halt, Halt::Never);
-        assert_eq!(c.threads_per_job.get(), 1);
+        assert_eq!(c.threads_per_job, None);
         assert_eq!(c.verbose, 0);
         assert_eq!(c.command_words, ["echo"]);
         assert_eq!(c.sources, [InputSource::Args(strings(&["a", "b"]))]);
@@ -630,7 +680,7 @@ mod tests {
             c.halt,
             halt(HaltWhen::Now, HaltOn::Fail, Threshold::Percent(10.0))
         );
-        assert_eq!(c.threads_per_job.get(), 2);
+        assert_eq!(c.threads_per_job.map(NonZeroUsize::get), Some(2));
         assert_eq!(c.verbose, 2);
         assert_eq!(c.command_words, ["gzip", "-9", "{}"]);
         assert_eq!(c.sources, [InputSource::File(f.into())]);

@@ -31,6 +31,7 @@ use crate::job::{
     Job, JobOutcome, Report, STOP_FLAG, TERM_GRACE, WorkerConfig, shared_flag, worker_loop,
 };
 use crate::output::Output;
+use crate::spill::{Captured, Held, SpillSocket, Stream};
 
 /// How often the runner looks up from waiting, to notice signals and dead workers.
 const TICK: Duration = Duration::from_millis(50);
@@ -111,6 +112,48 @@ pub(crate) trait Progress {
     fn suspend(&mut self, f: &mut dyn FnMut());
     /// The run is over.
     fn finish(&mut self);
+}
+
+/// Where finished jobs go: the runner's [`Output`], or a multi-node agent's link back to its
+/// runner ([`crate::agent`]).
+pub(crate) trait Sink {
+    /// Job `seq` was handed out (in increasing seq order).
+    fn expect_up_to(&mut self, seq: u64);
+    /// A job ended; `stdout` and `stderr` are its streams as the runner holds them (a big one
+    /// still in its spill file, see [`crate::spill`]).
+    ///
+    /// # Errors
+    /// When its output cannot be written.
+    fn finished(
+        &mut self,
+        job: &Job,
+        outcome: &JobOutcome,
+        stdout: Held,
+        stderr: Held,
+    ) -> std::io::Result<()>;
+    /// The run is over: write what is still held.
+    ///
+    /// # Errors
+    /// As [`Sink::finished`].
+    fn flush_rest(&mut self) -> std::io::Result<()>;
+}
+
+impl Sink for Output {
+    fn expect_up_to(&mut self, seq: u64) {
+        Output::expect_up_to(self, seq)
+    }
+    fn finished(
+        &mut self,
+        job: &Job,
+        _: &JobOutcome,
+        stdout: Held,
+        stderr: Held,
+    ) -> std::io::Result<()> {
+        Output::finished(self, job, stdout, stderr)
+    }
+    fn flush_rest(&mut self) -> std::io::Result<()> {
+        Output::flush_rest(self)
+    }
 }
 
 /// No progress display.
@@ -199,7 +242,7 @@ struct Runner<'a> {
     /// Shared with the workers: set once the run stops.
     stop_flag: &'static AtomicU8,
     /// Prints finished jobs' output.
-    output: &'a mut Output,
+    output: &'a mut dyn Sink,
     /// The progress bar, or nothing.
     progress: &'a mut dyn Progress,
     /// Jobs for the workers.
@@ -222,6 +265,8 @@ struct Runner<'a> {
     summary: Summary,
     /// Jobs at once: `-j`, less any worker that died.
     capacity: usize,
+    /// Where big outputs' files come from.
+    spill: SpillSocket,
 }
 
 /// Runs the jobs of `source` (`expected`: how many, when known) and reports each as it ends.
@@ -237,7 +282,7 @@ pub(crate) fn run(
     opts: &EngineOpts,
     source: &mut dyn JobSource,
     expected: Option<usize>,
-    output: &mut Output,
+    output: &mut dyn Sink,
     progress: &mut dyn Progress,
 ) -> Result<Summary, Box<dyn std::error::Error>> {
     let stop_flag = shared_flag()?;
@@ -246,12 +291,14 @@ pub(crate) fn run(
     let n_workers = opts.jobs.min(expected.unwrap_or(usize::MAX)).max(1);
     let jobs: Queue<Job> = Queue::new()?;
     let results: Queue<Report> = Queue::new()?;
+    let spill = SpillSocket::new()?;
     let cfg = WorkerConfig {
         timeout: opts.timeout,
         env: opts.env.clone(),
         max_attempts: opts.max_attempts.max(1),
         joblog: opts.joblog.clone(),
         stop: stop_flag,
+        spill_fd: spill.send_fd(),
     };
     let runner = std::process::id() as i32;
     let workers: Vec<Process> = (0..n_workers)
@@ -280,6 +327,7 @@ pub(crate) fn run(
         killed_hard: false,
         summary: Summary::default(),
         capacity: n_workers,
+        spill,
     };
     let outcome = r.collect(&results, &workers);
     if outcome.is_err() {
@@ -404,7 +452,7 @@ impl Runner<'_> {
         }
     }
 
-    fn finished(&mut self, outcome: JobOutcome) -> Result<(), Box<dyn std::error::Error>> {
+    fn finished(&mut self, mut outcome: JobOutcome) -> Result<(), Box<dyn std::error::Error>> {
         let Some(f) = self.in_flight.remove(&outcome.seq) else {
             return Ok(());
         };
@@ -422,9 +470,26 @@ impl Runner<'_> {
             self.summary.failed += 1;
         }
         let (output, job) = (&mut *self.output, &f.job);
+        let seq = outcome.seq;
+        let mut stdout = Some(Held::of(
+            std::mem::take(&mut outcome.stdout),
+            seq,
+            Stream::Stdout,
+            &mut self.spill,
+        ));
+        let mut stderr = Some(Held::of(
+            std::mem::take(&mut outcome.stderr),
+            seq,
+            Stream::Stderr,
+            &mut self.spill,
+        ));
         let mut res = Ok(());
-        self.progress
-            .suspend(&mut || res = output.finished(job, &outcome));
+        self.progress.suspend(&mut || {
+            let (out, err) = (stdout.take(), stderr.take());
+            if let (Some(out), Some(err)) = (out, err) {
+                res = output.finished(job, &outcome, out, err);
+            }
+        });
         res?;
         self.progress.tick();
         if outcome.ok() {
@@ -523,8 +588,10 @@ impl Runner<'_> {
                 exit: -1,
                 signal: 9,
                 timed_out: false,
-                stdout: Vec::new(),
-                stderr: format!("multiproc: job {seq}: its worker process died\n").into_bytes(),
+                stdout: Captured::default(),
+                stderr: Captured::bytes(
+                    format!("multiproc: job {seq}: its worker process died\n").into_bytes(),
+                ),
                 attempts: 1,
                 logged: false,
             };

@@ -4,12 +4,13 @@
 //! A job runs without a shell (argv straight to `execvp`, through `std::process::Command`) unless
 //! it is a [`Program::Shell`] string, in a process group of its own (so a timeout or a signal
 //! ends its grandchildren too), with stdin from a file or `/dev/null` and stdout to a file or
-//! captured. Captured streams go to anonymous memory files (`memfd`), read back once the job
-//! has ended, so a job that writes a lot never blocks on a full pipe.
+//! captured. Captured streams go to unlinked temporary files, read back once the job has ended
+//! (or, when big, handed to the runner as files: [`crate::spill`]), so a job that writes a lot
+//! never blocks on a full pipe and never fills the runner's memory.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -22,6 +23,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::joblog::Entry;
+use crate::spill::{Captured, Captures, Stream};
 
 /// How long a job has to end after `SIGTERM` before it gets `SIGKILL` (timeouts and shutdown).
 pub(crate) const TERM_GRACE: Duration = Duration::from_secs(2);
@@ -46,7 +48,8 @@ pub(crate) struct Job {
     pub(crate) args: Vec<String>,
     /// What to run.
     pub(crate) program: Program,
-    /// The command as shell code, for the joblog and `--dry-run`.
+    /// The job as a command line that pastes into a shell and runs it (argv words quoted where
+    /// needed, `< IN > OUT` for `--stdin`/`--stdout`), for the joblog and `--dry-run`.
     pub(crate) command_line: String,
     /// A file for the job's stdin (`--stdin`); `/dev/null` when `None`.
     pub(crate) stdin: Option<String>,
@@ -73,9 +76,9 @@ pub(crate) struct JobOutcome {
     /// Whether `--timeout` ended it.
     pub(crate) timed_out: bool,
     /// Its captured stdout (empty when it went to a file).
-    pub(crate) stdout: Vec<u8>,
+    pub(crate) stdout: Captured,
     /// Its captured stderr, plus multiproc's own message when the job could not start.
-    pub(crate) stderr: Vec<u8>,
+    pub(crate) stderr: Captured,
     /// How many times it ran (`--retries`).
     pub(crate) attempts: u32,
     /// Whether the worker wrote its joblog line (false for a job ended by a stop of the run:
@@ -119,6 +122,8 @@ pub(crate) struct WorkerConfig {
     pub(crate) joblog: Option<PathBuf>,
     /// Set (by the runner, in memory shared with the workers) once the run is stopping.
     pub(crate) stop: &'static AtomicU8,
+    /// The socket that carries big outputs' files to the runner ([`crate::spill`]).
+    pub(crate) spill_fd: RawFd,
 }
 
 /// A flag in memory shared by the runner and the workers it forks afterwards: the runner sets
@@ -246,6 +251,7 @@ pub(crate) fn worker_loop(runner: i32, cfg: &WorkerConfig, jobs: &Queue<Job>, ou
         .as_ref()
         .and_then(|p| OpenOptions::new().append(true).open(p).ok());
     let me = std::process::id() as i32;
+    let mut captures = Captures::default();
     let stopping = || {
         cfg.stop.load(Ordering::SeqCst) != 0
             || GOT_SIGNAL.load(Ordering::SeqCst)
@@ -257,7 +263,7 @@ pub(crate) fn worker_loop(runner: i32, cfg: &WorkerConfig, jobs: &Queue<Job>, ou
         } else {
             let mut attempt = 1;
             loop {
-                let mut o = run_job(&job, cfg, |pgid| {
+                let mut o = run_job(&job, cfg, &mut captures, |pgid| {
                     let _ = out.put(&Report::Started {
                         seq: job.seq,
                         pgid,
@@ -306,7 +312,7 @@ fn entry(job: &Job, o: &JobOutcome) -> Entry {
         Duration::from_secs_f64(o.runtime.max(0.0)),
         job.command_line.clone(),
     );
-    e.receive = o.stdout.len() as u64;
+    e.receive = o.stdout.len();
     e.exitval = o.exit;
     e.signal = o.signal;
     e
@@ -321,8 +327,8 @@ fn not_started(job: &Job) -> JobOutcome {
         exit: -1,
         signal: 0,
         timed_out: false,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
+        stdout: Captured::default(),
+        stderr: Captured::default(),
         attempts: 0,
         logged: false,
     }
@@ -333,21 +339,6 @@ pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// An anonymous in-memory file for a captured stream.
-fn memfd(name: &std::ffi::CStr) -> std::io::Result<OwnedFd> {
-    nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC).map_err(Into::into)
-}
-
-/// Reads a memory file back from its start.
-fn read_back(fd: OwnedFd) -> Vec<u8> {
-    let mut f = File::from(fd);
-    let mut buf = Vec::new();
-    if f.seek(SeekFrom::Start(0)).is_ok() {
-        let _ = f.read_to_end(&mut buf);
-    }
-    buf
 }
 
 /// A job that could not start: GNU parallel's codes (127 not found, 126 cannot run, 1 other).
@@ -364,8 +355,10 @@ fn failed_start(job: &Job, start: f64, what: &str, err: &std::io::Error) -> JobO
         exit,
         signal: 0,
         timed_out: false,
-        stdout: Vec::new(),
-        stderr: format!("multiproc: job {}: {what}: {err}\n", job.seq).into_bytes(),
+        stdout: Captured::default(),
+        stderr: Captured::bytes(
+            format!("multiproc: job {}: {what}: {err}\n", job.seq).into_bytes(),
+        ),
         attempts: 1,
         logged: false,
     }
@@ -373,7 +366,12 @@ fn failed_start(job: &Job, start: f64, what: &str, err: &std::io::Error) -> JobO
 
 /// Runs one job to its end and says how it went. `started` is told the job's process group as
 /// soon as it exists.
-pub(crate) fn run_job(job: &Job, cfg: &WorkerConfig, started: impl FnOnce(i32)) -> JobOutcome {
+pub(crate) fn run_job(
+    job: &Job,
+    cfg: &WorkerConfig,
+    captures: &mut Captures,
+    started: impl FnOnce(i32),
+) -> JobOutcome {
     let start = unix_now();
     let t0 = Instant::now();
     let mut cmd = match &job.program {
@@ -406,19 +404,16 @@ pub(crate) fn run_job(job: &Job, cfg: &WorkerConfig, started: impl FnOnce(i32)) 
             }
             Err(e) => return failed_start(job, start, &format!("cannot create stdout {path}"), &e),
         },
-        None => match memfd(c"multiproc-stdout").and_then(|fd| Ok((fd.try_clone()?, fd))) {
-            Ok((child, mine)) => {
+        None => match captures.for_job(Stream::Stdout) {
+            Ok(child) => {
                 cmd.stdout(child);
-                Some(mine)
+                Some(())
             }
             Err(e) => return failed_start(job, start, "cannot capture stdout", &e),
         },
     };
-    let err_fd = match memfd(c"multiproc-stderr").and_then(|fd| Ok((fd.try_clone()?, fd))) {
-        Ok((child, mine)) => {
-            cmd.stderr(child);
-            mine
-        }
+    match captures.for_job(Stream::Stderr) {
+        Ok(child) => cmd.stderr(child),
         Err(e) => return failed_start(job, start, "cannot capture stderr", &e),
     };
     // A retry starts a new job: the previous attempt's line is not pending any more.
@@ -453,6 +448,8 @@ pub(crate) fn run_job(job: &Job, cfg: &WorkerConfig, started: impl FnOnce(i32)) 
     let pgid = child.id() as i32;
     started(pgid);
     let (status, timed_out) = wait_with_timeout(&mut child, pgid, cfg.timeout);
+    // Reuse the capture files only if nothing of the job's group is left to write to them.
+    let reuse = signal::killpg(Pid::from_raw(pgid), None).is_err();
     FINISHING.store(true, Ordering::SeqCst);
     JOB_PGID.store(0, Ordering::SeqCst);
     let runtime = t0.elapsed().as_secs_f64();
@@ -468,8 +465,10 @@ pub(crate) fn run_job(job: &Job, cfg: &WorkerConfig, started: impl FnOnce(i32)) 
         exit,
         signal,
         timed_out,
-        stdout: out_fd.map(read_back).unwrap_or_default(),
-        stderr: read_back(err_fd),
+        stdout: out_fd
+            .map(|()| captures.collect(Stream::Stdout, cfg.spill_fd, job.seq, reuse))
+            .unwrap_or_default(),
+        stderr: captures.collect(Stream::Stderr, cfg.spill_fd, job.seq, reuse),
         attempts: 1,
         logged: false,
     }

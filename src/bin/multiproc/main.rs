@@ -33,8 +33,10 @@
 //!   jobs until the input ends. A streamed input that fails part way (a line that is not UTF-8)
 //!   stops the hand-out of jobs; the running ones finish, and the exit status is 2 (or the number
 //!   of failed jobs, if higher). `--halt` with a percentage reads the whole input first.
-//! - A job's captured output is held in memory until it is printed; send big outputs to files
-//!   (`--stdout`, `--results`, or the job's own arguments).
+//! - A job's captured output goes to unlinked temporary files in `$TMPDIR`; up to 4 MiB per
+//!   stream comes to the runner as bytes, a bigger one as the file itself ([`spill`]), so the
+//!   runner's memory stays bounded (a job printing 1 GB: peak RSS ~3.5 MB) but `$TMPDIR` needs
+//!   room for the output of the running jobs, and of the finished ones `-k` is holding back.
 //! - "Nothing runs twice" holds up to a small window: a job killed (with the runner) after it has
 //!   written its results but before it has exited counts as not done, and `--resume` runs it
 //!   again. Once a job has exited, its worker writes its joblog line even if the runner is gone.
@@ -49,6 +51,7 @@
 #[allow(dead_code)]
 mod args;
 mod engine;
+mod gnu;
 mod input;
 mod job;
 #[allow(dead_code)]
@@ -56,7 +59,17 @@ mod joblog;
 #[cfg(test)]
 mod joblog_fuzz;
 mod output;
+mod quote;
+mod spill;
 mod template;
+
+// multinode (issue 14): the `plot` subcommand, the multi-node runner and its agents.
+mod agent;
+mod cluster;
+mod nodes;
+mod plot;
+mod proto;
+mod svg;
 
 use std::fs::{File, OpenOptions};
 use std::io::IsTerminal;
@@ -75,7 +88,7 @@ use crate::input::InputSource;
 use crate::job::{Job, Program};
 use crate::joblog::{JoblogError, JoblogState, JoblogWriter};
 use crate::output::Output;
-use crate::template::{JobValues, shell_quote};
+use crate::template::JobValues;
 
 /// The thread-count variables each job gets (unless already set).
 const THREAD_VARS: [&str; 3] = ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"];
@@ -103,6 +116,16 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
+    // Subcommands (issue 14), chosen by the first argument only: `multiproc -- plot` runs a
+    // command named plot.
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == plot::SUBCOMMAND) {
+        return plot::main(argv.split_off(2));
+    }
+    if argv.get(1).is_some_and(|a| a == agent::SUBCOMMAND) {
+        argv.remove(1);
+        return agent::main(argv);
+    }
     let config = match Config::parse_from(std::env::args_os()) {
         Ok(c) => c,
         // Help and version go to stdout with status 0; usage errors to stderr with status 2.
@@ -143,19 +166,34 @@ impl Jobs<'_> {
             args: if self.no_append { &[] } else { &args },
             ..full
         };
-        let command_line = cfg.command.render_shell(&cmd);
+        let stdin = cfg.stdin.as_ref().map(|t| t.render_single(&full));
+        let stdout = cfg.stdout.as_ref().map(|t| t.render_single(&full));
         let program = if cfg.shell {
-            Program::Shell(command_line.clone())
+            Program::Shell(cfg.command.render_shell(&cmd))
         } else {
             Program::Argv(cfg.command.render_argv(&cmd))
         };
+        let command_line = match &program {
+            Program::Argv(words) => Some(words.as_slice()),
+            Program::Shell(_) => None,
+        };
+        let shell_code = match &program {
+            Program::Shell(code) => code.as_str(),
+            Program::Argv(_) => "",
+        };
+        let command_line = quote::command_line(
+            command_line,
+            shell_code,
+            stdin.as_deref(),
+            stdout.as_deref(),
+        );
         Job {
             seq,
             slot,
             program,
             command_line,
-            stdin: cfg.stdin.as_ref().map(|t| t.render_single(&full)),
-            stdout: cfg.stdout.as_ref().map(|t| t.render_single(&full)),
+            stdin,
+            stdout,
             env: vec![
                 ("PARALLEL_SEQ".to_string(), seq.to_string()),
                 ("PARALLEL_JOBSLOT".to_string(), slot.to_string()),
@@ -289,26 +327,33 @@ fn streams(cfg: &Config) -> bool {
     !regular.unwrap_or(true)
 }
 
-/// How many jobs at once, the threads each gets, and why (for `--verbose`).
+/// How many jobs at once, the threads each gets, whether those threads were asked for
+/// (`--threads-per-job`: then the thread variables are overridden), and why (for `--verbose`).
 ///
-/// `-j` wins; otherwise the CPU budget ([`multiproc::cpu_budget`]: SLURM's allocation, capped by
-/// the affinity mask and cgroup quota) divided by `--threads-per-job`. Each job gets
-/// `--threads-per-job` threads when given (K > 1), else max(1, CPUs / jobs).
+/// `-j` wins; `--threads-per-job K` divides the CPU budget ([`multiproc::cpu_budget`]: SLURM's
+/// allocation, capped by the affinity mask and cgroup quota); otherwise the budget's job farm
+/// ([`multiproc::CpuBudget::job_farm`]): in a batch script one job per task on this node with
+/// `SLURM_CPUS_PER_TASK` threads each, elsewhere one job per CPU. Without `--threads-per-job` a
+/// job gets `SLURM_CPUS_PER_TASK` threads in a batch script, else max(1, CPUs / jobs).
 fn sizing(cfg: &Config) -> Result<(usize, usize, bool, String), Failure> {
     let budget = multiproc::cpu_budget().map_err(Failure::usage)?;
     let cpus = budget.count;
-    let k = cfg.threads_per_job.get();
+    let k = cfg.threads_per_job.map(|k| k.get());
+    let (farm_jobs, farm_threads, farm_why) = budget.job_farm();
     let (jobs, why) = match (cfg.jobs, k) {
         (Some(j), _) => (j.get(), "-j".to_string()),
-        (None, 1) => (cpus, budget.to_string()),
-        (None, k) => (
+        (None, Some(k)) => (
             (cpus / k).max(1),
             format!("{budget} / --threads-per-job {k}"),
         ),
+        (None, None) => (farm_jobs, farm_why),
     };
-    let explicit = k > 1;
-    let threads = if explicit { k } else { (cpus / jobs).max(1) };
-    Ok((jobs, threads, explicit, why))
+    let threads = match (k, budget.cpus_per_task) {
+        (Some(k), _) => k,
+        (None, Some(_)) => farm_threads,
+        (None, None) => (cpus / jobs).max(1),
+    };
+    Ok((jobs, threads, k.is_some(), why))
 }
 
 /// Reads every input combination.
@@ -401,6 +446,12 @@ fn open_joblog(cfg: &Config) -> Result<JoblogState, Failure> {
 
 /// The body of `main`: check, run, and pick the exit status.
 fn run(cfg: &Config) -> Result<ExitCode, Failure> {
+    // The batch script of a multi-node allocation: one agent per node (issue 14).
+    if !cfg.dry_run
+        && let Some(nodes) = nodes::allocation(cfg.nodes.as_deref())?
+    {
+        return cluster::run(cfg, &nodes);
+    }
     let (jobs, threads, explicit, why) = sizing(cfg)?;
     let env: Vec<(String, String)> = THREAD_VARS
         .iter()
@@ -450,16 +501,7 @@ fn run(cfg: &Config) -> Result<ExitCode, Failure> {
     if cfg.dry_run {
         loop {
             match feed.next_job(1, Duration::from_secs(1)) {
-                Next::Job(job) => {
-                    let mut line = job.command_line.clone();
-                    if let Some(i) = &job.stdin {
-                        line.push_str(&format!(" < {}", shell_quote(i)));
-                    }
-                    if let Some(o) = &job.stdout {
-                        line.push_str(&format!(" > {}", shell_quote(o)));
-                    }
-                    println!("{line}");
-                }
+                Next::Job(job) => println!("{}", job.command_line),
                 Next::NotYet => {}
                 Next::End(Ok(())) => return Ok(ExitCode::SUCCESS),
                 Next::End(Err(e)) => return Err(Failure::usage(e)),

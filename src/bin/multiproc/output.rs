@@ -7,15 +7,25 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::job::{Job, JobOutcome};
+use crate::job::Job;
+use crate::spill::Held;
 
 /// One job's output waiting to be printed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Block {
     /// The job's stdout.
-    stdout: Vec<u8>,
+    stdout: Held,
     /// The job's stderr, printed after its stdout.
-    stderr: Vec<u8>,
+    stderr: Held,
+}
+
+impl Default for Block {
+    fn default() -> Self {
+        Block {
+            stdout: Held::Bytes(Vec::new()),
+            stderr: Held::Bytes(Vec::new()),
+        }
+    }
 }
 
 /// Prints each finished job's output as one block: its stdout, then its stderr.
@@ -62,16 +72,13 @@ impl Output {
 
     /// A job ended: keep its `--results` files and print its block (now, or once every job
     /// before it has been printed, with `-k`).
-    pub(crate) fn finished(&mut self, job: &Job, outcome: &JobOutcome) -> io::Result<()> {
+    pub(crate) fn finished(&mut self, job: &Job, stdout: Held, stderr: Held) -> io::Result<()> {
+        let mut block = Block { stdout, stderr };
         if let Some(dir) = &self.results {
-            write_results(dir, job, outcome)?;
+            write_results(dir, job, &mut block)?;
         }
-        let block = Block {
-            stdout: outcome.stdout.clone(),
-            stderr: outcome.stderr.clone(),
-        };
         if !self.keep_order {
-            return self.print(&block);
+            return self.print(&mut block);
         }
         self.waiting.insert(job.seq, block);
         self.drain()
@@ -82,8 +89,8 @@ impl Output {
         if !self.keep_order {
             return Ok(());
         }
-        while let Some(block) = self.waiting.remove(&self.next) {
-            self.print(&block)?;
+        while let Some(mut block) = self.waiting.remove(&self.next) {
+            self.print(&mut block)?;
             self.next += 1;
         }
         Ok(())
@@ -91,16 +98,16 @@ impl Output {
 
     /// Prints whatever is still buffered, in order (the run stopped early).
     pub(crate) fn flush_rest(&mut self) -> io::Result<()> {
-        for (_, block) in std::mem::take(&mut self.waiting) {
-            self.print(&block)?;
+        for (_, mut block) in std::mem::take(&mut self.waiting) {
+            self.print(&mut block)?;
         }
         Ok(())
     }
 
-    fn print(&mut self, block: &Block) -> io::Result<()> {
+    fn print(&mut self, block: &mut Block) -> io::Result<()> {
         if !block.stdout.is_empty() && !self.stdout_closed {
             let mut out = io::stdout().lock();
-            match out.write_all(&block.stdout).and_then(|()| out.flush()) {
+            match block.stdout.write_to(&mut out).and_then(|()| out.flush()) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => self.stdout_closed = true,
                 Err(e) => return Err(e),
@@ -108,7 +115,7 @@ impl Output {
         }
         if !block.stderr.is_empty() {
             let mut err = io::stderr().lock();
-            let _ = err.write_all(&block.stderr);
+            let _ = block.stderr.write_to(&mut err);
             let _ = err.flush();
         }
         Ok(())
@@ -139,12 +146,16 @@ pub(crate) fn results_dir(dir: &Path, args: &[String]) -> PathBuf {
 }
 
 /// Writes `seq`, `stdout` and `stderr` of a job under its `--results` directory.
-fn write_results(dir: &Path, job: &Job, outcome: &JobOutcome) -> io::Result<()> {
+fn write_results(dir: &Path, job: &Job, block: &mut Block) -> io::Result<()> {
     let path = results_dir(dir, &job.args);
     fs::create_dir_all(&path)?;
     fs::write(path.join("seq"), format!("{}\n", job.seq))?;
-    fs::write(path.join("stdout"), &outcome.stdout)?;
-    fs::write(path.join("stderr"), &outcome.stderr)
+    block
+        .stdout
+        .write_to(&mut fs::File::create(path.join("stdout"))?)?;
+    block
+        .stderr
+        .write_to(&mut fs::File::create(path.join("stderr"))?)
 }
 
 #[cfg(test)]

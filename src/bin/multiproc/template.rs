@@ -11,6 +11,7 @@
 //! | `{/.}`  | the basename without its last extension                                        |
 //! | `{#}`   | the job's sequence number, 1-based                                             |
 //! | `{%}`   | the job's slot number, 1-based (a slot is reused by the next job)              |
+//! | `{host}` | the node the job runs on in a multi-node run (GNU's `{host}` of `--plus`: the host of its `--sshlogin`); `:` on one node, as GNU parallel's local host |
 //! | `{N}` `{N.}` `{N/}` `{N//}` `{N/.}` | the same, for input source N (1-based)             |
 //!
 //! With several input sources, `{}` (and `{.}` etc.) is every source's value, each transformed,
@@ -23,6 +24,8 @@
 //! error at parse time (GNU parallel substitutes nothing).
 
 use std::fmt;
+
+use crate::quote::shell_quote;
 
 /// What a path-like replacement does to an input value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +79,16 @@ pub(crate) enum Replacement {
     Seq,
     /// `{%}`: the job's slot number.
     Slot,
+    /// `{host}`: the node the job runs on ([`set_host`]; `:` when not set).
+    Host,
+}
+
+/// The value of `{host}` in this process: set once by a multi-node agent to its node's name.
+static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets `{host}` for every job this process makes (a multi-node agent, once, at its start).
+pub(crate) fn set_host(name: &str) {
+    let _ = HOST.set(name.to_owned());
 }
 
 impl fmt::Display for Replacement {
@@ -88,6 +101,7 @@ impl fmt::Display for Replacement {
             } => write!(f, "{{{n}{}}}", op.suffix()),
             Replacement::Seq => f.write_str("{#}"),
             Replacement::Slot => f.write_str("{%}"),
+            Replacement::Host => f.write_str("{host}"),
         }
     }
 }
@@ -115,6 +129,13 @@ pub(crate) enum TemplateError {
         /// The word it appeared in.
         word: String,
     },
+    /// A GNU parallel replacement string that multiproc does not implement, e.g. `{= s/a/b/ =}`.
+    Unsupported {
+        /// The replacement string as written.
+        found: String,
+        /// What it is in GNU parallel, and what to do instead.
+        what: &'static str,
+    },
     /// `{N}` with N = 0 or N greater than the number of input sources.
     SourceOutOfRange {
         /// The brace group as written.
@@ -132,6 +153,9 @@ impl fmt::Display for TemplateError {
                 "unknown replacement string {found} in '{word}' (known: {{}} {{.}} {{/}} {{//}} \
                  {{/.}} {{#}} {{%}} and {{N}} {{N.}} {{N/}} {{N//}} {{N/.}})"
             ),
+            TemplateError::Unsupported { found, what } => {
+                write!(f, "the replacement string {found} is not supported: {what}")
+            }
             TemplateError::SourceOutOfRange { found, sources } => write!(
                 f,
                 "replacement string {found} names an input source that does not exist \
@@ -252,6 +276,7 @@ fn replacement_value(r: Replacement, job: &JobValues<'_>) -> String {
     match r {
         Replacement::Seq => job.seq.to_string(),
         Replacement::Slot => job.slot.to_string(),
+        Replacement::Host => HOST.get().map_or(":", String::as_str).to_owned(),
         Replacement::Input { source: None, op } => job
             .args
             .iter()
@@ -271,7 +296,34 @@ fn looks_like_replacement_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '#' | '%' | '-' | '+')
 }
 
+/// GNU parallel's Perl expressions, `{= EXPR =}` and `{N= EXPR =}`: the first in `word`.
+fn perl_expression(word: &str) -> Option<&str> {
+    let mut from = 0;
+    while let Some(i) = word[from..].find('{') {
+        let start = from + i;
+        let digits = word[start + 1..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        let body = start + 1 + digits;
+        if word[body..].starts_with('=') {
+            if let Some(end) = word[body + 1..].find("=}") {
+                return Some(&word[start..body + 1 + end + 2]);
+            }
+        }
+        from = start + 1;
+    }
+    None
+}
+
 fn parse_word(word: &str, sources: usize) -> Result<Word, TemplateError> {
+    if let Some(found) = perl_expression(word) {
+        return Err(TemplateError::Unsupported {
+            found: found.to_owned(),
+            what: "GNU parallel's Perl expressions are not run by multiproc; transform the \
+                   input in the command (e.g. --shell with sed) or before it",
+        });
+    }
     let mut parts = Vec::new();
     let mut literal = String::new();
     let mut rest = word;
@@ -327,6 +379,7 @@ fn parse_replacement(inner: &str) -> Option<Replacement> {
     match inner {
         "#" => return Some(Replacement::Seq),
         "%" => return Some(Replacement::Slot),
+        "host" => return Some(Replacement::Host),
         _ => {}
     }
     let digits = inner.bytes().take_while(u8::is_ascii_digit).count();
@@ -391,23 +444,6 @@ pub(crate) fn dirname(s: &str) -> String {
         dir = strip_trailing_sep(fileparse(dir).0);
     }
     dir.to_owned()
-}
-
-/// Quotes a string for a POSIX shell exactly as GNU parallel does (`shell_quote_scalar_default`):
-/// strings of `[-_.+a-zA-Z0-9/]` stay as they are, the empty string becomes `''`, anything else is
-/// put in single quotes with `'` written as `'"'"'` (and a leading or trailing `''` dropped).
-pub(crate) fn shell_quote(s: &str) -> String {
-    if s.is_empty() {
-        return "''".to_owned();
-    }
-    if s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+' | b'/'))
-    {
-        return s.to_owned();
-    }
-    let quoted = format!("'{}'", s.replace('\'', r#"'"'"'"#));
-    let quoted = quoted.strip_prefix("''").unwrap_or(&quoted);
-    quoted.strip_suffix("''").unwrap_or(quoted).to_owned()
 }
 
 #[cfg(test)]
@@ -492,6 +528,14 @@ mod tests {
     }
 
     #[test]
+    fn host_is_a_colon_on_one_node() {
+        // GNU (`--plus`): `parallel --plus echo {host} ::: a` prints ":" for the local host.
+        // A multi-node agent sets it to its node (checked by scripts/slurm/test-multi.sh).
+        assert_eq!(argv(&["echo", "{host}"], &["a"]), ["echo", ":"]);
+        assert_eq!(argv(&["echo", "x{host}y"], &["a"]), ["echo", "x:y"]);
+    }
+
+    #[test]
     fn repeated_and_adjacent_replacements() {
         // GNU: `parallel echo '{}{}' x{}y ::: a` prints "aa xay".
         assert_eq!(
@@ -568,29 +612,6 @@ mod tests {
         assert!(Template::parse(&["{0}"], 1).is_err());
         assert!(Template::parse(&["{99999999999999999999999}"], 1).is_err());
         assert!(Template::parse(&["{2/.}"], 2).is_ok());
-    }
-
-    #[test]
-    fn shell_quoting_matches_gnu_parallel() {
-        // `parallel --dry-run echo ::: ...` output, GNU parallel 20221122.
-        let cases = [
-            ("a b", "'a b'"),
-            ("c", "c"),
-            ("d=e", "'d=e'"),
-            ("f,g", "'f,g'"),
-            ("~h", "'~h'"),
-            ("o+p", "o+p"),
-            ("", "''"),
-            ("q'r", r#"'q'"'"'r'"#),
-            ("'x", r#""'"'x'"#),
-            ("x'", r#"'x'"'""#),
-            ("a*", "'a*'"),
-            ("é", "'é'"),
-            ("-_./+09AZaz", "-_./+09AZaz"),
-        ];
-        for (input, want) in cases {
-            assert_eq!(shell_quote(input), want, "{input:?}");
-        }
     }
 
     #[test]

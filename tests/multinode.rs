@@ -1,0 +1,355 @@
+//! The multi-node runner without a cluster: a fake `srun` (which runs the agent command on "node"
+//! `--nodelist=X` by exporting `SLURMD_NODENAME=X` and the step's `SLURM_CPUS_PER_TASK`) and a
+//! fake `scontrol show hostnames` on PATH, and the variables of a two-node batch script. The
+//! runner, the agents, the protocol and the engine are the real ones; only SLURM's process
+//! launch is replaced. So these run everywhere, fast; `tests/slurm_multi.rs` runs the same
+//! paths under a real two-node SLURM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("multiproc-multinode-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("bin")).unwrap();
+    d
+}
+
+fn write_exe(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    Command::new("chmod").arg("+x").arg(path).status().unwrap();
+}
+
+/// A command that runs multiproc as the batch script of a 2-node allocation (nodes a, b, 2 CPUs
+/// each), in `dir`, with the fakes first on PATH.
+fn batch(dir: &Path) -> Command {
+    let bin = dir.join("bin");
+    write_exe(
+        &bin.join("srun"),
+        r#"#!/bin/bash
+# Fake srun: run the command after the options on the node --nodelist names.
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --nodelist=*) export SLURMD_NODENAME="${1#--nodelist=}" ;;
+    --cpus-per-task=*) export SLURM_CPUS_PER_TASK="${1#--cpus-per-task=}" ;;
+    --*) ;;
+    *) break ;;
+    esac
+    shift
+done
+export SLURM_STEP_ID=0
+exec "$@"
+"#,
+    );
+    write_exe(
+        &bin.join("scontrol"),
+        "#!/bin/sh\n[ \"$1 $2\" = 'show hostnames' ] && echo \"$3\" | tr , '\\n'\n",
+    );
+    let mut c = Command::new(env!("CARGO_BIN_EXE_multiproc"));
+    c.current_dir(dir)
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("SLURM_JOB_ID", "1")
+        .env("SLURM_JOB_NUM_NODES", "2")
+        .env("SLURM_JOB_NODELIST", "a,b")
+        .env("SLURM_JOB_CPUS_PER_NODE", "2(x2)")
+        .env_remove("SLURM_STEP_ID")
+        .env_remove("SLURM_STEPID")
+        .env_remove("SLURM_CPUS_PER_TASK")
+        .env_remove("MULTIPROC_NODES")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs `cmd`, killing it past `limit` (a hang fails the test instead of blocking it).
+fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: kill takes plain integers; the child has not been reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("multiproc did not finish within {limit:?}");
+        }
+    }
+}
+
+/// The joblog's job lines as (seq, host, exitval, signal).
+fn joblog(path: &Path) -> Vec<(u64, String, i32, i32)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand")
+    );
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].to_string(),
+                f[6].parse().unwrap(),
+                f[7].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn seqs(log: &[(u64, String, i32, i32)]) -> Vec<u64> {
+    let mut s: Vec<u64> = log.iter().map(|l| l.0).collect();
+    s.sort_unstable();
+    s
+}
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Kills the job's agent (the parent of its worker, the job's shell's parent) once, the first
+/// time input `K` runs (a directory as the once-only marker), then goes on.
+fn kill_agent_once(k: u32) -> String {
+    format!(
+        "if [ {{}} = {k} ] && mkdir killed 2>/dev/null; then \
+         kill -9 $(awk '{{print $4}}' /proc/$PPID/stat); sleep 30; fi; echo \"{{}} {{host}} {{%}}\""
+    )
+}
+
+#[test]
+fn jobs_run_on_both_nodes_once_each_with_host_and_slot() {
+    let dir = tmpdir("both");
+    let mut cmd = batch(&dir);
+    cmd.args(["-v", "--joblog", "run.log", "--shell"])
+        .arg("sleep 0.05; echo \"{} {host} {%} $MULTIPROC_NODE\"")
+        .arg(":::")
+        .args((1..=30).map(|i| i.to_string()));
+    let out = run_bounded(cmd, LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("multiproc: 2 nodes: a (2 CPUs), b (2 CPUs)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("multiproc agent on a: 2 jobs at once"),
+        "{stderr}"
+    );
+    let log = joblog(&dir.join("run.log"));
+    assert_eq!(seqs(&log), (1..=30).collect::<Vec<_>>());
+    assert!(log.iter().all(|l| l.2 == 0 && l.3 == 0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for (seq, host, _, _) in &log {
+        // The job's line names the node its joblog line names, a slot of that node, and the
+        // same node in MULTIPROC_NODE.
+        let line = stdout
+            .lines()
+            .find(|l| l.split(' ').next() == Some(&seq.to_string()))
+            .unwrap_or_else(|| panic!("no output for job {seq}: {stdout}"));
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f[1], host, "{line}");
+        assert!(f[2] == "1" || f[2] == "2", "slot of {line}");
+        assert_eq!(f[3], host, "{line}");
+    }
+    for h in ["a", "b"] {
+        assert!(log.iter().any(|l| l.1 == h), "no job on {h}: {log:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_killed_agent_costs_its_running_job_which_runs_again_elsewhere() {
+    let dir = tmpdir("retry");
+    let mut cmd = batch(&dir);
+    cmd.args(["--retries", "2", "--joblog", "run.log", "--shell"])
+        .arg(kill_agent_once(5))
+        .arg(":::")
+        .args((1..=20).map(|i| i.to_string()));
+    let out = run_bounded(cmd, LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("the agent is gone"), "{stderr}");
+    assert!(dir.join("killed").exists());
+    let log = joblog(&dir.join("run.log"));
+    // Every input once, all succeeded: job 5 ran again on the node still up.
+    assert_eq!(seqs(&log), (1..=20).collect::<Vec<_>>());
+    assert!(log.iter().all(|l| l.2 == 0 && l.3 == 0), "{log:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn with_no_retry_left_the_lost_job_is_logged_failed() {
+    let dir = tmpdir("noretry");
+    let mut cmd = batch(&dir);
+    cmd.args(["--joblog", "run.log", "--shell"])
+        .arg(kill_agent_once(5))
+        .arg(":::")
+        .args((1..=20).map(|i| i.to_string()));
+    let out = run_bounded(cmd, LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The jobs the dead node ran (job 5, and maybe one more: 2 slots) failed, logged as killed
+    // (-1, signal 9); the exit status counts them; every other input succeeded.
+    assert!(stderr.contains("job 5: its node"), "{stderr}");
+    let log = joblog(&dir.join("run.log"));
+    assert_eq!(seqs(&log), (1..=20).collect::<Vec<_>>());
+    let failed: Vec<_> = log.iter().filter(|l| l.2 != 0 || l.3 != 0).collect();
+    assert!((1..=2).contains(&failed.len()), "{log:?}");
+    assert!(failed.iter().any(|l| l.0 == 5));
+    assert!(failed.iter().all(|l| (l.2, l.3) == (-1, 9)), "{log:?}");
+    assert_eq!(out.status.code(), Some(failed.len() as i32), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_agent_dead_ends_the_run_with_an_error_not_a_hang() {
+    let dir = tmpdir("alldead");
+    let mut cmd = batch(&dir);
+    cmd.args(["--joblog", "run.log", "--shell"])
+        .arg("kill -9 $(awk '{print $4}' /proc/$PPID/stat); sleep 30")
+        .arg(":::")
+        .args((1..=20).map(|i| i.to_string()));
+    let out = run_bounded(cmd, LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(
+        stderr.contains("every node's agent ended with jobs left"),
+        "{stderr}"
+    );
+    // Only the jobs the agents were running are logged (failed); --resume runs the rest.
+    let log = joblog(&dir.join("run.log"));
+    assert!(!log.is_empty() && log.len() <= 4, "{log:?}");
+    assert!(log.iter().all(|l| l.2 == -1 && l.3 == 9));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGTERM to the runner (SLURM's end of job): it stops within a bound, logs only finished
+/// jobs, leaves no job running; a one-node `--resume` (another size) runs each other input once.
+#[test]
+fn sigterm_then_resume_on_one_node_runs_each_input_once() {
+    let dir = tmpdir("term");
+    std::fs::create_dir_all(dir.join("out")).unwrap();
+    std::fs::create_dir_all(dir.join("started")).unwrap();
+    let job = "touch started/{}; [ {} -le 6 ] || sleep 30; echo x >> out/{}";
+    let args = |c: &mut Command| {
+        c.args(["--joblog", "run.log", "--shell", job, ":::"])
+            .args((1..=20).map(|i| i.to_string()));
+    };
+    let mut cmd = batch(&dir);
+    args(&mut cmd);
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Handshake: the 6 quick jobs are logged and 4 slow ones (2 nodes x 2 slots) have started.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let logged = std::fs::read_to_string(dir.join("run.log"))
+            .map(|t| t.lines().count().saturating_sub(1))
+            .unwrap_or(0);
+        let started = std::fs::read_dir(dir.join("started")).unwrap().count();
+        if logged >= 6 && started >= 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "jobs did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill takes plain integers; the child is alive (not reaped).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t0 = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = child.id() as i32;
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(o) => o.unwrap(),
+        Err(_) => {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the runner did not stop on SIGTERM");
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    let log = joblog(&dir.join("run.log"));
+    assert_eq!(seqs(&log), (1..=6).collect::<Vec<_>>(), "{stderr}");
+    // No job of the run is left running.
+    let ps = Command::new("pgrep")
+        .args(["-f", "sleep 30; echo x >> out/"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).trim().is_empty(),
+        "jobs left running"
+    );
+    // A one-node run (no SLURM variables) resumes it: the other 14, quick this time.
+    let mut resume = Command::new(env!("CARGO_BIN_EXE_multiproc"));
+    resume
+        .current_dir(&dir)
+        .env_remove("SLURM_JOB_NUM_NODES")
+        .env("MULTIPROC_NODES", "1")
+        .args(["-j", "4", "--resume", "--joblog", "run.log", "--shell"])
+        .arg("touch started/{}; echo x >> out/{}")
+        .arg(":::")
+        .args((1..=20).map(|i| i.to_string()));
+    let out = run_bounded(resume, LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    let log = joblog(&dir.join("run.log"));
+    assert_eq!(seqs(&log), (1..=20).collect::<Vec<_>>());
+    for k in 1..=20 {
+        let n = std::fs::read_to_string(dir.join("out").join(k.to_string()))
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        assert_eq!(n, 1, "input {k} ran to completion {n} times");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn nodes_flag_limits_the_run_to_those_nodes() {
+    let dir = tmpdir("nodes");
+    let mut cmd = batch(&dir);
+    cmd.args(["--nodes", "b", "--joblog", "run.log", "echo", ":::"])
+        .args((1..=10).map(|i| i.to_string()));
+    let out = run_bounded(cmd, LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    let log = joblog(&dir.join("run.log"));
+    assert_eq!(seqs(&log), (1..=10).collect::<Vec<_>>());
+    assert!(log.iter().all(|l| l.1 == "b"), "{log:?}");
+    // A node outside the allocation, and --nodes outside a multi-node batch script: usage errors.
+    let mut cmd = batch(&dir);
+    cmd.args(["--nodes", "a,c", "echo", ":::", "x"]);
+    let out = run_bounded(cmd, LIMIT);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--nodes a,c: node c is not in this job's allocation (a,b)"),
+        "{stderr}"
+    );
+    let out = run_bounded(
+        {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_multiproc"));
+            c.env_remove("SLURM_JOB_NUM_NODES")
+                .env_remove("SLURM_NNODES")
+                .args(["--nodes", "a", "echo", ":::", "x"]);
+            c
+        },
+        LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--nodes a: not in the batch script"),
+        "{out:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
