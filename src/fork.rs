@@ -4,8 +4,9 @@
 //! returning into the caller's stack there. Modules that must act around every fork (the
 //! liveness registry registers the child in each queue; shared memory holds its lock across the
 //! fork) register a [`ForkHook`] once, the first time they need it: this module knows none of
-//! them, it only calls what was registered. Every child leads its own process group and dies
-//! with its parent (see `children`): that is part of what a fork is here, not a hook.
+//! them, it only calls what was registered. The one exception is `children` (called directly):
+//! every child leads its own process group and dies with its parent, and the parent waits for a
+//! child's own non-daemon children before it exits.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -56,10 +57,10 @@ pub(crate) fn fork_child(child: impl FnOnce() -> i32) -> Result<Pid> {
     // thread is a copy of this one, would wait forever on its first print or on the final flush.
     // Held by the forking thread, the locks are released by that thread's copy in the child.
     let stdio = sys::StdioLocks::flushed();
+    let (parent, children) = (sys::getpid(), crate::children::fork_guard());
     let registry = hooks_locked();
     let hooks = registry.clone();
     let held: Vec<_> = hooks.iter().map(|h| (h.prepare)()).collect();
-    let (parent, children) = (sys::getpid(), crate::children::fork_guard());
     // SAFETY: the child runs `child` and then `_exit`s; it never returns into the caller's frames.
     // The multi-threaded-parent hazard is the crate's documented fork contract (`# Fork safety`).
     let forked = unsafe { sys::fork() };
@@ -70,22 +71,22 @@ pub(crate) fn fork_child(child: impl FnOnce() -> i32) -> Result<Pid> {
     };
     match forked {
         Err(e) => {
-            drop(children);
             release();
+            drop(children);
             Err(e)
         }
         Ok(Forked::Parent(pid)) => {
-            crate::children::on_fork_parent(children, pid);
             release();
+            crate::children::on_fork_parent(children, pid);
             hooks.iter().for_each(|h| (h.parent)(pid));
             Ok(pid)
         }
         Ok(Forked::Child) => {
             let guard = AbortOnUnwind;
+            release();
             if !crate::children::on_fork_child(children, parent) {
                 sys::exit_now(1); // the parent died before the child could arm its death signal
             }
-            release();
             hooks.iter().for_each(|h| (h.child)());
             let code = child();
             crate::children::on_child_end();

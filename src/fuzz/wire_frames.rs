@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 use super::{config, mutate};
 use crate::error::{Error, RemotePanic};
-use crate::wire::{self, FrameReader, MAX_MESSAGE_BYTES};
+use crate::wire::{self, FrameBuf, FrameReader, MAX_MESSAGE_BYTES};
 
 /// Sends `stream` on one end of a socket pair (from a thread, then closes it) and reads frames
 /// from the other until the end: returns the frames read and how reading ended.
@@ -26,6 +26,40 @@ fn read_all(stream: Vec<u8>) -> (Vec<Vec<u8>>, Result<(), Error>) {
             Ok(Some(f)) => frames.push(f),
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
+        }
+    };
+    drop(rx);
+    writer.join().unwrap();
+    (frames, end)
+}
+
+/// The same with the socket reader of the pool and the pipes ([`FrameBuf`]: receive, then parse
+/// every complete frame).
+fn read_all_buffered(stream: Vec<u8>) -> (Vec<Vec<u8>>, Result<(), Error>) {
+    let (rx, tx) = crate::sys::socketpair().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = crate::sys::write_all(tx.as_fd(), &stream);
+    });
+    let mut buf = FrameBuf::default();
+    let mut frames = Vec::new();
+    let end = 'read: loop {
+        match buf.fill(rx.as_fd(), false) {
+            Ok(Some(0)) => {
+                break if buf.has_partial() {
+                    Err(Error::Disconnected("cut short".into()))
+                } else {
+                    Ok(())
+                };
+            }
+            Ok(_) => {}
+            Err(e) => break Err(e),
+        }
+        loop {
+            match buf.next() {
+                Ok(Some(body)) => frames.push(body.bytes().to_vec()),
+                Ok(None) => break,
+                Err(e) => break 'read Err(e),
+            }
         }
     };
     drop(rx);
@@ -76,6 +110,28 @@ proptest! {
             prop_assert!(typed, "{}", e);
         }
         prop_assert!(frames.iter().all(|f| f.len() <= 300 * 6 + 64 * 8));
+    }
+
+    /// The buffered reader: arbitrary and mutated streams give frames and a typed error, and
+    /// valid frames come back exactly.
+    #[test]
+    fn frame_buf_takes_arbitrary_and_mutated_streams(
+        noise in proptest::collection::vec(any::<u8>(), 0..2048),
+        bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..6),
+        edits in proptest::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 0..8),
+    ) {
+        for stream in [noise.clone(), mutate(framed(&bodies), &edits)] {
+            let (frames, end) = read_all_buffered(stream.clone());
+            let read: usize = frames.iter().map(|f| f.len() + 8).sum();
+            prop_assert!(read <= stream.len());
+            if let Err(e) = end {
+                let typed = matches!(e, Error::Disconnected(_) | Error::TooLarge { .. });
+                prop_assert!(typed, "{}", e);
+            }
+        }
+        let (frames, end) = read_all_buffered(framed(&bodies));
+        prop_assert!(end.is_ok());
+        prop_assert_eq!(frames, bodies);
     }
 
     /// A length header over the limit is `TooLarge` at once (nothing allocated for it).
