@@ -108,7 +108,9 @@ fn map_async_completes_and_runs_callbacks_while_the_parent_waits_elsewhere() {
     assert_eq!(len, 20);
     assert_ne!(thread, me, "the callback ran in the driver thread");
     assert_eq!(pid, std::process::id(), "the callback ran in the parent");
-    assert!(r.ready());
+    // As in Python, the result is ready once its callback has returned (the send above happens
+    // inside the callback, so ready() may still be false for a moment).
+    eventually(secs(60), "ready after the callback", || r.ready());
     assert_eq!(
         r.get().unwrap(),
         (0..20).map(|x| x * 10).collect::<Vec<_>>()
