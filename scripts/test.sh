@@ -23,9 +23,15 @@ cargo test --release --lib --tests
 cargo test --release --doc
 for f in examples/*.rs; do
   ex=$(basename "$f" .rs)
-  [ "$ex" = mmul ] && continue # a batch binary that reads stdin; mmul_queue runs it
-  echo "== example $ex"
-  timeout 300 cargo run --release --quiet --example "$ex"
+  args=()
+  case "$ex" in
+    mmul) continue ;;                 # a batch binary that reads stdin; mmul_queue runs it
+    mpi_*) continue ;;                # feature `mpi`, under mpirun: .ci/run's MPI step
+    start_methods) args=(1 4 1) ;;    # a 1 GiB parent, 4 workers, 1 round (default: 4 GiB, 16, 5)
+    threaded_parent) args=(10 500) ;; # 10 pools per method (default 100)
+  esac
+  echo "== example $ex ${args[*]}"
+  timeout 300 cargo run --release --quiet --example "$ex" -- "${args[@]}"
 done
 # The multiproc command under SLURM, including the job that hits its time limit (~2-3 min);
 # only where a SLURM node is up (.ci/run starts one), else it prints why it skipped.
