@@ -7,41 +7,13 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use multiproc::{AcquireError, Pool, SharedArray, as_completed};
 
-use common::{fork_lock, secs};
-
-/// Aborts the test process if a test outlives `limit`: a hang fails, never blocks CI.
-struct Watchdog(Arc<AtomicBool>);
-
-impl Watchdog {
-    fn new(limit: Duration) -> Watchdog {
-        let done = Arc::new(AtomicBool::new(false));
-        let d = done.clone();
-        std::thread::spawn(move || {
-            let until = Instant::now() + limit;
-            while Instant::now() < until {
-                if d.load(Ordering::SeqCst) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            eprintln!("an async pool test ran longer than {limit:?}: aborting");
-            std::process::abort();
-        });
-        Watchdog(done)
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
+use common::{Watchdog, fork_lock, secs};
 
 /// Polls `cond` until it holds, at most `limit` (a bound, not a timing assertion).
 fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {

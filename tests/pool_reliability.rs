@@ -12,35 +12,7 @@ use std::time::{Duration, Instant};
 use multiproc::{AcquireError, Error, Pool, SharedArray};
 use serde::{Deserialize, Serialize};
 
-use common::{fork_lock, is_our_child, secs};
-
-/// Aborts the test process if a test outlives `limit`: a hang fails, never blocks CI.
-struct Watchdog(Arc<AtomicBool>);
-
-impl Watchdog {
-    fn new(limit: Duration) -> Watchdog {
-        let done = Arc::new(AtomicBool::new(false));
-        let d = done.clone();
-        std::thread::spawn(move || {
-            let until = Instant::now() + limit;
-            while Instant::now() < until {
-                if d.load(Ordering::SeqCst) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            eprintln!("a reliability test ran longer than {limit:?}: aborting");
-            std::process::abort();
-        });
-        Watchdog(done)
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
+use common::{Watchdog, fork_lock, is_our_child, secs};
 
 // Layout of the shared state array of the chaos tests.
 const LAST_PID: usize = 0;
