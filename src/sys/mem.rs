@@ -96,17 +96,6 @@ impl SharedMapping {
     /// `populate`, all pages are faulted in at once (`MAP_POPULATE`), much faster than one fault
     /// per page when the whole mapping will be touched.
     pub(crate) fn from_fd(fd: BorrowedFd<'_>, len: usize, populate: bool) -> Result<Self> {
-        Self::from_fd_at(fd, 0, len, populate)
-    }
-
-    /// Maps `len` bytes of the file `fd` (a memfd) from `offset` (a multiple of the page size),
-    /// shared, as [`SharedMapping::from_fd`] does.
-    pub(crate) fn from_fd_at(
-        fd: BorrowedFd<'_>,
-        offset: usize,
-        len: usize,
-        populate: bool,
-    ) -> Result<Self> {
         let mut flags = MapFlags::MAP_SHARED;
         if populate {
             flags |= MapFlags::MAP_POPULATE;
@@ -114,8 +103,8 @@ impl SharedMapping {
         let nz = NonZeroUsize::new(len)
             .ok_or_else(|| Error::invalid_arg("len", len, "a shared mapping cannot be empty"))?;
         // SAFETY: a mapping at an address the kernel picks aliases no existing Rust memory; the
-        // file is a memfd that is never truncated below `offset + len` (memfds made by `memfd`
-        // are sized once and `fd_size` is checked by callers before mapping).
+        // file is a memfd that is never truncated below `len` (memfds made by `memfd` are sized
+        // once and `fd_size` is checked by callers before mapping).
         let ptr = unsafe {
             mmap(
                 None,
@@ -123,7 +112,7 @@ impl SharedMapping {
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
                 flags,
                 fd,
-                offset as libc::off_t,
+                0,
             )
         }
         .map_err(|e| Error::io("mmap", e))?;
