@@ -943,9 +943,11 @@ fn sigterm_stops_ends_job_groups_and_flushes_the_log() {
             "-j", "3", "--joblog", "log", "--shell", script, ":::", "quick", "a", "b", "c", "d",
         ],
     );
+    // The shell creates gc{} before `echo` writes the pid into it: wait for the pid itself.
+    let has_pid =
+        |gc: &str| fs::read_to_string(d.join(gc)).is_ok_and(|t| t.trim().parse::<i32>().is_ok());
     assert!(
-        wait_for(secs(30.0), || d.join("gca").exists()
-            && d.join("gcb").exists()),
+        wait_for(secs(30.0), || has_pid("gca") && has_pid("gcb")),
         "jobs did not start"
     );
     let t0 = Instant::now();
