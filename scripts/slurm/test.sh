@@ -178,7 +178,8 @@ grep -q 'stopped by signal 15' "$work/limit.log" || fail "no clean stop on SIGTE
 if pgrep -f "out/[0-9]" >/dev/null; then fail "job processes outlived the time limit: $(pgrep -af 'out/[0-9]')"; fi
 echo "ok   --time limit: TIMEOUT after $(($(now_ms) - t0)) ms with $done_before/100 jobs done; runner stopped on SIGTERM"
 t0="$(now_ms)"
-srun --immediate=30 -n 1 -D "$work" -c 2 --time=0:05 "$MP" --resume "${ARGS[@]}" >"$work/resume.log" 2>&1 ||
+# Up to 100 jobs of 2 s, 2 at once in the step: give it minutes (0:05 is 5 s, rounded up to 1 min).
+srun --immediate=30 -n 1 -D "$work" -c 2 --time=5 "$MP" --resume "${ARGS[@]}" >"$work/resume.log" 2>&1 ||
     fail "--resume run failed: $(cat "$work/resume.log")"
 [ "$(rows "$work/limit.joblog" | wc -l)" -eq 100 ] || fail "joblog has $(rows "$work/limit.joblog" | wc -l) lines"
 [ "$(rows "$work/limit.joblog" | cut -f1 | sort -u | wc -l)" -eq 100 ] || fail "a seq is logged twice"
