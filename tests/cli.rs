@@ -642,6 +642,51 @@ fn sigkilled_job_is_logged_with_signal_9() {
 }
 
 #[test]
+fn a_job_sigtermed_by_itself_is_logged_with_signal_15() {
+    // SIGTERM is also what a stop sends: the worker waits (bounded) for a stop that does not
+    // come, then logs the job as any failed one.
+    let d = scratch("termed");
+    let r = run_in(
+        &d,
+        &[
+            "--joblog",
+            "log",
+            "--shell",
+            "kill -TERM $$ #{}",
+            ":::",
+            "x",
+        ],
+        None,
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let rows = joblog(&d.join("log"));
+    assert_eq!((rows[0][6].as_str(), rows[0][7].as_str()), ("0", "15"));
+}
+
+#[test]
+fn a_job_killed_by_the_stop_signal_before_the_runner_gets_it_is_not_logged() {
+    // As at a SLURM time limit on a loaded node: the job dies of SIGTERM first, the runner is
+    // signalled a little later. The job did not finish: no joblog line, --resume runs it.
+    let d = scratch("stoprace");
+    let job = "if [ -e again ]; then echo ran {} > done; exit 0; fi; \
+               r=$(awk '{print $4}' /proc/$PPID/stat); \
+               setsid sh -c \"sleep 0.3; kill -TERM $r\" </dev/null >/dev/null 2>&1 & \
+               kill -TERM $$";
+    let r = run_in(&d, &["--joblog", "log", "--shell", job, ":::", "x"], None);
+    assert_ne!(r.code, Some(0), "{}", r.stderr);
+    assert!(joblog(&d.join("log")).is_empty(), "{}", r.stderr);
+    fs::write(d.join("again"), "").unwrap();
+    let r = run_in(
+        &d,
+        &["--joblog", "log", "--resume", "--shell", job, ":::", "x"],
+        None,
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(fs::read_to_string(d.join("done")).unwrap(), "ran x\n");
+    assert_eq!(joblog(&d.join("log")).len(), 1);
+}
+
+#[test]
 fn halt() {
     let d = scratch("halt");
     // now,fail=1: the first failure ends the run at once, the sleeping jobs are killed.

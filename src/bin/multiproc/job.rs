@@ -296,10 +296,14 @@ pub(crate) fn worker_loop(runner: i32, cfg: &WorkerConfig, jobs: &Queue<Job>, ou
             }
         };
         if !outcome.ok() && outcome.attempts > 0 && !outcome.timed_out && !stopping() {
-            // Killed by a signal at the moment the run stops (SLURM signals every process of the
-            // job at once): give the runner's handler a moment to set the flag.
-            if outcome.signal != 0 || outcome.exit > 128 {
-                std::thread::sleep(Duration::from_millis(100));
+            // Killed by a stop signal: SLURM signals every process of the job at once, and on a
+            // loaded node the job may die well before the worker or the runner is signalled.
+            // Wait (bounded) for the stop to show, so that a job the stop killed is not logged.
+            if killed_by_stop_signal(&outcome) {
+                let until = Instant::now() + STOP_SIGNAL_GRACE;
+                while !stopping() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
         }
         // A job that failed while the run stops did not finish: not logged, --resume reruns it.
@@ -319,6 +323,23 @@ pub(crate) fn worker_loop(runner: i32, cfg: &WorkerConfig, jobs: &Queue<Job>, ou
             return;
         }
     }
+}
+
+/// How long a worker waits, after its job was killed by a stop signal, for the stop itself to
+/// reach it or the runner (see [`killed_by_stop_signal`]).
+const STOP_SIGNAL_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether a job died of a signal that stops a run (`SIGINT`, `SIGTERM`, `SIGHUP`, `SIGKILL`,
+/// directly or as a shell's `128 + n` exit): such a job may have been killed by the stop (SLURM's
+/// time limit signals every process of the job), not by its own fault. A crash (`SIGSEGV`,
+/// `SIGABRT`...) is never the stop and is logged at once.
+fn killed_by_stop_signal(o: &JobOutcome) -> bool {
+    let sig = if o.signal != 0 {
+        o.signal
+    } else {
+        o.exit - 128
+    };
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGKILL].contains(&sig)
 }
 
 /// The joblog line of a finished job.
