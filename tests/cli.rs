@@ -1045,6 +1045,59 @@ fn second_signal_kills_at_once() {
     assert!(t0.elapsed() < secs(1.5), "took {:?}", t0.elapsed());
 }
 
+#[test]
+fn a_stop_signal_that_reaches_a_worker_first_stops_the_run() {
+    // SLURM signals every process of a job in no set order: a worker may get SIGTERM before
+    // the runner. The run stops as if the runner had it: the running job is ended and not
+    // logged, no other job starts, and --resume runs both.
+    let d = scratch("worker-first");
+    let log = d.join("log");
+    let logs = log.to_str().unwrap();
+    let mut runner = spawn_bg(
+        &d,
+        &[
+            "-j",
+            "1",
+            "--joblog",
+            logs,
+            "--shell",
+            "echo $PPID > wpid{}.tmp && mv wpid{}.tmp wpid{}; sleep 30",
+            ":::",
+            "a",
+            "b",
+        ],
+    );
+    assert!(wait_for(secs(30.0), || d.join("wpida").exists()));
+    let worker: i32 = fs::read_to_string(d.join("wpida"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill takes plain integers; the worker is the runner's child, alive while its job
+    // runs (the job sleeps 30 s).
+    unsafe { libc::kill(worker, libc::SIGTERM) };
+    assert_eq!(wait_bg(&mut runner, secs(20.0)), Some(128 + 15));
+    assert!(joblog(&log).is_empty());
+    assert!(!d.join("wpidb").exists(), "b started after the stop");
+    let r = run_in(
+        &d,
+        &[
+            "--joblog",
+            logs,
+            "--resume",
+            "--shell",
+            "echo ok > done{}",
+            ":::",
+            "a",
+            "b",
+        ],
+        None,
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(d.join("donea").exists() && d.join("doneb").exists());
+    assert_eq!(joblog(&log).len(), 2);
+}
+
 /// The pids whose parent is `pid`.
 fn children_of(pid: u32) -> Vec<i32> {
     let mut kids = Vec::new();

@@ -1,4 +1,4 @@
-# Shared settings and helpers for start.sh, stop.sh and check.sh. Sourced, not run.
+# Shared settings and helpers for start.sh, start-multi.sh, stop.sh and check.sh. Sourced, not run.
 # shellcheck shell=bash disable=SC2034  # the variables are used by the scripts that source this
 
 # Everything the test cluster writes (state, spool, pid files, logs) lives under one directory,
@@ -66,3 +66,53 @@ MULTI_CTLD_PID="$MULTI_RUN/slurmctld.pid"
 MULTI_CTLD_PORT=6827
 # multi_slurmd_pid NODE: the pid file of that node's slurmd.
 multi_slurmd_pid() { echo "$MULTI_RUN/slurmd-$1.pid"; }
+
+# start_munge: starts munged if it is not running (creating its key on first use) and waits (10 s
+# at most) until it answers. Shared by both clusters.
+start_munge() {
+    install -d -o munge -g munge -m 0700 /etc/munge
+    if [ ! -s /etc/munge/munge.key ]; then
+        if command -v mungekey >/dev/null 2>&1; then
+            runuser -u munge -- mungekey --create --keyfile=/etc/munge/munge.key
+        else
+            dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key status=none
+        fi
+        chown munge:munge /etc/munge/munge.key
+        chmod 0400 /etc/munge/munge.key
+        echo "$(basename "$0"): created /etc/munge/munge.key"
+    fi
+    install -d -o munge -g munge -m 0755 /run/munge
+    install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
+    if ! pid_alive "$MUNGE_PID"; then
+        rm -f "$MUNGE_PID" /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
+        runuser -u munge -- munged || die "munged did not start (see /var/log/munge/munged.log)"
+    fi
+    wait_until 10 sh -c 'munge -n </dev/null | unmunge >/dev/null 2>&1' ||
+        die "munge does not answer after 10 s (see /var/log/munge/munged.log)"
+}
+
+# conf_common TASKPLUGIN: the slurm.conf lines both clusters share (users, plugins, scheduling,
+# timeouts), with TaskPlugin=TASKPLUGIN.
+conf_common() {
+    cat <<CONF
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=$1
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+SchedulerParameters=batch_sched_delay=0
+ReturnToService=2
+KillWait=5
+MinJobAge=300
+InactiveLimit=0
+Waittime=0
+CONF
+}

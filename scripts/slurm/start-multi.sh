@@ -23,14 +23,8 @@ for c in slurmctld slurmd sinfo munged; do
     command -v "$c" >/dev/null 2>&1 || die "$c not found; run scripts/slurm/install.sh first"
 done
 
-# munged is shared with the one-node cluster: start.sh's way (it is idempotent).
-install -d -o munge -g munge -m 0755 /run/munge
-if ! pid_alive "$MUNGE_PID"; then
-    [ -s /etc/munge/munge.key ] || die "no /etc/munge/munge.key: run scripts/slurm/start.sh once"
-    rm -f "$MUNGE_PID" /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
-    runuser -u munge -- munged || die "munged did not start"
-fi
-wait_until 10 sh -c 'munge -n </dev/null | unmunge >/dev/null 2>&1' || die "munge does not answer"
+# munged is shared with the one-node cluster.
+start_munge
 
 MULTI_CONF="$MULTI_BASE/slurm.conf"
 export SLURM_CONF="$MULTI_CONF"
@@ -45,25 +39,7 @@ cat >"$new_conf" <<CONF
 # Written by scripts/slurm/start-multi.sh (multiproc): two nodes on one host, for tests.
 ClusterName=multiproc2
 SlurmctldHost=${NODE_NAME}(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0
-ReturnToService=2
-KillWait=5
-MinJobAge=300
-InactiveLimit=0
-Waittime=0
+$(conf_common task/none)
 SlurmctldPort=${MULTI_CTLD_PORT}
 StateSaveLocation=${MULTI_BASE}/ctld
 SlurmdSpoolDir=${MULTI_BASE}/spool-%n

@@ -23,25 +23,7 @@ done
 PATH="$PATH:/usr/sbin:/sbin"
 
 # --- munge -------------------------------------------------------------------
-install -d -o munge -g munge -m 0700 /etc/munge
-if [ ! -s /etc/munge/munge.key ]; then
-    if command -v mungekey >/dev/null 2>&1; then
-        runuser -u munge -- mungekey --create --keyfile=/etc/munge/munge.key
-    else
-        dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key status=none
-    fi
-    chown munge:munge /etc/munge/munge.key
-    chmod 0400 /etc/munge/munge.key
-    echo "start.sh: created /etc/munge/munge.key"
-fi
-install -d -o munge -g munge -m 0755 /run/munge
-install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
-if ! pid_alive "$MUNGE_PID"; then
-    rm -f "$MUNGE_PID" /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
-    runuser -u munge -- munged || die "munged did not start (see /var/log/munge/munged.log)"
-fi
-wait_until 10 sh -c 'munge -n </dev/null | unmunge >/dev/null 2>&1' ||
-    die "munge does not answer after 10 s (see /var/log/munge/munged.log)"
+start_munge
 
 # --- slurm.conf ----------------------------------------------------------------
 # Node line from the hardware as slurmd sees it, so the node is never drained for "low resources".
@@ -64,25 +46,7 @@ cat >"$new_conf" <<CONF
 # Written by scripts/slurm/start.sh (multiproc): a one-node cluster for tests. Rewritten on start.
 ClusterName=multiproc
 SlurmctldHost=${NODE_NAME}(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/affinity
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0
-ReturnToService=2
-KillWait=5
-MinJobAge=300
-InactiveLimit=0
-Waittime=0
+$(conf_common task/affinity)
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=${SLURM_BASE}/ctld

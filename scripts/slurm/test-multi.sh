@@ -20,24 +20,12 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 # shellcheck source=common.sh
 . "$here/common.sh"
+# shellcheck source=jobs.sh
+. "$here/jobs.sh"
+JOB_PREFIX=multiproc-multi
 
-slow="${MULTIPROC_SLURM_SLOW:-0}"
-if [ "${1:-}" = --slow ]; then
-    slow=1
-    shift
-fi
-skip() {
-    if [ "${MULTIPROC_SLURM_REQUIRED:-0}" = 1 ]; then
-        echo "FAIL: the two-node SLURM is required here but: $*" >&2
-        exit 1
-    fi
-    echo "SKIP: $*"
-    exit 0
-}
-fail() {
-    echo "FAIL: $*" >&2
-    exit 1
-}
+parse_slow "$@"
+shift "$shift_by"
 
 command -v sbatch >/dev/null 2>&1 || skip "SLURM is not installed (scripts/slurm/install.sh)"
 export SLURM_CONF="$MULTI_BASE/slurm.conf"
@@ -45,11 +33,7 @@ export SLURM_CONF="$MULTI_BASE/slurm.conf"
 up="$(sinfo -h -N -n n1,n2 -o '%N %T' 2>/dev/null | grep -Ec '^n[12] (idle|mixed|allocated)' || true)"
 [ "$up" -eq 2 ] || skip "nodes n1 and n2 are not both up (scripts/slurm/start.sh --nodes 2)"
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
-MP="${1:-${MULTIPROC_BIN:-$CARGO_TARGET_DIR/release/multiproc}}"
-if [ ! -x "$MP" ]; then
-    (cd "$root" && cargo build --release --quiet --bin multiproc)
-fi
+find_multiproc "$root" "${1:-}"
 
 work="$(mktemp -d /tmp/multiproc-slurm-multi.XXXXXX)"
 cleanup() {
@@ -60,24 +44,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-job_gone() {
-    local out
-    if out="$(squeue -h -j "$1" 2>&1)"; then [ -z "$out" ]; else grep -q 'Invalid job id' <<<"$out"; fi
-}
-wait_job() {
-    wait_until "$2" job_gone "$1" || {
-        scancel "$1" 2>/dev/null || true
-        fail "job $1 still queued/running after $2 s: $(squeue -h -j "$1" -o '%T %R' 2>&1)"
-    }
-}
-job_field() { scontrol show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n1; }
-submit() { # submit NAME SBATCH-ARGS... : prints the job id
-    local name="$1" id
-    shift
-    id="$(sbatch --parsable -J "multiproc-multi-$name" -D "$work" "$@")" || fail "sbatch $* failed"
-    echo "$id" >>"$work/submitted"
-    echo "$id"
-}
 rows() { tail -n +2 "$1"; }
 # script FILE ARGS...: a batch script that runs multiproc ARGS (quoted) and reports its status.
 script() {

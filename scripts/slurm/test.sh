@@ -21,37 +21,19 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 # shellcheck source=common.sh
 . "$here/common.sh"
+# shellcheck source=jobs.sh
+. "$here/jobs.sh"
+JOB_PREFIX=multiproc-test
 
-slow="${MULTIPROC_SLURM_SLOW:-0}"
-if [ "${1:-}" = --slow ]; then
-    slow=1
-    shift
-fi
-
-skip() {
-    # CI sets MULTIPROC_SLURM_REQUIRED=1 once it has started SLURM: then a skip is a failure.
-    if [ "${MULTIPROC_SLURM_REQUIRED:-0}" = 1 ]; then
-        echo "FAIL: SLURM is required here but: $*" >&2
-        exit 1
-    fi
-    echo "SKIP: $*"
-    exit 0
-}
-fail() {
-    echo "FAIL: $*" >&2
-    exit 1
-}
+parse_slow "$@"
+shift "$shift_by"
 
 command -v sbatch >/dev/null 2>&1 || skip "SLURM is not installed (scripts/slurm/install.sh)"
 sinfo -h -o '%T' 2>/dev/null | grep -Eq 'idle|mixed|allocated' ||
     skip "no SLURM node is up (scripts/slurm/start.sh starts one)"
 [ "$(nproc)" -ge 2 ] || skip "the tests ask for 2 CPUs; this machine has $(nproc)"
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
-MP="${1:-${MULTIPROC_BIN:-$CARGO_TARGET_DIR/release/multiproc}}"
-if [ ! -x "$MP" ]; then
-    (cd "$root" && cargo build --release --quiet --bin multiproc)
-fi
+find_multiproc "$root" "${1:-}"
 # The example finds $CARGO_TARGET_DIR/release/{multiproc,examples/mmul} or builds them; build the
 # missing ones here so that the job does not (cargo inside a 2-CPU job is slow).
 [ -x "$CARGO_TARGET_DIR/release/examples/mmul" ] || (cd "$root" && cargo build --release --quiet --example mmul)
@@ -73,24 +55,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-job_gone() {
-    local out
-    if out="$(squeue -h -j "$1" 2>&1)"; then [ -z "$out" ]; else grep -q 'Invalid job id' <<<"$out"; fi
-}
-wait_job() {
-    wait_until "$2" job_gone "$1" || {
-        scancel "$1" 2>/dev/null || true
-        fail "job $1 still queued/running after $2 s: $(squeue -h -j "$1" -o '%T %R' 2>&1)"
-    }
-}
-job_field() { scontrol show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n1; }
-submit() { # submit NAME SBATCH-ARGS... : prints the job id
-    local name="$1" id
-    shift
-    id="$(sbatch --parsable -J "multiproc-test-$name" -D "$work" "$@")" || fail "sbatch $* failed"
-    echo "$id" >>"$work/submitted"
-    echo "$id"
-}
 # rows LOG: the joblog's job lines.
 rows() { tail -n +2 "$1"; }
 

@@ -30,7 +30,8 @@ use crate::args::{HaltOn, HaltWhen};
 pub(crate) use crate::bar::{NoProgress, Progress};
 use crate::flags::{OutputMode, Sched};
 use crate::job::{
-    Job, JobOutcome, Report, STOP_FLAG, TERM_GRACE, WorkerConfig, shared_flag, worker_loop,
+    Job, JobOutcome, Report, STOP_FLAG, TERM_GRACE, WORKER_SIGNALLED, WorkerConfig, shared_flag,
+    worker_loop,
 };
 use crate::limits::Limits;
 use crate::output::Output;
@@ -452,6 +453,8 @@ impl Runner<'_> {
             self.retry.push_back(f.job);
             return Ok(());
         }
+        // A worker may have seen the stop signal before the runner did.
+        self.check_signal();
         let stopping = matches!(self.stop, Stop::Kill(_));
         if stopping && !outcome.logged && !outcome.ok() {
             // Ended by the stop itself (or never started): not done; --resume runs it again.
@@ -535,12 +538,24 @@ impl Runner<'_> {
         }
     }
 
+    /// Acts on a stop signal: the runner's own, or one a worker got first (it raised the shared
+    /// stop flag with the signal's number while the run was not stopping).
     fn check_signal(&mut self) {
-        if SIGNALS.load(Ordering::SeqCst) > 0 && self.summary.interrupted.is_none() {
-            self.summary.interrupted = Some(LAST_SIGNAL.load(Ordering::SeqCst));
-            if !matches!(self.stop, Stop::Kill(_)) {
-                self.begin_kill();
-            }
+        if self.summary.interrupted.is_some() {
+            return;
+        }
+        let signal = if SIGNALS.load(Ordering::SeqCst) > 0 {
+            LAST_SIGNAL.load(Ordering::SeqCst)
+        } else if !matches!(self.stop, Stop::Kill(_))
+            && self.stop_flag.load(Ordering::SeqCst) >= WORKER_SIGNALLED
+        {
+            i32::from(self.stop_flag.load(Ordering::SeqCst) - WORKER_SIGNALLED)
+        } else {
+            return;
+        };
+        self.summary.interrupted = Some(signal);
+        if !matches!(self.stop, Stop::Kill(_)) {
+            self.begin_kill();
         }
     }
 

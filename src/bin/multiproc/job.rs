@@ -164,6 +164,10 @@ pub(crate) fn shared_flag() -> std::io::Result<&'static AtomicU8> {
     Ok(unsafe { &*ptr.as_ptr().cast::<AtomicU8>() })
 }
 
+/// The stop flag's values from [`WORKER_SIGNALLED`] up: a worker got signal `value - 128` while
+/// the run was not stopping (the runner sets 1 when it stops the run itself).
+pub(crate) const WORKER_SIGNALLED: u8 = 128;
+
 /// The stop flag, for the runner's signal handler.
 pub(crate) static STOP_FLAG: AtomicPtr<AtomicU8> = AtomicPtr::new(std::ptr::null_mut());
 
@@ -183,13 +187,28 @@ static SPAWNING: AtomicBool = AtomicBool::new(false);
 static RUNNER_GONE: AtomicBool = AtomicBool::new(false);
 
 /// The worker's handler for `SIGTERM` (its parent-death signal), `SIGINT` and `SIGHUP`: while
-/// the runner lives it only notes the signal (the runner decides what happens to jobs). Once the
+/// the runner lives it notes the signal and raises the shared stop flag with it (the runner
+/// decides what happens to jobs, as if it had been signalled itself). Once the
 /// runner is gone: a job that ended (reaped, or a zombie not yet reaped) gets its joblog line
 /// written first, then the worker exits; a running job's process group is killed and the worker
 /// exits at once; a job being spawned is killed right after the spawn (see `run_job`).
 /// Async-signal-safe: atomics, `getppid`, `waitid`, `kill` and `_exit` only.
-extern "C" fn worker_signal(_: libc::c_int) {
+extern "C" fn worker_signal(sig: libc::c_int) {
     GOT_SIGNAL.store(true, Ordering::SeqCst);
+    // The whole run stops, even if the runner has not been signalled yet (SLURM signals every
+    // process of the job, in no set order): the signal goes into the shared stop flag, where the
+    // runner (and, on a node of a multi-node run, the agent) finds it.
+    let flag = STOP_FLAG.load(Ordering::SeqCst);
+    if !flag.is_null() {
+        // SAFETY: STOP_FLAG points into a mapping that is never unmapped (`shared_flag`),
+        // inherited from the runner across the fork; an atomic store is async-signal-safe.
+        let _ = unsafe { &*flag }.compare_exchange(
+            0,
+            WORKER_SIGNALLED.saturating_add(u8::try_from(sig).unwrap_or(0)),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
     // SAFETY: getppid, kill and _exit are async-signal-safe and take plain integers.
     unsafe {
         if libc::getppid() != RUNNER_PID.load(Ordering::SeqCst) {
