@@ -479,3 +479,52 @@ fn a_job_interrupted_by_its_agents_stop_runs_elsewhere_not_failed() {
     assert!(log.iter().all(|l| l.2 == 0 && l.3 == 0), "{log:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SLURM's end of job can end a step's `srun` before it relays the agent's last message: an
+/// agent gone without a word, whose `srun` ended on a stop signal (status 143), was
+/// interrupted, not failed; its job runs again on the other node, nothing is logged failed.
+#[test]
+fn an_agent_whose_srun_ended_on_sigterm_without_a_word_was_interrupted_not_failed() {
+    let dir = tmpdir("srun-term");
+    let mut cmd = batch(&dir);
+    // This srun runs the agent as its child and, on SIGTERM, kills it outright (no last
+    // message) and exits 143, as srun does when the step is cancelled.
+    write_exe(
+        &dir.join("bin/srun"),
+        r#"#!/bin/bash
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --nodelist=*) export SLURMD_NODENAME="${1#--nodelist=}" ;;
+    --cpus-per-task=*) export SLURM_CPUS_PER_TASK="${1#--cpus-per-task=}" ;;
+    --*) ;;
+    *) break ;;
+    esac
+    shift
+done
+export SLURM_STEP_ID=0
+"$@" 0<&0 &
+agent=$!
+trap 'kill -KILL $agent; wait $agent; exit 143' TERM
+wait $agent
+"#,
+    );
+    cmd.args(["--joblog", "run.log", "--shell"])
+        .arg(
+            "if [ {} = 5 ] && mkdir stopped 2>/dev/null; then \
+             a=$(awk '{print $4}' /proc/$PPID/stat); \
+             kill -TERM $(awk '{print $4}' /proc/$a/stat); sleep 30; fi; echo {}",
+        )
+        .arg(":::")
+        .args((1..=20).map(|i| i.to_string()));
+    let out = run_bounded(cmd, LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the agent stopped on signal 15"),
+        "{stderr}"
+    );
+    let log = joblog(&dir.join("run.log"));
+    assert_eq!(seqs(&log), (1..=20).collect::<Vec<_>>());
+    assert!(log.iter().all(|l| l.2 == 0 && l.3 == 0), "{log:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

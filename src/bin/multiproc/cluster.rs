@@ -61,6 +61,19 @@ use crate::{Failure, INTERNAL};
 pub(crate) const STOP_WAIT: Duration = Duration::from_secs(8);
 /// How long the runner waits for the first agent to say hello.
 const HELLO_WAIT: Duration = Duration::from_secs(120);
+/// How long a lost agent's `srun` is given to say whether a stop signal ended it.
+const STOP_SIGNAL_WAIT: Duration = Duration::from_secs(2);
+
+/// The stop signal (`SIGINT`, `SIGTERM`, `SIGHUP`) that ended an `srun`, directly or as its
+/// `128 + n` exit status (srun's when its task ended on the signal), if one did.
+fn stop_signal_of(status: std::process::ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let sig = status.signal().or_else(|| status.code().map(|c| c - 128))?;
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
+        .contains(&sig)
+        .then_some(sig)
+}
+
 /// How often the loop looks up from waiting (signals, deadlines).
 const TICK: Duration = Duration::from_millis(50);
 
@@ -500,6 +513,9 @@ impl Runner<'_> {
         let lost = std::mem::take(&mut a.running);
         self.gathered.drop_agent(i);
         let node = a.node.clone();
+        if self.stop.is_none() && self.agents[i].stopped.is_none() && why.is_none() {
+            self.agents[i].stopped = self.await_stop_signal(i);
+        }
         if self.stop.is_some() {
             // Stopping: the jobs it ran did not finish; --resume runs them.
             return Ok(());
@@ -555,6 +571,25 @@ impl Runner<'_> {
             self.record(&node, 0, args, &job.command_line, &o, streams)?;
         }
         Ok(())
+    }
+
+    /// Agent `i`'s output ended without a word of why. SLURM's end of job signals every step
+    /// in no set order, and `srun` may end before it relays the agent's last message: waits (at
+    /// most [`STOP_SIGNAL_WAIT`]) for the runner's own signal (then the stop handles the agent's
+    /// jobs) or for `srun`'s status, and returns the stop signal it ended on, if it did.
+    fn await_stop_signal(&mut self, i: usize) -> Option<i32> {
+        let until = Instant::now() + STOP_SIGNAL_WAIT;
+        loop {
+            self.check_signal();
+            if self.stop.is_some() {
+                return None;
+            }
+            match self.agents[i].child.try_wait() {
+                Ok(Some(status)) => return stop_signal_of(status),
+                Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(5)),
+                _ => return None,
+            }
+        }
     }
 
     /// On a signal: stop handing out, pass SIGTERM to every `srun`; after [`STOP_WAIT`] (or on
