@@ -1,5 +1,9 @@
-//! Where jobs come from: the inputs (read at once, or streamed by a thread as jobs run),
-//! shaped ([`crate::shape`]), numbered, less what `--resume` skips, made into [`Job`]s.
+//! Where jobs come from: the inputs (streamed by a thread as jobs run, or counted first and
+//! then read as jobs run, or with `--header`/`-X`/`-m`/`--shuf` read at once), shaped
+//! ([`crate::shape`]), numbered, less what `--resume` skips, made into [`Job`]s.
+//!
+//! Nothing per job is kept: a regular file of 100,000 lines is read twice (once to count and
+//! check it, once as jobs start), never held in memory.
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -113,11 +117,23 @@ pub(crate) struct StreamSpec {
     sep: u8,
 }
 
+/// The input combinations of a counted input, read as jobs start.
+pub(crate) type Combos = Box<dyn Iterator<Item = std::io::Result<Vec<String>>>>;
+
 /// The input combinations, in order.
 pub(crate) enum Inputs {
-    /// Read before the first job (`:::` values, regular files): a bad input is an error before
-    /// any job starts, and the total is known.
+    /// Read before the first job (with `--header`, `-X`, `-m`, `--shuf`, which need them all):
+    /// a bad input is an error before any job starts, and the total is known.
     Read(std::vec::IntoIter<Vec<String>>),
+    /// `:::` values and regular files: read through once before the first job (a bad input is
+    /// an error before any job starts, and the total is known), then again as jobs start, so
+    /// memory stays flat however many jobs there are.
+    Counted {
+        /// The combinations, read as jobs start.
+        combos: Combos,
+        /// How many there are.
+        total: u64,
+    },
     /// Stdin or a file that is not a regular one (a pipe, a terminal): read by a thread as jobs
     /// run, so jobs start as lines come and an endless input works. The thread starts with the
     /// first job asked for, after the runner has forked its workers.
@@ -152,6 +168,11 @@ impl Inputs {
     fn next(&mut self, deadline: Instant) -> Got {
         match self {
             Inputs::Read(it) => it.next().map_or(Got::End(Ok(())), |a| Got::Input(a, None)),
+            Inputs::Counted { combos, .. } => match combos.next() {
+                Some(Ok(args)) => Got::Input(args, None),
+                Some(Err(e)) => Got::End(Err(format!("cannot read the inputs: {e}"))),
+                None => Got::End(Ok(())),
+            },
             Inputs::Parts(it) => it
                 .next()
                 .map_or(Got::End(Ok(())), |p| Got::Input(Vec::new(), Some(p))),
@@ -278,12 +299,10 @@ impl<'a> Feed<'a> {
         let total = match &self.inputs {
             Inputs::Read(it) => it.len() as u64,
             Inputs::Parts(it) => it.len() as u64,
+            Inputs::Counted { total, .. } => *total,
             _ => return None,
         };
-        let to_run = (1..=total)
-            .filter(|&seq| !self.state.skips(seq, self.resume))
-            .count() as u64;
-        Some((total, to_run))
+        Some((total, total - self.state.skipped_up_to(total, self.resume)))
     }
 }
 
@@ -377,6 +396,22 @@ pub(crate) fn open_inputs(cfg: &Config, slots: usize) -> Result<(Inputs, Vec<Str
         return Ok((Inputs::Streamed { spec, rx: None }, Vec::new()));
     }
     let bad = |e: std::io::Error| Failure::usage(format!("cannot read the inputs: {e}"));
+    if !shape.header && shape.multi.is_none() && !shape.shuffle {
+        let shaped = |cfg: &Config| -> std::io::Result<Combos> {
+            let combos = input::Combinations::new(&cfg.sources, &cfg.linked, sep, false)?;
+            Ok(Box::new(shape::stream(combos, &cfg.extras.shape)))
+        };
+        if let Some(rewind) = StdinRewind::new(cfg).map_err(bad)? {
+            let mut total = 0u64;
+            for item in shaped(cfg).map_err(bad)? {
+                item.map_err(bad)?;
+                total += 1;
+            }
+            rewind.rewind().map_err(bad)?;
+            let combos = shaped(cfg).map_err(bad)?;
+            return Ok((Inputs::Counted { combos, total }, Vec::new()));
+        }
+    }
     let mut combos =
         input::Combinations::new(&cfg.sources, &cfg.linked, sep, shape.header).map_err(bad)?;
     let names = shape::columns(std::mem::take(&mut combos.header), shape.colsep.as_ref());
@@ -390,4 +425,35 @@ pub(crate) fn open_inputs(cfg: &Config, slots: usize) -> Result<(Inputs, Vec<Str
         shape::shuffle(&mut inputs);
     }
     Ok((Inputs::Read(inputs.into_iter()), names))
+}
+
+/// How to read the inputs a second time: stdin (when a source) goes back to where it was.
+struct StdinRewind {
+    /// Stdin's offset before the first read, if stdin is a source.
+    offset: Option<i64>,
+}
+
+impl StdinRewind {
+    /// `None` when the inputs cannot be read twice: stdin is a source and cannot seek (a pipe
+    /// that is not the first source; the first is streamed, see [`streams`]).
+    fn new(cfg: &Config) -> std::io::Result<Option<StdinRewind>> {
+        if !cfg.sources.iter().any(|s| matches!(s, InputSource::Stdin)) {
+            return Ok(Some(StdinRewind { offset: None }));
+        }
+        match nix::unistd::lseek(std::io::stdin(), 0, nix::unistd::Whence::SeekCur) {
+            Ok(offset) => Ok(Some(StdinRewind {
+                offset: Some(offset),
+            })),
+            Err(nix::errno::Errno::ESPIPE) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Puts stdin back where it was before the first read.
+    fn rewind(&self) -> std::io::Result<()> {
+        if let Some(offset) = self.offset {
+            nix::unistd::lseek(std::io::stdin(), offset, nix::unistd::Whence::SeekSet)?;
+        }
+        Ok(())
+    }
 }
