@@ -402,11 +402,7 @@ pub(crate) fn open_inputs(cfg: &Config, slots: usize) -> Result<(Inputs, Vec<Str
             Ok(Box::new(shape::stream(combos, &cfg.extras.shape)))
         };
         if let Some(rewind) = StdinRewind::new(cfg).map_err(bad)? {
-            let mut total = 0u64;
-            for item in shaped(cfg).map_err(bad)? {
-                item.map_err(bad)?;
-                total += 1;
-            }
+            let total = count_inputs(cfg, &rewind).map_err(bad)?;
             rewind.rewind().map_err(bad)?;
             let combos = shaped(cfg).map_err(bad)?;
             return Ok((Inputs::Counted { combos, total }, Vec::new()));
@@ -425,6 +421,27 @@ pub(crate) fn open_inputs(cfg: &Config, slots: usize) -> Result<(Inputs, Vec<Str
         shape::shuffle(&mut inputs);
     }
     Ok((Inputs::Read(inputs.into_iter()), names))
+}
+
+/// How many jobs the inputs make (`-N` applied), without keeping them; a bad input is an error.
+fn count_inputs(cfg: &Config, rewind: &StdinRewind) -> std::io::Result<u64> {
+    let shape = &cfg.extras.shape;
+    let per_job = shape.per_job.map_or(1, |n| n.get()) as u64;
+    if let [source] = cfg.sources.as_slice() {
+        // One source: count its separators (fast); else (a line not UTF-8) read it as jobs do.
+        let values = input::count_values(source, shape.sep);
+        rewind.rewind()?;
+        if let Some(values) = values? {
+            return Ok(values.div_ceil(per_job));
+        }
+    }
+    let mut total = 0u64;
+    let combos = input::Combinations::new(&cfg.sources, &cfg.linked, shape.sep, false)?;
+    for item in shape::stream(combos, shape) {
+        item?;
+        total += 1;
+    }
+    Ok(total)
 }
 
 /// How to read the inputs a second time: stdin (when a source) goes back to where it was.

@@ -127,45 +127,55 @@ impl Entry {
     /// # Errors
     /// A message naming the first bad field.
     pub(crate) fn parse_line(line: &str) -> Result<Entry, String> {
-        let f = Fields::parse(line)?;
+        let f = Fields::parse(line.as_bytes())?;
+        // Split at tabs (ASCII), the fields of a `str` are whole UTF-8: nothing is replaced.
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         Ok(Entry {
             seq: f.seq,
-            host: f.host.to_owned(),
+            host: text(f.host),
             start: f.start,
             runtime: f.runtime,
             send: f.send,
             receive: f.receive,
             exitval: f.exitval,
             signal: f.signal,
-            command: f.command.to_owned(),
+            command: text(f.command),
         })
     }
 }
 
 /// One joblog line's fields, borrowed from the line: what [`JoblogState`] reads a million of
-/// without allocating.
+/// without allocating (the command is not even checked for UTF-8; `--resume` needs only Seq,
+/// Exitval and Signal, but every field is checked as [`Entry::parse_line`] does).
 #[derive(Debug)]
 struct Fields<'a> {
     seq: u64,
-    host: &'a str,
+    host: &'a [u8],
     start: Duration,
     runtime: Duration,
     send: u64,
     receive: u64,
     exitval: i32,
     signal: i32,
-    command: &'a str,
+    command: &'a [u8],
 }
 
 impl<'a> Fields<'a> {
     /// Splits and checks one line (without `\n`), as [`Entry::parse_line`].
-    fn parse(line: &'a str) -> Result<Fields<'a>, String> {
-        let mut f: [&str; 9] = [""; 9];
+    fn parse(line: &'a [u8]) -> Result<Fields<'a>, String> {
+        let mut f: [&[u8]; 9] = [&[]; 9];
         let mut n = 0;
-        for (slot, field) in f.iter_mut().zip(line.splitn(9, '\t')) {
-            *slot = field;
+        let mut rest = line;
+        // The first 8 fields end at a tab; the Command is the rest (tabs and all).
+        while n < 8
+            && let Some(i) = rest.iter().position(|&b| b == b'\t')
+        {
+            f[n] = &rest[..i];
+            rest = &rest[i + 1..];
             n += 1;
         }
+        f[n] = rest;
+        n += 1;
         if n != 9 {
             return Err(format!("{n} tab-separated fields, want 9"));
         }
@@ -190,25 +200,39 @@ impl<'a> Fields<'a> {
     }
 }
 
-fn num<T: std::str::FromStr>(s: &str, field: &str) -> Result<T, String> {
-    s.trim_start_matches(' ')
-        .parse()
-        .map_err(|_| format!("{field} '{s}' is not an integer"))
+fn num<T: std::str::FromStr>(s: &[u8], field: &str) -> Result<T, String> {
+    std::str::from_utf8(s)
+        .ok()
+        .and_then(|t| t.trim_start_matches(' ').parse().ok())
+        .ok_or_else(|| {
+            let s = String::from_utf8_lossy(s);
+            format!("{field} '{s}' is not an integer")
+        })
 }
 
 /// Parses `SECS[.FRACTION]` (leading spaces allowed) exactly, with no float rounding.
-fn secs(s: &str, field: &str) -> Result<Duration, String> {
-    let bad = || format!("{field} '{s}' is not a number of seconds");
-    let t = s.trim_start_matches(' ');
-    let (int, frac) = t.split_once('.').unwrap_or((t, ""));
-    let digits = |x: &str| x.bytes().all(|b| b.is_ascii_digit());
+fn secs(s: &[u8], field: &str) -> Result<Duration, String> {
+    let bad = || {
+        let s = String::from_utf8_lossy(s);
+        format!("{field} '{s}' is not a number of seconds")
+    };
+    let spaces = s.iter().take_while(|&&b| b == b' ').count();
+    let t = &s[spaces..];
+    let (int, frac) = match t.iter().position(|&b| b == b'.') {
+        Some(i) => (&t[..i], &t[i + 1..]),
+        None => (t, &[][..]),
+    };
+    let digits = |x: &[u8]| x.iter().all(u8::is_ascii_digit);
     if int.is_empty() || !digits(int) || !digits(frac) || frac.len() > 9 {
         return Err(bad());
     }
+    // Only ASCII digits, checked above.
+    let int = std::str::from_utf8(int).map_err(|_| bad())?;
     let secs: u64 = int.parse().map_err(|_| bad())?;
     // At most 9 digits, checked above: pad them to nanoseconds without allocating.
     let nanos = frac
-        .bytes()
+        .iter()
+        .copied()
         .chain(std::iter::repeat(b'0'))
         .take(9)
         .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
@@ -374,8 +398,7 @@ impl JoblogState {
                 }
                 continue;
             }
-            let text = String::from_utf8_lossy(&line);
-            let f = Fields::parse(&text).map_err(|reason| JoblogError::BadLine {
+            let f = Fields::parse(&line).map_err(|reason| JoblogError::BadLine {
                 path: path.to_owned(),
                 line_no,
                 reason,

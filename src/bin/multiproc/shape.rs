@@ -31,6 +31,9 @@ pub(crate) fn stream<I: Iterator<Item = io::Result<Vec<String>>>>(
     let per_job = shape.per_job.map_or(1, |n| n.get());
     let mut combos = combos.map(move |c| c.map(|v| columns(v, colsep.as_ref())));
     std::iter::from_fn(move || {
+        if per_job == 1 {
+            return combos.next();
+        }
         let mut job: Vec<String> = Vec::new();
         for i in 0..per_job {
             match combos.next() {
