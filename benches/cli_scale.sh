@@ -23,10 +23,11 @@ REPS="${REPS:-3}"
 command -v parallel >/dev/null || { echo "cli_scale.sh: GNU parallel not found (apt-get install -y parallel)" >&2; exit 1; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release --quiet -p multiproc-cli --bin multiproc
-MP="$CARGO_TARGET_DIR/release/multiproc"
-
 work="$(mktemp -d /tmp/multiproc-scale.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
+# A copy: a rebuild while the benchmark runs does not change what it measures.
+cp "$CARGO_TARGET_DIR/release/multiproc" "$work/multiproc"
+MP="$work/multiproc"
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 echo "multiproc at scale: -j $JOBS, $REPS rounds, $(nproc) CPUs, load at start $(load), $(parallel --version | head -n1)"
 
