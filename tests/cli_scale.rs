@@ -316,3 +316,53 @@ fn peak_memory_does_not_grow_with_the_number_of_jobs() {
         "peak RSS {many} kB for 2,000 jobs against {few} kB for 20: memory grows with the jobs"
     );
 }
+
+/// Inputs that cannot be read twice (a FIFO, as `<(cmd)` gives) are read once, at once: as a
+/// second source, and as a first one that `--halt` with a percentage needs counted.
+#[test]
+fn a_fifo_source_is_read_once() {
+    let d = scratch("scale-fifo");
+    for (i, args) in [
+        &["-k", "echo", ":::", "a", "b", "::::", "fifo"][..],
+        &["-k", "--halt", "soon,fail=50%", "echo", "a", "::::", "fifo"][..],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let fifo = d.join("fifo");
+        let _ = fs::remove_file(&fifo);
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: c is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        // The writer opens the FIFO without blocking (which fails until a reader has it open),
+        // retrying for a bounded time, so that a runner that never opens it leaves no thread.
+        let writer = std::thread::spawn(move || {
+            use std::os::unix::fs::OpenOptionsExt;
+            let deadline = std::time::Instant::now() + LIMIT;
+            loop {
+                match fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&fifo)
+                {
+                    Ok(mut f) => return f.write_all(b"1\n2\n"),
+                    Err(e) if std::time::Instant::now() > deadline => return Err(e),
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+        });
+        let r = run_in(&d, args, None);
+        let want = if i == 0 {
+            "a 1\na 2\nb 1\nb 2\n"
+        } else {
+            "a 1\na 2\n"
+        };
+        assert_eq!(
+            (r.code, r.stdout.as_str()),
+            (Some(0), want),
+            "{args:?}: {}",
+            r.stderr
+        );
+        writer.join().unwrap().unwrap();
+    }
+}

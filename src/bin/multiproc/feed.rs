@@ -451,9 +451,22 @@ struct StdinRewind {
 }
 
 impl StdinRewind {
-    /// `None` when the inputs cannot be read twice: stdin is a source and cannot seek (a pipe
-    /// that is not the first source; the first is streamed, see [`streams`]).
+    /// `None` when the inputs cannot be read twice: a file source is not a regular file (a
+    /// FIFO, `<(cmd)`), or stdin is a source and is not a regular file (a pipe that is not the
+    /// first source; a first one is streamed, see [`streams`]). They are then read at once.
     fn new(cfg: &Config) -> std::io::Result<Option<StdinRewind>> {
+        let regular = |s: &InputSource| match s {
+            InputSource::Args(_) => true,
+            InputSource::File(p) => std::fs::metadata(p).is_ok_and(|m| m.is_file()),
+            InputSource::Stdin => std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .and_then(|fd| File::from(fd).metadata())
+                .is_ok_and(|m| m.is_file()),
+        };
+        if !cfg.sources.iter().all(regular) {
+            return Ok(None);
+        }
         if !cfg.sources.iter().any(|s| matches!(s, InputSource::Stdin)) {
             return Ok(Some(StdinRewind { offset: None }));
         }
