@@ -203,7 +203,21 @@ impl<'a> Fields<'a> {
     }
 }
 
-fn num<T: std::str::FromStr>(s: &[u8], field: &str) -> Result<T, String> {
+/// The value of up to 19 ASCII digits (which always fit a `u64`); `None` for anything else.
+fn digits_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(s.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+fn num<T: std::str::FromStr + TryFrom<u64>>(s: &[u8], field: &str) -> Result<T, String> {
+    // The usual field (digits, maybe right-aligned) without a UTF-8 pass; signs, overflow and
+    // errors go the general way below.
+    let spaces = s.iter().take_while(|&&b| b == b' ').count();
+    if let Some(v) = digits_u64(&s[spaces..]).and_then(|v| T::try_from(v).ok()) {
+        return Ok(v);
+    }
     std::str::from_utf8(s)
         .ok()
         .and_then(|t| t.trim_start_matches(' ').parse().ok())
@@ -229,9 +243,14 @@ fn secs(s: &[u8], field: &str) -> Result<Duration, String> {
     if int.is_empty() || !digits(int) || !digits(frac) || frac.len() > 9 {
         return Err(bad());
     }
-    // Only ASCII digits, checked above.
-    let int = std::str::from_utf8(int).map_err(|_| bad())?;
-    let secs: u64 = int.parse().map_err(|_| bad())?;
+    let secs = match digits_u64(int) {
+        Some(v) => v,
+        // Only ASCII digits, checked above; 20 or more of them may overflow.
+        None => std::str::from_utf8(int)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(bad)?,
+    };
     // At most 9 digits, checked above: pad them to nanoseconds without allocating.
     let nanos = frac
         .iter()
