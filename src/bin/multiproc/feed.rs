@@ -294,7 +294,7 @@ impl<'a> Feed<'a> {
         self.jobs.make(seq, slot, args, None)
     }
 
-    /// With inputs read at once: how many jobs there are, and how many will run.
+    /// With inputs counted or read at once: how many jobs there are, and how many will run.
     pub(crate) fn counts(&self) -> Option<(u64, u64)> {
         let total = match &self.inputs {
             Inputs::Read(it) => it.len() as u64,
@@ -353,7 +353,8 @@ fn streams(cfg: &Config) -> bool {
 }
 
 /// The inputs of the run, and with `--header` the column names: streamed (see [`streams`]),
-/// or read at once, shaped, packed over `slots` job slots (`-X`, `-m`) and shuffled (`--shuf`).
+/// counted then read as jobs start (see [`Inputs::Counted`]), or read at once, shaped, packed
+/// over `slots` job slots (`-X`, `-m`) and shuffled (`--shuf`).
 pub(crate) fn open_inputs(cfg: &Config, slots: usize) -> Result<(Inputs, Vec<String>), Failure> {
     let shape = &cfg.extras.shape;
     let sep = shape.sep;

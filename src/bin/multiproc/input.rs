@@ -7,7 +7,8 @@
 //! `\n` still counts. Several sources combine as a cartesian product, the last source varying
 //! fastest (`::: a b ::: c d` gives `a c`, `a d`, `b c`, `b d`).
 //!
-//! The first source is streamed (stdin may be endless); the others are read into memory.
+//! The first source is streamed (stdin may be endless); the others are read into memory (they
+//! are combined with every value of the first).
 
 use std::fmt;
 use std::fs::File;

@@ -29,9 +29,10 @@
 //!
 //! # Caveats
 //!
-//! - Inputs on the command line (`:::`) and in regular files are read before the first job
-//!   starts: a bad input (an unreadable file, a line that is not UTF-8) is an error before any
-//!   job runs, and the total and the ETA are known. Stdin, or a file that is not a regular one
+//! - Inputs on the command line (`:::`) and in regular files are read through before the first
+//!   job starts: a bad input (an unreadable file, a line that is not UTF-8) is an error before
+//!   any job runs, and the total and the ETA are known. They are then read again as jobs start,
+//!   never held in memory (only `--header`, `-X`/`-m` and `--shuf` keep them all). Stdin, or a file that is not a regular one
 //!   (a pipe, a FIFO, a terminal), is read as the jobs run, by a thread started after the
 //!   workers are forked: jobs start as lines come, an endless input works, and the bar counts
 //!   jobs until the input ends. A streamed input that fails part way (a line that is not UTF-8)
