@@ -90,28 +90,29 @@ fn appended_seqs(log: &Path, skip: usize) -> Vec<u64> {
         .collect()
 }
 
-fn resume_runs_exactly_the_missing_jobs_once(flag: &str) {
-    let d = scratch(&format!("scale-resume{flag}"));
+/// Resumes with `flag` from the generated log, the inputs from a file (counted, read twice) or
+/// from stdin, a pipe (read by a thread, which skips the done jobs itself).
+fn resume_runs_exactly_the_missing_jobs_once(flag: &str, from_stdin: bool) {
+    let d = scratch(&format!("scale-resume{flag}-{from_stdin}"));
     let log = d.join("log.tsv");
     write_log(&log);
     let logged_lines = fs::read_to_string(&log).unwrap().lines().count() - 2;
     let input: String = (1..=LOGGED + NEW).map(|s| format!("{s}\n")).collect();
-    fs::write(d.join("in"), input).unwrap();
+    fs::write(d.join("in"), &input).unwrap();
     let want = expected(flag == "--resume-failed");
     assert!(
         want.len() > 200,
         "the log leaves work to do: {}",
         want.len()
     );
+    let mut args = vec!["--joblog", "log.tsv", flag, "-k", "-j", "2", "echo"];
+    if !from_stdin {
+        args.extend(["::::", "in"]);
+    }
+    let stdin = from_stdin.then_some(input.as_str());
 
     // -k: the output comes in input order, though up to 200,000 skipped seqs lie in between.
-    let r = run_in(
-        &d,
-        &[
-            "--joblog", "log.tsv", flag, "-k", "-j", "2", "echo", "::::", "in",
-        ],
-        None,
-    );
+    let r = run_in(&d, &args, stdin);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(
         r.stderr.contains("dropped a torn last line"),
@@ -129,22 +130,20 @@ fn resume_runs_exactly_the_missing_jobs_once(flag: &str) {
     assert_eq!(ran, printed, "each run logged once");
 
     // Resuming again finds nothing left to do (with --resume-failed: what just succeeded).
-    let r = run_in(
-        &d,
-        &["--joblog", "log.tsv", flag, "echo", "::::", "in"],
-        None,
-    );
+    let r = run_in(&d, &args, stdin);
     assert_eq!((r.code, r.stdout.as_str()), (Some(0), ""), "{}", r.stderr);
 }
 
 #[test]
 fn resume_over_a_200k_line_joblog_runs_exactly_the_missing_jobs_once() {
-    resume_runs_exactly_the_missing_jobs_once("--resume");
+    resume_runs_exactly_the_missing_jobs_once("--resume", false);
+    resume_runs_exactly_the_missing_jobs_once("--resume", true);
 }
 
 #[test]
 fn resume_failed_over_a_200k_line_joblog_runs_exactly_the_failed_and_missing_jobs_once() {
-    resume_runs_exactly_the_missing_jobs_once("--resume-failed");
+    resume_runs_exactly_the_missing_jobs_once("--resume-failed", false);
+    resume_runs_exactly_the_missing_jobs_once("--resume-failed", true);
 }
 
 /// A generator writes line i+1 only once job i has run (its file exists), giving up after

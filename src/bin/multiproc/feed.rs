@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -115,7 +116,13 @@ pub(crate) struct StreamSpec {
     linked: Vec<bool>,
     shape: Shape,
     sep: u8,
+    /// With `--resume*`: what the thread skips itself (numbering the inputs), so that a long
+    /// run of done jobs costs no hand-off to the runner.
+    skip: Option<(Arc<JoblogState>, Resume)>,
 }
+
+/// What the reader thread of a streamed input sends: an input with its seq, or why it stopped.
+type Numbered = std::io::Result<(u64, Vec<String>)>;
 
 /// The input combinations of a counted input, read as jobs start.
 pub(crate) type Combos = Box<dyn Iterator<Item = std::io::Result<Vec<String>>>>;
@@ -140,8 +147,8 @@ pub(crate) enum Inputs {
     Streamed {
         /// What to read.
         spec: StreamSpec,
-        /// The reader thread's channel, once started.
-        rx: Option<Receiver<std::io::Result<Vec<String>>>>,
+        /// The reader thread's channel (inputs with their seq), once started.
+        rx: Option<Receiver<Numbered>>,
     },
     /// `--pipepart`: the byte ranges of the file, found before the first job.
     Parts(std::vec::IntoIter<PipeInput>),
@@ -159,6 +166,8 @@ pub(crate) enum Inputs {
 /// What [`Inputs::next`] found.
 enum Got {
     Input(Vec<String>, Option<PipeInput>),
+    /// An input already numbered (and not skipped) by the reader thread.
+    Numbered(u64, Vec<String>),
     NotYet,
     End(Result<(), String>),
 }
@@ -202,7 +211,7 @@ impl Inputs {
                     }
                 }
                 match rx.as_ref().expect("started above").recv_deadline(deadline) {
-                    Ok(Ok(args)) => Got::Input(args, None),
+                    Ok(Ok((seq, args))) => Got::Numbered(seq, args),
                     Ok(Err(e)) => Got::End(Err(format!("cannot read the inputs: {e}"))),
                     Err(RecvTimeoutError::Timeout) => Got::NotYet,
                     Err(RecvTimeoutError::Disconnected) => Got::End(Ok(())),
@@ -244,7 +253,7 @@ fn start_blocks(
 
 /// Starts the thread that reads streamed inputs; it stops at the end of the input, at the
 /// first error (which it sends), or when the runner stops taking inputs.
-fn start_reader(spec: StreamSpec) -> std::io::Result<Receiver<std::io::Result<Vec<String>>>> {
+fn start_reader(spec: StreamSpec) -> std::io::Result<Receiver<Numbered>> {
     let (tx, rx) = crossbeam_channel::bounded(READ_AHEAD);
     std::thread::Builder::new()
         .name("multiproc-input".into())
@@ -254,7 +263,13 @@ fn start_reader(spec: StreamSpec) -> std::io::Result<Receiver<std::io::Result<Ve
                     let _ = tx.send(Err(e));
                 }
                 Ok(combos) => {
-                    for item in shape::stream(combos, &spec.shape) {
+                    let skips = |seq| spec.skip.as_ref().is_some_and(|(s, r)| s.skips(seq, *r));
+                    for (seq, item) in (1..).zip(shape::stream(combos, &spec.shape)) {
+                        let item = match item {
+                            Ok(_) if skips(seq) => continue,
+                            Ok(args) => Ok((seq, args)),
+                            Err(e) => Err(e),
+                        };
                         let failed = item.is_err();
                         if tx.send(item).is_err() || failed {
                             break;
@@ -272,13 +287,19 @@ pub(crate) struct Feed<'a> {
     inputs: Inputs,
     /// The seq of the last input taken.
     seq: u64,
-    state: JoblogState,
+    state: Arc<JoblogState>,
     resume: Resume,
 }
 
 impl<'a> Feed<'a> {
     /// The jobs of `cfg` over `inputs`, less those the joblog `state` says to skip.
-    pub(crate) fn new(cfg: &'a Config, inputs: Inputs, state: JoblogState) -> Self {
+    pub(crate) fn new(cfg: &'a Config, mut inputs: Inputs, state: JoblogState) -> Self {
+        let state = Arc::new(state);
+        if let Inputs::Streamed { spec, .. } = &mut inputs
+            && cfg.resume != Resume::No
+        {
+            spec.skip = Some((Arc::clone(&state), cfg.resume));
+        }
         Feed {
             jobs: Jobs::for_config(cfg),
             inputs,
@@ -316,6 +337,10 @@ impl JobSource for Feed<'_> {
                     if !self.state.skips(self.seq, self.resume) {
                         return Next::Job(Box::new(self.jobs.make(self.seq, slot, args, pipe)));
                     }
+                }
+                Got::Numbered(seq, args) => {
+                    self.seq = seq;
+                    return Next::Job(Box::new(self.jobs.make(seq, slot, args, None)));
                 }
                 Got::NotYet => return Next::NotYet,
                 Got::End(end) => return Next::End(end),
@@ -363,6 +388,7 @@ pub(crate) fn open_inputs(cfg: &Config, slots: usize) -> Result<(Inputs, Vec<Str
         linked: cfg.linked.clone(),
         shape: shape.clone(),
         sep,
+        skip: None,
     };
     if let Some(opts) = &cfg.extras.pipe {
         let source = cfg.sources[0].clone();
