@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The multiproc command at scale (issue 17 §4), side by side in one run:
-#   1. N_TRUE (default 100000) jobs of `true`: multiproc, `xargs -P`, GNU parallel; wall and CPU
-#      (user+sys of the runner and all it waited for) per job, and each runner's peak RSS.
+#   1. N_TRUE (default 100000) jobs of `true`: multiproc, `xargs -P`, and GNU parallel (N_PAR
+#      jobs, default N_TRUE: at ~4-10 ms per job it takes 7-17 minutes a round for 100k on a
+#      2-core machine); wall and CPU (user+sys of the runner and all it waited for) per job, and
+#      each runner's peak RSS.
 #   2. multiproc's peak RSS (and time per job) at 1k, 10k and N_TRUE jobs, with --joblog and -k:
 #      flat memory means nothing is kept per job; flat time per job means the joblog costs O(1).
 #   3. From start to the first new job with --resume / --resume-failed over a LOG_LINES-line
@@ -11,12 +13,13 @@
 # shared machine hit all alike; the table gives the best and the median.
 #
 #   benches/cli_scale.sh                                # the run in docs/benchmarks.md
-#   JOBS=2 N_TRUE=100000 LOG_LINES=1000000 REPS=3 benches/cli_scale.sh
+#   JOBS=2 N_TRUE=100000 N_PAR=10000 LOG_LINES=1000000 REPS=3 benches/cli_scale.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 JOBS="${JOBS:-2}"
 N_TRUE="${N_TRUE:-100000}"
+N_PAR="${N_PAR:-$N_TRUE}"
 LOG_LINES="${LOG_LINES:-1000000}"
 REPS="${REPS:-3}"
 
@@ -32,6 +35,7 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 echo "multiproc at scale: -j $JOBS, $REPS rounds, $(nproc) CPUs, load at start $(load), $(parallel --version | head -n1)"
 
 seq "$N_TRUE" >"$work/true.in"
+seq "$N_PAR" >"$work/par.in"
 seq 1000 >"$work/1k.in"
 seq 10000 >"$work/10k.in"
 # A joblog of LOG_LINES finished jobs, as a run of -j 2 writes it (pairs finishing out of order),
@@ -75,7 +79,7 @@ first_job() {
 for rep in $(seq "$REPS"); do
     measure "$work/mp_true" "$MP" -j "$JOBS" true :::: "$work/true.in"
     measure "$work/xargs_true" xargs -a "$work/true.in" -P "$JOBS" -n 1 true
-    measure "$work/par_true" parallel --will-cite -j "$JOBS" true :::: "$work/true.in"
+    measure "$work/par_true" parallel --will-cite -j "$JOBS" true :::: "$work/par.in"
     for n in 1k 10k; do
         rm -f "$work/jl"
         measure "$work/rss_$n" "$MP" -k --joblog "$work/jl" -j "$JOBS" true :::: "$work/$n.in"
@@ -104,16 +108,16 @@ echo "| run | best wall (s) | median wall (s) | wall µs/job | CPU µs/job | pea
 echo "|---|---|---|---|---|---|"
 row "$N_TRUE × true: multiproc" "$work/mp_true" "$N_TRUE"
 row "$N_TRUE × true: xargs -P" "$work/xargs_true" "$N_TRUE"
-row "$N_TRUE × true: GNU parallel" "$work/par_true" "$N_TRUE"
+row "$N_PAR × true: GNU parallel" "$work/par_true" "$N_PAR"
 row "1000 × true: multiproc -k --joblog" "$work/rss_1k" 1000
 row "10000 × true: multiproc -k --joblog" "$work/rss_10k" 10000
 row "$N_TRUE × true: multiproc -k --joblog" "$work/rss_big" "$N_TRUE"
 echo
 best() { stats "$1" "$2" | cut -d' ' -f1; }
-awk -v m="$(best "$work/mp_true" 1)" -v x="$(best "$work/xargs_true" 1)" -v p="$(best "$work/par_true" 1)" \
+awk -v np="$N_PAR" -v m="$(best "$work/mp_true" 1)" -v x="$(best "$work/xargs_true" 1)" -v p="$(best "$work/par_true" 1)" \
     -v mc="$(best "$work/mp_true" 2)" -v xc="$(best "$work/xargs_true" 2)" -v pc="$(best "$work/par_true" 2)" \
     -v r1="$(best "$work/rss_1k" 3)" -v r2="$(best "$work/rss_10k" 3)" -v r3="$(best "$work/rss_big" 3)" -v n="$N_TRUE" 'BEGIN {
-    printf "per-job wall: multiproc / xargs -P %.2fx, GNU parallel / multiproc %.2fx (CPU: %.2fx, %.2fx)\n", m / x, p / m, mc / xc, pc / mc
+    printf "per-job wall: multiproc / xargs -P %.2fx, GNU parallel / multiproc %.2fx (CPU: %.2fx, %.2fx)\n", m / x, (p / np) / (m / n), mc / xc, (pc / np) / (mc / n)
     printf "peak RSS with -k --joblog: %d jobs / 1000 jobs %.2fx (10000: %.2fx)\n", n, r3 / r1, r2 / r1
 }'
 echo
