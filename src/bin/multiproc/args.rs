@@ -11,6 +11,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -609,6 +610,13 @@ fn file_source(flag: &'static str, path: &Path) -> Result<InputSource, ConfigErr
         path: path.to_owned(),
         source,
     };
+    // A FIFO (`<(cmd)` names a pipe, or `mkfifo`) is not opened to check it: that open would
+    // meet the writer, and closing it would end the writer's input before the jobs read it.
+    let is_fifo = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo());
+    if is_fifo {
+        nix::unistd::access(path, nix::unistd::AccessFlags::R_OK).map_err(|e| err(e.into()))?;
+        return Ok(InputSource::File(path.to_owned()));
+    }
     let file = std::fs::File::open(path).map_err(err)?;
     // Opening a directory succeeds on Linux; reading it fails later. Fail now.
     if file.metadata().map_err(err)?.is_dir() {

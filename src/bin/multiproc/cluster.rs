@@ -451,6 +451,8 @@ impl Runner<'_> {
         let Some(args) = self.agents[i].running.remove(&outcome.seq) else {
             return Ok(());
         };
+        // Its count of lost attempts is not needed any more: nothing is kept per job.
+        self.lost.remove(&outcome.seq);
         let host = self.agents[i].node.clone();
         let streams = self.gathered.take(i, outcome.seq);
         self.record(&host, slot, args, command_line, outcome, streams)

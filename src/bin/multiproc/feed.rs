@@ -1,8 +1,13 @@
-//! Where jobs come from: the inputs (read at once, or streamed by a thread as jobs run),
-//! shaped ([`crate::shape`]), numbered, less what `--resume` skips, made into [`Job`]s.
+//! Where jobs come from: the inputs (streamed by a thread as jobs run, or counted first and
+//! then read as jobs run, or with `--header`/`-X`/`-m`/`--shuf` read at once), shaped
+//! ([`crate::shape`]), numbered, less what `--resume` skips, made into [`Job`]s.
+//!
+//! Nothing per job is kept: a regular file of 100,000 lines is read twice (once to count and
+//! check it, once as jobs start), never held in memory.
 
 use std::fs::File;
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -111,21 +116,39 @@ pub(crate) struct StreamSpec {
     linked: Vec<bool>,
     shape: Shape,
     sep: u8,
+    /// With `--resume*`: what the thread skips itself (numbering the inputs), so that a long
+    /// run of done jobs costs no hand-off to the runner.
+    skip: Option<(Arc<JoblogState>, Resume)>,
 }
+
+/// What the reader thread of a streamed input sends: an input with its seq, or why it stopped.
+type Numbered = std::io::Result<(u64, Vec<String>)>;
+
+/// The input combinations of a counted input, read as jobs start.
+pub(crate) type Combos = Box<dyn Iterator<Item = std::io::Result<Vec<String>>>>;
 
 /// The input combinations, in order.
 pub(crate) enum Inputs {
-    /// Read before the first job (`:::` values, regular files): a bad input is an error before
-    /// any job starts, and the total is known.
+    /// Read before the first job (with `--header`, `-X`, `-m`, `--shuf`, which need them all):
+    /// a bad input is an error before any job starts, and the total is known.
     Read(std::vec::IntoIter<Vec<String>>),
+    /// `:::` values and regular files: read through once before the first job (a bad input is
+    /// an error before any job starts, and the total is known), then again as jobs start, so
+    /// memory stays flat however many jobs there are.
+    Counted {
+        /// The combinations, read as jobs start.
+        combos: Combos,
+        /// How many there are.
+        total: u64,
+    },
     /// Stdin or a file that is not a regular one (a pipe, a terminal): read by a thread as jobs
     /// run, so jobs start as lines come and an endless input works. The thread starts with the
     /// first job asked for, after the runner has forked its workers.
     Streamed {
         /// What to read.
         spec: StreamSpec,
-        /// The reader thread's channel, once started.
-        rx: Option<Receiver<std::io::Result<Vec<String>>>>,
+        /// The reader thread's channel (inputs with their seq), once started.
+        rx: Option<Receiver<Numbered>>,
     },
     /// `--pipepart`: the byte ranges of the file, found before the first job.
     Parts(std::vec::IntoIter<PipeInput>),
@@ -143,6 +166,8 @@ pub(crate) enum Inputs {
 /// What [`Inputs::next`] found.
 enum Got {
     Input(Vec<String>, Option<PipeInput>),
+    /// An input already numbered (and not skipped) by the reader thread.
+    Numbered(u64, Vec<String>),
     NotYet,
     End(Result<(), String>),
 }
@@ -152,6 +177,11 @@ impl Inputs {
     fn next(&mut self, deadline: Instant) -> Got {
         match self {
             Inputs::Read(it) => it.next().map_or(Got::End(Ok(())), |a| Got::Input(a, None)),
+            Inputs::Counted { combos, .. } => match combos.next() {
+                Some(Ok(args)) => Got::Input(args, None),
+                Some(Err(e)) => Got::End(Err(format!("cannot read the inputs: {e}"))),
+                None => Got::End(Ok(())),
+            },
             Inputs::Parts(it) => it
                 .next()
                 .map_or(Got::End(Ok(())), |p| Got::Input(Vec::new(), Some(p))),
@@ -181,7 +211,7 @@ impl Inputs {
                     }
                 }
                 match rx.as_ref().expect("started above").recv_deadline(deadline) {
-                    Ok(Ok(args)) => Got::Input(args, None),
+                    Ok(Ok((seq, args))) => Got::Numbered(seq, args),
                     Ok(Err(e)) => Got::End(Err(format!("cannot read the inputs: {e}"))),
                     Err(RecvTimeoutError::Timeout) => Got::NotYet,
                     Err(RecvTimeoutError::Disconnected) => Got::End(Ok(())),
@@ -223,7 +253,7 @@ fn start_blocks(
 
 /// Starts the thread that reads streamed inputs; it stops at the end of the input, at the
 /// first error (which it sends), or when the runner stops taking inputs.
-fn start_reader(spec: StreamSpec) -> std::io::Result<Receiver<std::io::Result<Vec<String>>>> {
+fn start_reader(spec: StreamSpec) -> std::io::Result<Receiver<Numbered>> {
     let (tx, rx) = crossbeam_channel::bounded(READ_AHEAD);
     std::thread::Builder::new()
         .name("multiproc-input".into())
@@ -233,7 +263,13 @@ fn start_reader(spec: StreamSpec) -> std::io::Result<Receiver<std::io::Result<Ve
                     let _ = tx.send(Err(e));
                 }
                 Ok(combos) => {
-                    for item in shape::stream(combos, &spec.shape) {
+                    let skips = |seq| spec.skip.as_ref().is_some_and(|(s, r)| s.skips(seq, *r));
+                    for (seq, item) in (1..).zip(shape::stream(combos, &spec.shape)) {
+                        let item = match item {
+                            Ok(_) if skips(seq) => continue,
+                            Ok(args) => Ok((seq, args)),
+                            Err(e) => Err(e),
+                        };
                         let failed = item.is_err();
                         if tx.send(item).is_err() || failed {
                             break;
@@ -251,13 +287,19 @@ pub(crate) struct Feed<'a> {
     inputs: Inputs,
     /// The seq of the last input taken.
     seq: u64,
-    state: JoblogState,
+    state: Arc<JoblogState>,
     resume: Resume,
 }
 
 impl<'a> Feed<'a> {
     /// The jobs of `cfg` over `inputs`, less those the joblog `state` says to skip.
-    pub(crate) fn new(cfg: &'a Config, inputs: Inputs, state: JoblogState) -> Self {
+    pub(crate) fn new(cfg: &'a Config, mut inputs: Inputs, state: JoblogState) -> Self {
+        let state = Arc::new(state);
+        if let Inputs::Streamed { spec, .. } = &mut inputs
+            && cfg.resume != Resume::No
+        {
+            spec.skip = Some((Arc::clone(&state), cfg.resume));
+        }
         Feed {
             jobs: Jobs::for_config(cfg),
             inputs,
@@ -273,17 +315,15 @@ impl<'a> Feed<'a> {
         self.jobs.make(seq, slot, args, None)
     }
 
-    /// With inputs read at once: how many jobs there are, and how many will run.
+    /// With inputs counted or read at once: how many jobs there are, and how many will run.
     pub(crate) fn counts(&self) -> Option<(u64, u64)> {
         let total = match &self.inputs {
             Inputs::Read(it) => it.len() as u64,
             Inputs::Parts(it) => it.len() as u64,
+            Inputs::Counted { total, .. } => *total,
             _ => return None,
         };
-        let to_run = (1..=total)
-            .filter(|&seq| !self.state.skips(seq, self.resume))
-            .count() as u64;
-        Some((total, to_run))
+        Some((total, total - self.state.skipped_up_to(total, self.resume)))
     }
 }
 
@@ -297,6 +337,10 @@ impl JobSource for Feed<'_> {
                     if !self.state.skips(self.seq, self.resume) {
                         return Next::Job(Box::new(self.jobs.make(self.seq, slot, args, pipe)));
                     }
+                }
+                Got::Numbered(seq, args) => {
+                    self.seq = seq;
+                    return Next::Job(Box::new(self.jobs.make(seq, slot, args, None)));
                 }
                 Got::NotYet => return Next::NotYet,
                 Got::End(end) => return Next::End(end),
@@ -334,7 +378,8 @@ fn streams(cfg: &Config) -> bool {
 }
 
 /// The inputs of the run, and with `--header` the column names: streamed (see [`streams`]),
-/// or read at once, shaped, packed over `slots` job slots (`-X`, `-m`) and shuffled (`--shuf`).
+/// counted then read as jobs start (see [`Inputs::Counted`]), or read at once, shaped, packed
+/// over `slots` job slots (`-X`, `-m`) and shuffled (`--shuf`).
 pub(crate) fn open_inputs(cfg: &Config, slots: usize) -> Result<(Inputs, Vec<String>), Failure> {
     let shape = &cfg.extras.shape;
     let sep = shape.sep;
@@ -343,6 +388,7 @@ pub(crate) fn open_inputs(cfg: &Config, slots: usize) -> Result<(Inputs, Vec<Str
         linked: cfg.linked.clone(),
         shape: shape.clone(),
         sep,
+        skip: None,
     };
     if let Some(opts) = &cfg.extras.pipe {
         let source = cfg.sources[0].clone();
@@ -377,6 +423,18 @@ pub(crate) fn open_inputs(cfg: &Config, slots: usize) -> Result<(Inputs, Vec<Str
         return Ok((Inputs::Streamed { spec, rx: None }, Vec::new()));
     }
     let bad = |e: std::io::Error| Failure::usage(format!("cannot read the inputs: {e}"));
+    if !shape.header && shape.multi.is_none() && !shape.shuffle {
+        let shaped = |cfg: &Config| -> std::io::Result<Combos> {
+            let combos = input::Combinations::new(&cfg.sources, &cfg.linked, sep, false)?;
+            Ok(Box::new(shape::stream(combos, &cfg.extras.shape)))
+        };
+        if let Some(rewind) = StdinRewind::new(cfg).map_err(bad)? {
+            let total = count_inputs(cfg, &rewind).map_err(bad)?;
+            rewind.rewind().map_err(bad)?;
+            let combos = shaped(cfg).map_err(bad)?;
+            return Ok((Inputs::Counted { combos, total }, Vec::new()));
+        }
+    }
     let mut combos =
         input::Combinations::new(&cfg.sources, &cfg.linked, sep, shape.header).map_err(bad)?;
     let names = shape::columns(std::mem::take(&mut combos.header), shape.colsep.as_ref());
@@ -390,4 +448,69 @@ pub(crate) fn open_inputs(cfg: &Config, slots: usize) -> Result<(Inputs, Vec<Str
         shape::shuffle(&mut inputs);
     }
     Ok((Inputs::Read(inputs.into_iter()), names))
+}
+
+/// How many jobs the inputs make (`-N` applied), without keeping them; a bad input is an error.
+fn count_inputs(cfg: &Config, rewind: &StdinRewind) -> std::io::Result<u64> {
+    let shape = &cfg.extras.shape;
+    let per_job = shape.per_job.map_or(1, |n| n.get()) as u64;
+    if let [source] = cfg.sources.as_slice() {
+        // One source: count its separators (fast); else (a line not UTF-8) read it as jobs do.
+        let values = input::count_values(source, shape.sep);
+        rewind.rewind()?;
+        if let Some(values) = values? {
+            return Ok(values.div_ceil(per_job));
+        }
+    }
+    let mut total = 0u64;
+    let combos = input::Combinations::new(&cfg.sources, &cfg.linked, shape.sep, false)?;
+    for item in shape::stream(combos, shape) {
+        item?;
+        total += 1;
+    }
+    Ok(total)
+}
+
+/// How to read the inputs a second time: stdin (when a source) goes back to where it was.
+struct StdinRewind {
+    /// Stdin's offset before the first read, if stdin is a source.
+    offset: Option<i64>,
+}
+
+impl StdinRewind {
+    /// `None` when the inputs cannot be read twice: a file source is not a regular file (a
+    /// FIFO, `<(cmd)`), or stdin is a source and is not a regular file (a pipe that is not the
+    /// first source; a first one is streamed, see [`streams`]). They are then read at once.
+    fn new(cfg: &Config) -> std::io::Result<Option<StdinRewind>> {
+        let regular = |s: &InputSource| match s {
+            InputSource::Args(_) => true,
+            InputSource::File(p) => std::fs::metadata(p).is_ok_and(|m| m.is_file()),
+            InputSource::Stdin => std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .and_then(|fd| File::from(fd).metadata())
+                .is_ok_and(|m| m.is_file()),
+        };
+        if !cfg.sources.iter().all(regular) {
+            return Ok(None);
+        }
+        if !cfg.sources.iter().any(|s| matches!(s, InputSource::Stdin)) {
+            return Ok(Some(StdinRewind { offset: None }));
+        }
+        match nix::unistd::lseek(std::io::stdin(), 0, nix::unistd::Whence::SeekCur) {
+            Ok(offset) => Ok(Some(StdinRewind {
+                offset: Some(offset),
+            })),
+            Err(nix::errno::Errno::ESPIPE) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Puts stdin back where it was before the first read.
+    fn rewind(&self) -> std::io::Result<()> {
+        if let Some(offset) = self.offset {
+            nix::unistd::lseek(std::io::stdin(), offset, nix::unistd::Whence::SeekSet)?;
+        }
+        Ok(())
+    }
 }

@@ -7,11 +7,13 @@
 //! `\n` still counts. Several sources combine as a cartesian product, the last source varying
 //! fastest (`::: a b ::: c d` gives `a c`, `a d`, `b c`, `b d`).
 //!
-//! The first source is streamed (stdin may be endless); the others are read into memory.
+//! The first source is streamed (stdin may be endless); the others are read into memory (they
+//! are combined with every value of the first).
 
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 /// Where input values come from.
@@ -59,6 +61,63 @@ impl InputSource {
 
 /// The lines of a reader, GNU parallel style (see the module docs). Non-UTF-8 lines are an
 /// error naming the source and line number.
+/// How many values a file or stdin gives (as [`Lines`] would), read in 1 MiB blocks and kept
+/// nowhere: the separators counted, the lines checked to be UTF-8. `None` when that does not
+/// answer it: `:::` values, a separator that is not ASCII, or a line that is not UTF-8 (let
+/// [`Lines`] name it).
+pub(crate) fn count_values(source: &InputSource, sep: u8) -> io::Result<Option<u64>> {
+    if !sep.is_ascii() {
+        return Ok(None);
+    }
+    match source {
+        InputSource::Args(_) => Ok(None),
+        InputSource::File(p) => count_lines(BufReader::with_capacity(1 << 20, File::open(p)?), sep),
+        // Through a duplicate of fd 0 (same offset, which the caller puts back), so that the
+        // buffer of `io::stdin()` never holds what was read here.
+        InputSource::Stdin => {
+            let fd = io::stdin().as_fd().try_clone_to_owned()?;
+            count_lines(BufReader::with_capacity(1 << 20, File::from(fd)), sep)
+        }
+    }
+}
+
+fn count_lines(mut r: impl BufRead, sep: u8) -> io::Result<Option<u64>> {
+    // An ASCII separator never cuts a UTF-8 sequence: whole lines are UTF-8 if all of them are.
+    let mut partial: Vec<u8> = Vec::new();
+    let mut n = 0u64;
+    loop {
+        let buf = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            break;
+        }
+        let len = buf.len();
+        if let Some(last) = buf.iter().rposition(|&b| b == sep) {
+            let whole = &buf[..=last];
+            n += whole.iter().filter(|&&b| b == sep).count() as u64;
+            partial.extend_from_slice(whole);
+            if std::str::from_utf8(&partial).is_err() {
+                return Ok(None);
+            }
+            partial.clear();
+            partial.extend_from_slice(&buf[last + 1..]);
+        } else {
+            partial.extend_from_slice(buf);
+        }
+        r.consume(len);
+    }
+    if !partial.is_empty() {
+        if std::str::from_utf8(&partial).is_err() {
+            return Ok(None);
+        }
+        n += 1;
+    }
+    Ok(Some(n))
+}
+
 #[derive(Debug)]
 pub(crate) struct Lines<R> {
     reader: R,
@@ -241,6 +300,10 @@ impl Iterator for Combinations {
     fn next(&mut self) -> Option<Self::Item> {
         if self.dims.iter().any(Vec::is_empty) {
             return None;
+        }
+        if self.dims.is_empty() {
+            // No product: each row is a job as it is (no copy).
+            return self.next_row();
         }
         if self.current.is_none() || !self.advance() {
             match self.next_row()? {

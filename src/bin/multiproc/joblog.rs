@@ -25,7 +25,10 @@
 //!
 //! `--resume` skips every `Seq` in the log. `--resume-failed` skips those with at least one line
 //! with `Exitval` 0 and `Signal` 0, and runs the others again (their new lines are appended, so a
-//! job may appear several times). A missing or empty file means nothing was done. Unlike GNU
+//! job may appear several times). A missing or empty file means nothing was done. The file is
+//! streamed line by line, each line checked field by field without allocating, into two
+//! [`SeqSet`]s (runs of consecutive numbers): a million-line log reads in a fraction of a second
+//! and costs a few runs of memory. Unlike GNU
 //! parallel (which never looks at the header), a file whose first line is not the header is
 //! rejected: resuming from the wrong file would silently skip jobs.
 //!
@@ -41,14 +44,14 @@
 //! crash or power loss, costs a disk flush per job, and GNU parallel does not do it either;
 //! [`JoblogWriter::set_fsync`] turns it on.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::args::Resume;
+use crate::seqset::{SeqSet, SeqSetBuilder};
 
 /// The header line, without its `\n`.
 pub(crate) const HEADER: &str =
@@ -127,9 +130,57 @@ impl Entry {
     /// # Errors
     /// A message naming the first bad field.
     pub(crate) fn parse_line(line: &str) -> Result<Entry, String> {
-        let f: Vec<&str> = line.splitn(9, '\t').collect();
-        if f.len() != 9 {
-            return Err(format!("{} tab-separated fields, want 9", f.len()));
+        let f = Fields::parse(line.as_bytes())?;
+        // Split at tabs (ASCII), the fields of a `str` are whole UTF-8: nothing is replaced.
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Ok(Entry {
+            seq: f.seq,
+            host: text(f.host),
+            start: f.start,
+            runtime: f.runtime,
+            send: f.send,
+            receive: f.receive,
+            exitval: f.exitval,
+            signal: f.signal,
+            command: text(f.command),
+        })
+    }
+}
+
+/// One joblog line's fields, borrowed from the line: what [`JoblogState`] reads a million of
+/// without allocating (the command is not even checked for UTF-8; `--resume` needs only Seq,
+/// Exitval and Signal, but every field is checked as [`Entry::parse_line`] does).
+#[derive(Debug)]
+struct Fields<'a> {
+    seq: u64,
+    host: &'a [u8],
+    start: Duration,
+    runtime: Duration,
+    send: u64,
+    receive: u64,
+    exitval: i32,
+    signal: i32,
+    command: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    /// Splits and checks one line (without `\n`), as [`Entry::parse_line`].
+    fn parse(line: &'a [u8]) -> Result<Fields<'a>, String> {
+        let mut f: [&[u8]; 9] = [&[]; 9];
+        let mut n = 0;
+        let mut rest = line;
+        // The first 8 fields end at a tab; the Command is the rest (tabs and all).
+        while n < 8
+            && let Some(i) = rest.iter().position(|&b| b == b'\t')
+        {
+            f[n] = &rest[..i];
+            rest = &rest[i + 1..];
+            n += 1;
+        }
+        f[n] = rest;
+        n += 1;
+        if n != 9 {
+            return Err(format!("{n} tab-separated fields, want 9"));
         }
         let seq: u64 = num(f[0], "Seq")?;
         if seq == 0 {
@@ -138,37 +189,75 @@ impl Entry {
         if f[1].is_empty() {
             return Err("empty Host".into());
         }
-        Ok(Entry {
+        Ok(Fields {
             seq,
-            host: f[1].to_owned(),
+            host: f[1],
             start: secs(f[2], "Starttime")?,
             runtime: secs(f[3], "JobRuntime")?,
             send: num(f[4], "Send")?,
             receive: num(f[5], "Receive")?,
             exitval: num(f[6], "Exitval")?,
             signal: num(f[7], "Signal")?,
-            command: f[8].to_owned(),
+            command: f[8],
         })
     }
 }
 
-fn num<T: std::str::FromStr>(s: &str, field: &str) -> Result<T, String> {
-    s.trim_start_matches(' ')
-        .parse()
-        .map_err(|_| format!("{field} '{s}' is not an integer"))
+/// The value of up to 19 ASCII digits (which always fit a `u64`); `None` for anything else.
+fn digits_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(s.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+fn num<T: std::str::FromStr + TryFrom<u64>>(s: &[u8], field: &str) -> Result<T, String> {
+    // The usual field (digits, maybe right-aligned) without a UTF-8 pass; signs, overflow and
+    // errors go the general way below.
+    let spaces = s.iter().take_while(|&&b| b == b' ').count();
+    if let Some(v) = digits_u64(&s[spaces..]).and_then(|v| T::try_from(v).ok()) {
+        return Ok(v);
+    }
+    std::str::from_utf8(s)
+        .ok()
+        .and_then(|t| t.trim_start_matches(' ').parse().ok())
+        .ok_or_else(|| {
+            let s = String::from_utf8_lossy(s);
+            format!("{field} '{s}' is not an integer")
+        })
 }
 
 /// Parses `SECS[.FRACTION]` (leading spaces allowed) exactly, with no float rounding.
-fn secs(s: &str, field: &str) -> Result<Duration, String> {
-    let bad = || format!("{field} '{s}' is not a number of seconds");
-    let t = s.trim_start_matches(' ');
-    let (int, frac) = t.split_once('.').unwrap_or((t, ""));
-    let digits = |x: &str| x.bytes().all(|b| b.is_ascii_digit());
+fn secs(s: &[u8], field: &str) -> Result<Duration, String> {
+    let bad = || {
+        let s = String::from_utf8_lossy(s);
+        format!("{field} '{s}' is not a number of seconds")
+    };
+    let spaces = s.iter().take_while(|&&b| b == b' ').count();
+    let t = &s[spaces..];
+    let (int, frac) = match t.iter().position(|&b| b == b'.') {
+        Some(i) => (&t[..i], &t[i + 1..]),
+        None => (t, &[][..]),
+    };
+    let digits = |x: &[u8]| x.iter().all(u8::is_ascii_digit);
     if int.is_empty() || !digits(int) || !digits(frac) || frac.len() > 9 {
         return Err(bad());
     }
-    let secs: u64 = int.parse().map_err(|_| bad())?;
-    let nanos: u32 = format!("{frac:0<9}").parse().map_err(|_| bad())?;
+    let secs = match digits_u64(int) {
+        Some(v) => v,
+        // Only ASCII digits, checked above; 20 or more of them may overflow.
+        None => std::str::from_utf8(int)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(bad)?,
+    };
+    // At most 9 digits, checked above: pad them to nanoseconds without allocating.
+    let nanos = frac
+        .iter()
+        .copied()
+        .chain(std::iter::repeat(b'0'))
+        .take(9)
+        .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
     Ok(Duration::new(secs, nanos))
 }
 
@@ -250,27 +339,32 @@ impl fmt::Display for TornTail {
     }
 }
 
-/// What an earlier run's joblog says.
+/// What an earlier run's joblog says. The sets are [`SeqSet`]s: a million-line log of a run
+/// that finished in order costs a few runs, not a million entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct JoblogState {
     /// Every `Seq` with at least one line.
-    pub(crate) done: BTreeSet<u64>,
+    pub(crate) done: SeqSet,
     /// Every `Seq` with at least one successful line (Exitval 0, Signal 0).
-    pub(crate) succeeded: BTreeSet<u64>,
+    pub(crate) succeeded: SeqSet,
     /// Number of job lines read.
     pub(crate) lines: usize,
     /// Set if an incomplete last line was ignored.
     pub(crate) torn_tail: Option<TornTail>,
 }
 
+/// The read buffer for a joblog: big enough that a million-line log takes ~60 reads.
+const READ_BUF: usize = 1 << 20;
+
 impl JoblogState {
-    /// Reads a joblog. A missing or empty file gives an empty state.
+    /// Reads a joblog, streaming it (memory: the [`SeqSet`]s and one line). A missing or empty
+    /// file gives an empty state.
     ///
     /// # Errors
     /// [`JoblogError`] if the file cannot be read, is not a joblog, or has a bad line.
     pub(crate) fn read(path: &Path) -> Result<JoblogState, JoblogError> {
-        match std::fs::read(path) {
-            Ok(bytes) => JoblogState::parse(&bytes, path),
+        match File::open(path) {
+            Ok(f) => JoblogState::from_reader(BufReader::with_capacity(READ_BUF, f), path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(JoblogState::default()),
             Err(source) => Err(JoblogError::Io {
                 path: path.to_owned(),
@@ -284,64 +378,116 @@ impl JoblogState {
     /// # Errors
     /// As [`JoblogState::read`].
     pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<JoblogState, JoblogError> {
+        JoblogState::from_reader(bytes, path)
+    }
+
+    /// Reads line by line: the header, then each job line checked field by field without
+    /// allocating; everything after the last `\n` is a torn line (the writer always ends lines
+    /// with `\n`), reported, not parsed.
+    fn from_reader(mut r: impl BufRead, path: &Path) -> Result<JoblogState, JoblogError> {
         let mut state = JoblogState::default();
-        if bytes.is_empty() {
-            return Ok(state);
-        }
-        // Everything after the last '\n' is a torn line (the writer always ends lines with '\n').
-        let complete_len = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let (complete, torn) = bytes.split_at(complete_len);
-        let mut lines = complete.split(|&b| b == b'\n');
-        let n_complete = complete.iter().filter(|&&b| b == b'\n').count();
-        if !torn.is_empty() {
-            state.torn_tail = Some(TornTail {
-                line_no: n_complete + 1,
-                bytes: torn.len(),
-            });
-        }
-        match lines.next() {
-            Some(h) if n_complete > 0 => {
-                if h != HEADER.as_bytes() {
-                    return Err(not_a_joblog(path, h));
+        let (mut done, mut succeeded) = (SeqSetBuilder::default(), SeqSetBuilder::default());
+        let mut line = Vec::with_capacity(256);
+        let mut line_no = 0;
+        loop {
+            line.clear();
+            let n = r
+                .read_until(b'\n', &mut line)
+                .map_err(|source| JoblogError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            } else {
+                // A torn header is a run killed at its very start.
+                if line_no == 1 && !HEADER.as_bytes().starts_with(&line) {
+                    return Err(not_a_joblog(path, &line));
                 }
+                state.torn_tail = Some(TornTail {
+                    line_no,
+                    bytes: line.len(),
+                });
+                break;
             }
-            // No complete line at all: a torn header is a run killed at its very start.
-            _ => {
-                return if HEADER.as_bytes().starts_with(torn) {
-                    Ok(state)
-                } else {
-                    Err(not_a_joblog(path, torn))
-                };
+            if line_no == 1 {
+                if line != HEADER.as_bytes() {
+                    return Err(not_a_joblog(path, &line));
+                }
+                continue;
             }
-        }
-        for (i, line) in lines.take(n_complete - 1).enumerate() {
-            let text = String::from_utf8_lossy(line);
-            let entry = Entry::parse_line(&text).map_err(|reason| JoblogError::BadLine {
+            let f = Fields::parse(&line).map_err(|reason| JoblogError::BadLine {
                 path: path.to_owned(),
-                line_no: i + 2,
+                line_no,
                 reason,
             })?;
             state.lines += 1;
-            state.done.insert(entry.seq);
-            if entry.succeeded() {
-                state.succeeded.insert(entry.seq);
+            done.insert(f.seq);
+            if f.exitval == 0 && f.signal == 0 {
+                succeeded.insert(f.seq);
             }
         }
+        state.done = done.build();
+        state.succeeded = succeeded.build();
         Ok(state)
+    }
+
+    /// Checks only that `path` is a joblog (or missing, empty, or a torn header): its first line
+    /// is the header. Reads at most a few KiB, whatever the file's size.
+    ///
+    /// # Errors
+    /// [`JoblogError::NotAJoblog`], or [`JoblogError::Io`] if it cannot be read.
+    pub(crate) fn check_header(path: &Path) -> Result<(), JoblogError> {
+        let io_err = |source| JoblogError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(e)),
+        };
+        let mut first = Vec::new();
+        BufReader::new(f.take(4096))
+            .read_until(b'\n', &mut first)
+            .map_err(io_err)?;
+        let ok = match first.strip_suffix(b"\n") {
+            Some(line) => line == HEADER.as_bytes(),
+            None => HEADER.as_bytes().starts_with(&first),
+        };
+        if ok {
+            Ok(())
+        } else {
+            let line = first.strip_suffix(b"\n").unwrap_or(&first);
+            Err(not_a_joblog(path, line))
+        }
     }
 
     /// True if job `seq` is to be skipped in this resume mode.
     pub(crate) fn skips(&self, seq: u64, mode: Resume) -> bool {
         match mode {
             Resume::No => false,
-            Resume::All => self.done.contains(&seq),
-            Resume::Failed => self.succeeded.contains(&seq),
+            Resume::All => self.done.contains(seq),
+            Resume::Failed => self.succeeded.contains(seq),
+        }
+    }
+
+    /// How many of jobs `1..=total` are skipped in this resume mode.
+    pub(crate) fn skipped_up_to(&self, total: u64, mode: Resume) -> u64 {
+        match mode {
+            Resume::No => 0,
+            Resume::All => self.done.count_up_to(total),
+            Resume::Failed => self.succeeded.count_up_to(total),
         }
     }
 
     /// The jobs that ran but never succeeded.
     pub(crate) fn failed(&self) -> impl Iterator<Item = u64> + '_ {
-        self.done.difference(&self.succeeded).copied()
+        self.done.iter().filter(|&s| !self.succeeded.contains(s))
     }
 }
 
@@ -350,6 +496,39 @@ fn not_a_joblog(path: &Path, first: &[u8]) -> JoblogError {
     JoblogError::NotAJoblog {
         path: path.to_owned(),
         first_line: text.chars().take(80).collect(),
+    }
+}
+
+/// The length of `f` (of `len` bytes) up to and including its last `\n` (0 if it has none),
+/// read backwards from the end in blocks: a torn line is short, so this reads a block or two.
+fn after_last_newline(f: &mut File, len: u64) -> io::Result<u64> {
+    const BLOCK: u64 = 64 * 1024;
+    let mut buf = vec![0u8; BLOCK as usize];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(BLOCK);
+        let block = &mut buf[..(end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(block)?;
+        if let Some(i) = block.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// How many `\n` a reader holds.
+fn count_newlines(r: &mut impl Read) -> io::Result<usize> {
+    let mut buf = vec![0u8; READ_BUF];
+    let mut n = 0;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => n += buf[..k].iter().filter(|&&b| b == b'\n').count(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -388,27 +567,27 @@ impl JoblogWriter {
             path: path.to_owned(),
             source,
         };
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err)?;
+        let len = f.metadata().map_err(io_err)?.len();
+        let keep = after_last_newline(&mut f, len).map_err(io_err)?;
         let mut torn = None;
-        {
-            let mut f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .map_err(io_err)?;
-            let mut bytes = Vec::new();
-            f.read_to_end(&mut bytes).map_err(io_err)?;
-            let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            if keep < bytes.len() {
-                torn = Some(TornTail {
-                    line_no: bytes[..keep].iter().filter(|&&b| b == b'\n').count() + 1,
-                    bytes: bytes.len() - keep,
-                });
-                f.set_len(keep as u64).map_err(io_err)?;
-                f.seek(SeekFrom::Start(keep as u64)).map_err(io_err)?;
-            }
+        if keep < len {
+            // Rare (a killed run): only then is the file read whole, to name the line.
+            f.seek(SeekFrom::Start(0)).map_err(io_err)?;
+            let line_no = count_newlines(&mut (&mut f).take(keep)).map_err(io_err)? + 1;
+            torn = Some(TornTail {
+                line_no,
+                bytes: (len - keep) as usize,
+            });
+            f.set_len(keep).map_err(io_err)?;
         }
+        drop(f);
         let mut w = JoblogWriter::open_append(path)?;
         let len = w.file.metadata().map_err(io_err)?.len();
         if len == 0 {

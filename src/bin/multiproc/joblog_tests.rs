@@ -90,8 +90,8 @@ fn parse_round_trips() {
 fn reads_gnu_parallel_logs() {
     let s = JoblogState::parse(GNU_LOG.as_bytes(), Path::new("gnu.tsv")).unwrap();
     assert_eq!(s.lines, 6);
-    assert_eq!(s.done, BTreeSet::from([1, 2, 3, 4, 5, 6]));
-    assert_eq!(s.succeeded, BTreeSet::from([3, 5, 6]));
+    assert_eq!(s.done, SeqSet::from_iter([1, 2, 3, 4, 5, 6]));
+    assert_eq!(s.succeeded, SeqSet::from_iter([3, 5, 6]));
     assert_eq!(s.failed().collect::<Vec<_>>(), [1, 2, 4]);
     assert_eq!(s.torn_tail, None);
     assert!(s.skips(1, Resume::All) && !s.skips(1, Resume::Failed));
@@ -113,7 +113,7 @@ fn torn_last_line_is_ignored_and_reported() {
     let cut = GNU_LOG.len() - 10;
     let s = JoblogState::parse(&GNU_LOG.as_bytes()[..cut], Path::new("j")).unwrap();
     assert_eq!(s.lines, 5);
-    assert!(!s.done.contains(&6));
+    assert!(!s.done.contains(6));
     let torn = s.torn_tail.unwrap();
     assert_eq!(torn.line_no, 7);
     assert!(
@@ -198,7 +198,7 @@ fn writer_create_then_resume() {
     drop(w);
     let s = JoblogState::read(&p).unwrap();
     assert_eq!(s.lines, 3);
-    assert_eq!(s.succeeded, BTreeSet::from([1, 2]));
+    assert_eq!(s.succeeded, SeqSet::from_iter([1, 2]));
 }
 
 #[test]
@@ -293,8 +293,8 @@ fn log_is_whole_after_sigkill_of_the_writer() {
     let s = JoblogState::read(&p).unwrap();
     assert!(s.lines >= 500, "{} lines", s.lines);
     // Seqs are contiguous from 1: no line in the middle was lost or torn.
-    assert_eq!(s.done.len(), s.lines);
-    assert_eq!(s.done.last().copied(), Some(s.lines as u64));
+    assert_eq!(s.done.len(), s.lines as u64);
+    assert_eq!(s.done.iter().last(), Some(s.lines as u64));
     if let Some(t) = &s.torn_tail {
         eprintln!("torn tail after SIGKILL: {t}");
     }

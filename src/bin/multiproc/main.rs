@@ -29,9 +29,10 @@
 //!
 //! # Caveats
 //!
-//! - Inputs on the command line (`:::`) and in regular files are read before the first job
-//!   starts: a bad input (an unreadable file, a line that is not UTF-8) is an error before any
-//!   job runs, and the total and the ETA are known. Stdin, or a file that is not a regular one
+//! - Inputs on the command line (`:::`) and in regular files are read through before the first
+//!   job starts: a bad input (an unreadable file, a line that is not UTF-8) is an error before
+//!   any job runs, and the total and the ETA are known. They are then read again as jobs start,
+//!   never held in memory (only `--header`, `-X`/`-m` and `--shuf` keep them all). Stdin, or a file that is not a regular one
 //!   (a pipe, a FIFO, a terminal), is read as the jobs run, by a thread started after the
 //!   workers are forked: jobs start as lines come, an endless input works, and the bar counts
 //!   jobs until the input ends. A streamed input that fails part way (a line that is not UTF-8)
@@ -72,6 +73,7 @@ mod limits;
 mod output;
 mod pipe;
 mod quote;
+mod seqset;
 mod shape;
 mod signals;
 mod spill;
@@ -229,30 +231,33 @@ fn lock_joblog(path: &Path) -> Result<Flock<File>, Failure> {
 }
 
 /// Opens the joblog: checks it is one of ours, reads what an earlier run did (for `--resume*`),
-/// then creates it afresh (no resume) or reopens it for appending.
+/// then creates it afresh (no resume) or reopens it for appending. The log is read once, under
+/// the lock, and only to resume: before that only its header is looked at (a million-line log
+/// costs one streamed pass, see [`JoblogState::read`]).
 fn open_joblog(cfg: &Config) -> Result<JoblogState, Failure> {
     let Some(path) = &cfg.joblog else {
         return Ok(JoblogState::default());
     };
-    // Refuse a file that is not a joblog, even when it would only be overwritten.
-    let state = JoblogState::read(path).map_err(|e| match e {
+    let read_err = |e: JoblogError| match e {
         JoblogError::NotAJoblog { .. } => Failure::usage(format!(
             "--joblog {}: {e}; refusing to use or overwrite it",
             path.display()
         )),
         e => Failure::usage(format!("--joblog {}: {e}", path.display())),
-    })?;
+    };
+    // Refuse a file that is not a joblog, even when it would only be overwritten.
+    JoblogState::check_header(path).map_err(read_err)?;
     if cfg.dry_run {
-        return Ok(state);
+        return JoblogState::read(path).map_err(read_err);
     }
     // Held until the process exits (and, through the workers, until they do too).
     std::mem::forget(lock_joblog(path)?);
-    // Read again under the lock: an earlier run's last lines may have landed meanwhile.
-    let state = JoblogState::read(path).map_err(|e| Failure::usage(format!("--joblog: {e}")))?;
     if cfg.resume == Resume::No {
         JoblogWriter::create(path).map_err(|e| Failure::usage(format!("--joblog: {e}")))?;
         return Ok(JoblogState::default());
     }
+    // Read under the lock: an earlier run's last lines may have landed meanwhile.
+    let state = JoblogState::read(path).map_err(read_err)?;
     let (_, torn) =
         JoblogWriter::resume(path).map_err(|e| Failure::usage(format!("--joblog: {e}")))?;
     if let Some(t) = torn {

@@ -2,7 +2,7 @@
 //! interleaved line by line), in input order with `-k` (a reorder buffer keyed by seq), and one
 //! directory per job with `--results DIR`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -79,6 +79,9 @@ pub(crate) struct Output {
     /// With `-k`: the next seq to print, and blocks that came early.
     next: u64,
     waiting: BTreeMap<u64, Block>,
+    /// With `-k`: the seqs skipped (`--resume`) past `next`, as runs `[start, end)` in order:
+    /// a million skipped jobs are one run, not a million empty blocks.
+    skipped: VecDeque<(u64, u64)>,
     /// The highest seq handed out so far.
     handed_out: u64,
     /// Set once stdout is a closed pipe: output is dropped from then on.
@@ -94,6 +97,7 @@ impl Output {
             next: 1,
             handed_out: 0,
             waiting: BTreeMap::new(),
+            skipped: VecDeque::new(),
             stdout_closed: false,
         }
     }
@@ -102,11 +106,9 @@ impl Output {
     /// handed out and `seq` were skipped (`--resume`) and will never report. Called in
     /// increasing seq order, before that job's [`Output::finished`].
     pub(crate) fn expect_up_to(&mut self, seq: u64) {
-        if self.keep_order {
-            // Skipped seqs are entered as empty blocks, so the buffer never stalls on them.
-            for gap in self.handed_out + 1..seq {
-                self.waiting.insert(gap, Block::default());
-            }
+        if self.keep_order && seq > self.handed_out + 1 {
+            // Skipped seqs are remembered as one run, so the buffer never stalls on them.
+            self.skipped.push_back((self.handed_out + 1, seq));
         }
         self.handed_out = self.handed_out.max(seq);
     }
@@ -135,15 +137,25 @@ impl Output {
         if !self.keep_order {
             return Ok(());
         }
-        while let Some(mut block) = self.waiting.remove(&self.next) {
+        loop {
+            if let Some(&(start, end)) = self.skipped.front()
+                && start <= self.next
+            {
+                self.next = self.next.max(end);
+                self.skipped.pop_front();
+                continue;
+            }
+            let Some(mut block) = self.waiting.remove(&self.next) else {
+                return Ok(());
+            };
             self.print(&mut block)?;
             self.next += 1;
         }
-        Ok(())
     }
 
     /// Prints whatever is still buffered, in order (the run stopped early).
     pub(crate) fn flush_rest(&mut self) -> io::Result<()> {
+        self.skipped.clear();
         for (_, mut block) in std::mem::take(&mut self.waiting) {
             self.print(&mut block)?;
         }

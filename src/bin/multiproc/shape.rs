@@ -23,14 +23,17 @@ pub(crate) fn columns(values: Vec<String>, colsep: Option<&regex::Regex>) -> Vec
 }
 
 /// `--colsep` and `-N` over a stream of combinations (usable on an endless input).
-pub(crate) fn stream(
-    combos: impl Iterator<Item = io::Result<Vec<String>>>,
+pub(crate) fn stream<I: Iterator<Item = io::Result<Vec<String>>>>(
+    combos: I,
     shape: &Shape,
-) -> impl Iterator<Item = io::Result<Vec<String>>> {
+) -> impl Iterator<Item = io::Result<Vec<String>>> + use<I> {
     let colsep = shape.colsep.clone();
     let per_job = shape.per_job.map_or(1, |n| n.get());
     let mut combos = combos.map(move |c| c.map(|v| columns(v, colsep.as_ref())));
     std::iter::from_fn(move || {
+        if per_job == 1 {
+            return combos.next();
+        }
         let mut job: Vec<String> = Vec::new();
         for i in 0..per_job {
             match combos.next() {
