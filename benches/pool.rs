@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use multiproc::{Pool, Process};
+use multiproc::{PodVec, Pool, Process};
 
 /// Mean time per iteration of each benchmark, recorded by `iter_custom`.
 static MEANS: Mutex<Vec<(&'static str, Duration, u64)>> = Mutex::new(Vec::new());
@@ -52,6 +52,10 @@ fn sq(x: u64) -> u64 {
 }
 
 fn arr_sum(a: Vec<f64>) -> f64 {
+    a.iter().sum()
+}
+
+fn pod_sum(a: PodVec<f64>) -> f64 {
     a.iter().sum()
 }
 
@@ -202,6 +206,20 @@ fn bench_rust(c: &mut Criterion) {
                 d += t.elapsed();
             }
             record("array_80mb_sum", d, iters);
+            d
+        })
+    });
+    // The same as a `PodVec` made from the heap `Vec`: one copy into a (kept, warm) memory file.
+    g.bench_function("array_80mb_podvec_sum", |b| {
+        b.iter_custom(|iters| {
+            let mut d = Duration::ZERO;
+            for _ in 0..iters {
+                let v = PodVec::from(a.clone());
+                let t = Instant::now();
+                assert_eq!(pool.apply(pod_sum, v).unwrap(), total);
+                d += t.elapsed();
+            }
+            record("array_80mb_podvec_sum", d, iters);
             d
         })
     });
@@ -378,6 +396,12 @@ fn main() {
         (
             "array_80mb_sum",
             80.0 / (us("array_80mb/array_80mb_sum") / 1e6),
+            "MB/s",
+            true,
+        ),
+        (
+            "array_80mb_podvec_sum",
+            80.0 / (us("array_80mb/array_80mb_podvec_sum") / 1e6),
             "MB/s",
             true,
         ),

@@ -3,8 +3,10 @@
 //!
 //! `cargo bench --bench shm` (full: 80 MB payloads, 10^7-f64 broadcast, 1 GiB hand-over);
 //! `cargo bench --bench shm -- --quick` (8 MB, 10^6, fewer repetitions);
-//! `MULTIPROC_BENCH_PY=0` skips the Python peer. Under `cargo test --benches` it runs a smoke
-//! version. Each figure is the median of the timed repetitions; MB = 10^6 bytes.
+//! `MULTIPROC_BENCH_PY=0` skips the Python peer; `-- --oneway` runs only the one-way rows (80 MB
+//! to a worker, its sum back) beside their limits, without the peer. Under
+//! `cargo test --benches` it runs a smoke version. Each figure is the median of the timed
+//! repetitions; MB = 10^6 bytes.
 
 use std::hint::black_box;
 use std::process::Command;
@@ -28,6 +30,12 @@ enum Req {
     /// bcast: check the length and the endpoints (as the Python peer does).
     CheckVec(Vec<f64>),
     CheckShm(SharedArray<f64>),
+    /// Keep this array mapped (faulted in: summed once) for `SumHeld`.
+    Hold(SharedArray<f64>),
+    /// Sum the held array.
+    SumHeld,
+    /// Sum the vector.
+    SumPod(PodVec<f64>),
     Stop,
 }
 
@@ -40,6 +48,7 @@ enum Resp {
 }
 
 fn worker(c: Connection<Resp, Req>) {
+    let mut held: Option<SharedArray<f64>> = None;
     loop {
         // A message that has fully arrived is received (and its shared objects mapped) in the
         // timed part: the analog of Python's attach by name.
@@ -51,6 +60,11 @@ fn worker(c: Connection<Resp, Req>) {
         // What the request brought stays alive until the answer is sent, as in the Python peer
         // (its workers ack first, then close and free).
         let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
+        let held_sum = |held: &Option<SharedArray<f64>>| {
+            // SAFETY: the parent writes the held array only between our answers.
+            let s = unsafe { held.as_ref().expect("held").as_slice() };
+            Resp::Num(s.iter().sum())
+        };
         let owned = matches!(req, Req::EchoPodOwned(_));
         let resp = match req {
             Req::Echo(v) => Resp::Vec(v),
@@ -80,6 +94,12 @@ fn worker(c: Connection<Resp, Req>) {
                 keep.push(Box::new(a));
                 Resp::Num(n)
             }
+            Req::Hold(a) => {
+                held = Some(a);
+                held_sum(&held)
+            }
+            Req::SumHeld => held_sum(&held),
+            Req::SumPod(v) => Resp::Num(v.iter().sum()),
             Req::Stop => break,
         };
         if owned {
@@ -89,6 +109,16 @@ fn worker(c: Connection<Resp, Req>) {
         }
         drop(keep);
     }
+}
+
+/// A pool task that sums its input.
+fn sum_pod(v: PodVec<f64>) -> f64 {
+    v.iter().sum()
+}
+
+/// A pool task that releases its process's kept memory files.
+fn release_kept(_: ()) {
+    PodVec::<f64>::release_kept();
 }
 
 /// A pool task that hands its input back.
@@ -177,6 +207,16 @@ fn main() -> multiproc::Result<()> {
         unit: "MB/s",
         py: None,
     });
+
+    rows.extend(oneway_rows(w, &data, reps, warm)?);
+    if args.iter().any(|a| a == "--oneway") {
+        for (c, p) in &workers {
+            c.send(&Req::Stop)?;
+            p.join()?;
+        }
+        print_rows(&rows, &[]);
+        return Ok(());
+    }
 
     // To a worker and back, serialized (Vec<f64> through postcard) and as PodVec.
     let t = measure(reps, warm, || {
@@ -434,12 +474,19 @@ fn main() -> multiproc::Result<()> {
     } else {
         Vec::new()
     };
+    print_rows(&rows, &py);
+    Ok(())
+}
+
+/// Prints the table (with the CPython peer's figures beside ours where they exist), then the
+/// one-way rows as fractions of their limit.
+fn print_rows(rows: &[Row], py: &[(String, f64)]) {
     let touched = rows[0].value;
     println!(
         "{:<28} {:>12} {:<6} {:>8}   {:<26} {:>12} {:>8}",
         "multiproc", "value", "unit", "%memcpy", "CPython peer", "value", "ratio"
     );
-    for r in &rows {
+    for r in rows {
         let pct = if r.unit == "MB/s" {
             format!("{:.0}%", 100.0 * r.value / touched)
         } else {
@@ -462,7 +509,90 @@ fn main() -> multiproc::Result<()> {
             r.name, r.value, r.unit, pct, pname, pval, ratio
         );
     }
-    Ok(())
+    let value = |name: &str| rows.iter().find(|r| r.name == name).map(|r| r.value);
+    if let Some(limit) = value("oneway_premapped_80mb") {
+        for r in rows
+            .iter()
+            .filter(|r| r.name.starts_with("oneway_") && r.value != limit)
+        {
+            println!(
+                "{} / oneway_premapped_80mb = {:.2}",
+                r.name,
+                r.value / limit
+            );
+        }
+    }
+}
+
+/// "80 MB to a worker, its sum back" (issue 17 §3): the time from handing over the data to
+/// having the sum, beside its limit in the same run, `oneway_premapped_80mb` (the parent copies
+/// into a shared array the worker already maps, both sides faulted in; a small message; the
+/// worker sums). A `PodVec` made from a heap `Vec` each time: through a pipe, through a pool,
+/// and through a pool with nothing kept on either side before each send (every page fresh in
+/// the parent, every mapping new in the worker: what each send cost before the cache).
+fn oneway_rows(
+    w: &Connection<Req, Resp>,
+    data: &[f64],
+    reps: usize,
+    warm: usize,
+) -> multiproc::Result<Vec<Row>> {
+    let want: f64 = data.iter().sum();
+    let mbps = |t: f64| (data.len() * 8) as f64 / 1e6 / t;
+    let sum_of = |r: Resp| match r {
+        Resp::Num(x) => x,
+        _ => panic!("not a sum"),
+    };
+    let row = |name, t| Row {
+        name,
+        value: mbps(t),
+        unit: "MB/s",
+        py: None,
+    };
+    let mut rows = Vec::new();
+    let a = SharedArray::<f64>::new(data.len())?;
+    w.send(&Req::Hold(a.clone()))?;
+    sum_of(w.recv()?);
+    let t = measure(reps, warm, || {
+        let t = Instant::now();
+        // SAFETY: the worker reads the array only between a request and its answer.
+        unsafe { a.as_mut_slice() }.copy_from_slice(data);
+        w.send(&Req::SumHeld).expect("send");
+        let s = sum_of(w.recv().expect("recv"));
+        let e = t.elapsed();
+        assert_eq!(s, want);
+        e
+    });
+    rows.push(row("oneway_premapped_80mb", t));
+    let t = measure(reps, warm, || {
+        let v: PodVec<f64> = data.to_vec().into();
+        let t = Instant::now();
+        w.send(&Req::SumPod(v)).expect("send");
+        let s = sum_of(w.recv().expect("recv"));
+        let e = t.elapsed();
+        assert_eq!(s, want);
+        e
+    });
+    rows.push(row("oneway_pipe_podvec_80mb", t));
+    let pool = Pool::with_processes(1)?;
+    for (name, cold) in [
+        ("oneway_pool_podvec_80mb", false),
+        ("oneway_pool_podvec_cold_80mb", true),
+    ] {
+        let t = measure(reps, warm, || {
+            if cold {
+                PodVec::<f64>::release_kept();
+                pool.apply(release_kept, ()).expect("release");
+            }
+            let v: PodVec<f64> = data.to_vec().into();
+            let t = Instant::now();
+            let s = pool.apply(sum_pod, v).expect("apply");
+            let e = t.elapsed();
+            assert_eq!(s, want);
+            e
+        });
+        rows.push(row(name, t));
+    }
+    Ok(rows)
 }
 
 /// Runs `benches/py/peer.py shm` and returns its (name, value) pairs; empty if unavailable.

@@ -198,7 +198,9 @@ pub use crate::pool::{
 };
 pub use crate::process::{JoinHandle, Process, spawn};
 pub use crate::queue::{DEFAULT_QUEUE_CAPACITY, JoinableQueue, Queue, QueueIter};
-pub use crate::shm::{ArrayGuard, Pod, PodVec, SharedArray, SharedValue, ValueGuard, Zeroable};
+pub use crate::shm::{
+    ArrayGuard, KeptStats, Pod, PodVec, SharedArray, SharedValue, ValueGuard, Zeroable,
+};
 pub use crate::sizing::{CpuBudget, CpuSource, cpu_budget, cpu_budget_with, cpu_count};
 pub use crate::sync::{
     AcquireError, AcquireResult, Barrier, Condition, ConditionGuard, Event, Lock, LockGuard, RLock,

@@ -7,6 +7,7 @@
 //! memory has no name anywhere (nothing in `/dev/shm`) and returns to the kernel when the last
 //! descriptor and mapping are gone, crashes included.
 
+mod cache;
 mod podvec;
 mod segment;
 
@@ -25,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::sync::{AcquireResult, acquire_robust};
 use crate::sys::futex::RobustMutex;
 
+pub use cache::KeptStats;
 pub use podvec::PodVec;
 pub(crate) use segment::SharedCell;
 use segment::kind_of;

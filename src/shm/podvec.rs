@@ -3,13 +3,13 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{self, SerializeTuple, Serializer};
 use serde::{Deserialize, Serialize};
 
+use super::cache::{self, KeptStats};
 use super::segment::{Segment, kind_of};
 use super::{Pod, pod_bytes};
 use crate::fdpass;
@@ -37,12 +37,33 @@ pub(crate) const POD_VEC_INLINE_MAX: usize = 256 << 10;
 ///
 /// # Memory kept for reuse
 ///
-/// Each process keeps up to 4 of the memory files it sent or received (1 GiB in all), still
-/// mapped: one it received and dropped is reused for the next `PodVec` of the same type and
-/// length it sends (warm pages instead of fresh ones), and one it sent is picked up again without
-/// a new mapping when it comes back. A vector going back and forth between two processes thus
-/// costs one copy into warm memory per round trip, or none with `send_owned`.
-/// [`release_kept`](PodVec::release_kept) gives that memory back at once.
+/// The cost of a big `PodVec` crossing processes is not the copy but the pages: a fresh page of
+/// a memory file costs a page fault (allocate, zero, map; ~1 GB/s), and every process that maps
+/// it faults it again. So each process keeps the memory files it sent or received, still mapped
+/// with their pages faulted in (at most 8 files and 1 GiB by default,
+/// [`set_kept_limits`](PodVec::set_kept_limits); past either bound the least recently used are
+/// unmapped and closed):
+/// - a vector sent is copied into a kept file that no vector uses any more (of a fitting size;
+///   sizes are rounded up so that one file serves nearby lengths): warm pages, no new file;
+/// - a file received that is kept here already (sent or received before) is used through its
+///   existing mapping: no new mapping, no fault. One received for the first time is mapped with
+///   all its pages faulted in at once (`MADV_POPULATE_READ`), not one fault per page.
+///
+/// So sending vectors of the same size to the same worker again and again costs one copy into
+/// warm memory and the worker reads warm memory: one way or there and back, no page is
+/// allocated or faulted after the first round. A file is written only while no live vector in
+/// any process uses it (a word in the file names the process whose vector holds it; a sender
+/// takes a free file with a compare-and-swap), so reuse never changes a vector you hold, in
+/// this or any other process, and a forked child never reuses the files its parent keeps.
+/// [`kept_stats`](PodVec::kept_stats) shows what is kept and how often it was reused;
+/// [`release_kept`](PodVec::release_kept) gives the memory back at once.
+///
+/// New memory files of 4 MiB and more are asked for 2 MiB pages (`MADV_HUGEPAGE`), which
+/// the kernel gives only when `/sys/kernel/mm/transparent_hugepage/shmem_enabled` (or its
+/// per-size `hugepages-2048kB/shmem_enabled`) says `advise`, `always`, `within_size` or
+/// `force`; with `never` or `deny` (the default of most distributions) the files keep 4 KiB
+/// pages, silently ([`KeptStats::huge_pages`] says which). Kernels older than 5.14 have no
+/// `MADV_POPULATE_*`: pages are then faulted in by touching each one.
 ///
 /// # Examples
 ///
@@ -125,7 +146,49 @@ impl<T: Pod> PodVec<T> {
     /// multiproc::PodVec::<f64>::release_kept();
     /// ```
     pub fn release_kept() {
-        recycled::clear();
+        cache::clear();
+    }
+
+    /// What this process keeps for reuse and how often it was reused (see
+    /// [Memory kept for reuse](PodVec#memory-kept-for-reuse)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::PodVec;
+    ///
+    /// let (a, b) = multiproc::pipe::<PodVec<u8>, ()>()?;
+    /// let before = PodVec::<u8>::kept_stats();
+    /// for _ in 0..3 {
+    ///     a.send(&vec![7u8; 1 << 20].into())?; // copied into a memory file
+    ///     assert_eq!(b.recv()?[1000], 7); // dropped at once: the file is free again
+    /// }
+    /// let after = PodVec::<u8>::kept_stats();
+    /// // The first send made a file (unless one was kept already), the next ones reused it.
+    /// assert!(after.reused >= before.reused + 2);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn kept_stats() -> KeptStats {
+        cache::stats()
+    }
+
+    /// Bounds what this process keeps for reuse: at most `max_segments` memory files and
+    /// `max_bytes` bytes (by default 8 and 1 GiB); what is over the new bounds is released at
+    /// once. `0` keeps nothing: every large vector sent then goes in a fresh memory file. A
+    /// forked child inherits the bounds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use multiproc::PodVec;
+    ///
+    /// PodVec::<f64>::set_kept_limits(256 << 20, 2);
+    /// let s = PodVec::<f64>::kept_stats();
+    /// assert_eq!((s.max_bytes, s.max_segments), (256 << 20, 2));
+    /// assert!(s.kept <= 2);
+    /// ```
+    pub fn set_kept_limits(max_bytes: usize, max_segments: usize) {
+        cache::set_limits(max_bytes, max_segments);
     }
 
     /// The elements as a `Vec` (a copy if they live in a received mapping).
@@ -176,137 +239,8 @@ impl<T: Pod> Drop for PodVec<T> {
             std::mem::replace(&mut self.inner, PodInner::Heap(Vec::new()))
         {
             // Moved into a message: away; else ours alone: free.
-            recycled::put(seg, *self.given.get_mut());
+            cache::release(seg, *self.given.get_mut());
         }
-    }
-}
-
-/// The shared segments of [`PodVec`]s this process has used, kept mapped for reuse, so that
-/// vectors going back and forth cost no fresh pages and no new mappings:
-/// - **free** segments: received, then dropped here. This process is their only user; the next
-///   `PodVec` of the same type and length it sends is copied into one (warm pages) instead of a
-///   fresh one.
-/// - **away** segments: sent (their descriptor went with a message). Another process owns them
-///   now; this process keeps the mapping but never touches it, until the same segment comes back
-///   in a message: it is then used as is (no new mapping).
-///
-/// A forked child inherits the pool but never uses it (the pid differs): it drops its copies.
-pub(super) mod recycled {
-    use std::os::fd::{AsFd, BorrowedFd};
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use crate::fork::{ForkHook, register_fork_hook};
-    use crate::shm::segment::{DATA_OFFSET, Segment, Tag};
-    use crate::sys;
-
-    /// At most this many segments...
-    const MAX_SEGMENTS: usize = 4;
-    /// ...and this many bytes are kept.
-    const MAX_BYTES: usize = 1 << 30;
-
-    struct Entry {
-        bytes: usize,
-        /// The memory file's inode: names the segment when it comes back.
-        ino: u64,
-        away: bool,
-        seg: Segment,
-    }
-
-    struct Pool {
-        pid: i32,
-        entries: Vec<Entry>,
-    }
-
-    static POOL: Mutex<Pool> = Mutex::new(Pool {
-        pid: 0,
-        entries: Vec::new(),
-    });
-
-    /// Holds the kept segments' lock across every fork, so that the child never inherits it held
-    /// by another thread (the child then forgets the parent's segments). Registered before the
-    /// lock's first use.
-    static FORK_HOOK: ForkHook = ForkHook {
-        prepare: || Some(Box::new(POOL.lock().unwrap_or_else(|e| e.into_inner()))),
-        parent: |_| {},
-        child: || {},
-    };
-
-    fn with<R>(f: impl FnOnce(&mut Vec<Entry>) -> R) -> R {
-        static HOOKED: AtomicBool = AtomicBool::new(false);
-        if !HOOKED.load(Ordering::SeqCst) {
-            register_fork_hook(&FORK_HOOK);
-            HOOKED.store(true, Ordering::SeqCst);
-        }
-        let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        let me = sys::getpid().as_raw();
-        if p.pid != me {
-            // Inherited from the parent: not ours to use.
-            p.entries.clear();
-            p.pid = me;
-        }
-        f(&mut p.entries)
-    }
-
-    fn tag(seg: &Segment) -> (u64, u64, u64) {
-        // SAFETY: every segment starts with a tag written before it was first shared.
-        let t = unsafe { seg.map.as_ptr().cast::<Tag>().read() };
-        (t.kind, t.elem_size, t.len)
-    }
-
-    /// A free segment made for `len` elements of `elem_size` bytes of type `kind`.
-    pub(super) fn take(kind: u64, elem_size: usize, len: usize) -> Option<Segment> {
-        let want = (kind, elem_size as u64, len as u64);
-        with(|entries| {
-            let i = entries
-                .iter()
-                .position(|e| !e.away && tag(&e.seg) == want)?;
-            Some(entries.remove(i).seg)
-        })
-    }
-
-    /// The away segment whose memory file is `fd`, now back in this process.
-    pub(super) fn claim(fd: BorrowedFd<'_>) -> Option<Segment> {
-        let ino = sys::mem::fd_inode(fd).ok()?;
-        with(|entries| {
-            let i = entries.iter().position(|e| e.away && e.ino == ino)?;
-            Some(entries.remove(i).seg)
-        })
-    }
-
-    /// Drops every kept segment.
-    pub(super) fn clear() {
-        let all = with(std::mem::take);
-        drop(all);
-    }
-
-    /// Keeps `seg`: free (`away == false`, this process is its only user) or away (it was sent
-    /// and this process must not touch it). Drops the oldest kept ones over the limits.
-    pub(super) fn put(seg: Segment, away: bool) {
-        let (_, elem_size, len) = tag(&seg);
-        let bytes = (elem_size * len) as usize + DATA_OFFSET;
-        if bytes > MAX_BYTES {
-            return;
-        }
-        let Ok(ino) = sys::mem::fd_inode(seg.fd.as_fd()) else {
-            return;
-        };
-        let dropped = with(|entries| {
-            entries.push(Entry {
-                bytes,
-                ino,
-                away,
-                seg,
-            });
-            let mut dropped = Vec::new();
-            while entries.len() > MAX_SEGMENTS
-                || entries.iter().map(|e| e.bytes).sum::<usize>() > MAX_BYTES
-            {
-                dropped.push(entries.remove(0));
-            }
-            dropped
-        });
-        drop(dropped); // unmapped outside the lock
     }
 }
 
@@ -339,21 +273,18 @@ impl<T: Pod> Serialize for PodVec<T> {
         } else if bytes.len() >= POD_VEC_INLINE_MAX && fdpass::can_attach() {
             let kind = kind_of::<PodVec<T>>();
             let size = std::mem::size_of::<T>();
-            let seg = match recycled::take(kind, size, self.len()) {
-                Some(seg) => seg,
-                None => Segment::create_with(kind, size, self.len(), true, |_: *mut ()| Ok(()))
-                    .map_err(ser::Error::custom)?,
-            };
-            // SAFETY: the segment has room for exactly `bytes.len()` bytes of data, and this
-            // process is its only user (fresh, or recycled: received, then dropped here).
+            let seg = cache::acquire(kind, size, self.len()).map_err(ser::Error::custom)?;
+            // SAFETY: the segment has room for at least `bytes.len()` bytes of data (its tag
+            // says `self.len()` elements), and this process holds it: its owner word is our
+            // token, so no other process reads or writes it until it is received.
             unsafe {
                 std::ptr::copy_nonoverlapping(bytes.as_ptr(), seg.data(), bytes.len());
             }
-            // The descriptor goes with the message: the receiver will be the segment's only
-            // user; we keep the mapping, untouched, in case the segment comes back.
+            // The descriptor goes with the message: the receiver becomes the segment's owner;
+            // we keep the mapping, untouched, for when it is free again or comes back.
             let index = fdpass::attach(seg.fd.try_clone().map_err(ser::Error::custom)?)
                 .map_err(ser::Error::custom)?;
-            recycled::put(seg, true);
+            cache::keep(seg);
             t.serialize_element(&POD_FD)?;
             t.serialize_element(&index)?;
         } else {
@@ -427,13 +358,8 @@ impl<'de, T: Pod> Deserialize<'de> for PodVec<T> {
                             .ok_or_else(|| de::Error::invalid_length(1, &self))?;
                         let fd = fdpass::take(index).map_err(de::Error::custom)?;
                         let (kind, size) = (kind_of::<PodVec<T>>(), std::mem::size_of::<T>());
-                        let (seg, len) = match recycled::claim(fd.as_fd()) {
-                            // One of ours, back: its mapping is still here.
-                            Some(seg) => seg.check(kind, size).map_err(de::Error::custom)?,
-                            None => {
-                                Segment::open(fd, kind, size, true).map_err(de::Error::custom)?
-                            }
-                        };
+                        let (seg, len) =
+                            cache::received(fd, kind, size).map_err(de::Error::custom)?;
                         Ok(PodVec {
                             inner: PodInner::Mapped { seg, len },
                             given: AtomicBool::new(false),

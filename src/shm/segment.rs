@@ -23,6 +23,11 @@ use crate::sys::mem::{self, SharedMapping};
 pub(crate) const DATA_OFFSET: usize = 4096;
 pub(super) const CONTROL_OFFSET: usize = 64;
 pub(super) const MAGIC: u64 = u64::from_le_bytes(*b"mprocshm");
+/// Where a [`PodVec`](super::PodVec) segment keeps the token of the process whose vector uses
+/// it (0: none), after the [`Tag`]; see [`cache`](super::cache).
+const OWNER_OFFSET: usize = 48;
+const _: () = assert!(std::mem::size_of::<Tag>() <= OWNER_OFFSET);
+const _: () = assert!(OWNER_OFFSET + 8 <= CONTROL_OFFSET);
 
 #[repr(C)]
 pub(super) struct Tag {
@@ -107,9 +112,91 @@ impl Segment {
         Ok(seg)
     }
 
+    /// A new segment for a [`PodVec`](super::PodVec) of `len` elements of type `kind`, with room
+    /// for `capacity` bytes of elements (at least `len * elem_size`; the cache rounds sizes up
+    /// so that a segment serves vectors of nearby lengths). Its pages are faulted in (and huge
+    /// where the kernel allows), since the vector is about to be copied in whole.
+    pub(crate) fn create_pod(
+        kind: u64,
+        elem_size: usize,
+        len: usize,
+        capacity: usize,
+    ) -> Result<Self> {
+        let too_big = || Error::invalid_arg("len", len, "the array's size overflows usize");
+        let need = len.checked_mul(elem_size).ok_or_else(too_big)?;
+        let bytes = capacity
+            .max(need)
+            .checked_add(DATA_OFFSET)
+            .ok_or_else(too_big)?;
+        let fd = mem::memfd(bytes)?;
+        let map = SharedMapping::from_fd_prefaulted(fd.as_fd(), bytes, true)?;
+        let seg = Segment {
+            fd,
+            map,
+            id: new_id(),
+        };
+        // SAFETY: the mapping is fresh, page-aligned and longer than DATA_OFFSET; no other
+        // process maps it yet.
+        unsafe {
+            seg.map.as_ptr().cast::<Tag>().write(Tag {
+                magic: MAGIC,
+                kind,
+                elem_size: elem_size as u64,
+                len: len as u64,
+                id: seg.id,
+            })
+        };
+        Ok(seg)
+    }
+
+    /// Bytes of elements the segment has room for.
+    pub(crate) fn capacity(&self) -> usize {
+        self.map.len() - DATA_OFFSET
+    }
+
+    /// The word naming the process whose vector uses this segment (0: none): changed only with
+    /// atomic operations, by every process that maps the segment.
+    pub(crate) fn owner(&self) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: the word lies inside the mapping (OWNER_OFFSET + 8 <= DATA_OFFSET), is 8-aligned
+        // (the mapping is page-aligned), any bit pattern is a valid AtomicU64, and every process
+        // accesses it only atomically. The reference borrows `self`, so the mapping outlives it.
+        unsafe {
+            &*self
+                .map
+                .as_ptr()
+                .add(OWNER_OFFSET)
+                .cast::<std::sync::atomic::AtomicU64>()
+        }
+    }
+
+    /// Rewrites the tag for `len` elements of type `kind` (a kept segment reused for another
+    /// vector); `false` (nothing changed) when they do not fit in its capacity.
+    ///
+    /// The caller must hold the segment: its owner word is this process's token, so no other
+    /// process reads or writes it until it is sent.
+    pub(crate) fn retag(&self, kind: u64, elem_size: usize, len: usize) -> bool {
+        if len
+            .checked_mul(elem_size)
+            .is_none_or(|b| b > self.capacity())
+        {
+            return false;
+        }
+        let tag = self.map.as_ptr().cast::<Tag>();
+        // SAFETY: the tag lies at the start of the mapping; the caller holds the segment, so no
+        // other process touches it while it is written.
+        unsafe {
+            (*tag).kind = kind;
+            (*tag).elem_size = elem_size as u64;
+            (*tag).len = len as u64;
+        }
+        true
+    }
+
     /// Maps a segment received as a descriptor, checking that it was made by [`create`](Self::create) with the
     /// same `kind` and `elem_size`. Returns it and its length in elements.
-    /// With `populate`, every page is mapped at once (for a receiver that reads it all).
+    /// With `populate`, every page is mapped at once (for a receiver that reads it all), and huge
+    /// pages are asked for where the kernel gives them. The file may be larger than the
+    /// elements (a segment reused for a shorter vector).
     pub(crate) fn open(
         fd: OwnedFd,
         kind: u64,
@@ -128,7 +215,11 @@ impl Segment {
         if size < DATA_OFFSET {
             return Err(bad("too small to be a multiproc segment"));
         }
-        let map = SharedMapping::from_fd(fd.as_fd(), size, populate)?;
+        let map = if populate {
+            SharedMapping::from_fd_prefaulted(fd.as_fd(), size, false)?
+        } else {
+            SharedMapping::from_fd(fd.as_fd(), size, false)?
+        };
         // SAFETY: the mapping is at least DATA_OFFSET bytes and page-aligned; the tag is plain
         // integers written once before the segment was shared.
         let tag = unsafe { map.as_ptr().cast::<Tag>().read() };
@@ -139,9 +230,9 @@ impl Segment {
         if len
             .checked_mul(elem_size)
             .and_then(|b| b.checked_add(DATA_OFFSET))
-            != Some(size)
+            .is_none_or(|need| need > size)
         {
-            return Err(bad("its size does not match its length"));
+            return Err(bad("its length does not fit in its size"));
         }
         Ok((
             Segment {
@@ -165,7 +256,12 @@ impl Segment {
             ));
         }
         let len = usize::try_from(len)
-            .map_err(|_| Error::invalid_arg("descriptor", "received segment", "bad length"))?;
+            .ok()
+            .filter(|&n| {
+                n.checked_mul(elem_size)
+                    .is_some_and(|b| b <= self.capacity())
+            })
+            .ok_or_else(|| Error::invalid_arg("descriptor", "received segment", "bad length"))?;
         Ok((self, len))
     }
 

@@ -122,9 +122,26 @@ impl SharedMapping {
         })
     }
 
+    /// Maps the file `fd` like [`from_fd`](SharedMapping::from_fd), then asks for huge pages
+    /// where the kernel gives them ([`advise_huge`](SharedMapping::advise_huge)) and faults every
+    /// page in at once ([`prefault`](SharedMapping::prefault)): `write` for a fresh file about
+    /// to be filled, reading for one whose pages exist (a received segment). Either way, using
+    /// the mapping afterwards takes no page fault.
+    pub(crate) fn from_fd_prefaulted(fd: BorrowedFd<'_>, len: usize, write: bool) -> Result<Self> {
+        let map = Self::from_fd(fd, len, false)?;
+        map.advise_huge();
+        map.prefault(write);
+        Ok(map)
+    }
+
     /// The first byte of the mapping.
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
+    }
+
+    /// The length of the mapping in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
     }
 }
 
@@ -253,9 +270,17 @@ pub(crate) fn fd_size(fd: BorrowedFd<'_>) -> Result<usize> {
 
 /// The inode number of the file `fd`: names a memory file while any descriptor or mapping of it
 /// lives.
+#[cfg(test)]
 pub(crate) fn fd_inode(fd: BorrowedFd<'_>) -> Result<u64> {
     let st = nix::sys::stat::fstat(fd).map_err(|e| Error::io("fstat", e))?;
     Ok(st.st_ino)
+}
+
+/// The device and inode numbers of the file `fd`: name a file while any descriptor or mapping
+/// of it lives (a memory file received twice has the same identity both times).
+pub(crate) fn fd_identity(fd: BorrowedFd<'_>) -> Result<(u64, u64)> {
+    let st = nix::sys::stat::fstat(fd).map_err(|e| Error::io("fstat", e))?;
+    Ok((st.st_dev, st.st_ino))
 }
 
 /// The size of a memory page.

@@ -7,6 +7,7 @@ pub(crate) mod early;
 pub(crate) mod futex;
 pub(crate) mod lineage;
 pub(crate) mod mem;
+pub(crate) mod prefault;
 pub(crate) mod socket;
 
 use std::fs;
