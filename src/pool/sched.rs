@@ -54,6 +54,9 @@ const GRACE: Duration = Duration::from_millis(100);
 /// How long the pipeline of one worker should be, in task time.
 const PIPE_NS: f64 = 2_000_000.0;
 const MAX_DEPTH: usize = 512;
+/// The most tasks in flight over all workers: a pool of 128 workers does not buffer 128 × 512
+/// tasks (the parent's memory, which every later fork copies the page tables of, grows with it).
+const MAX_IN_FLIGHT: usize = 16_384;
 
 /// The pool's settings, fixed at build time.
 pub(crate) struct Config {
@@ -514,7 +517,8 @@ impl Scheduler {
     }
 
     fn depth(&self) -> usize {
-        ((PIPE_NS / self.ema_ns.max(1.0)) as usize).clamp(2, MAX_DEPTH)
+        let share = (MAX_IN_FLIGHT / self.live.max(1)).max(2);
+        ((PIPE_NS / self.ema_ns.max(1.0)) as usize).clamp(2, MAX_DEPTH.min(share))
     }
 
     /// Hands the pending tasks to the workers, each to one with the fewest in flight (at most
