@@ -378,10 +378,42 @@ fn scale_once(n: usize, method: multiproc::StartMethod) -> (f64, f64) {
     (start, rate)
 }
 
+/// Length of the idle row's window.
+const IDLE_SECS: u64 = 10;
+
+/// utime + stime of `pid` in clock ticks (10 ms), from `/proc/<pid>/stat`.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}
+
+/// CPU used by a warm 128-worker pool (its workers and this process) left idle for
+/// [`IDLE_SECS`]: (ms, percent of one core).
+fn idle_cpu(method: multiproc::StartMethod) -> (f64, f64) {
+    let pool = Pool::builder()
+        .processes(128)
+        .start_method(method)
+        .build()
+        .unwrap();
+    pool.map(sq, 0..1000u64).unwrap();
+    let mut pids = pool.pids();
+    pids.push(std::process::id() as i32);
+    let before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+    std::thread::sleep(Duration::from_secs(IDLE_SECS));
+    let after: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+    pool.close();
+    pool.join().unwrap();
+    let ms = (after - before) as f64 * 10.0;
+    (ms, ms / (IDLE_SECS as f64 * 1e3) * 100.0)
+}
+
 /// The scale rows: pool start per worker and chunksize-1 map throughput at 2/8/32/128 workers,
-/// under both start methods, 3 repetitions (median and range), then CPython's `Pool` at the
-/// same counts (`benches/py/peer.py scale`), and each count's throughput as a share of 2
-/// workers'.
+/// under both start methods, 3 repetitions (median and range); the CPU a warm 128-worker pool
+/// uses while idle for 10 s; then CPython's `Pool` at the same counts
+/// (`benches/py/peer.py scale`), and each count's throughput as a share of 2 workers'.
 fn bench_scale() {
     let counts: Vec<usize> = std::env::var("MULTIPROC_SCALE_WORKERS")
         .ok()
@@ -422,6 +454,12 @@ fn bench_scale() {
                 "| {label} | {n} | {s:.3} [{s0:.3}–{s1:.3}] | {r:.2} [{r0:.2}–{r1:.2}] | {share} |"
             );
         }
+    }
+    for (label, m) in methods {
+        let (ms, share) = idle_cpu(m);
+        println!(
+            "| {label} | 128 idle for {IDLE_SECS} s | CPU of the workers and the parent: {ms:.0} ms ({share:.3}% of one core) | – | – |"
+        );
     }
     if std::env::var("MULTIPROC_BENCH_PY").is_ok_and(|v| v == "0") {
         return;
