@@ -3,6 +3,10 @@
 //!
 //! `cargo bench --bench pool -- --warm-up-time 1 --measurement-time 3`
 //!
+//! Pools at scale (2/8/32/128 workers, both start methods, and the CPython peer at the same
+//! counts), timed by hand, 3 repetitions each: `cargo bench --bench pool -- scale`
+//! (`MULTIPROC_SCALE_WORKERS=2,128` picks the counts; see [`bench_scale`]).
+//!
 //! Criterion measures (1)–(4) and the raw limits; (5), the CPU-bound speed-up, is timed by hand
 //! (2 alternating repetitions of 200 × ~10 ms). Then `python3 benches/py/peer.py pool` runs
 //! (skip it with `MULTIPROC_BENCH_PY=0`) and a table of ratios is printed.
@@ -363,7 +367,155 @@ fn python() -> HashMap<String, f64> {
     out
 }
 
+/// Worker counts of the scale rows.
+const SCALE_WORKERS: [usize; 4] = [2, 8, 32, 128];
+/// Inputs of the scale rows' chunksize-1 map.
+const SCALE_MAP: u64 = 200_000;
+
+/// One repetition at `n` workers: (pool start per worker, chunksize-1 map throughput). Pool
+/// start is `build` plus a first map of `n` inputs with chunksize 1 (every worker answers
+/// once); the map of [`SCALE_MAP`] inputs runs on that pool; close and join are not timed.
+fn scale_once(n: usize, method: multiproc::StartMethod) -> (f64, f64) {
+    let want: u64 = (0..SCALE_MAP).map(sq).sum();
+    let t = Instant::now();
+    let pool = Pool::builder()
+        .processes(n)
+        .chunksize(1)
+        .start_method(method)
+        .build()
+        .unwrap();
+    let first = pool.map(sq, 0..n as u64).unwrap();
+    let start = t.elapsed().as_secs_f64() / n as f64;
+    assert_eq!(first.len(), n);
+    let t = Instant::now();
+    let r = pool.map(sq, 0..SCALE_MAP).unwrap();
+    let rate = SCALE_MAP as f64 / t.elapsed().as_secs_f64();
+    assert_eq!(r.iter().sum::<u64>(), want);
+    pool.close();
+    pool.join().unwrap();
+    (start, rate)
+}
+
+/// Length of the idle row's window.
+const IDLE_SECS: u64 = 10;
+
+/// utime + stime of `pid` in clock ticks (10 ms), from `/proc/<pid>/stat`.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}
+
+/// CPU used by a warm 128-worker pool (its workers and this process) left idle for
+/// [`IDLE_SECS`]: (ms, percent of one core).
+fn idle_cpu(method: multiproc::StartMethod) -> (f64, f64) {
+    let pool = Pool::builder()
+        .processes(128)
+        .start_method(method)
+        .build()
+        .unwrap();
+    pool.map(sq, 0..1000u64).unwrap();
+    let mut pids = pool.pids();
+    pids.push(std::process::id() as i32);
+    let before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+    std::thread::sleep(Duration::from_secs(IDLE_SECS));
+    let after: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+    pool.close();
+    pool.join().unwrap();
+    let ms = (after - before) as f64 * 10.0;
+    (ms, ms / (IDLE_SECS as f64 * 1e3) * 100.0)
+}
+
+/// The scale rows: pool start per worker and chunksize-1 map throughput at 2/8/32/128 workers,
+/// under both start methods, 3 repetitions (median and range); the CPU a warm 128-worker pool
+/// uses while idle for 10 s; then CPython's `Pool` at the same counts
+/// (`benches/py/peer.py scale`), and each count's throughput as a share of 2 workers'.
+fn bench_scale() {
+    let counts: Vec<usize> = std::env::var("MULTIPROC_SCALE_WORKERS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| SCALE_WORKERS.to_vec());
+    let methods = [
+        ("Fork", multiproc::StartMethod::Fork),
+        ("ForkServer", multiproc::StartMethod::ForkServer),
+    ];
+    // Warm up (and start the fork server) outside the figures.
+    for (_, m) in methods {
+        scale_once(2, m);
+    }
+    let spread = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    println!(
+        "| method | workers | start per worker, ms (median [min–max]) | map 200k chunksize 1, M/s | vs its 2 workers |"
+    );
+    println!("|---|---|---|---|---|");
+    for (label, m) in methods {
+        let mut base = None;
+        for &n in &counts {
+            let (mut starts, mut rates) = (Vec::new(), Vec::new());
+            for _ in 0..3 {
+                let (s, r) = scale_once(n, m);
+                starts.push(s * 1e3);
+                rates.push(r / 1e6);
+            }
+            let (s, s0, s1) = spread(&mut starts);
+            let (r, r0, r1) = spread(&mut rates);
+            let share = base.map_or(String::from("–"), |b: f64| {
+                format!("{:.0}%", 100.0 * r / b)
+            });
+            base.get_or_insert(r);
+            println!(
+                "| {label} | {n} | {s:.3} [{s0:.3}–{s1:.3}] | {r:.2} [{r0:.2}–{r1:.2}] | {share} |"
+            );
+        }
+    }
+    for (label, m) in methods {
+        let (ms, share) = idle_cpu(m);
+        println!(
+            "| {label} | 128 idle for {IDLE_SECS} s | CPU of the workers and the parent: {ms:.0} ms ({share:.3}% of one core) | – | – |"
+        );
+    }
+    if std::env::var("MULTIPROC_BENCH_PY").is_ok_and(|v| v == "0") {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/py/peer.py");
+    let arg: Vec<String> = counts.iter().map(|n| n.to_string()).collect();
+    let Ok(o) = std::process::Command::new("python3")
+        .args([script, "scale", "--workers"])
+        .args(&arg)
+        .output()
+    else {
+        eprintln!("python3 not available: no CPython rows");
+        return;
+    };
+    let mut base = None;
+    for &n in &counts {
+        let get = |name: String| {
+            String::from_utf8_lossy(&o.stdout).lines().find_map(|l| {
+                let rest = &l[l.find(&format!("\"{name}\""))?..];
+                let v = &rest[rest.find("\"value\":")? + 8..];
+                v[..v.find(',')?].trim().parse::<f64>().ok()
+            })
+        };
+        let s = get(format!("scale_start_per_worker_w{n}")).unwrap_or(f64::NAN);
+        let r = get(format!("scale_map_200k_chunk1_w{n}")).unwrap_or(f64::NAN) / 1e6;
+        let share = base.map_or(String::from("–"), |b: f64| {
+            format!("{:.0}%", 100.0 * r / b)
+        });
+        base.get_or_insert(r);
+        println!("| CPython fork | {n} | {s:.3} | {r:.3} | {share} |");
+    }
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "scale") {
+        bench_scale();
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     bench_rust(&mut c);
     let full = std::env::args().any(|a| a == "--bench");

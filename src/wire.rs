@@ -89,6 +89,11 @@ pub(crate) fn write_frame(fd: BorrowedFd<'_>, body: &[u8]) -> Result<()> {
 /// Frames larger than this are read straight into their own buffer.
 const BIG: usize = 1 << 16;
 const READ_CHUNK: usize = 1 << 16;
+/// The first receive of a [`FrameBuf`] asks for this much; each receive that fills its room
+/// doubles it, up to [`READ_CHUNK`]. A pool of 128 workers has 128 readers in the parent and
+/// one in each worker: starting at [`READ_CHUNK`] zeroed 64 KiB in each (8 MiB in the parent,
+/// and every later fork copies its page tables).
+const FIRST_CHUNK: usize = 1 << 12;
 
 /// A received frame body: `buf[start..]`.
 #[derive(Debug)]
@@ -133,6 +138,8 @@ pub(crate) struct FrameBuf {
     end: usize,
     fds: VecDeque<OwnedFd>,
     space: Vec<u8>,
+    /// How much one receive asks for (see [`FIRST_CHUNK`]).
+    chunk: usize,
 }
 
 impl Default for FrameBuf {
@@ -143,6 +150,7 @@ impl Default for FrameBuf {
             end: 0,
             fds: VecDeque::new(),
             space: sys::socket::fd_space(),
+            chunk: FIRST_CHUNK,
         }
     }
 }
@@ -192,7 +200,7 @@ impl FrameBuf {
                 if self.pos > 4 * READ_CHUNK {
                     self.compact();
                 }
-                READ_CHUNK
+                self.chunk
             }
         };
         if self.buf.len() < self.end + want {
@@ -214,6 +222,9 @@ impl FrameBuf {
         )?;
         if let Some(n) = r {
             self.end += n;
+            if n == want && self.chunk < READ_CHUNK {
+                self.chunk *= 2;
+            }
         }
         Ok(r)
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPython `multiprocessing` peer benchmarks for the `multiproc` crate.
 
-Usage:  python3 benches/py/peer.py {foundation|pool|shm|all} [--quick] [--cpu-iters N]
+Usage:  python3 benches/py/peer.py {foundation|pool|shm|scale|all} [--quick] [--cpu-iters N]
 
 stdout: one JSON object per line, exactly
     {"group": str, "name": str, "value": float, "unit": str, "iters": int}
@@ -623,8 +623,45 @@ def group_shm(cfg):
 
 
 # --------------------------------------------------------------------------
+# GROUP scale: pools of 2/8/32/128 workers
 
-GROUPS = {"foundation": group_foundation, "pool": group_pool, "shm": group_shm}
+SCALE_WORKERS = (2, 8, 32, 128)
+
+
+def group_scale(cfg):
+    """Per worker count: pool start (Pool(n) + a first map of n inputs, chunksize 1, so every
+    worker answers once), per worker; then a map of 200k inputs, chunksize 1, on that pool."""
+    G = "scale"
+    n_map = 20_000 if cfg.quick else 200_000
+    want = sum(x * x for x in range(n_map))
+    reps = 3
+    workers = cfg.workers or SCALE_WORKERS
+    for w in workers:
+        starts, maps = [], []
+        for _ in range(reps):
+            t0 = now()
+            p = CTX.Pool(w)
+            r = p.map(sq, range(w), 1)
+            t1 = now()
+            check(r == [x * x for x in range(w)], f"scale start {w}: bad result")
+            starts.append(t1 - t0)
+            t0 = now()
+            r = p.map(sq, range(n_map), 1)
+            t1 = now()
+            check(len(r) == n_map and sum(r) == want, f"scale map {w}: wrong result")
+            maps.append(t1 - t0)
+            p.close()
+            p.join()
+        log(f"  scale w={w}: start {['%.1f ms' % (t * 1e3) for t in starts]}  "
+            f"map {['%.0f/s' % (n_map / t) for t in maps]}")
+        emit(G, f"scale_start_per_worker_w{w}", statistics.median(starts) / w * 1e3, "ms", w)
+        emit(G, f"scale_map_200k_chunk1_w{w}", n_map / statistics.median(maps), "tasks/s", n_map)
+
+
+# --------------------------------------------------------------------------
+
+GROUPS = {"foundation": group_foundation, "pool": group_pool, "shm": group_shm,
+          "scale": group_scale}
 
 
 def main(argv):
@@ -635,10 +672,12 @@ def main(argv):
     ap.add_argument("--cpu-iters", type=int, default=0,
                     help="fix the loop count of the ~10 ms CPU task "
                          "(default: calibrate once at start-up)")
+    ap.add_argument("--workers", type=int, nargs="*", default=None,
+                    help="scale group: the worker counts (default 2 8 32 128)")
     cfg = ap.parse_args(argv)
     cfg.reps = 3 if cfg.quick else 5
     cfg.warmup = 1
-    groups = sorted(GROUPS) if cfg.group == "all" else [cfg.group]
+    groups = sorted(set(GROUPS) - {"scale"}) if cfg.group == "all" else [cfg.group]
     for g in groups:
         log(f"[peer.py] group {g} (quick={cfg.quick}, pid {os.getpid()}, "
             f"python {sys.version.split()[0]}, start method fork, "

@@ -2,9 +2,17 @@
 //!
 //! It knows no types: tasks are encoded inputs, results are encoded outcomes. It keeps a queue of
 //! pending tasks, hands them to workers with several in flight per worker (pipelining; the depth
-//! adapts to the observed task time), polls every worker's socket and death descriptor, and turns
-//! a worker's death or an overdue task into per-input errors, re-queueing the innocent inputs and
-//! replacing the worker. Nothing here blocks except `poll`, and no helper thread exists.
+//! adapts to the observed task time), watches every worker's socket and death descriptor, and
+//! turns a worker's death or an overdue task into per-input errors, re-queueing the innocent
+//! inputs and replacing the worker. Nothing here blocks except the wait for readiness, and no
+//! helper thread exists.
+//!
+//! Cost per task and per wake-up is flat in the number of workers (a node-sized pool has
+//! 64–192): the descriptors sit in one `epoll` set, registered when a worker starts, so a wake-up
+//! costs what is ready, not what is watched; tasks are handed out by water-filling (each goes to
+//! a worker with the fewest in flight) from one sorted pass over the workers per wake-up, not per
+//! task; and the parent spins before it sleeps only when the pool has no more workers than the
+//! machine has CPUs (spinning beside more runnable workers than CPUs takes the CPU they need).
 //!
 //! It does not know how workers are started: it holds a [`Starter`] (fork, fork server, ...) and
 //! sees each worker through the small [`Worker`] handle (pid, death descriptor, signal, exit
@@ -12,7 +20,7 @@
 //! worker fail and which run again is decided by the pure function [`settle`] (`super::settle`).
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +28,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
+use crate::sys::epoll::{Epoll, Ready};
 use crate::sys::{self, ExitStatus, Interest, Pid};
 
 use super::fnref::FnRef;
@@ -31,6 +40,30 @@ use super::worker::{self, IDLE, Progress};
 use crate::fdpass::{self, FdTable};
 
 pub(crate) type JobId = u64;
+
+/// Hashes a [`JobId`] with one multiplication: job ids are small counters of our own (no
+/// untrusted keys), and a job is looked up several times per task (SipHash was 5% of the
+/// parent's time in a chunksize-1 map).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct JobHasher(u64);
+
+impl std::hash::Hasher for JobHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type Jobs = HashMap<JobId, Job, std::hash::BuildHasherDefault<JobHasher>>;
 /// Work to run in the parent after the pool's lock is released (user callbacks).
 pub(crate) type Deferred = Box<dyn FnOnce() + Send>;
 /// Receives a job's events as they happen; returns `true` when the job is complete.
@@ -45,6 +78,9 @@ const GRACE: Duration = Duration::from_millis(100);
 /// How long the pipeline of one worker should be, in task time.
 const PIPE_NS: f64 = 2_000_000.0;
 const MAX_DEPTH: usize = 512;
+/// The most tasks in flight over all workers: a pool of 128 workers does not buffer 128 × 512
+/// tasks (the parent's memory, which every later fork copies the page tables of, grows with it).
+const MAX_IN_FLIGHT: usize = 16_384;
 
 /// The pool's settings, fixed at build time.
 pub(crate) struct Config {
@@ -158,6 +194,11 @@ struct Kill {
 
 struct Slot {
     pid: Pid,
+    /// This worker's generation in its slot index (part of its epoll tokens, so that a late
+    /// event of a replaced worker is not taken for its successor's).
+    generation: u32,
+    /// Whether the socket is watched for writing.
+    out_armed: bool,
     worker: Box<dyn Worker>,
     link: Link,
     inflight: VecDeque<(u64, Task)>,
@@ -168,9 +209,11 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(worker: Box<dyn Worker>, link: Link) -> Slot {
+    fn new(worker: Box<dyn Worker>, link: Link, generation: u32) -> Slot {
         Slot {
             pid: worker.pid(),
+            generation,
+            out_armed: false,
             worker,
             link,
             inflight: VecDeque::new(),
@@ -190,7 +233,7 @@ pub(crate) struct Scheduler {
     progress: Arc<Progress>,
     slots: Vec<Option<Slot>>,
     pending: VecDeque<Task>,
-    jobs: HashMap<JobId, Job>,
+    jobs: Jobs,
     next_job: JobId,
     next_seq: u64,
     ema_ns: f64,
@@ -201,6 +244,36 @@ pub(crate) struct Scheduler {
     stopped: bool,
     /// A large encode buffer whose task is done, for the next large task.
     spare: Vec<u8>,
+    /// The workers' sockets and death descriptors (see [`token`]).
+    ep: Epoll,
+    /// The last generation given to a worker (see [`Slot::generation`]).
+    gens: u32,
+    /// How many slots hold a worker.
+    live: usize,
+    /// Whether the parent spins briefly before it sleeps (see [`spins`]).
+    spin: bool,
+    ready: Vec<Ready>,
+}
+
+/// The epoll token of a worker's socket (`death` false) or death descriptor.
+fn token(slot: usize, generation: u32, death: bool) -> u64 {
+    (u64::from(generation) << 32) | ((slot as u64) << 1) | u64::from(death)
+}
+
+/// (slot, generation, death) of a [`token`].
+fn untoken(t: u64) -> (usize, u32, bool) {
+    (
+        ((t & 0xffff_ffff) >> 1) as usize,
+        (t >> 32) as u32,
+        t & 1 == 1,
+    )
+}
+
+/// Whether a pool of `processes` workers should spin (parent and workers) before sleeping: only
+/// when there are no more workers than CPUs this process may use. Beyond that, a spinning
+/// process takes the CPU from a worker (or the parent) that has work.
+pub(crate) fn spins(processes: usize) -> bool {
+    processes <= worker::cpus()
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -223,14 +296,20 @@ impl Scheduler {
         let n = cfg.processes;
         // Read once here, inherited by every forked worker (see `fnref::text_range`).
         let _ = super::fnref::text_range();
+        let spin = spins(n);
         let mut core = Scheduler {
+            ep: Epoll::new()?,
+            gens: 0,
+            live: 0,
+            spin,
+            ready: Vec::new(),
             progress: Arc::new(Progress::new(n)?),
             cfg,
             starter,
             book,
             slots: (0..n).map(|_| None).collect(),
             pending: VecDeque::new(),
-            jobs: HashMap::new(),
+            jobs: Jobs::default(),
             next_job: 1,
             next_seq: 1,
             ema_ns: 1_000_000.0,
@@ -269,13 +348,63 @@ impl Scheduler {
             return Ok(());
         }
         let workers = self.starter.start_many(specs)?;
+        pids.extend(workers.iter().map(|w| w.pid()));
+        drop(pids);
         for (i, (worker, link)) in workers.into_iter().zip(links).enumerate() {
             let pid = worker.pid();
-            pids.push(pid);
-            self.slots[i] = Some(Slot::new(worker, link));
+            self.install(i, worker, link)?;
             super::trace::worker_started(self.book.id, i, pid);
         }
         Ok(())
+    }
+
+    /// Puts a started worker in slot `i` and watches its descriptors. On failure the worker is
+    /// killed and reaped.
+    fn install(&mut self, i: usize, mut worker: Box<dyn Worker>, link: Link) -> Result<()> {
+        self.gens = self.gens.wrapping_add(1);
+        let generation = self.gens;
+        let watched = self
+            .ep
+            .add(link.fd(), token(i, generation, false), false)
+            .and_then(|()| {
+                self.ep
+                    .add(worker.death_fd(), token(i, generation, true), false)
+            });
+        if let Err(e) = watched {
+            self.ep.delete(link.fd());
+            worker.signal(Signal::SIGKILL);
+            let _ = worker.wait();
+            self.forget_pid(worker.pid());
+            return Err(e);
+        }
+        self.slots[i] = Some(Slot::new(worker, link, generation));
+        self.live = self.slots.iter().flatten().count();
+        Ok(())
+    }
+
+    /// Takes the worker out of slot `i` and stops watching its descriptors.
+    fn uninstall(&mut self, i: usize) -> Option<Slot> {
+        let slot = self.slots[i].take()?;
+        self.ep.delete(slot.link.fd());
+        self.ep.delete(slot.worker.death_fd());
+        self.live = self.slots.iter().flatten().count();
+        Some(slot)
+    }
+
+    /// Watches the socket of slot `i` for writing exactly while it has bytes queued.
+    fn sync_out(&mut self, i: usize) {
+        let Some(slot) = self.slots[i].as_mut() else {
+            return;
+        };
+        let want = slot.link.wants_write();
+        if want != slot.out_armed
+            && self
+                .ep
+                .modify(slot.link.fd(), token(i, slot.generation, false), want)
+                .is_ok()
+        {
+            slot.out_armed = want;
+        }
     }
 
     fn spec(&self, i: usize, end: transport::WorkerEnd) -> WorkerSpec {
@@ -298,6 +427,7 @@ impl Scheduler {
             .iter()
             .flatten()
             .flat_map(|s| [s.link.fd().as_raw_fd(), s.worker.death_fd().as_raw_fd()])
+            .chain([self.ep.as_fd().as_raw_fd()])
             .collect();
         let spec = self.spec(i, end);
         let book = self.book.clone();
@@ -309,7 +439,7 @@ impl Scheduler {
         pids.push(worker.pid());
         drop(pids);
         let pid = worker.pid();
-        self.slots[i] = Some(Slot::new(worker, link));
+        self.install(i, worker, link)?;
         super::trace::worker_started(self.book.id, i, pid);
         Ok(())
     }
@@ -383,7 +513,7 @@ impl Scheduler {
 
     /// Whether a lazy feeder should add tasks now.
     pub(crate) fn wants_tasks(&self) -> bool {
-        let live = self.slots.iter().flatten().count().max(1);
+        let live = self.live.max(1);
         self.pending.len() < live * self.depth() + live
     }
 
@@ -411,14 +541,20 @@ impl Scheduler {
     }
 
     fn depth(&self) -> usize {
-        ((PIPE_NS / self.ema_ns.max(1.0)) as usize).clamp(2, MAX_DEPTH)
+        let share = (MAX_IN_FLIGHT / self.live.max(1)).max(2);
+        ((PIPE_NS / self.ema_ns.max(1.0)) as usize).clamp(2, MAX_DEPTH.min(share))
     }
 
+    /// Hands the pending tasks to the workers, each to one with the fewest in flight (at most
+    /// `depth` each), and writes what the sockets take. One sorted pass over the workers per
+    /// call, then constant work per task.
     fn dispatch(&mut self) {
-        let depth = self.depth();
-        let max = self.cfg.max_tasks_per_child.unwrap_or(u64::MAX);
-        while !self.pending.is_empty() {
-            let best = self
+        let mut touched = Vec::new();
+        if !self.pending.is_empty() {
+            let depth = self.depth();
+            let max = self.cfg.max_tasks_per_child.unwrap_or(u64::MAX);
+            // (in flight, slot) of the workers that can take a task, fewest first.
+            let mut open: Vec<(usize, usize)> = self
                 .slots
                 .iter()
                 .enumerate()
@@ -426,41 +562,75 @@ impl Scheduler {
                 .filter(|(_, s)| {
                     s.kill.is_none() && !s.stopping && s.sent < max && s.inflight.len() < depth
                 })
-                .min_by_key(|(_, s)| s.inflight.len())
-                .map(|(i, _)| i);
-            let Some(i) = best else { break };
-            let Some(task) = self.pending.pop_front() else {
-                break;
-            };
-            let Some(job) = self.jobs.get(&task.job) else {
-                continue;
-            };
-            let slot = self.slots[i].as_mut().expect("chosen slot is live");
-            if let Some(ctx) = &job.ctx {
-                if slot.ctx_job != Some(task.job) {
-                    slot.link.queue_ctx(task.job, &ctx.bytes, &ctx.fds);
-                    slot.ctx_job = Some(task.job);
+                .map(|(i, s)| (s.inflight.len(), i))
+                .collect();
+            open.sort_unstable();
+            // Water-filling: `level` is the load of the first `k` workers; each round gives
+            // them one task each, then the workers at the next level join.
+            let mut level = open.first().map_or(depth, |o| o.0);
+            let mut k = 0;
+            'fill: while level < depth {
+                while k < open.len() && open[k].0 <= level {
+                    k += 1;
                 }
+                let mut gave = false;
+                for &(_, i) in &open[..k] {
+                    if self.pending.is_empty() {
+                        break 'fill;
+                    }
+                    if self.slots[i].as_ref().is_some_and(|s| s.sent < max) && self.hand_one(i) {
+                        gave = true;
+                        if touched.last() != Some(&i) {
+                            touched.push(i);
+                        }
+                    }
+                }
+                if !gave && k == open.len() {
+                    break;
+                }
+                level += 1;
             }
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            slot.link.queue_task(
-                seq,
-                job.fn_ref.offset(),
-                task.job,
-                task.items.count(),
-                &task.bytes,
-                &task.fds,
-            );
-            slot.inflight.push_back((seq, task));
-            slot.sent += 1;
+            touched.sort_unstable();
+            touched.dedup();
         }
-        for slot in self.slots.iter_mut().flatten() {
-            if slot.link.wants_write() {
+        for i in touched {
+            if let Some(slot) = self.slots[i].as_mut() {
                 // A failure means the worker is gone; its pidfd will say so.
                 let _ = slot.link.flush();
             }
+            self.sync_out(i);
         }
+    }
+
+    /// Queues the next pending task on the worker in slot `i` (with its job's context first
+    /// when the worker lacks it). `false` when the task's job is gone (the task is dropped).
+    fn hand_one(&mut self, i: usize) -> bool {
+        let Some(task) = self.pending.pop_front() else {
+            return false;
+        };
+        let Some(job) = self.jobs.get(&task.job) else {
+            return false;
+        };
+        let slot = self.slots[i].as_mut().expect("chosen slot is live");
+        if let Some(ctx) = &job.ctx {
+            if slot.ctx_job != Some(task.job) {
+                slot.link.queue_ctx(task.job, &ctx.bytes, &ctx.fds);
+                slot.ctx_job = Some(task.job);
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        slot.link.queue_task(
+            seq,
+            job.fn_ref.offset(),
+            task.job,
+            task.items.count(),
+            &task.bytes,
+            &task.fds,
+        );
+        slot.inflight.push_back((seq, task));
+        slot.sent += 1;
+        true
     }
 
     /// Runs the pool for a while: hands out tasks, then waits until something happens or
@@ -499,52 +669,69 @@ impl Scheduler {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let waiting = self.slots.iter().flatten().any(|s| !s.inflight.is_empty());
+        let waiting = self.spin && self.slots.iter().flatten().any(|s| !s.inflight.is_empty());
         let spin_until = if waiting { now + SPIN } else { now };
-        let ready = loop {
-            let mut fds: Vec<_> = self
-                .slots
-                .iter()
-                .flatten()
-                .flat_map(|s| {
-                    let io = if s.link.wants_write() {
-                        Interest::ReadWrite
-                    } else {
-                        Interest::Read
-                    };
-                    [(s.link.fd(), io), (s.worker.death_fd(), Interest::Read)]
-                })
-                .collect();
-            fds.extend(bell.map(|b| (b, Interest::Read)));
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        loop {
             let spinning = Instant::now() < spin_until;
             let until = if spinning { Some(Instant::now()) } else { wake };
-            let ready = sys::poll_many(&fds, until)?;
-            if !spinning || ready.iter().any(|&(r, w)| r || w) {
-                break ready;
+            match bell {
+                None => self.ep.wait(&mut ready, until)?,
+                Some(bell) => {
+                    // The doorbell is the caller's: wait on the set and on it, then take the
+                    // set's events (a rung bell only ends the wait).
+                    let set = [(self.ep.as_fd(), Interest::Read), (bell, Interest::Read)];
+                    let woke = sys::poll_many(&set, until)?;
+                    if woke[0].0 {
+                        self.ep.wait(&mut ready, Some(Instant::now()))?;
+                    }
+                    if woke[1].0 {
+                        break;
+                    }
+                }
+            }
+            if !spinning || !ready.is_empty() {
+                break;
             }
             // Yield rather than spin hard: if the worker we wait for shares this CPU, it runs.
             std::thread::yield_now();
-        };
-        let live: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| self.slots[i].is_some())
-            .collect();
-        for (k, &i) in live.iter().enumerate() {
-            let (sock_r, sock_w) = ready[2 * k];
-            let (exited, _) = ready[2 * k + 1];
-            if sock_w {
+        }
+        let result = self.handle_ready(&ready);
+        self.ready = ready;
+        result
+    }
+
+    /// Acts on ready descriptors: flushes writable sockets, takes the replies of readable ones,
+    /// and settles workers that ended. Events of a worker already replaced are ignored.
+    fn handle_ready(&mut self, ready: &[Ready]) -> Result<()> {
+        for r in ready {
+            let (i, generation, death) = untoken(r.token);
+            if self
+                .slots
+                .get(i)
+                .and_then(Option::as_ref)
+                .map(|s| s.generation)
+                != Some(generation)
+            {
+                continue;
+            }
+            if death {
+                self.on_exit(i)?;
+                continue;
+            }
+            if r.write {
                 if let Some(s) = self.slots[i].as_mut() {
                     let _ = s.link.flush();
                 }
+                self.sync_out(i);
             }
-            if sock_r {
+            if r.read {
                 let mut replies = Vec::new();
                 let mut slot = self.slots[i].take().expect("live slot");
                 let _ = slot.link.receive(&mut replies);
                 self.handle_replies(&mut slot, replies);
                 self.slots[i] = Some(slot);
-            }
-            if exited {
-                self.on_exit(i)?;
             }
         }
         Ok(())
@@ -556,54 +743,56 @@ impl Scheduler {
                 slot.worker.signal(Signal::SIGKILL);
                 return;
             };
-            let (rseq, event) = match reply {
-                Reply::Done {
-                    seq: rseq,
-                    elapsed_ns,
-                    data,
-                    fds,
-                } => {
-                    let per = elapsed_ns as f64;
-                    self.ema_ns = 0.8 * self.ema_ns + 0.2 * per.max(50.0);
-                    (
-                        rseq,
-                        vec![Event::Done(Done {
-                            items: task.items,
-                            data,
-                            pid: slot.pid.as_raw(),
-                            fds: FdTable::new(fds),
-                        })],
-                    )
-                }
-                Reply::Failed { seq: rseq, message } => (
-                    rseq,
-                    (0..task.items.count() as usize)
-                        .map(|i| Event::Failed {
-                            index: task.items.index(i),
-                            error: Error::InvalidState(format!(
-                                "worker {} could not run {}: {message}",
-                                slot.pid,
-                                task.items.label(i)
-                            )),
-                        })
-                        .collect(),
-                ),
+            let rseq = match &reply {
+                Reply::Done { seq, .. } | Reply::Failed { seq, .. } => *seq,
             };
             if rseq != seq {
                 slot.worker.signal(Signal::SIGKILL);
                 return;
             }
             let job = task.job;
-            if task.bytes.len() > 1 << 20 {
-                if let Ok(mut buf) = Arc::try_unwrap(task.bytes) {
-                    if buf.capacity() > self.spare.capacity() {
-                        buf.clear();
-                        self.spare = buf;
+            match reply {
+                Reply::Done {
+                    elapsed_ns,
+                    data,
+                    fds,
+                    ..
+                } => {
+                    let per = elapsed_ns as f64;
+                    self.ema_ns = 0.8 * self.ema_ns + 0.2 * per.max(50.0);
+                    let done = Done {
+                        items: task.items,
+                        data,
+                        pid: slot.pid.as_raw(),
+                        fds: FdTable::new(fds),
+                    };
+                    self.deliver(job, Event::Done(done));
+                    self.recycle(task.bytes);
+                }
+                Reply::Failed { message, .. } => {
+                    for i in 0..task.items.count() as usize {
+                        let error = Error::InvalidState(format!(
+                            "worker {} could not run {}: {message}",
+                            slot.pid,
+                            task.items.label(i)
+                        ));
+                        let index = task.items.index(i);
+                        self.deliver(job, Event::Failed { index, error });
                     }
+                    self.recycle(task.bytes);
                 }
             }
-            for e in event {
-                self.deliver(job, e);
+        }
+    }
+
+    /// Keeps the buffer of a large finished task for the next large task.
+    fn recycle(&mut self, bytes: Bytes) {
+        if bytes.len() > 1 << 20 {
+            if let Ok(mut buf) = Arc::try_unwrap(bytes) {
+                if buf.capacity() > self.spare.capacity() {
+                    buf.clear();
+                    self.spare = buf;
+                }
             }
         }
     }
@@ -625,7 +814,7 @@ impl Scheduler {
     /// A worker's pidfd became readable: collect its last replies, reap it, settle its tasks,
     /// and start a replacement.
     fn on_exit(&mut self, i: usize) -> Result<()> {
-        let Some(mut slot) = self.slots[i].take() else {
+        let Some(mut slot) = self.uninstall(i) else {
             return Ok(());
         };
         loop {
@@ -877,7 +1066,9 @@ impl Scheduler {
     }
 
     fn reap_all(&mut self) {
-        let mut live: Vec<Slot> = self.slots.iter_mut().filter_map(Option::take).collect();
+        let mut live: Vec<Slot> = (0..self.slots.len())
+            .filter_map(|i| self.uninstall(i))
+            .collect();
         // Kill them all first, then wait: they die together.
         for s in &live {
             s.worker.signal(Signal::SIGKILL);
@@ -891,11 +1082,14 @@ impl Scheduler {
     /// Asks every worker to exit once its queue is empty.
     pub(crate) fn stop_workers(&mut self) {
         self.stopped = true;
-        for slot in self.slots.iter_mut().flatten() {
-            if !slot.stopping {
-                slot.stopping = true;
-                slot.link.queue_stop();
-                let _ = slot.link.flush();
+        for i in 0..self.slots.len() {
+            if let Some(slot) = self.slots[i].as_mut() {
+                if !slot.stopping {
+                    slot.stopping = true;
+                    slot.link.queue_stop();
+                    let _ = slot.link.flush();
+                    self.sync_out(i);
+                }
             }
         }
     }

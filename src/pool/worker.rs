@@ -23,8 +23,16 @@ use super::transport::{MAX_FDS, Order, WorkerEnd};
 const WORDS: usize = 8;
 /// `item` value meaning "between tasks".
 pub(crate) const IDLE: u64 = u64::MAX;
-/// How long a worker spins for its next order before it sleeps.
+/// How long a worker spins for its next order before it sleeps, in a pool that spins at all
+/// (no more workers than CPUs, see [`cpus`]); in a larger one a worker sleeps at once.
 const SPIN: Duration = Duration::from_micros(60);
+
+/// The CPUs this process may run on (its affinity and CPU quota), read once: the parent reads
+/// it before it forks workers, who inherit it (as do a fork server's).
+pub(crate) fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
 /// Exit code of a worker whose initializer panicked.
 pub(crate) const INIT_FAILED: i32 = 70;
 /// Replies buffered beyond this are sent even if more orders are queued.
@@ -385,7 +393,13 @@ pub(crate) fn run(mut s: Setup) -> i32 {
 pub(crate) fn serve(s: &mut Setup) -> crate::Result<()> {
     let mut ctx = CtxCache::default();
     let mut done = 0u64;
-    while let Some(order) = s.end.next_order(SPIN)? {
+    let spin = if super::sched::spins(s.progress.slots()) {
+        SPIN
+    } else {
+        Duration::ZERO
+    };
+    let mut clock: Option<Instant> = None;
+    while let Some(order) = s.end.next_order(spin)? {
         match order {
             Order::Stop => break,
             Order::Ctx {
@@ -406,7 +420,9 @@ pub(crate) fn serve(s: &mut Setup) -> crate::Result<()> {
                 inputs,
                 fds,
             } => {
-                let started = Instant::now();
+                // The previous task's end when this order was already waiting: one clock read
+                // per task, not two.
+                let started = clock.take().unwrap_or_else(Instant::now);
                 if s.end.reply_bytes() == 0 {
                     // Every reply written so far was sent: the parent has them.
                     s.progress.journal_clear(s.slot);
@@ -446,11 +462,16 @@ pub(crate) fn serve(s: &mut Setup) -> crate::Result<()> {
                         Ok(())
                     }
                 });
+                let ended = Instant::now();
                 match outcome {
-                    Ok(()) => s
-                        .end
-                        .finish_done(mark, started.elapsed().as_nanos() as u64, out_fds),
+                    Ok(()) => {
+                        let ns = ended.duration_since(started).as_nanos() as u64;
+                        s.end.finish_done(mark, ns, out_fds);
+                    }
                     Err(message) => s.end.fail(mark, seq, &message),
+                }
+                if s.end.has_order() {
+                    clock = Some(ended);
                 }
                 done += 1;
                 if s.max_tasks.is_some_and(|k| done >= k) {

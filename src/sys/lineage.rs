@@ -10,7 +10,7 @@
 //! the signal comes again when the parent process itself dies.
 
 use std::os::fd::{IntoRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
@@ -95,9 +95,15 @@ pub(crate) fn watches() -> Watches {
 
 impl Watches {
     /// In the parent: keeps `write`, the write end of the watch pipe of the new child `pid`, and
-    /// drops those of children that have ended (reaped elsewhere than through `sys`).
+    /// drops those of children that have ended (reaped elsewhere than through `sys`). That sweep
+    /// asks the kernel about every child, so it runs only when the table has doubled since the
+    /// last one: forking N children costs O(N) in all, not O(N²) (a 128-worker pool).
     pub(crate) fn add(&mut self, pid: Pid, write: OwnedFd) {
-        self.0.retain(|(p, _)| !has_ended(Pid::from_raw(*p), false));
+        static SWEEP_AT: AtomicUsize = AtomicUsize::new(0);
+        if self.0.len() >= SWEEP_AT.load(Ordering::Relaxed) {
+            self.0.retain(|(p, _)| !has_ended(Pid::from_raw(*p), false));
+            SWEEP_AT.store((2 * self.0.len()).max(16), Ordering::Relaxed);
+        }
         self.0.push((pid.as_raw(), write));
     }
 

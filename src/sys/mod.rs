@@ -4,6 +4,7 @@
 //! [`Error`]s. The user-facing types build on these wrappers and never call `libc` themselves.
 
 pub(crate) mod early;
+pub(crate) mod epoll;
 pub(crate) mod futex;
 pub(crate) mod lineage;
 pub(crate) mod mem;
@@ -323,7 +324,8 @@ pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8], nonblocking: bool) -> Result<
 pub(crate) enum Interest {
     /// Readable (or hung up).
     Read,
-    /// Readable or writable.
+    /// Readable or writable (the pool's scheduler uses epoll; the MPI bridge uses this).
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     ReadWrite,
 }
 

@@ -148,7 +148,7 @@ pub(crate) fn resolve(chosen: Option<StartMethod>) -> Result<StartMethod> {
 /// The starter of a start method (for `ForkServer`, connected to the program's server).
 pub(crate) fn starter(method: StartMethod) -> Result<Box<dyn Starter>> {
     Ok(match method {
-        StartMethod::Fork => Box::new(Fork),
+        StartMethod::Fork => Box::new(Fork::default()),
         StartMethod::ForkServer => Box::new(server::ForkServer::connect()?),
     })
 }
@@ -258,7 +258,14 @@ pub(crate) trait Starter: Send {
 
 /// The `fork` start method: workers are forked from the calling thread of this process.
 #[derive(Debug, Default)]
-pub(crate) struct Fork;
+pub(crate) struct Fork {
+    /// When the program's threads were last counted (for the warning): a pool's workers are
+    /// forked in a burst, and counting costs a directory read, so a burst counts once.
+    counted: Option<std::time::Instant>,
+}
+
+/// How long a count of the program's threads stands for the warning.
+const COUNT_FOR: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl Starter for Fork {
     fn start(&mut self, spec: WorkerSpec, close: &[RawFd]) -> Result<Box<dyn Worker>> {
@@ -273,7 +280,10 @@ impl Starter for Fork {
             thread_env: spec.thread_env,
             close: close.to_vec(),
         };
-        warn_if_threaded();
+        if self.counted.is_none_or(|t| t.elapsed() > COUNT_FOR) {
+            warn_if_threaded();
+            self.counted = Some(std::time::Instant::now());
+        }
         let pid = fork_child(move || worker::run(setup))?;
         match sys::pidfd_open(pid) {
             Ok(pidfd) => Ok(Box::new(Child::new(pid, pidfd, Reaper::Parent))),

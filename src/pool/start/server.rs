@@ -575,6 +575,8 @@ fn start_worker(req: StartRequest, fds: Vec<OwnedFd>, close: Vec<RawFd>) -> Resu
         thread_env: req.thread_env,
         close,
     };
+    // Read once here, inherited by the worker (it decides whether to spin).
+    let _ = worker::cpus();
     let pid = fork_child(move || worker::run(setup))?;
     // Opened before this server could reap it: the pidfd names exactly this worker.
     match sys::pidfd_open(pid) {
