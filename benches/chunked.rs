@@ -10,7 +10,8 @@
 //! are other processes) over the timed maps, divided by the inputs. Rows besides the issue's
 //! (`u64`: `x * x`): `f64` inputs, `(u32, f64)` pairs through `starmap`, and `String` inputs
 //! (not plain data: the general path). Environment: `CHUNKED_ROUNDS` (3), `CHUNKED_REPS` (20),
-//! `MULTIPROC_BENCH_PY=0` (no CPython), `CHUNKED_ONLY=multiproc` (only multiproc's rows, e.g.
+//! `MULTIPROC_BENCH_PY=0` (no CPython), `CHUNKED_ROWS=u64,f64` (only these multiproc rows),
+//! `CHUNKED_ONLY=multiproc` (only multiproc's rows, e.g.
 //! under `perf stat --no-inherit -e task-clock` to count the parent alone).
 
 use std::time::{Duration, Instant};
@@ -49,30 +50,47 @@ fn cpu_time() -> Duration {
     tv(u.user_time()) + tv(u.system_time())
 }
 
-/// One row's figures in one round: inputs per second (median map), parent CPU ns per input.
+/// The CPU time the processes `pids` have run so far (`/proc/PID/schedstat`, in ns).
+fn workers_cpu(pids: &[i32]) -> f64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// One row's figures in one round: inputs per second (median map), parent CPU ns per input,
+/// and the workers' CPU ns per input (both workers together).
 #[derive(Clone, Copy, Debug)]
 struct Figure {
     rate: f64,
     cpu_ns: f64,
+    workers_ns: f64,
 }
 
-/// Times `reps` runs of `map` (after one warm-up), each over `N` inputs.
-fn measure(reps: usize, mut map: impl FnMut()) -> Figure {
+/// Times `reps` runs of `map` (after one warm-up), each over `N` inputs; `pids` are the
+/// workers whose CPU time is counted.
+fn measure(reps: usize, pids: &[i32], mut map: impl FnMut()) -> Figure {
     map();
     let mut times = Vec::with_capacity(reps);
     let cpu0 = cpu_time();
+    let w0 = workers_cpu(pids);
     for _ in 0..reps {
         let t = Instant::now();
         map();
         times.push(t.elapsed().as_secs_f64());
     }
     let cpu = (cpu_time() - cpu0).as_secs_f64();
+    let w = workers_cpu(pids) - w0;
     times.sort_by(f64::total_cmp);
     Figure {
         rate: N as f64 / times[times.len() / 2],
         cpu_ns: cpu * 1e9 / (reps * N) as f64,
+        workers_ns: w / (reps * N) as f64,
     }
 }
+
+/// One timed map of a row.
+type Row<'a> = Box<dyn Fn() + 'a>;
 
 fn multiproc_rows(pool: &Pool, reps: usize) -> Vec<(&'static str, Figure)> {
     let want: u64 = (0..N as u64).map(sq).sum();
@@ -80,36 +98,45 @@ fn multiproc_rows(pool: &Pool, reps: usize) -> Vec<(&'static str, Figure)> {
     let pairs: Vec<(u32, f64)> = (0..N as u32).map(|k| (k % 7, f64::from(k))).collect();
     let words: Vec<String> = (0..N).map(|i| "w".repeat(i % 13)).collect();
     let words_len: usize = words.iter().map(String::len).sum();
-    vec![
+    let rows: Vec<(&'static str, Row<'_>)> = vec![
         (
             "u64",
-            measure(reps, || {
+            Box::new(|| {
                 let r = pool.map(sq, 0..N as u64).unwrap();
                 assert_eq!(r.iter().sum::<u64>(), want);
             }),
         ),
         (
             "f64",
-            measure(reps, || {
+            Box::new(|| {
                 let r = pool.map(affine, floats.clone()).unwrap();
                 assert_eq!(r[N - 1], affine(floats[N - 1]));
             }),
         ),
         (
             "(u32, f64) starmap",
-            measure(reps, || {
+            Box::new(|| {
                 let r = pool.starmap(weigh, pairs.clone()).unwrap();
                 assert_eq!(r[N - 1], weigh(pairs[N - 1].0, pairs[N - 1].1));
             }),
         ),
         (
             "String",
-            measure(reps, || {
+            Box::new(|| {
                 let r = pool.map(len, words.clone()).unwrap();
                 assert_eq!(r.iter().sum::<usize>(), words_len);
             }),
         ),
-    ]
+    ];
+    // `CHUNKED_ROWS=u64,f64` runs only those rows (the first must be `u64` for the ratios).
+    let only = std::env::var("CHUNKED_ROWS").ok();
+    rows.into_iter()
+        .filter(|(name, _)| {
+            only.as_ref()
+                .is_none_or(|o| o.split(',').any(|k| k == *name))
+        })
+        .map(|(name, map)| (name, measure(reps, &pool.pids(), map)))
+        .collect()
 }
 
 /// procspawn's emulated chunked map: the inputs cut as multiproc cuts them (`ceil(N / (4 × 2))`
@@ -117,7 +144,7 @@ fn multiproc_rows(pool: &Pool, reps: usize) -> Vec<(&'static str, Figure)> {
 fn procspawn_row(pool: &procspawn::Pool, reps: usize) -> Figure {
     let want: u64 = (0..N as u64).map(sq).sum();
     let chunk = N.div_ceil(4 * 2);
-    measure(reps, || {
+    measure(reps, &[], || {
         let handles: Vec<_> = (0..N)
             .step_by(chunk)
             .map(|s| {
@@ -181,10 +208,16 @@ fn main() {
         let ps = peer.as_ref().map(|p| procspawn_row(p, reps));
         let py = if only_ours { None } else { cpython_row(reps) };
         println!("\nround {round} (load {})", loadavg());
-        println!("| map of {N}, default chunks, 2 workers | inputs/s | parent CPU ns/input |");
-        println!("|---|---|---|");
+        println!(
+            "| map of {N}, default chunks, 2 workers | inputs/s | parent CPU ns/input | \
+             workers' CPU ns/input |"
+        );
+        println!("|---|---|---|---|");
         for (name, f) in &ours {
-            println!("| multiproc {name} | {:.3e} | {:.1} |", f.rate, f.cpu_ns);
+            println!(
+                "| multiproc {name} | {:.3e} | {:.1} | {:.1} |",
+                f.rate, f.cpu_ns, f.workers_ns
+            );
         }
         if let Some(f) = ps {
             println!(
@@ -194,7 +227,7 @@ fn main() {
             vs_ps.push(ours[0].1.rate / f.rate);
         }
         if let Some(r) = py {
-            println!("| CPython u64 | {r:.3e} | – |");
+            println!("| CPython u64 | {r:.3e} | – | – |");
             vs_py.push(ours[0].1.rate / r);
         }
         cpu.push(ours[0].1.cpu_ns);
