@@ -42,6 +42,8 @@ mod worker;
 pub(crate) use self::start::mpi as mpi_start;
 
 #[cfg(test)]
+mod chunk_fuzz;
+#[cfg(test)]
 mod test;
 
 use std::fmt;

@@ -170,3 +170,33 @@ fn pool_types_can_be_shared_between_threads() {
     assert_send_sync::<super::Pool>();
     assert_send_sync::<super::AsyncResult<u32>>();
 }
+
+#[test]
+fn in_order_assembles_runs_that_arrive_out_of_order() {
+    use super::result::InOrder;
+    // Chunks of 3 over 10 inputs, arriving 1, 3, 0, 2 (the last one short).
+    let mut c = InOrder::new(10, 3);
+    for chunk in [3..6, 9..10, 0..3, 6..9] {
+        for i in chunk {
+            c.put(i, i * 10);
+        }
+    }
+    assert_eq!(c.finish(10), Some((0..10).map(|i| i * 10).collect()));
+    // Scattered single inputs (a split task) and a missing one.
+    let mut c = InOrder::new(5, 2);
+    for i in [4, 2, 0, 1] {
+        c.put(i, i);
+    }
+    assert_eq!(c.finish(5), None);
+    let mut c = InOrder::<u8>::new(0, 1);
+    c.put(0, 1);
+    assert_eq!(c.finish(1), Some(vec![1]));
+}
+
+#[test]
+fn seen_marks_each_input_once() {
+    let mut s = super::result::Seen::new(130);
+    assert!(s.first(0) && s.first(129) && s.first(64));
+    assert!(!s.first(0) && !s.first(129) && !s.first(64));
+    assert!(s.first(63));
+}
