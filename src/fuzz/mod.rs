@@ -1,7 +1,8 @@
 //! Fuzzing (proptest) of every decoder that reads bytes from another process (issue 12): the
 //! wire frames and postcard decoding (`wire_frames`), the descriptor table (`fd_table`); the
-//! queue's records are fuzzed in `queue/ring_fuzz.rs` and the joblog reader in the command's
-//! `joblog_fuzz.rs`. Each property feeds arbitrary and mutated inputs and requires a typed error
+//! queue's records are fuzzed in `queue/ring_fuzz.rs`, a pool task's inputs and outcomes
+//! (plain-data and postcard chunks) in `pool/chunk_fuzz.rs`, and the joblog reader in the
+//! command's `joblog_fuzz.rs`. Each property feeds arbitrary and mutated inputs and requires a typed error
 //! or a value, never a panic, and no allocation beyond the documented limit.
 //!
 //! The budget: `PROPTEST_CASES` (default below) cases per property; docs/reliability.md gives

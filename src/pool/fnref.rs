@@ -3,7 +3,8 @@
 //! The user's function `F` is zero-sized (a fn item or a closure that captures nothing; checked at
 //! compile time), so it has no bytes to send: its identity is its type. For every `(F, T, R)` the
 //! compiler makes one monomorphized trampoline ([`call`], [`call_with`], [`call_star`]) that
-//! conjures the `F`, decodes the inputs, calls it on each, and encodes the outcomes. A task carries
+//! conjures the `F`, decodes the inputs, calls it on each, and encodes the outcomes (in the
+//! codecs of `T` and `R`: see `chunk`). A task carries
 //! that trampoline's address as an offset from [`anchor`], a function of this crate.
 //!
 //! An offset rather than an address: a forked worker shares the parent's address space layout,
@@ -24,6 +25,7 @@ use crate::error::RemotePanic;
 use crate::wire::MAX_MESSAGE_BYTES;
 use crate::{fdpass, panic};
 
+use super::chunk::Codec;
 use super::worker::Exec;
 
 /// The signature of every trampoline: run the task whose `count` encoded inputs are in `input`,
@@ -208,11 +210,21 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
     }
 }
 
-/// Appends the encoding of `outcome` to `out`; an encoding failure or an oversized value becomes
-/// that item's error instead.
-pub(crate) fn push_outcome<R: Serialize>(outcome: &ItemOut<R>, out: &mut Vec<u8>) {
+/// Appends the encoding of `outcome` to `out` (its value in `codec`, the codec of `R`: see
+/// `chunk`); an encoding failure or an oversized value becomes that item's error instead.
+pub(crate) fn push_outcome<R: Serialize>(codec: Codec, outcome: &ItemOut<R>, out: &mut Vec<u8>) {
     let start = out.len();
-    let res = postcard::serialize_with_flavor(outcome, Append(&mut *out));
+    // postcard's encoding of the `Result`: variant 0 then the value, or 1 then the error.
+    let res = match outcome {
+        Ok(v) => {
+            out.push(0);
+            codec.encode(v, out)
+        }
+        Err(e) => {
+            out.push(1);
+            postcard::serialize_with_flavor(e, Append(&mut *out))
+        }
+    };
     let size = out.len() - start;
     let err = match res {
         Ok(()) if size <= MAX_MESSAGE_BYTES => return,
@@ -224,30 +236,60 @@ pub(crate) fn push_outcome<R: Serialize>(outcome: &ItemOut<R>, out: &mut Vec<u8>
     let _ = postcard::serialize_with_flavor(&ItemOut::<()>::Err(err), Append(out));
 }
 
-fn run_items<T: DeserializeOwned, R: Serialize>(
+fn run_items<T: DeserializeOwned, R: Serialize + DeserializeOwned>(
     ex: &mut Exec<'_>,
-    mut input: &[u8],
+    input: &[u8],
     count: u32,
     out: &mut Vec<u8>,
-    mut f: impl FnMut(&mut Exec<'_>, T) -> R,
+    f: impl FnMut(&mut Exec<'_>, T) -> R,
 ) -> Result<(), String> {
+    let (inputs, outcomes) = (Codec::of::<T>(), Codec::of::<R>());
+    if let (Codec::Fixed(_), Codec::Fixed(size)) = (inputs, outcomes) {
+        // Plain data carries no descriptor: no descriptor frame to decode or encode in.
+        out.reserve(count as usize * (size + 1));
+        return run_plain(ex, input, count, out, (inputs, outcomes), f);
+    }
     // The outcomes are encoded in one descriptor frame for the task (each is dropped right
     // after, so a `PodVec` in shared memory goes as it is); the caller's function runs outside
     // it, so that what it encodes itself cannot attach to the task's reply.
     let total = input.len();
+    let mut f = f;
+    let mut input = input;
     ex.encoding(|ex| {
         for i in 0..count {
             let (x, rest) = ex
-                .decoding(|| postcard::take_from_bytes::<T>(input))
+                .decoding(|| inputs.take::<T>(input))
                 .map_err(|e| format!("decoding input {i} of the task: {e}"))?;
             input = rest;
             ex.item_started(i);
             let outcome =
                 fdpass::suspended(|| panic::catch(|| f(ex, x))).map_err(ItemError::Panicked);
-            ex.item_done(i, total - input.len(), outcome, out);
+            ex.item_done(i, total - input.len(), outcome, out, outcomes);
         }
         Ok(())
     })
+}
+
+/// [`run_items`] for plain-data inputs and results (see `chunk`): no descriptor frame.
+fn run_plain<T: DeserializeOwned, R: Serialize>(
+    ex: &mut Exec<'_>,
+    mut input: &[u8],
+    count: u32,
+    out: &mut Vec<u8>,
+    (inputs, outcomes): (Codec, Codec),
+    mut f: impl FnMut(&mut Exec<'_>, T) -> R,
+) -> Result<(), String> {
+    let total = input.len();
+    for i in 0..count {
+        let (x, rest) = inputs
+            .take::<T>(input)
+            .map_err(|e| format!("decoding input {i} of the task: {e}"))?;
+        input = rest;
+        ex.item_started(i);
+        let outcome = panic::catch(|| f(ex, x)).map_err(ItemError::Panicked);
+        ex.item_done(i, total - input.len(), outcome, out, outcomes);
+    }
+    Ok(())
 }
 
 /// The trampoline for `F: Fn(T) -> R`.
@@ -260,7 +302,7 @@ pub(crate) fn call<F, T, R>(
 where
     F: Fn(T) -> R + Copy,
     T: DeserializeOwned,
-    R: Serialize,
+    R: Serialize + DeserializeOwned,
 {
     let f = conjure::<F>();
     run_items(ex, input, count, out, |_, x| f(x))
@@ -276,7 +318,7 @@ pub(crate) fn call_star<F, Args, R>(
 where
     F: super::StarFn<Args, Output = R> + Copy,
     Args: DeserializeOwned,
-    R: Serialize,
+    R: Serialize + DeserializeOwned,
 {
     let f = conjure::<F>();
     run_items(ex, input, count, out, |_, args: Args| f.call_star(args))
@@ -293,7 +335,7 @@ where
     F: Fn(&C, T) -> R + Copy,
     C: DeserializeOwned + 'static,
     T: DeserializeOwned,
-    R: Serialize,
+    R: Serialize + DeserializeOwned,
 {
     let f = conjure::<F>();
     ex.ctx_decode(|bytes| {
@@ -313,12 +355,5 @@ where
 /// Byte offsets of the ends of each of the `count` encoded `T`s in `bytes` (used to split a task
 /// whose worker died).
 pub(crate) fn item_ends<T: DeserializeOwned>(bytes: &[u8], count: u32) -> Option<Vec<usize>> {
-    let mut rest = bytes;
-    let mut ends = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let (_, r) = postcard::take_from_bytes::<T>(rest).ok()?;
-        rest = r;
-        ends.push(bytes.len() - rest.len());
-    }
-    Some(ends)
+    Codec::of::<T>().item_ends::<T>(bytes, count)
 }

@@ -1,6 +1,7 @@
 //! [`Pool`]: Python's `multiprocessing.Pool` over forked worker processes that survive crashes.
 //!
-//! Layout: `fnref` names functions across processes, `transport` moves frames, `worker` is the
+//! Layout: `fnref` names functions across processes, `chunk` says what a task's inputs and
+//! outcomes are as bytes, `transport` moves frames, `worker` is the
 //! child's loop, `journal` keeps a worker's finished outcomes through its death, `sched` is the
 //! parent's scheduler, `settle` its failure policy, `start` starts workers (the `Starter` seam:
 //! fork, or the fork server in `start::server`), `driver` is the scheduler's background thread
@@ -23,6 +24,7 @@
 //!   its first asynchronous call (see `driver`); a pool used only synchronously starts none.
 
 mod bar;
+mod chunk;
 mod completed;
 mod driver;
 mod fnref;
@@ -39,6 +41,8 @@ mod worker;
 #[cfg(feature = "mpi")]
 pub(crate) use self::start::mpi as mpi_start;
 
+#[cfg(test)]
+mod chunk_fuzz;
 #[cfg(test)]
 mod test;
 
@@ -58,8 +62,11 @@ pub use self::result::{AsyncResult, IMap};
 pub use self::star::StarFn;
 pub use self::start::{StartMethod, init, set_start_method};
 
+use self::chunk::Codec;
 use self::fnref::{FnRef, Trampoline};
-use self::result::{AsyncState, Chunker, run_deferred, terminated};
+use self::result::{
+    AsyncState, Chunker, InOrder, Inputs, PlainChunks, Seen, Tasks, run_deferred, terminated,
+};
 use self::sched::{Book, Config, EndsFn, Event, Items, JobId, Scheduler, Sink, Task};
 use self::transport::{Encoded, MAX_FDS};
 
@@ -658,12 +665,30 @@ impl Pool {
         })
     }
 
+    /// The inputs of a call run from this thread. Plain-data inputs (see `chunk`) from an
+    /// iterator that knows its length are encoded at once into their tasks' bytes (`chunksize`,
+    /// or the pool's, for that length); other inputs are collected as values.
+    fn inputs<T: Serialize + DeserializeOwned>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        chunksize: Option<usize>,
+    ) -> Result<Inputs<T>> {
+        let iter = items.into_iter();
+        match (Codec::of::<T>(), iter.size_hint()) {
+            (Codec::Fixed(size), (lo, Some(hi))) if lo == hi => {
+                let chunk = chunksize.unwrap_or_else(|| self.chunksize_for(Some(lo)));
+                PlainChunks::encode(iter, size, chunk, self.limit).map(Inputs::Plain)
+            }
+            _ => Ok(Inputs::Values(iter.collect())),
+        }
+    }
+
     /// Runs a job over all of `items` from this thread, handing each input's outcome to
     /// `put(index, result)` (exactly once per input) as it arrives.
-    fn run<T: Serialize, R: DeserializeOwned>(
+    fn run<T: Serialize + DeserializeOwned, R: DeserializeOwned>(
         &self,
         plan: Plan,
-        items: Vec<T>,
+        items: Inputs<T>,
         mut put: impl FnMut(usize, Result<R>),
     ) -> Result<()> {
         let n = items.len();
@@ -671,17 +696,17 @@ impl Pool {
         if n == 0 {
             return Ok(());
         }
-        let mut chunks = Chunker::from_vec(
+        let mut chunks = Tasks::new(
             items,
             plan.chunksize
                 .unwrap_or_else(|| self.chunksize_for(Some(n))),
             self.limit,
             core.take_spare(),
         );
-        let mut seen = vec![false; n];
+        let mut seen = Seen::new(n);
         let got = std::cell::Cell::new(0usize);
         let mut take = |i: usize, r: Result<R>| {
-            if !std::mem::replace(&mut seen[i], true) {
+            if seen.first(i) {
                 got.set(got.get() + 1);
                 put(i, r);
             }
@@ -689,7 +714,7 @@ impl Pool {
         let job = core.new_job(plan.fn_ref, plan.ends, plan.ctx, None);
         let status = loop {
             while core.wants_tasks() {
-                match chunks.next_task(job, usize::MAX) {
+                match chunks.next_task(job) {
                     Ok(Some(t)) => core.submit(t),
                     Ok(None) => break,
                     Err(e) => {
@@ -727,10 +752,10 @@ impl Pool {
     }
 
     /// [`run`](Pool::run) collecting every input's `Result`.
-    fn run_results<T: Serialize, R: DeserializeOwned>(
+    fn run_results<T: Serialize + DeserializeOwned, R: DeserializeOwned>(
         &self,
         plan: Plan,
-        items: Vec<T>,
+        items: Inputs<T>,
     ) -> Result<Vec<Result<R>>> {
         let mut out: Vec<Option<Result<R>>> = (0..items.len()).map(|_| None).collect();
         self.run(plan, items, |i, r| out[i] = Some(r))?;
@@ -741,15 +766,19 @@ impl Pool {
     }
 
     /// [`run`](Pool::run) collecting the values, or the first error in input order.
-    fn run_values<T: Serialize, R: DeserializeOwned>(
+    fn run_values<T: Serialize + DeserializeOwned, R: DeserializeOwned>(
         &self,
         plan: Plan,
-        items: Vec<T>,
+        items: Inputs<T>,
     ) -> Result<Vec<R>> {
-        let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+        let n = items.len();
+        let run = plan
+            .chunksize
+            .unwrap_or_else(|| self.chunksize_for(Some(n)));
+        let mut out = InOrder::new(n, run);
         let mut first_err: Option<(usize, Error)> = None;
         self.run(plan, items, |i, r| match r {
-            Ok(v) => out[i] = Some(v),
+            Ok(v) => out.put(i, v),
             Err(e) => {
                 if first_err.as_ref().is_none_or(|(j, _)| i < *j) {
                     first_err = Some((i, e));
@@ -759,7 +788,7 @@ impl Pool {
         if let Some((_, e)) = first_err {
             return Err(e);
         }
-        out.into_iter().map(|v| v.ok_or_else(terminated)).collect()
+        out.finish(n).ok_or_else(terminated)
     }
 
     /// `f` applied to every input, in input order: Python's `Pool.map`.
@@ -815,7 +844,7 @@ impl Pool {
         let _ = f;
         assert_zst::<F>();
         let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
-        self.run_values(plan, items.into_iter().collect())
+        self.run_values(plan, self.inputs(items, None)?)
     }
 
     /// Like [`map`](Pool::map), but every input's own `Result`: one failure does not hide the
@@ -847,7 +876,7 @@ impl Pool {
         let _ = f;
         assert_zst::<F>();
         let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
-        self.run_results(plan, items.into_iter().collect())
+        self.run_results(plan, self.inputs(items, None)?)
     }
 
     /// `f(a, b, …)` for every tuple `(a, b, …)` of 1 to 6 fields: Python's `Pool.starmap`.
@@ -885,7 +914,7 @@ impl Pool {
             fnref::item_ends::<Args>,
             None,
         );
-        self.run_values(plan, items.into_iter().collect())
+        self.run_values(plan, self.inputs(items, None)?)
     }
 
     /// [`map`](Pool::map) with chunks of `chunksize` inputs for this call only (Python's
@@ -923,7 +952,7 @@ impl Pool {
         assert_zst::<F>();
         let mut plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
         plan.chunksize = Some(chunksize);
-        self.run_values(plan, items.into_iter().collect())
+        self.run_values(plan, self.inputs(items, Some(chunksize))?)
     }
 
     /// `f(&ctx, x)` for every input: what a capturing closure would do. `ctx` is encoded once
@@ -961,7 +990,7 @@ impl Pool {
             fnref::item_ends::<T>,
             Some(self.encode_ctx(ctx)?),
         );
-        self.run_values(plan, items.into_iter().collect())
+        self.run_values(plan, self.inputs(items, None)?)
     }
 
     /// `f(x)` in a worker, waiting for the result: Python's `Pool.apply`.
@@ -986,7 +1015,9 @@ impl Pool {
         let _ = f;
         assert_zst::<F>();
         let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
-        self.run_values(plan, vec![x])?.pop().ok_or_else(terminated)
+        self.run_values(plan, self.inputs([x], None)?)?
+            .pop()
+            .ok_or_else(terminated)
     }
 
     /// `f(&ctx, x)` in a worker, waiting for the result.
@@ -1106,7 +1137,7 @@ impl Pool {
 
     fn submit_async<R, T>(&self, plan: Plan, items: Vec<T>, sink: Sink) -> Result<()>
     where
-        T: Serialize,
+        T: Serialize + DeserializeOwned,
     {
         let n = items.len();
         let chunksize = self.chunksize_for(Some(n));
@@ -1247,7 +1278,7 @@ impl Pool {
     /// order; the first failed input's error if any failed).
     fn run_async<T, R>(&self, plan: Plan, items: Vec<T>) -> Result<AsyncResult<Vec<R>>>
     where
-        T: Serialize,
+        T: Serialize + DeserializeOwned,
         R: DeserializeOwned + Send + 'static,
     {
         let n = items.len();

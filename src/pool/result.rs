@@ -1,7 +1,7 @@
 //! What the caller holds while work runs: [`AsyncResult`] and the [`IMap`] iterator, plus the
 //! decoding of outcomes and the reordering of results.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::Waker;
@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 use crate::error::{CodecError, Error, Result};
 use crate::wire::MAX_MESSAGE_BYTES;
 
-use super::fnref::{Append, ItemError, ItemOut};
+use super::chunk::Codec;
+use super::fnref::{ItemError, ItemOut};
 use super::sched::{Deferred, Done, Event, Items, JobId, Scheduler, Task};
 use super::transport::MAX_FDS;
 use crate::fdpass::{self, FdTable};
@@ -25,17 +26,23 @@ pub(crate) fn terminated() -> Error {
     Error::Disconnected("the pool was terminated before this task finished".into())
 }
 
-/// Decodes one outcome from the front of `bytes`; returns it and the rest.
+/// Decodes one outcome from the front of `bytes` (its value in `codec`, the codec of `R`: see
+/// `chunk`); returns it and the rest.
 ///
 /// postcard writes `Ok(v)` as the variant index 0 (a one-byte varint) followed by `v`, so a
 /// value is decoded as it is, without the `Result` around it (which costs a third of the
 /// parent's time per tiny result).
+#[inline]
 pub(crate) fn take_outcome<R: DeserializeOwned>(
+    codec: Codec,
     bytes: &[u8],
 ) -> postcard::Result<(ItemOut<R>, &[u8])> {
     match bytes.split_first() {
-        Some((0, rest)) => postcard::take_from_bytes::<R>(rest).map(|(v, r)| (Ok(v), r)),
-        _ => postcard::take_from_bytes::<ItemOut<R>>(bytes),
+        Some((0, rest)) => codec.take::<R>(rest).map(|(v, r)| (Ok(v), r)),
+        _ => postcard::take_from_bytes::<ItemOut<()>>(bytes).and_then(|(o, r)| match o {
+            Err(e) => Ok((Err(e), r)),
+            Ok(()) => Err(postcard::Error::DeserializeBadEnum),
+        }),
     }
 }
 
@@ -50,14 +57,15 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
     pid: i32,
     mut put: impl FnMut(usize, Result<R>),
 ) {
+    let codec = Codec::of::<R>();
     let mut rest = data;
     // Outcomes that brought no descriptor (the common case) skip the table altogether.
     let with_fds = !fds.is_empty();
     for k in 0..items.count() as usize {
         let decoded = if !with_fds {
-            take_outcome::<R>(rest)
+            take_outcome::<R>(codec, rest)
         } else {
-            fdpass::decoding_with(&mut fds, || take_outcome::<R>(rest))
+            fdpass::decoding_with(&mut fds, || take_outcome::<R>(codec, rest))
         };
         match decoded {
             Ok((Ok(v), r)) => {
@@ -119,9 +127,11 @@ pub(crate) struct Chunker<I> {
     /// Whether `iter` is exhausted.
     pub(crate) done: bool,
     scratch: Vec<u8>,
+    /// How the inputs are encoded (see `chunk`).
+    codec: Codec,
 }
 
-impl<T: Serialize> Chunker<std::vec::IntoIter<T>> {
+impl<T: Serialize + DeserializeOwned> Chunker<std::vec::IntoIter<T>> {
     /// A chunker over the inputs of a `Vec`, encoding into `scratch` (a recycled buffer).
     pub(crate) fn from_vec(
         items: Vec<T>,
@@ -138,7 +148,7 @@ impl<T: Serialize> Chunker<std::vec::IntoIter<T>> {
 
 impl<I: Iterator> Chunker<I>
 where
-    I::Item: Serialize,
+    I::Item: Serialize + DeserializeOwned,
 {
     /// A chunker over a caller's iterator.
     pub(crate) fn new(iter: I, chunksize: usize, limit: usize) -> Self {
@@ -154,9 +164,15 @@ where
             pulled: 0,
             done: false,
             scratch,
+            codec: Codec::of::<I::Item>(),
         }
     }
+}
 
+impl<I: Iterator> Chunker<I>
+where
+    I::Item: Serialize,
+{
     /// The next task of `job`, at most `max` inputs; `None` when the input is exhausted.
     pub(crate) fn next_task(&mut self, job: JobId, max: usize) -> Result<Option<Task>> {
         if self.done {
@@ -167,10 +183,12 @@ where
         let cap = self.chunksize.min(max.max(1));
         let mut n = 0usize;
         let mut fds = Vec::new();
-        // Each input is given up once encoded (it is dropped right after), so a `PodVec` in
-        // shared memory goes as it is, without a copy.
-        if self.whole_frames {
-            // No caller code runs between the inputs: one frame for the task.
+        if let Codec::Fixed(size) = self.codec {
+            n = self.fill_plain(cap, size)?;
+        } else if self.whole_frames {
+            // Each input is given up once encoded (it is dropped right after), so a `PodVec` in
+            // shared memory goes as it is, without a copy. No caller code runs between the
+            // inputs: one frame for the task.
             fdpass::encoding_into(&mut fds, true, || -> Result<()> {
                 while n < cap {
                     let Some(x) = self.iter.next() else {
@@ -220,8 +238,41 @@ where
     /// Appends the encoding of input `x` to the task being made, and drops `x`.
     #[inline]
     fn encode(&mut self, x: I::Item) -> Result<()> {
-        postcard::serialize_with_flavor(&x, Append(&mut self.scratch)).map_err(CodecError)?;
+        self.codec
+            .encode(&x, &mut self.scratch)
+            .map_err(CodecError)?;
         Ok(())
+    }
+
+    /// Encodes up to `cap` plain-data inputs of `size` bytes (see `chunk`), which carry no
+    /// descriptor: no descriptor frame, and the task's size is known before it is made.
+    fn fill_plain(&mut self, cap: usize, size: usize) -> Result<usize> {
+        let want = cap.min(self.iter.size_hint().0.max(1));
+        if want.saturating_mul(size) > self.limit {
+            self.done = true;
+            return Err(Error::TooLarge {
+                size: want.saturating_mul(size),
+                limit: self.limit,
+            });
+        }
+        self.scratch.reserve(want * size);
+        let mut n = 0;
+        while n < cap {
+            let Some(x) = self.iter.next() else {
+                self.done = true;
+                break;
+            };
+            self.encode(x)?;
+            n += 1;
+        }
+        if self.scratch.len() > self.limit {
+            self.done = true;
+            return Err(Error::TooLarge {
+                size: self.scratch.len(),
+                limit: self.limit,
+            });
+        }
+        Ok(n)
     }
 
     /// Whether the task being made must take no more inputs, now that it holds input `#input`
@@ -254,6 +305,233 @@ where
                  PodVec, sync objects) to more than {MAX_FDS}; pass fewer per input"
             ),
         )
+    }
+}
+
+/// The inputs of a map-like call run from this thread (see `Pool::run`): kept as values, or,
+/// for plain data (see `chunk`), already encoded into the bytes of their tasks.
+#[derive(Debug)]
+pub(crate) enum Inputs<T> {
+    /// The inputs, cut and encoded as tasks are needed ([`Chunker`]).
+    Values(Vec<T>),
+    /// Plain-data inputs encoded straight from the caller's iterator into chunks.
+    Plain(PlainChunks),
+}
+
+impl<T> Inputs<T> {
+    /// How many inputs there are.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Inputs::Values(v) => v.len(),
+            Inputs::Plain(p) => p.n,
+        }
+    }
+}
+
+/// The tasks of a job run from this thread.
+pub(crate) enum Tasks<T> {
+    Values(Chunker<std::vec::IntoIter<T>>),
+    Plain(PlainChunks),
+}
+
+impl<T: Serialize + DeserializeOwned> Tasks<T> {
+    /// The tasks of `inputs`, `chunksize` inputs each; `scratch` is a recycled encode buffer.
+    pub(crate) fn new(inputs: Inputs<T>, chunksize: usize, limit: usize, scratch: Vec<u8>) -> Self {
+        match inputs {
+            Inputs::Values(v) => Tasks::Values(Chunker::from_vec(v, chunksize, limit, scratch)),
+            Inputs::Plain(p) => Tasks::Plain(p),
+        }
+    }
+
+    /// The next task of `job`; `None` when every input has been handed out.
+    pub(crate) fn next_task(&mut self, job: JobId) -> Result<Option<Task>> {
+        match self {
+            Tasks::Values(c) => c.next_task(job, usize::MAX),
+            Tasks::Plain(p) => Ok(p.next_task(job)),
+        }
+    }
+}
+
+/// Plain-data inputs (see `chunk`) encoded into the bytes of their tasks as they are taken from
+/// the caller's iterator: no vector of the inputs is made, and each chunk's buffer becomes its
+/// task's bytes as it is (one write of each input, no copy).
+#[derive(Debug)]
+pub(crate) struct PlainChunks {
+    /// Each task's bytes and input count, in input order.
+    chunks: VecDeque<(Vec<u8>, u32)>,
+    /// How many inputs in all.
+    n: usize,
+    /// The first input of the next task.
+    next: usize,
+}
+
+impl PlainChunks {
+    /// Encodes every input of `iter` (plain data of `size` bytes) into chunks of `chunksize`;
+    /// a chunk over `limit` bytes is [`Error::TooLarge`].
+    pub(crate) fn encode<I: Iterator>(
+        mut iter: I,
+        size: usize,
+        chunksize: usize,
+        limit: usize,
+    ) -> Result<PlainChunks>
+    where
+        I::Item: Serialize,
+    {
+        let codec = Codec::Fixed(size);
+        let chunksize = chunksize.clamp(1, u32::MAX as usize);
+        if chunksize.saturating_mul(size) > limit && iter.size_hint().0 >= chunksize {
+            return Err(Error::TooLarge {
+                size: chunksize.saturating_mul(size),
+                limit,
+            });
+        }
+        let mut chunks = VecDeque::new();
+        let mut n = 0usize;
+        loop {
+            let k = chunksize.min(iter.size_hint().0.max(1));
+            let mut bytes = Vec::with_capacity(k.saturating_mul(size).min(limit));
+            let mut count = 0usize;
+            while count < chunksize {
+                let Some(x) = iter.next() else { break };
+                codec.encode(&x, &mut bytes).map_err(CodecError)?;
+                count += 1;
+            }
+            if bytes.len() > limit {
+                return Err(Error::TooLarge {
+                    size: bytes.len(),
+                    limit,
+                });
+            }
+            if count == 0 {
+                break;
+            }
+            chunks.push_back((bytes, count as u32));
+            n += count;
+            if count < chunksize {
+                break;
+            }
+        }
+        Ok(PlainChunks { chunks, n, next: 0 })
+    }
+
+    fn next_task(&mut self, job: JobId) -> Option<Task> {
+        let (bytes, count) = self.chunks.pop_front()?;
+        let first = self.next;
+        self.next += count as usize;
+        Some(Task {
+            job,
+            items: Items::Range(first, count),
+            bytes: Arc::new(bytes),
+            fds: None,
+            died: 0,
+        })
+    }
+}
+
+/// Which inputs of a job have an outcome already: one bit per input (a map of 100,000 inputs
+/// costs 12.5 KB, not 100 KB).
+#[derive(Debug)]
+pub(crate) struct Seen(Vec<u64>);
+
+impl Seen {
+    pub(crate) fn new(n: usize) -> Seen {
+        Seen(vec![0; n.div_ceil(64)])
+    }
+
+    /// Marks input `i`; whether it was not marked before.
+    #[inline]
+    pub(crate) fn first(&mut self, i: usize) -> bool {
+        let (word, bit) = (&mut self.0[i / 64], 1u64 << (i % 64));
+        let fresh = *word & bit == 0;
+        *word |= bit;
+        fresh
+    }
+}
+
+/// The values of a map in input order, as they arrive in any order: the prefix in order is the
+/// result vector itself; a run of values that arrives ahead of it (another worker's chunk)
+/// waits, keyed by its first input, and is appended (one copy) when the prefix reaches it. So a
+/// map's values take one vector of `R` and the chunks that arrived early, instead of an
+/// `Option<R>` per input and a second vector at the end.
+#[derive(Debug)]
+pub(crate) struct InOrder<R> {
+    out: Vec<R>,
+    /// The run being added to: its first input and its values.
+    run: Option<(usize, Vec<R>)>,
+    /// Runs set aside, by first input.
+    early: BTreeMap<usize, Vec<R>>,
+    /// The first input of the earliest run waiting (`usize::MAX`: none).
+    wait_at: usize,
+    /// Room to reserve for a new run (the chunk size).
+    run_hint: usize,
+}
+
+impl<R> InOrder<R> {
+    /// A collector of `n` values that arrive in runs of about `run_hint`.
+    pub(crate) fn new(n: usize, run_hint: usize) -> InOrder<R> {
+        InOrder {
+            out: Vec::with_capacity(n),
+            run: None,
+            early: BTreeMap::new(),
+            wait_at: usize::MAX,
+            run_hint: run_hint.clamp(1, n.max(1)),
+        }
+    }
+
+    /// Input `i`'s value (each input at most once).
+    #[inline]
+    pub(crate) fn put(&mut self, i: usize, v: R) {
+        if i == self.out.len() {
+            self.out.push(v);
+            if self.out.len() == self.wait_at {
+                self.catch_up();
+            }
+            return;
+        }
+        if let Some((start, run)) = &mut self.run {
+            if *start + run.len() == i {
+                run.push(v);
+                return;
+            }
+        }
+        self.start_run(i, v);
+    }
+
+    /// Sets the current run aside and starts one at input `i`.
+    #[cold]
+    fn start_run(&mut self, i: usize, v: R) {
+        if let Some((start, run)) = self.run.take() {
+            self.early.insert(start, run);
+        }
+        let mut run = Vec::with_capacity(self.run_hint);
+        run.push(v);
+        self.run = Some((i, run));
+        self.wait_at = self.wait_at.min(i);
+    }
+
+    /// Appends the runs that start where the prefix ends.
+    #[cold]
+    fn catch_up(&mut self) {
+        loop {
+            let at = self.out.len();
+            if let Some(mut run) = self.early.remove(&at) {
+                self.out.append(&mut run);
+            } else if self.run.as_ref().is_some_and(|(start, _)| *start == at) {
+                if let Some((_, mut run)) = self.run.take() {
+                    self.out.append(&mut run);
+                }
+            } else {
+                break;
+            }
+        }
+        let first_early = self.early.keys().next().copied().unwrap_or(usize::MAX);
+        let run_start = self.run.as_ref().map_or(usize::MAX, |(start, _)| *start);
+        self.wait_at = first_early.min(run_start);
+    }
+
+    /// The values in input order, or `None` when some input has none.
+    pub(crate) fn finish(self, n: usize) -> Option<Vec<R>> {
+        (self.out.len() == n).then_some(self.out)
     }
 }
 

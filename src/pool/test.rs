@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use super::fnref::{self, FnRef, ItemError, ItemOut, Trampoline};
+use super::chunk::Codec;
+use super::fnref::{self, FnRef, ItemError, ItemOut, Trampoline, push_outcome};
 use super::result::{Chunker, decode_outcomes, take_outcome};
 use super::sched::Items;
 use crate::error::{Error, RemotePanic};
@@ -84,7 +85,7 @@ fn the_ok_shortcut_decodes_as_the_full_result_does() {
         }
         let mut rest = &data[..];
         for o in &outs {
-            let (got, r) = take_outcome::<R>(rest).unwrap();
+            let (got, r) = take_outcome::<R>(Codec::Postcard, rest).unwrap();
             let (full, r2) = postcard::take_from_bytes::<ItemOut<R>>(rest).unwrap();
             assert_eq!(r.len(), r2.len());
             assert_eq!(got.as_ref().ok(), o.as_ref().ok());
@@ -111,8 +112,13 @@ fn the_ok_shortcut_decodes_as_the_full_result_does() {
         Ok((255, vec![], Some(true))),
     ]);
     // Cut short: an error, never a panic.
-    assert!(take_outcome::<u64>(&[0]).is_err());
-    assert!(take_outcome::<u64>(&[]).is_err());
+    for codec in [Codec::Postcard, Codec::of::<u64>()] {
+        assert!(take_outcome::<u64>(codec, &[0]).is_err());
+        assert!(take_outcome::<u64>(codec, &[]).is_err());
+        assert!(take_outcome::<u64>(codec, &[0, 0x80]).is_err());
+    }
+    // A plain-data `u64` is 8 bytes: 2 are cut short.
+    assert!(take_outcome::<u64>(Codec::of::<u64>(), &[0, 1, 2]).is_err());
 }
 
 #[test]
@@ -127,7 +133,7 @@ fn outcomes_decode_in_order_with_per_input_errors() {
         Ok(3),
     ];
     for o in &outs {
-        data.extend(postcard::to_stdvec(o).unwrap());
+        push_outcome(Codec::of::<u32>(), o, &mut data);
     }
     let items = Items::List(vec![7, 3, 9].into());
     let mut got = Vec::new();
@@ -163,4 +169,34 @@ fn pool_types_can_be_shared_between_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<super::Pool>();
     assert_send_sync::<super::AsyncResult<u32>>();
+}
+
+#[test]
+fn in_order_assembles_runs_that_arrive_out_of_order() {
+    use super::result::InOrder;
+    // Chunks of 3 over 10 inputs, arriving 1, 3, 0, 2 (the last one short).
+    let mut c = InOrder::new(10, 3);
+    for chunk in [3..6, 9..10, 0..3, 6..9] {
+        for i in chunk {
+            c.put(i, i * 10);
+        }
+    }
+    assert_eq!(c.finish(10), Some((0..10).map(|i| i * 10).collect()));
+    // Scattered single inputs (a split task) and a missing one.
+    let mut c = InOrder::new(5, 2);
+    for i in [4, 2, 0, 1] {
+        c.put(i, i);
+    }
+    assert_eq!(c.finish(5), None);
+    let mut c = InOrder::<u8>::new(0, 1);
+    c.put(0, 1);
+    assert_eq!(c.finish(1), Some(vec![1]));
+}
+
+#[test]
+fn seen_marks_each_input_once() {
+    let mut s = super::result::Seen::new(130);
+    assert!(s.first(0) && s.first(129) && s.first(64));
+    assert!(!s.first(0) && !s.first(129) && !s.first(64));
+    assert!(s.first(63));
 }

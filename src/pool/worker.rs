@@ -15,6 +15,7 @@ use crate::sys::{self, Pid};
 
 use serde::Serialize;
 
+use super::chunk::Codec;
 use super::fnref::{FnRef, ItemError, ItemOut, push_outcome};
 use super::journal::{ENTRY_HEAD, Entry, JOURNAL_BYTES, entry_head, parse};
 use super::transport::{MAX_FDS, Order, WorkerEnd};
@@ -281,7 +282,7 @@ impl Exec<'_> {
     }
 
     /// Records the outcome of input `i` of the current task, which ended at byte `input_end`
-    /// of the task's inputs: appends its encoding to `out`, drops it (a panic in the result's
+    /// of the task's inputs: appends its encoding (values in `codec`) to `out`, drops it (a panic in the result's
     /// `Drop` makes it that input's [`ItemError::Panicked`], not the worker's death), and
     /// journals the encoding unless it attached descriptors (see [`super::journal`]).
     #[inline]
@@ -291,14 +292,15 @@ impl Exec<'_> {
         input_end: usize,
         outcome: ItemOut<R>,
         out: &mut Vec<u8>,
+        codec: Codec,
     ) {
         let start = out.len();
         let attached = fdpass::attached();
-        push_outcome(&outcome, out);
+        push_outcome(codec, &outcome, out);
         if std::mem::needs_drop::<R>() {
             if let Err(p) = panic::catch(move || drop(outcome)) {
                 out.truncate(start);
-                push_outcome(&ItemOut::<()>::Err(ItemError::Panicked(p)), out);
+                push_outcome(codec, &ItemOut::<()>::Err(ItemError::Panicked(p)), out);
             }
         }
         if fdpass::attached() == attached {
