@@ -220,7 +220,8 @@ where
     /// Appends the encoding of input `x` to the task being made, and drops `x`.
     #[inline]
     fn encode(&mut self, x: I::Item) -> Result<()> {
-        postcard::serialize_with_flavor(&x, Append(&mut self.scratch)).map_err(CodecError)?;
+        postcard::serialize_with_flavor(&x, Append(&mut self.scratch))
+            .map_err(crate::fdpass::encode_error)?;
         Ok(())
     }
 
