@@ -110,6 +110,12 @@ impl Body {
         &self.buf[self.start..]
     }
 
+    /// The whole buffer the body lives in (to reuse it).
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        self.buf
+    }
+
     /// The body without its first `n` bytes (a header the caller has parsed), without a copy.
     pub(crate) fn skip(self, n: usize) -> Body {
         Body {

@@ -129,6 +129,8 @@ pub(crate) fn pair() -> Result<(Link, WorkerEnd)> {
             rx: FrameBuf::default(),
             out: Vec::new(),
             out_fds: Vec::new(),
+            #[cfg(feature = "mpi")]
+            link: None,
         },
     ))
 }
@@ -314,6 +316,22 @@ pub(crate) enum Order {
     Stop,
 }
 
+/// A worker's link to its parent that is not a socket: an MPI worker rank's messages to and from
+/// rank 0 (feature `mpi`, `start::mpi_rank`). It carries frames as the socket does, without
+/// descriptors (an MPI process encodes inline only).
+#[cfg(feature = "mpi")]
+pub(crate) trait FrameLink: Send {
+    /// The next frame from the parent (its body, without the length prefix), waiting for it;
+    /// `None` when the parent is done with this worker.
+    fn recv(&mut self) -> Result<Option<Body>>;
+    /// Whether a frame from the parent has arrived (without waiting).
+    fn has_frame(&mut self) -> bool;
+    /// Sends whole frames (length prefixes included) to the parent.
+    fn send(&mut self, frames: &[u8]) -> Result<()>;
+    /// Takes back a frame's buffer once its content is used (to receive the next one into).
+    fn recycle(&mut self, body: Body);
+}
+
 /// The worker's end of its socket (blocking).
 #[derive(Debug)]
 pub(crate) struct WorkerEnd {
@@ -322,6 +340,20 @@ pub(crate) struct WorkerEnd {
     out: Vec<u8>,
     /// Where in `out` a reply with descriptors starts, and its descriptors.
     out_fds: Vec<(usize, Vec<OwnedFd>)>,
+    /// Instead of `sock`: an MPI worker rank's link to rank 0.
+    #[cfg(feature = "mpi")]
+    link: Option<LinkBox>,
+}
+
+/// A [`FrameLink`] in a box, debug-printable.
+#[cfg(feature = "mpi")]
+pub(crate) struct LinkBox(pub(crate) Box<dyn FrameLink>);
+
+#[cfg(feature = "mpi")]
+impl std::fmt::Debug for LinkBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FrameLink")
+    }
 }
 
 impl WorkerEnd {
@@ -332,6 +364,17 @@ impl WorkerEnd {
             rx: FrameBuf::default(),
             out: Vec::new(),
             out_fds: Vec::new(),
+            #[cfg(feature = "mpi")]
+            link: None,
+        }
+    }
+
+    /// A worker end whose frames go over `link` (an MPI worker rank's); `sock` is left unused.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn from_link(sock: OwnedFd, link: Box<dyn FrameLink>) -> WorkerEnd {
+        WorkerEnd {
+            link: Some(LinkBox(link)),
+            ..WorkerEnd::from_fd(sock)
         }
     }
 
@@ -344,6 +387,15 @@ impl WorkerEnd {
     /// The next order; `None` at end of file (the parent is gone or closed the pool). Before it
     /// blocks, it sends the buffered replies and spins for `spin` in case the next order is close.
     pub(crate) fn next_order(&mut self, spin: std::time::Duration) -> Result<Option<Order>> {
+        #[cfg(feature = "mpi")]
+        if self.link.is_some() {
+            self.flush()?;
+            let link = self.link.as_mut().map(|l| &mut l.0);
+            return match link.map(|l| l.recv()).transpose()?.flatten() {
+                Some(body) => parse_order(body, &mut self.rx).map(Some),
+                None => Ok(None),
+            };
+        }
         loop {
             if let Some(body) = self.rx.next()? {
                 return parse_order(body, &mut self.rx).map(Some);
@@ -378,11 +430,19 @@ impl WorkerEnd {
 
     /// Hands a used input buffer back for reuse.
     pub(crate) fn recycle(&mut self, body: Body) {
+        #[cfg(feature = "mpi")]
+        if let Some(link) = self.link.as_mut() {
+            return link.0.recycle(body);
+        }
         self.rx.recycle(body);
     }
 
     /// Whether another order is already buffered (replies may wait for the batch).
-    pub(crate) fn has_order(&self) -> bool {
+    pub(crate) fn has_order(&mut self) -> bool {
+        #[cfg(feature = "mpi")]
+        if let Some(link) = self.link.as_mut() {
+            return link.0.has_frame();
+        }
         self.rx.has_frame()
     }
 
@@ -423,6 +483,14 @@ impl WorkerEnd {
 
     /// Sends the buffered replies (blocking).
     pub(crate) fn flush(&mut self) -> Result<()> {
+        #[cfg(feature = "mpi")]
+        if let Some(link) = self.link.as_mut() {
+            if !self.out.is_empty() {
+                link.0.send(&self.out)?;
+                self.out.clear();
+            }
+            return Ok(());
+        }
         let mut pos = 0;
         for (mark, fds) in std::mem::take(&mut self.out_fds) {
             self.send_plain(pos, mark)?;

@@ -22,6 +22,8 @@
 pub(crate) mod mpi;
 #[cfg(feature = "mpi")]
 mod mpi_bridge;
+#[cfg(feature = "mpi")]
+mod mpi_rank;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
