@@ -169,6 +169,9 @@ struct Slot {
 
 impl Slot {
     fn new(worker: Box<dyn Worker>, link: Link) -> Slot {
+        // An MPI rank takes its frames from the link directly (mpi issue 15, small edit).
+        #[cfg(feature = "mpi")]
+        let link = link.with_sink(worker.frame_sink());
         Slot {
             pid: worker.pid(),
             worker,

@@ -91,6 +91,19 @@ pub(crate) struct Link {
     out_pos: usize,
     rx: FrameBuf,
     eof: bool,
+    /// Where outgoing frames go instead of the socket (an MPI rank's, feature `mpi`).
+    #[cfg(feature = "mpi")]
+    sink: Option<Box<dyn FrameSink>>,
+}
+
+/// Takes a worker's outgoing frames instead of its socket (an MPI rank's bridge, feature
+/// `mpi`): the frames keep their order; no descriptor goes with them (an MPI process encodes
+/// inline only).
+#[cfg(feature = "mpi")]
+pub(crate) trait FrameSink: Send {
+    /// One frame: `head` is its length prefix and header, `payload` the rest (shared, not
+    /// copied).
+    fn frame(&mut self, head: Vec<u8>, payload: Bytes);
 }
 
 impl std::fmt::Debug for Link {
@@ -123,6 +136,8 @@ pub(crate) fn pair() -> Result<(Link, WorkerEnd)> {
             out_pos: 0,
             rx: FrameBuf::default(),
             eof: false,
+            #[cfg(feature = "mpi")]
+            sink: None,
         },
         WorkerEnd {
             sock: b,
@@ -155,7 +170,21 @@ impl Link {
         }
     }
 
+    /// This link with its outgoing frames going to `sink` (if any) instead of the socket.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn with_sink(mut self, sink: Option<Box<dyn FrameSink>>) -> Link {
+        self.sink = sink;
+        self
+    }
+
     fn queue(&mut self, head: &[u8], payload: &Bytes, fds: &Fds) {
+        #[cfg(feature = "mpi")]
+        if let Some(sink) = self.sink.as_mut() {
+            let mut frame_head = Vec::with_capacity(wire::LEN_BYTES + head.len());
+            frame_head.extend_from_slice(&wire::frame_len(head.len() + payload.len()));
+            frame_head.extend_from_slice(head);
+            return sink.frame(frame_head, payload.clone());
+        }
         if let Some(fds) = fds.as_ref().filter(|f| !f.is_empty()) {
             // The frame starts a segment of its own, whose first byte carries the descriptors.
             self.out.push_back(Seg {

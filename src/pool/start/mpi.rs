@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::panic;
 use crate::sys::{ExitStatus, Pid};
 
-use super::super::transport::WorkerEnd;
+use super::super::transport::{FrameSink, WorkerEnd};
 use super::super::worker::{self, Progress, Setup};
 use super::mpi_bridge::{self, Cmd};
 use super::mpi_rank::{self, RankLink, RankShared};
@@ -334,6 +334,14 @@ impl Worker for Rank {
             rank: self.rank,
             signal: sig as i32,
         });
+    }
+
+    fn frame_sink(&self) -> Option<Box<dyn FrameSink>> {
+        let bridge = self.bridge.clone();
+        Some(Box::new(mpi_bridge::RankSink {
+            rank: self.rank,
+            send: move |cmd| bridge.send(cmd),
+        }))
     }
 
     fn wait(&mut self) -> ExitStatus {

@@ -31,6 +31,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
+use super::super::transport::{Bytes, FrameSink};
+
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
@@ -44,6 +46,14 @@ pub(super) const TAG_STOP: i32 = 2;
 pub(super) const TAG_BYE: i32 = 3;
 /// Hub to rank: nothing follows.
 pub(super) const TAG_FIN: i32 = 4;
+/// Hub to rank: the length prefix and header of a frame whose payload is the next message.
+pub(super) const TAG_HEAD: i32 = 5;
+/// Hub to rank: the payload of the frame of the previous message (`TAG_HEAD`).
+pub(super) const TAG_PAYLOAD: i32 = 6;
+
+/// A frame payload at least this big goes as a message of its own, from the scheduler's
+/// buffer (no copy); a smaller one is copied behind its header.
+const OWN_MESSAGE: usize = 1 << 16;
 
 /// The most bytes of a socket carried in one message (a larger frame streams in pieces).
 const CHUNK: usize = 64 << 20;
@@ -64,6 +74,13 @@ pub(super) enum Cmd {
         rank: i32,
         sock: UnixStream,
         death: UnixStream,
+    },
+    /// A frame for `rank` (see `transport::FrameSink`): `head` is its length prefix and
+    /// header, `payload` the rest.
+    Frame {
+        rank: i32,
+        head: Vec<u8>,
+        payload: Bytes,
     },
     /// End `rank` now (it reports `-signal` as its code).
     Stop { rank: i32, signal: i32 },
@@ -177,8 +194,36 @@ struct RankState {
     fin_sent: bool,
 }
 
+/// The body of a message for a rank.
+pub(super) enum Msg {
+    Own(Vec<u8>),
+    /// A frame's payload, shared with the scheduler.
+    Shared(Bytes),
+}
+
+impl Msg {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Msg::Own(v) => v,
+            Msg::Shared(b) => b,
+        }
+    }
+}
+
 /// Messages for the ranks: (rank, tag, body).
-type Sends = Vec<(i32, i32, Vec<u8>)>;
+type Sends = Vec<(i32, i32, Msg)>;
+
+/// Appends `bytes` (whole frames, or the rest of one) to the last `DATA` message queued for
+/// `rank` if it has room, else queues a new one.
+fn queue_data(sends: &mut Sends, rank: i32, data: Vec<u8>) {
+    let open = sends.iter().rposition(|(to, _, _)| *to == rank);
+    match open.map(|i| &mut sends[i]) {
+        Some((_, TAG_DATA, Msg::Own(v))) if v.len() + data.len() <= CHUNK => {
+            v.extend_from_slice(&data);
+        }
+        _ => sends.push((rank, TAG_DATA, Msg::Own(data))),
+    }
+}
 
 /// The hub: rank 0's bridge. Returns on [`Cmd::Shutdown`] (or when the pool side is gone) once
 /// every rank has ended.
@@ -195,7 +240,7 @@ pub(super) fn hub(world: &SimpleCommunicator, cmds: Receiver<Cmd>, mut wake: Uni
         for (r, st) in ranks.iter_mut().enumerate().skip(1) {
             if st.ended.is_some() && !st.fin_sent {
                 st.fin_sent = true;
-                sends.push((r as i32, TAG_FIN, Vec::new()));
+                sends.push((r as i32, TAG_FIN, Msg::Own(Vec::new())));
             }
         }
         let moved = !sends.is_empty();
@@ -239,6 +284,22 @@ fn take_commands(
         match cmds.try_recv() {
             Ok(Cmd::Attach { rank, sock, death }) => {
                 ranks[rank as usize].link = Some((sock, death));
+            }
+            Ok(Cmd::Frame {
+                rank,
+                mut head,
+                payload,
+            }) => {
+                if ranks[rank as usize].ended.is_some() {
+                    continue;
+                }
+                if payload.len() >= OWN_MESSAGE {
+                    sends.push((rank, TAG_HEAD, Msg::Own(head)));
+                    sends.push((rank, TAG_PAYLOAD, Msg::Shared(payload)));
+                } else {
+                    head.extend_from_slice(&payload);
+                    queue_data(sends, rank, head);
+                }
             }
             Ok(Cmd::Stop { rank, signal }) => stop(ranks, rank, signal, sends),
             Ok(Cmd::Shutdown) | Err(TryRecvError::Disconnected) => {
@@ -286,15 +347,7 @@ fn read_links(ranks: &mut [RankState], sends: &mut Sends) {
             let rest = st.partial.split_off(cut);
             std::mem::replace(&mut st.partial, rest)
         };
-        let r = r as i32;
-        let open = sends
-            .iter()
-            .rposition(|(to, _, _)| *to == r)
-            .filter(|&i| sends[i].1 == TAG_DATA && sends[i].2.len() + data.len() <= CHUNK);
-        match open {
-            Some(i) => sends[i].2.extend_from_slice(&data),
-            None => sends.push((r, TAG_DATA, data)),
-        }
+        queue_data(sends, r as i32, data);
     }
 }
 
@@ -383,7 +436,7 @@ fn stop(ranks: &mut [RankState], rank: i32, signal: i32, sends: &mut Sends) {
     let st = &mut ranks[rank as usize];
     if st.ended.is_none() && !st.stop_sent {
         st.stop_sent = true;
-        sends.push((rank, TAG_STOP, code_bytes(signal)));
+        sends.push((rank, TAG_STOP, Msg::Own(code_bytes(signal))));
     }
 }
 
@@ -398,11 +451,11 @@ fn exchange(world: &SimpleCommunicator, ranks: &mut [RankState], sends: Sends) -
         let mut pending: Vec<_> = sends
             .iter()
             .map(|(rank, tag, body)| {
-                Some(
-                    world
-                        .process_at_rank(*rank)
-                        .immediate_send_with_tag(scope, &body[..], *tag),
-                )
+                Some(world.process_at_rank(*rank).immediate_send_with_tag(
+                    scope,
+                    body.bytes(),
+                    *tag,
+                ))
             })
             .collect();
         loop {
@@ -469,5 +522,22 @@ fn report_ends(ranks: &mut [RankState]) {
             let _ = sock.shutdown(Shutdown::Both);
             let _ = death.write_all(&code.to_le_bytes());
         }
+    }
+}
+
+/// The frames for one worker rank, handed to the hub (see `transport::FrameSink`).
+pub(super) struct RankSink<F: Fn(Cmd) + Send> {
+    pub(super) rank: i32,
+    /// Hands a command to the hub and wakes it.
+    pub(super) send: F,
+}
+
+impl<F: Fn(Cmd) + Send> FrameSink for RankSink<F> {
+    fn frame(&mut self, head: Vec<u8>, payload: Bytes) {
+        (self.send)(Cmd::Frame {
+            rank: self.rank,
+            head,
+            payload,
+        });
     }
 }

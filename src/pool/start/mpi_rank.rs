@@ -32,12 +32,16 @@ use crate::error::{Error, Result};
 use crate::wire::{Body, LEN_BYTES, MAX_MESSAGE_BYTES};
 
 use super::super::transport::FrameLink;
-use super::mpi_bridge::{TAG_BYE, TAG_DATA, TAG_FIN, TAG_STOP, code_bytes, code_of};
+use super::mpi_bridge::{
+    TAG_BYE, TAG_DATA, TAG_FIN, TAG_HEAD, TAG_PAYLOAD, TAG_STOP, code_bytes, code_of,
+};
 
 /// How often the bridge thread looks for a `STOP` while the worker loop runs a task.
 const WATCH_NAP: Duration = Duration::from_millis(5);
 /// The most bytes sent in one MPI message (counts are `i32`).
 const MAX_SEND: usize = 1 << 30;
+/// Messages at least this big are received into the spare buffer.
+const BIG: usize = 1 << 16;
 /// `stopped` before any `STOP` arrived.
 const NOT_STOPPED: i32 = i32::MIN;
 
@@ -115,6 +119,18 @@ impl RankLink {
         Ok(())
     }
 
+    /// A buffer of `len` bytes: the spare one (mapped already: no page faults, and no zeroing
+    /// when it had this length before) or a new one.
+    fn take_spare(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.spare);
+        if buf.len() >= len {
+            buf.truncate(len);
+        } else {
+            buf.resize(len, 0);
+        }
+        buf
+    }
+
     fn keep_spare(&mut self, buf: Vec<u8>) {
         if buf.capacity() > self.spare.capacity() {
             self.spare = buf;
@@ -146,27 +162,50 @@ impl FrameLink for RankLink {
                 return Ok(None);
             }
             let msg = {
-                let _mpi = self.shared.lock();
+                let mpi = Arc::clone(&self.shared.mpi);
+                let _mpi = mpi.lock().unwrap_or_else(|e| e.into_inner());
                 let world = SimpleCommunicator::world();
                 // Blocking: rank 0's next message, whatever it is (a STOP ends the wait too).
-                let (msg, status) = world.process_at_rank(0).matched_probe();
+                let hub = world.process_at_rank(0);
+                let (msg, status) = hub.matched_probe();
                 let n = status.count(u8::equivalent_datatype()).max(0) as usize;
-                let mut buf = std::mem::take(&mut self.spare);
-                // A reused buffer is mapped already: no page faults for a big frame.
-                buf.truncate(n);
-                buf.resize(n, 0);
-                msg.matched_receive_into(&mut buf[..]);
                 match status.tag() {
-                    TAG_DATA => Some(buf),
+                    TAG_DATA if n >= BIG => {
+                        let mut buf = self.take_spare(n);
+                        msg.matched_receive_into(&mut buf[..]);
+                        Some(buf)
+                    }
+                    TAG_HEAD => {
+                        // The payload is the next message: received behind the head, in place.
+                        let (head, _) = (msg, status).matched_receive_vec::<u8>();
+                        let total = frame_total(&head)?.unwrap_or(0).max(n);
+                        let mut buf = self.take_spare(total);
+                        buf[..n].copy_from_slice(&head);
+                        let (msg, status) = hub.matched_probe();
+                        let m = status.count(u8::equivalent_datatype()).max(0) as usize;
+                        if status.tag() != TAG_PAYLOAD || n + m != total {
+                            return Err(Error::Disconnected(format!(
+                                "rank 0 sent a frame of {total} bytes whose payload did not \
+                                 follow its head ({m} bytes, tag {})",
+                                status.tag()
+                            )));
+                        }
+                        msg.matched_receive_into(&mut buf[n..]);
+                        Some(buf)
+                    }
                     TAG_STOP => {
+                        let (body, _) = (msg, status).matched_receive_vec::<u8>();
                         self.shared
                             .stopped
-                            .store(-code_of(&buf).abs(), Ordering::SeqCst);
+                            .store(-code_of(&body).abs(), Ordering::SeqCst);
                         None
                     }
-                    _ => {
-                        self.spare = buf;
-                        continue;
+                    tag => {
+                        let (body, _) = (msg, status).matched_receive_vec::<u8>();
+                        if tag != TAG_DATA {
+                            continue;
+                        }
+                        Some(body)
                     }
                 }
             };
