@@ -101,9 +101,13 @@ pub(crate) struct Link {
 /// inline only).
 #[cfg(feature = "mpi")]
 pub(crate) trait FrameSink: Send {
-    /// One frame: `head` is its length prefix and header, `payload` the rest (shared, not
-    /// copied).
+    /// Queues one frame: `head` is its length prefix and header, `payload` the rest (shared,
+    /// not copied).
     fn frame(&mut self, head: Vec<u8>, payload: Bytes);
+    /// Whether frames are queued.
+    fn pending(&self) -> bool;
+    /// Hands the queued frames on.
+    fn flush(&mut self);
 }
 
 impl std::fmt::Debug for Link {
@@ -242,11 +246,20 @@ impl Link {
 
     /// Whether queued bytes wait to be written.
     pub(crate) fn wants_write(&self) -> bool {
+        #[cfg(feature = "mpi")]
+        if let Some(sink) = &self.sink {
+            return sink.pending();
+        }
         !self.out.is_empty()
     }
 
     /// Writes as much as the socket takes without blocking. An error means the worker is gone.
     pub(crate) fn flush(&mut self) -> Result<()> {
+        #[cfg(feature = "mpi")]
+        if let Some(sink) = self.sink.as_mut() {
+            sink.flush();
+            return Ok(());
+        }
         while let Some(seg) = self.out.front() {
             let bytes = &seg.bytes()[self.out_pos..];
             if bytes.is_empty() {

@@ -341,6 +341,7 @@ impl Worker for Rank {
         Some(Box::new(mpi_bridge::RankSink {
             rank: self.rank,
             send: move |cmd| bridge.send(cmd),
+            queued: Vec::new(),
         }))
     }
 

@@ -61,6 +61,9 @@ const CHUNK: usize = 64 << 20;
 const READ: usize = 1 << 16;
 /// How long the bridge keeps looking without sleeping after it moved something.
 const SPIN: Duration = Duration::from_micros(500);
+/// How long the hub keeps looking without sleeping while a rank owes the answer to a task
+/// (answers come back within this of each other in a busy farm; a longer task gets naps).
+const SPIN_AWAITING: Duration = Duration::from_millis(20);
 /// The longest sleep between two looks at MPI (messages are seen by probing).
 const NAP: Duration = Duration::from_millis(1);
 /// How long the hub waits for the ranks to end once the pool is gone, before it aborts the job.
@@ -75,12 +78,11 @@ pub(super) enum Cmd {
         sock: UnixStream,
         death: UnixStream,
     },
-    /// A frame for `rank` (see `transport::FrameSink`): `head` is its length prefix and
-    /// header, `payload` the rest.
-    Frame {
+    /// Frames for `rank` (see `transport::FrameSink`), in order: each one's length prefix and
+    /// header, and its payload.
+    Frames {
         rank: i32,
-        head: Vec<u8>,
-        payload: Bytes,
+        frames: Vec<(Vec<u8>, Bytes)>,
     },
     /// End `rank` now (it reports `-signal` as its code).
     Stop { rank: i32, signal: i32 },
@@ -189,6 +191,8 @@ struct RankState {
     /// The scheduler closed its end: nothing more to read.
     sched_gone: bool,
     stop_sent: bool,
+    /// Tasks sent to the rank and not answered yet (as far as the hub can count).
+    awaiting: u64,
     /// The code the rank ended with (its `BYE`).
     ended: Option<i32>,
     fin_sent: bool,
@@ -268,7 +272,12 @@ pub(super) fn hub(world: &SimpleCommunicator, cmds: Receiver<Cmd>, mut wake: Uni
         if moved || received || !sends.is_empty() {
             last_moved = Instant::now();
         }
-        let nap = nap_after(last_moved.elapsed());
+        let awaiting = ranks.iter().any(|st| st.awaiting > 0);
+        let nap = if awaiting && last_moved.elapsed() < SPIN_AWAITING {
+            Duration::ZERO
+        } else {
+            nap_after(last_moved.elapsed())
+        };
         wait_hub(&ranks, &wake, nap);
     }
 }
@@ -285,21 +294,8 @@ fn take_commands(
             Ok(Cmd::Attach { rank, sock, death }) => {
                 ranks[rank as usize].link = Some((sock, death));
             }
-            Ok(Cmd::Frame {
-                rank,
-                mut head,
-                payload,
-            }) => {
-                if ranks[rank as usize].ended.is_some() {
-                    continue;
-                }
-                if payload.len() >= OWN_MESSAGE {
-                    sends.push((rank, TAG_HEAD, Msg::Own(head)));
-                    sends.push((rank, TAG_PAYLOAD, Msg::Shared(payload)));
-                } else {
-                    head.extend_from_slice(&payload);
-                    queue_data(sends, rank, head);
-                }
+            Ok(Cmd::Frames { rank, frames }) => {
+                queue_frames(&mut ranks[rank as usize], rank, frames, sends)
             }
             Ok(Cmd::Stop { rank, signal }) => stop(ranks, rank, signal, sends),
             Ok(Cmd::Shutdown) | Err(TryRecvError::Disconnected) => {
@@ -310,6 +306,27 @@ fn take_commands(
                 return;
             }
             Err(TryRecvError::Empty) => return,
+        }
+    }
+}
+
+/// Queues the scheduler's frames for `rank` (unless it has ended): a payload of at least
+/// [`OWN_MESSAGE`] bytes as a message of its own behind its head, smaller frames copied into
+/// `DATA` messages.
+fn queue_frames(st: &mut RankState, rank: i32, frames: Vec<(Vec<u8>, Bytes)>, sends: &mut Sends) {
+    if st.ended.is_some() {
+        return;
+    }
+    for (mut head, payload) in frames {
+        if head.get(crate::wire::LEN_BYTES) == Some(&super::super::transport::TASK) {
+            st.awaiting += 1;
+        }
+        if payload.len() >= OWN_MESSAGE {
+            sends.push((rank, TAG_HEAD, Msg::Own(head)));
+            sends.push((rank, TAG_PAYLOAD, Msg::Shared(payload)));
+        } else {
+            head.extend_from_slice(&payload);
+            queue_data(sends, rank, head);
         }
     }
 }
@@ -368,6 +385,16 @@ fn sendable(buf: &[u8], begun: usize) -> usize {
     } else {
         begun + whole_frames(&buf[begun..])
     }
+}
+
+/// How many frames `buf` holds, if it is whole frames.
+fn count_frames(buf: &[u8]) -> Option<u64> {
+    let (mut pos, mut n) = (0, 0);
+    while pos < buf.len() {
+        pos += frame_at(&buf[pos..])?;
+        n += 1;
+    }
+    (pos == buf.len()).then_some(n)
 }
 
 /// How many bytes at the start of `buf` are whole frames.
@@ -488,8 +515,15 @@ fn receive(world: &SimpleCommunicator, ranks: &mut [RankState]) -> bool {
             continue;
         };
         match status.tag() {
-            TAG_DATA => st.to_sched.push(body),
-            TAG_BYE => st.ended = Some(code_of(&body)),
+            TAG_DATA => {
+                // One answer per task; a message that is not whole frames cannot be counted.
+                st.awaiting = count_frames(&body).map_or(0, |n| st.awaiting.saturating_sub(n));
+                st.to_sched.push(body);
+            }
+            TAG_BYE => {
+                st.ended = Some(code_of(&body));
+                st.awaiting = 0;
+            }
             _ => {}
         }
     }
@@ -530,14 +564,24 @@ pub(super) struct RankSink<F: Fn(Cmd) + Send> {
     pub(super) rank: i32,
     /// Hands a command to the hub and wakes it.
     pub(super) send: F,
+    pub(super) queued: Vec<(Vec<u8>, Bytes)>,
 }
 
 impl<F: Fn(Cmd) + Send> FrameSink for RankSink<F> {
     fn frame(&mut self, head: Vec<u8>, payload: Bytes) {
-        (self.send)(Cmd::Frame {
-            rank: self.rank,
-            head,
-            payload,
-        });
+        self.queued.push((head, payload));
+    }
+
+    fn pending(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
+    fn flush(&mut self) {
+        if !self.queued.is_empty() {
+            (self.send)(Cmd::Frames {
+                rank: self.rank,
+                frames: std::mem::take(&mut self.queued),
+            });
+        }
     }
 }
