@@ -39,7 +39,7 @@ def main():
             secs = time.perf_counter() - t
             assert out == [MIB] * n
     print(f"mpi4py.futures {kind} (chunksize {chunksize}): {n} tasks on {workers} worker ranks "
-          f"in {secs:.3f} s: {secs * 1e6 / n:.2f} us/task")
+          f"in {secs:.4f} s: {secs * 1e6 / n:.3f} us/task")
 
 
 if __name__ == "__main__":
