@@ -30,9 +30,9 @@
 //!   all ranks must run the same binary (mpirun and srun do).
 //! - **Values travel as bytes**: a [`PodVec`](crate::PodVec) crosses as its bytes (one MPI
 //!   message, no per-element encoding); a [`SharedArray`](crate::SharedArray), `SharedValue`
-//!   or a sync primitive cannot cross (decoding it on the rank fails, and that input gets an
-//!   error). Once `init` has run, this process sends every `PodVec` as bytes, also through its
-//!   local pipes and queues.
+//!   or a sync primitive cannot cross (ranks share no memory): sending one to a rank fails with
+//!   [`Error::NotSendable`](crate::Error::NotSendable). Once `init` has run, this process sends
+//!   every `PodVec` as bytes, also through its local pipes and queues.
 //! - **Ranks are not replaced**: a rank that dies ends the MPI job, as MPI does (mpirun or srun
 //!   stop the other ranks and exit non-zero). A task that panics is caught on its rank and gives
 //!   [`Error::TaskPanicked`](crate::Error::TaskPanicked); the rank keeps working.
