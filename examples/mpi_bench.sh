@@ -22,11 +22,12 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 echo "load before: $(uptime)"
 for rep in $(seq "$REPS"); do
-  for a in "pool tiny 1000000" "pool1 tiny 20000" "raw tiny 100000" \
+  for a in "pool tiny 100000" "pool tiny 1000000" "pool1 tiny 20000" "raw tiny 100000" \
            "pool big 300" "pool1 big 300" "raw big 300"; do
     # shellcheck disable=SC2086
     "${M[@]}" "$FARM" $a | tee -a "$out"
   done
+  "${M[@]}" "${PY[@]}" tiny 100000 12500 | tee -a "$out"
   "${M[@]}" "${PY[@]}" tiny 1000000 125000 | tee -a "$out"
   "${M[@]}" "${PY[@]}" tiny 20000 1 | tee -a "$out"
   "${M[@]}" "${PY[@]}" big 300 1 | tee -a "$out"
@@ -37,9 +38,9 @@ python3 - "$out" <<'EOF'
 import re, statistics, sys
 runs = {}
 for line in open(sys.argv[1]):
-    m = re.match(r"(.+?): \d+ tasks on \d+ worker ranks in [\d.]+ s: ([\d.]+) us/task", line)
+    m = re.match(r"(.+?): (\d+) tasks on \d+ worker ranks in [\d.]+ s: ([\d.]+) us/task", line)
     if m:
-        runs.setdefault(m.group(1), []).append(float(m.group(2)))
+        runs.setdefault(f"{m.group(1)} n={m.group(2)}", []).append(float(m.group(3)))
     m = re.match(r"(Vec<f64>|PodVec<f64>).*: ([\d.]+) s", line)
     if m:
         runs.setdefault("bcast " + m.group(1), []).append(float(m.group(2)))
@@ -52,12 +53,16 @@ def ratio(name, a, b):
         per = [x / y for x, y in zip(runs[a], runs[b])]
         print(f"  {name:55} {med[a] / med[b]:6.2f}x  (per run: {', '.join(f'{r:.2f}' for r in per)})")
 print("\nratios (time / time):")
-ratio("1 MiB, MpiPool chunksize 1 / raw farm (goal <= 2)", "pool1 big", "raw big")
-ratio("1 MiB, MpiPool default chunks / raw farm", "pool big", "raw big")
-ratio("tiny, mpi4py chunks 125000 / MpiPool default (goal >= 10)",
-      "mpi4py.futures tiny (chunksize 125000)", "pool tiny")
-ratio("tiny, mpi4py chunksize 1 / MpiPool chunksize 1", "mpi4py.futures tiny (chunksize 1)", "pool1 tiny")
-ratio("tiny, raw farm / MpiPool chunksize 1", "raw tiny", "pool1 tiny")
-ratio("1 MiB, mpi4py chunksize 1 / MpiPool chunksize 1", "mpi4py.futures big (chunksize 1)", "pool1 big")
+ratio("1 MiB, MpiPool chunksize 1 / raw farm (goal <= 2)", "pool1 big n=300", "raw big n=300")
+ratio("1 MiB, MpiPool default chunks / raw farm", "pool big n=300", "raw big n=300")
+ratio("tiny 10^5, mpi4py chunks 12500 / MpiPool default (goal >= 10)",
+      "mpi4py.futures tiny (chunksize 12500) n=100000", "pool tiny n=100000")
+ratio("tiny 10^6, mpi4py chunks 125000 / MpiPool default (goal >= 10)",
+      "mpi4py.futures tiny (chunksize 125000) n=1000000", "pool tiny n=1000000")
+ratio("tiny, mpi4py chunksize 1 / MpiPool chunksize 1",
+      "mpi4py.futures tiny (chunksize 1) n=20000", "pool1 tiny n=20000")
+ratio("tiny, raw farm / MpiPool chunksize 1", "raw tiny n=100000", "pool1 tiny n=20000")
+ratio("1 MiB, mpi4py chunksize 1 (len only) / MpiPool chunksize 1",
+      "mpi4py.futures big (chunksize 1) n=300", "pool1 big n=300")
 ratio("bcast Vec<f64> / PodVec<f64> (goal >= 2.9)", "bcast Vec<f64>", "bcast PodVec<f64>")
 EOF
