@@ -46,9 +46,10 @@ pub(super) const TAG_STOP: i32 = 2;
 pub(super) const TAG_BYE: i32 = 3;
 /// Hub to rank: nothing follows.
 pub(super) const TAG_FIN: i32 = 4;
-/// Hub to rank: the length prefix and header of a frame whose payload is the next message.
+/// Hub to rank: the length prefix and header of a frame whose payload is the next messages.
 pub(super) const TAG_HEAD: i32 = 5;
-/// Hub to rank: the payload of the frame of the previous message (`TAG_HEAD`).
+/// Hub to rank: a piece of the payload of the frame of the last `TAG_HEAD` (at most [`CHUNK`]
+/// bytes; the pieces follow the head, in order, until the frame is whole).
 pub(super) const TAG_PAYLOAD: i32 = 6;
 
 /// A frame payload at least this big goes as a message of its own, from the scheduler's
@@ -201,15 +202,15 @@ struct RankState {
 /// The body of a message for a rank.
 pub(super) enum Msg {
     Own(Vec<u8>),
-    /// A frame's payload, shared with the scheduler.
-    Shared(Bytes),
+    /// A piece (`start..end`) of a frame's payload, shared with the scheduler.
+    Shared(Bytes, usize, usize),
 }
 
 impl Msg {
     fn bytes(&self) -> &[u8] {
         match self {
             Msg::Own(v) => v,
-            Msg::Shared(b) => b,
+            Msg::Shared(b, start, end) => &b[*start..*end],
         }
     }
 }
@@ -323,7 +324,11 @@ fn queue_frames(st: &mut RankState, rank: i32, frames: Vec<(Vec<u8>, Bytes)>, se
         }
         if payload.len() >= OWN_MESSAGE {
             sends.push((rank, TAG_HEAD, Msg::Own(head)));
-            sends.push((rank, TAG_PAYLOAD, Msg::Shared(payload)));
+            // In pieces of at most CHUNK bytes (an MPI count is an `i32`; a frame can be 4 GiB).
+            for start in (0..payload.len()).step_by(CHUNK) {
+                let end = (start + CHUNK).min(payload.len());
+                sends.push((rank, TAG_PAYLOAD, Msg::Shared(payload.clone(), start, end)));
+            }
         } else {
             head.extend_from_slice(&payload);
             queue_data(sends, rank, head);

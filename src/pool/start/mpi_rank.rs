@@ -176,21 +176,25 @@ impl FrameLink for RankLink {
                         Some(buf)
                     }
                     TAG_HEAD => {
-                        // The payload is the next message: received behind the head, in place.
+                        // The payload is the next messages: received behind the head, in place.
                         let (head, _) = (msg, status).matched_receive_vec::<u8>();
                         let total = frame_total(&head)?.unwrap_or(0).max(n);
                         let mut buf = self.take_spare(total);
                         buf[..n].copy_from_slice(&head);
-                        let (msg, status) = hub.matched_probe();
-                        let m = status.count(u8::equivalent_datatype()).max(0) as usize;
-                        if status.tag() != TAG_PAYLOAD || n + m != total {
-                            return Err(Error::Disconnected(format!(
-                                "rank 0 sent a frame of {total} bytes whose payload did not \
-                                 follow its head ({m} bytes, tag {})",
-                                status.tag()
-                            )));
+                        let mut pos = n;
+                        while pos < total {
+                            let (msg, status) = hub.matched_probe();
+                            let m = status.count(u8::equivalent_datatype()).max(0) as usize;
+                            if status.tag() != TAG_PAYLOAD || m == 0 || pos + m > total {
+                                return Err(Error::Disconnected(format!(
+                                    "rank 0 sent a frame of {total} bytes whose payload did \
+                                     not follow its head: {m} bytes with tag {} at byte {pos}",
+                                    status.tag()
+                                )));
+                            }
+                            msg.matched_receive_into(&mut buf[pos..pos + m]);
+                            pos += m;
                         }
-                        msg.matched_receive_into(&mut buf[n..]);
                         Some(buf)
                     }
                     TAG_STOP => {
