@@ -173,6 +173,17 @@ pub enum Error {
     #[error("MPI: {0}")]
     Mpi(String),
 
+    /// A value that lives in this machine's shared memory (a `SharedArray`, `SharedValue` or
+    /// sync object) was sent to an MPI rank (feature `mpi`), which shares no memory with the
+    /// sender: send its contents as a `PodVec` instead.
+    #[error("{type_name} cannot be sent to an MPI rank: {reason}")]
+    NotSendable {
+        /// The type of the value that could not be sent.
+        type_name: &'static str,
+        /// Why, and what to send instead.
+        reason: &'static str,
+    },
+
     /// A value could not be encoded or decoded on the wire.
     #[error("wire codec: {0}")]
     Codec(#[from] CodecError),

@@ -250,6 +250,44 @@ pub(crate) fn set_inline_only() {
     INLINE_ONLY.store(true, Ordering::Relaxed);
 }
 
+/// Whether this process is part of an MPI job (see `INLINE_ONLY`): shared memory cannot go with
+/// its messages.
+#[inline]
+pub(crate) fn inline_only() -> bool {
+    INLINE_ONLY.load(Ordering::Relaxed)
+}
+
+thread_local! {
+    /// The value whose `Serialize` refused to go inline (see [`refuse_inline`]), for the error.
+    static REFUSED: Cell<Option<&'static str>> = const { Cell::new(None) };
+}
+
+/// Called by the `Serialize` of a value that lives in shared memory when this process is part of
+/// an MPI job ([`inline_only`]): records `type_name` so that the encode fails with
+/// [`Error::NotSendable`](crate::Error::NotSendable) naming it (a serde error carries no text
+/// through postcard); returns the message for the serde error.
+pub(crate) fn refuse_inline(type_name: &'static str) -> &'static str {
+    REFUSED.with(|r| r.set(Some(type_name)));
+    NOT_SENDABLE_REASON
+}
+
+/// Why a shared-memory value cannot go to an MPI rank.
+pub(crate) const NOT_SENDABLE_REASON: &str = "MPI ranks share no memory with this process (they \
+    may run on other nodes), so a value that lives in shared memory cannot reach them; send its \
+    contents as a PodVec (its bytes travel) or as plain data";
+
+/// The error of an encode that failed with `e`: [`Error::NotSendable`](crate::Error::NotSendable)
+/// if a shared-memory value refused to go inline during it, else the codec's error.
+pub(crate) fn encode_error(e: postcard::Error) -> crate::Error {
+    match REFUSED.with(Cell::take) {
+        Some(type_name) => crate::Error::NotSendable {
+            type_name,
+            reason: NOT_SENDABLE_REASON,
+        },
+        None => crate::Error::Codec(crate::error::CodecError(e)),
+    }
+}
+
 /// Whether a descriptor can be attached to the message being encoded on this thread.
 #[inline]
 pub(crate) fn can_attach() -> bool {

@@ -31,7 +31,7 @@ pub(crate) fn encode_append<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>)
         reserve_for(value, buf)?;
     }
     let taken = std::mem::take(buf);
-    *buf = postcard::to_extend(value, taken).map_err(CodecError)?;
+    *buf = postcard::to_extend(value, taken).map_err(crate::fdpass::encode_error)?;
     if buf.len() - start > MAX_MESSAGE_BYTES {
         let size = buf.len() - start;
         buf.truncate(start);
@@ -46,7 +46,9 @@ pub(crate) fn encode_append<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>)
 /// Reserves room in `buf` for the encoding of `value` (one sizing pass over it). Call it only
 /// while no descriptor table is installed (see [`crate::fdpass`]): sizing serializes the value.
 pub(crate) fn reserve_for<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<()> {
-    buf.reserve_exact(postcard::experimental::serialized_size(value).map_err(CodecError)?);
+    buf.reserve_exact(
+        postcard::experimental::serialized_size(value).map_err(crate::fdpass::encode_error)?,
+    );
     crate::sys::mem::advise_huge_pages(buf);
     Ok(())
 }
@@ -111,6 +113,12 @@ impl Body {
     /// The body's bytes.
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.buf[self.start..]
+    }
+
+    /// The whole buffer the body lives in (to reuse it).
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        self.buf
     }
 
     /// The body without its first `n` bytes (a header the caller has parsed), without a copy.

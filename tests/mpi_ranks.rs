@@ -126,21 +126,44 @@ fn rank_checks() -> Result<(), String> {
         || "map_with".into(),
     )?;
 
-    // Shared memory cannot cross ranks: that input fails, the pool goes on.
-    let shared = multiproc::SharedArray::<u32>::new(4).map_err(e)?;
-    let out = pool
-        .map_results(|a: multiproc::SharedArray<u32>| a.len(), vec![shared])
-        .map_err(e)?;
-    ensure(out.len() == 1 && out[0].is_err(), || {
-        format!("a SharedArray sent to a rank gave {out:?}")
-    })?;
-    println!("a SharedArray sent to a rank: {:?}", out[0]);
-
+    shared_memory_refused(&pool)?;
     chunking(&pool)?;
     a_panic(&pool)?;
     big_payloads(&pool)?;
     ranks_run_at_once(&pool)?;
     terminate_mid_task(pool)
+}
+
+/// Shared memory cannot cross ranks: a `SharedArray` (or sync object) sent to a rank is
+/// [`Error::NotSendable`] naming its type and saying to send a `PodVec`; the pool goes on.
+fn shared_memory_refused(pool: &MpiPool) -> Result<(), String> {
+    let e = |e: Error| e.to_string();
+    let shared = multiproc::SharedArray::<u32>::new(4).map_err(e)?;
+    let outcome = pool
+        .map_results(|a: multiproc::SharedArray<u32>| a.len(), vec![shared])
+        .map(|mut out| out.pop().expect("one outcome"))
+        .and_then(|r| r);
+    println!("a SharedArray sent to a rank: {outcome:?}");
+    match &outcome {
+        Err(Error::NotSendable { type_name, reason }) => {
+            ensure(type_name.contains("SharedArray<u32>"), || {
+                format!("type named: {type_name}")
+            })?;
+            ensure(
+                reason.contains("share no memory") && reason.contains("PodVec"),
+                || format!("reason: {reason}"),
+            )?;
+        }
+        other => return Err(format!("a SharedArray sent to a rank gave {other:?}")),
+    }
+    let event = multiproc::Event::new().map_err(e)?;
+    let outcome = pool.apply(|ev: multiproc::Event| ev.is_set(), event);
+    ensure(matches!(outcome, Err(Error::NotSendable { .. })), || {
+        format!("an Event sent to a rank gave {outcome:?}")
+    })?;
+    ensure(pool.map(square, 0..10u64).map_err(e)?.len() == 10, || {
+        "map after a refused SharedArray".into()
+    })
 }
 
 /// With chunksize 25, each run of 25 consecutive inputs ran as one task on one rank.

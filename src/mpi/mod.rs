@@ -30,9 +30,9 @@
 //!   all ranks must run the same binary (mpirun and srun do).
 //! - **Values travel as bytes**: a [`PodVec`](crate::PodVec) crosses as its bytes (one MPI
 //!   message, no per-element encoding); a [`SharedArray`](crate::SharedArray), `SharedValue`
-//!   or a sync primitive cannot cross (decoding it on the rank fails, and that input gets an
-//!   error). Once `init` has run, this process sends every `PodVec` as bytes, also through its
-//!   local pipes and queues.
+//!   or a sync primitive cannot cross (ranks share no memory): sending one to a rank fails with
+//!   [`Error::NotSendable`](crate::Error::NotSendable). Once `init` has run, this process sends
+//!   every `PodVec` as bytes, also through its local pipes and queues.
 //! - **Ranks are not replaced**: a rank that dies ends the MPI job, as MPI does (mpirun or srun
 //!   stop the other ranks and exit non-zero). A task that panics is caught on its rank and gives
 //!   [`Error::TaskPanicked`](crate::Error::TaskPanicked); the rank keeps working.
@@ -41,7 +41,7 @@
 //!   finalizes MPI and exits 0, even in the middle of a task.
 //! - **Worker ids**: [`Pool::pids`] and [`Error::WorkerDied`](crate::Error::WorkerDied) show
 //!   `4194304 + rank` (2^22 + rank), an id no Linux process can have, not a pid.
-//! - **MPI belongs to the pool**: `init` initializes MPI (`MPI_THREAD_FUNNELED`, on a thread of
+//! - **MPI belongs to the pool**: `init` initializes MPI (`MPI_THREAD_SERIALIZED`, on a thread of
 //!   its own) and finalizes it when the pool and every result handle are dropped; the program
 //!   must not call MPI itself. Leave `main` normally: `std::process::exit` while the pool lives
 //!   skips the finalization, and the launcher reports the job as failed.
@@ -95,7 +95,7 @@ impl MpiPool {
     /// (the program was not started by `mpirun -n N`/`srun -n N` with N >= 2), when its size
     /// differs from the one the launcher announced (`OMPI_COMM_WORLD_SIZE`, `PMI_SIZE`: the
     /// binary was built against another MPI than the launcher's), when MPI was initialized
-    /// already, or when the MPI library lacks `MPI_THREAD_FUNNELED`.
+    /// already, or when the MPI library lacks `MPI_THREAD_SERIALIZED`.
     /// [`Error::Io`](crate::Error::Io) if a socket or thread cannot be made.
     pub fn init() -> Result<MpiPool> {
         let (starter, world) = mpi_start::init(announced_size())?;

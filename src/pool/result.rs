@@ -240,7 +240,7 @@ where
     fn encode(&mut self, x: I::Item) -> Result<()> {
         self.codec
             .encode(&x, &mut self.scratch)
-            .map_err(CodecError)?;
+            .map_err(crate::fdpass::encode_error)?;
         Ok(())
     }
 

@@ -91,6 +91,23 @@ pub(crate) struct Link {
     out_pos: usize,
     rx: FrameBuf,
     eof: bool,
+    /// Where outgoing frames go instead of the socket (an MPI rank's, feature `mpi`).
+    #[cfg(feature = "mpi")]
+    sink: Option<Box<dyn FrameSink>>,
+}
+
+/// Takes a worker's outgoing frames instead of its socket (an MPI rank's bridge, feature
+/// `mpi`): the frames keep their order; no descriptor goes with them (an MPI process encodes
+/// inline only).
+#[cfg(feature = "mpi")]
+pub(crate) trait FrameSink: Send {
+    /// Queues one frame: `head` is its length prefix and header, `payload` the rest (shared,
+    /// not copied).
+    fn frame(&mut self, head: Vec<u8>, payload: Bytes);
+    /// Whether frames are queued.
+    fn pending(&self) -> bool;
+    /// Hands the queued frames on.
+    fn flush(&mut self);
 }
 
 impl std::fmt::Debug for Link {
@@ -123,12 +140,16 @@ pub(crate) fn pair() -> Result<(Link, WorkerEnd)> {
             out_pos: 0,
             rx: FrameBuf::default(),
             eof: false,
+            #[cfg(feature = "mpi")]
+            sink: None,
         },
         WorkerEnd {
             sock: b,
             rx: FrameBuf::default(),
             out: Vec::new(),
             out_fds: Vec::new(),
+            #[cfg(feature = "mpi")]
+            link: None,
         },
     ))
 }
@@ -153,7 +174,21 @@ impl Link {
         }
     }
 
+    /// This link with its outgoing frames going to `sink` (if any) instead of the socket.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn with_sink(mut self, sink: Option<Box<dyn FrameSink>>) -> Link {
+        self.sink = sink;
+        self
+    }
+
     fn queue(&mut self, head: &[u8], payload: &Bytes, fds: &Fds) {
+        #[cfg(feature = "mpi")]
+        if let Some(sink) = self.sink.as_mut() {
+            let mut frame_head = Vec::with_capacity(wire::LEN_BYTES + head.len());
+            frame_head.extend_from_slice(&wire::frame_len(head.len() + payload.len()));
+            frame_head.extend_from_slice(head);
+            return sink.frame(frame_head, payload.clone());
+        }
         if let Some(fds) = fds.as_ref().filter(|f| !f.is_empty()) {
             // The frame starts a segment of its own, whose first byte carries the descriptors.
             self.out.push_back(Seg {
@@ -211,11 +246,20 @@ impl Link {
 
     /// Whether queued bytes wait to be written.
     pub(crate) fn wants_write(&self) -> bool {
+        #[cfg(feature = "mpi")]
+        if let Some(sink) = &self.sink {
+            return sink.pending();
+        }
         !self.out.is_empty()
     }
 
     /// Writes as much as the socket takes without blocking. An error means the worker is gone.
     pub(crate) fn flush(&mut self) -> Result<()> {
+        #[cfg(feature = "mpi")]
+        if let Some(sink) = self.sink.as_mut() {
+            sink.flush();
+            return Ok(());
+        }
         while let Some(seg) = self.out.front() {
             let bytes = &seg.bytes()[self.out_pos..];
             if bytes.is_empty() {
@@ -314,6 +358,22 @@ pub(crate) enum Order {
     Stop,
 }
 
+/// A worker's link to its parent that is not a socket: an MPI worker rank's messages to and from
+/// rank 0 (feature `mpi`, `start::mpi_rank`). It carries frames as the socket does, without
+/// descriptors (an MPI process encodes inline only).
+#[cfg(feature = "mpi")]
+pub(crate) trait FrameLink: Send {
+    /// The next frame from the parent (its body, without the length prefix), waiting for it;
+    /// `None` when the parent is done with this worker.
+    fn recv(&mut self) -> Result<Option<Body>>;
+    /// Whether a frame from the parent has arrived (without waiting).
+    fn has_frame(&mut self) -> bool;
+    /// Sends whole frames (length prefixes included) to the parent.
+    fn send(&mut self, frames: &[u8]) -> Result<()>;
+    /// Takes back a frame's buffer once its content is used (to receive the next one into).
+    fn recycle(&mut self, body: Body);
+}
+
 /// The worker's end of its socket (blocking).
 #[derive(Debug)]
 pub(crate) struct WorkerEnd {
@@ -322,6 +382,20 @@ pub(crate) struct WorkerEnd {
     out: Vec<u8>,
     /// Where in `out` a reply with descriptors starts, and its descriptors.
     out_fds: Vec<(usize, Vec<OwnedFd>)>,
+    /// Instead of `sock`: an MPI worker rank's link to rank 0.
+    #[cfg(feature = "mpi")]
+    link: Option<LinkBox>,
+}
+
+/// A [`FrameLink`] in a box, debug-printable.
+#[cfg(feature = "mpi")]
+pub(crate) struct LinkBox(pub(crate) Box<dyn FrameLink>);
+
+#[cfg(feature = "mpi")]
+impl std::fmt::Debug for LinkBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FrameLink")
+    }
 }
 
 impl WorkerEnd {
@@ -332,6 +406,17 @@ impl WorkerEnd {
             rx: FrameBuf::default(),
             out: Vec::new(),
             out_fds: Vec::new(),
+            #[cfg(feature = "mpi")]
+            link: None,
+        }
+    }
+
+    /// A worker end whose frames go over `link` (an MPI worker rank's); `sock` is left unused.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn from_link(sock: OwnedFd, link: Box<dyn FrameLink>) -> WorkerEnd {
+        WorkerEnd {
+            link: Some(LinkBox(link)),
+            ..WorkerEnd::from_fd(sock)
         }
     }
 
@@ -344,6 +429,15 @@ impl WorkerEnd {
     /// The next order; `None` at end of file (the parent is gone or closed the pool). Before it
     /// blocks, it sends the buffered replies and spins for `spin` in case the next order is close.
     pub(crate) fn next_order(&mut self, spin: std::time::Duration) -> Result<Option<Order>> {
+        #[cfg(feature = "mpi")]
+        if self.link.is_some() {
+            self.flush()?;
+            let link = self.link.as_mut().map(|l| &mut l.0);
+            return match link.map(|l| l.recv()).transpose()?.flatten() {
+                Some(body) => parse_order(body, &mut self.rx).map(Some),
+                None => Ok(None),
+            };
+        }
         loop {
             if let Some(body) = self.rx.next()? {
                 return parse_order(body, &mut self.rx).map(Some);
@@ -379,11 +473,19 @@ impl WorkerEnd {
 
     /// Hands a used input buffer back for reuse.
     pub(crate) fn recycle(&mut self, body: Body) {
+        #[cfg(feature = "mpi")]
+        if let Some(link) = self.link.as_mut() {
+            return link.0.recycle(body);
+        }
         self.rx.recycle(body);
     }
 
     /// Whether another order is already buffered (replies may wait for the batch).
-    pub(crate) fn has_order(&self) -> bool {
+    pub(crate) fn has_order(&mut self) -> bool {
+        #[cfg(feature = "mpi")]
+        if let Some(link) = self.link.as_mut() {
+            return link.0.has_frame();
+        }
         self.rx.has_frame()
     }
 
@@ -424,6 +526,14 @@ impl WorkerEnd {
 
     /// Sends the buffered replies (blocking).
     pub(crate) fn flush(&mut self) -> Result<()> {
+        #[cfg(feature = "mpi")]
+        if let Some(link) = self.link.as_mut() {
+            if !self.out.is_empty() {
+                link.0.send(&self.out)?;
+                self.out.clear();
+            }
+            return Ok(());
+        }
         let mut pos = 0;
         for (mark, fds) in std::mem::take(&mut self.out_fds) {
             self.send_plain(pos, mark)?;

@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::chunk::Codec;
 use super::fnref::{FnRef, ItemError, ItemOut, push_outcome};
 use super::journal::{ENTRY_HEAD, Entry, JOURNAL_BYTES, entry_head, parse};
-use super::transport::{MAX_FDS, Order, WorkerEnd};
+use super::transport::{Body, MAX_FDS, Order, WorkerEnd};
 
 /// Words per progress slot (one cache line).
 const WORDS: usize = 8;
@@ -318,7 +318,8 @@ impl Exec<'_> {
             let bytes = self
                 .ctx
                 .bytes
-                .as_deref()
+                .as_ref()
+                .map(Body::bytes)
                 .ok_or("the context of this job did not arrive")?;
             let fds = &mut self.ctx.fds;
             self.ctx.decoded = Some(fdpass::decoding_with(fds, || decode(bytes))?);
@@ -335,7 +336,8 @@ impl Exec<'_> {
 #[derive(Default)]
 pub(crate) struct CtxCache {
     job: u64,
-    bytes: Option<Vec<u8>>,
+    /// The encoded context as it arrived (kept, not copied: it may be big).
+    bytes: Option<Body>,
     fds: FdTable,
     decoded: Option<Box<dyn Any>>,
 }
@@ -410,7 +412,9 @@ pub(crate) fn serve(s: &mut Setup) -> crate::Result<()> {
                 fds,
             } => {
                 ctx.job = job;
-                ctx.bytes = Some(bytes.bytes().to_vec());
+                if let Some(old) = ctx.bytes.replace(bytes) {
+                    s.end.recycle(old);
+                }
                 ctx.fds = FdTable::new(fds);
                 ctx.decoded = None;
             }

@@ -467,6 +467,13 @@ impl<T: Pod> AsFd for SharedArray<T> {
 /// [Sending](SharedArray#sending).
 impl<T: Pod> Serialize for SharedArray<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if crate::fdpass::inline_only() {
+            // An MPI job: the receiver shares no memory with us.
+            let name = std::any::type_name::<SharedArray<T>>();
+            return Err(serde::ser::Error::custom(crate::fdpass::refuse_inline(
+                name,
+            )));
+        }
         self.seg.serialize(s)
     }
 }

@@ -418,6 +418,12 @@ impl<C> SharedCell<C> {
 
 impl<C> Serialize for SharedCell<C> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if fdpass::inline_only() {
+            // An MPI job: the receiver shares no memory with us.
+            let name =
+                "a shared-memory sync object (Lock, RLock, Condition, Semaphore, Event, Barrier)";
+            return Err(ser::Error::custom(fdpass::refuse_inline(name)));
+        }
         self.seg.serialize(s)
     }
 }

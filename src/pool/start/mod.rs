@@ -22,6 +22,8 @@
 pub(crate) mod mpi;
 #[cfg(feature = "mpi")]
 mod mpi_bridge;
+#[cfg(feature = "mpi")]
+mod mpi_rank;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -234,6 +236,12 @@ pub(crate) trait Worker: Send {
     fn signal(&self, sig: Signal);
     /// How the worker ended; blocks until it has. Call once.
     fn wait(&mut self) -> ExitStatus;
+    /// Where the frames for this worker go instead of its socket, if anywhere (an MPI rank's:
+    /// to the MPI bridge, without a copy).
+    #[cfg(feature = "mpi")]
+    fn frame_sink(&self) -> Option<Box<dyn super::transport::FrameSink>> {
+        None
+    }
 }
 
 /// Starts pool workers.

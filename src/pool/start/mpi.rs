@@ -1,17 +1,18 @@
 //! The MPI starter: pool workers that are the ranks of an MPI job (feature `mpi`).
 //!
-//! Every rank runs the same binary and calls [`init`] first. It starts MPI on a thread of its
-//! own, the *bridge* (`mpi_bridge`), the only thread of the process that calls MPI (so
-//! `MPI_THREAD_FUNNELED` is enough: that thread initializes MPI too). Then:
+//! Every rank runs the same binary and calls [`init`] first. It starts MPI
+//! (`MPI_THREAD_SERIALIZED`) on a thread of its own, the *bridge*, which also finalizes it.
+//! Then:
 //!
 //! - **rank 0** gets an [`MpiStarter`]: each worker it "starts" is the next rank. The
-//!   scheduler's link to it is an ordinary socket pair whose worker end goes to the bridge, which
-//!   carries its bytes to and from the rank; the [`Worker`] handle's death descriptor is a socket
-//!   the bridge writes the rank's exit code to once the rank has ended.
-//! - **a rank ≥ 1** runs the pool's worker loop (`worker::serve`) on its main thread, over a
-//!   socket pair whose other end the bridge carries to and from rank 0, and never returns: when
-//!   the worker loop ends (or rank 0 stops the rank), the bridge finalizes MPI and the process
-//!   exits.
+//!   scheduler's link to it is an ordinary socket pair whose worker end goes to the bridge (the
+//!   hub, `mpi_bridge`, the only thread of rank 0 that calls MPI), which carries its frames to
+//!   and from the rank; the [`Worker`] handle's death descriptor is a socket the hub writes the
+//!   rank's exit code to once the rank has ended.
+//! - **a rank ≥ 1** runs the pool's worker loop (`worker::serve`) on its main thread, talking
+//!   MPI to rank 0 itself (`mpi_rank`), and never returns: when the worker loop ends (or rank 0
+//!   stops the rank, which the bridge thread sees even mid-task), the bridge says goodbye,
+//!   finalizes MPI and the process exits.
 //!
 //! Differences from forked workers, all forced by separate processes on other nodes: values
 //! cross as bytes (the process encodes inline only: a `PodVec` travels as its bytes, a
@@ -35,9 +36,10 @@ use crate::error::{Error, Result};
 use crate::panic;
 use crate::sys::{ExitStatus, Pid};
 
-use super::super::transport::WorkerEnd;
+use super::super::transport::{FrameSink, WorkerEnd};
 use super::super::worker::{self, Progress, Setup};
 use super::mpi_bridge::{self, Cmd};
+use super::mpi_rank::{self, RankLink, RankShared};
 use super::{Starter, Worker, WorkerSpec};
 
 /// The first id past the kernel's largest pid (`PID_MAX_LIMIT`, 2^22 on 64-bit Linux).
@@ -87,12 +89,14 @@ impl Bridge {
 /// # Errors
 ///
 /// [`Error::Mpi`] if MPI was initialized already in this process, gives less than
-/// `MPI_THREAD_FUNNELED`, or the world has fewer than 2 ranks (`expected`: the world size the
+/// `MPI_THREAD_SERIALIZED`, or the world has fewer than 2 ranks (`expected`: the world size the
 /// launcher announced, if any, for the message).
 pub(crate) fn init(expected: Option<(String, i32)>) -> Result<(MpiStarter, World)> {
     let (hello_tx, hello_rx) = mpsc::sync_channel::<Result<(i32, i32)>>(1);
     let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>();
-    let (spoke_tx, spoke_rx) = mpsc::channel::<UnixStream>();
+    let (ended_tx, ended_rx) = mpsc::channel::<i32>();
+    let shared = RankShared::new();
+    let rank_shared = shared.clone();
     let (wake_tx, wake_rx) = UnixStream::pair().map_err(|e| Error::io("socketpair", e))?;
     wake_rx
         .set_nonblocking(true)
@@ -100,7 +104,7 @@ pub(crate) fn init(expected: Option<(String, i32)>) -> Result<(MpiStarter, World
         .map_err(|e| Error::io("set_nonblocking", e))?;
     let thread = std::thread::Builder::new()
         .name("multiproc-mpi".into())
-        .spawn(move || bridge_main(expected, hello_tx, cmd_rx, wake_rx, spoke_rx))
+        .spawn(move || bridge_main(expected, hello_tx, cmd_rx, wake_rx, (rank_shared, ended_rx)))
         .map_err(|e| Error::io("spawning the MPI bridge thread", e))?;
     let hello = hello_rx.recv().unwrap_or_else(|_| {
         Err(Error::Mpi(
@@ -117,7 +121,7 @@ pub(crate) fn init(expected: Option<(String, i32)>) -> Result<(MpiStarter, World
     // From here on, values cross nodes: no descriptor can travel with them.
     crate::fdpass::set_inline_only();
     if rank != 0 {
-        run_worker_rank(rank, &spoke_tx, thread);
+        run_worker_rank(rank, shared, &ended_tx, thread);
     }
     let bridge = Arc::new(Bridge {
         cmds: Mutex::new(cmd_tx),
@@ -134,16 +138,17 @@ pub(crate) fn init(expected: Option<(String, i32)>) -> Result<(MpiStarter, World
     ))
 }
 
-/// The bridge thread: initializes MPI, says hello, runs the hub (rank 0) or the spoke (other
-/// ranks), and finalizes MPI. A panic here aborts the MPI job rather than hang it.
+/// The bridge thread: initializes MPI, says hello, runs the hub (rank 0) or watches the worker
+/// loop (other ranks, see `mpi_rank`), and finalizes MPI. A panic here aborts the MPI job
+/// rather than hang it.
 fn bridge_main(
     expected: Option<(String, i32)>,
     hello: SyncSender<Result<(i32, i32)>>,
     cmds: Receiver<Cmd>,
     wake: UnixStream,
-    spoke: Receiver<UnixStream>,
+    (shared, ended): (RankShared, Receiver<i32>),
 ) {
-    let Some((universe, threading)) = mpi::initialize_with_threading(Threading::Funneled) else {
+    let Some((universe, threading)) = mpi::initialize_with_threading(Threading::Serialized) else {
         let _ = hello.send(Err(Error::Mpi(
             "MPI is initialized already in this process: MpiPool::init must be the only \
              initialization of MPI (call it first thing in main)"
@@ -163,10 +168,7 @@ fn bridge_main(
             mpi_bridge::hub(&world, cmds, wake);
             None
         } else {
-            spoke
-                .recv()
-                .ok()
-                .map(|sock| mpi_bridge::spoke(&world, sock))
+            Some(mpi_rank::watch(&world, &shared, &ended))
         }
     };
     match panic::catch(run) {
@@ -188,13 +190,10 @@ fn world_problem(
     size: i32,
     expected: Option<(String, i32)>,
 ) -> Option<String> {
-    if !matches!(
-        threading,
-        Threading::Funneled | Threading::Serialized | Threading::Multiple
-    ) {
+    if !matches!(threading, Threading::Serialized | Threading::Multiple) {
         return Some(format!(
             "the MPI library gives thread support {threading:?}; an MpiPool needs at least \
-             MPI_THREAD_FUNNELED"
+             MPI_THREAD_SERIALIZED (an MPI built with thread support)"
         ));
     }
     match expected {
@@ -211,21 +210,20 @@ fn world_problem(
     }
 }
 
-/// A worker rank: runs the worker loop against a socket whose other end the bridge carries to
-/// rank 0, then waits for the bridge, which finalizes MPI and exits the process.
-fn run_worker_rank(rank: i32, spoke: &Sender<UnixStream>, bridge: JoinHandle<()>) -> ! {
+/// A worker rank: runs the worker loop over MPI (`mpi_rank`), then hands its end code to the
+/// bridge thread, which says goodbye, finalizes MPI and exits the process.
+fn run_worker_rank(
+    rank: i32,
+    shared: RankShared,
+    ended: &Sender<i32>,
+    bridge: JoinHandle<()>,
+) -> ! {
     let outcome = panic::catch(|| -> Result<()> {
-        // The pool's own socket pair (large send buffers), as on rank 0.
-        let (mine, theirs) = crate::sys::socketpair()?;
-        let theirs = UnixStream::from(theirs);
-        theirs
-            .set_nonblocking(true)
-            .map_err(|e| Error::io("set_nonblocking", e))?;
-        spoke
-            .send(theirs)
-            .map_err(|_| Error::Mpi("the MPI bridge thread is gone".into()))?;
+        // The socket of a `WorkerEnd`, unused: the frames go over MPI.
+        let (unused, _) = crate::sys::socketpair()?;
+        let link = RankLink::new(shared.clone());
         let mut setup = Setup {
-            end: WorkerEnd::from_fd(mine),
+            end: WorkerEnd::from_link(unused, Box::new(link)),
             progress: Arc::new(Progress::new(1)?),
             slot: 0,
             parent: crate::sys::getpid(),
@@ -252,7 +250,8 @@ fn run_worker_rank(rank: i32, spoke: &Sender<UnixStream>, bridge: JoinHandle<()>
         // Ends the job as MPI does when a rank dies: mpirun/srun stop the other ranks.
         std::process::exit(code);
     }
-    // The worker loop closed its socket: the bridge says goodbye, finalizes and exits.
+    // The worker loop is done: the bridge says goodbye, finalizes and exits.
+    let _ = ended.send(shared.end_code());
     let _ = bridge.join();
     std::process::exit(0)
 }
@@ -335,6 +334,15 @@ impl Worker for Rank {
             rank: self.rank,
             signal: sig as i32,
         });
+    }
+
+    fn frame_sink(&self) -> Option<Box<dyn FrameSink>> {
+        let bridge = self.bridge.clone();
+        Some(Box::new(mpi_bridge::RankSink {
+            rank: self.rank,
+            send: move |cmd| bridge.send(cmd),
+            queued: Vec::new(),
+        }))
     }
 
     fn wait(&mut self) -> ExitStatus {

@@ -1,25 +1,28 @@
-//! The MPI bridge: the one thread of each rank that calls MPI, carrying the pool's frames between
-//! local stream sockets and MPI messages.
+//! The MPI bridge of rank 0: the one thread of rank 0 that calls MPI, carrying the pool's
+//! frames between the scheduler's stream sockets and MPI messages to and from the worker ranks.
 //!
 //! ```text
 //!  rank 0                                              rank r ≥ 1
-//!  Scheduler ─Link═socket═┐                        ┌═socket═ worker loop (worker::serve)
-//!  Scheduler ─Link═socket═┤ hub ◀──MPI messages──▶ spoke
-//!                 death ◀─┘ (one thread)          (one thread)
+//!  Scheduler ─Link═socket═┐                        ┌─ worker loop (worker::serve), main thread
+//!  Scheduler ─Link═socket═┤ hub ◀──MPI messages──▶ ┤   calling MPI itself (`mpi_rank`)
+//!                 death ◀─┘ (one thread)          └─ bridge thread: STOP watch, BYE, finalize
 //! ```
 //!
-//! The bridge knows nothing of frames: it moves the bytes of each socket, in order, as `DATA`
-//! messages (at most [`CHUNK`] bytes each; MPI keeps the order of messages between two ranks).
-//! No descriptor crosses: the process encodes inline only (`fdpass::set_inline_only`).
+//! The hub moves the bytes of each socket, in order, as `DATA` messages. It cuts them at frame
+//! boundaries (the frame prefix says where a frame ends), so that a worker rank receives a
+//! task's frame as one message, straight into the buffer it decodes from; a frame larger than
+//! [`CHUNK`] streams in pieces, which the rank reassembles. The ranks' `DATA` messages are whole
+//! frames, written to the socket as they come. No descriptor crosses: the process encodes
+//! inline only (`fdpass::set_inline_only`).
 //!
 //! Ending a rank: the hub sends `STOP` (the pool killed the worker), or the worker loop ends
-//! (the pool's stop order) and closes its socket. Either way the spoke sends `BYE` with the
-//! rank's exit code (`-signal` when stopped), the hub answers `FIN`, and the spoke drains every
-//! message up to `FIN`, so that no send of the hub waits on a rank that is gone. Then the rank
-//! finalizes MPI and exits. The hub finalizes once every rank has said `BYE` (on shutdown).
+//! (the pool's stop order). Either way the rank sends `BYE` with its exit code (`-signal` when
+//! stopped), the hub answers `FIN`, and the rank drains every message up to `FIN`, so that no
+//! send of the hub waits on a rank that is gone. Then the rank finalizes MPI and exits. The hub
+//! finalizes once every rank has said `BYE` (on shutdown).
 //!
 //! No deadlock: the hub never blocks in a send (immediate sends, completed while it keeps
-//! receiving), so a spoke's blocking send always completes.
+//! receiving), so a rank's blocking send always completes.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -28,24 +31,40 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
+use super::super::transport::{Bytes, FrameSink};
+
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
 use crate::sys::{self, Interest};
 
-/// Bytes of a socket's stream.
-const TAG_DATA: i32 = 1;
+/// Bytes of a socket's stream (whole frames when possible).
+pub(super) const TAG_DATA: i32 = 1;
 /// Hub to rank: end now (the body: the signal the pool asked for, `i32` little-endian).
-const TAG_STOP: i32 = 2;
+pub(super) const TAG_STOP: i32 = 2;
 /// Rank to hub: the rank's worker ended (the body: its exit code, `i32` little-endian).
-const TAG_BYE: i32 = 3;
+pub(super) const TAG_BYE: i32 = 3;
 /// Hub to rank: nothing follows.
-const TAG_FIN: i32 = 4;
+pub(super) const TAG_FIN: i32 = 4;
+/// Hub to rank: the length prefix and header of a frame whose payload is the next messages.
+pub(super) const TAG_HEAD: i32 = 5;
+/// Hub to rank: a piece of the payload of the frame of the last `TAG_HEAD` (at most [`CHUNK`]
+/// bytes; the pieces follow the head, in order, until the frame is whole).
+pub(super) const TAG_PAYLOAD: i32 = 6;
 
-/// The most bytes of a socket carried in one message.
-const CHUNK: usize = 8 << 20;
+/// A frame payload at least this big goes as a message of its own, from the scheduler's
+/// buffer (no copy); a smaller one is copied behind its header.
+const OWN_MESSAGE: usize = 1 << 16;
+
+/// The most bytes of a socket carried in one message (a larger frame streams in pieces).
+const CHUNK: usize = 64 << 20;
+/// What the hub reads from a socket at a time while no frame's length is known.
+const READ: usize = 1 << 16;
 /// How long the bridge keeps looking without sleeping after it moved something.
 const SPIN: Duration = Duration::from_micros(500);
+/// How long the hub keeps looking without sleeping while a rank owes the answer to a task
+/// (answers come back within this of each other in a busy farm; a longer task gets naps).
+const SPIN_AWAITING: Duration = Duration::from_millis(20);
 /// The longest sleep between two looks at MPI (messages are seen by probing).
 const NAP: Duration = Duration::from_millis(1);
 /// How long the hub waits for the ranks to end once the pool is gone, before it aborts the job.
@@ -59,6 +78,12 @@ pub(super) enum Cmd {
         rank: i32,
         sock: UnixStream,
         death: UnixStream,
+    },
+    /// Frames for `rank` (see `transport::FrameSink`), in order: each one's length prefix and
+    /// header, and its payload.
+    Frames {
+        rank: i32,
+        frames: Vec<(Vec<u8>, Bytes)>,
     },
     /// End `rank` now (it reports `-signal` as its code).
     Stop { rank: i32, signal: i32 },
@@ -123,11 +148,11 @@ fn read_available(sock: &mut UnixStream, limit: usize) -> (Vec<u8>, bool) {
     }
 }
 
-fn code_bytes(code: i32) -> Vec<u8> {
+pub(super) fn code_bytes(code: i32) -> Vec<u8> {
     code.to_le_bytes().to_vec()
 }
 
-fn code_of(body: &[u8]) -> i32 {
+pub(super) fn code_of(body: &[u8]) -> i32 {
     body.get(..4)
         .and_then(|b| b.try_into().ok())
         .map_or(-9, i32::from_le_bytes)
@@ -159,16 +184,51 @@ struct RankState {
     /// after the end was reported.
     link: Option<(UnixStream, UnixStream)>,
     to_sched: Outbox,
+    /// Bytes read from the scheduler's socket and not sent yet.
+    partial: Vec<u8>,
+    /// How many bytes of `partial` (and after it) are the rest of a frame whose start was
+    /// sent already (a frame larger than [`CHUNK`] streams).
+    begun: usize,
     /// The scheduler closed its end: nothing more to read.
     sched_gone: bool,
     stop_sent: bool,
+    /// Tasks sent to the rank and not answered yet (as far as the hub can count).
+    awaiting: u64,
     /// The code the rank ended with (its `BYE`).
     ended: Option<i32>,
     fin_sent: bool,
 }
 
+/// The body of a message for a rank.
+pub(super) enum Msg {
+    Own(Vec<u8>),
+    /// A piece (`start..end`) of a frame's payload, shared with the scheduler.
+    Shared(Bytes, usize, usize),
+}
+
+impl Msg {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Msg::Own(v) => v,
+            Msg::Shared(b, start, end) => &b[*start..*end],
+        }
+    }
+}
+
 /// Messages for the ranks: (rank, tag, body).
-type Sends = Vec<(i32, i32, Vec<u8>)>;
+type Sends = Vec<(i32, i32, Msg)>;
+
+/// Appends `bytes` (whole frames, or the rest of one) to the last `DATA` message queued for
+/// `rank` if it has room, else queues a new one.
+fn queue_data(sends: &mut Sends, rank: i32, data: Vec<u8>) {
+    let open = sends.iter().rposition(|(to, _, _)| *to == rank);
+    match open.map(|i| &mut sends[i]) {
+        Some((_, TAG_DATA, Msg::Own(v))) if v.len() + data.len() <= CHUNK => {
+            v.extend_from_slice(&data);
+        }
+        _ => sends.push((rank, TAG_DATA, Msg::Own(data))),
+    }
+}
 
 /// The hub: rank 0's bridge. Returns on [`Cmd::Shutdown`] (or when the pool side is gone) once
 /// every rank has ended.
@@ -185,7 +245,7 @@ pub(super) fn hub(world: &SimpleCommunicator, cmds: Receiver<Cmd>, mut wake: Uni
         for (r, st) in ranks.iter_mut().enumerate().skip(1) {
             if st.ended.is_some() && !st.fin_sent {
                 st.fin_sent = true;
-                sends.push((r as i32, TAG_FIN, Vec::new()));
+                sends.push((r as i32, TAG_FIN, Msg::Own(Vec::new())));
             }
         }
         let moved = !sends.is_empty();
@@ -213,7 +273,12 @@ pub(super) fn hub(world: &SimpleCommunicator, cmds: Receiver<Cmd>, mut wake: Uni
         if moved || received || !sends.is_empty() {
             last_moved = Instant::now();
         }
-        let nap = nap_after(last_moved.elapsed());
+        let awaiting = ranks.iter().any(|st| st.awaiting > 0);
+        let nap = if awaiting && last_moved.elapsed() < SPIN_AWAITING {
+            Duration::ZERO
+        } else {
+            nap_after(last_moved.elapsed())
+        };
         wait_hub(&ranks, &wake, nap);
     }
 }
@@ -230,6 +295,9 @@ fn take_commands(
             Ok(Cmd::Attach { rank, sock, death }) => {
                 ranks[rank as usize].link = Some((sock, death));
             }
+            Ok(Cmd::Frames { rank, frames }) => {
+                queue_frames(&mut ranks[rank as usize], rank, frames, sends)
+            }
             Ok(Cmd::Stop { rank, signal }) => stop(ranks, rank, signal, sends),
             Ok(Cmd::Shutdown) | Err(TryRecvError::Disconnected) => {
                 shutdown_by.get_or_insert(Instant::now() + SHUTDOWN_LIMIT);
@@ -243,27 +311,136 @@ fn take_commands(
     }
 }
 
-/// Reads what the scheduler wrote to the ranks' sockets, appending to a rank's last `DATA`
-/// message in `sends` while it is under [`CHUNK`] bytes.
+/// Queues the scheduler's frames for `rank` (unless it has ended): a payload of at least
+/// [`OWN_MESSAGE`] bytes as a message of its own behind its head, smaller frames copied into
+/// `DATA` messages.
+fn queue_frames(st: &mut RankState, rank: i32, frames: Vec<(Vec<u8>, Bytes)>, sends: &mut Sends) {
+    if st.ended.is_some() {
+        return;
+    }
+    for (mut head, payload) in frames {
+        if head.get(crate::wire::LEN_BYTES) == Some(&super::super::transport::TASK) {
+            st.awaiting += 1;
+        }
+        if payload.len() >= OWN_MESSAGE {
+            sends.push((rank, TAG_HEAD, Msg::Own(head)));
+            // In pieces of at most CHUNK bytes (an MPI count is an `i32`; a frame can be 4 GiB).
+            for start in (0..payload.len()).step_by(CHUNK) {
+                let end = (start + CHUNK).min(payload.len());
+                sends.push((rank, TAG_PAYLOAD, Msg::Shared(payload.clone(), start, end)));
+            }
+        } else {
+            head.extend_from_slice(&payload);
+            queue_data(sends, rank, head);
+        }
+    }
+}
+
+/// Reads what the scheduler wrote to the ranks' sockets and queues it in `DATA` messages cut
+/// after whole frames (appended to a rank's last `DATA` message in `sends` while under
+/// [`CHUNK`]); the start of a frame waits for its end, unless it is [`CHUNK`] bytes already.
 fn read_links(ranks: &mut [RankState], sends: &mut Sends) {
     for (r, st) in ranks.iter_mut().enumerate().skip(1) {
         let Some((sock, _)) = st.link.as_mut().filter(|_| !st.sched_gone) else {
             continue;
         };
-        let r = r as i32;
-        let open = sends
-            .iter()
-            .rposition(|(to, _, _)| *to == r)
-            .filter(|&i| sends[i].1 == TAG_DATA && sends[i].2.len() < CHUNK);
-        let room = open.map_or(CHUNK, |i| CHUNK - sends[i].2.len());
-        let (data, end) = read_available(sock, room);
-        st.sched_gone |= end;
-        if data.is_empty() || st.ended.is_some() {
+        st.sched_gone |= read_frames(sock, &mut st.partial, st.begun);
+        if st.ended.is_some() {
+            st.partial = Vec::new();
             continue;
         }
-        match open {
-            Some(i) => sends[i].2.extend_from_slice(&data),
-            None => sends.push((r, TAG_DATA, data)),
+        let cut = match sendable(&st.partial, st.begun) {
+            0 if st.partial.is_empty() => continue,
+            0 if st.partial.len() >= CHUNK || st.sched_gone => {
+                // A frame too big for one message: its start goes now, the rest streams.
+                let total = frame_at(&st.partial).unwrap_or(0);
+                st.begun = total.saturating_sub(st.partial.len());
+                st.partial.len()
+            }
+            0 => continue,
+            n => {
+                st.begun = st.begun.saturating_sub(n);
+                n
+            }
+        };
+        let data = if cut == st.partial.len() {
+            std::mem::take(&mut st.partial)
+        } else {
+            let rest = st.partial.split_off(cut);
+            std::mem::replace(&mut st.partial, rest)
+        };
+        queue_data(sends, r as i32, data);
+    }
+}
+
+/// The length of the frame `bytes` start with (prefix included), once its prefix is there.
+fn frame_at(bytes: &[u8]) -> Option<usize> {
+    let prefix = bytes.get(..crate::wire::LEN_BYTES)?;
+    let len = u64::from_le_bytes(prefix.try_into().ok()?);
+    usize::try_from(len)
+        .ok()
+        .map(|n| n.saturating_add(crate::wire::LEN_BYTES))
+}
+
+/// How many bytes at the start of `buf` can go now: the rest of a frame whose start went
+/// already (`begun` bytes), then whole frames.
+fn sendable(buf: &[u8], begun: usize) -> usize {
+    if buf.len() <= begun {
+        buf.len()
+    } else {
+        begun + whole_frames(&buf[begun..])
+    }
+}
+
+/// How many frames `buf` holds, if it is whole frames.
+fn count_frames(buf: &[u8]) -> Option<u64> {
+    let (mut pos, mut n) = (0, 0);
+    while pos < buf.len() {
+        pos += frame_at(&buf[pos..])?;
+        n += 1;
+    }
+    (pos == buf.len()).then_some(n)
+}
+
+/// How many bytes at the start of `buf` are whole frames.
+fn whole_frames(buf: &[u8]) -> usize {
+    let mut pos = 0;
+    while let Some(total) = frame_at(&buf[pos..]) {
+        if buf.len() - pos < total {
+            break;
+        }
+        pos += total;
+    }
+    pos
+}
+
+/// Appends what the non-blocking socket holds now to `buf` (whose first `begun` bytes, or all,
+/// are the rest of a frame already begun), up to the end of the frame being read (room for it is reserved at once, so a big frame is not grown by doubling) and at most
+/// [`CHUNK`] bytes in `buf`; `true` at the end of the stream.
+fn read_frames(sock: &mut UnixStream, buf: &mut Vec<u8>, begun: usize) -> bool {
+    loop {
+        let start = sendable(buf, begun);
+        let want = if buf.len() < begun {
+            begun - buf.len()
+        } else {
+            match frame_at(&buf[start..]) {
+                Some(total) => total - (buf.len() - start),
+                None => READ,
+            }
+        };
+        let want = want.min(CHUNK.saturating_sub(buf.len()));
+        if want == 0 {
+            return false;
+        }
+        buf.reserve_exact(want);
+        let before = buf.len();
+        match Read::by_ref(sock).take(want as u64).read_to_end(buf) {
+            // Short of `want` without an error: the end of the stream.
+            Ok(_) if buf.len() - before < want => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // WouldBlock: all there is for now; another error: the peer is gone.
+            Err(e) => return e.kind() != ErrorKind::WouldBlock,
         }
     }
 }
@@ -291,7 +468,7 @@ fn stop(ranks: &mut [RankState], rank: i32, signal: i32, sends: &mut Sends) {
     let st = &mut ranks[rank as usize];
     if st.ended.is_none() && !st.stop_sent {
         st.stop_sent = true;
-        sends.push((rank, TAG_STOP, code_bytes(signal)));
+        sends.push((rank, TAG_STOP, Msg::Own(code_bytes(signal))));
     }
 }
 
@@ -306,11 +483,11 @@ fn exchange(world: &SimpleCommunicator, ranks: &mut [RankState], sends: Sends) -
         let mut pending: Vec<_> = sends
             .iter()
             .map(|(rank, tag, body)| {
-                Some(
-                    world
-                        .process_at_rank(*rank)
-                        .immediate_send_with_tag(scope, &body[..], *tag),
-                )
+                Some(world.process_at_rank(*rank).immediate_send_with_tag(
+                    scope,
+                    body.bytes(),
+                    *tag,
+                ))
             })
             .collect();
         loop {
@@ -343,8 +520,15 @@ fn receive(world: &SimpleCommunicator, ranks: &mut [RankState]) -> bool {
             continue;
         };
         match status.tag() {
-            TAG_DATA => st.to_sched.push(body),
-            TAG_BYE => st.ended = Some(code_of(&body)),
+            TAG_DATA => {
+                // One answer per task; a message that is not whole frames cannot be counted.
+                st.awaiting = count_frames(&body).map_or(0, |n| st.awaiting.saturating_sub(n));
+                st.to_sched.push(body);
+            }
+            TAG_BYE => {
+                st.ended = Some(code_of(&body));
+                st.awaiting = 0;
+            }
             _ => {}
         }
     }
@@ -380,52 +564,29 @@ fn report_ends(ranks: &mut [RankState]) {
     }
 }
 
-/// The spoke: a worker rank's bridge between `sock` (the worker loop's socket) and the hub.
-/// Returns the rank's exit code once the hub has acknowledged its end (`-signal` when the hub
-/// stopped it).
-pub(super) fn spoke(world: &SimpleCommunicator, mut sock: UnixStream) -> i32 {
-    let hub = world.process_at_rank(0);
-    let mut to_worker = Outbox::default();
-    let mut last_moved = Instant::now();
-    let mut worker_gone = false;
-    let code = 'run: loop {
-        let mut moved = false;
-        while let Some(probed) = hub.immediate_matched_probe() {
-            moved = true;
-            let (body, status) = probed.matched_receive_vec::<u8>();
-            match status.tag() {
-                TAG_DATA => to_worker.push(body),
-                TAG_STOP => break 'run -code_of(&body),
-                _ => {}
-            }
-        }
-        if !worker_gone && to_worker.write_to(&mut sock).is_err() {
-            worker_gone = true;
-        }
-        let (data, end) = read_available(&mut sock, CHUNK);
-        if !data.is_empty() {
-            moved = true;
-            hub.send_with_tag(&data[..], TAG_DATA);
-        }
-        if end {
-            break 0;
-        }
-        if moved {
-            last_moved = Instant::now();
-        }
-        let nap = nap_after(last_moved.elapsed());
-        let io = if to_worker.is_empty() || worker_gone {
-            Interest::Read
-        } else {
-            Interest::ReadWrite
-        };
-        wait_for(&[(std::os::fd::AsFd::as_fd(&sock), io)], nap);
-    };
-    hub.send_with_tag(&code_bytes(code)[..], TAG_BYE);
-    loop {
-        let (_, status) = hub.matched_probe().matched_receive_vec::<u8>();
-        if status.tag() == TAG_FIN {
-            return code;
+/// The frames for one worker rank, handed to the hub (see `transport::FrameSink`).
+pub(super) struct RankSink<F: Fn(Cmd) + Send> {
+    pub(super) rank: i32,
+    /// Hands a command to the hub and wakes it.
+    pub(super) send: F,
+    pub(super) queued: Vec<(Vec<u8>, Bytes)>,
+}
+
+impl<F: Fn(Cmd) + Send> FrameSink for RankSink<F> {
+    fn frame(&mut self, head: Vec<u8>, payload: Bytes) {
+        self.queued.push((head, payload));
+    }
+
+    fn pending(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
+    fn flush(&mut self) {
+        if !self.queued.is_empty() {
+            (self.send)(Cmd::Frames {
+                rank: self.rank,
+                frames: std::mem::take(&mut self.queued),
+            });
         }
     }
 }
