@@ -396,6 +396,33 @@ fn scale_once(n: usize, method: multiproc::StartMethod) -> (f64, f64) {
     (start, rate)
 }
 
+/// The raw limit of a pool start, per process: `n` bare forks, each child writing one byte to a
+/// pipe and exiting at once, the parent reading the `n` bytes (then reaping them, not timed).
+fn raw_fork_start(n: usize) -> f64 {
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let mut r = std::fs::File::from(r);
+    let t = Instant::now();
+    let mut kids = Vec::with_capacity(n);
+    for _ in 0..n {
+        // SAFETY: the child only writes one byte and calls `_exit` (async-signal-safe).
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let _ = nix::unistd::write(&w, b"x");
+                // SAFETY: `_exit` ends the child at once, running none of the parent's code.
+                unsafe { libc::_exit(0) }
+            }
+            nix::unistd::ForkResult::Parent { child } => kids.push(child),
+        }
+    }
+    let mut got = vec![0u8; n];
+    r.read_exact(&mut got).unwrap();
+    let per = t.elapsed().as_secs_f64() / n as f64;
+    for k in kids {
+        nix::sys::wait::waitpid(k, None).unwrap();
+    }
+    per
+}
+
 /// Length of the idle row's window.
 const IDLE_SECS: u64 = 10;
 
@@ -472,6 +499,11 @@ fn bench_scale() {
                 "| {label} | {n} | {s:.3} [{s0:.3}–{s1:.3}] | {r:.2} [{r0:.2}–{r1:.2}] | {share} |"
             );
         }
+    }
+    for &n in &counts {
+        let mut v: Vec<f64> = (0..3).map(|_| raw_fork_start(n) * 1e3).collect();
+        let (s, s0, s1) = spread(&mut v);
+        println!("| raw fork + 1-byte answer | {n} | {s:.3} [{s0:.3}–{s1:.3}] | – | – |");
     }
     for (label, m) in methods {
         let (ms, share) = idle_cpu(m);

@@ -353,9 +353,18 @@ impl Scheduler {
         let workers = self.starter.start_many(specs)?;
         pids.extend(workers.iter().map(|w| w.pid()));
         drop(pids);
-        for (i, (worker, link)) in workers.into_iter().zip(links).enumerate() {
+        let mut started = workers.into_iter().zip(links).enumerate();
+        while let Some((i, (worker, link))) = started.next() {
             let pid = worker.pid();
-            self.install(i, worker, link)?;
+            if let Err(e) = self.install(i, worker, link) {
+                // Not watched, so never reaped by `drive`: end the rest here.
+                for (_, (mut w, _)) in started {
+                    w.signal(Signal::SIGKILL);
+                    let _ = w.wait();
+                    self.forget_pid(w.pid());
+                }
+                return Err(e);
+            }
             super::trace::worker_started(self.book.id, i, pid);
         }
         Ok(())
