@@ -319,6 +319,7 @@ fn a_thousand_one_way_sends_leave_memory_and_descriptors_bounded() {
     let _f = fork_lock();
     PodVec::<u8>::release_kept();
     let memfds_before = memfds();
+    let defaults = PodVec::<u8>::kept_stats();
     PodVec::<u8>::set_kept_limits(8 << 20, 3);
     let sizes = [
         300usize << 10,
@@ -375,7 +376,7 @@ fn a_thousand_one_way_sends_leave_memory_and_descriptors_bounded() {
         "resident memory grew by {grown} KiB over 900 rounds"
     );
     drop(pool);
-    PodVec::<u8>::set_kept_limits(1 << 30, 8);
+    PodVec::<u8>::set_kept_limits(defaults.max_bytes, defaults.max_segments);
     PodVec::<u8>::release_kept();
     assert_eq!(memfds(), memfds_before, "memory files left behind");
 }
