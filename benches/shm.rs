@@ -513,7 +513,7 @@ fn print_rows(rows: &[Row], py: &[(String, f64)]) {
     if let Some(limit) = value("oneway_premapped_80mb") {
         for r in rows
             .iter()
-            .filter(|r| r.name.starts_with("oneway_") && r.value != limit)
+            .filter(|r| r.name.starts_with("oneway_") && r.unit == "MB/s" && r.value != limit)
         {
             println!(
                 "{} / oneway_premapped_80mb = {:.2}",
@@ -527,9 +527,11 @@ fn print_rows(rows: &[Row], py: &[(String, f64)]) {
 /// "80 MB to a worker, its sum back" (issue 17 §3): the time from handing over the data to
 /// having the sum, beside its limit in the same run, `oneway_premapped_80mb` (the parent copies
 /// into a shared array the worker already maps, both sides faulted in; a small message; the
-/// worker sums). A `PodVec` made from a heap `Vec` each time: through a pipe, through a pool,
-/// and through a pool with nothing kept on either side before each send (every page fresh in
-/// the parent, every mapping new in the worker: what each send cost before the cache).
+/// worker sums). A `PodVec` made from a heap `Vec` each time: through a pipe (the heap `Vec` is
+/// freed after the timing), through a pool (`apply` consumes the vector: freeing the 80 MB heap
+/// `Vec`, a few ms, is inside the timing), and through a pool with nothing kept on either side
+/// before each send (every page fresh in the parent, every mapping new in the worker: what each
+/// send cost before the cache).
 fn oneway_rows(
     w: &Connection<Req, Resp>,
     data: &[f64],
@@ -548,11 +550,10 @@ fn oneway_rows(
         unit: "MB/s",
         py: None,
     };
-    let mut rows = Vec::new();
     let a = SharedArray::<f64>::new(data.len())?;
     w.send(&Req::Hold(a.clone()))?;
     sum_of(w.recv()?);
-    let t = measure(reps, warm, || {
+    let premapped = || {
         let t = Instant::now();
         // SAFETY: the worker reads the array only between a request and its answer.
         unsafe { a.as_mut_slice() }.copy_from_slice(data);
@@ -561,37 +562,89 @@ fn oneway_rows(
         let e = t.elapsed();
         assert_eq!(s, want);
         e
-    });
-    rows.push(row("oneway_premapped_80mb", t));
-    let t = measure(reps, warm, || {
+    };
+    let through_pipe = || {
+        let req = Req::SumPod(data.to_vec().into());
+        let t = Instant::now();
+        w.send(&req).expect("send");
+        let s = sum_of(w.recv().expect("recv"));
+        let e = t.elapsed();
+        drop(req); // frees the heap `Vec` (untimed, as the limit frees nothing)
+        assert_eq!(s, want);
+        e
+    };
+    let pool = Pool::with_processes(1)?;
+    let through_pool = |cold: bool| {
+        if cold {
+            PodVec::<f64>::release_kept();
+            pool.apply(release_kept, ()).expect("release");
+        }
         let v: PodVec<f64> = data.to_vec().into();
         let t = Instant::now();
-        w.send(&Req::SumPod(v)).expect("send");
-        let s = sum_of(w.recv().expect("recv"));
+        let s = pool.apply(sum_pod, v).expect("apply");
         let e = t.elapsed();
         assert_eq!(s, want);
         e
-    });
-    rows.push(row("oneway_pipe_podvec_80mb", t));
-    let pool = Pool::with_processes(1)?;
-    for (name, cold) in [
-        ("oneway_pool_podvec_80mb", false),
-        ("oneway_pool_podvec_cold_80mb", true),
-    ] {
-        let t = measure(reps, warm, || {
-            if cold {
-                PodVec::<f64>::release_kept();
-                pool.apply(release_kept, ()).expect("release");
+    };
+    // The limit and the warm rows alternate, so that a change of load hits them alike; more
+    // repetitions than the other rows, for the same reason.
+    // The pool's own round trip with one element (inline, no shared memory), for what the
+    // pool adds to the pipe's hand-over.
+    let pool_alone = || {
+        let t = Instant::now();
+        let s = pool.apply(sum_pod, vec![1.0].into()).expect("apply");
+        let e = t.elapsed();
+        assert_eq!(s, 1.0);
+        e
+    };
+    // Freeing an 80 MB heap `Vec` (the pool row does, inside `apply`; the pipe row does not).
+    let heap_free = || {
+        let v = black_box(data.to_vec());
+        let t = Instant::now();
+        drop(v);
+        t.elapsed()
+    };
+    let mut samples = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    for rep in 0..warm + 2 * reps - 1 {
+        let times = [
+            premapped(),
+            through_pipe(),
+            through_pool(false),
+            pool_alone(),
+            heap_free(),
+        ];
+        if rep >= warm {
+            for (s, t) in samples.iter_mut().zip(times) {
+                s.push(t.as_secs_f64());
             }
-            let v: PodVec<f64> = data.to_vec().into();
-            let t = Instant::now();
-            let s = pool.apply(sum_pod, v).expect("apply");
-            let e = t.elapsed();
-            assert_eq!(s, want);
-            e
-        });
-        rows.push(row(name, t));
+        }
     }
+    let names = [
+        "oneway_premapped_80mb",
+        "oneway_pipe_podvec_80mb",
+        "oneway_pool_podvec_80mb",
+    ];
+    let [premapped, pipe, pool_warm, alone, free] = samples;
+    let mut rows: Vec<Row> = names
+        .into_iter()
+        .zip([premapped, pipe, pool_warm])
+        .map(|(name, s)| row(name, median(s)))
+        .collect();
+    rows.push(Row {
+        name: "oneway_pool_apply_1_elem",
+        value: median(alone) * 1e6,
+        unit: "us",
+        py: None,
+    });
+    rows.push(Row {
+        name: "oneway_heap_free_80mb",
+        value: median(free) * 1e6,
+        unit: "us",
+        py: None,
+    });
+    // Cold last: it empties the parent's cache, which the rows above rely on.
+    let t = measure(reps, warm, || through_pool(true));
+    rows.push(row("oneway_pool_podvec_cold_80mb", t));
     Ok(rows)
 }
 

@@ -224,10 +224,25 @@ fn a_forked_child_never_reuses_or_frees_the_parents_files() {
     let _f = fork_lock();
     const N: usize = 1 << 16;
     PodVec::<u64>::release_kept();
+    // A worker that sends round k when asked: it keeps the file of each vector it sent.
+    let (ctl, wctl) = pipe::<u64, PodVec<u64>>().unwrap();
+    let worker = Process::new(move || {
+        while let Ok(round) = wctl.recv_timeout(secs(60)) {
+            if round == 0 {
+                break;
+            }
+            wctl.send(&pattern(round, N).into()).unwrap();
+        }
+    });
+    worker.start().unwrap();
+    let from_worker = |round| {
+        ctl.send(&round).unwrap();
+        ctl.recv_timeout(secs(60)).unwrap()
+    };
+    // One vector alive (held; its file kept by the worker too), one file free in the
+    // parent's cache.
+    *HELD.lock().unwrap() = Some(from_worker(1));
     let (a, b) = pipe::<PodVec<u64>, ()>().unwrap();
-    // One vector alive (held), one file free in the parent's cache.
-    a.send(&pattern(1, N).into()).unwrap();
-    *HELD.lock().unwrap() = Some(b.recv().unwrap());
     a.send(&pattern(2, N).into()).unwrap();
     drop(b.recv().unwrap());
     assert_eq!(PodVec::<u64>::kept_stats().kept, 1);
@@ -272,6 +287,14 @@ fn a_forked_child_never_reuses_or_frees_the_parents_files() {
         is_pattern(&held, 1),
         "the child changed the parent's live vector"
     );
+    // Had the child's drop freed the held vector's file, the worker would reuse it now.
+    let w = from_worker(4);
+    assert!(
+        is_pattern(&w, 4) && is_pattern(&held, 1),
+        "the child freed a live vector"
+    );
+    ctl.send(&0).unwrap();
+    join_ok(&worker);
     // With the child's vectors alive, the only free file is the parent's own: its next send
     // reuses it (the child did not take it).
     let before = PodVec::<u64>::kept_stats();
@@ -296,6 +319,7 @@ fn a_thousand_one_way_sends_leave_memory_and_descriptors_bounded() {
     let _f = fork_lock();
     PodVec::<u8>::release_kept();
     let memfds_before = memfds();
+    let defaults = PodVec::<u8>::kept_stats();
     PodVec::<u8>::set_kept_limits(8 << 20, 3);
     let sizes = [
         300usize << 10,
@@ -352,7 +376,40 @@ fn a_thousand_one_way_sends_leave_memory_and_descriptors_bounded() {
         "resident memory grew by {grown} KiB over 900 rounds"
     );
     drop(pool);
-    PodVec::<u8>::set_kept_limits(1 << 30, 8);
+    PodVec::<u8>::set_kept_limits(defaults.max_bytes, defaults.max_segments);
     PodVec::<u8>::release_kept();
     assert_eq!(memfds(), memfds_before, "memory files left behind");
+}
+
+fn sum_f64(v: PodVec<f64>) -> (f64, usize) {
+    (v.iter().sum(), memfds())
+}
+
+/// The case at full size, 1,000 times: 80 MB from a heap `Vec` to a pool worker, its
+/// sum back. One memory file serves every round; the parent's and the worker's memory files and
+/// the parent's resident memory stay flat. 1–2 minutes: `--ignored`.
+#[test]
+#[ignore]
+fn eighty_megabytes_one_way_a_thousand_times_keep_memory_flat() {
+    let _f = fork_lock();
+    PodVec::<f64>::release_kept();
+    let data: Vec<f64> = (0..10_000_000u64).map(|i| (i % 1000) as f64).collect();
+    let want: f64 = data.iter().sum();
+    let pool = Pool::with_processes(1).unwrap();
+    let before = PodVec::<f64>::kept_stats();
+    let (first_sum, worker_memfds) = pool.apply(sum_f64, data.clone().into()).unwrap();
+    assert_eq!(first_sum, want);
+    let (fds, files, rss) = (open_fds(), memfds(), status_kib("VmRSS:"));
+    for r in 1..1000 {
+        let (sum, w) = pool.apply(sum_f64, data.clone().into()).unwrap();
+        assert_eq!((sum, w), (want, worker_memfds), "round {r}");
+    }
+    assert_eq!((open_fds(), memfds()), (fds, files));
+    let grown = status_kib("VmRSS:") as i64 - rss as i64;
+    assert!(grown < 16 * 1024, "resident memory grew by {grown} KiB");
+    let after = PodVec::<f64>::kept_stats();
+    assert_eq!(
+        (after.created - before.created, after.reused - before.reused),
+        (1, 999)
+    );
 }

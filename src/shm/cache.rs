@@ -36,7 +36,7 @@ use crate::fork::{ForkHook, register_fork_hook};
 use crate::sys;
 
 /// Kept memory files, at most...
-pub(crate) const DEFAULT_MAX_SEGMENTS: usize = 8;
+pub(crate) const DEFAULT_MAX_SEGMENTS: usize = 4;
 /// ...and bytes, unless changed by [`set_limits`].
 pub(crate) const DEFAULT_MAX_BYTES: usize = 1 << 30;
 

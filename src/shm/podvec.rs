@@ -40,9 +40,10 @@ pub(crate) const POD_VEC_INLINE_MAX: usize = 256 << 10;
 /// The cost of a big `PodVec` crossing processes is not the copy but the pages: a fresh page of
 /// a memory file costs a page fault (allocate, zero, map; ~1 GB/s), and every process that maps
 /// it faults it again. So each process keeps the memory files it sent or received, still mapped
-/// with their pages faulted in (at most 8 files and 1 GiB by default,
+/// with their pages faulted in (at most 4 files and 1 GiB per process by default,
 /// [`set_kept_limits`](PodVec::set_kept_limits); past either bound the least recently used are
-/// unmapped and closed):
+/// unmapped and closed; a file lives while any process keeps it, so a pool of N workers that
+/// each received different files can keep up to N + 1 times the bound in all):
 /// - a vector sent is copied into a kept file that no vector uses any more (of a fitting size;
 ///   sizes are rounded up so that one file serves nearby lengths): warm pages, no new file;
 /// - a file received that is kept here already (sent or received before) is used through its
@@ -173,7 +174,7 @@ impl<T: Pod> PodVec<T> {
     }
 
     /// Bounds what this process keeps for reuse: at most `max_segments` memory files and
-    /// `max_bytes` bytes (by default 8 and 1 GiB); what is over the new bounds is released at
+    /// `max_bytes` bytes (by default 4 and 1 GiB); what is over the new bounds is released at
     /// once. `0` keeps nothing: every large vector sent then goes in a fresh memory file. A
     /// forked child inherits the bounds.
     ///

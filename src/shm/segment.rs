@@ -79,7 +79,7 @@ impl Segment {
     }
 
     /// Like [`create`](Self::create); `populate` faults every page in at once (for a segment
-    /// about to be filled whole).
+    /// about to be filled whole). Huge pages are asked for where the kernel gives them.
     pub(crate) fn create_with<C>(
         kind: u64,
         elem_size: usize,
@@ -93,7 +93,13 @@ impl Segment {
             .and_then(|b| b.checked_add(DATA_OFFSET))
             .ok_or_else(|| Error::invalid_arg("len", len, "the array's size overflows usize"))?;
         let fd = mem::memfd(bytes)?;
-        let map = SharedMapping::from_fd(fd.as_fd(), bytes, populate)?;
+        let map = if populate {
+            SharedMapping::from_fd_prefaulted(fd.as_fd(), bytes, true)?
+        } else {
+            let map = SharedMapping::from_fd(fd.as_fd(), bytes, false)?;
+            map.advise_huge();
+            map
+        };
         let id = new_id();
         let seg = Segment { fd, map, id };
         let tag = seg.map.as_ptr().cast::<Tag>();

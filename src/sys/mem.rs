@@ -130,7 +130,7 @@ impl SharedMapping {
     pub(crate) fn from_fd_prefaulted(fd: BorrowedFd<'_>, len: usize, write: bool) -> Result<Self> {
         let map = Self::from_fd(fd, len, false)?;
         map.advise_huge();
-        map.prefault(write);
+        map.prefault(write)?;
         Ok(map)
     }
 

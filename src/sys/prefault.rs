@@ -22,6 +22,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::mem::{SharedMapping, page_size};
+use crate::error::{Error, Result};
 
 /// Whether memory files get transparent huge pages on this kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,26 +109,35 @@ impl SharedMapping {
     /// Faults every page of the mapping in now: `write` for a fresh file (allocates the pages),
     /// otherwise reading (maps pages the file already has; a shared writable mapping of shmem
     /// maps them writable, so later writes do not fault either).
-    pub(crate) fn prefault(&self, write: bool) -> Prefaulted {
-        if !POPULATE_REFUSED.load(Ordering::Relaxed) {
-            let advice = if write {
-                libc::MADV_POPULATE_WRITE
-            } else {
-                libc::MADV_POPULATE_READ
-            };
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the kernel cannot supply the pages (`ENOMEM`: out of memory or over
+    /// the memory cgroup's limit), rather than a fault when they are first used.
+    pub(crate) fn prefault(&self, write: bool) -> Result<Prefaulted> {
+        let (advice, name) = if write {
+            (libc::MADV_POPULATE_WRITE, "madvise(MADV_POPULATE_WRITE)")
+        } else {
+            (libc::MADV_POPULATE_READ, "madvise(MADV_POPULATE_READ)")
+        };
+        while !POPULATE_REFUSED.load(Ordering::Relaxed) {
             // SAFETY: the range is exactly this mapping; MADV_POPULATE_* only faults the pages
             // in (as an access would), it changes no byte of memory.
             let rc = unsafe { libc::madvise(self.as_ptr().cast(), self.len(), advice) };
             if rc == 0 {
-                return Prefaulted::Madvise;
+                return Ok(Prefaulted::Madvise);
             }
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
-                POPULATE_REFUSED.store(true, Ordering::Relaxed);
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                // Older than 5.14: no such advice. Not asked again.
+                Some(libc::EINVAL) => POPULATE_REFUSED.store(true, Ordering::Relaxed),
+                // A signal arrived: the pages done so far stay, go on.
+                Some(libc::EINTR | libc::EAGAIN) => {}
+                _ => return Err(Error::io(name, err)),
             }
-            // Any other failure (ENOMEM, EINTR...): touch, which faults or raises as use would.
         }
         self.touch_pages();
-        Prefaulted::Touched
+        Ok(Prefaulted::Touched)
     }
 
     /// Reads one byte of every page.
@@ -174,11 +184,11 @@ mod tests {
             let fd = memfd(len).unwrap();
             let fresh = SharedMapping::from_fd(fd.as_fd(), len, false).unwrap();
             assert_eq!(pages_not_present(&fresh), len / page_size());
-            let how = fresh.prefault(true);
+            let how = fresh.prefault(true).unwrap();
             assert_eq!(pages_not_present(&fresh), 0, "{how:?}");
             let second = SharedMapping::from_fd(fd.as_fd(), len, false).unwrap();
             assert_eq!(pages_not_present(&second), len / page_size());
-            let how_read = second.prefault(false);
+            let how_read = second.prefault(false).unwrap();
             assert_eq!(pages_not_present(&second), 0, "{how_read:?}");
             if refused {
                 assert_eq!((how, how_read), (Prefaulted::Touched, Prefaulted::Touched));
@@ -203,7 +213,7 @@ mod tests {
             // MADV_HUGEPAGE itself may still be refused (no THP built in).
             ShmemHuge::Advise => {}
         }
-        map.prefault(true);
+        map.prefault(true).unwrap();
         assert!(map.write_bytes(len - 3, b"end"));
         assert_eq!(map.read_bytes(len - 3, 3).unwrap(), b"end");
         let small = SharedMapping::from_fd(fd.as_fd(), 1 << 20, false).unwrap();
