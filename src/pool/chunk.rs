@@ -129,15 +129,14 @@ fn encode_fixed<T: Serialize + ?Sized>(
 /// Decodes one plain-data value of `size` bytes from the front of `bytes`.
 #[inline]
 fn take_fixed<T: DeserializeOwned>(bytes: &[u8], size: usize) -> postcard::Result<(T, &[u8])> {
-    let Some((item, rest)) = bytes.split_at_checked(size) else {
-        return Err(postcard::Error::DeserializeUnexpectedEnd);
-    };
-    let mut de = FixedDe { bytes: item };
+    // Read from the whole rest (each number a constant-size read), then check that the value
+    // took exactly its `size` bytes.
+    let mut de = FixedDe { bytes };
     let v = T::deserialize(&mut de)?;
-    if !de.bytes.is_empty() {
+    if bytes.len() - de.bytes.len() != size {
         return Err(postcard::Error::DeserializeBadEncoding);
     }
-    Ok((v, rest))
+    Ok((v, de.bytes))
 }
 
 /// The probe of [`Codec::of`]: a deserializer that answers fixed-width requests with zeros and
@@ -343,7 +342,7 @@ impl<'de> de::Deserializer<'de> for &mut Probe {
     }
 }
 
-/// Reads a plain-data value from its bytes (exactly those of one item: see [`take_fixed`]).
+/// Reads a plain-data value from the front of its bytes (see [`take_fixed`]).
 struct FixedDe<'a> {
     bytes: &'a [u8],
 }

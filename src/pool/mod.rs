@@ -103,7 +103,9 @@ fn assert_zst<F>() {
 /// Workers are forked once, when the pool is built, and reused. Only *code* travels by address
 /// (the function must be a `fn` item or a closure that captures nothing; a capturing closure
 /// does not compile); inputs and results travel serialized with the crate's wire format, so
-/// `T` and `R` implement `Serialize` and `DeserializeOwned`. For what a capture would carry, use
+/// `T` and `R` implement `Serialize` and `DeserializeOwned`. Plain data (numbers, and tuples,
+/// arrays and structs of numbers, e.g. `f64`, `(u32, f64)`, `[f32; 3]`) travels as the bytes
+/// of its numbers, a chunk of inputs written in one pass: a map of them costs about a copy. For what a capture would carry, use
 /// [`map_with`](Pool::map_with): the context is sent once per worker per call.
 ///
 /// # Examples

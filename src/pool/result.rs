@@ -106,6 +106,7 @@ impl Done {
     /// Decodes the outcomes, handing each to `put(index, result)`.
     pub(crate) fn decode<R: DeserializeOwned>(self, put: impl FnMut(usize, Result<R>)) {
         decode_outcomes(&self.items, self.data.bytes(), self.fds, self.pid, put);
+        crate::wire::give_back(self.data);
     }
 }
 

@@ -13,6 +13,12 @@
 //! | worker → parent | `DONE` | seq `u64`, run time in ns `u64`, descriptors `u32`, one encoded outcome per input |
 //! | worker → parent | `FAILED` | seq `u64`, a message |
 //!
+//! The inputs of a `TASK` and the outcomes of a `DONE` are opaque here: one item after the
+//! other, each self-delimiting, in the encoding that `chunk` gives their type (plain data, e.g.
+//! `f64` or `(u32, f64)`, as its numbers' little-endian bytes; anything else postcard; an
+//! outcome is `0` and the value, or `1` and the error), so that a task can be cut between
+//! inputs and outcomes concatenated.
+//!
 //! Descriptors: values that live in shared memory (a big [`PodVec`](crate::PodVec), a
 //! [`SharedArray`](crate::SharedArray), a sync primitive) encode an index into the frame's
 //! descriptor table instead of their bytes (see `crate::fdpass`); the table travels as
