@@ -645,7 +645,10 @@ impl Pool {
 
     fn encode_ctx<C: Serialize>(&self, ctx: &C) -> Result<Encoded> {
         let mut fds = Vec::new();
-        let bytes = crate::fdpass::encoding_into(&mut fds, false, || crate::wire::encode(ctx))?;
+        let (bytes, mpi) = crate::fdpass::collecting_mpi(|| {
+            crate::fdpass::encoding_into(&mut fds, false, || crate::wire::encode(ctx))
+        });
+        let bytes = bytes?;
         if bytes.len() > self.limit {
             return Err(Error::TooLarge {
                 size: bytes.len(),
@@ -662,6 +665,7 @@ impl Pool {
         Ok(Encoded {
             bytes: Arc::new(bytes),
             fds: (!fds.is_empty()).then(|| Arc::new(fds)),
+            mpi: (!mpi.is_empty()).then(|| Arc::new(mpi)),
         })
     }
 
