@@ -346,10 +346,33 @@ pub(crate) fn attach_mpi(bytes: Arc<dyn MpiBytes>) -> Option<u64> {
     MPI_OUT.with(|t| {
         let mut t = t.borrow_mut();
         let table = t.as_mut()?;
+        if SIZING.with(Cell::get) {
+            // A sizing pass: the value is serialized again for real; only the size counts.
+            return Some(0);
+        }
         let id = NEXT_MPI_ID.fetch_add(1, Ordering::Relaxed);
         table.push((id, bytes));
         Some(id)
     })
+}
+
+thread_local! {
+    /// A sizing pass runs on this thread (see [`sizing`]).
+    static SIZING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, a pass that only sizes an encoding: values attach nothing in it (they attach
+/// when the value is encoded for real), but encode as they will then.
+pub(crate) fn sizing<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the flag, also when `f` panics.
+    struct Back(bool);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            SIZING.with(|c| c.set(self.0));
+        }
+    }
+    let _back = Back(SIZING.with(|c| c.replace(true)));
+    f()
 }
 
 /// Whether a value encoded now on this thread may [`attach_mpi`].
