@@ -87,3 +87,44 @@ pub(super) fn take(
     }
     Ok((r.seg, n))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(id: u64, bytes: &[u8]) -> Received {
+        let mut r = buffer(id, bytes.len()).unwrap();
+        r.bytes_mut().copy_from_slice(bytes);
+        r
+    }
+
+    #[test]
+    fn mismatched_or_missing_attachments_are_errors() {
+        let (kind, size) = (kind_of::<PodVec<u32>>(), 4);
+        // Never received.
+        let e = take(u64::MAX, 8, kind, size).unwrap_err();
+        assert!(e.contains("did not arrive"), "{e}");
+        // Announced with another length.
+        stash(received(u64::MAX - 1, &[1; 8]));
+        let e = take(u64::MAX - 1, 12, kind, size).unwrap_err();
+        assert!(e.contains("holds 8 bytes") && e.contains("12 bytes"), "{e}");
+        // Not a whole number of elements.
+        stash(received(u64::MAX - 2, &[1; 10]));
+        let e = take(u64::MAX - 2, 10, kind, size).unwrap_err();
+        assert!(e.contains("4-byte elements"), "{e}");
+        // Taken once: a second take finds nothing.
+        assert!(take(u64::MAX - 1, 8, kind, size).is_err());
+    }
+
+    #[test]
+    fn an_attachment_becomes_the_vector_memory() {
+        let bytes: Vec<u8> = (0..64u8).collect();
+        stash(received(u64::MAX - 3, &bytes));
+        let (seg, n) = take(u64::MAX - 3, 64, kind_of::<PodVec<u32>>(), 4).unwrap();
+        assert_eq!(n, 16);
+        // SAFETY: the segment holds 64 bytes written above and this test holds it alone.
+        let got = unsafe { std::slice::from_raw_parts(seg.data(), 64) };
+        assert_eq!(got, &bytes[..]);
+        cache::release(seg, false);
+    }
+}
