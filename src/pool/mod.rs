@@ -208,6 +208,8 @@ pub struct Pool {
     chunksize: AtomicUsize,
     limit: usize,
     on_progress: Option<ProgressHook>,
+    /// Its workers are MPI ranks: a big `PodVec` context goes as an MPI attachment.
+    mpi_ranks: bool,
 }
 
 impl fmt::Debug for Pool {
@@ -455,6 +457,7 @@ impl PoolBuilder {
         } else {
             None
         };
+        let mpi_ranks = starter.is_some();
         let method = match starter {
             Some(_) => StartMethod::Fork,
             None => self::start::resolve(self.start_method)?,
@@ -498,6 +501,7 @@ impl PoolBuilder {
             chunksize: AtomicUsize::new(self.chunksize.unwrap_or(0)),
             limit: self.max_message_bytes,
             on_progress: bar::with_bar(self.on_progress, self.progress_bar),
+            mpi_ranks,
         })
     }
 }
@@ -645,9 +649,15 @@ impl Pool {
 
     fn encode_ctx<C: Serialize>(&self, ctx: &C) -> Result<Encoded> {
         let mut fds = Vec::new();
-        let (bytes, mpi) = crate::fdpass::collecting_mpi(|| {
-            crate::fdpass::encoding_into(&mut fds, false, || crate::wire::encode(ctx))
-        });
+        let mut encode =
+            || crate::fdpass::encoding_into(&mut fds, false, || crate::wire::encode(ctx));
+        // Only a pool of MPI ranks carries attachments (a local pool of an MPI process sends
+        // the bytes inline).
+        let (bytes, mpi) = if self.mpi_ranks {
+            crate::fdpass::collecting_mpi(encode)
+        } else {
+            (encode(), Vec::new())
+        };
         let bytes = bytes?;
         if bytes.len() > self.limit {
             return Err(Error::TooLarge {

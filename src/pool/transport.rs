@@ -194,8 +194,8 @@ impl Link {
             frame_head.extend_from_slice(head);
             return sink.frame(frame_head, payload.clone(), atts.clone());
         }
-        // Only an MPI rank's sink carries attachments: a local worker of an MPI process that
-        // gets a context with attachments fails to decode it (the attachment did not arrive).
+        // Only a pool of MPI ranks makes attachments, and all its links have sinks.
+        debug_assert!(atts.is_none(), "MPI attachments for a local worker");
         let _ = atts;
         if let Some(fds) = fds.as_ref().filter(|f| !f.is_empty()) {
             // The frame starts a segment of its own, whose first byte carries the descriptors.
