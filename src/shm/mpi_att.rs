@@ -26,7 +26,7 @@ pub(crate) struct Received {
 
 static WAITING: Mutex<VecDeque<Received>> = Mutex::new(VecDeque::new());
 
-/// Memory for an attachment of `len` bytes, to receive into with [`bytes_mut`].
+/// Memory for an attachment of `len` bytes, to receive into with [`Received::bytes_mut`].
 pub(crate) fn buffer(id: u64, len: usize) -> Result<Received> {
     let seg = cache::acquire(kind_of::<PodVec<u8>>(), 1, len)?;
     Ok(Received { id, seg, len })
