@@ -35,7 +35,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -286,6 +287,97 @@ pub(crate) fn encode_error(e: postcard::Error) -> crate::Error {
         },
         None => crate::Error::Codec(crate::error::CodecError(e)),
     }
+}
+
+/// Bytes that go to MPI ranks as messages of their own, sent from the memory of the value that
+/// attached them (a big [`PodVec`](crate::PodVec)), which they keep alive.
+pub(crate) trait MpiBytes: Send + Sync {
+    /// The bytes to send.
+    fn bytes(&self) -> &[u8];
+}
+
+impl std::fmt::Debug for dyn MpiBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MpiBytes({} bytes)", self.bytes().len())
+    }
+}
+
+/// One MPI attachment: its id (what the encoded value refers to) and its bytes.
+pub(crate) type MpiAttachment = (u64, Arc<dyn MpiBytes>);
+
+/// The MPI attachments of an encoded context, shared like its bytes (`None`: none).
+pub(crate) type MpiAtts = Option<Arc<Vec<MpiAttachment>>>;
+
+thread_local! {
+    /// The MPI attachments of the value encoded now on this thread (`None`: not collecting).
+    static MPI_OUT: RefCell<Option<Vec<MpiAttachment>>> = const { RefCell::new(None) };
+}
+
+/// Ids of MPI attachments: unique in this process (rank 0 makes them all).
+static NEXT_MPI_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Runs `f`, in which, if this process is part of an MPI job ([`inline_only`]), a big
+/// `PodVec` encoded on this thread may [`attach_mpi`] its memory instead of copying its bytes;
+/// returns what `f` returned and the attachments.
+pub(crate) fn collecting_mpi<R>(f: impl FnOnce() -> R) -> (R, Vec<MpiAttachment>) {
+    if !inline_only() {
+        return (f(), Vec::new());
+    }
+    let prev = MPI_OUT.with(|t| t.replace(Some(Vec::new())));
+    /// Restores the outer table, also when `f` panics; keeps what `f` attached.
+    struct Back(Option<Option<Vec<MpiAttachment>>>);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            if let Some(prev) = self.0.take() {
+                MPI_OUT.with(|t| t.replace(prev));
+            }
+        }
+    }
+    let mut back = Back(Some(prev));
+    let r = f();
+    let prev = back.0.take().unwrap_or_default();
+    let atts = MPI_OUT.with(|t| t.replace(prev)).unwrap_or_default();
+    (r, atts)
+}
+
+/// Attaches `bytes` to the MPI message being encoded on this thread; its id, or `None` when
+/// nothing collects attachments here (the value then goes inline).
+pub(crate) fn attach_mpi(bytes: Arc<dyn MpiBytes>) -> Option<u64> {
+    MPI_OUT.with(|t| {
+        let mut t = t.borrow_mut();
+        let table = t.as_mut()?;
+        if SIZING.with(Cell::get) {
+            // A sizing pass: the value is serialized again for real; only the size counts.
+            return Some(0);
+        }
+        let id = NEXT_MPI_ID.fetch_add(1, Ordering::Relaxed);
+        table.push((id, bytes));
+        Some(id)
+    })
+}
+
+thread_local! {
+    /// A sizing pass runs on this thread (see [`sizing`]).
+    static SIZING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, a pass that only sizes an encoding: values attach nothing in it (they attach
+/// when the value is encoded for real), but encode as they will then.
+pub(crate) fn sizing<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the flag, also when `f` panics.
+    struct Back(bool);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            SIZING.with(|c| c.set(self.0));
+        }
+    }
+    let _back = Back(SIZING.with(|c| c.replace(true)));
+    f()
+}
+
+/// Whether a value encoded now on this thread may [`attach_mpi`].
+pub(crate) fn can_attach_mpi() -> bool {
+    MPI_OUT.with(|t| t.borrow().is_some())
 }
 
 /// Whether a descriptor can be attached to the message being encoded on this thread.

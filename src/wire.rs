@@ -47,7 +47,8 @@ pub(crate) fn encode_append<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>)
 /// while no descriptor table is installed (see [`crate::fdpass`]): sizing serializes the value.
 pub(crate) fn reserve_for<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<()> {
     buf.reserve_exact(
-        postcard::experimental::serialized_size(value).map_err(crate::fdpass::encode_error)?,
+        crate::fdpass::sizing(|| postcard::experimental::serialized_size(value))
+            .map_err(crate::fdpass::encode_error)?,
     );
     crate::sys::mem::advise_huge_pages(buf);
     Ok(())

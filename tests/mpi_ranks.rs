@@ -130,6 +130,7 @@ fn rank_checks() -> Result<(), String> {
     chunking(&pool)?;
     a_panic(&pool)?;
     big_payloads(&pool)?;
+    pod_contexts(&pool)?;
     ranks_run_at_once(&pool)?;
     terminate_mid_task(pool)
 }
@@ -227,6 +228,64 @@ fn big_payloads(pool: &MpiPool) -> Result<(), String> {
         back.len() == BIG / 8 && back.iter().enumerate().all(|(i, &x)| x == i as f64),
         || "100 MB PodVec result".into(),
     )
+}
+
+/// What a task computes from a `PodVec` context: its length, a position-weighted sum (a
+/// shifted or torn copy changes it) and the element at the input's position.
+fn pod_digest<T: multiproc::Pod + Into<f64>>(v: &PodVec<T>, x: usize) -> (usize, f64, f64) {
+    let sum = v
+        .iter()
+        .enumerate()
+        .map(|(i, &e)| e.into() * (i % 7) as f64)
+        .sum();
+    let at = v.get(x * 997 % v.len().max(1)).map_or(-1.0, |&e| e.into());
+    (v.len(), sum, at)
+}
+
+/// `PodVec` contexts of several sizes reach every rank intact: empty, under the size from which
+/// it goes as an MPI attachment (64 KiB, inline), at it, one element past it, and 100 MB; each
+/// rank's answers equal the sequential ones. Then the caller's vector is still its own
+/// (written after the sends: copy-on-write), and goes again.
+fn pod_contexts(pool: &MpiPool) -> Result<(), String> {
+    let inputs = 0..4usize;
+    let threshold = 64 << 10;
+    for n in [
+        0,
+        threshold / 8 - 1,
+        threshold / 8,
+        threshold / 8 + 1,
+        BIG / 8,
+    ] {
+        let mut ctx: PodVec<f64> = (0..n)
+            .map(|i| (i % 1000) as f64 + 0.5)
+            .collect::<Vec<_>>()
+            .into();
+        let want: Vec<_> = inputs.clone().map(|x| pod_digest(&ctx, x)).collect();
+        for round in 0..2 {
+            let got = pool
+                .map_with(&ctx, pod_digest::<f64>, inputs.clone())
+                .map_err(|e| format!("PodVec<f64> context of {n}: {e}"))?;
+            ensure(got == want, || {
+                format!("PodVec<f64> context of {n} elements, round {round}: {got:?} != {want:?}")
+            })?;
+        }
+        if let Some(first) = ctx.first_mut() {
+            *first = 7.0;
+            ensure(ctx[0] == 7.0, || "the caller's PodVec after sending".into())?;
+        }
+    }
+    // Bytes: one past the threshold (not a multiple of 8).
+    let ctx: PodVec<u8> = (0..threshold + 1)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let want: Vec<_> = inputs.clone().map(|x| pod_digest(&ctx, x)).collect();
+    let got = pool
+        .map_with(&ctx, pod_digest::<u8>, inputs)
+        .map_err(|e| format!("PodVec<u8> context: {e}"))?;
+    ensure(got == want, || {
+        format!("PodVec<u8> context: {got:?} != {want:?}")
+    })
 }
 
 /// Two tasks that each wait for the other to start (through files: the ranks share this host

@@ -210,6 +210,8 @@ pub struct Pool {
     chunksize: AtomicUsize,
     limit: usize,
     on_progress: Option<ProgressHook>,
+    /// Its workers are MPI ranks: a big `PodVec` context goes as an MPI attachment.
+    mpi_ranks: bool,
 }
 
 impl fmt::Debug for Pool {
@@ -457,6 +459,7 @@ impl PoolBuilder {
         } else {
             None
         };
+        let mpi_ranks = starter.is_some();
         let method = match starter {
             Some(_) => StartMethod::Fork,
             None => self::start::resolve(self.start_method)?,
@@ -500,6 +503,7 @@ impl PoolBuilder {
             chunksize: AtomicUsize::new(self.chunksize.unwrap_or(0)),
             limit: self.max_message_bytes,
             on_progress: bar::with_bar(self.on_progress, self.progress_bar),
+            mpi_ranks,
         })
     }
 }
@@ -647,7 +651,16 @@ impl Pool {
 
     fn encode_ctx<C: Serialize>(&self, ctx: &C) -> Result<Encoded> {
         let mut fds = Vec::new();
-        let bytes = crate::fdpass::encoding_into(&mut fds, false, || crate::wire::encode(ctx))?;
+        let mut encode =
+            || crate::fdpass::encoding_into(&mut fds, false, || crate::wire::encode(ctx));
+        // Only a pool of MPI ranks carries attachments (a local pool of an MPI process sends
+        // the bytes inline).
+        let (bytes, mpi) = if self.mpi_ranks {
+            crate::fdpass::collecting_mpi(encode)
+        } else {
+            (encode(), Vec::new())
+        };
+        let bytes = bytes?;
         if bytes.len() > self.limit {
             return Err(Error::TooLarge {
                 size: bytes.len(),
@@ -664,6 +677,7 @@ impl Pool {
         Ok(Encoded {
             bytes: Arc::new(bytes),
             fds: (!fds.is_empty()).then(|| Arc::new(fds)),
+            mpi: (!mpi.is_empty()).then(|| Arc::new(mpi)),
         })
     }
 

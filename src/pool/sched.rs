@@ -626,7 +626,7 @@ impl Scheduler {
         let slot = self.slots[i].as_mut().expect("chosen slot is live");
         if let Some(ctx) = &job.ctx {
             if slot.ctx_job != Some(task.job) {
-                slot.link.queue_ctx(task.job, &ctx.bytes, &ctx.fds);
+                slot.link.queue_ctx(task.job, ctx);
                 slot.ctx_job = Some(task.job);
             }
         }

@@ -36,6 +36,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::fdpass::MpiAtts;
 use crate::sys;
 pub(crate) use crate::wire::Body;
 use crate::wire::{self, FrameBuf};
@@ -63,6 +64,9 @@ pub(crate) const MAX_FDS: usize = crate::sys::socket::MAX_FDS;
 pub(crate) struct Encoded {
     pub(crate) bytes: Bytes,
     pub(crate) fds: Fds,
+    /// Big `PodVec`s that go to MPI ranks as messages of their own (see
+    /// `fdpass::attach_mpi`); always `None` outside an MPI job.
+    pub(crate) mpi: MpiAtts,
 }
 
 /// Payloads larger than this are queued by reference instead of copied.
@@ -109,7 +113,8 @@ pub(crate) struct Link {
 pub(crate) trait FrameSink: Send {
     /// Queues one frame: `head` is its length prefix and header, `payload` the rest (shared,
     /// not copied).
-    fn frame(&mut self, head: Vec<u8>, payload: Bytes);
+    /// `atts` go after the frame, each as MPI messages of its own.
+    fn frame(&mut self, head: Vec<u8>, payload: Bytes, atts: MpiAtts);
     /// Whether frames are queued.
     fn pending(&self) -> bool;
     /// Hands the queued frames on.
@@ -187,14 +192,17 @@ impl Link {
         self
     }
 
-    fn queue(&mut self, head: &[u8], payload: &Bytes, fds: &Fds) {
+    fn queue(&mut self, head: &[u8], payload: &Bytes, fds: &Fds, atts: &MpiAtts) {
         #[cfg(feature = "mpi")]
         if let Some(sink) = self.sink.as_mut() {
             let mut frame_head = Vec::with_capacity(wire::LEN_BYTES + head.len());
             frame_head.extend_from_slice(&wire::frame_len(head.len() + payload.len()));
             frame_head.extend_from_slice(head);
-            return sink.frame(frame_head, payload.clone());
+            return sink.frame(frame_head, payload.clone(), atts.clone());
         }
+        // Only a pool of MPI ranks makes attachments, and all its links have sinks.
+        debug_assert!(atts.is_none(), "MPI attachments for a local worker");
+        let _ = atts;
         if let Some(fds) = fds.as_ref().filter(|f| !f.is_empty()) {
             // The frame starts a segment of its own, whose first byte carries the descriptors.
             self.out.push_back(Seg {
@@ -232,22 +240,24 @@ impl Link {
         head[17..25].copy_from_slice(&job.to_le_bytes());
         head[25..29].copy_from_slice(&count.to_le_bytes());
         head[29..33].copy_from_slice(&fd_count(fds).to_le_bytes());
-        self.queue(&head, inputs, fds);
+        self.queue(&head, inputs, fds, &None);
     }
 
     /// Queues a context frame for `job`.
-    pub(crate) fn queue_ctx(&mut self, job: u64, ctx: &Bytes, fds: &Fds) {
+    pub(crate) fn queue_ctx(&mut self, job: u64, ctx: &Encoded) {
+        let ctx_atts = ctx.mpi.clone();
+        let (ctx, fds) = (&ctx.bytes, &ctx.fds);
         let mut head = [0u8; 13];
         head[0] = CTX;
         head[1..9].copy_from_slice(&job.to_le_bytes());
         head[9..13].copy_from_slice(&fd_count(fds).to_le_bytes());
-        self.queue(&head, ctx, fds);
+        self.queue(&head, ctx, fds, &ctx_atts);
     }
 
     /// Queues a stop frame: the worker exits after the frames before it.
     pub(crate) fn queue_stop(&mut self) {
         let empty: Bytes = Arc::new(Vec::new());
-        self.queue(&[STOP], &empty, &None);
+        self.queue(&[STOP], &empty, &None, &None);
     }
 
     /// Whether queued bytes wait to be written.

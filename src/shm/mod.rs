@@ -8,6 +8,8 @@
 //! descriptor and mapping are gone, crashes included.
 
 mod cache;
+#[cfg(feature = "mpi")]
+pub(crate) mod mpi_att;
 mod podvec;
 mod segment;
 

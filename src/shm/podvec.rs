@@ -3,6 +3,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -83,8 +84,12 @@ pub struct PodVec<T: Pod> {
 }
 
 enum PodInner<T> {
-    Heap(Vec<T>),
-    Mapped { seg: Segment, len: usize },
+    /// Shared only with an MPI message in flight (see [`MpiPodBytes`]); written copy-on-write.
+    Heap(Arc<Vec<T>>),
+    Mapped {
+        seg: Segment,
+        len: usize,
+    },
 }
 
 impl<T: Pod> fmt::Debug for PodVec<T> {
@@ -99,7 +104,7 @@ impl<T: Pod> fmt::Debug for PodVec<T> {
 impl<T: Pod> From<Vec<T>> for PodVec<T> {
     fn from(v: Vec<T>) -> Self {
         PodVec {
-            inner: PodInner::Heap(v),
+            inner: PodInner::Heap(Arc::new(v)),
             given: AtomicBool::new(false),
         }
     }
@@ -202,7 +207,7 @@ impl<T: Pod> PodVec<T> {
     /// ```
     pub fn into_vec(mut self) -> Vec<T> {
         match &mut self.inner {
-            PodInner::Heap(v) => std::mem::take(v),
+            PodInner::Heap(v) => Arc::try_unwrap(std::mem::take(v)).unwrap_or_else(|v| v.to_vec()),
             PodInner::Mapped { .. } => self.to_vec(),
         }
     }
@@ -225,7 +230,8 @@ impl<T: Pod> Deref for PodVec<T> {
 impl<T: Pod> DerefMut for PodVec<T> {
     fn deref_mut(&mut self) -> &mut [T] {
         match &mut self.inner {
-            PodInner::Heap(v) => v,
+            // Shared with an MPI send still in flight: this vector gets a copy of its own.
+            PodInner::Heap(v) => Arc::<Vec<T>>::make_mut(v).as_mut_slice(),
             // SAFETY: as in `deref`; `&mut self` makes this the only borrow.
             PodInner::Mapped { seg, len } => unsafe {
                 std::slice::from_raw_parts_mut(seg.data().cast::<T>(), *len)
@@ -237,7 +243,7 @@ impl<T: Pod> DerefMut for PodVec<T> {
 impl<T: Pod> Drop for PodVec<T> {
     fn drop(&mut self) {
         if let PodInner::Mapped { seg, .. } =
-            std::mem::replace(&mut self.inner, PodInner::Heap(Vec::new()))
+            std::mem::replace(&mut self.inner, PodInner::Heap(Arc::default()))
         {
             // Moved into a message: away; else ours alone: free.
             cache::release(seg, *self.given.get_mut());
@@ -247,6 +253,29 @@ impl<T: Pod> Drop for PodVec<T> {
 
 const POD_INLINE: u8 = 0;
 const POD_FD: u8 = 1;
+/// Its bytes are an MPI message of their own (see `fdpass::attach_mpi`): the id and byte count.
+const POD_MPI: u8 = 2;
+
+/// From this many bytes on, a `PodVec` going to MPI ranks is an MPI message of its own, sent
+/// from its memory and received into the new vector's; smaller ones are copied into the frame
+/// (a message of its own costs more than the copy).
+pub(crate) const POD_VEC_MPI_MIN: usize = 64 << 10;
+
+/// The memory of a `PodVec` being sent to MPI ranks, kept alive until the sends complete.
+struct MpiPodBytes<T>(Arc<Vec<T>>);
+
+// SAFETY: the vector is only read, as bytes, on any thread (a `PodVec` that shares it copies
+// it before writing: `Arc::make_mut`), and `T: Pod` is `Copy`, so dropping it on another thread
+// runs no destructor of an element; no element is ever used as a `T` through this type.
+unsafe impl<T: Pod> Send for MpiPodBytes<T> {}
+// SAFETY: as for `Send`: shared access only reads bytes.
+unsafe impl<T: Pod> Sync for MpiPodBytes<T> {}
+
+impl<T: Pod> fdpass::MpiBytes for MpiPodBytes<T> {
+    fn bytes(&self) -> &[u8] {
+        pod_bytes(&self.0)
+    }
+}
 
 struct Bytes<'a>(&'a [u8]);
 
@@ -260,7 +289,15 @@ impl<T: Pod> Serialize for PodVec<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let bytes = pod_bytes(self);
         let mut t = s.serialize_tuple(2)?;
-        if let PodInner::Mapped { seg, .. } = &self.inner
+        if let PodInner::Heap(v) = &self.inner
+            && bytes.len() >= POD_VEC_MPI_MIN
+            && std::mem::size_of::<T>() > 0
+            && fdpass::can_attach_mpi()
+            && let Some(id) = fdpass::attach_mpi(Arc::new(MpiPodBytes(Arc::clone(v))))
+        {
+            t.serialize_element(&POD_MPI)?;
+            t.serialize_element(&(id, bytes.len() as u64))?;
+        } else if let PodInner::Mapped { seg, .. } = &self.inner
             && fdpass::moving()
             && !self.given.swap(true, Ordering::SeqCst)
         {
@@ -366,10 +403,35 @@ impl<'de, T: Pod> Deserialize<'de> for PodVec<T> {
                             given: AtomicBool::new(false),
                         })
                     }
+                    POD_MPI => {
+                        let (id, len): (u64, u64) = seq
+                            .next_element()?
+                            .ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                        mpi_received::<T, A::Error>(id, len)
+                    }
                     _ => Err(de::Error::custom("bad PodVec tag")),
                 }
             }
         }
         d.deserialize_tuple(2, V(PhantomData))
     }
+}
+
+/// The `PodVec` whose bytes came as MPI attachment `id` of `len` bytes (feature `mpi`).
+#[cfg(feature = "mpi")]
+fn mpi_received<T: Pod, E: de::Error>(id: u64, len: u64) -> Result<PodVec<T>, E> {
+    let (kind, size) = (kind_of::<PodVec<T>>(), std::mem::size_of::<T>());
+    let (seg, len) = super::mpi_att::take(id, len, kind, size).map_err(E::custom)?;
+    Ok(PodVec {
+        inner: PodInner::Mapped { seg, len },
+        given: AtomicBool::new(false),
+    })
+}
+
+/// Without MPI no attachment can arrive.
+#[cfg(not(feature = "mpi"))]
+fn mpi_received<T: Pod, E: de::Error>(id: u64, _len: u64) -> Result<PodVec<T>, E> {
+    Err(E::custom(format!(
+        "the PodVec refers to MPI attachment {id}, but this build has no MPI"
+    )))
 }

@@ -28,8 +28,11 @@ use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
+
+use crate::fdpass::{MpiAtts, MpiBytes};
 
 use super::super::transport::{Bytes, FrameSink};
 
@@ -51,13 +54,21 @@ pub(super) const TAG_HEAD: i32 = 5;
 /// Hub to rank: a piece of the payload of the frame of the last `TAG_HEAD` (at most [`CHUNK`]
 /// bytes; the pieces follow the head, in order, until the frame is whole).
 pub(super) const TAG_PAYLOAD: i32 = 6;
+/// Hub to rank: an MPI attachment follows (the body: its id and byte count, `u64`
+/// little-endian each), in `TAG_ATT_DATA` pieces of at most [`CHUNK`] bytes; it belongs to the
+/// frame before it.
+pub(super) const TAG_ATT_HEAD: i32 = 7;
+/// Hub to rank: a piece of the bytes of the last `TAG_ATT_HEAD`'s attachment.
+pub(super) const TAG_ATT_DATA: i32 = 8;
+/// Bytes of a `TAG_ATT_HEAD` body.
+pub(super) const ATT_HEAD_BYTES: usize = 16;
 
 /// A frame payload at least this big goes as a message of its own, from the scheduler's
 /// buffer (no copy); a smaller one is copied behind its header.
 const OWN_MESSAGE: usize = 1 << 16;
 
 /// The most bytes of a socket carried in one message (a larger frame streams in pieces).
-const CHUNK: usize = 64 << 20;
+pub(super) const CHUNK: usize = 64 << 20;
 /// What the hub reads from a socket at a time while no frame's length is known.
 const READ: usize = 1 << 16;
 /// How long the bridge keeps looking without sleeping after it moved something.
@@ -83,7 +94,7 @@ pub(super) enum Cmd {
     /// header, and its payload.
     Frames {
         rank: i32,
-        frames: Vec<(Vec<u8>, Bytes)>,
+        frames: Vec<(Vec<u8>, Bytes, MpiAtts)>,
     },
     /// End `rank` now (it reports `-signal` as its code).
     Stop { rank: i32, signal: i32 },
@@ -204,6 +215,8 @@ pub(super) enum Msg {
     Own(Vec<u8>),
     /// A piece (`start..end`) of a frame's payload, shared with the scheduler.
     Shared(Bytes, usize, usize),
+    /// A piece (`start..end`) of an MPI attachment: sent from the memory of its `PodVec`.
+    Att(Arc<dyn MpiBytes>, usize, usize),
 }
 
 impl Msg {
@@ -211,6 +224,7 @@ impl Msg {
         match self {
             Msg::Own(v) => v,
             Msg::Shared(b, start, end) => &b[*start..*end],
+            Msg::Att(a, start, end) => &a.bytes()[*start..*end],
         }
     }
 }
@@ -314,11 +328,16 @@ fn take_commands(
 /// Queues the scheduler's frames for `rank` (unless it has ended): a payload of at least
 /// [`OWN_MESSAGE`] bytes as a message of its own behind its head, smaller frames copied into
 /// `DATA` messages.
-fn queue_frames(st: &mut RankState, rank: i32, frames: Vec<(Vec<u8>, Bytes)>, sends: &mut Sends) {
+fn queue_frames(
+    st: &mut RankState,
+    rank: i32,
+    frames: Vec<(Vec<u8>, Bytes, MpiAtts)>,
+    sends: &mut Sends,
+) {
     if st.ended.is_some() {
         return;
     }
-    for (mut head, payload) in frames {
+    for (mut head, payload, atts) in frames {
         if head.get(crate::wire::LEN_BYTES) == Some(&super::super::transport::TASK) {
             st.awaiting += 1;
         }
@@ -333,6 +352,23 @@ fn queue_frames(st: &mut RankState, rank: i32, frames: Vec<(Vec<u8>, Bytes)>, se
             head.extend_from_slice(&payload);
             queue_data(sends, rank, head);
         }
+        for (id, bytes) in atts.iter().flat_map(|a| a.iter()) {
+            queue_attachment(sends, rank, *id, bytes);
+        }
+    }
+}
+
+/// Queues an MPI attachment for `rank`: its head (id, byte count), then its bytes in pieces
+/// of at most [`CHUNK`], sent from the attachment's own memory.
+fn queue_attachment(sends: &mut Sends, rank: i32, id: u64, bytes: &Arc<dyn MpiBytes>) {
+    let len = bytes.bytes().len();
+    let mut head = Vec::with_capacity(ATT_HEAD_BYTES);
+    head.extend_from_slice(&id.to_le_bytes());
+    head.extend_from_slice(&(len as u64).to_le_bytes());
+    sends.push((rank, TAG_ATT_HEAD, Msg::Own(head)));
+    for start in (0..len).step_by(CHUNK) {
+        let end = (start + CHUNK).min(len);
+        sends.push((rank, TAG_ATT_DATA, Msg::Att(Arc::clone(bytes), start, end)));
     }
 }
 
@@ -569,12 +605,12 @@ pub(super) struct RankSink<F: Fn(Cmd) + Send> {
     pub(super) rank: i32,
     /// Hands a command to the hub and wakes it.
     pub(super) send: F,
-    pub(super) queued: Vec<(Vec<u8>, Bytes)>,
+    pub(super) queued: Vec<(Vec<u8>, Bytes, MpiAtts)>,
 }
 
 impl<F: Fn(Cmd) + Send> FrameSink for RankSink<F> {
-    fn frame(&mut self, head: Vec<u8>, payload: Bytes) {
-        self.queued.push((head, payload));
+    fn frame(&mut self, head: Vec<u8>, payload: Bytes, atts: MpiAtts) {
+        self.queued.push((head, payload, atts));
     }
 
     fn pending(&self) -> bool {

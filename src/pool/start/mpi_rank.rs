@@ -33,8 +33,10 @@ use crate::wire::{Body, LEN_BYTES, MAX_MESSAGE_BYTES};
 
 use super::super::transport::FrameLink;
 use super::mpi_bridge::{
-    TAG_BYE, TAG_DATA, TAG_FIN, TAG_HEAD, TAG_PAYLOAD, TAG_STOP, code_bytes, code_of,
+    ATT_HEAD_BYTES, CHUNK, TAG_ATT_DATA, TAG_ATT_HEAD, TAG_BYE, TAG_DATA, TAG_FIN, TAG_HEAD,
+    TAG_PAYLOAD, TAG_STOP, code_bytes, code_of,
 };
+use crate::shm::mpi_att;
 
 /// How often the bridge thread looks for a `STOP` while the worker loop runs a task.
 const WATCH_NAP: Duration = Duration::from_millis(5);
@@ -152,6 +154,53 @@ fn frame_total(bytes: &[u8]) -> Result<Option<usize>> {
     }
 }
 
+/// Receives the MPI attachment whose head is `head` (its id and byte count) from `hub`: its
+/// pieces straight into memory of its own, kept for the `PodVec` of the frame that refers to it
+/// (see `shm::mpi_att`). A malformed head, or pieces that do not match it, end the rank's
+/// link with an error (rank 0 sends only what it announced).
+fn receive_attachment(hub: &mpi::topology::Process<'_>, head: &[u8]) -> Result<()> {
+    let (id, len) = match head {
+        [id @ .., _, _, _, _, _, _, _, _] if head.len() == ATT_HEAD_BYTES => {
+            let id = u64::from_le_bytes(id.try_into().expect("8 bytes"));
+            let len = u64::from_le_bytes(head[8..].try_into().expect("8 bytes"));
+            (id, len)
+        }
+        _ => {
+            return Err(Error::Disconnected(format!(
+                "rank 0 sent an attachment head of {} bytes; one is {ATT_HEAD_BYTES} bytes",
+                head.len()
+            )));
+        }
+    };
+    let len = match usize::try_from(len) {
+        Ok(n) if n as u64 <= MAX_MESSAGE_BYTES as u64 => n,
+        _ => {
+            return Err(Error::Disconnected(format!(
+                "rank 0 announced an attachment of {len} bytes, over the limit of \
+                 {MAX_MESSAGE_BYTES}"
+            )));
+        }
+    };
+    let mut received = mpi_att::buffer(id, len)?;
+    let buf = received.bytes_mut();
+    let mut pos = 0;
+    while pos < len {
+        let (msg, status) = hub.matched_probe();
+        let m = status.count(u8::equivalent_datatype()).max(0) as usize;
+        if status.tag() != TAG_ATT_DATA || m == 0 || m > CHUNK || pos + m > len {
+            return Err(Error::Disconnected(format!(
+                "rank 0 announced attachment {id} of {len} bytes, but sent {m} bytes with tag \
+                 {} at byte {pos}",
+                status.tag()
+            )));
+        }
+        msg.matched_receive_into(&mut buf[pos..pos + m]);
+        pos += m;
+    }
+    mpi_att::stash(received);
+    Ok(())
+}
+
 impl FrameLink for RankLink {
     fn recv(&mut self) -> Result<Option<Body>> {
         loop {
@@ -196,6 +245,11 @@ impl FrameLink for RankLink {
                             pos += m;
                         }
                         Some(buf)
+                    }
+                    TAG_ATT_HEAD => {
+                        let (head, _) = (msg, status).matched_receive_vec::<u8>();
+                        receive_attachment(&hub, &head)?;
+                        continue;
                     }
                     TAG_STOP => {
                         let (body, _) = (msg, status).matched_receive_vec::<u8>();
