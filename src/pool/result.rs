@@ -243,8 +243,8 @@ impl<R: Send + 'static> AsyncState<R> {
     }
 }
 
-/// The result of [`Pool::apply_async`] or [`Pool::map_async`], to collect later: Python's
-/// `AsyncResult`.
+/// The result of [`Pool::apply_async`](super::Pool::apply_async) or
+/// [`Pool::map_async`](super::Pool::map_async), to collect later: Python's `AsyncResult`.
 ///
 /// The work progresses in the background: the pool's driver thread (started by the first
 /// asynchronous call) reads the workers' answers as they come, so [`ready`](AsyncResult::ready)
