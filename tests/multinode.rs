@@ -21,13 +21,9 @@ fn write_exe(path: &Path, text: &str) {
     Command::new("chmod").arg("+x").arg(path).status().unwrap();
 }
 
-/// A command that runs multiproc as the batch script of a 2-node allocation (nodes a, b, 2 CPUs
-/// each), in `dir`, with the fakes first on PATH.
-fn batch(dir: &Path) -> Command {
-    let bin = dir.join("bin");
-    write_exe(
-        &bin.join("srun"),
-        r#"#!/bin/bash
+/// The fake `srun`'s start: reads the options (the node from `--nodelist`, the step's CPUs), and
+/// leaves the command in `$@`.
+const SRUN_OPTIONS: &str = r#"#!/bin/bash
 # Fake srun: run the command after the options on the node --nodelist names.
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -39,9 +35,13 @@ while [ $# -gt 0 ]; do
     shift
 done
 export SLURM_STEP_ID=0
-exec "$@"
-"#,
-    );
+"#;
+
+/// A command that runs multiproc as the batch script of a 2-node allocation (nodes a, b, 2 CPUs
+/// each), in `dir`, with the fakes first on PATH.
+fn batch(dir: &Path) -> Command {
+    let bin = dir.join("bin");
+    write_exe(&bin.join("srun"), &format!("{SRUN_OPTIONS}exec \"$@\"\n"));
     write_exe(
         &bin.join("scontrol"),
         "#!/bin/sh\n[ \"$1 $2\" = 'show hostnames' ] && echo \"$3\" | tr , '\\n'\n",
@@ -491,22 +491,10 @@ fn an_agent_whose_srun_ended_on_sigterm_without_a_word_was_interrupted_not_faile
     // message) and exits 143, as srun does when the step is cancelled.
     write_exe(
         &dir.join("bin/srun"),
-        r#"#!/bin/bash
-while [ $# -gt 0 ]; do
-    case "$1" in
-    --nodelist=*) export SLURMD_NODENAME="${1#--nodelist=}" ;;
-    --cpus-per-task=*) export SLURM_CPUS_PER_TASK="${1#--cpus-per-task=}" ;;
-    --*) ;;
-    *) break ;;
-    esac
-    shift
-done
-export SLURM_STEP_ID=0
-"$@" 0<&0 &
-agent=$!
-trap 'kill -KILL $agent; wait $agent; exit 143' TERM
-wait $agent
-"#,
+        &format!(
+            "{SRUN_OPTIONS}\"$@\" 0<&0 &\nagent=$!\n\
+             trap 'kill -KILL $agent; wait $agent; exit 143' TERM\nwait $agent\n"
+        ),
     );
     cmd.args(["--joblog", "run.log", "--shell"])
         .arg(
