@@ -2,68 +2,26 @@
 //! lazy imap, terminate, Drop, worker recycling, thread-count variables, bad arguments, and no
 //! child process left behind.
 
+#[macro_use]
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use multiproc::{Error, Pool, StartMethod};
-
-/// Runs a test under both start methods: `name::fork` and `name::forkserver`.
-macro_rules! both_methods {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn fork() {
-                super::$name(multiproc::StartMethod::Fork)
-            }
-
-            #[test]
-            fn forkserver() {
-                super::$name(multiproc::StartMethod::ForkServer)
-            }
-        }
-    };
-}
 
 /// A pool of `n` workers started with `m`.
 fn pool(m: StartMethod, n: usize) -> Result<Pool, Error> {
     Pool::builder().start_method(m).processes(n).build()
 }
 
-/// Pool tests run one at a time in this binary, so that "no child left" can be checked.
-static FORK_LOCK: Mutex<()> = Mutex::new(());
-
-/// Holds the fork lock, and aborts the test process if the test outlives [`LIMIT`]: a hang
-/// becomes a failure, never a stuck CI job.
-struct Guard {
-    _lock: MutexGuard<'static, ()>,
-    done: Arc<std::sync::atomic::AtomicBool>,
-}
-
+/// How long one pool test may run.
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn lock() -> Guard {
-    let lock = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let d = done.clone();
-    std::thread::spawn(move || {
-        let until = Instant::now() + LIMIT;
-        while Instant::now() < until {
-            if d.load(Ordering::SeqCst) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("a pool test ran longer than {LIMIT:?}: aborting");
-        std::process::abort();
-    });
-    Guard { _lock: lock, done }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::SeqCst);
-    }
+/// Pool tests run one at a time, each bounded (see `common::bounded_fork_lock`).
+fn lock() -> impl Sized {
+    common::bounded_fork_lock(LIMIT)
 }
 
 fn secs(n: u64) -> Duration {

@@ -5,44 +5,20 @@
 //! `map_with` and `apply`, under both start methods; a panic in the middle of a plain chunk
 //! fails that input only.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+#[macro_use]
+mod common;
+
+use std::time::Duration;
 
 use multiproc::{Error, Pool, StartMethod};
 use serde::{Deserialize, Serialize};
 
-/// Pool tests run one at a time, each bounded: a hang aborts the binary instead of hanging CI.
-static LOCK: Mutex<()> = Mutex::new(());
+/// How long one pool test may run.
 const LIMIT: Duration = Duration::from_secs(120);
 
-struct Guard {
-    _lock: MutexGuard<'static, ()>,
-    done: Arc<AtomicBool>,
-}
-
-fn lock() -> Guard {
-    let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let done = Arc::new(AtomicBool::new(false));
-    let d = done.clone();
-    std::thread::spawn(move || {
-        let until = Instant::now() + LIMIT;
-        while Instant::now() < until {
-            if d.load(Ordering::SeqCst) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("a pool_chunks test ran longer than {LIMIT:?}: aborting");
-        std::process::abort();
-    });
-    Guard { _lock: lock, done }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::SeqCst);
-    }
+/// Pool tests run one at a time, each bounded (see `common::bounded_fork_lock`).
+fn lock() -> impl Sized {
+    common::bounded_fork_lock(LIMIT)
 }
 
 const METHODS: [StartMethod; 2] = [StartMethod::Fork, StartMethod::ForkServer];

@@ -4,6 +4,7 @@
 //!
 //! No wall-clock threshold: correctness, process tables and CPU ticks of idle workers only.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashSet;
@@ -13,22 +14,6 @@ use multiproc::{Pool, StartMethod};
 
 /// Workers of a node-sized pool (`--cpus-per-task=128`).
 const WORKERS: usize = 128;
-
-macro_rules! both_methods {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn fork() {
-                super::$name(multiproc::StartMethod::Fork)
-            }
-
-            #[test]
-            fn forkserver() {
-                super::$name(multiproc::StartMethod::ForkServer)
-            }
-        }
-    };
-}
 
 fn pool(m: StartMethod) -> Pool {
     Pool::builder()

@@ -1,5 +1,23 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
+
+/// Runs a test under both start methods: `name::fork` and `name::forkserver` (use the module
+/// with `#[macro_use] mod common;`).
+macro_rules! both_methods {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn fork() {
+                super::$name(multiproc::StartMethod::Fork)
+            }
+
+            #[test]
+            fn forkserver() {
+                super::$name(multiproc::StartMethod::ForkServer)
+            }
+        }
+    };
+}
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -129,4 +147,11 @@ impl Drop for Watchdog {
     fn drop(&mut self) {
         self.0.store(true, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// Holds the fork lock (pool tests of one binary run one at a time, so that "no child left" can
+/// be checked) and a [`Watchdog`] that aborts the binary if the test outlives `limit`: a hang
+/// becomes a failure, never a stuck CI job.
+pub(crate) fn bounded_fork_lock(limit: Duration) -> (MutexGuard<'static, ()>, Watchdog) {
+    (fork_lock(), Watchdog::new(limit))
 }
