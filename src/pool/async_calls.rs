@@ -71,7 +71,7 @@ impl Pool {
             st.complete(res.unwrap_or_else(|| Err(terminated())), deferred);
             true
         });
-        let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
+        let plan = Plan::of_fn::<F, T, R>();
         self.submit_async::<R, T>(plan, vec![x], sink)?;
         Ok(AsyncResult {
             shared: self.shared.clone(),
@@ -104,8 +104,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let _ = f;
-        assert_zst::<F>();
-        let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
+        let plan = Plan::of_fn::<F, T, R>();
         self.run_async(plan, items.into_iter().collect())
     }
 

@@ -55,8 +55,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
     {
         let _ = f;
-        assert_zst::<F>();
-        let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
+        let plan = Plan::of_fn::<F, T, R>();
         self.run_values(plan, self.inputs(items, None)?)
     }
 
@@ -87,8 +86,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
     {
         let _ = f;
-        assert_zst::<F>();
-        let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
+        let plan = Plan::of_fn::<F, T, R>();
         self.run_results(plan, self.inputs(items, None)?)
     }
 
@@ -163,7 +161,7 @@ impl Pool {
         }
         let _ = f;
         assert_zst::<F>();
-        let mut plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
+        let mut plan = Plan::of_fn::<F, T, R>();
         plan.chunksize = Some(chunksize);
         self.run_values(plan, self.inputs(items, Some(chunksize))?)
     }
@@ -226,8 +224,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
     {
         let _ = f;
-        assert_zst::<F>();
-        let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
+        let plan = Plan::of_fn::<F, T, R>();
         self.run_values(plan, self.inputs([x], None)?)?
             .pop()
             .ok_or_else(terminated)
@@ -325,9 +322,8 @@ impl Pool {
         R: Serialize + DeserializeOwned,
         I: IntoIterator<Item = T>,
     {
-        assert_zst::<F>();
         let chunksize = self.chunksize_for(None);
-        let plan = Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None);
+        let plan = Plan::of_fn::<F, T, R>();
         driver::ensure(&self.shared)?;
         let job = self.open()?.new_job(plan.fn_ref, plan.ends, None, None);
         let mut imap = IMap {

@@ -239,6 +239,17 @@ struct Plan {
 }
 
 impl Plan {
+    /// The plan of `f(x)` for each input `x` (`F` checked to capture nothing).
+    fn of_fn<F, T, R>() -> Plan
+    where
+        F: Fn(T) -> R + Copy,
+        T: DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        assert_zst::<F>();
+        Plan::new(fnref::call::<F, T, R>, fnref::item_ends::<T>, None)
+    }
+
     fn new(t: Trampoline, ends: EndsFn, ctx: Option<Encoded>) -> Plan {
         Plan {
             fn_ref: FnRef::of(t),
