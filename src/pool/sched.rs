@@ -10,8 +10,9 @@
 //! Cost per task and per wake-up is flat in the number of workers (a node-sized pool has
 //! 64–192): the descriptors sit in one `epoll` set, registered when a worker starts, so a wake-up
 //! costs what is ready, not what is watched; tasks are handed out by water-filling (each goes to
-//! a worker with the fewest in flight) from one sorted pass over the workers per wake-up, not per
-//! task; and the parent spins before it sleeps only when the pool has no more workers than the
+//! a worker with the fewest in flight, `sched/shares.rs`) from one sorted pass over the workers
+//! per wake-up, not per task, each worker's share as one block of consecutive tasks, and tiny
+//! tasks to as few workers as full pipelines allow; and the parent spins before it sleeps only when the pool has no more workers than the
 //! machine has CPUs (spinning beside more runnable workers than CPUs takes the CPU they need).
 //!
 //! It does not know how workers are started: it holds a [`Starter`] (fork, fork server, ...) and
@@ -21,7 +22,7 @@
 //!
 //! Files: this one holds the state, the dispatch and the wake-up loop; `sched/workers.rs` starts,
 //! replaces, stops and reaps workers; `sched/recovery.rs` handles a worker's exit and overdue
-//! tasks.
+//! tasks; `sched/shares.rs` decides how many tasks each worker takes.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -44,6 +45,7 @@ use super::worker::{self, IDLE, Progress};
 use crate::fdpass::{self, FdTable};
 
 mod recovery;
+mod shares;
 mod workers;
 
 pub(crate) type JobId = u64;
@@ -359,7 +361,7 @@ impl Scheduler {
     /// Whether a lazy feeder should add tasks now.
     pub(crate) fn wants_tasks(&self) -> bool {
         let live = self.live.max(1);
-        self.pending.len() < live * self.depth() + live
+        self.pending.len() < (live * self.depth()).min(self.cap()) + live
     }
 
     /// The job's next event, if any.
@@ -385,21 +387,37 @@ impl Scheduler {
             || self.jobs.values().any(|j| j.sink.is_some())
     }
 
+    /// How many tasks a worker should have in flight: [`PIPE_NS`] of work, 2 to [`MAX_DEPTH`].
     fn depth(&self) -> usize {
-        let share = (MAX_IN_FLIGHT / self.live.max(1)).max(2);
-        ((PIPE_NS / self.ema_ns.max(1.0)) as usize).clamp(2, MAX_DEPTH.min(share))
+        ((PIPE_NS / self.ema_ns.max(1.0)) as usize).clamp(2, MAX_DEPTH)
+    }
+
+    /// The most tasks in flight over all workers: [`MAX_IN_FLIGHT`], but at least 2 per worker.
+    fn cap(&self) -> usize {
+        MAX_IN_FLIGHT.max(2 * self.live)
     }
 
     /// Hands the pending tasks to the workers, each to one with the fewest in flight (at most
     /// `depth` each), and writes what the sockets take. One sorted pass over the workers per
     /// call, then constant work per task.
+    ///
+    /// Each worker's share is handed as one block of consecutive tasks (not one task per worker
+    /// in turn): the same counts, but a worker's results come back as runs in input order, which
+    /// a map's collector appends instead of setting each aside (with 128 workers and chunksize
+    /// 1, interleaved tasks made every result a run of its own).
+    ///
+    /// When the tasks are so short that full pipelines for every worker would pass the cap on
+    /// tasks in flight (128 workers × 512 tiny tasks), the tasks go to as few workers as full
+    /// pipelines allow, not a thin pipeline to each: a worker then wakes once per [`PIPE_NS`] of
+    /// work, not once per 128 tasks, which on an oversubscribed node is what costs (the other
+    /// workers sleep; the parent, not the workers, limits the rate of such tasks anyway).
     fn dispatch(&mut self) {
         let mut touched = Vec::new();
         if !self.pending.is_empty() {
             let depth = self.depth();
             let max = self.cfg.max_tasks_per_child.unwrap_or(u64::MAX);
-            // (in flight, slot) of the workers that can take a task, fewest first.
-            let mut open: Vec<(usize, usize)> = self
+            // (in flight, slot, room) of the workers that can take a task, fewest first.
+            let mut open: Vec<shares::Open> = self
                 .slots
                 .iter()
                 .enumerate()
@@ -407,36 +425,27 @@ impl Scheduler {
                 .filter(|(_, s)| {
                     s.kill.is_none() && !s.stopping && s.sent < max && s.inflight.len() < depth
                 })
-                .map(|(i, s)| (s.inflight.len(), i))
+                .map(|(i, s)| {
+                    let left = usize::try_from(max - s.sent).unwrap_or(usize::MAX);
+                    (s.inflight.len(), i, (depth - s.inflight.len()).min(left))
+                })
                 .collect();
-            open.sort_unstable();
-            // Water-filling: `level` is the load of the first `k` workers; each round gives
-            // them one task each, then the workers at the next level join.
-            let mut level = open.first().map_or(depth, |o| o.0);
-            let mut k = 0;
-            'fill: while level < depth {
-                while k < open.len() && open[k].0 <= level {
-                    k += 1;
-                }
+            let in_flight: usize = self.slots.iter().flatten().map(|s| s.inflight.len()).sum();
+            let limits = shares::Limits {
+                depth,
+                cap: self.cap(),
+                live: self.live,
+            };
+            let shares = shares::plan(&mut open, self.pending.len(), in_flight, limits);
+            for (&(_, i, _), share) in open.iter().zip(shares) {
                 let mut gave = false;
-                for &(_, i) in &open[..k] {
-                    if self.pending.is_empty() {
-                        break 'fill;
-                    }
-                    if self.slots[i].as_ref().is_some_and(|s| s.sent < max) && self.hand_one(i) {
-                        gave = true;
-                        if touched.last() != Some(&i) {
-                            touched.push(i);
-                        }
-                    }
+                for _ in 0..share {
+                    gave |= self.hand_one(i);
                 }
-                if !gave && k == open.len() {
-                    break;
+                if gave {
+                    touched.push(i);
                 }
-                level += 1;
             }
-            touched.sort_unstable();
-            touched.dedup();
         }
         for i in touched {
             if let Some(slot) = self.slots[i].as_mut() {
