@@ -253,16 +253,6 @@ fn task_timeout_kills_an_endless_task(m: StartMethod) {
     assert_no_children();
 }
 
-fn vm_rss_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 both_methods!(imap_takes_an_endless_input_in_flat_memory);
 fn imap_takes_an_endless_input_in_flat_memory(m: StartMethod) {
     let _g = lock();
@@ -278,13 +268,13 @@ fn imap_takes_an_endless_input_in_flat_memory(m: StartMethod) {
         for (i, r) in it.by_ref().take(1000).enumerate() {
             assert_eq!(r.unwrap(), square(i as u64));
         }
-        let rss = vm_rss_kb();
+        let rss = common::status_kib("VmRSS:");
         for (i, r) in it.by_ref().take(9000).enumerate() {
             assert_eq!(r.unwrap(), square(i as u64 + 1000));
             let in_flight = pulled.load(Ordering::Relaxed) - (i + 1001);
             assert!(in_flight <= 1000, "{in_flight} inputs pulled ahead");
         }
-        let grown = vm_rss_kb().saturating_sub(rss);
+        let grown = common::status_kib("VmRSS:").saturating_sub(rss);
         assert!(grown < 4096, "RSS grew by {grown} kB");
         drop(it);
 

@@ -178,3 +178,37 @@ fn idle_workers_sleep_in_the_kernel_and_use_no_cpu(m: StartMethod) {
     pool.join().unwrap();
     assert_no_children_left();
 }
+
+/// A Fork pool's start gives the heap's free pages back to the kernel before it forks its
+/// workers (each fork copies the mappings of the memory the parent holds): 64 MB built in 4 KB
+/// blocks and three quarters dropped leaves free chunks inside the heap, which the C library
+/// keeps until the pool starts.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn a_fork_pool_start_gives_the_free_heap_back_before_forking() {
+    let _g = common::fork_lock();
+    let blocks: Vec<Box<[u8]>> = (0..16_384u32)
+        .map(|i| vec![i as u8 | 1; 4096].into_boxed_slice())
+        .collect();
+    let kept: Vec<Box<[u8]>> = blocks.into_iter().step_by(4).collect();
+    let before = common::status_kib("RssAnon:");
+    let pool = Pool::builder()
+        .processes(4)
+        .start_method(StartMethod::Fork)
+        .build()
+        .unwrap();
+    let after = common::status_kib("RssAnon:");
+    assert_eq!(
+        pool.map(|x: u64| x + 1, 0..8u64).unwrap(),
+        (1..9).collect::<Vec<_>>()
+    );
+    pool.close();
+    pool.join().unwrap();
+    assert!(kept.iter().all(|b| b[0] & 1 == 1));
+    // 48 MB are free; at least half of it is given back (pages wholly inside free chunks).
+    assert!(
+        before.saturating_sub(after) >= 24 * 1024,
+        "anonymous memory {before} kB before the pool's start, {after} kB after"
+    );
+    assert_no_children_left();
+}

@@ -71,16 +71,6 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-/// A `/proc/self/status` field in KiB.
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[derive(Serialize, Deserialize, Debug)]
 struct Report {
     ok: bool,
@@ -346,7 +336,7 @@ fn a_thousand_one_way_sends_leave_memory_and_descriptors_bounded() {
     });
     // Descriptors other than the kept files: constant from here on.
     let other_fds = open_fds() - PodVec::<u8>::kept_stats().kept;
-    let rss = status_kib("VmRSS:");
+    let rss = common::status_kib("VmRSS:");
     let mut worker_max = (0, 0);
     for r in 100..1000 {
         let (f, m) = round(r);
@@ -370,7 +360,7 @@ fn a_thousand_one_way_sends_leave_memory_and_descriptors_bounded() {
         worker_max.0 <= worker_first.0 + 3 && worker_max.1 <= worker_first.1 + 3,
         "worker: first {worker_first:?}, then up to {worker_max:?}"
     );
-    let grown = status_kib("VmRSS:") as i64 - rss as i64;
+    let grown = common::status_kib("VmRSS:") as i64 - rss as i64;
     assert!(
         grown < 16 * 1024,
         "resident memory grew by {grown} KiB over 900 rounds"
@@ -399,13 +389,13 @@ fn eighty_megabytes_one_way_a_thousand_times_keep_memory_flat() {
     let before = PodVec::<f64>::kept_stats();
     let (first_sum, worker_memfds) = pool.apply(sum_f64, data.clone().into()).unwrap();
     assert_eq!(first_sum, want);
-    let (fds, files, rss) = (open_fds(), memfds(), status_kib("VmRSS:"));
+    let (fds, files, rss) = (open_fds(), memfds(), common::status_kib("VmRSS:"));
     for r in 1..1000 {
         let (sum, w) = pool.apply(sum_f64, data.clone().into()).unwrap();
         assert_eq!((sum, w), (want, worker_memfds), "round {r}");
     }
     assert_eq!((open_fds(), memfds()), (fds, files));
-    let grown = status_kib("VmRSS:") as i64 - rss as i64;
+    let grown = common::status_kib("VmRSS:") as i64 - rss as i64;
     assert!(grown < 16 * 1024, "resident memory grew by {grown} KiB");
     let after = PodVec::<f64>::kept_stats();
     assert_eq!(

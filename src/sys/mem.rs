@@ -174,6 +174,21 @@ pub(crate) fn advise_huge_pages(buf: &mut Vec<u8>) {
     let _ = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
 }
 
+/// Gives the pages of the heap's free chunks back to the kernel (glibc's `malloc_trim(0)`), so
+/// that a burst of forks copies the page tables of live memory only, and each child shares no
+/// dead pages. A program that built and dropped large structures before it starts a pool keeps
+/// them in the heap otherwise (glibc returns only the top of the heap): 25 MB retained by a
+/// few maps made each fork of a 128-worker pool 3 times slower. Costs a walk over the free
+/// chunks (about 1–2 ms for 25 MB). Does nothing where the C library is not glibc.
+pub(crate) fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` takes each arena's lock and only advises the kernel about pages
+    // that lie wholly inside free chunks; no live allocation is touched. It is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 impl SharedMapping {
     /// The mapping viewed as `len / 8` atomic 64-bit words (the pool's per-worker progress slots).
     pub(crate) fn as_atomic_u64s(&self) -> &[std::sync::atomic::AtomicU64] {

@@ -31,6 +31,16 @@ pub(crate) fn fork_lock() -> MutexGuard<'static, ()> {
 }
 
 /// `n` seconds.
+/// A `kB` field of this process's `/proc/self/status` (`"VmRSS:"`, `"RssAnon:"`).
+pub(crate) fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 pub(crate) fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }

@@ -47,6 +47,7 @@ impl Scheduler {
     /// server), else one by one.
     pub(super) fn spawn_all(&mut self) -> Result<()> {
         if !self.starter.starts_many() {
+            self.starter.before_burst(self.slots.len());
             for i in 0..self.slots.len() {
                 self.spawn(i)?;
             }

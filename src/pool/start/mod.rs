@@ -262,6 +262,12 @@ pub(crate) trait Starter: Send {
     fn start_many(&mut self, specs: Vec<WorkerSpec>) -> Result<Vec<Box<dyn Worker>>> {
         specs.into_iter().map(|s| self.start(s, &[])).collect()
     }
+
+    /// Called before `workers` workers are started one after the other (a pool's first
+    /// workers), so that a starter can prepare once what every start costs.
+    fn before_burst(&mut self, workers: usize) {
+        let _ = workers;
+    }
 }
 
 /// The `fork` start method: workers are forked from the calling thread of this process.
@@ -275,7 +281,20 @@ pub(crate) struct Fork {
 /// How long a count of the program's threads stands for the warning.
 const COUNT_FOR: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// From how many workers in one burst the heap's free pages are given back before forking:
+/// giving back a page costs about what 4 forks spend copying its mapping (measured: 1–2 ms
+/// for 25 MB, against 0.07 µs per page per fork).
+const TRIM_FROM: usize = 4;
+
 impl Starter for Fork {
+    /// Gives the heap's free pages back before a burst of forks: each fork copies the page
+    /// tables of the memory it maps (see `sys::mem::release_free_heap`).
+    fn before_burst(&mut self, workers: usize) {
+        if workers >= TRIM_FROM {
+            crate::sys::mem::release_free_heap();
+        }
+    }
+
     fn start(&mut self, spec: WorkerSpec, close: &[RawFd]) -> Result<Box<dyn Worker>> {
         let setup = Setup {
             end: spec.end,
