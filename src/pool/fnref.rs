@@ -244,10 +244,10 @@ fn run_items<T: DeserializeOwned, R: Serialize + DeserializeOwned>(
     f: impl FnMut(&mut Exec<'_>, T) -> R,
 ) -> Result<(), String> {
     let (inputs, outcomes) = (Codec::of::<T>(), Codec::of::<R>());
-    if let (Codec::Fixed(_), Codec::Fixed(size)) = (inputs, outcomes) {
+    if let (Codec::Fixed(input_size), Codec::Fixed(size)) = (inputs, outcomes) {
         // Plain data carries no descriptor: no descriptor frame to decode or encode in.
         out.reserve(count as usize * (size + 1));
-        return run_plain(ex, input, count, out, (inputs, outcomes), f);
+        return run_plain(ex, input, count, out, (input_size, outcomes), f);
     }
     // The outcomes are encoded in one descriptor frame for the task (each is dropped right
     // after, so a `PodVec` in shared memory goes as it is); the caller's function runs outside
@@ -270,24 +270,24 @@ fn run_items<T: DeserializeOwned, R: Serialize + DeserializeOwned>(
     })
 }
 
-/// [`run_items`] for plain-data inputs and results (see `chunk`): no descriptor frame.
+/// [`run_items`] for plain-data inputs (of `input_size` bytes) and results (see `chunk`): no
+/// descriptor frame, and the outcomes journaled as one run.
 fn run_plain<T: DeserializeOwned, R: Serialize>(
     ex: &mut Exec<'_>,
     mut input: &[u8],
     count: u32,
     out: &mut Vec<u8>,
-    (inputs, outcomes): (Codec, Codec),
+    (input_size, outcomes): (usize, Codec),
     mut f: impl FnMut(&mut Exec<'_>, T) -> R,
 ) -> Result<(), String> {
-    let total = input.len();
     for i in 0..count {
-        let (x, rest) = inputs
+        let (x, rest) = Codec::Fixed(input_size)
             .take::<T>(input)
             .map_err(|e| format!("decoding input {i} of the task: {e}"))?;
         input = rest;
         ex.item_started(i);
         let outcome = panic::catch(|| f(ex, x)).map_err(ItemError::Panicked);
-        ex.item_done(i, total - input.len(), outcome, out, outcomes);
+        ex.item_done_plain(i, input_size, outcome, out, outcomes);
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::chunk::Codec;
 use super::fnref::{FnRef, ItemError, ItemOut, push_outcome};
-use super::journal::{ENTRY_HEAD, Entry, JOURNAL_BYTES, entry_head, parse};
+use super::journal::{ENTRY_HEAD, Entry, JOURNAL_BYTES, OPEN, entry_head, parse, run_head};
 use super::transport::{Body, MAX_FDS, Order, WorkerEnd};
 
 /// Words per progress slot (one cache line).
@@ -181,6 +181,57 @@ impl Progress {
         }
     }
 
+    /// Opens a run in the journal of `slot` (worker side): the outcomes of inputs `item, item +
+    /// 1, …` of task `seq`, `size` bytes each, inputs of `input_size` bytes (see
+    /// [`journal::run_head`](super::journal::run_head)). Returns where its head is, or `None`
+    /// when the head does not fit.
+    pub(crate) fn journal_run_open(
+        &self,
+        slot: usize,
+        seq: u64,
+        item: u32,
+        size: usize,
+        input_size: usize,
+    ) -> Option<usize> {
+        let len = &self.words(slot)[JOURNAL_LEN];
+        let used = len.load(Ordering::Relaxed) as usize;
+        if used + ENTRY_HEAD > JOURNAL_BYTES {
+            return None;
+        }
+        let head = run_head(seq, item, size, input_size, OPEN);
+        self.journal
+            .write_bytes(slot * JOURNAL_BYTES + used, &head)
+            .then(|| {
+                len.store((used + ENTRY_HEAD) as u64, Ordering::Release);
+                used
+            })
+    }
+
+    /// Appends one outcome to the run open in the journal of `slot`; `false` when it does not
+    /// fit (it is left out, and so are the run's later ones).
+    #[inline]
+    pub(crate) fn journal_run_push(&self, slot: usize, outcome: &[u8]) -> bool {
+        let len = &self.words(slot)[JOURNAL_LEN];
+        let used = len.load(Ordering::Relaxed) as usize;
+        let end = used + outcome.len();
+        if end > JOURNAL_BYTES
+            || !self
+                .journal
+                .write_bytes(slot * JOURNAL_BYTES + used, outcome)
+        {
+            return false;
+        }
+        len.store(end as u64, Ordering::Release);
+        true
+    }
+
+    /// Closes the run whose head is at `at` with its final `count` (the head of `run`), so that
+    /// entries can follow it.
+    pub(crate) fn journal_run_close(&self, slot: usize, at: usize, run: &OpenRun) {
+        let head = run_head(run.seq, run.item, run.size, run.input_size, run.count);
+        let _ = self.journal.write_bytes(slot * JOURNAL_BYTES + at, &head);
+    }
+
     /// The journal of `slot` (parent side, after its worker was reaped).
     pub(crate) fn journal_entries(&self, slot: usize) -> Vec<Entry> {
         let used =
@@ -249,6 +300,28 @@ pub(crate) struct Exec<'a> {
     /// Whether the task's inputs came with descriptors at all.
     in_any: bool,
     out_fds: Vec<OwnedFd>,
+    /// The journal run being written (plain-data outcomes), and where its head is.
+    run: Option<(usize, OpenRun)>,
+}
+
+/// A run of plain-data outcomes in a worker's journal, still open.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OpenRun {
+    seq: u64,
+    /// Its first input.
+    item: u32,
+    /// Outcomes in it so far.
+    count: u32,
+    /// Bytes of each outcome.
+    size: usize,
+    /// Bytes of each input.
+    input_size: usize,
+}
+
+impl Drop for Exec<'_> {
+    fn drop(&mut self) {
+        self.close_run();
+    }
 }
 
 impl Exec<'_> {
@@ -306,6 +379,59 @@ impl Exec<'_> {
         if fdpass::attached() == attached {
             self.progress
                 .journal_append(self.slot, self.seq, i, input_end, &out[start..]);
+        }
+    }
+
+    /// [`item_done`](Exec::item_done) for a task of plain data (inputs of `input_size` bytes
+    /// each, no descriptors): the outcome is journaled in a run, one head per chunk, and only
+    /// its bytes per input.
+    #[inline]
+    pub(crate) fn item_done_plain<R: Serialize>(
+        &mut self,
+        i: u32,
+        input_size: usize,
+        outcome: ItemOut<R>,
+        out: &mut Vec<u8>,
+        codec: Codec,
+    ) {
+        let start = out.len();
+        push_outcome(codec, &outcome, out);
+        if std::mem::needs_drop::<R>() {
+            if let Err(p) = panic::catch(move || drop(outcome)) {
+                out.truncate(start);
+                push_outcome(codec, &ItemOut::<()>::Err(ItemError::Panicked(p)), out);
+            }
+        }
+        let bytes = &out[start..];
+        if let Some((_, run)) = &mut self.run {
+            if run.size == bytes.len() && run.item + run.count == i {
+                if self.progress.journal_run_push(self.slot, bytes) {
+                    run.count += 1;
+                }
+                return;
+            }
+            self.close_run();
+        }
+        let opened =
+            self.progress
+                .journal_run_open(self.slot, self.seq, i, bytes.len(), input_size);
+        if let Some(at) = opened {
+            let count = u32::from(self.progress.journal_run_push(self.slot, bytes));
+            let run = OpenRun {
+                seq: self.seq,
+                item: i,
+                count,
+                size: bytes.len(),
+                input_size,
+            };
+            self.run = Some((at, run));
+        }
+    }
+
+    /// Closes the open journal run, if any (before any other entry, and at the task's end).
+    fn close_run(&mut self) {
+        if let Some((at, run)) = self.run.take() {
+            self.progress.journal_run_close(self.slot, at, &run);
         }
     }
 
@@ -448,6 +574,7 @@ pub(crate) fn serve(s: &mut Setup) -> crate::Result<()> {
                     in_any: !fds.is_empty(),
                     in_fds: FdTable::new(fds),
                     out_fds: Vec::new(),
+                    run: None,
                 };
                 let outcome = FnRef::from_offset(fn_offset)
                     .resolve()
