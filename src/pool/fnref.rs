@@ -212,6 +212,7 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 
 /// Appends the encoding of `outcome` to `out` (its value in `codec`, the codec of `R`: see
 /// `chunk`); an encoding failure or an oversized value becomes that item's error instead.
+#[inline]
 pub(crate) fn push_outcome<R: Serialize>(codec: Codec, outcome: &ItemOut<R>, out: &mut Vec<u8>) {
     let start = out.len();
     // postcard's encoding of the `Result`: variant 0 then the value, or 1 then the error.

@@ -209,6 +209,7 @@ impl SharedMapping {
     /// Copies `bytes` into the mapping at `offset`; `false` (nothing written) when they do not
     /// fit. The caller publishes them to other processes with a release store to an atomic
     /// word of shared memory that the reader loads (acquire) before it reads them.
+    #[inline]
     pub(crate) fn write_bytes(&self, offset: usize, bytes: &[u8]) -> bool {
         if offset
             .checked_add(bytes.len())
@@ -216,17 +217,26 @@ impl SharedMapping {
         {
             return false;
         }
-        // SAFETY: `offset..offset + bytes.len()` lies inside the mapping (checked above), which
-        // is valid for writes while `self` lives; `bytes` is ordinary memory of this process, so
-        // the two cannot overlap. Only the process that owns this region of the mapping writes
-        // it (the pool gives each worker its own region), and readers in other processes read
-        // only what a release store has published, so no byte is read while it is written.
+        let (src, n) = (bytes.as_ptr(), bytes.len());
+        // SAFETY: `offset..offset + n` lies inside the mapping (checked above), which is valid
+        // for writes while `self` lives; `bytes` is ordinary memory of this process, so the two
+        // cannot overlap. Only the process that owns this region of the mapping writes it (the
+        // pool gives each worker its own region), and readers in other processes read only what
+        // a release store has published, so no byte is read while it is written. For 8 to 16
+        // bytes (a journaled `u64` or `f64` outcome), the first and the last 8 bytes are copied
+        // as two unaligned words, both inside `src[..n]` and `dst[..n]`, without a call.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                self.ptr.as_ptr().add(offset),
-                bytes.len(),
-            )
+            let dst = self.ptr.as_ptr().add(offset);
+            if (8..=16).contains(&n) {
+                let last = n - 8;
+                dst.cast::<u64>()
+                    .write_unaligned(src.cast::<u64>().read_unaligned());
+                dst.add(last)
+                    .cast::<u64>()
+                    .write_unaligned(src.add(last).cast::<u64>().read_unaligned());
+            } else {
+                std::ptr::copy_nonoverlapping(src, dst, n);
+            }
         };
         true
     }
