@@ -64,7 +64,7 @@ impl Pool {
         let sink: Sink = Box::new(move |ev, deferred| {
             let mut res = None;
             match ev {
-                Event::Done(done) => done.decode::<R>(|_, r| res = Some(r)),
+                Event::Done(done) => done.decode::<R>(&mut |_: usize, r: Result<R>| res = Some(r)),
                 Event::Failed { error, .. } => res = Some(Err(error)),
                 Event::Aborted => res = Some(Err(terminated())),
             }
@@ -156,7 +156,7 @@ impl Pool {
         let mut got = 0usize;
         let sink: Sink = Box::new(move |ev, deferred| {
             match ev {
-                Event::Done(done) => done.decode::<R>(|i, r| {
+                Event::Done(done) => done.decode::<R>(&mut |i: usize, r: Result<R>| {
                     got += usize::from(out[i].is_none());
                     out[i] = Some(r);
                 }),

@@ -43,7 +43,11 @@ fn check_outcomes<R: DeserializeOwned>(bytes: &[u8], count: u32) -> Result<(), T
     let items = Items::Range(0, count);
     let mut got = vec![0u32; count as usize];
     let mut bad = None;
-    decode_outcomes::<R>(&items, bytes, FdTable::default(), 1, |i, r| {
+    decode_outcomes::<R>(&items, bytes, FdTable::default(), 1, &mut |i: usize,
+                                                                     r: Result<
+        R,
+        Error,
+    >| {
         got[i] += 1;
         if let Err(e) = r {
             let typed = matches!(

@@ -114,7 +114,7 @@ where
         let out = loop {
             while let Some(ev) = core.take_event(self.job) {
                 match ev {
-                    Event::Done(done) => done.decode::<R>(|i, r| {
+                    Event::Done(done) => done.decode::<R>(&mut |i: usize, r: Result<R>| {
                         if self.ordered {
                             self.buffer.insert(i, r);
                         } else {

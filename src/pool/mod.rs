@@ -72,7 +72,8 @@ pub use self::start::{StartMethod, init, set_start_method};
 use self::chunk::Codec;
 use self::fnref::{FnRef, Trampoline};
 use self::result::{
-    AsyncState, Chunker, InOrder, Inputs, PlainChunks, Seen, Tasks, run_deferred, terminated,
+    AsyncState, Chunker, Collect, FirstOnly, InOrder, Inputs, PlainChunks, Seen, Tasks, Values,
+    run_deferred, terminated,
 };
 use self::sched::{Book, Config, EndsFn, Event, Items, JobId, Scheduler, Sink, Task};
 use self::transport::{Encoded, MAX_FDS};
@@ -425,7 +426,7 @@ impl Pool {
         &self,
         plan: Plan,
         items: Inputs<T>,
-        mut put: impl FnMut(usize, Result<R>),
+        put: &mut impl Collect<R>,
     ) -> Result<()> {
         let n = items.len();
         let mut core = self.open()?;
@@ -439,13 +440,10 @@ impl Pool {
             self.limit,
             core.take_spare(),
         );
-        let mut seen = Seen::new(n);
-        let got = std::cell::Cell::new(0usize);
-        let mut take = |i: usize, r: Result<R>| {
-            if seen.first(i) {
-                got.set(got.get() + 1);
-                put(i, r);
-            }
+        let mut take = FirstOnly {
+            seen: Seen::new(n),
+            got: 0,
+            put,
         };
         let job = core.new_job(plan.fn_ref, plan.ends, plan.ctx, None);
         let status = loop {
@@ -459,18 +457,18 @@ impl Pool {
                     }
                 }
             }
-            let before = got.get();
+            let before = take.got;
             while let Some(ev) = core.take_event(job) {
                 match ev {
                     Event::Done(done) => done.decode::<R>(&mut take),
-                    Event::Failed { index, error } => take(index, Err(error)),
+                    Event::Failed { index, error } => take.put(index, Err(error)),
                     Event::Aborted => {}
                 }
             }
-            if got.get() != before {
-                self.report(got.get(), Some(n));
+            if take.got != before {
+                self.report(take.got, Some(n));
             }
-            if got.get() == n {
+            if take.got == n {
                 break Ok(());
             }
             if core.is_terminated() {
@@ -494,7 +492,7 @@ impl Pool {
         items: Inputs<T>,
     ) -> Result<Vec<Result<R>>> {
         let mut out: Vec<Option<Result<R>>> = (0..items.len()).map(|_| None).collect();
-        self.run(plan, items, |i, r| out[i] = Some(r))?;
+        self.run(plan, items, &mut |i: usize, r: Result<R>| out[i] = Some(r))?;
         Ok(out
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(terminated())))
@@ -511,20 +509,15 @@ impl Pool {
         let run = plan
             .chunksize
             .unwrap_or_else(|| self.chunksize_for(Some(n)));
-        let mut out = InOrder::new(n, run);
-        let mut first_err: Option<(usize, Error)> = None;
-        self.run(plan, items, |i, r| match r {
-            Ok(v) => out.put(i, v),
-            Err(e) => {
-                if first_err.as_ref().is_none_or(|(j, _)| i < *j) {
-                    first_err = Some((i, e));
-                }
-            }
-        })?;
-        if let Some((_, e)) = first_err {
+        let mut out = Values {
+            values: InOrder::new(n, run),
+            first_err: None,
+        };
+        self.run(plan, items, &mut out)?;
+        if let Some((_, e)) = out.first_err {
             return Err(e);
         }
-        out.finish(n).ok_or_else(terminated)
+        out.values.finish(n).ok_or_else(terminated)
     }
 
     /// Accepts no more work: Python's `Pool.close`. Work already submitted still runs.

@@ -1,7 +1,13 @@
 //! How outcomes become a call's results: [`Seen`] marks the inputs answered, [`InOrder`]
-//! assembles values in input order as chunks arrive in any order.
+//! assembles values in input order as chunks arrive in any order; [`FirstOnly`] and [`Values`]
+//! are the collectors (see [`Collect`]) a map's outcomes go through, a run of plain values at a
+//! time where they can.
 
 use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+
+use super::result::Collect;
 
 /// Which inputs of a job have an outcome already: one bit per input (a map of 100,000 inputs
 /// costs 12.5 KB, not 100 KB).
@@ -20,6 +26,89 @@ impl Seen {
         let fresh = *word & bit == 0;
         *word |= bit;
         fresh
+    }
+
+    /// The words and masks that cover inputs `first..first + n`.
+    fn spans(first: usize, n: usize) -> impl Iterator<Item = (usize, u64)> {
+        let end = first + n;
+        (first / 64..end.div_ceil(64)).map(move |w| {
+            let lo = first.max(w * 64) - w * 64;
+            let hi = end.min(w * 64 + 64) - w * 64;
+            let mask = if hi - lo == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (hi - lo)) - 1) << lo
+            };
+            (w, mask)
+        })
+    }
+
+    /// Whether none of inputs `first..first + n` is marked.
+    pub(crate) fn none_of(&self, first: usize, n: usize) -> bool {
+        Self::spans(first, n).all(|(w, m)| self.0[w] & m == 0)
+    }
+
+    /// Marks inputs `first..first + n`.
+    pub(crate) fn mark(&mut self, first: usize, n: usize) {
+        for (w, m) in Self::spans(first, n) {
+            self.0[w] |= m;
+        }
+    }
+}
+
+/// Passes on the first outcome of each input only (an input that ran again after its worker
+/// died may have been answered already) and counts them.
+pub(crate) struct FirstOnly<'a, C> {
+    pub(crate) seen: Seen,
+    /// Inputs answered.
+    pub(crate) got: usize,
+    pub(crate) put: &'a mut C,
+}
+
+impl<R, C: Collect<R>> Collect<R> for FirstOnly<'_, C> {
+    #[inline]
+    fn put(&mut self, i: usize, r: Result<R>) {
+        if self.seen.first(i) {
+            self.got += 1;
+            self.put.put(i, r);
+        }
+    }
+
+    fn put_run(&mut self, first: usize, n: usize, values: impl Iterator<Item = R>) {
+        if !self.seen.none_of(first, n) {
+            for (k, v) in values.enumerate() {
+                self.put(first + k, Ok(v));
+            }
+            return;
+        }
+        let mut taken = 0;
+        self.put.put_run(first, n, values.inspect(|_| taken += 1));
+        self.seen.mark(first, taken);
+        self.got += taken;
+    }
+}
+
+/// A map's values in input order, and its first error in input order.
+pub(crate) struct Values<R> {
+    pub(crate) values: InOrder<R>,
+    pub(crate) first_err: Option<(usize, Error)>,
+}
+
+impl<R> Collect<R> for Values<R> {
+    #[inline]
+    fn put(&mut self, i: usize, r: Result<R>) {
+        match r {
+            Ok(v) => self.values.put(i, v),
+            Err(e) => {
+                if self.first_err.as_ref().is_none_or(|(j, _)| i < *j) {
+                    self.first_err = Some((i, e));
+                }
+            }
+        }
+    }
+
+    fn put_run(&mut self, first: usize, n: usize, values: impl Iterator<Item = R>) {
+        self.values.put_run(first, n, values);
     }
 }
 
@@ -70,6 +159,34 @@ impl<R> InOrder<R> {
             }
         }
         self.start_run(i, v);
+    }
+
+    /// The values of inputs `first, first + 1, …` (at most `n`): appended to the prefix or to
+    /// the current run when they continue it, else set aside as a run of their own.
+    pub(crate) fn put_run(&mut self, first: usize, n: usize, values: impl Iterator<Item = R>) {
+        if first == self.out.len() {
+            self.out.extend(values);
+            if self.out.len() == self.wait_at {
+                self.catch_up();
+            }
+            return;
+        }
+        if let Some((start, run)) = &mut self.run {
+            if *start + run.len() == first {
+                run.extend(values);
+                return;
+            }
+        }
+        if let Some((start, run)) = self.run.take() {
+            self.early.insert(start, run);
+        }
+        let mut run = Vec::with_capacity(n.max(self.run_hint));
+        run.extend(values);
+        if run.is_empty() {
+            return;
+        }
+        self.run = Some((first, run));
+        self.wait_at = self.wait_at.min(first);
     }
 
     /// Sets the current run aside and starts one at input `i`.

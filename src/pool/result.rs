@@ -21,7 +21,7 @@ use super::Shared;
 
 pub(crate) use super::chunker::{Chunker, Inputs, PlainChunks, Tasks};
 pub use super::imap::IMap;
-pub(crate) use super::order::{InOrder, Seen};
+pub(crate) use super::order::{FirstOnly, InOrder, Seen, Values};
 
 /// The error of every input left unfinished by [`Pool::terminate`].
 pub(crate) fn terminated() -> Error {
@@ -48,22 +48,74 @@ pub(crate) fn take_outcome<R: DeserializeOwned>(
     }
 }
 
-/// Decodes the outcomes of `items` from `data`, handing each to `put(index, result)`.
+/// Where decoded outcomes go: one at a time, or a run of consecutive inputs' values at once
+/// (a chunk of plain data whose inputs all succeeded), which a map's collector appends in bulk.
+pub(crate) trait Collect<R> {
+    /// Input `i`'s outcome.
+    fn put(&mut self, i: usize, r: Result<R>);
+
+    /// The values of inputs `first, first + 1, …`: at most `n`, as many as `values` yields.
+    fn put_run(&mut self, first: usize, n: usize, values: impl Iterator<Item = R>) {
+        let _ = n;
+        for (k, v) in values.enumerate() {
+            self.put(first + k, Ok(v));
+        }
+    }
+}
+
+impl<R, F: FnMut(usize, Result<R>)> Collect<R> for F {
+    fn put(&mut self, i: usize, r: Result<R>) {
+        self(i, r)
+    }
+}
+
+/// Decodes the outcomes of `items` from `data`, handing each to `put` (see [`Collect`]).
 ///
 /// `fds` are the descriptors the outcomes refer to (values in shared memory); those no outcome
 /// takes are closed.
 pub(crate) fn decode_outcomes<R: DeserializeOwned>(
     items: &Items,
     data: &[u8],
+    fds: FdTable,
+    pid: i32,
+    put: &mut impl Collect<R>,
+) {
+    let codec = Codec::of::<R>();
+    if let (Codec::Fixed(size), Items::Range(first, n), true) = (codec, items, fds.is_empty()) {
+        // A chunk of plain data whose inputs all succeeded: `0` and the value's bytes each.
+        let each = data.chunks_exact(size + 1);
+        if data.len() == *n as usize * (size + 1) && each.clone().all(|o| o[0] == 0) {
+            let mut done = 0usize;
+            let values = each.map_while(|o| {
+                let v = codec.take::<R>(&o[1..]).ok()?.0;
+                done += 1;
+                Some(v)
+            });
+            put.put_run(*first, *n as usize, values);
+            // A value that did not decode: it and the rest go the general way (an error each).
+            if done < *n as usize {
+                decode_each(items, done, &data[done * (size + 1)..], fds, pid, put);
+            }
+            return;
+        }
+    }
+    decode_each(items, 0, data, fds, pid, put)
+}
+
+/// [`decode_outcomes`] one by one, from input `from` of `items` (whose outcomes start `data`).
+fn decode_each<R: DeserializeOwned>(
+    items: &Items,
+    from: usize,
+    data: &[u8],
     mut fds: FdTable,
     pid: i32,
-    mut put: impl FnMut(usize, Result<R>),
+    put: &mut impl Collect<R>,
 ) {
     let codec = Codec::of::<R>();
     let mut rest = data;
     // Outcomes that brought no descriptor (the common case) skip the table altogether.
     let with_fds = !fds.is_empty();
-    for k in 0..items.count() as usize {
+    for k in from..items.count() as usize {
         let decoded = if !with_fds {
             take_outcome::<R>(codec, rest)
         } else {
@@ -72,15 +124,15 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
         match decoded {
             Ok((Ok(v), r)) => {
                 rest = r;
-                put(items.index(k), Ok(v));
+                put.put(items.index(k), Ok(v));
             }
             Ok((Err(e), r)) => {
                 rest = r;
-                put(items.index(k), Err(item_error(e, items, k, pid)));
+                put.put(items.index(k), Err(item_error(e, items, k, pid)));
             }
             Err(e) => {
                 for j in k..items.count() as usize {
-                    put(items.index(j), Err(Error::Codec(CodecError(e.clone()))));
+                    put.put(items.index(j), Err(Error::Codec(CodecError(e.clone()))));
                 }
                 return;
             }
@@ -106,7 +158,7 @@ fn item_error(e: ItemError, items: &Items, k: usize, pid: i32) -> Error {
 
 impl Done {
     /// Decodes the outcomes, handing each to `put(index, result)`.
-    pub(crate) fn decode<R: DeserializeOwned>(self, put: impl FnMut(usize, Result<R>)) {
+    pub(crate) fn decode<R: DeserializeOwned>(self, put: &mut impl Collect<R>) {
         decode_outcomes(&self.items, self.data.bytes(), self.fds, self.pid, put);
         crate::wire::give_back(self.data);
     }

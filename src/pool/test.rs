@@ -137,7 +137,7 @@ fn outcomes_decode_in_order_with_per_input_errors() {
     }
     let items = Items::List(vec![7, 3, 9].into());
     let mut got = Vec::new();
-    decode_outcomes::<u32>(&items, &data, FdTable::default(), 42, |i, r| {
+    decode_outcomes::<u32>(&items, &data, FdTable::default(), 42, &mut |i: usize, r| {
         got.push((i, r))
     });
     assert_eq!(got.len(), 3);
@@ -149,10 +149,110 @@ fn outcomes_decode_in_order_with_per_input_errors() {
     assert_eq!((got[2].0, got[2].1.as_ref().unwrap()), (9, &3));
     // Truncated data fails the rest, never panics.
     let mut got = Vec::new();
-    decode_outcomes::<u32>(&items, &data[..2], FdTable::default(), 1, |i, r| {
-        got.push((i, r.is_ok()))
-    });
+    decode_outcomes::<u32>(
+        &items,
+        &data[..2],
+        FdTable::default(),
+        1,
+        &mut |i, r: crate::Result<u32>| got.push((i, r.is_ok())),
+    );
     assert_eq!(got.len(), 3);
+}
+
+/// Collects what `decode_outcomes` hands over, runs included.
+#[derive(Default)]
+struct Recorder {
+    runs: Vec<(usize, Vec<bool>)>,
+    each: Vec<(usize, bool)>,
+}
+
+impl super::result::Collect<bool> for Recorder {
+    fn put(&mut self, i: usize, r: crate::Result<bool>) {
+        self.each.push((i, r.is_ok()));
+    }
+
+    fn put_run(&mut self, first: usize, _n: usize, values: impl Iterator<Item = bool>) {
+        self.runs.push((first, values.collect()));
+    }
+}
+
+#[test]
+fn a_chunk_of_plain_values_is_one_run_up_to_a_value_that_does_not_decode() {
+    let ok = |v: u8| [0u8, v];
+    // Inputs 10..14: all fine, one run.
+    let data: Vec<u8> = [1, 0, 1, 1].iter().flat_map(|&v| ok(v)).collect();
+    let mut r = Recorder::default();
+    decode_outcomes::<bool>(&Items::Range(10, 4), &data, FdTable::default(), 1, &mut r);
+    assert_eq!(r.runs, [(10, vec![true, false, true, true])]);
+    assert!(r.each.is_empty());
+    // A `bool` byte of 7 does not decode: the run stops there, that input and the ones after
+    // it get an error each.
+    let data: Vec<u8> = [1, 0, 7, 1].iter().flat_map(|&v| ok(v)).collect();
+    let mut r = Recorder::default();
+    decode_outcomes::<bool>(&Items::Range(10, 4), &data, FdTable::default(), 1, &mut r);
+    assert_eq!(r.runs, [(10, vec![true, false])]);
+    assert_eq!(r.each, [(12, false), (13, false)]);
+    // An input that failed: no run, one outcome at a time.
+    let mut data: Vec<u8> = ok(1).to_vec();
+    push_outcome(
+        Codec::of::<bool>(),
+        &ItemOut::<bool>::Err(ItemError::TooLarge(9)),
+        &mut data,
+    );
+    let mut r = Recorder::default();
+    decode_outcomes::<bool>(&Items::Range(0, 2), &data, FdTable::default(), 1, &mut r);
+    assert!(r.runs.is_empty());
+    assert_eq!(r.each, [(0, true), (1, false)]);
+}
+
+#[test]
+fn runs_of_values_are_assembled_and_answered_inputs_are_not_taken_twice() {
+    use super::result::{Collect, FirstOnly, InOrder, Seen, Values};
+    let mut out = Values {
+        values: InOrder::new(200, 50),
+        first_err: None,
+    };
+    let mut first = FirstOnly {
+        seen: Seen::new(200),
+        got: 0,
+        put: &mut out,
+    };
+    // Runs arriving out of order, one of them continuing the run set aside before it, and a
+    // run over inputs answered already (they ran again after a worker died): only the new
+    // ones count.
+    first.put_run(100, 50, 100..150usize);
+    first.put_run(150, 50, 150..200);
+    first.put(0, Ok(0));
+    first.put_run(1, 60, 1..61);
+    first.put_run(50, 50, 50..100);
+    assert_eq!(first.got, 200);
+    assert_eq!(out.values.finish(200), Some((0..200).collect()));
+    // A run cut short (a value that did not decode) marks only what it gave.
+    let mut out = Values {
+        values: InOrder::new(10, 10),
+        first_err: None,
+    };
+    let mut first = FirstOnly {
+        seen: Seen::new(10),
+        got: 0,
+        put: &mut out,
+    };
+    first.put_run(0, 10, 0..4usize);
+    first.put(4, Err(Error::InvalidState("x".into())));
+    assert_eq!(first.got, 5);
+    assert!(first.seen.first(5) && !first.seen.first(3));
+    assert_eq!(out.first_err.map(|e| e.0), Some(4));
+}
+
+#[test]
+fn seen_marks_and_checks_ranges_across_words() {
+    let mut s = super::result::Seen::new(300);
+    assert!(s.none_of(0, 300));
+    s.mark(60, 70);
+    assert!(!s.none_of(129, 1) && !s.none_of(0, 61) && s.none_of(0, 60) && s.none_of(130, 170));
+    assert!(s.first(59) && !s.first(60) && !s.first(129) && s.first(130));
+    s.mark(0, 0);
+    assert!(s.none_of(131, 0));
 }
 
 #[test]
