@@ -212,3 +212,47 @@ fn a_fork_pool_start_gives_the_free_heap_back_before_forking() {
     );
     assert_no_children_left();
 }
+
+/// Open descriptors of process `pid` (`None` once it is gone).
+fn fds_of(pid: i32) -> Option<usize> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|d| d.count())
+}
+
+both_methods!(a_worker_keeps_no_descriptor_of_its_siblings_or_the_parent);
+/// Workers started together (forked back to back, or by the fork server in one request) close
+/// what they inherited of each other and of the parent's ends: each worker of a 32-worker pool
+/// has as many descriptors open as the only worker of a 1-worker pool.
+fn a_worker_keeps_no_descriptor_of_its_siblings_or_the_parent(m: StartMethod) {
+    let _g = common::fork_lock();
+    let one = Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .build()
+        .unwrap();
+    assert_eq!(one.map(|x: u64| x, 0..4u64).unwrap(), [0, 1, 2, 3]);
+    let alone = fds_of(one.pids()[0]).expect("the worker runs");
+    one.close();
+    one.join().unwrap();
+    drop(one);
+    let pool = Pool::builder()
+        .processes(32)
+        .start_method(m)
+        .build()
+        .unwrap();
+    assert_eq!(pool.map(|x: u64| x, 0..64u64).unwrap().len(), 64);
+    // A worker closes what it inherited first thing; poll (bounded) until each has.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for pid in pool.pids() {
+        let mut open = fds_of(pid);
+        while open != Some(alone) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+            open = fds_of(pid);
+        }
+        assert_eq!(open, Some(alone), "descriptors open in worker {pid}");
+    }
+    pool.close();
+    pool.join().unwrap();
+    assert_no_children_left();
+}

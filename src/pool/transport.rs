@@ -436,6 +436,11 @@ impl WorkerEnd {
         }
     }
 
+    /// The socket's descriptor number (for a sibling forked with it to close).
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
     /// The socket (to hand to a worker that is not a fork of this process); nothing may be
     /// buffered yet.
     pub(crate) fn into_fd(self) -> OwnedFd {

@@ -47,7 +47,6 @@ impl Scheduler {
     /// server), else one by one.
     pub(super) fn spawn_all(&mut self) -> Result<()> {
         if !self.starter.starts_many() {
-            self.starter.before_burst(self.slots.len());
             for i in 0..self.slots.len() {
                 self.spawn(i)?;
             }
@@ -66,7 +65,14 @@ impl Scheduler {
         if self.book.is_terminating() {
             return Ok(());
         }
-        let workers = self.starter.start_many(specs)?;
+        // A forked worker keeps none of the parent's ends nor the readiness set (the
+        // starter adds the other workers' ends).
+        let close: Vec<std::os::fd::RawFd> = links
+            .iter()
+            .map(|l| l.fd().as_raw_fd())
+            .chain([self.ep.as_fd().as_raw_fd()])
+            .collect();
+        let workers = self.starter.start_many(specs, &close)?;
         pids.extend(workers.iter().map(|w| w.pid()));
         drop(pids);
         let mut started = workers.into_iter().zip(links).enumerate();

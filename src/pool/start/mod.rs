@@ -256,17 +256,18 @@ pub(crate) trait Starter: Send {
         false
     }
 
-    /// Starts one worker per spec, all or none (a pool's first workers). Only called when
-    /// [`starts_many`](Starter::starts_many) says so; the default starts them one by one, which
-    /// is right only for a starter that does not fork this process.
-    fn start_many(&mut self, specs: Vec<WorkerSpec>) -> Result<Vec<Box<dyn Worker>>> {
+    /// Starts one worker per spec, all or none (a pool's first workers). `close` lists the
+    /// parent's descriptors that a forked child must not keep (the other specs' worker ends it
+    /// finds itself). Only called when [`starts_many`](Starter::starts_many) says so; the
+    /// default starts them one by one, which is right only for a starter that does not fork
+    /// this process.
+    fn start_many(
+        &mut self,
+        specs: Vec<WorkerSpec>,
+        close: &[RawFd],
+    ) -> Result<Vec<Box<dyn Worker>>> {
+        let _ = close;
         specs.into_iter().map(|s| self.start(s, &[])).collect()
-    }
-
-    /// Called before `workers` workers are started one after the other (a pool's first
-    /// workers), so that a starter can prepare once what every start costs.
-    fn before_burst(&mut self, workers: usize) {
-        let _ = workers;
     }
 }
 
@@ -286,17 +287,9 @@ const COUNT_FOR: std::time::Duration = std::time::Duration::from_millis(5);
 /// for 25 MB, against 0.07 µs per page per fork).
 const TRIM_FROM: usize = 4;
 
-impl Starter for Fork {
-    /// Gives the heap's free pages back before a burst of forks: each fork copies the page
-    /// tables of the memory it maps (see `sys::mem::release_free_heap`).
-    fn before_burst(&mut self, workers: usize) {
-        if workers >= TRIM_FROM {
-            crate::sys::mem::release_free_heap();
-        }
-    }
-
-    fn start(&mut self, spec: WorkerSpec, close: &[RawFd]) -> Result<Box<dyn Worker>> {
-        let setup = Setup {
+impl Fork {
+    fn setup(spec: WorkerSpec, close: Vec<RawFd>) -> Setup {
+        Setup {
             end: spec.end,
             progress: spec.progress,
             slot: spec.slot,
@@ -305,21 +298,102 @@ impl Starter for Fork {
             timed: spec.timed,
             initializer: spec.initializer.map(|i| i.run),
             thread_env: spec.thread_env,
-            close: close.to_vec(),
-        };
+            close,
+        }
+    }
+
+    fn count_threads(&mut self) {
         if self.counted.is_none_or(|t| t.elapsed() > COUNT_FOR) {
             warn_if_threaded();
             self.counted = Some(std::time::Instant::now());
         }
+    }
+}
+
+/// The watched handle of a worker just forked; a worker whose pidfd cannot be opened is killed
+/// and reaped.
+fn forked_child(pid: Pid) -> Result<Box<dyn Worker>> {
+    match sys::pidfd_open(pid) {
+        Ok(pidfd) => Ok(Box::new(Child::new(pid, pidfd, Reaper::Parent))),
+        Err(e) => {
+            let _ = sys::kill(pid, Signal::SIGKILL);
+            let _ = sys::wait_blocking(pid);
+            Err(e)
+        }
+    }
+}
+
+impl Starter for Fork {
+    fn start(&mut self, spec: WorkerSpec, close: &[RawFd]) -> Result<Box<dyn Worker>> {
+        let setup = Self::setup(spec, close.to_vec());
+        self.count_threads();
         let pid = fork_child(move || worker::run(setup))?;
-        match sys::pidfd_open(pid) {
-            Ok(pidfd) => Ok(Box::new(Child::new(pid, pidfd, Reaper::Parent))),
-            Err(e) => {
-                let _ = sys::kill(pid, Signal::SIGKILL);
-                let _ = sys::wait_blocking(pid);
-                Err(e)
+        forked_child(pid)
+    }
+
+    fn starts_many(&self) -> bool {
+        true
+    }
+
+    /// Forks the workers back to back, everything prepared first: between two forks the
+    /// parent writes as few pages as it can, since each fork makes every page of the parent
+    /// copy-on-write again and each page written then costs a fault and a copy (allocating
+    /// and freeing between forks cost ~25 such faults per worker). The heap's free pages are
+    /// given back first (see `sys::mem::release_free_heap`), so that each fork copies the
+    /// mappings of live memory only.
+    fn start_many(
+        &mut self,
+        specs: Vec<WorkerSpec>,
+        close: &[RawFd],
+    ) -> Result<Vec<Box<dyn Worker>>> {
+        let ends: Vec<RawFd> = specs.iter().map(|s| s.end.raw_fd()).collect();
+        let mut setups: Vec<Option<Setup>> = specs
+            .into_iter()
+            .enumerate()
+            .map(|(k, spec)| {
+                let others = ends.iter().enumerate().filter(|&(j, _)| j != k);
+                let close = close.iter().copied().chain(others.map(|(_, &fd)| fd));
+                Some(Self::setup(spec, close.collect()))
+            })
+            .collect();
+        if setups.len() >= TRIM_FROM {
+            crate::sys::mem::release_free_heap();
+        }
+        self.count_threads();
+        let mut pids = Vec::with_capacity(setups.len());
+        for setup in &mut setups {
+            // The child takes its setup; the parent keeps it (freed after the last fork).
+            match fork_child(|| setup.take().map_or(1, worker::run)) {
+                Ok(pid) => pids.push(pid),
+                Err(e) => {
+                    for &pid in &pids {
+                        let _ = sys::kill(pid, Signal::SIGKILL);
+                        let _ = sys::wait_blocking(pid);
+                    }
+                    return Err(e);
+                }
             }
         }
+        drop(setups);
+        let mut workers = Vec::with_capacity(pids.len());
+        let mut rest = pids.iter();
+        for &pid in rest.by_ref() {
+            match forked_child(pid) {
+                Ok(w) => workers.push(w),
+                Err(e) => {
+                    for mut w in workers {
+                        w.signal(Signal::SIGKILL);
+                        let _ = w.wait();
+                    }
+                    for &pid in rest {
+                        let _ = sys::kill(pid, Signal::SIGKILL);
+                        let _ = sys::wait_blocking(pid);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(workers)
     }
 }
 

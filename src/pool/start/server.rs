@@ -361,7 +361,7 @@ impl ForkServer {
 
 impl Starter for ForkServer {
     fn start(&mut self, spec: WorkerSpec, _close: &[RawFd]) -> Result<Box<dyn Worker>> {
-        let mut one = self.start_many(vec![spec])?;
+        let mut one = self.start_many(vec![spec], &[])?;
         Ok(one.remove(0))
     }
 
@@ -369,7 +369,11 @@ impl Starter for ForkServer {
         true
     }
 
-    fn start_many(&mut self, specs: Vec<WorkerSpec>) -> Result<Vec<Box<dyn Worker>>> {
+    fn start_many(
+        &mut self,
+        specs: Vec<WorkerSpec>,
+        _close: &[RawFd],
+    ) -> Result<Vec<Box<dyn Worker>>> {
         if locked(&self.server.conn).broken {
             // Lost (killed from outside): a new one serves the replacements.
             self.server = server()?;
