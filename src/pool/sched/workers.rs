@@ -44,7 +44,7 @@ impl Scheduler {
     }
 
     /// Starts a worker in every slot: all at once if the starter can (one round trip to a fork
-    /// server), else one by one.
+    /// server, forks back to back), else one by one.
     pub(super) fn spawn_all(&mut self) -> Result<()> {
         if !self.starter.starts_many() {
             for i in 0..self.slots.len() {

@@ -9,9 +9,11 @@
 //!                                │           death_fd()   readable once it has ended (a pidfd)
 //!                                │           signal(sig)  SIGTERM / SIGKILL
 //!                                │           wait()       its exit status, once it has ended
-//!                                │   (start_many: a pool's first workers in one request)
-//!                                ├─ Fork        forks the calling process (`fork_child`)
+//!                                │   (start_many: a pool's first workers at once)
+//!                                ├─ Fork        forks the calling process (`fork_child`);
+//!                                │              a pool's first workers back to back
 //!                                └─ ForkServer  asks the fork server (`server`) to fork one
+//!                                               (or all of a pool's first in one request)
 //! ```
 //!
 //! The frames to and from a worker go over the socket in [`WorkerSpec::end`] (see
