@@ -496,9 +496,7 @@ pub(crate) fn run(mut s: Setup) -> i32 {
     }
     // What `current_process()` says here: Python names its pool workers like this (daemons).
     crate::children::set_current(&format!("PoolWorker-{}", s.slot + 1), true);
-    for fd in s.close.drain(..) {
-        sys::close_inherited(fd);
-    }
+    sys::close_all_inherited(&mut s.close);
     if let Some(n) = &s.thread_env {
         for var in THREAD_VARS {
             if std::env::var_os(var).is_none() {
