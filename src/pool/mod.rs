@@ -1,8 +1,9 @@
 //! [`Pool`]: Python's `multiprocessing.Pool` over forked worker processes that survive crashes.
 //!
 //! Layout: `fnref` names functions across processes, `chunk` says what a task's inputs and
-//! outcomes are as bytes, `transport` moves frames, `worker` is the
-//! child's loop, `journal` keeps a worker's finished outcomes through its death, `sched` is the
+//! outcomes are as bytes, `transport` moves frames, `worker` is the child's loop, `progress`
+//! the memory it shares with the parent (which input it runs; its journal region), `journal`
+//! keeps a worker's finished outcomes through its death, `order` assembles them, `sched` is the
 //! parent's scheduler, `settle` its failure policy, `start` starts workers (the `Starter` seam:
 //! fork, or the fork server in `start::server`), `driver` is the scheduler's background thread
 //! for asynchronous calls, `result` and `completed` hold what callers wait on.
@@ -35,6 +36,7 @@ mod fnref;
 mod imap;
 mod journal;
 mod order;
+mod progress;
 mod result;
 mod sched;
 mod settle;

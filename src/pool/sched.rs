@@ -22,7 +22,8 @@
 //!
 //! Files: this one holds the state, the dispatch and the wake-up loop; `sched/workers.rs` starts,
 //! replaces, stops and reaps workers; `sched/recovery.rs` handles a worker's exit and overdue
-//! tasks; `sched/shares.rs` decides how many tasks each worker takes.
+//! tasks; `sched/shares.rs` decides how many tasks each worker takes; `sched/units.rs` holds
+//! the tasks, outcomes and events it moves.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -40,46 +41,18 @@ use super::fnref::FnRef;
 use super::journal;
 use super::settle::{Ending, Fate, InFlight, Why, settle};
 use super::start::{Initializer, Starter, Worker, WorkerSpec};
-use super::transport::{self, Body, Bytes, Encoded, Fds, Link, Reply};
+use super::transport::{self, Bytes, Encoded, Link, Reply};
 use super::worker::{self, IDLE, Progress};
 use crate::fdpass::{self, FdTable};
 
 mod recovery;
 mod shares;
+mod units;
 mod workers;
 
-pub(crate) type JobId = u64;
-
-/// Hashes a [`JobId`] with one multiplication: job ids are small counters of our own (no
-/// untrusted keys), and a job is looked up several times per task (SipHash was 5% of the
-/// parent's time in a chunksize-1 map).
-#[derive(Default, Clone, Copy)]
-pub(crate) struct JobHasher(u64);
-
-impl std::hash::Hasher for JobHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
+pub(crate) use units::{Deferred, Done, EndsFn, Event, Items, JobHasher, JobId, Sink, Task};
 
 type Jobs = HashMap<JobId, Job, std::hash::BuildHasherDefault<JobHasher>>;
-/// Work to run in the parent after the pool's lock is released (user callbacks).
-pub(crate) type Deferred = Box<dyn FnOnce() + Send>;
-/// Receives a job's events as they happen; returns `true` when the job is complete.
-pub(crate) type Sink = Box<dyn FnMut(Event, &mut Vec<Deferred>) -> bool + Send>;
-/// Finds the end offsets of `count` encoded inputs (to split a task).
-pub(crate) type EndsFn = fn(&[u8], u32) -> Option<Vec<usize>>;
-
 /// How long the parent spins on its workers before it sleeps in `poll`.
 const SPIN: Duration = Duration::from_micros(60);
 /// Time between `SIGTERM` and `SIGKILL` for an overdue task's worker.
@@ -123,68 +96,6 @@ impl Book {
     pub(crate) fn is_terminating(&self) -> bool {
         self.terminating.load(Ordering::SeqCst)
     }
-}
-
-/// Which inputs of a job a task holds.
-#[derive(Debug, Clone)]
-pub(crate) enum Items {
-    /// `count` consecutive inputs from `first`.
-    Range(usize, u32),
-    /// These inputs (after a split).
-    List(Box<[usize]>),
-}
-
-impl Items {
-    pub(crate) fn count(&self) -> u32 {
-        match self {
-            Items::Range(_, n) => *n,
-            Items::List(l) => l.len() as u32,
-        }
-    }
-
-    pub(crate) fn index(&self, i: usize) -> usize {
-        match self {
-            Items::Range(first, _) => first + i,
-            Items::List(l) => l[i],
-        }
-    }
-
-    pub(crate) fn label(&self, i: usize) -> String {
-        format!("item #{}", self.index(i))
-    }
-}
-
-/// Encoded inputs of one job, sent to one worker as one frame.
-#[derive(Debug)]
-pub(crate) struct Task {
-    pub(crate) job: JobId,
-    pub(crate) items: Items,
-    pub(crate) bytes: Bytes,
-    /// The descriptors the inputs refer to (indices into this table are in `bytes`).
-    pub(crate) fds: Fds,
-    /// How many times a worker died running it.
-    pub(crate) died: u32,
-}
-
-/// The outcomes of inputs that ran: `data` holds one encoded outcome per input, in order, and
-/// `fds` the descriptors they refer to; `pid` is the worker that ran them.
-#[derive(Debug)]
-pub(crate) struct Done {
-    pub(crate) items: Items,
-    pub(crate) data: Body,
-    pub(crate) pid: i32,
-    pub(crate) fds: FdTable,
-}
-
-/// What happened to a job's inputs.
-#[derive(Debug)]
-pub(crate) enum Event {
-    /// These inputs ran.
-    Done(Done),
-    /// This input has no outcome.
-    Failed { index: usize, error: Error },
-    /// The pool was terminated: no further event will come.
-    Aborted,
 }
 
 struct Job {
