@@ -51,6 +51,20 @@ pub(crate) struct Exec<'a> {
     run: Option<(usize, OpenRun)>,
 }
 
+/// Appends the encoding of `outcome` to `out` and drops it: a panic in the result's `Drop`
+/// makes the encoding that input's [`ItemError::Panicked`] instead.
+#[inline]
+fn push_and_drop<R: Serialize>(codec: Codec, outcome: ItemOut<R>, out: &mut Vec<u8>) {
+    let start = out.len();
+    push_outcome(codec, &outcome, out);
+    if std::mem::needs_drop::<R>() {
+        if let Err(p) = panic::catch(move || drop(outcome)) {
+            out.truncate(start);
+            push_outcome(codec, &ItemOut::<()>::Err(ItemError::Panicked(p)), out);
+        }
+    }
+}
+
 impl Drop for Exec<'_> {
     fn drop(&mut self) {
         self.close_run();
@@ -102,13 +116,7 @@ impl Exec<'_> {
     ) {
         let start = out.len();
         let attached = fdpass::attached();
-        push_outcome(codec, &outcome, out);
-        if std::mem::needs_drop::<R>() {
-            if let Err(p) = panic::catch(move || drop(outcome)) {
-                out.truncate(start);
-                push_outcome(codec, &ItemOut::<()>::Err(ItemError::Panicked(p)), out);
-            }
-        }
+        push_and_drop(codec, outcome, out);
         if fdpass::attached() == attached {
             self.progress
                 .journal_append(self.slot, self.seq, i, input_end, &out[start..]);
@@ -128,13 +136,7 @@ impl Exec<'_> {
         codec: Codec,
     ) {
         let start = out.len();
-        push_outcome(codec, &outcome, out);
-        if std::mem::needs_drop::<R>() {
-            if let Err(p) = panic::catch(move || drop(outcome)) {
-                out.truncate(start);
-                push_outcome(codec, &ItemOut::<()>::Err(ItemError::Panicked(p)), out);
-            }
-        }
+        push_and_drop(codec, outcome, out);
         let bytes = &out[start..];
         if let Some((_, run)) = &mut self.run {
             if run.size == bytes.len() && run.item + run.count == i {

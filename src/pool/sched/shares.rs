@@ -79,6 +79,10 @@ fn water_fill(open: &[Open], mut tasks: usize) -> Vec<usize> {
 mod tests {
     use super::*;
 
+    fn limits(depth: usize, cap: usize, live: usize) -> Limits {
+        Limits { depth, cap, live }
+    }
+
     fn idle(n: usize, room: usize) -> Vec<Open> {
         (0..n).map(|i| (0, i, room)).collect()
     }
@@ -86,11 +90,7 @@ mod tests {
     #[test]
     fn few_long_tasks_go_one_to_each_worker() {
         let mut open = idle(128, 2);
-        let lim = Limits {
-            depth: 2,
-            cap: 16_384,
-            live: 128,
-        };
+        let lim = limits(2, 16_384, 128);
         let got = plan(&mut open, 10, 0, lim);
         assert_eq!(got.iter().sum::<usize>(), 10);
         assert_eq!(got.iter().filter(|&&g| g == 1).count(), 10);
@@ -100,11 +100,7 @@ mod tests {
     fn loads_are_levelled_and_room_is_respected() {
         // Loads 0, 3, 5 with room 4, 1, 3: 6 tasks level them at 4 (the second is full at 4).
         let mut open = vec![(5, 2, 3), (0, 0, 4), (3, 1, 1)];
-        let lim = Limits {
-            depth: 8,
-            cap: 1000,
-            live: 3,
-        };
+        let lim = limits(8, 1000, 3);
         let got = plan(&mut open, 6, 8, lim);
         let loads: Vec<usize> = open.iter().zip(&got).map(|(o, g)| o.0 + g).collect();
         assert_eq!(open.iter().map(|o| o.1).collect::<Vec<_>>(), [0, 1, 2]);
@@ -117,11 +113,7 @@ mod tests {
 
     #[test]
     fn tiny_tasks_fill_few_workers_when_the_cap_binds() {
-        let lim = Limits {
-            depth: 512,
-            cap: 16_384,
-            live: 128,
-        };
+        let lim = limits(512, 16_384, 128);
         let mut open = idle(128, 512);
         let got = plan(&mut open, 200_000, 0, lim);
         assert_eq!(got.len(), 32, "16384 / 512 workers take part");
@@ -138,11 +130,7 @@ mod tests {
 
     #[test]
     fn the_cap_bounds_tasks_in_flight() {
-        let lim = Limits {
-            depth: 4,
-            cap: 10,
-            live: 4,
-        };
+        let lim = limits(4, 10, 4);
         let mut open = idle(4, 4);
         let got = plan(&mut open, 100, 6, lim);
         assert_eq!(got.iter().sum::<usize>(), 4);
