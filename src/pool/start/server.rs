@@ -18,6 +18,12 @@
 //! | server → parent | `REFUSED` | a message | — |
 //! | server → parent | `EXIT` | worker pid `i32`, 0 = exited / 1 = signaled `u8`, code or signal `i32` | — |
 //!
+//! A pool's first workers go as batches of up to [`MAX_BATCH`] `START` frames in one message
+//! (their descriptors attached in order), and the server answers a batch in one message: it
+//! reads every request that has arrived, forks their workers back to back (each closing its
+//! siblings' sockets; a pool's progress files mapped once per batch), then sends the answers in
+//! request order. Each frame still takes its own descriptors from the queue, in order.
+//!
 //! The worker is the server's child: the server opens its pidfd before it could be reaped and
 //! hands a copy to the parent (death notice, `pidfd_send_signal`), reaps it, and reports its
 //! exit status with `EXIT`. The server watches the parent's pidfd and its socket: when the parent
@@ -244,9 +250,18 @@ impl Server {
         if conn.broken {
             return Err(Error::Disconnected("the fork server is gone".into()));
         }
-        for (req, fds) in reqs {
-            let body = wire::encode(req)?;
-            if let Err(e) = send(conn.sock.as_fd(), START, &body, fds) {
+        // The requests go as batches, each in one message with its descriptors (the server
+        // answers a batch at once).
+        for batch in reqs.chunks(MAX_BATCH) {
+            let (mut frames, mut fds) = (Vec::new(), Vec::new());
+            for (req, req_fds) in batch {
+                push_frame(&mut frames, START, &wire::encode(req)?);
+                fds.extend_from_slice(req_fds);
+            }
+            let sock = conn.sock.as_fd();
+            let wait =
+                &mut || sys::socket::wait_writable(sock, Instant::now() + PATIENCE).map(drop);
+            if let Err(e) = sys::socket::send_with_fds(sock, &frames, &fds, wait) {
                 conn.broken = true;
                 return Err(e);
             }
@@ -497,6 +512,11 @@ fn serve(sock: OwnedFd, parent: Pid) -> i32 {
 }
 
 /// Reads and serves the parent's requests; `false` once the parent's end is closed.
+///
+/// Every request that has arrived is read first (one receive can bring a batch), then the
+/// batch's workers are forked back to back and answered in one message: a worker started per
+/// wake-up cost the parent and the server a context switch each, and allocating between forks
+/// a copy-on-write fault per page written.
 fn read_requests(
     sock: &OwnedFd,
     parent_fd: &OwnedFd,
@@ -508,45 +528,150 @@ fn read_requests(
         Ok(_) => {}
     }
     loop {
-        let body = match rx.next() {
-            Ok(Some(body)) => body,
-            Ok(None) => return true,
-            Err(_) => return false,
-        };
-        let b = body.bytes();
-        if b.first() != Some(&START) {
+        let Some(batch) = next_batch(sock, rx) else {
             return false;
-        }
-        let answer = wire::decode::<StartRequest>(&b[1..]).and_then(|req| {
-            let fds = rx.take_fds(3)?;
-            // The worker keeps none of the server's descriptors: not its socket, not the other
-            // workers' pidfds, not the descriptors of the requests queued after this one.
-            let mut close: Vec<RawFd> = vec![sock.as_raw_fd(), parent_fd.as_raw_fd()];
-            close.extend(kids.iter().map(|k| k.pidfd.as_raw_fd()));
-            close.extend(rx.queued_fds());
-            start_worker(req, fds, close)
-        });
-        let sent = match answer {
-            Ok(kid) => {
-                let r = send(
-                    sock.as_fd(),
-                    STARTED,
-                    &kid.pid.as_raw().to_le_bytes(),
-                    &[kid.pidfd.as_raw_fd()],
-                );
-                kids.push(kid);
-                r
-            }
-            Err(e) => send(sock.as_fd(), REFUSED, e.to_string().as_bytes(), &[]),
         };
+        if batch.is_empty() {
+            return true;
+        }
+        // The workers keep none of the server's descriptors: not its socket, not the other
+        // workers' pidfds, not the descriptors of the requests queued after these.
+        let mut close: Vec<RawFd> = vec![sock.as_raw_fd(), parent_fd.as_raw_fd()];
+        close.extend(kids.iter().map(|k| k.pidfd.as_raw_fd()));
+        close.extend(rx.queued_fds());
+        let answers = start_workers(batch, &close);
+        let (mut frames, mut fds) = (Vec::new(), Vec::new());
+        for answer in &answers {
+            match answer {
+                Ok(kid) => {
+                    push_frame(&mut frames, STARTED, &kid.pid.as_raw().to_le_bytes());
+                    fds.push(kid.pidfd.as_raw_fd());
+                }
+                Err(e) => push_frame(&mut frames, REFUSED, e.to_string().as_bytes()),
+            }
+        }
+        let wait =
+            &mut || sys::socket::wait_writable(sock.as_fd(), Instant::now() + PATIENCE).map(drop);
+        let sent = sys::socket::send_with_fds(sock.as_fd(), &frames, &fds, wait);
+        kids.extend(answers.into_iter().flatten());
         if sent.is_err() {
             return false;
         }
     }
 }
 
-/// Forks one worker running the pool's worker loop.
-fn start_worker(req: StartRequest, fds: Vec<OwnedFd>, close: Vec<RawFd>) -> Result<Kid> {
+/// A start request and its three descriptors, or why it could not be read.
+type Request = Result<(StartRequest, Vec<OwnedFd>)>;
+
+/// The start requests that have arrived, at most [`MAX_BATCH`] (receiving more while the
+/// buffer has no whole frame); `None` when the parent's end is closed or sent something else.
+fn next_batch(sock: &OwnedFd, rx: &mut FrameBuf) -> Option<Vec<Request>> {
+    let mut batch = Vec::new();
+    while batch.len() < MAX_BATCH {
+        let body = match rx.next() {
+            Ok(Some(body)) => body,
+            Ok(None) => match rx.fill(sock.as_fd(), true) {
+                Ok(Some(0)) | Err(_) => return None,
+                Ok(Some(_)) => continue,
+                Ok(None) => break,
+            },
+            Err(_) => return None,
+        };
+        let b = body.bytes();
+        if b.first() != Some(&START) {
+            return None;
+        }
+        let req = wire::decode::<StartRequest>(&b[1..]).and_then(|req| Ok((req, rx.take_fds(3)?)));
+        batch.push(req);
+    }
+    Some(batch)
+}
+
+/// The most requests served as one batch (their pidfds go back in one message).
+const MAX_BATCH: usize = crate::sys::socket::MAX_FDS / 3;
+
+/// Appends one frame of `kind` with `body` to `frames`.
+fn push_frame(frames: &mut Vec<u8>, kind: u8, body: &[u8]) {
+    frames.extend_from_slice(&wire::frame_len(1 + body.len()));
+    frames.push(kind);
+    frames.extend_from_slice(body);
+}
+
+/// Forks one worker per request (`close`: the server's descriptors no worker keeps), back to
+/// back once every setup is made, each worker closing its siblings' sockets too; the setups are
+/// dropped after the last fork. A request that cannot start gets its error.
+fn start_workers(batch: Vec<Request>, close: &[RawFd]) -> Vec<Result<Kid>> {
+    let mut maps = ProgressMaps::default();
+    let setups: Vec<Result<Setup>> = batch
+        .into_iter()
+        .map(|r| r.and_then(|(req, fds)| setup(req, fds, &mut maps)))
+        .collect();
+    let ends: Vec<RawFd> = setups
+        .iter()
+        .map(|s| s.as_ref().map_or(-1, |s| s.end.raw_fd()))
+        .collect();
+    let mut setups: Vec<Result<Option<Setup>>> = setups
+        .into_iter()
+        .enumerate()
+        .map(|(k, s)| {
+            s.map(|mut s| {
+                s.close = close.to_vec();
+                let others = ends
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, &fd)| j != k && fd >= 0);
+                s.close.extend(others.map(|(_, &fd)| fd));
+                Some(s)
+            })
+        })
+        .collect();
+    // Read once here, inherited by the workers (it decides whether they spin).
+    let _ = worker::cpus();
+    let forked: Vec<Result<Pid>> = setups
+        .iter_mut()
+        .map(|s| match s {
+            Ok(setup) => fork_child(|| setup.take().map_or(1, worker::run)),
+            Err(e) => Err(Error::InvalidState(e.to_string())),
+        })
+        .collect();
+    drop(setups);
+    forked
+        .into_iter()
+        .map(|pid| {
+            let pid = pid?;
+            // Opened before this server could reap it: the pidfd names exactly this worker.
+            match sys::pidfd_open(pid) {
+                Ok(pidfd) => Ok(Kid { pid, pidfd }),
+                Err(e) => {
+                    let _ = sys::kill(pid, Signal::SIGKILL);
+                    let _ = sys::wait_blocking(pid);
+                    Err(e)
+                }
+            }
+        })
+        .collect()
+}
+
+/// The progress mappings of one batch, by memory file: a pool's requests carry the same two
+/// files, mapped once (the duplicate descriptors are closed).
+#[derive(Default)]
+struct ProgressMaps(Vec<((u64, u64), Arc<Progress>)>);
+
+impl ProgressMaps {
+    fn get(&mut self, progress: OwnedFd, journal: OwnedFd, slots: usize) -> Result<Arc<Progress>> {
+        let id = sys::mem::fd_identity(progress.as_fd())?;
+        if let Some((_, p)) = self.0.iter().find(|(i, p)| *i == id && p.slots() == slots) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(Progress::from_fds(progress, journal, slots)?);
+        self.0.push((id, p.clone()));
+        Ok(p)
+    }
+}
+
+/// The setup of one worker from its request (the parent's socket end, the progress and journal
+/// files); its `close` list is filled in by [`start_workers`].
+fn setup(req: StartRequest, fds: Vec<OwnedFd>, maps: &mut ProgressMaps) -> Result<Setup> {
     let [sock, progress, journal]: [OwnedFd; 3] = fds
         .try_into()
         .map_err(|_| Error::InvalidState("a start request without its three descriptors".into()))?;
@@ -568,27 +693,15 @@ fn start_worker(req: StartRequest, fds: Vec<OwnedFd>, close: Vec<RawFd>) -> Resu
             "not below the pool's slots",
         ));
     }
-    let setup = Setup {
+    Ok(Setup {
         end: WorkerEnd::from_fd(sock),
-        progress: Arc::new(Progress::from_fds(progress, journal, slots)?),
+        progress: maps.get(progress, journal, slots)?,
         slot,
         parent: sys::getpid(),
         max_tasks: req.max_tasks,
         timed: req.timed,
         initializer,
         thread_env: req.thread_env,
-        close,
-    };
-    // Read once here, inherited by the worker (it decides whether to spin).
-    let _ = worker::cpus();
-    let pid = fork_child(move || worker::run(setup))?;
-    // Opened before this server could reap it: the pidfd names exactly this worker.
-    match sys::pidfd_open(pid) {
-        Ok(pidfd) => Ok(Kid { pid, pidfd }),
-        Err(e) => {
-            let _ = sys::kill(pid, Signal::SIGKILL);
-            let _ = sys::wait_blocking(pid);
-            Err(e)
-        }
-    }
+        close: Vec::new(),
+    })
 }
