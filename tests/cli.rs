@@ -3,100 +3,23 @@
 //!
 //! Every wait is bounded: a run that takes longer than [`LIMIT`] is killed and the test fails.
 
+mod cli_common;
+
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The longest any one run of the command may take.
-const LIMIT: Duration = Duration::from_secs(120);
+use cli_common::{LIMIT, mp, run_cmd, run_in, scratch, sorted_lines};
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
-/// A fresh scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("multiproc-cli-{}-{name}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn mp(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_multiproc"));
-    c.current_dir(dir);
-    for (var, _) in std::env::vars() {
-        if var.starts_with("SLURM_") {
-            c.env_remove(var);
-        }
-    }
-    for var in ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"] {
-        c.env_remove(var);
-    }
-    c
-}
-
-/// What a finished run left.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-/// Runs the command with `args` (and `stdin` text) in `dir`, bounded by [`LIMIT`].
-fn run_in(dir: &Path, args: &[&str], stdin: Option<&str>) -> Run {
-    let mut cmd = mp(dir);
-    cmd.args(args);
-    run_cmd(cmd, stdin)
-}
-
-fn run_cmd(mut cmd: Command, stdin: Option<&str>) -> Run {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let t0 = Instant::now();
-    let mut child = cmd.spawn().expect("spawn multiproc");
-    let pid = child.id() as i32;
-    let mut input = child.stdin.take().unwrap();
-    let text = stdin.unwrap_or("").to_string();
-    std::thread::spawn(move || {
-        let _ = input.write_all(text.as_bytes());
-    });
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(LIMIT) {
-        Ok(out) => {
-            let out = out.unwrap();
-            Run {
-                code: out.status.code(),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-                took: t0.elapsed(),
-            }
-        }
-        Err(_) => {
-            // SAFETY: kill takes plain integers; the child has not been reaped (no answer yet).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("multiproc did not finish within {LIMIT:?}");
-        }
-    }
-}
-
 fn lines(s: &str) -> Vec<&str> {
     s.lines().collect()
-}
-
-fn sorted_lines(s: &str) -> Vec<String> {
-    let mut v: Vec<String> = s.lines().map(str::to_string).collect();
-    v.sort();
-    v
 }
 
 /// The joblog's rows (header excluded), split into columns.

@@ -211,44 +211,27 @@ fn a_regular_file_on_stdin_runs_from_its_offset_each_line_once() {
     let mut cmd = mp(&d);
     cmd.args(["-k", "echo"]);
     cmd.stdin(Stdio::from(f));
-    let out = run_with_stdin_file(cmd);
+    let out = run_bounded(cmd, |_| {});
     let want: Vec<String> = (3..=500).map(|i| i.to_string()).collect();
-    assert_eq!(out.0, Some(0), "{}", out.2);
-    assert_eq!(out.1.lines().collect::<Vec<_>>(), want);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.lines().collect::<Vec<_>>(), want);
 
     fs::write(d.join("bad"), b"ok\n\xff\n").unwrap();
     let mut cmd = mp(&d);
     cmd.args(["echo", "ran"]);
     cmd.stdin(Stdio::from(File::open(d.join("bad")).unwrap()));
-    let (code, stdout, stderr) = run_with_stdin_file(cmd);
-    assert_eq!((code, stdout.as_str()), (Some(2), ""), "{stderr}");
-    assert!(stderr.contains("stdin line 2: not valid UTF-8"), "{stderr}");
-}
-
-/// Runs a command whose stdin is already set, bounded by [`LIMIT`]: (code, stdout, stderr).
-fn run_with_stdin_file(mut cmd: std::process::Command) -> (Option<i32>, String, String) {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
-    let pid = child.id() as i32;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(LIMIT) {
-        Ok(out) => {
-            let out = out.unwrap();
-            (
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        }
-        Err(_) => {
-            // SAFETY: kill takes plain integers; the child has not been reaped (no answer yet).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("{cmd:?} did not finish within {LIMIT:?}");
-        }
-    }
+    let out = run_bounded(cmd, |_| {});
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(2), ""),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("stdin line 2: not valid UTF-8"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// Runs `multiproc ARGS` in `dir` (stdin, stdout and stderr null), bounded by [`LIMIT`]; its

@@ -46,6 +46,8 @@ pub(crate) struct Run {
     pub(crate) code: Option<i32>,
     pub(crate) stdout: String,
     pub(crate) stderr: String,
+    /// From the spawn to the end.
+    pub(crate) took: Duration,
 }
 
 /// Runs `multiproc ARGS` in `dir` with `stdin` text.
@@ -57,16 +59,24 @@ pub(crate) fn run_in(dir: &Path, args: &[&str], stdin: Option<&str>) -> Run {
 
 /// Runs a command with `stdin` bytes, bounded by [`LIMIT`] (killed and a panic past it).
 pub(crate) fn run_cmd(mut cmd: Command, stdin: Option<&[u8]>) -> Run {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped());
+    run_bounded(cmd, |child| {
+        let mut input = child.stdin.take().unwrap();
+        let text = stdin.unwrap_or(b"").to_vec();
+        std::thread::spawn(move || {
+            let _ = input.write_all(&text);
+        });
+    })
+}
+
+/// Runs a command (its stdin as set, `feed` given the child to write it), bounded by [`LIMIT`]
+/// (killed and a panic past it); stdout and stderr are captured.
+pub(crate) fn run_bounded(mut cmd: Command, feed: impl FnOnce(&mut std::process::Child)) -> Run {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let t0 = std::time::Instant::now();
     let mut child = cmd.spawn().expect("spawn");
     let pid = child.id() as i32;
-    let mut input = child.stdin.take().unwrap();
-    let text = stdin.unwrap_or(b"").to_vec();
-    std::thread::spawn(move || {
-        let _ = input.write_all(&text);
-    });
+    feed(&mut child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
@@ -78,6 +88,7 @@ pub(crate) fn run_cmd(mut cmd: Command, stdin: Option<&[u8]>) -> Run {
                 code: out.status.code(),
                 stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                took: t0.elapsed(),
             }
         }
         Err(_) => {
