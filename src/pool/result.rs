@@ -94,16 +94,26 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
             put.put_run(*first, *n as usize, values);
             // A value that did not decode: it and the rest go the general way (an error each).
             if done < *n as usize {
-                decode_each(items, done, &data[done * (size + 1)..], fds, pid, put);
+                decode_each(
+                    codec,
+                    items,
+                    done,
+                    &data[done * (size + 1)..],
+                    fds,
+                    pid,
+                    put,
+                );
             }
             return;
         }
     }
-    decode_each(items, 0, data, fds, pid, put)
+    decode_each(codec, items, 0, data, fds, pid, put)
 }
 
-/// [`decode_outcomes`] one by one, from input `from` of `items` (whose outcomes start `data`).
+/// [`decode_outcomes`] one by one, from input `from` of `items` (whose outcomes start `data`),
+/// values in `codec` (the codec of `R`).
 fn decode_each<R: DeserializeOwned>(
+    codec: Codec,
     items: &Items,
     from: usize,
     data: &[u8],
@@ -111,7 +121,6 @@ fn decode_each<R: DeserializeOwned>(
     pid: i32,
     put: &mut impl Collect<R>,
 ) {
-    let codec = Codec::of::<R>();
     let mut rest = data;
     // Outcomes that brought no descriptor (the common case) skip the table altogether.
     let with_fds = !fds.is_empty();

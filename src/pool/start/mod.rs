@@ -313,17 +313,40 @@ impl Fork {
     }
 }
 
-/// The watched handle of a worker just forked; a worker whose pidfd cannot be opened is killed
-/// and reaped.
+/// The watched handle of a worker just forked (see [`watch_forked`]).
 fn forked_child(pid: Pid) -> Result<Box<dyn Worker>> {
-    match sys::pidfd_open(pid) {
-        Ok(pidfd) => Ok(Box::new(Child::new(pid, pidfd, Reaper::Parent))),
-        Err(e) => {
-            let _ = sys::kill(pid, Signal::SIGKILL);
-            let _ = sys::wait_blocking(pid);
-            Err(e)
-        }
+    let pidfd = watch_forked(pid)?;
+    Ok(Box::new(Child::new(pid, pidfd, Reaper::Parent)))
+}
+
+/// The pidfd of a worker just forked, opened before anyone could reap it, so that it names
+/// exactly that worker; a worker whose pidfd cannot be opened is killed and reaped.
+pub(super) fn watch_forked(pid: Pid) -> Result<OwnedFd> {
+    sys::pidfd_open(pid).inspect_err(|_| {
+        let _ = sys::kill(pid, Signal::SIGKILL);
+        let _ = sys::wait_blocking(pid);
+    })
+}
+
+/// Forks one worker per setup, back to back (a `Fork` pool's first workers, a fork server's
+/// batch). Each setup's `close` first gets the other setups' worker ends, so that no worker
+/// keeps a sibling's socket; the setups are dropped after the last fork, since each fork makes
+/// this process's pages copy-on-write again and freeing between forks costs a fault and a copy
+/// per page written. A fork that fails is that setup's error.
+pub(super) fn fork_burst(mut setups: Vec<Setup>) -> Vec<Result<Pid>> {
+    let ends: Vec<RawFd> = setups.iter().map(|s| s.end.raw_fd()).collect();
+    for (k, s) in setups.iter_mut().enumerate() {
+        let others = ends.iter().enumerate().filter(|&(j, _)| j != k);
+        s.close.extend(others.map(|(_, &fd)| fd));
     }
+    // The child takes its setup; the parent keeps it until the last fork.
+    let mut held: Vec<Option<Setup>> = setups.into_iter().map(Some).collect();
+    let pids = held
+        .iter_mut()
+        .map(|s| fork_child(|| s.take().map_or(1, worker::run)))
+        .collect();
+    drop(held);
+    pids
 }
 
 impl Starter for Fork {
@@ -349,52 +372,30 @@ impl Starter for Fork {
         specs: Vec<WorkerSpec>,
         close: &[RawFd],
     ) -> Result<Vec<Box<dyn Worker>>> {
-        let ends: Vec<RawFd> = specs.iter().map(|s| s.end.raw_fd()).collect();
-        let mut setups: Vec<Option<Setup>> = specs
+        let setups: Vec<Setup> = specs
             .into_iter()
-            .enumerate()
-            .map(|(k, spec)| {
-                let others = ends.iter().enumerate().filter(|&(j, _)| j != k);
-                let close = close.iter().copied().chain(others.map(|(_, &fd)| fd));
-                Some(Self::setup(spec, close.collect()))
-            })
+            .map(|spec| Self::setup(spec, close.to_vec()))
             .collect();
         if setups.len() >= TRIM_FROM {
             crate::sys::mem::release_free_heap();
         }
         self.count_threads();
-        let mut pids = Vec::with_capacity(setups.len());
-        for setup in &mut setups {
-            // The child takes its setup; the parent keeps it (freed after the last fork).
-            match fork_child(|| setup.take().map_or(1, worker::run)) {
-                Ok(pid) => pids.push(pid),
+        let (mut workers, mut failed) = (Vec::new(), None);
+        for pid in fork_burst(setups) {
+            match pid.and_then(forked_child) {
+                Ok(w) => workers.push(w),
                 Err(e) => {
-                    for &pid in &pids {
-                        let _ = sys::kill(pid, Signal::SIGKILL);
-                        let _ = sys::wait_blocking(pid);
-                    }
-                    return Err(e);
+                    failed.get_or_insert(e);
                 }
             }
         }
-        drop(setups);
-        let mut workers = Vec::with_capacity(pids.len());
-        let mut rest = pids.iter();
-        for &pid in rest.by_ref() {
-            match forked_child(pid) {
-                Ok(w) => workers.push(w),
-                Err(e) => {
-                    for mut w in workers {
-                        w.signal(Signal::SIGKILL);
-                        let _ = w.wait();
-                    }
-                    for &pid in rest {
-                        let _ = sys::kill(pid, Signal::SIGKILL);
-                        let _ = sys::wait_blocking(pid);
-                    }
-                    return Err(e);
-                }
+        if let Some(e) = failed {
+            // All or none: the ones that started go.
+            for mut w in workers {
+                w.signal(Signal::SIGKILL);
+                let _ = w.wait();
             }
+            return Err(e);
         }
         Ok(workers)
     }

@@ -9,13 +9,13 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
-use crate::fork::fork_child;
 use crate::sys::{self, ExitStatus, Interest, Pid};
 use crate::wire::{self, FrameBuf};
 
 use super::super::super::fnref::{self, FnRef};
 use super::super::super::transport::WorkerEnd;
 use super::super::super::worker::{self, Progress, Setup};
+use super::super::{fork_burst, watch_forked};
 use super::{
     EXIT, FD_VAR, HELLO, MAX_BATCH, NAME, PARENT_VAR, PATIENCE, REFUSED, START, STARTED,
     StartRequest, push_frame, send,
@@ -199,48 +199,30 @@ fn start_workers(batch: Vec<Request>, close: &[RawFd]) -> Vec<Result<Kid>> {
         .into_iter()
         .map(|r| r.and_then(|(req, fds)| setup(req, fds, &mut maps)))
         .collect();
-    let ends: Vec<RawFd> = setups
-        .iter()
-        .map(|s| s.as_ref().map_or(-1, |s| s.end.raw_fd()))
-        .collect();
-    let mut setups: Vec<Result<Option<Setup>>> = setups
+    // Read once here, inherited by the workers (it decides whether they spin).
+    let _ = worker::cpus();
+    let mut ready = Vec::new();
+    let setups: Vec<Result<()>> = setups
         .into_iter()
-        .enumerate()
-        .map(|(k, s)| {
+        .map(|s| {
             s.map(|mut s| {
                 s.close = close.to_vec();
-                let others = ends
-                    .iter()
-                    .enumerate()
-                    .filter(|&(j, &fd)| j != k && fd >= 0);
-                s.close.extend(others.map(|(_, &fd)| fd));
-                Some(s)
+                ready.push(s);
             })
         })
         .collect();
-    // Read once here, inherited by the workers (it decides whether they spin).
-    let _ = worker::cpus();
-    let forked: Vec<Result<Pid>> = setups
-        .iter_mut()
-        .map(|s| match s {
-            Ok(setup) => fork_child(|| setup.take().map_or(1, worker::run)),
-            Err(e) => Err(Error::InvalidState(e.to_string())),
-        })
-        .collect();
-    drop(setups);
-    forked
+    let mut pids = fork_burst(ready).into_iter();
+    setups
         .into_iter()
-        .map(|pid| {
-            let pid = pid?;
-            // Opened before this server could reap it: the pidfd names exactly this worker.
-            match sys::pidfd_open(pid) {
-                Ok(pidfd) => Ok(Kid { pid, pidfd }),
-                Err(e) => {
-                    let _ = sys::kill(pid, Signal::SIGKILL);
-                    let _ = sys::wait_blocking(pid);
-                    Err(e)
-                }
-            }
+        .map(|s| {
+            s?;
+            let pid = pids
+                .next()
+                .unwrap_or_else(|| Err(Error::InvalidState("a setup without its fork".into())))?;
+            Ok(Kid {
+                pid,
+                pidfd: watch_forked(pid)?,
+            })
         })
         .collect()
 }
