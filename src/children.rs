@@ -75,8 +75,8 @@ struct Entry {
 struct Registry {
     entries: Vec<Entry>,
     next_token: u64,
-    /// Set in a child started by a `Process`: its name and daemon flag.
-    current: Option<(String, bool)>,
+    /// Set in a child started by a `Process` or a pool: its name and daemon flag.
+    current: Option<(ChildName, bool)>,
     /// Whether this process was forked by multiproc.
     forked: bool,
 }
@@ -215,16 +215,26 @@ pub fn current_process() -> CurrentProcess {
     let pid = sys::getpid().as_raw();
     let reg = registry();
     let (name, daemon) = match (&reg.current, reg.forked) {
-        (Some((name, daemon)), _) => (name.clone(), *daemon),
+        (Some((ChildName::Given(name), daemon)), _) => (name.clone(), *daemon),
+        (Some((ChildName::PoolWorker(n), daemon)), _) => (format!("PoolWorker-{n}"), *daemon),
         (None, true) => (format!("Child-{pid}"), false),
         (None, false) => ("MainProcess".to_string(), false),
     };
     CurrentProcess { name, pid, daemon }
 }
 
-/// In a child started by a `Process`: records its name and daemon flag.
-pub(crate) fn set_current(name: &str, daemon: bool) {
-    registry().current = Some((name.to_string(), daemon));
+/// The name of a child, as [`current_process`] reports it.
+pub(crate) enum ChildName {
+    /// A `Process`'s name.
+    Given(String),
+    /// The worker of this slot number (from 1) of a pool: `PoolWorker-N`, formatted when asked
+    /// (a worker that never asks allocates nothing for it).
+    PoolWorker(usize),
+}
+
+/// In a child started by a `Process` or a pool: records its name and daemon flag.
+pub(crate) fn set_current(name: ChildName, daemon: bool) {
+    registry().current = Some((name, daemon));
 }
 
 /// The registry and the watch table, locked across a fork so that no other thread holds them at

@@ -171,7 +171,7 @@ impl Process {
         children::reap_detached();
         let pid = fork_child(move || {
             set_command_name(&name);
-            children::set_current(&name, daemon);
+            children::set_current(children::ChildName::Given(name), daemon);
             match panic::catch(target) {
                 Ok(()) => 0,
                 Err(_) => 1,

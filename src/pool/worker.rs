@@ -10,6 +10,7 @@ use std::os::fd::OwnedFd;
 
 use crate::fdpass::{self, FdTable};
 use crate::panic;
+use crate::sys::environ::ChildEnv;
 use crate::sys::{self, Pid};
 
 use serde::Serialize;
@@ -213,14 +214,37 @@ pub(crate) struct Setup {
     /// Whether the pool has a task timeout (then each input's start time is recorded).
     pub(crate) timed: bool,
     pub(crate) initializer: Option<Arc<dyn Fn() + Send + Sync>>,
-    pub(crate) thread_env: Option<String>,
-    /// Descriptors of the other workers, inherited through the fork, to close at once.
+    /// The environment to install (the pool limits the worker's threads), made before the fork.
+    pub(crate) env: Option<Arc<ChildEnv>>,
+    /// Descriptors of the other workers, inherited through the fork, to close at once; sorted
+    /// by the parent (see `sys::close_all_inherited`).
     pub(crate) close: Vec<std::os::fd::RawFd>,
 }
 
 /// The variables set to the per-worker thread count.
 pub(crate) const THREAD_VARS: [&str; 3] =
     ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"];
+
+/// The environments of one burst of new workers, made once per thread count: the forking
+/// process's environment with [`THREAD_VARS`] set to the count where unset.
+#[derive(Default)]
+pub(crate) struct EnvMemo(Option<(String, Arc<ChildEnv>)>);
+
+impl EnvMemo {
+    /// The environment of a worker whose pool limits its threads to `threads` (`None`: the
+    /// worker keeps the environment it inherits).
+    pub(crate) fn get(&mut self, threads: Option<&str>) -> Option<Arc<ChildEnv>> {
+        let n = threads?;
+        match &self.0 {
+            Some((made_for, env)) if made_for == n => Some(env.clone()),
+            _ => {
+                let env = Arc::new(ChildEnv::with_defaults(&THREAD_VARS, n));
+                self.0 = Some((n.to_string(), env.clone()));
+                Some(env)
+            }
+        }
+    }
+}
 
 /// The worker's main function, run in the child right after the fork; returns its exit code.
 pub(crate) fn run(mut s: Setup) -> i32 {
@@ -230,15 +254,11 @@ pub(crate) fn run(mut s: Setup) -> i32 {
         return 1;
     }
     // What `current_process()` says here: Python names its pool workers like this (daemons).
-    crate::children::set_current(&format!("PoolWorker-{}", s.slot + 1), true);
-    sys::close_all_inherited(&mut s.close);
-    if let Some(n) = &s.thread_env {
-        for var in THREAD_VARS {
-            if std::env::var_os(var).is_none() {
-                // SAFETY: this is a child right after fork: the calling thread is its only one.
-                unsafe { sys::set_env_in_child(var, n) };
-            }
-        }
+    crate::children::set_current(crate::children::ChildName::PoolWorker(s.slot + 1), true);
+    sys::close_all_inherited(s.close.iter().copied());
+    if let Some(env) = &s.env {
+        // SAFETY: this is a child right after fork: the calling thread is its only one.
+        unsafe { ChildEnv::install(env) };
     }
     if let Some(init) = &s.initializer {
         if panic::catch(|| init()).is_err() {

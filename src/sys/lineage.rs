@@ -9,7 +9,7 @@
 //! `PR_SET_PDEATHSIG` thread caveat): the handler then sees `getppid()` unchanged and ignores it;
 //! the signal comes again when the parent process itself dies.
 
-use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -110,8 +110,7 @@ impl Watches {
     /// In a new child: closes its copies of the parent's write ends (its siblings' pipes),
     /// runs of consecutive numbers in one call each.
     pub(crate) fn clear(&mut self) {
-        let mut fds: Vec<RawFd> = self.0.drain(..).map(|(_, w)| w.into_raw_fd()).collect();
-        super::close_all_inherited(&mut fds);
+        super::close_all_inherited(self.0.drain(..).map(|(_, w)| w.into_raw_fd()));
     }
 }
 

@@ -4,6 +4,7 @@
 //! [`Error`]s. The user-facing types build on these wrappers and never call `libc` themselves.
 
 pub(crate) mod early;
+pub(crate) mod environ;
 pub(crate) mod epoll;
 pub(crate) mod futex;
 pub(crate) mod lineage;
@@ -381,17 +382,6 @@ pub(crate) fn monotonic_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Sets an environment variable in a freshly forked child.
-///
-/// # Safety
-///
-/// No other thread may read or write the environment at the same time: call it only in a child
-/// right after `fork`, where the calling thread is the only one.
-pub(crate) unsafe fn set_env_in_child(key: &str, value: &str) {
-    // SAFETY: the caller guarantees the process has a single thread.
-    unsafe { std::env::set_var(key, value) }
-}
-
 /// Sends `sig` to the process of `pidfd` (`pidfd_send_signal`): unlike `kill` by pid, it can
 /// never hit another process that reused the pid. A process that has ended is not an error.
 pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: Signal) -> Result<()> {
@@ -440,21 +430,35 @@ pub(crate) fn close_inherited(fd: std::os::fd::RawFd) {
     }
 }
 
-/// [`close_inherited`] for many: sorted, each run of consecutive numbers in one `close_range`
-/// call (a pool's descriptors are made together, so a worker of 128 closes ~2 runs, not 256
-/// descriptors one by one); one by one where the kernel lacks `close_range` (before 5.9).
-pub(crate) fn close_all_inherited(fds: &mut [std::os::fd::RawFd]) {
-    fds.sort_unstable();
-    let mut rest = &fds[..];
-    while let Some(&first) = rest.first() {
-        let run = rest.windows(2).take_while(|w| w[1] <= w[0] + 1).count() + 1;
-        let last = rest[run - 1];
-        // SAFETY: as in `close_inherited`: every descriptor in `first..=last` is in `fds`, so
-        // each is one this child inherited and must close, and nothing else uses them.
-        let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
-        if rc != 0 {
-            rest[..run].iter().for_each(|&fd| close_inherited(fd));
-        }
-        rest = &rest[run..];
+/// [`close_inherited`] for many, each run of consecutive numbers in one `close_range` call (a
+/// pool's descriptors are made together, so a worker of 128 closes ~2 runs, not 256 descriptors
+/// one by one); one by one where the kernel lacks `close_range` (before 5.9). Runs are taken in
+/// the order given, which any order closes correctly and ascending order closes in fewest calls:
+/// callers sort in the parent, since sorting in the child writes pages it shares with the parent
+/// copy-on-write. Allocates nothing.
+pub(crate) fn close_all_inherited(fds: impl IntoIterator<Item = std::os::fd::RawFd>) {
+    let mut run: Option<(i32, i32)> = None;
+    for fd in fds {
+        run = match run {
+            Some((first, last)) if fd == last || fd == last + 1 => Some((first, fd)),
+            Some(done) => {
+                close_inherited_run(done);
+                Some((fd, fd))
+            }
+            None => Some((fd, fd)),
+        };
+    }
+    if let Some(done) = run {
+        close_inherited_run(done);
+    }
+}
+
+/// Closes `first..=last`, every one of them inherited (see [`close_all_inherited`]).
+fn close_inherited_run((first, last): (i32, i32)) {
+    // SAFETY: as in `close_inherited`: every descriptor in `first..=last` is one the caller
+    // listed, so each is one this child inherited and must close, and nothing else uses them.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    if rc != 0 {
+        (first..=last).for_each(close_inherited);
     }
 }

@@ -39,7 +39,7 @@ use crate::sys::{self, ExitStatus, Pid};
 
 use super::fnref::FnRef;
 use super::transport::WorkerEnd;
-use super::worker::{self, Progress, Setup};
+use super::worker::{self, EnvMemo, Progress, Setup};
 
 pub(crate) mod server;
 
@@ -291,8 +291,10 @@ const COUNT_FOR: std::time::Duration = std::time::Duration::from_millis(5);
 const TRIM_FROM: usize = 4;
 
 impl Fork {
-    fn setup(spec: WorkerSpec, close: Vec<RawFd>) -> Setup {
+    fn setup(spec: WorkerSpec, mut close: Vec<RawFd>, env: &mut EnvMemo) -> Setup {
+        close.sort_unstable();
         Setup {
+            env: env.get(spec.thread_env.as_deref()),
             end: spec.end,
             progress: spec.progress,
             slot: spec.slot,
@@ -300,7 +302,6 @@ impl Fork {
             max_tasks: spec.max_tasks,
             timed: spec.timed,
             initializer: spec.initializer.map(|i| i.run),
-            thread_env: spec.thread_env,
             close,
         }
     }
@@ -338,6 +339,7 @@ pub(super) fn fork_burst(mut setups: Vec<Setup>) -> Vec<Result<Pid>> {
     for (k, s) in setups.iter_mut().enumerate() {
         let others = ends.iter().enumerate().filter(|&(j, _)| j != k);
         s.close.extend(others.map(|(_, &fd)| fd));
+        s.close.sort_unstable();
     }
     // The child takes its setup; the parent keeps it until the last fork.
     let mut held: Vec<Option<Setup>> = setups.into_iter().map(Some).collect();
@@ -351,7 +353,7 @@ pub(super) fn fork_burst(mut setups: Vec<Setup>) -> Vec<Result<Pid>> {
 
 impl Starter for Fork {
     fn start(&mut self, spec: WorkerSpec, close: &[RawFd]) -> Result<Box<dyn Worker>> {
-        let setup = Self::setup(spec, close.to_vec());
+        let setup = Self::setup(spec, close.to_vec(), &mut EnvMemo::default());
         self.count_threads();
         let pid = fork_child(move || worker::run(setup))?;
         forked_child(pid)
@@ -372,9 +374,10 @@ impl Starter for Fork {
         specs: Vec<WorkerSpec>,
         close: &[RawFd],
     ) -> Result<Vec<Box<dyn Worker>>> {
+        let mut env = EnvMemo::default();
         let setups: Vec<Setup> = specs
             .into_iter()
-            .map(|spec| Self::setup(spec, close.to_vec()))
+            .map(|spec| Self::setup(spec, close.to_vec(), &mut env))
             .collect();
         if setups.len() >= TRIM_FROM {
             crate::sys::mem::release_free_heap();

@@ -230,7 +230,7 @@ fn run_worker_rank(
             max_tasks: None,
             timed: false,
             initializer: None,
-            thread_env: None,
+            env: None,
             close: Vec::new(),
         };
         worker::serve(&mut setup)

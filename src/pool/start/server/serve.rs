@@ -14,7 +14,7 @@ use crate::wire::{self, FrameBuf};
 
 use super::super::super::fnref::{self, FnRef};
 use super::super::super::transport::WorkerEnd;
-use super::super::super::worker::{self, Progress, Setup};
+use super::super::super::worker::{self, EnvMemo, Progress, Setup};
 use super::super::{fork_burst, watch_forked};
 use super::{
     EXIT, FD_VAR, HELLO, MAX_BATCH, NAME, PARENT_VAR, PATIENCE, REFUSED, START, STARTED,
@@ -194,10 +194,10 @@ fn next_batch(sock: &OwnedFd, rx: &mut FrameBuf) -> Option<Vec<Request>> {
 /// back once every setup is made, each worker closing its siblings' sockets too; the setups are
 /// dropped after the last fork. A request that cannot start gets its error.
 fn start_workers(batch: Vec<Request>, close: &[RawFd]) -> Vec<Result<Kid>> {
-    let mut maps = ProgressMaps::default();
+    let (mut maps, mut env) = (ProgressMaps::default(), EnvMemo::default());
     let setups: Vec<Result<Setup>> = batch
         .into_iter()
-        .map(|r| r.and_then(|(req, fds)| setup(req, fds, &mut maps)))
+        .map(|r| r.and_then(|(req, fds)| setup(req, fds, &mut maps, &mut env)))
         .collect();
     // Read once here, inherited by the workers (it decides whether they spin).
     let _ = worker::cpus();
@@ -246,7 +246,12 @@ impl ProgressMaps {
 
 /// The setup of one worker from its request (the parent's socket end, the progress and journal
 /// files); its `close` list is filled in by [`start_workers`].
-fn setup(req: StartRequest, fds: Vec<OwnedFd>, maps: &mut ProgressMaps) -> Result<Setup> {
+fn setup(
+    req: StartRequest,
+    fds: Vec<OwnedFd>,
+    maps: &mut ProgressMaps,
+    env: &mut EnvMemo,
+) -> Result<Setup> {
     let [sock, progress, journal]: [OwnedFd; 3] = fds
         .try_into()
         .map_err(|_| Error::InvalidState("a start request without its three descriptors".into()))?;
@@ -276,7 +281,7 @@ fn setup(req: StartRequest, fds: Vec<OwnedFd>, maps: &mut ProgressMaps) -> Resul
         max_tasks: req.max_tasks,
         timed: req.timed,
         initializer,
-        thread_env: req.thread_env,
+        env: env.get(req.thread_env.as_deref()),
         close: Vec::new(),
     })
 }
