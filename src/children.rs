@@ -54,7 +54,7 @@
 //! dies, and takes the children with it), and it is a background group for the terminal: reading
 //! the terminal stops it (`SIGTTIN`). Python's children read `/dev/null` as stdin anyway.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::{Mutex, MutexGuard, Once};
 
 use nix::sys::signal::Signal;
@@ -267,9 +267,9 @@ pub(crate) fn on_fork_parent(mut guard: ForkGuard, child: Pid) {
 /// closes the write ends of its siblings' watch pipes, leads its own process group and arms the
 /// parent-death signal and its watch pipe. Returns `false` when the parent `parent` already
 /// died: the child must end at once.
-pub(crate) fn on_fork_child(mut guard: ForkGuard, parent: Pid) -> bool {
+pub(crate) fn on_fork_child(mut guard: ForkGuard, parent: Pid, close: &[RawFd]) -> bool {
     guard.0.entries.clear();
-    guard.1.clear();
+    guard.1.clear(close);
     guard.0.current = None;
     guard.0.forked = true;
     let watch = guard.2.take().map(|(read, write)| {

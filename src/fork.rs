@@ -49,6 +49,16 @@ pub(crate) fn register_fork_hook(hook: &'static ForkHook) {
 /// The child ends with `_exit` after flushing Rust's stdout and stderr once: no destructor of
 /// the parent's copied state runs in it, and no `atexit` handler runs twice.
 pub(crate) fn fork_child(child: impl FnOnce() -> i32) -> Result<Pid> {
+    fork_child_closing(&[], child)
+}
+
+/// [`fork_child`], the child first closing `close`, descriptors of the parent it inherits and
+/// must not keep, together with its siblings' watch pipes (one pass over both: sorted lists
+/// close in runs, see `sys::close_all_inherited`).
+pub(crate) fn fork_child_closing(
+    close: &[std::os::fd::RawFd],
+    child: impl FnOnce() -> i32,
+) -> Result<Pid> {
     // Done in the parent, once: every page the child writes costs it a copy-on-write fault, so
     // the child should find the panic hook already in place.
     crate::panic::install_hook();
@@ -84,7 +94,7 @@ pub(crate) fn fork_child(child: impl FnOnce() -> i32) -> Result<Pid> {
         Ok(Forked::Child) => {
             let guard = AbortOnUnwind;
             release();
-            if !crate::children::on_fork_child(children, parent) {
+            if !crate::children::on_fork_child(children, parent, close) {
                 sys::exit_now(1); // the parent died before the child could arm its death signal
             }
             hooks.iter().for_each(|h| (h.child)());

@@ -144,28 +144,23 @@ pub(crate) enum Reply {
 /// Makes a connected (parent end, worker end) pair.
 pub(crate) fn pair() -> Result<(Link, WorkerEnd)> {
     let (a, b) = sys::socketpair()?;
-    Ok((
+    Ok((Link::from_fd(a), WorkerEnd::from_fd(b)))
+}
+
+impl Link {
+    /// The parent's end of a socket whose other end a worker has (see [`pair`]).
+    pub(crate) fn from_fd(sock: OwnedFd) -> Link {
         Link {
-            sock: a,
+            sock,
             out: VecDeque::new(),
             out_pos: 0,
             rx: FrameBuf::default(),
             eof: false,
             #[cfg(feature = "mpi")]
             sink: None,
-        },
-        WorkerEnd {
-            sock: b,
-            rx: FrameBuf::default(),
-            out: Vec::new(),
-            out_fds: Vec::new(),
-            #[cfg(feature = "mpi")]
-            link: None,
-        },
-    ))
-}
+        }
+    }
 
-impl Link {
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
     }
@@ -415,7 +410,8 @@ impl std::fmt::Debug for LinkBox {
 }
 
 impl WorkerEnd {
-    /// The worker's end of a socket made by [`pair`] in another process.
+    /// The worker's end of a socket made by [`pair`] (or `sys::socketpair`), in this process or
+    /// another.
     pub(crate) fn from_fd(sock: OwnedFd) -> WorkerEnd {
         WorkerEnd {
             sock,

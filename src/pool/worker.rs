@@ -204,9 +204,10 @@ pub(crate) struct CtxCache {
     decoded: Option<Box<dyn Any>>,
 }
 
-/// Everything a new worker needs, captured before the fork.
-pub(crate) struct Setup {
-    pub(crate) end: WorkerEnd,
+/// Everything a new worker needs, captured before the fork (`End`: `()` until its socket is made,
+/// see `Fork::start_many`).
+pub(crate) struct Setup<End = WorkerEnd> {
+    pub(crate) end: End,
     pub(crate) progress: Arc<Progress>,
     pub(crate) slot: usize,
     pub(crate) parent: Pid,
@@ -219,6 +220,23 @@ pub(crate) struct Setup {
     /// Descriptors of the other workers, inherited through the fork, to close at once; sorted
     /// by the parent (see `sys::close_all_inherited`).
     pub(crate) close: Vec<std::os::fd::RawFd>,
+}
+
+impl Setup<()> {
+    /// The setup with `end` for its socket.
+    pub(crate) fn with_end(self, end: WorkerEnd) -> Setup {
+        Setup {
+            end,
+            progress: self.progress,
+            slot: self.slot,
+            parent: self.parent,
+            max_tasks: self.max_tasks,
+            timed: self.timed,
+            initializer: self.initializer,
+            env: self.env,
+            close: self.close,
+        }
+    }
 }
 
 /// The variables set to the per-worker thread count.

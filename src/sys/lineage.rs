@@ -9,7 +9,7 @@
 //! `PR_SET_PDEATHSIG` thread caveat): the handler then sees `getppid()` unchanged and ignores it;
 //! the signal comes again when the parent process itself dies.
 
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -107,10 +107,39 @@ impl Watches {
         self.0.push((pid.as_raw(), write));
     }
 
-    /// In a new child: closes its copies of the parent's write ends (its siblings' pipes),
-    /// runs of consecutive numbers in one call each.
-    pub(crate) fn clear(&mut self) {
-        super::close_all_inherited(self.0.drain(..).map(|(_, w)| w.into_raw_fd()));
+    /// In a new child: closes its copies of the parent's write ends (its siblings' pipes) and
+    /// the descriptors of `also`, merged in one ascending pass when both are sorted (the pipes
+    /// are made in order), so that runs of consecutive numbers close in one call each.
+    pub(crate) fn clear(&mut self, also: &[RawFd]) {
+        let pipes = self.0.drain(..).map(|(_, w)| w.into_raw_fd());
+        super::close_all_inherited(MergeAscending::new(pipes, also.iter().copied()));
+    }
+}
+
+/// Two ascending sequences as one ascending sequence (any order in, every item out once).
+struct MergeAscending<A: Iterator, B: Iterator> {
+    a: std::iter::Peekable<A>,
+    b: std::iter::Peekable<B>,
+}
+
+impl<A: Iterator<Item = RawFd>, B: Iterator<Item = RawFd>> MergeAscending<A, B> {
+    fn new(a: A, b: B) -> Self {
+        MergeAscending {
+            a: a.peekable(),
+            b: b.peekable(),
+        }
+    }
+}
+
+impl<A: Iterator<Item = RawFd>, B: Iterator<Item = RawFd>> Iterator for MergeAscending<A, B> {
+    type Item = RawFd;
+
+    fn next(&mut self) -> Option<RawFd> {
+        match (self.a.peek(), self.b.peek()) {
+            (Some(x), Some(y)) if y < x => self.b.next(),
+            (Some(_), _) => self.a.next(),
+            (None, _) => self.b.next(),
+        }
     }
 }
 

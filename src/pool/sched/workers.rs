@@ -52,30 +52,23 @@ impl Scheduler {
             }
             return Ok(());
         }
-        let mut links = Vec::new();
         let mut specs = Vec::new();
         for i in 0..self.slots.len() {
-            let (link, end) = transport::pair()?;
             self.progress.reset(i);
-            specs.push(self.spec(i, end));
-            links.push(link);
+            specs.push(self.spec(i, ()));
         }
         let book = self.book.clone();
         let mut pids = book.pids.lock().unwrap_or_else(|e| e.into_inner());
         if self.book.is_terminating() {
             return Ok(());
         }
-        // A forked worker keeps none of the parent's ends nor the readiness set (the
-        // starter adds the other workers' ends).
-        let close: Vec<std::os::fd::RawFd> = links
-            .iter()
-            .map(|l| l.fd().as_raw_fd())
-            .chain([self.ep.as_fd().as_raw_fd()])
-            .collect();
+        // A forked worker keeps neither the readiness set nor (the starter sees to it) the
+        // parent's ends of the other workers.
+        let close = [self.ep.as_fd().as_raw_fd()];
         let workers = self.starter.start_many(specs, &close)?;
-        pids.extend(workers.iter().map(|w| w.pid()));
+        pids.extend(workers.iter().map(|(w, _)| w.pid()));
         drop(pids);
-        let mut started = workers.into_iter().zip(links).enumerate();
+        let mut started = workers.into_iter().enumerate();
         while let Some((i, (worker, link))) = started.next() {
             let pid = worker.pid();
             if let Err(e) = self.install(i, worker, link) {
@@ -146,7 +139,7 @@ impl Scheduler {
         }
     }
 
-    pub(super) fn spec(&self, i: usize, end: transport::WorkerEnd) -> WorkerSpec {
+    pub(super) fn spec<E>(&self, i: usize, end: E) -> WorkerSpec<E> {
         WorkerSpec {
             end,
             progress: self.progress.clone(),

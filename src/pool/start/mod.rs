@@ -9,9 +9,11 @@
 //!                                │           death_fd()   readable once it has ended (a pidfd)
 //!                                │           signal(sig)  SIGTERM / SIGKILL
 //!                                │           wait()       its exit status, once it has ended
-//!                                │   (start_many: a pool's first workers at once)
+//!                                │   (start_many: a pool's first workers at once, each
+//!                                │    with the parent's end of the socket it made)
 //!                                ├─ Fork        forks the calling process (`fork_child`);
-//!                                │              a pool's first workers back to back
+//!                                │              a pool's first workers back to back, each
+//!                                │              socket made just before its fork
 //!                                └─ ForkServer  asks the fork server (`server`) to fork one
 //!                                               (or all of a pool's first in one request)
 //! ```
@@ -27,18 +29,18 @@ mod mpi_bridge;
 #[cfg(feature = "mpi")]
 mod mpi_rank;
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
-use crate::fork::fork_child;
+use crate::fork::{fork_child, fork_child_closing};
 use crate::sys::{self, ExitStatus, Pid};
 
 use super::fnref::FnRef;
-use super::transport::WorkerEnd;
+use super::transport::{self, Link, WorkerEnd};
 use super::worker::{self, EnvMemo, Progress, Setup};
 
 pub(crate) mod server;
@@ -208,9 +210,10 @@ fn warn_if_threaded() {
     }
 }
 
-/// What a new worker needs: its end of the socket, its progress slot and the pool's settings.
-pub(crate) struct WorkerSpec {
-    pub(crate) end: WorkerEnd,
+/// What a new worker needs: its end of the socket (`End`: `()` until the socket is made, see
+/// [`Starter::start_many`]), its progress slot and the pool's settings.
+pub(crate) struct WorkerSpec<End = WorkerEnd> {
+    pub(crate) end: End,
     pub(crate) progress: Arc<Progress>,
     pub(crate) slot: usize,
     pub(crate) max_tasks: Option<u64>,
@@ -218,6 +221,29 @@ pub(crate) struct WorkerSpec {
     pub(crate) timed: bool,
     pub(crate) initializer: Option<Initializer>,
     pub(crate) thread_env: Option<String>,
+}
+
+impl<E> WorkerSpec<E> {
+    /// The same spec with `end` for its end of the socket.
+    pub(crate) fn with_end<F>(self, end: F) -> WorkerSpec<F> {
+        WorkerSpec {
+            end,
+            progress: self.progress,
+            slot: self.slot,
+            max_tasks: self.max_tasks,
+            timed: self.timed,
+            initializer: self.initializer,
+            thread_env: self.thread_env,
+        }
+    }
+}
+
+impl WorkerSpec<()> {
+    /// The spec with a new socket: the worker's end in it, and the parent's end.
+    pub(crate) fn connect(self) -> Result<(WorkerSpec, Link)> {
+        let (link, end) = transport::pair()?;
+        Ok((self.with_end(end), link))
+    }
 }
 
 /// A pool's initializer: the closure (run by forked workers) and, when it is a fn item or a
@@ -258,18 +284,26 @@ pub(crate) trait Starter: Send {
         false
     }
 
-    /// Starts one worker per spec, all or none (a pool's first workers). `close` lists the
-    /// parent's descriptors that a forked child must not keep (the other specs' worker ends it
-    /// finds itself). Only called when [`starts_many`](Starter::starts_many) says so; the
-    /// default starts them one by one, which is right only for a starter that does not fork
-    /// this process.
+    /// Starts one worker per spec, all or none (a pool's first workers), each with the
+    /// parent's end of its new socket. The starter makes the sockets (`WorkerSpec::connect`),
+    /// when it likes: a forking one makes each just before its fork, so that a worker inherits
+    /// the parent's ends of the workers before it only. `close` lists the parent's other
+    /// descriptors that a forked child must not keep. Only called when
+    /// [`starts_many`](Starter::starts_many) says so; the default starts them one by one, which
+    /// is right only for a starter that does not fork this process.
     fn start_many(
         &mut self,
-        specs: Vec<WorkerSpec>,
+        specs: Vec<WorkerSpec<()>>,
         close: &[RawFd],
-    ) -> Result<Vec<Box<dyn Worker>>> {
+    ) -> Result<Vec<(Box<dyn Worker>, Link)>> {
         let _ = close;
-        specs.into_iter().map(|s| self.start(s, &[])).collect()
+        specs
+            .into_iter()
+            .map(|s| {
+                let (spec, link) = s.connect()?;
+                Ok((self.start(spec, &[])?, link))
+            })
+            .collect()
     }
 }
 
@@ -291,7 +325,7 @@ const COUNT_FOR: std::time::Duration = std::time::Duration::from_millis(5);
 const TRIM_FROM: usize = 4;
 
 impl Fork {
-    fn setup(spec: WorkerSpec, mut close: Vec<RawFd>, env: &mut EnvMemo) -> Setup {
+    fn setup<E>(spec: WorkerSpec<E>, mut close: Vec<RawFd>, env: &mut EnvMemo) -> Setup<E> {
         close.sort_unstable();
         Setup {
             env: env.get(spec.thread_env.as_deref()),
@@ -329,28 +363,6 @@ pub(super) fn watch_forked(pid: Pid) -> Result<OwnedFd> {
     })
 }
 
-/// Forks one worker per setup, back to back (a `Fork` pool's first workers, a fork server's
-/// batch). Each setup's `close` first gets the other setups' worker ends, so that no worker
-/// keeps a sibling's socket; the setups are dropped after the last fork, since each fork makes
-/// this process's pages copy-on-write again and freeing between forks costs a fault and a copy
-/// per page written. A fork that fails is that setup's error.
-pub(super) fn fork_burst(mut setups: Vec<Setup>) -> Vec<Result<Pid>> {
-    let ends: Vec<RawFd> = setups.iter().map(|s| s.end.raw_fd()).collect();
-    for (k, s) in setups.iter_mut().enumerate() {
-        let others = ends.iter().enumerate().filter(|&(j, _)| j != k);
-        s.close.extend(others.map(|(_, &fd)| fd));
-        s.close.sort_unstable();
-    }
-    // The child takes its setup; the parent keeps it until the last fork.
-    let mut held: Vec<Option<Setup>> = setups.into_iter().map(Some).collect();
-    let pids = held
-        .iter_mut()
-        .map(|s| fork_child(|| s.take().map_or(1, worker::run)))
-        .collect();
-    drop(held);
-    pids
-}
-
 impl Starter for Fork {
     fn start(&mut self, spec: WorkerSpec, close: &[RawFd]) -> Result<Box<dyn Worker>> {
         let setup = Self::setup(spec, close.to_vec(), &mut EnvMemo::default());
@@ -363,30 +375,66 @@ impl Starter for Fork {
         true
     }
 
-    /// Forks the workers back to back, everything prepared first: between two forks the
-    /// parent writes as few pages as it can, since each fork makes every page of the parent
-    /// copy-on-write again and each page written then costs a fault and a copy (allocating
-    /// and freeing between forks cost ~25 such faults per worker). The heap's free pages are
-    /// given back first (see `sys::mem::release_free_heap`), so that each fork copies the
+    /// Forks the workers back to back, everything but their sockets prepared first: between
+    /// two forks the parent writes as few pages as it can, since each fork makes every page of
+    /// the parent copy-on-write again and each page written then costs a fault and a copy
+    /// (allocating and freeing between forks cost ~25 such faults per worker). Each socket is
+    /// made just before its fork and its worker end closed just after, with raw calls only: a
+    /// worker inherits the parent's ends of the workers before it and nothing of those after
+    /// (it closes what it inherits, and each descriptor closed costs it). The heap's free pages
+    /// are given back first (see `sys::mem::release_free_heap`), so that each fork copies the
     /// mappings of live memory only.
     fn start_many(
         &mut self,
-        specs: Vec<WorkerSpec>,
+        specs: Vec<WorkerSpec<()>>,
         close: &[RawFd],
-    ) -> Result<Vec<Box<dyn Worker>>> {
+    ) -> Result<Vec<(Box<dyn Worker>, Link)>> {
+        let n = specs.len();
         let mut env = EnvMemo::default();
-        let setups: Vec<Setup> = specs
+        let mut held: Vec<Option<Setup<()>>> = specs
             .into_iter()
-            .map(|spec| Self::setup(spec, close.to_vec(), &mut env))
+            .map(|spec| Some(Self::setup(spec, Vec::new(), &mut env)))
             .collect();
-        if setups.len() >= TRIM_FROM {
+        // What the next child must close: `close` and the parent's ends made so far, sorted
+        // (room for all, so that no push reallocates between forks).
+        let mut shut: Vec<RawFd> = Vec::with_capacity(close.len() + n);
+        shut.extend_from_slice(close);
+        shut.sort_unstable();
+        let mut ends: Vec<OwnedFd> = Vec::with_capacity(n);
+        let mut pids: Vec<Pid> = Vec::with_capacity(n);
+        if n >= TRIM_FROM {
             crate::sys::mem::release_free_heap();
         }
         self.count_threads();
-        let (mut workers, mut failed) = (Vec::new(), None);
-        for pid in fork_burst(setups) {
-            match pid.and_then(forked_child) {
-                Ok(w) => workers.push(w),
+        let mut failed = None;
+        for setup in held.iter_mut() {
+            let (parent_end, worker_end) = match sys::socketpair() {
+                Ok(pair) => pair,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            insert_sorted(&mut shut, parent_end.as_raw_fd());
+            ends.push(parent_end);
+            // The parent drops `worker_end` with the closure, right after the fork.
+            let forked = fork_child_closing(&shut, move || {
+                let end = WorkerEnd::from_fd(worker_end);
+                setup.take().map_or(1, |s| worker::run(s.with_end(end)))
+            });
+            match forked {
+                Ok(pid) => pids.push(pid),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(held);
+        let mut started = Vec::with_capacity(n);
+        for (pid, end) in pids.into_iter().zip(ends) {
+            match forked_child(pid) {
+                Ok(w) => started.push((w, Link::from_fd(end))),
                 Err(e) => {
                     failed.get_or_insert(e);
                 }
@@ -394,14 +442,21 @@ impl Starter for Fork {
         }
         if let Some(e) = failed {
             // All or none: the ones that started go.
-            for mut w in workers {
+            for (mut w, _) in started {
                 w.signal(Signal::SIGKILL);
                 let _ = w.wait();
             }
             return Err(e);
         }
-        Ok(workers)
+        Ok(started)
     }
+}
+
+/// Inserts `fd` into the ascending `fds` (at the end, mostly: descriptors are numbered upwards),
+/// within its capacity.
+fn insert_sorted(fds: &mut Vec<RawFd>, fd: RawFd) {
+    let at = fds.partition_point(|&x| x < fd);
+    fds.insert(at, fd);
 }
 
 /// A started worker process, known by its pidfd (which names exactly it, also after it has

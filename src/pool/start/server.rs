@@ -43,6 +43,7 @@ use crate::sys::{self, ExitStatus, Pid};
 use crate::wire::{self, FrameBuf};
 
 use super::super::fnref::FnRef;
+use super::super::transport::Link;
 use super::super::worker::Progress;
 use super::{Child, Reaper, Starter, Worker, WorkerSpec};
 
@@ -378,7 +379,7 @@ impl ForkServer {
 
 impl Starter for ForkServer {
     fn start(&mut self, spec: WorkerSpec, _close: &[RawFd]) -> Result<Box<dyn Worker>> {
-        let mut one = self.start_many(vec![spec], &[])?;
+        let mut one = self.start_connected(vec![spec])?;
         Ok(one.remove(0))
     }
 
@@ -386,11 +387,26 @@ impl Starter for ForkServer {
         true
     }
 
+    /// Makes every socket first: the server gets all of a batch's worker ends in one message.
     fn start_many(
         &mut self,
-        specs: Vec<WorkerSpec>,
+        specs: Vec<WorkerSpec<()>>,
         _close: &[RawFd],
-    ) -> Result<Vec<Box<dyn Worker>>> {
+    ) -> Result<Vec<(Box<dyn Worker>, Link)>> {
+        let (specs, links): (Vec<WorkerSpec>, Vec<Link>) = specs
+            .into_iter()
+            .map(WorkerSpec::connect)
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+        let workers = self.start_connected(specs)?;
+        Ok(workers.into_iter().zip(links).collect())
+    }
+}
+
+impl ForkServer {
+    /// Starts one worker per spec (sockets made): one request to the server for all.
+    fn start_connected(&mut self, specs: Vec<WorkerSpec>) -> Result<Vec<Box<dyn Worker>>> {
         if locked(&self.server.conn).broken {
             // Lost (killed from outside): a new one serves the replacements.
             self.server = server()?;

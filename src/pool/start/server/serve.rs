@@ -9,13 +9,14 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
+use crate::fork::fork_child;
 use crate::sys::{self, ExitStatus, Interest, Pid};
 use crate::wire::{self, FrameBuf};
 
 use super::super::super::fnref::{self, FnRef};
 use super::super::super::transport::WorkerEnd;
 use super::super::super::worker::{self, EnvMemo, Progress, Setup};
-use super::super::{fork_burst, watch_forked};
+use super::super::watch_forked;
 use super::{
     EXIT, FD_VAR, HELLO, MAX_BATCH, NAME, PARENT_VAR, PATIENCE, REFUSED, START, STARTED,
     StartRequest, push_frame, send,
@@ -225,6 +226,28 @@ fn start_workers(batch: Vec<Request>, close: &[RawFd]) -> Vec<Result<Kid>> {
             })
         })
         .collect()
+}
+
+/// Forks one worker per setup, back to back (a batch). Each setup's `close` first gets the
+/// other setups' worker ends (the server received them all at once), so that no worker keeps a
+/// sibling's socket; the setups are dropped after the last fork, since each fork makes this
+/// process's pages copy-on-write again and freeing between forks costs a fault and a copy per
+/// page written. A fork that fails is that setup's error.
+fn fork_burst(mut setups: Vec<Setup>) -> Vec<Result<Pid>> {
+    let ends: Vec<RawFd> = setups.iter().map(|s| s.end.raw_fd()).collect();
+    for (k, s) in setups.iter_mut().enumerate() {
+        let others = ends.iter().enumerate().filter(|&(j, _)| j != k);
+        s.close.extend(others.map(|(_, &fd)| fd));
+        s.close.sort_unstable();
+    }
+    // The child takes its setup; the parent keeps it until the last fork.
+    let mut held: Vec<Option<Setup>> = setups.into_iter().map(Some).collect();
+    let pids = held
+        .iter_mut()
+        .map(|s| fork_child(|| s.take().map_or(1, worker::run)))
+        .collect();
+    drop(held);
+    pids
 }
 
 /// The progress mappings of one batch, by memory file: a pool's requests carry the same two
