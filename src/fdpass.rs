@@ -428,12 +428,14 @@ mod tests {
     /// Tests of this module that make memory files run one at a time.
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    /// Open descriptors of multiproc memory files (other tests' pipes do not count).
-    fn open_memfds() -> usize {
+    /// Open descriptors of this process on the file `id` (device, inode): other tests' memory
+    /// files, made meanwhile by the multi-threaded harness, do not count.
+    fn open_fds_on(id: (u64, u64)) -> usize {
+        use std::os::unix::fs::MetadataExt;
         std::fs::read_dir("/proc/self/fd")
             .unwrap()
-            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-            .filter(|p| p.to_string_lossy().contains("multiproc-shm"))
+            .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+            .filter(|m| (m.dev(), m.ino()) == id)
             .count()
     }
 
@@ -469,11 +471,14 @@ mod tests {
     fn wrong_type_or_missing_descriptor_fails_and_leaks_nothing() {
         let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let a = SharedArray::<u32>::new(4).unwrap();
-        let before = open_memfds();
-        assert!(before >= 1);
         let (bytes, fds) = encode_with_fds(&a).unwrap();
+        assert_eq!(fds.len(), 1);
+        let file = crate::sys::mem::fd_identity(std::os::fd::AsFd::as_fd(&fds[0])).unwrap();
+        let before = open_fds_on(file);
+        assert!(before >= 2, "the array's own and the encoded copy");
         assert!(decode_with_fds::<SharedArray<f32>>(&bytes, fds).is_err());
         assert!(decode_with_fds::<SharedArray<u32>>(&bytes, Vec::new()).is_err());
-        assert_eq!(open_memfds(), before);
+        // The encoded copy was consumed by the failed decode and closed, nothing else stays.
+        assert_eq!(open_fds_on(file), before - 1);
     }
 }
