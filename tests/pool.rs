@@ -999,7 +999,10 @@ fn pool_server_pid() -> u32 {
 }
 
 /// The helper subprocesses below: this test binary run again with one ignored test selected.
+/// Holds the fork lock while the helper runs: it is a child of this process, which another
+/// test's "no child left behind" check must not see.
 fn run_helper(name: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let _g = lock();
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
@@ -1125,6 +1128,8 @@ fn pidfd(pid: i32) -> std::os::fd::OwnedFd {
 
 fn nothing_outlives_a_sigkilled_parent(m: StartMethod) {
     use std::io::BufRead;
+    // The helper is a child of this process: no other test may look for children meanwhile.
+    let _g = lock();
     let method = match m {
         StartMethod::Fork => "fork",
         StartMethod::ForkServer => "forkserver",

@@ -274,7 +274,13 @@ impl Server {
         let mut refused = None;
         while started.len() + usize::from(refused.is_some()) < reqs.len() {
             match conn.said(deadline)? {
-                Said::Started(pid, pidfd) => started.push((Pid::from_raw(pid), pidfd)),
+                Said::Started(pid, pidfd) => {
+                    // A status kept under this number is an earlier process's (the server
+                    // reports a worker's exit before the number can name a new one), left by a
+                    // wait that gave up: it must not answer for this worker.
+                    conn.exits.remove(&pid);
+                    started.push((Pid::from_raw(pid), pidfd));
+                }
                 Said::Refused(message) => refused = Some(message),
                 Said::Exit(pid, status) => {
                     conn.exits.insert(pid, status);
