@@ -257,18 +257,40 @@ impl<T: Serialize + DeserializeOwned> Tasks<T> {
     }
 }
 
-/// Plain-data inputs (see `chunk`) encoded into the bytes of their tasks as they are taken from
-/// the caller's iterator: no vector of the inputs is made, and each chunk's buffer becomes its
-/// task's bytes as it is (one write of each input, no copy).
+/// Plain-data inputs (see `chunk`) encoded as they are taken from the caller's iterator: no
+/// vector of the inputs is made.
 #[derive(Debug)]
 pub(crate) struct PlainChunks {
-    /// Each task's bytes and input count, in input order.
-    chunks: VecDeque<(Vec<u8>, u32)>,
+    chunks: Encoded,
     /// How many inputs in all.
     n: usize,
     /// The first input of the next task.
     next: usize,
 }
+
+/// The encoded inputs of a [`PlainChunks`].
+#[derive(Debug)]
+enum Encoded {
+    /// Each task's bytes and input count, in input order: each chunk's buffer becomes its task's
+    /// bytes as it is (one write of each input, no copy).
+    Owned(VecDeque<(Vec<u8>, u32)>),
+    /// Tiny chunks (at most [`TINY_CHUNK`] bytes): every input's bytes in one buffer, from which
+    /// each task's are copied when it is dispatched. A buffer per chunk, made up front, cost an
+    /// allocation and a queue entry per task before the first was sent: a chunksize-1 map of
+    /// 200k `u64` made 200k of each, ~15 MB of heap that glibc kept after the map (and that the
+    /// next `Fork` start had to give back and its workers found scattered).
+    Packed {
+        bytes: Vec<u8>,
+        /// Bytes of one input.
+        size: usize,
+        /// Inputs per task.
+        chunksize: usize,
+    },
+}
+
+/// The largest chunk kept in one buffer with the others (see [`Encoded::Packed`]): copying it
+/// at dispatch costs less than an allocation made at encode and held until then.
+const TINY_CHUNK: usize = 256;
 
 impl PlainChunks {
     /// Encodes every input of `iter` (plain data of `size` bytes) into chunks of `chunksize`;
@@ -289,6 +311,20 @@ impl PlainChunks {
                 size: chunksize.saturating_mul(size),
                 limit,
             });
+        }
+        if chunksize.saturating_mul(size) <= TINY_CHUNK.min(limit) {
+            let mut bytes = Vec::with_capacity(iter.size_hint().0.saturating_mul(size));
+            let mut n = 0usize;
+            for x in iter {
+                codec.encode(&x, &mut bytes).map_err(CodecError)?;
+                n += 1;
+            }
+            let chunks = Encoded::Packed {
+                bytes,
+                size,
+                chunksize,
+            };
+            return Ok(PlainChunks { chunks, n, next: 0 });
         }
         let mut chunks = VecDeque::new();
         let mut n = 0usize;
@@ -316,16 +352,37 @@ impl PlainChunks {
                 break;
             }
         }
-        Ok(PlainChunks { chunks, n, next: 0 })
+        Ok(PlainChunks {
+            chunks: Encoded::Owned(chunks),
+            n,
+            next: 0,
+        })
     }
 
     fn next_task(&mut self, job: JobId) -> Option<Task> {
-        let (bytes, count) = self.chunks.pop_front()?;
         let first = self.next;
-        self.next += count as usize;
+        let (bytes, count) = match &mut self.chunks {
+            Encoded::Owned(chunks) => {
+                let (bytes, count) = chunks.pop_front()?;
+                (bytes, count as usize)
+            }
+            Encoded::Packed {
+                bytes,
+                size,
+                chunksize,
+            } => {
+                let count = (*chunksize).min(self.n - first);
+                if count == 0 {
+                    return None;
+                }
+                let at = first * *size;
+                (bytes[at..at + count * *size].to_vec(), count)
+            }
+        };
+        self.next += count;
         Some(Task {
             job,
-            items: Items::Range(first, count),
+            items: Items::Range(first, count as u32),
             bytes: Arc::new(bytes),
             fds: None,
             died: 0,

@@ -300,3 +300,44 @@ fn seen_marks_each_input_once() {
     assert!(!s.first(0) && !s.first(129) && !s.first(64));
     assert!(s.first(63));
 }
+
+/// Plain inputs cut into tasks: tiny chunks (packed in one buffer, copied out at dispatch) and
+/// bigger ones (a buffer per chunk) give each task its inputs' encoded bytes and its range, the
+/// last task holding the remainder; inputs of no bytes still count.
+#[test]
+fn plain_chunks_packed_or_owned_give_each_task_its_inputs() {
+    use super::result::{PlainChunks, Tasks};
+    let tasks_of = |p: PlainChunks| {
+        let mut t: Tasks<u64> = Tasks::Plain(p);
+        let mut out = Vec::new();
+        while let Some(task) = t.next_task(1).unwrap() {
+            out.push((task.items.index(0), task.items.count(), task.bytes.to_vec()));
+        }
+        out
+    };
+    let encoded = |r: std::ops::Range<u64>| {
+        let mut b = Vec::new();
+        r.for_each(|x| Codec::Fixed(8).encode(&x, &mut b).unwrap());
+        b
+    };
+    // 3 inputs of 8 bytes per task: packed.
+    let packed = tasks_of(PlainChunks::encode(0..10u64, 8, 3, 1 << 20).unwrap());
+    let want: Vec<_> = [(0, 3), (3, 3), (6, 3), (9, 1)]
+        .into_iter()
+        .map(|(i, c)| (i, c as u32, encoded(i as u64..(i + c) as u64)))
+        .collect();
+    assert_eq!(packed, want);
+    // 40 inputs per task (320 bytes): a buffer each, the same bytes and ranges.
+    let owned = tasks_of(PlainChunks::encode(0..100u64, 8, 40, 1 << 20).unwrap());
+    let want: Vec<_> = [(0, 40), (40, 40), (80, 20)]
+        .into_iter()
+        .map(|(i, c)| (i, c as u32, encoded(i as u64..(i + c) as u64)))
+        .collect();
+    assert_eq!(owned, want);
+    // Inputs of no bytes.
+    let units = tasks_of(PlainChunks::encode(std::iter::repeat_n((), 10), 0, 4, 1 << 20).unwrap());
+    let counts: Vec<_> = units.iter().map(|t| (t.0, t.1, t.2.len())).collect();
+    assert_eq!(counts, vec![(0, 4, 0), (4, 4, 0), (8, 2, 0)]);
+    // No inputs: no task.
+    assert!(tasks_of(PlainChunks::encode(0..0u64, 8, 1, 1 << 20).unwrap()).is_empty());
+}
