@@ -62,7 +62,11 @@ const PIPE_NS: f64 = 2_000_000.0;
 const MAX_DEPTH: usize = 512;
 /// The most tasks in flight over all workers: a pool of 128 workers does not buffer 128 × 512
 /// tasks (the parent's memory, which every later fork copies the page tables of, grows with it).
-const MAX_IN_FLIGHT: usize = 16_384;
+/// Tasks so short that full pipelines would pass it go to as few workers as full pipelines allow
+/// (8 × 512 for `x * x`; see `sched::shares`). Measured with the scale rows, 3 alternating
+/// rounds: a 128-worker chunksize-1 map ran at 2.42–2.73 M/s (Fork) and 3.12–3.49 M/s
+/// (ForkServer) with 16,384, at 2.80–3.12 and 3.62–4.13 M/s with 4,096; 2-worker maps alike.
+const MAX_IN_FLIGHT: usize = 4_096;
 
 /// The pool's settings, fixed at build time.
 pub(crate) struct Config {
