@@ -400,8 +400,8 @@ impl Starter for Fork {
         let mut shut: Vec<RawFd> = Vec::with_capacity(close.len() + n);
         shut.extend_from_slice(close);
         shut.sort_unstable();
-        let mut ends: Vec<OwnedFd> = Vec::with_capacity(n);
-        let mut pids: Vec<Pid> = Vec::with_capacity(n);
+        // Each worker forked, with the parent's end of its socket.
+        let mut forked: Vec<(Pid, OwnedFd)> = Vec::with_capacity(n);
         if n >= TRIM_FROM {
             crate::sys::mem::release_free_heap();
         }
@@ -416,14 +416,13 @@ impl Starter for Fork {
                 }
             };
             insert_sorted(&mut shut, parent_end.as_raw_fd());
-            ends.push(parent_end);
             // The parent drops `worker_end` with the closure, right after the fork.
-            let forked = fork_child_closing(&shut, move || {
+            let pid = fork_child_closing(&shut, move || {
                 let end = WorkerEnd::from_fd(worker_end);
                 setup.take().map_or(1, |s| worker::run(s.with_end(end)))
             });
-            match forked {
-                Ok(pid) => pids.push(pid),
+            match pid {
+                Ok(pid) => forked.push((pid, parent_end)),
                 Err(e) => {
                     failed = Some(e);
                     break;
@@ -432,7 +431,7 @@ impl Starter for Fork {
         }
         drop(held);
         let mut started = Vec::with_capacity(n);
-        for (pid, end) in pids.into_iter().zip(ends) {
+        for (pid, end) in forked {
             match forked_child(pid) {
                 Ok(w) => started.push((w, Link::from_fd(end))),
                 Err(e) => {
